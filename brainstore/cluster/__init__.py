@@ -1,0 +1,1 @@
+"""brainstore.cluster."""

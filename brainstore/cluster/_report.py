@@ -1,0 +1,53 @@
+"""Tables printed by the CLI (rich), built from plain dicts so libraries stay free of rich."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+# Wide enough for per-ROI tables when output is piped (CI logs, files).
+console = Console(width=None if Console().is_terminal else 160)
+
+# Short column labels for ROI families.
+SHORT = {"prf-visualrois": "early (prf)", "floc-bodies": "bodies", "floc-faces": "faces",
+         "floc-places": "places", "floc-words": "words"}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.2f}"
+    return str(v)
+
+
+def dataset_table(summary: Mapping) -> Table:
+    """One row per subject x hemisphere: images, vertices, ROI sizes, noise ceiling."""
+    subjects = summary["subjects"]
+    fams: list[str] = []
+    for s in subjects.values():
+        for h in s["hemispheres"].values():
+            fams += [f for f in h.get("rois", {}) if f not in fams]
+    t = Table(title=f"dataset {summary['root']} ({summary['captions']} captions)")
+    for c in ["subject", "hemi", "train", "test", "test fMRI", "vertices", *[SHORT.get(f, f) for f in fams], "NC mean"]:
+        t.add_column(c, justify="right" if c not in ("subject", "hemi") else "left")
+    for name, s in subjects.items():
+        for hemi, h in s["hemispheres"].items():
+            t.add_row(name, hemi, str(s["train_images"]), str(s["test_images"]), "yes" if s["test_responses"] else "no",
+                      str(h["vertices"]), *[str(h.get("rois", {}).get(f, 0)) for f in fams],
+                      _fmt(h.get("noise_ceiling_mean", float("nan"))))
+    return t
+
+
+def score_table(title: str, rows: Iterable[tuple[str, Mapping[str, float]]], columns: list[str] | None = None) -> Table:
+    """A table of per-ROI scores: one row per (label, {roi: value})."""
+    rows = list(rows)
+    cols = columns or list(dict.fromkeys(k for _, r in rows for k in r))
+    t = Table(title=title)
+    t.add_column("")
+    for c in cols:
+        t.add_column(SHORT.get(c, c), justify="right")
+    for label, r in rows:
+        t.add_row(label, *[_fmt(r.get(c, float("nan"))) for c in cols])
+    return t

@@ -1,0 +1,56 @@
+"""Safe image decoding shared by validation and the feature pipeline."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+__all__ = ["MAX_PIXELS", "decode_image", "image_problem"]
+
+# Largest image accepted (pixels): 8,192 x 8,192. NSD images are 425 x 425; anything far larger is
+# almost certainly a mistake or a decompression bomb.
+MAX_PIXELS = 8192 * 8192
+
+
+def decode_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image (bytes or path) to RGB, refusing empty files and decompression bombs.
+
+    Raises
+    ------
+    ValueError
+        With a message that says what is wrong (empty, not an image, too many pixels, truncated).
+    """
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    if len(data) == 0:
+        raise ValueError("zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ValueError(f"image is {w}x{h} = {w * h:,} pixels, above the {max_pixels:,} limit (decompression bomb?)")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"decompression bomb refused: {e}") from e
+    except ValueError:
+        raise
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError...
+        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
+    return img.convert("RGB")
+
+
+def image_problem(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> str | None:
+    """None when ``path`` decodes as an image, else a sentence naming the file and the problem."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            return f"image {path} does not exist"
+        decode_image(path, max_pixels=max_pixels)
+    except ValueError as e:
+        return f"image {path}: {e}; replace or remove it"
+    return None

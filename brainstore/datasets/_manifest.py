@@ -1,0 +1,120 @@
+"""Generic manifest reader (Parquet / CSV) for collections outside the Algonauts layout.
+
+Columns: ``stimulus_id``, ``path``, ``modality`` (image | video | text), optional ``caption``,
+``split``, ``subject``. Relative paths are resolved against the manifest's folder. A ``text``
+row needs a caption (its path may be empty).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from ._algonauts import STIMULUS_SCHEMA
+from ._errors import DatasetError, DatasetValidationError
+from ._images import image_problem
+
+__all__ = ["read_manifest", "MODALITIES"]
+
+MODALITIES = ("image", "video", "text")
+_REQUIRED = ("stimulus_id", "path", "modality")
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True, name: str | None = None) -> pa.Table:
+    """Read and validate a manifest into a stimulus table (:data:`STIMULUS_SCHEMA`).
+
+    Parameters
+    ----------
+    path : path to a ``.parquet`` or ``.csv`` file.
+    check_files : bool
+        Check that every image/video file exists and is non-empty, and that images decode.
+    name : str, optional
+        Dataset name for the ``dataset`` column (default: the manifest's file stem).
+
+    Raises
+    ------
+    DatasetValidationError
+        Listing every problem: missing columns, unknown modality, missing/empty/undecodable
+        files, text rows without caption, duplicate (subject, stimulus_id) rows, one stimulus id
+        pointing at two different files.
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise DatasetError(f"manifest {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            raw = pq.read_table(path)
+        elif path.suffix == ".csv":
+            raw = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+        else:
+            raise DatasetError(f"manifest {path} must be .parquet or .csv")
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"cannot read manifest {path}: {e}") from e
+    missing = [c for c in _REQUIRED if c not in raw.column_names]
+    if missing:
+        raise DatasetError(f"manifest {path} lacks required column(s) {missing}; columns needed: {list(_REQUIRED)}")
+    rows = raw.to_pylist()
+    problems: list[str] = []
+    seen_keys: dict[tuple, int] = {}
+    sid_path: dict[str, str] = {}
+    out: dict[str, list] = {f.name: [] for f in STIMULUS_SCHEMA}
+    for i, r in enumerate(rows, start=2 if path.suffix == ".csv" else 0):
+        where = f"{path.name} row {i}"
+        sid = r.get("stimulus_id")
+        mod = r.get("modality")
+        if sid is None or str(sid).strip() == "":
+            problems.append(f"{where}: empty stimulus_id")
+            continue
+        sid = str(sid)
+        if mod not in MODALITIES:
+            problems.append(f"{where} ({sid}): modality {mod!r} is not one of {MODALITIES}")
+            continue
+        caption = r.get("caption")
+        p = r.get("path")
+        resolved = ""
+        if mod == "text":
+            if not caption:
+                problems.append(f"{where} ({sid}): a text stimulus needs a non-empty caption")
+        else:
+            if not p:
+                problems.append(f"{where} ({sid}): an {mod} stimulus needs a path")
+                continue
+            resolved = str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p)
+            if check_files:
+                f = Path(resolved)
+                if not f.exists():
+                    problems.append(f"{where} ({sid}): file {resolved} does not exist")
+                elif f.stat().st_size == 0:
+                    problems.append(f"{where} ({sid}): file {resolved} is empty (0 bytes)")
+                elif mod == "image":
+                    prob = image_problem(f)
+                    if prob:
+                        problems.append(f"{where} ({sid}): {prob}")
+        subject = r.get("subject")
+        key = (subject, r.get("split"), sid)
+        if key in seen_keys:
+            problems.append(f"{where}: duplicate stimulus id {sid!r} (subject {subject}), first at row {seen_keys[key]}")
+            continue
+        seen_keys[key] = i
+        ident = resolved or f"text:{caption}"
+        if sid in sid_path and sid_path[sid] != ident:
+            problems.append(f"{where}: stimulus id {sid!r} points at {ident} but earlier at {sid_path[sid]}; ids must be unique per stimulus")
+        sid_path.setdefault(sid, ident)
+        out["stimulus_id"].append(sid)
+        out["subject"].append(None if subject is None else str(subject))
+        out["split"].append(r.get("split"))
+        out["path"].append(resolved or None)
+        out["nsd_id"].append(r.get("nsd_id"))
+        out["caption"].append(caption)
+        out["modality"].append(mod)
+        out["index"].append(r.get("index"))
+        out["dataset"].append(name or path.stem)
+    if problems:
+        raise DatasetValidationError(str(path), problems)
+    return pa.table(out, schema=STIMULUS_SCHEMA)

@@ -1,0 +1,321 @@
+"""Synthetic benchmark dataset in the exact Algonauts 2023 layout.
+
+The generator is a fair, fully known stand-in for NSD:
+
+* images: procedural scenes (see :mod:`._scenes`) with captions; a share of the training images
+  and all test images are seen by every subject (same NSD id, as NSD's shared images);
+* early visual vertices (``prf-visualrois``) integrate low-level contrast energy inside a
+  Gaussian population receptive field, followed by a compressive nonlinearity (CSS model);
+* category-selective vertices (``floc-faces/bodies/places/words``) respond to the scene's
+  semantic content (face, body, place, text), plus weaker mixed tuning;
+* the remaining vertices mix semantic and coarse low-level tuning;
+* noise: per-vertex noise-ceiling SNR drawn from a spread (some vertices near zero), single
+  trials of unit variance as NSD's z-scored betas; training responses are the mean of 3 repeats, test images are shown 3 times and their mean is stored;
+  noise ceilings follow the ncsnr formula with A = n_test, B = C = 0;
+* ``ground_truth/subjNN/{lh,rh}_pred_test.npy`` holds the noiseless test responses (the oracle)
+  in the submission layout, so scoring it gives NNMC ~ 100.
+
+Everything is deterministic given the seed. Responses are generated in image chunks and written
+to memory-mapped ``.npy`` files, so NSD scale (10,000 images, 20,000 vertices per hemisphere)
+fits in a few GB. The dataset is built in a temporary sibling folder and renamed into place at
+the end: an interrupted run leaves nothing half written under the target path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..scoring import noise_ceiling_from_ncsnr
+from ._algonauts import HEMISPHERES
+from ._scenes import SEMANTIC_NAMES, low_level_energy, render, sample_scene
+
+__all__ = ["make_dataset", "ROI_DEFS"]
+
+_GRID = 32  # low-level energy map resolution (grid x grid)
+_N_REPEATS = 3
+
+# family -> (fraction of vertices, label -> ROI name) as in the Algonauts 2023 release.
+ROI_DEFS: dict[str, tuple[float, dict[int, str]]] = {
+    "prf-visualrois": (0.25, {0: "Unknown", 1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"}),
+    "floc-bodies": (0.06, {0: "Unknown", 1: "EBA", 2: "FBA-1", 3: "FBA-2", 4: "mTL-bodies"}),
+    "floc-faces": (0.06, {0: "Unknown", 1: "OFA", 2: "FFA-1", 3: "FFA-2", 4: "mTL-faces", 5: "aTL-faces"}),
+    "floc-places": (0.06, {0: "Unknown", 1: "OPA", 2: "PPA", 3: "RSC"}),
+    "floc-words": (0.05, {0: "Unknown", 1: "OWFA", 2: "VWFA-1", 3: "VWFA-2", 4: "mfs-words", 5: "mTL-words"}),
+}
+_STREAMS = {0: "Unknown", 1: "early", 2: "midventral", 3: "midlateral", 4: "midparietal", 5: "ventral", 6: "lateral", 7: "parietal"}
+# Semantic feature driving each category family.
+_PREFERRED = {"floc-faces": "face", "floc-bodies": "body", "floc-places": "place", "floc-words": "text"}
+# pRF size range (fraction of the image) per visual area label.
+_PRF_SIGMA = {1: (0.03, 0.06), 2: (0.03, 0.06), 3: (0.05, 0.09), 4: (0.05, 0.09), 5: (0.07, 0.13), 6: (0.07, 0.13), 7: (0.1, 0.2)}
+
+
+def make_dataset(
+    root: str | Path,
+    *,
+    n_subjects: int = 2,
+    n_train: int = 600,
+    n_test: int = 100,
+    n_vertices: int = 2000,
+    seed: int = 0,
+    image_size: int = 256,
+    shared_train_fraction: float = 0.3,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic Algonauts-layout dataset to ``root`` and return its path.
+
+    Parameters
+    ----------
+    root : path
+        Target folder; must not exist (or be empty) unless ``overwrite``.
+    n_subjects, n_train, n_test : int
+        Subjects, training images per subject and test images (shared by all subjects).
+    n_vertices : int
+        Typical vertices per hemisphere; each subject/hemisphere varies by +-10 %.
+    seed : int
+        Everything (scenes, ROIs, tuning, noise) is a deterministic function of the seed.
+    image_size : int
+        Side of the square PNGs (NSD: 425).
+    shared_train_fraction : float
+        Fraction of each subject's training images that every subject sees.
+    workers : int, optional
+        Processes used to render images (default: up to 4, one per core).
+    """
+    if n_subjects < 1 or n_train < 10 or n_test < 2 or n_vertices < 50:
+        raise ValueError("need n_subjects >= 1, n_train >= 10, n_test >= 2 and n_vertices >= 50")
+    root = Path(root).expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    try:
+        _generate(tmp, n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, workers, progress)
+        (tmp / "synthetic.json").write_text(json.dumps({
+            "generator": "brainstore.datasets.make_dataset", "seed": seed, "n_subjects": n_subjects,
+            "n_train": n_train, "n_test": n_test, "n_vertices": n_vertices, "image_size": image_size,
+            "shared_train_fraction": shared_train_fraction, "repeats": _N_REPEATS,
+            "seconds": round(time.time() - t0, 2),
+        }, indent=2))
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _render_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray, np.ndarray, str]:
+    nsd_id, seed, size = args
+    rng = np.random.default_rng([seed, nsd_id])
+    scene = sample_scene(rng)
+    img = render(scene, size=size, seed=int(rng.integers(2**31)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), low_level_energy(img, _GRID), scene.semantics(), scene.caption()
+
+
+def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, seed: int, size: int,
+              shared_frac: float, workers: int | None, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    n_shared = int(round(n_train * shared_frac))
+    n_unique = n_train - n_shared
+    total = n_test + n_shared + n_subj * n_unique
+    if total > 73000:
+        raise ValueError(f"{total} distinct images requested; NSD ids stop at 73,000")
+    ids = rng.choice(73000, size=total, replace=False)
+    test_ids = np.sort(ids[:n_test])
+    shared_ids = ids[n_test : n_test + n_shared]
+    train_ids = [
+        np.sort(np.concatenate([shared_ids, ids[n_test + n_shared + k * n_unique : n_test + n_shared + (k + 1) * n_unique]]))
+        for k in range(n_subj)
+    ]
+    all_ids = np.unique(np.concatenate([test_ids, *train_ids]))
+    pos = {int(n): i for i, n in enumerate(all_ids)}
+
+    # Render each distinct image once.
+    energy = np.zeros((len(all_ids), _GRID * _GRID), np.float32)
+    sem = np.zeros((len(all_ids), len(SEMANTIC_NAMES)), np.float32)
+    pngs: list[bytes] = [b""] * len(all_ids)
+    captions: list[str] = [""] * len(all_ids)
+    jobs = [(int(n), seed, size) for n in all_ids]
+    n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    bar = tqdm(total=len(jobs), desc="render scenes", unit="img", disable=not progress)
+    if n_workers > 1 and len(jobs) > 200:
+        with ProcessPoolExecutor(n_workers) as ex:
+            results = ex.map(_render_one, jobs, chunksize=32)
+            for i, res in enumerate(results):
+                pngs[i], energy[i], sem[i], captions[i] = res
+                bar.update()
+    else:
+        for i, job in enumerate(jobs):
+            pngs[i], energy[i], sem[i], captions[i] = _render_one(job)
+            bar.update()
+    bar.close()
+    sem_z = (sem - sem.mean(0)) / np.maximum(sem.std(0), 1e-6)
+
+    cap_rows = []
+    for k in range(n_subj):
+        subj = f"subj{k + 1:02d}"
+        sdir = root / subj
+        for split, split_ids, top, sub, prefix in (
+            ("train", train_ids[k], "training_split", "training_images", "train"),
+            ("test", test_ids, "test_split", "test_images", "test"),
+        ):
+            folder = sdir / top / sub
+            folder.mkdir(parents=True)
+            for i, n in enumerate(split_ids):
+                name = f"{prefix}-{i + 1:04d}_nsd-{int(n):05d}.png"
+                (folder / name).write_bytes(pngs[pos[int(n)]])
+                cap_rows.append((name, captions[pos[int(n)]]))
+        srng = np.random.default_rng([seed, 1000 + k])
+        rows_train = np.array([pos[int(n)] for n in train_ids[k]])
+        rows_test = np.array([pos[int(n)] for n in test_ids])
+        for hemi in HEMISPHERES:
+            nv = int(round(n_vert * srng.uniform(0.9, 1.1)))
+            _write_hemisphere(sdir, subj, hemi, nv, srng, energy, sem_z, rows_train, rows_test, progress)
+
+    # Captions keyed by file name (names embed the NSD id, so one name = one image).
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    uniq = dict(cap_rows)
+    pcsv.write_csv(pa.table({"image": list(uniq), "caption": list(uniq.values())}), root / "captions.csv")
+
+
+def _assign_rois(nv: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Random ROI labels per family (families do not overlap), and the streams labels."""
+    order = rng.permutation(nv)
+    labels = {fam: np.zeros(nv, np.int32) for fam in ROI_DEFS}
+    start = 0
+    for fam, (frac, mapping) in ROI_DEFS.items():
+        n = int(round(frac * nv))
+        idx = order[start : start + n]
+        n_lab = len(mapping) - 1
+        labels[fam][idx] = 1 + (np.arange(n) * n_lab) // max(n, 1)  # contiguous blocks per label
+        start += n
+    streams = np.zeros(nv, np.int32)
+    prf = labels["prf-visualrois"]
+    streams[(prf >= 1) & (prf <= 4)] = 1  # V1, V2 -> early
+    streams[prf >= 5] = 2  # V3, hV4 -> midventral
+    streams[labels["floc-faces"] > 0] = 5
+    streams[labels["floc-places"] > 0] = 5
+    streams[labels["floc-words"] > 0] = 5
+    streams[labels["floc-bodies"] > 0] = 6
+    rest = order[start:]
+    streams[rest] = rng.choice([3, 4, 7], size=len(rest))
+    return labels, streams
+
+
+def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, energy: np.ndarray,
+                      sem_z: np.ndarray, rows_train: np.ndarray, rows_test: np.ndarray, progress: bool) -> None:
+    labels, streams = _assign_rois(nv, rng)
+    roi_dir = sdir / "roi_masks"
+    roi_dir.mkdir(exist_ok=True)
+    for fam, (_, mapping) in ROI_DEFS.items():
+        np.save(roi_dir / f"{hemi}.{fam}_challenge_space.npy", labels[fam])
+        np.save(roi_dir / f"mapping_{fam}.npy", np.array(mapping, dtype=object), allow_pickle=True)
+    np.save(roi_dir / f"{hemi}.streams_challenge_space.npy", streams)
+    np.save(roi_dir / "mapping_streams.npy", np.array(_STREAMS, dtype=object), allow_pickle=True)
+
+    n_sem = sem_z.shape[1]
+    prf = labels["prf-visualrois"]
+    # Tuning: low-level pRF weights (pixels x vertices) and semantic weights (features x vertices).
+    yy, xx = np.mgrid[0:_GRID, 0:_GRID]
+    centres = (np.stack([xx.ravel(), yy.ravel()], 1) + 0.5) / _GRID
+    cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
+    sigma = rng.uniform(0.15, 0.35, nv)  # coarse low-level tuning outside early visual cortex
+    for lab, (lo, hi) in _PRF_SIGMA.items():
+        m = prf == lab
+        sigma[m] = rng.uniform(lo, hi, m.sum())
+    d2 = (centres[:, :1] - cx[None]) ** 2 + (centres[:, 1:] - cy[None]) ** 2
+    W_low = np.exp(-d2 / (2 * sigma[None] ** 2)).astype(np.float32)
+    W_low /= W_low.sum(0, keepdims=True)
+    W_sem = (rng.normal(0, 0.35, (n_sem, nv)) * (rng.random((n_sem, nv)) < 0.5)).astype(np.float32)
+    low_gain = np.full(nv, 0.6, np.float32)
+    sem_gain = np.ones(nv, np.float32)
+    early = prf > 0
+    low_gain[early], sem_gain[early] = 1.0, 0.15
+    log_mu = np.full(nv, np.log(0.35))
+    log_mu[early] = np.log(0.9)
+    for fam, feat in _PREFERRED.items():
+        m = labels[fam] > 0
+        W_sem[:, m] *= 0.4
+        W_sem[SEMANTIC_NAMES.index(feat), m] = rng.uniform(0.8, 1.4, m.sum())
+        low_gain[m] = 0.25
+        log_mu[m] = np.log(0.75)
+    ncsnr = np.exp(rng.normal(log_mu, 0.55))
+    ncsnr[rng.random(nv) < 0.05] = rng.uniform(0.0, 0.05)  # a few vertices carry (almost) no signal
+    ncsnr = np.clip(ncsnr, 0.0, 3.0)
+
+    def signal(rows: np.ndarray) -> np.ndarray:
+        low = np.sqrt(energy[rows] @ W_low)  # compressive spatial summation
+        low = (low - low_mu) / low_sd
+        sem = sem_z[rows] @ W_sem
+        sem = np.log1p(np.exp(sem))  # softplus: responses rectify
+        sem = (sem - sem_mu) / sem_sd
+        return low_gain * low + sem_gain * sem
+
+    # Normalization statistics over this subject's images (train + test), in chunks.
+    all_rows = np.concatenate([rows_train, rows_test])
+    low_mu, low_sd, sem_mu, sem_sd = 0.0, 1.0, 0.0, 1.0
+    acc = np.zeros((4, nv))
+    for start in range(0, len(all_rows), 1024):
+        r = all_rows[start : start + 1024]
+        low = np.sqrt(energy[r] @ W_low)
+        sem = np.log1p(np.exp(sem_z[r] @ W_sem))
+        acc += [low.sum(0), (low.astype(np.float64) ** 2).sum(0), sem.sum(0), (sem.astype(np.float64) ** 2).sum(0)]
+    n = len(all_rows)
+    low_mu, sem_mu = acc[0] / n, acc[2] / n
+    low_sd = np.sqrt(np.maximum(acc[1] / n - low_mu**2, 1e-12))
+    sem_sd = np.sqrt(np.maximum(acc[3] / n - sem_mu**2, 1e-12))
+    low_mu, low_sd, sem_mu, sem_sd = (a.astype(np.float32) for a in (low_mu, low_sd, sem_mu, sem_sd))
+    # The combined signal is rescaled to unit variance so that ncsnr = 1 / noise sd.
+    acc2 = np.zeros((2, nv))
+    for start in range(0, len(all_rows), 1024):
+        s = signal(all_rows[start : start + 1024]).astype(np.float64)
+        acc2 += [s.sum(0), (s**2).sum(0)]
+    s_mu = (acc2[0] / n).astype(np.float32)
+    s_sd = np.sqrt(np.maximum(acc2[1] / n - (acc2[0] / n) ** 2, 1e-12)).astype(np.float32)
+    # Single-trial responses have unit variance (as NSD's z-scored betas): signal amplitude a and
+    # noise sd b with a / b = ncsnr and a**2 + b**2 = 1.
+    amp = (ncsnr / np.sqrt(1 + ncsnr**2)).astype(np.float32)
+    noise_sd = (1.0 / np.sqrt(1 + ncsnr**2)).astype(np.float32)
+
+    from numpy.lib.format import open_memmap
+
+    train_dir = sdir / "training_split" / "training_fmri"
+    test_dir = sdir / "test_split" / "test_fmri"
+    nc_dir = sdir / "test_split" / "noise_ceiling"
+    gt_dir = sdir.parent / "ground_truth" / subj
+    for d in (train_dir, test_dir, nc_dir, gt_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    out_train = open_memmap(train_dir / f"{hemi}_training_fmri.npy", mode="w+", dtype=np.float32, shape=(len(rows_train), nv))
+    out_test = open_memmap(test_dir / f"{hemi}_test_fmri.npy", mode="w+", dtype=np.float32, shape=(len(rows_test), nv))
+    out_gt = open_memmap(gt_dir / f"{hemi}_pred_test.npy", mode="w+", dtype=np.float32, shape=(len(rows_test), nv))
+    for rows, out, is_test in ((rows_train, out_train, False), (rows_test, out_test, True)):
+        for start in range(0, len(rows), 1024):
+            s = amp * (signal(rows[start : start + 1024]) - s_mu) / s_sd
+            noise = rng.standard_normal((_N_REPEATS,) + s.shape, dtype=np.float32).mean(0)
+            out[start : start + len(s)] = s + noise_sd * noise
+            if is_test:
+                out_gt[start : start + len(s)] = s
+    for arr in (out_train, out_test, out_gt):
+        arr.flush()
+    del out_train, out_test, out_gt
+    nc = noise_ceiling_from_ncsnr(ncsnr, n_three=len(rows_test))
+    np.save(nc_dir / f"{hemi}_noise_ceiling.npy", nc.astype(np.float32))

@@ -1,0 +1,23 @@
+"""brainstore.scoring: the scoring contract (Pearson r, Algonauts score, NNMC, retrieval).
+
+A base library with no dependency beyond numpy, shared by ``datasets``, ``fitting`` and
+``serving``.
+"""
+
+from ._metrics import (
+    nnmc,
+    noise_ceiling_from_ncsnr,
+    noise_normalized_score,
+    pearson_r,
+    retrieval_accuracy,
+    roi_summary,
+)
+
+__all__ = [
+    "pearson_r",
+    "noise_normalized_score",
+    "nnmc",
+    "roi_summary",
+    "noise_ceiling_from_ncsnr",
+    "retrieval_accuracy",
+]

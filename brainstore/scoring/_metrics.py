@@ -1,0 +1,216 @@
+"""Scoring: per-vertex Pearson r, the Algonauts 2023 noise-normalized score, NNMC, retrieval.
+
+Everything follows the scoring contract in ARCHITECTURE.md:
+
+* per vertex, Pearson r over test stimuli; r < 0 -> 0;
+* score = 100 * r**2 / NC, NC in [0, 1] (NC = 0 -> 1e-14), clipped at 100;
+* NNMC = mean score over vertices (per subject/hemisphere), per-ROI = mean over the ROI's vertices;
+* NC from ncsnr: ncsnr**2 / (ncsnr**2 + (A/3 + B/2 + C/1) / (A + B + C));
+* retrieval (MindEye): cosine similarity, forward and backward top-1 among 300 random test
+  candidates, averaged over 30 draws.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+__all__ = [
+    "pearson_r",
+    "noise_normalized_score",
+    "nnmc",
+    "roi_summary",
+    "noise_ceiling_from_ncsnr",
+    "retrieval_accuracy",
+]
+
+_NC_FLOOR = 1e-14
+
+
+def pearson_r(pred: np.ndarray, true: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
+    """Pearson correlation per column, vectorized and chunked over columns.
+
+    Parameters
+    ----------
+    pred : array of shape (n_samples, n_vertices)
+    true : array of shape (n_samples, n_vertices)
+    chunk : int
+        Number of columns processed at once (bounds memory for memory-mapped inputs).
+
+    Returns
+    -------
+    r : array of shape (n_vertices,), float64
+        A column with zero variance in either input gets r = 0.
+    """
+    pred = np.asarray(pred)
+    true = np.asarray(true)
+    if pred.ndim == 1:
+        pred, true = pred[:, None], np.asarray(true).reshape(-1, 1)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred has shape {pred.shape} but true has shape {true.shape}; they must match")
+    if pred.shape[0] < 2:
+        raise ValueError("Pearson r needs at least 2 samples per column")
+    out = np.empty(pred.shape[1], dtype=np.float64)
+    for start in range(0, pred.shape[1], chunk):
+        p = np.asarray(pred[:, start : start + chunk], dtype=np.float64)
+        t = np.asarray(true[:, start : start + chunk], dtype=np.float64)
+        p = p - p.mean(0)
+        t = t - t.mean(0)
+        num = (p * t).sum(0)
+        den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        out[start : start + chunk] = np.clip(r, -1.0, 1.0)
+    return out
+
+
+def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
+    """Algonauts 2023 per-vertex score: 100 * max(r, 0)**2 / NC, clipped at 100.
+
+    Parameters
+    ----------
+    r : array of shape (n_vertices,)
+        Pearson correlation per vertex.
+    noise_ceiling : array of shape (n_vertices,)
+        Noise ceiling as a fraction in [0, 1] (the official release stores it in [0, 100];
+        readers convert). NC = 0 is replaced by 1e-14.
+
+    Returns
+    -------
+    score : array of shape (n_vertices,), in [0, 100]
+    """
+    r = np.asarray(r, dtype=np.float64)
+    nc = np.asarray(noise_ceiling, dtype=np.float64)
+    if r.shape != nc.shape:
+        raise ValueError(f"r has shape {r.shape} but noise_ceiling has shape {nc.shape}")
+    if np.nanmax(nc, initial=0.0) > 1.0 + 1e-9 or np.nanmin(nc, initial=0.0) < 0.0:
+        raise ValueError(
+            "noise_ceiling must be a fraction in [0, 1]; values in percent should be divided by 100"
+        )
+    r = np.where(r < 0, 0.0, r)
+    nc = np.where(nc == 0, _NC_FLOOR, nc)
+    return np.minimum(100.0 * r**2 / nc, 100.0)
+
+
+def nnmc(pred: np.ndarray, true: np.ndarray, noise_ceiling: np.ndarray) -> float:
+    """Noise-normalized mean correlation: mean over vertices of :func:`noise_normalized_score`.
+
+    Parameters
+    ----------
+    pred, true : arrays of shape (n_samples, n_vertices)
+    noise_ceiling : array of shape (n_vertices,), fraction in [0, 1]
+    """
+    return float(noise_normalized_score(pearson_r(pred, true), noise_ceiling).mean())
+
+
+def roi_summary(
+    values: np.ndarray, rois: Mapping[str, np.ndarray], *, include_all: bool = True
+) -> dict[str, float]:
+    """Mean of a per-vertex quantity over each ROI.
+
+    Parameters
+    ----------
+    values : array of shape (n_vertices,)
+        e.g. noise-normalized scores or Pearson r.
+    rois : mapping ROI name -> boolean mask of shape (n_vertices,)
+    include_all : bool
+        Add an ``"all"`` entry with the mean over every vertex.
+
+    Returns
+    -------
+    dict ROI name -> mean (NaN for an empty ROI).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out: dict[str, float] = {}
+    if include_all:
+        out["all"] = float(values.mean()) if values.size else float("nan")
+    for name, mask in rois.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != values.shape:
+            raise ValueError(f"ROI {name!r} mask has shape {mask.shape}, values have {values.shape}")
+        out[name] = float(values[mask].mean()) if mask.any() else float("nan")
+    return out
+
+
+def noise_ceiling_from_ncsnr(
+    ncsnr: np.ndarray, n_three: int, n_two: int = 0, n_one: int = 0
+) -> np.ndarray:
+    """Noise ceiling (fraction) from the noise-ceiling SNR (NSD / Algonauts formula).
+
+    NC = ncsnr**2 / (ncsnr**2 + (A/3 + B/2 + C/1) / (A + B + C)), with A, B, C the numbers of
+    test images shown 3, 2 and 1 times.
+
+    Parameters
+    ----------
+    ncsnr : array of shape (n_vertices,)
+    n_three, n_two, n_one : int
+        A, B, C above.
+
+    Returns
+    -------
+    nc : array of shape (n_vertices,), fraction in [0, 1]
+    """
+    total = n_three + n_two + n_one
+    if total <= 0 or min(n_three, n_two, n_one) < 0:
+        raise ValueError("image repeat counts must be non-negative and not all zero")
+    ncsnr = np.asarray(ncsnr, dtype=np.float64)
+    k = (n_three / 3.0 + n_two / 2.0 + n_one / 1.0) / total
+    s2 = ncsnr**2
+    return s2 / (s2 + k)
+
+
+def retrieval_accuracy(
+    decoded: np.ndarray,
+    true: np.ndarray,
+    *,
+    n_candidates: int = 300,
+    n_draws: int = 30,
+    seed: int = 0,
+) -> dict[str, float]:
+    """MindEye retrieval protocol: forward and backward top-1 accuracy.
+
+    For each of ``n_draws`` draws, ``n_candidates`` test items are sampled without replacement;
+    the cosine similarity between decoded (brain) and true (stimulus) embeddings is computed.
+    Forward (brain -> stimulus): for each brain sample, is its own stimulus the most similar
+    candidate? Backward: for each stimulus, is its own brain sample the most similar? Accuracies
+    are averaged over draws. Chance is 1 / n_candidates.
+
+    Parameters
+    ----------
+    decoded : array of shape (n_items, dim)
+    true : array of shape (n_items, dim)
+    n_candidates : int
+        Candidates per draw (capped at n_items).
+    n_draws : int
+    seed : int
+
+    Returns
+    -------
+    dict with ``forward``, ``backward``, ``chance``, ``n_candidates``, ``n_draws``.
+    """
+    decoded = np.asarray(decoded, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if decoded.shape != true.shape or decoded.ndim != 2:
+        raise ValueError(f"decoded {decoded.shape} and true {true.shape} must be equal 2-D shapes")
+    n = decoded.shape[0]
+    k = min(n_candidates, n)
+    if k < 2:
+        raise ValueError("retrieval needs at least 2 items")
+    dn = decoded / np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-12)
+    tn = true / np.maximum(np.linalg.norm(true, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    fwd, bwd = [], []
+    for _ in range(n_draws):
+        idx = rng.choice(n, size=k, replace=False)
+        sim = dn[idx] @ tn[idx].T  # rows: brain samples, columns: stimuli
+        diag = np.arange(k)
+        fwd.append(float((sim.argmax(axis=1) == diag).mean()))
+        bwd.append(float((sim.argmax(axis=0) == diag).mean()))
+    return {
+        "forward": float(np.mean(fwd)),
+        "backward": float(np.mean(bwd)),
+        "chance": 1.0 / k,
+        "n_candidates": k,
+        "n_draws": n_draws,
+    }
