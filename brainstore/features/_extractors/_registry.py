@@ -1,0 +1,158 @@
+"""Extractor registry and the spec-string grammar.
+
+Grammar::
+
+    spec  := name | name ":" pairs
+    pairs := key "=" value ("," key "=" value)*
+    value := text without top-level "," | "[" anything with balanced brackets "]"
+
+Brackets let a value hold commas, colons or a whole nested spec, e.g.
+``video:image=[clip:arch=ViT-B-32,layer=6],frames=8``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import Extractor, ExtractorInfo
+
+_REGISTRY: dict[str, type[Extractor]] = {}
+
+
+def register(cls: type[Extractor]) -> type[Extractor]:
+    """Class decorator adding an :class:`Extractor` subclass to the registry."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def extractor_class(name: str) -> type[Extractor]:
+    """Registered class for ``name``; ``ValueError`` listing the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown extractor {name!r}; valid extractors: {sorted(_REGISTRY)}") from None
+
+
+def _split_top_level(s: str, sep: str) -> list[str]:
+    """Split ``s`` on ``sep`` outside brackets; raise on unbalanced brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in s:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in spec {s!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise ValueError(f"unbalanced '[' in spec {s!r}")
+    parts.append("".join(cur))
+    return parts
+
+
+def _unbracket(v: str) -> str:
+    """Remove one pair of enclosing brackets when the first '[' closes at the end."""
+    v = v.strip()
+    if not (v.startswith("[") and v.endswith("]")):
+        return v
+    depth = 0
+    for i, ch in enumerate(v):
+        depth += ch == "["
+        depth -= ch == "]"
+        if depth == 0 and i < len(v) - 1:
+            return v  # e.g. "[a]x[b]": the first pair does not enclose everything
+    return v[1:-1].strip()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Parse ``name`` or ``name:key=value,...`` and validate it against the registry.
+
+    Parameters
+    ----------
+    spec
+        Spec string, e.g. ``"clip:arch=ViT-B-32,pretrained=openai,layer=final"``.
+
+    Returns
+    -------
+    tuple[str, dict[str, str]]
+        Registry name and raw string values (brackets removed).
+
+    Raises
+    ------
+    ValueError
+        Malformed spec, unknown extractor, unknown key (naming it and the
+        valid keys), repeated key or a value the option rejects.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"extractor spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    name, _, rest = spec.partition(":")
+    name = name.strip().lower()
+    cls = extractor_class(name)
+    options: dict[str, str] = {}
+    if rest.strip():
+        for pair in _split_top_level(rest, ","):
+            if not pair.strip():
+                continue
+            key, eq, value = pair.partition("=")
+            key = key.strip().lower()
+            if not eq or not key:
+                raise ValueError(
+                    f"bad spec item {pair.strip()!r} in {spec!r}: expected key=value; "
+                    f"valid keys for {name!r}: {sorted(cls.OPTIONS)}"
+                )
+            if key in options:
+                raise ValueError(f"option {key!r} given twice in spec {spec!r}")
+            value = _unbracket(value)
+            cls.parse_option(key, value)  # validates key and value
+            options[key] = value
+    return name, options
+
+
+def format_value(v: Any) -> str:
+    """String form of an option value for a spec (bracketed when it needs it)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        s = "true" if v else "false"
+    elif isinstance(v, Extractor):
+        s = v.spec
+    else:
+        s = str(v)
+    return f"[{s}]" if any(c in s for c in ",[]=") else s
+
+
+def get_extractor(spec: str | Extractor, **overrides: Any) -> Extractor:
+    """Build an extractor from a spec string (cheap: no weights, no torch import).
+
+    Parameters
+    ----------
+    spec
+        Spec string (see :func:`parse_spec`) or an existing extractor
+        (returned unchanged when no overrides are given).
+    **overrides
+        Options taking precedence over those in ``spec``.
+
+    Returns
+    -------
+    Extractor
+    """
+    if isinstance(spec, Extractor):
+        if not overrides:
+            return spec
+        name, options = spec.name, {k: spec.options[k] for k in spec.explicit}
+    else:
+        name, options = parse_spec(spec)
+    options.update(overrides)
+    return extractor_class(name)(**options)
+
+
+def list_extractors() -> list[ExtractorInfo]:
+    """Describe every registered extractor, including whether it works offline now."""
+    return [cls.info() for _, cls in sorted(_REGISTRY.items())]
