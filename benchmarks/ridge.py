@@ -1,0 +1,212 @@
+"""Benchmark brainstore's cross-validated ridge against himalaya and scikit-learn.
+
+All solvers see identical synthetic data (low-rank + noise features, targets
+``X W + noise`` with SNR varying over targets), the same alpha grid
+(``np.logspace(0, 6, 10)``), the same 5 contiguous folds and per-target alphas.
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+
+Usage::
+
+    python benchmarks/ridge.py                 # n=4000, p=512, t=10000
+    python benchmarks/ridge.py --quick         # n=1000, p=128, t=1000
+    python benchmarks/ridge.py --n 2000 --t 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from brainstore.fitting._solvers import kfold_indices, solve_ridge_cv
+
+ALPHAS = np.logspace(0, 6, 10)
+N_FOLDS = 5
+GPU_SIZE = dict(n=9841, p=1024, t=39548)  # Algonauts 2023 subject 1
+
+
+def log(msg: str) -> None:
+    print(f"[ridge-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_data(n: int, p: int, t: int, n_test: int = 0, rank: int = 32,
+              seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Standardized low-rank + noise features and targets of varied SNR (float32).
+
+    Returns X (n, p), Y (n, t) and, when ``n_test``, held-out Xt, Yt.
+    """
+    rng = np.random.default_rng(seed)
+    m = n + n_test
+    mix = rng.standard_normal((rank, p)).astype(np.float32)
+    X = rng.standard_normal((m, rank), dtype=np.float32) @ mix
+    X += rng.standard_normal((m, p), dtype=np.float32) * 2.0
+    X = (X - X[:n].mean(0)) / X[:n].std(0)
+    W = rng.standard_normal((p, t), dtype=np.float32) / np.sqrt(p)
+    signal = X @ W
+    # SNR from ~10 down to ~0.01; some targets are pure noise
+    noise_scale = np.logspace(-0.5, 1, t).astype(np.float32)
+    noise_scale[rng.random(t) < 0.1] = np.inf
+    Y = np.where(np.isinf(noise_scale), 0, signal) + rng.standard_normal(
+        (m, t), dtype=np.float32) * np.where(np.isinf(noise_scale), 1, noise_scale)
+    Y = Y.astype(np.float32)
+    return X[:n], Y[:n], X[n:], Y[n:]
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out
+
+
+def run_ours(X, Y, folds, device="cpu", repeats=2, **kw):
+    """Warm-up on a few targets, then best of ``repeats`` full runs."""
+    solve_ridge_cv(X, Y[:, :256], ALPHAS, folds=folds, device=device, **kw)
+    times, res = [], None
+    for i in range(repeats):
+        dt, res = timed(solve_ridge_cv, X, Y, ALPHAS, folds=folds, device=device, **kw)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(dt)
+        log(f"ours ({device}, {kw}) run {i + 1}: {dt:.2f} s")
+    return min(times), times, res
+
+
+def run_himalaya(X, Y, folds, backend: str):
+    """himalaya RidgeCV with Pearson scoring on the same folds (one timed run)."""
+    from himalaya.backend import set_backend
+    from himalaya.ridge import RidgeCV
+    from himalaya.scoring import correlation_score
+
+    be = set_backend(backend, on_error="raise")
+
+    def fit(Yt):
+        model = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds,
+                        solver_params=dict(score_func=correlation_score,
+                                           n_targets_batch=None,
+                                           n_alphas_batch=None))
+        model.fit(X, Yt)
+        if "cuda" in backend:
+            torch.cuda.synchronize()
+        return model
+
+    fit(Y[:, :256])  # warm-up
+    dt, model = timed(fit, Y)
+    alphas = np.asarray(be.to_numpy(model.best_alphas_))
+    log(f"himalaya {backend}: {dt:.2f} s")
+    set_backend("numpy")
+    return dt, alphas
+
+
+def run_sklearn(X, Y):
+    """sklearn RidgeCV with efficient leave-one-out and per-target alphas."""
+    from sklearn.linear_model import RidgeCV
+
+    dt, _ = timed(RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit, X, Y)
+    log(f"sklearn RidgeCV (LOO): {dt:.2f} s")
+    return dt
+
+
+def max_rel_pred_diff(res, X, Y, Xt) -> float:
+    """Our held-out predictions vs sklearn Ridge refit at our alphas (float64).
+
+    Relative to the largest |prediction| of each target, max over targets.
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ours = res.predict(Xt).double().numpy()
+    alphas = res.alphas.double().numpy()
+    ref = np.empty_like(ours)
+    X64, Y64, Xt64 = (a.astype(np.float64) for a in (X, Y, Xt))
+    for a in np.unique(alphas):
+        cols = np.flatnonzero(alphas == a)
+        model = make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(X64, Y64[:, cols])
+        ref[:, cols] = model.predict(Xt64).reshape(len(Xt), -1)
+    scale = np.abs(ref).max(0)
+    return float((np.abs(ours - ref).max(0) / np.where(scale > 0, scale, 1)).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--p", type=int, default=512)
+    parser.add_argument("--t", type=int, default=10000)
+    parser.add_argument("--quick", action="store_true", help="n=1000, p=128, t=1000")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--skip-gpu", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.p, args.t = 1000, 128, 1000
+    n, p, t = args.n, args.p, args.t
+    out: dict = dict(n=n, p=p, t=t, n_folds=N_FOLDS, n_alphas=len(ALPHAS),
+                     alphas="logspace(0, 6, 10)", score="pearson", dtype="float32",
+                     folds="contiguous KFold(5), same indices for all")
+
+    log(f"data n={n} p={p} t={t}")
+    X, Y, Xt, _ = make_data(n, p, t, n_test=500)
+    folds = kfold_indices(n, N_FOLDS)
+
+    ours_s, ours_times, res = run_ours(X, Y, folds, repeats=args.repeats)
+    out.update(ours_s=round(ours_s, 3), ours_runs_s=[round(x, 3) for x in ours_times])
+
+    h_np, alphas_np = run_himalaya(X, Y, folds, "numpy")
+    h_t, alphas_t = run_himalaya(X, Y, folds, "torch")
+    out.update(himalaya_numpy_s=round(h_np, 3), himalaya_torch_s=round(h_t, 3),
+               himalaya_s=round(min(h_np, h_t), 3),
+               speedup_vs_himalaya=round(min(h_np, h_t) / ours_s, 2))
+
+    # identical scoring: himalaya centers (no scaling) per fold and scores Pearson r
+    log("ours with standardize=False for the alpha comparison")
+    nostd_s, res_nostd = timed(solve_ridge_cv, X, Y, ALPHAS, folds=folds, standardize=False)
+    ours_alphas = res_nostd.alphas.double().numpy()
+
+    def agree(a, b) -> float:
+        return round(float(np.mean(np.isclose(a, b))), 4)
+
+    out.update(
+        alpha_agreement=agree(ours_alphas, alphas_t),
+        alpha_agreement_vs_himalaya_numpy=agree(ours_alphas, alphas_np),
+        alpha_agreement_default_standardize=agree(res.alphas.double().numpy(), alphas_t),
+        alpha_agreement_setup="ours(score='pearson', standardize=False) vs himalaya RidgeCV("
+                              "fit_intercept=True, score_func=correlation_score), same folds",
+        ours_nostd_s=round(nostd_s, 3))
+
+    log("sklearn Ridge refits at our alphas (held-out predictions)")
+    out["max_rel_pred_diff_vs_sklearn"] = float(f"{max_rel_pred_diff(res, X, Y, Xt):.3g}")
+    if not args.skip_sklearn:
+        out["sklearn_s"] = round(run_sklearn(X, Y), 3)
+    del X, Y, Xt, res, res_nostd
+
+    if torch.cuda.is_available() and not args.skip_gpu:
+        g = GPU_SIZE
+        log(f"GPU section: {torch.cuda.get_device_name()} n={g['n']} p={g['p']} t={g['t']}")
+        Xg, Yg, _, _ = make_data(g["n"], g["p"], g["t"], seed=1)
+        fg = kfold_indices(g["n"], N_FOLDS)
+        gpu_s, _, _ = run_ours(Xg, Yg, fg, device="cuda", repeats=args.repeats)
+        gh, _ = run_himalaya(Xg, Yg, fg, "torch_cuda")
+        out.update(gpu=torch.cuda.get_device_name(), gpu_size=g,
+                   gpu_ours_s=round(gpu_s, 3), gpu_himalaya_s=round(gh, 3),
+                   gpu_speedup_vs_himalaya=round(gh / gpu_s, 2))
+    else:
+        out.update(gpu="not available" if not torch.cuda.is_available() else "skipped",
+                   gpu_ours_s=None, gpu_himalaya_s=None)
+
+    out["machine"] = dict(cpu_count=os.cpu_count(), torch=torch.__version__,
+                          torch_threads=torch.get_num_threads(),
+                          platform=platform.platform(),
+                          processor=platform.processor() or platform.machine(),
+                          loadavg=[round(x, 2) for x in os.getloadavg()])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
