@@ -12,6 +12,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep every Ray node and driver on loopback: with this set Ray resolves "127.0.0.1" to itself
+# instead of the machine's external address (needed for multi-node clusters on one machine).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,16 @@ def dataset_copy(small_dataset, tmp_path) -> Path:
     dst = tmp_path / "synth"
     shutil.copytree(small_dataset, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the session, on loopback, 2 CPUs (tests needing their own cluster shut it down)."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
+                 object_store_memory=300 * 1024 * 1024)
+    yield ray

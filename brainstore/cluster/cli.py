@@ -93,6 +93,111 @@ def info_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command("extract")
+def extract_cmd(
+    extractor: str = typer.Option(..., "--extractor", "-e", help="Extractor spec, e.g. 'clip:arch=ViT-B-32,pretrained=openai', 'text', 'sam:variant=vit_l,checkpoint=PATH'."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (Algonauts layout)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest file (.parquet/.csv) instead of --dataset."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer to extract (adds layer=L to the spec)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Feature version (table) name; default from the extractor settings."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows per model batch."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Extractor actors (default: one per GPU, else 1)."),
+    storage_dtype: str = typer.Option("float32", "--storage-dtype", help="float32 or float16 on disk."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N unique stimuli."),
+    store: str = StoreOpt,
+    address: Optional[str] = AddressOpt,
+) -> None:
+    """Extract features for every stimulus into the store (resumable: stored stimuli are skipped)."""
+    from ..features import FeatureStoreError, WeightsNotFoundError, extract, parse_spec
+    from ..datasets import DatasetError
+    from ._ray import connect
+    from ._report import console
+
+    if (dataset is None) == (manifest is None):
+        _fail("give exactly one of --dataset DIR or --manifest FILE")
+    if layer is not None:
+        name, opts = parse_spec(extractor)
+        opts["layer"] = layer
+        extractor = name + ":" + ",".join(f"{k}={v}" for k, v in opts.items())
+    connect(address)
+    try:
+        rep = extract(dataset or manifest, extractor, store, version=version, batch_size=batch_size,
+                      concurrency=concurrency, storage_dtype=storage_dtype, limit=limit)
+    except (WeightsNotFoundError, FeatureStoreError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"[green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored, "
+                  f"{len(rep.failed)} failed, dim {rep.dim}, {rep.seconds:.1f} s ({rep.rate:.1f} stimuli/s) -> {rep.store}")
+    for f in rep.failed:
+        console.print(f"  [red]bad stimulus[/] {f['stimulus_id']} {f['path']}: {f['error']}")
+
+
+@app.command("features")
+def features_cmd(
+    list_extractors_: bool = typer.Option(False, "--list", help="List the registered extractors instead of tables."),
+    pca: Optional[str] = typer.Option(None, "--pca", help="Derive a PCA version of this table (fitted on the train split)."),
+    components: int = typer.Option(256, "--components", help="PCA components (with --pca)."),
+    index: Optional[str] = typer.Option(None, "--index", help="Build a vector index on this table."),
+    index_kind: str = typer.Option("ivf_pq", "--index-kind", help="ivf_pq or hnsw."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    store: str = StoreOpt,
+) -> None:
+    """List feature tables with their metadata (or extractors with --list); derive PCA; build indices."""
+    from rich.table import Table
+
+    from ._report import console
+
+    if list_extractors_:
+        from ..features import list_extractors
+
+        import dataclasses
+
+        from rich.markup import escape
+
+        infos = [dataclasses.asdict(i) for i in list_extractors()]
+        if as_json:
+            print(json.dumps(infos, indent=2, default=str))
+            return
+        t = Table(title="extractors (spec: name:key=value,...)")
+        for c in ("name", "modalities", "default dim", "layers", "pooling", "weights", "offline now"):
+            t.add_column(c)
+        for d in infos:
+            t.add_row(d["name"], "/".join(d["modalities"]), str(d["default_dim"] or "?"), escape(str(d["layers"])),
+                      "/".join(d["poolings"]), escape(str(d["weights"])),
+                      ("[green]yes[/] " if d["offline"] else "[red]no[/] ") + escape(str(d["offline_detail"])))
+        console.print(t)
+        return
+    from ..features import FeatureStore, FeatureStoreError, derive_pca
+
+    fs = FeatureStore(store)
+    try:
+        if pca:
+            name = derive_pca(fs, pca, components)
+            console.print(f"derived [green]{name}[/] from {pca}")
+        if index:
+            console.print(fs.build_index(index, kind=index_kind))
+    except FeatureStoreError as e:
+        _fail(str(e))
+    infos = fs.tables()
+    if as_json:
+        print(json.dumps([{"name": i.name, "rows": i.rows, "dim": i.dim, "metadata": i.metadata} for i in infos], indent=2))
+        return
+    t = Table(title=f"feature tables in {fs.uri}")
+    for c in ("table", "rows", "dim", "extractor", "architecture", "pretrained", "layer", "pooling", "dtype", "created"):
+        t.add_column(c)
+    for i in infos:
+        m = i.metadata
+        pre = str(m.get("pretrained", ""))
+        if m.get("random_init") == "true":
+            pre = "[red]none (random init)[/]"
+        t.add_row(i.name, str(i.rows), str(i.dim), str(m.get("extractor", "")), str(m.get("architecture", ""))[:40],
+                  pre[:48], str(m.get("layer", "")), str(m.get("pooling", ""))[:24], str(m.get("storage_dtype", "")),
+                  str(m.get("created", "")))
+    console.print(t)
+    bad = fs.bad_stimuli()
+    if bad:
+        console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
+
+
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("brainstore-demo"), "--out", help="Run folder for the demo's dataset, store and models."),

@@ -1,1 +1,40 @@
-"""brainstore.features."""
+"""brainstore.features: extractor registry and the LanceDB feature store, filled by Ray Data.
+
+>>> from brainstore.features import FeatureStore, extract, list_extractors
+>>> report = extract("data/synth", "text", "store/")          # captions -> sentence embeddings
+>>> X = FeatureStore("store/").load(report.feature, ["nsd-00012", "nsd-00007"])
+"""
+
+from ._derived import derive_pca
+from ._extractors import (
+    Extractor,
+    ExtractorInfo,
+    WeightsNotFoundError,
+    get_extractor,
+    list_extractors,
+    parse_spec,
+    register,
+)
+from ._pipeline import ExtractReport, extract, select_stimuli
+from ._store import FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
+
+__all__ = [
+    # extractors
+    "Extractor",
+    "ExtractorInfo",
+    "WeightsNotFoundError",
+    "get_extractor",
+    "list_extractors",
+    "parse_spec",
+    "register",
+    # pipeline
+    "extract",
+    "ExtractReport",
+    "select_stimuli",
+    # store
+    "FeatureStore",
+    "FeatureStoreError",
+    "FeatureTableInfo",
+    "MissingStimuliError",
+    "derive_pca",
+]

@@ -1,0 +1,193 @@
+"""Feature extraction and store-read benchmark. Last stdout line: one JSON object.
+
+Figures (issue: feature store):
+* ``pipeline_img_per_s``: PNG on disk -> LanceDB rows through brainstore's Ray Data pipeline
+  (decode/preprocess CPU tasks -> extractor actor -> chunked merge_insert commits);
+* ``loop_img_per_s``: a plain single-process loop over the same images with the same model
+  (PIL decode, the extractor's own preprocess, batched forward, one np.save at the end);
+* ``ratio`` = pipeline / loop, measured side by side in this run;
+* ``store_read_s`` / ``npy_read_s`` / ``store_read_ratio``: loading 10,000 x 1,024 float32
+  embeddings by a shuffled id list from the store vs ``np.load`` + fancy indexing;
+* ``gpu_clip_b32_img_per_s`` / ``gpu_sam_vitl_img_per_s``: only with ``--gpu`` on a CUDA machine
+  (CLIP ViT-B/32 bf16 and SAM ViT-L image encoder, end to end); null otherwise.
+
+Usage: python benchmarks/extract.py [--images 512] [--arch ViT-B-32] [--batch-size 32] [--gpu]
+Model weights are random-init (``pretrained=none``) unless --pretrained/--sam-checkpoint name
+local weights: throughput does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def log(msg: str) -> None:
+    print(f"[extract-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def make_images(root: Path, n: int, size: int) -> Path:
+    from brainstore.datasets import make_dataset
+
+    return make_dataset(root, n_subjects=1, n_train=n, n_test=2, n_vertices=50, image_size=size, progress=False,
+                        shared_train_fraction=0.0)
+
+
+def loop_baseline(data: Path, spec: str, batch_size: int, out: Path) -> tuple[float, int]:
+    """Single process: PIL decode -> preprocess -> batched forward -> np.save."""
+    import torch
+    from PIL import Image
+
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import get_extractor
+
+    files = [Path(p) for p in AlgonautsDataset(data).stimuli(splits=("train",)).column("path").to_pylist()]
+    ext = get_extractor(spec)
+    ext.load("cpu")
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    embs = []
+    for start in range(0, len(files), batch_size):
+        batch = [ext.preprocess(Image.open(f).convert("RGB")) for f in files[start : start + batch_size]]
+        embs.append(ext.embed(np.stack(batch)))
+    np.save(out, np.concatenate(embs))
+    return time.perf_counter() - t0, len(files)
+
+
+def pipeline_run(data: Path, spec: str, batch_size: int, store: Path, manifest_rows) -> tuple[float, int]:
+    from brainstore.features import extract
+
+    t0 = time.perf_counter()
+    rep = extract(manifest_rows, spec, store, batch_size=batch_size, commit_every=max(256, batch_size), progress=False)
+    dt = time.perf_counter() - t0
+    assert not rep.failed and rep.written == manifest_rows.num_rows, rep
+    return dt, rep.written
+
+
+def store_read(tmp: Path, n: int = 10_000, dim: int = 1024, repeats: int = 7) -> dict:
+    from brainstore.features import FeatureStore
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, dim), dtype=np.float32)
+    ids = [f"nsd-{i:05d}" for i in range(n)]
+    fs = FeatureStore(tmp / "readstore")
+    fs.ensure_table("bench", dim, {"extractor": "bench"})
+    fs.write("bench", ids, X)
+    np.save(tmp / "bench.npy", X)
+    query = [ids[i] for i in rng.permutation(n)]
+    pos = {s: i for i, s in enumerate(ids)}
+
+    def via_store():
+        return FeatureStore(tmp / "readstore").load("bench", query)
+
+    def via_npy():
+        return np.load(tmp / "bench.npy")[[pos[s] for s in query]]
+
+    a, b = via_store(), via_npy()
+    assert np.array_equal(a, b)
+    ts, tn = [], []
+    for _ in range(repeats):  # interleaved so both see the same machine state
+        t0 = time.perf_counter(); via_store(); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); via_npy(); tn.append(time.perf_counter() - t0)
+    return {"store_read_s": round(min(ts), 4), "npy_read_s": round(min(tn), 4),
+            "store_read_ratio": round(min(ts) / min(tn), 3), "read_n": n, "read_dim": dim}
+
+
+def gpu_section(args, tmp: Path) -> dict:
+    import torch
+
+    if not (args.gpu and torch.cuda.is_available()):
+        return {"gpu": "not available" if not torch.cuda.is_available() else "not requested",
+                "gpu_clip_b32_img_per_s": None, "gpu_sam_vitl_img_per_s": None}
+    from brainstore.datasets import AlgonautsDataset, make_dataset
+    from brainstore.features import extract
+    from brainstore.features._pipeline import select_stimuli
+
+    data = make_dataset(tmp / "gpu-data", n_subjects=1, n_train=args.gpu_images, n_test=2, n_vertices=50,
+                        image_size=425, progress=False, shared_train_fraction=0.0)
+    rows = select_stimuli(AlgonautsDataset(data).stimuli(splits=("train",)), "image")
+    out = {"gpu": torch.cuda.get_device_name(0)}
+    clip_spec = f"clip:arch=ViT-B-32,pretrained={args.pretrained}"
+    t0 = time.perf_counter()
+    rep = extract(rows, clip_spec, tmp / "gpu-store", batch_size=256, dtype="bfloat16", progress=False)
+    out["gpu_clip_b32_img_per_s"] = round(rep.written / (time.perf_counter() - t0), 1)
+    sam_spec = "sam:variant=vit_l," + (f"checkpoint={args.sam_checkpoint}" if args.sam_checkpoint else "pretrained=none")
+    sam_rows = rows.slice(0, min(rows.num_rows, args.sam_images))
+    t0 = time.perf_counter()
+    rep = extract(sam_rows, sam_spec, tmp / "gpu-store", batch_size=16, dtype="bfloat16", progress=False)
+    out["gpu_sam_vitl_img_per_s"] = round(rep.written / (time.perf_counter() - t0), 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--size", type=int, default=256, help="PNG side in pixels")
+    ap.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (or brainstore-tiny-clip)")
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--gpu-images", type=int, default=20000)
+    ap.add_argument("--sam-images", type=int, default=1000)
+    ap.add_argument("--sam-checkpoint", default=None)
+    args = ap.parse_args()
+
+    import ray
+
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features._pipeline import select_stimuli
+
+    register_tiny_models()
+    tmp = Path(tempfile.mkdtemp(prefix="bs-extract-bench-"))
+    try:
+        data = make_images(tmp / "data", args.images, args.size)
+        rows = select_stimuli(AlgonautsDataset(data).stimuli(splits=("train",)), "image")
+        spec = f"clip:arch={args.arch},pretrained={args.pretrained}"
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+        # warm-up: load the model once in each mode (weights, open_clip init, Ray worker start)
+        log("warm-up")
+        loop_baseline(data, spec, args.batch_size, tmp / "warm.npy")
+        pipeline_run(data, spec, args.batch_size, tmp / "warm-store", rows.slice(0, args.batch_size * 2))
+        log(f"loop over {args.images} images ({args.arch})")
+        loop_s, n = loop_baseline(data, spec, args.batch_size, tmp / "loop.npy")
+        log(f"pipeline over {args.images} images")
+        pipe_s, n2 = pipeline_run(data, spec, args.batch_size, tmp / "store", rows)
+        # the same embeddings both ways
+        from brainstore.features import FeatureStore
+
+        fs = FeatureStore(tmp / "store")
+        feat = fs.names()[0]
+        ids = rows.column("stimulus_id").to_pylist()
+        max_diff = float(np.abs(fs.load(feat, ids) - np.load(tmp / "loop.npy")).max())
+        out = {
+            "arch": args.arch, "images": n, "image_size": args.size, "batch_size": args.batch_size,
+            "loop_s": round(loop_s, 2), "pipeline_s": round(pipe_s, 2),
+            "loop_img_per_s": round(n / loop_s, 2), "pipeline_img_per_s": round(n2 / pipe_s, 2),
+            "ratio": round((n2 / pipe_s) / (n / loop_s), 3), "max_abs_diff_pipeline_vs_loop": max_diff,
+        }
+        log("store reads")
+        out.update(store_read(tmp))
+        out.update(gpu_section(args, tmp))
+        out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+        ray.shutdown()
+        print(json.dumps(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Feature extraction with Ray Data: read -> decode/preprocess (CPU tasks) -> extractor actor pool
+(GPUs when present) -> chunked, idempotent commits into the LanceDB feature store.
+
+Resumable: stimuli already stored under the feature version are skipped; each chunk of
+``commit_every`` rows is one ``merge_insert`` commit keyed on ``stimulus_id``, so a killed job
+keeps what it committed and a rerun (or a concurrent run) never duplicates a row.
+Bad stimuli (zero-byte, corrupt, not an image, decompression bombs, unreadable videos) are
+reported with their paths, recorded in the store's ``_bad_stimuli`` table, and never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..datasets import STIMULUS_SCHEMA, decode_image, open_stimuli
+from ._store import FeatureStore
+
+__all__ = ["extract", "ExtractReport", "select_stimuli"]
+
+log = logging.getLogger("brainstore.features")
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction run did."""
+
+    feature: str
+    store: str
+    requested: int  # unique stimuli the extractor applies to
+    already_stored: int  # skipped because present (resume)
+    written: int  # rows inserted by this run
+    failed: list[dict] = field(default_factory=list)  # {stimulus_id, path, error}
+    seconds: float = 0.0
+    dim: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def select_stimuli(stimuli: pa.Table, modality: str) -> pa.Table:
+    """One row per unique stimulus the extractor applies to, with its ``item`` (path or caption).
+
+    Image/video extractors take rows of that modality (the file path); a text extractor takes
+    every row with a caption, so a caption is stored under the same ``stimulus_id`` as its image.
+    An image shared by several subjects (same ``stimulus_id``) appears once; its ``split`` lists
+    every split it belongs to (e.g. ``test,train``).
+    """
+    rows = stimuli.to_pylist()
+    out: dict[str, dict] = {}
+    for r in rows:
+        if modality == "text":
+            if not r.get("caption"):
+                continue
+            item = r["caption"]
+        else:
+            if r.get("modality") != modality:
+                continue
+            item = r["path"]
+        sid = r["stimulus_id"]
+        if sid in out:
+            if r.get("split"):
+                out[sid]["splits"].add(r["split"])
+            continue
+        out[sid] = {"stimulus_id": sid, "item": item, "path": r.get("path") or "",
+                    "dataset": r.get("dataset") or "", "splits": {r["split"]} if r.get("split") else set()}
+    return pa.table({
+        "stimulus_id": [v["stimulus_id"] for v in out.values()],
+        "item": [v["item"] for v in out.values()],
+        "path": [v["path"] for v in out.values()],
+        "dataset": [v["dataset"] for v in out.values()],
+        "split": [",".join(sorted(v["splits"])) for v in out.values()],
+    })
+
+
+# ----------------------------------------------------------------------------- Ray stages
+def _prepare_batch(batch: dict[str, np.ndarray], ext, modality: str) -> dict[str, Any]:
+    """CPU task: read + decode + preprocess each item; failures become rows with ``error`` set.
+
+    Preprocessed arrays travel as raw bytes (+ shape) so a batch mixing good and bad rows keeps
+    one column type whatever the extractor's input shape.
+    """
+    data, shapes, errors = [], [], []
+    dtype_name = ""
+    for item in batch["item"]:
+        try:
+            if modality == "image":
+                x = ext.preprocess(decode_image(str(item)))
+            elif modality == "video":
+                x = ext.preprocess(str(item))
+            else:
+                x = ext.preprocess(str(item))
+            if isinstance(x, str):
+                data.append(x.encode())
+                shapes.append(np.zeros(0, np.int64))
+                dtype_name = "str"
+            else:
+                x = np.ascontiguousarray(x)
+                data.append(x.tobytes())
+                shapes.append(np.asarray(x.shape, np.int64))
+                dtype_name = x.dtype.str
+            errors.append("")
+        except Exception as e:  # one bad stimulus must not stop the job
+            data.append(b"")
+            shapes.append(np.zeros(0, np.int64))
+            errors.append(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+    return {
+        "stimulus_id": batch["stimulus_id"],
+        "path": batch["path"],
+        "dataset": batch["dataset"],
+        "split": batch["split"],
+        "data": np.array(data, dtype=object),
+        "shape": np.array([",".join(map(str, s)) for s in shapes], dtype=object),
+        "dtype": np.array([dtype_name] * len(data), dtype=object),
+        "error": np.array(errors, dtype=object),
+    }
+
+
+class _Embedder:
+    """Actor: holds the loaded model; embeds the good rows of each batch."""
+
+    def __init__(self, ext, device: str, dtype: str, threads: int | None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.ext = ext
+        self.ext.load(device=device, dtype=dtype)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["stimulus_id"])
+        ok = np.array([e == "" for e in batch["error"]], dtype=bool)
+        dim = self.ext.dim
+        emb = np.zeros((n, dim), np.float32)
+        errors = list(batch["error"])
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            if batch["dtype"][idx[0]] == "str":
+                items = [bytes(batch["data"][i]).decode() for i in idx]
+            else:
+                items = np.stack([
+                    np.frombuffer(batch["data"][i], dtype=np.dtype(batch["dtype"][i])).reshape(
+                        tuple(int(v) for v in str(batch["shape"][i]).split(",")))
+                    for i in idx
+                ])
+            try:
+                out = np.asarray(self.ext.embed(items), dtype=np.float32)
+                emb[idx] = out
+                bad = ~np.isfinite(out).all(1)
+                for j in np.flatnonzero(bad):
+                    errors[idx[j]] = "extractor returned non-finite values"
+            except Exception as e:  # e.g. a video whose frames decode but break the model
+                for i in idx:
+                    errors[i] = f"{type(e).__name__}: {e}"
+        return {"stimulus_id": batch["stimulus_id"], "path": batch["path"], "dataset": batch["dataset"],
+                "split": batch["split"], "embedding": emb, "error": np.array(errors, dtype=object)}
+
+
+def _resources(num_gpus: float | None) -> tuple[bool, float]:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0) if num_gpus is None else num_gpus
+    return gpus > 0, gpus
+
+
+# ----------------------------------------------------------------------------- driver
+def extract(
+    source,
+    extractor,
+    store: str | FeatureStore,
+    *,
+    version: str | None = None,
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    num_gpus: float | None = None,
+    actor_cpus: float | None = None,
+    prep_cpus: float = 1.0,
+    dtype: str | None = None,
+    storage_dtype: str = "float32",
+    commit_every: int = 512,
+    limit: int | None = None,
+    progress: bool = True,
+    compact: bool = True,
+) -> ExtractReport:
+    """Extract features for every stimulus of ``source`` into ``store`` (resumable, idempotent).
+
+    Parameters
+    ----------
+    source : stimulus table (:data:`~brainstore.datasets.STIMULUS_SCHEMA`), dataset folder or manifest path.
+    extractor : spec string (``"clip:arch=ViT-B-32"``) or an extractor object.
+    store : FeatureStore or URI.
+    version : table name; default the extractor's version name.
+    batch_size : rows per model batch (and per preprocessing task).
+    concurrency : extractor actors (default: one per GPU, else 1).
+    num_gpus : GPUs per actor (default 1 when the cluster has GPUs, else 0).
+    actor_cpus : CPUs reserved per actor (default 1 with GPUs; fractional without, so that
+        preprocessing tasks can run beside the model on small machines).
+    dtype : model compute dtype (default bfloat16 on GPU, float32 on CPU).
+    storage_dtype : ``float32`` or ``float16`` embeddings on disk.
+    commit_every : rows per store commit (a killed job keeps every committed chunk).
+    limit : only the first ``limit`` unique stimuli (for smoke runs).
+
+    Returns
+    -------
+    ExtractReport
+    """
+    import ray
+
+    from ._extractors import get_extractor
+
+    t0 = time.time()
+    ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
+    fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    stimuli = source if isinstance(source, pa.Table) else open_stimuli(Path(source))
+    rows = select_stimuli(stimuli, ext.modality)
+    if limit is not None:
+        rows = rows.slice(0, limit)
+    feature = version or ext.version
+    if rows.num_rows == 0:
+        raise ValueError(f"no {ext.modality} stimuli in the source for extractor {ext.name!r} "
+                         f"({'no captions' if ext.modality == 'text' else 'no rows with modality=' + ext.modality})")
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+    # brainstore shows one progress bar (committed rows); Ray Data's per-operator logs stay quiet.
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+    use_gpu, n_gpus_total = _resources(num_gpus)
+    device = "cuda" if use_gpu else "cpu"
+    dtype = dtype or ("bfloat16" if use_gpu else "float32")
+
+    # Metadata (and so the identity check) is known before any weights are loaded when possible.
+    meta = dict(ext.metadata())
+    meta.update({"dtype": dtype, "device": device})
+    dim = int(ext.dim)
+    fs.ensure_table(feature, dim, meta, storage_dtype=storage_dtype)
+    stored = set(fs.ids(feature))
+    todo = rows.filter(pa.array([s not in stored for s in rows.column("stimulus_id").to_pylist()]))
+    report = ExtractReport(feature=feature, store=fs.uri, requested=rows.num_rows,
+                           already_stored=rows.num_rows - todo.num_rows, written=0, dim=dim)
+    if todo.num_rows == 0:
+        report.seconds = time.time() - t0
+        return report
+
+    n_actors = concurrency or (max(1, int(n_gpus_total)) if use_gpu else 1)
+    if use_gpu:
+        gpu_per_actor = 1.0 if num_gpus is None else float(num_gpus)
+        cpu_per_actor = 1.0 if actor_cpus is None else actor_cpus
+    else:
+        gpu_per_actor = 0.0
+        cpu_per_actor = 0.5 if actor_cpus is None else actor_cpus
+    threads = None if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1) // n_actors))
+
+    n_blocks = max(1, min(todo.num_rows // batch_size + 1, 4 * int(ray.cluster_resources().get("CPU", 1)) * 4))
+    ds = ray.data.from_arrow(todo).repartition(n_blocks)
+    ds = ds.map_batches(_prepare_batch, fn_kwargs={"ext": ext, "modality": ext.modality},
+                        batch_size=batch_size, num_cpus=prep_cpus, batch_format="numpy")
+    ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"ext": ext, "device": device, "dtype": dtype, "threads": threads},
+                        batch_size=batch_size, concurrency=n_actors, num_gpus=gpu_per_actor, num_cpus=cpu_per_actor,
+                        batch_format="numpy")  # Ray Data restarts lost actors and retries their tasks by default
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=todo.num_rows, desc=f"extract {feature}", unit="stim", disable=not progress)
+    written_ids: list[str] = []
+    for batch in ds.iter_batches(batch_size=commit_every, batch_format="numpy", prefetch_batches=2):
+        err = np.asarray([e != "" for e in batch["error"]], dtype=bool)
+        good = np.flatnonzero(~err)
+        if len(good):
+            ids = [str(s) for s in batch["stimulus_id"][good]]
+            report.written += fs.write(feature, ids, np.asarray(batch["embedding"])[good],
+                                       dataset=[str(d) for d in batch["dataset"][good]],
+                                       split=[str(s) for s in batch["split"][good]])
+            written_ids += ids
+        if err.any():
+            failed = [{"stimulus_id": str(batch["stimulus_id"][i]), "path": str(batch["path"][i]),
+                       "error": str(batch["error"][i])} for i in np.flatnonzero(err)]
+            for f in failed:
+                log.warning("bad stimulus %s (%s): %s", f["stimulus_id"], f["path"], f["error"])
+            fs.record_bad(feature, failed)
+            report.failed += failed
+        bar.update(len(batch["stimulus_id"]))
+    bar.close()
+    fs.clear_bad(feature, written_ids)
+    if compact:
+        fs.compact(feature)
+    report.seconds = time.time() - t0
+    return report

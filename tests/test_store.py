@@ -1,0 +1,137 @@
+"""The LanceDB feature store (real LanceDB on disk): ordering, idempotence, refusals, PCA, index."""
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from brainstore.features import FeatureStore, FeatureStoreError, MissingStimuliError, derive_pca
+
+META = {"extractor": "test", "architecture": "toy", "pretrained": "none", "layer": "final", "pooling": "cls",
+        "preprocessing": "none", "dtype": "float32"}
+
+
+def _fill(fs, name="f", n=50, dim=8, seed=0, splits=None):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    ids = [f"s{i:03d}" for i in range(n)]
+    fs.ensure_table(name, dim, META)
+    fs.write(name, ids, X, dataset="d", split=splits or "train")
+    return ids, X
+
+
+def test_load_in_requested_order_and_missing_named(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    ids, X = _fill(fs)
+    order = np.random.default_rng(1).permutation(len(ids))
+    got = fs.load("f", [ids[i] for i in order])
+    np.testing.assert_array_equal(got, X[order])
+    with pytest.raises(MissingStimuliError, match=r"2 stimulus id\(s\) missing .* nope, zzz"):
+        fs.load("f", ["s001", "nope", "zzz"])
+    with pytest.raises(FeatureStoreError, match="no feature table 'other'"):
+        fs.load("other", ["s001"])
+
+
+def test_schema_metadata_describes_table(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    _fill(fs)
+    m = fs.metadata("f")
+    assert m["extractor"] == "test" and m["pretrained"] == "none" and m["dim"] == 8 and "created" in m
+    t = fs.read("f")
+    assert str(t.schema.field("embedding").type) == "fixed_size_list<item: float>[8]"
+    assert {"stimulus_id", "embedding", "dataset", "split"} <= set(t.column_names)
+
+
+def test_writes_are_idempotent(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    ids, X = _fill(fs)
+    assert fs.write("f", ids[:10], X[:10] + 1) == 0  # already stored: nothing inserted, nothing changed
+    np.testing.assert_array_equal(fs.load("f", ids[:10]), X[:10])
+    assert fs.info("f").rows == 50
+
+
+def test_refuses_other_dimension_or_model(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    _fill(fs)
+    with pytest.raises(FeatureStoreError, match="dim: table has 8, new rows 16"):
+        fs.ensure_table("f", 16, META)
+    with pytest.raises(FeatureStoreError, match="pretrained: table has 'none', new rows 'openai'"):
+        fs.ensure_table("f", 8, {**META, "pretrained": "openai"})
+    with pytest.raises(FeatureStoreError, match="expected"):
+        fs.write("f", ["x"], np.zeros((1, 16), np.float32))
+    with pytest.raises(FeatureStoreError, match="non-finite"):
+        fs.write("f", ["x"], np.full((1, 8), np.nan, np.float32))
+    assert fs.info("f").rows == 50  # nothing half written
+
+
+def _writer(uri, start, seed):
+    fs = FeatureStore(uri)
+    rng = np.random.default_rng(seed)
+    ids = [f"s{i:03d}" for i in range(start, start + 60)]
+    fs.ensure_table("f", 8, META)
+    for k in range(0, 60, 10):
+        fs.write("f", ids[k : k + 10], rng.normal(size=(10, 8)).astype(np.float32))
+
+
+def test_concurrent_writers_never_duplicate(tmp_path):
+    uri = str(tmp_path / "store")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(uri, start, s)) for s, start in enumerate((0, 30, 15))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    ids = FeatureStore(uri).ids("f")
+    assert len(ids) == len(set(ids)) == 90
+
+
+def test_float16_storage(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    fs.ensure_table("h", 4, META, storage_dtype="float16")
+    X = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    fs.write("h", ["a", "b", "c"], X)
+    np.testing.assert_allclose(fs.load("h", ["c", "a"]), X[[2, 0]], rtol=1e-3)
+
+
+def test_pca_fitted_on_train_split_only(tmp_path):
+    from sklearn.decomposition import PCA
+
+    fs = FeatureStore(tmp_path / "store")
+    n = 60
+    splits = ["train"] * 40 + ["test"] * 10 + ["test,train"] * 10
+    ids, X = _fill(fs, n=n, dim=12, splits=splits)
+    name = derive_pca(fs, "f", 3)
+    assert name == "f-pca3"
+    m = fs.metadata(name)
+    assert m["derived_from"] == "f" and m["fit_split"] == "train" and m["n_fit"] == 40
+    ref = PCA(3).fit(X[:40])
+    Z = fs.load(name, ids)
+    # components are defined up to sign
+    for j in range(3):
+        a, b = Z[:, j], ref.transform(X)[:, j]
+        assert np.allclose(a, b, atol=1e-4) or np.allclose(a, -b, atol=1e-4)
+
+
+def test_vector_index_and_search(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    ids, X = _fill(fs, n=400, dim=32)
+    with pytest.raises(FeatureStoreError, match="index kind"):
+        fs.build_index("f", kind="flat")
+    for kind in ("ivf_pq", "hnsw"):
+        fs.build_index("f", kind=kind)
+        hits = fs.search("f", X[[7, 123]], k=5)
+        assert hits[0][0][0] == "s007" and hits[1][0][0] == "s123"
+
+
+def test_ray_write_lance_with_pinned_pylance(tmp_path, ray_local):
+    """Ray 2.60's Dataset.write_lance works with the pinned pylance (pin trap: pylance>=6 rejects it)."""
+    import ray
+
+    rows = [{"stimulus_id": f"r{i}", "embedding": np.full(4, i, np.float32), "dataset": "d", "split": "train"}
+            for i in range(20)]
+    ray.data.from_items(rows).write_lance(str(tmp_path / "store" / "raywritten.lance"))
+    fs = FeatureStore(tmp_path / "store")
+    assert "raywritten" in fs.names()
+    got = fs.read("raywritten").to_pylist()
+    assert sorted(r["stimulus_id"] for r in got) == sorted(r["stimulus_id"] for r in rows)
