@@ -46,7 +46,7 @@ def make_images(root: Path, n: int, size: int) -> Path:
                         shared_train_fraction=0.0)
 
 
-def loop_baseline(data: Path, spec: str, batch_size: int, out: Path) -> tuple[float, int]:
+def loop_baseline(data: Path, spec: str, batch_size: int, out: Path, limit: int | None = None) -> tuple[float, int]:
     """Single process: PIL decode -> preprocess -> batched forward -> np.save."""
     import torch
     from PIL import Image
@@ -54,7 +54,7 @@ def loop_baseline(data: Path, spec: str, batch_size: int, out: Path) -> tuple[fl
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features import get_extractor
 
-    files = [Path(p) for p in AlgonautsDataset(data).stimuli(splits=("train",)).column("path").to_pylist()]
+    files = [Path(p) for p in AlgonautsDataset(data).stimuli(splits=("train",)).column("path").to_pylist()][:limit]
     ext = get_extractor(spec)
     ext.load("cpu")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -114,11 +114,9 @@ def gpu_section(args, tmp: Path) -> dict:
                 "gpu_clip_b32_img_per_s": None, "gpu_sam_vitl_img_per_s": None}
     from brainstore.datasets import AlgonautsDataset, make_dataset
     from brainstore.features import extract
-    from brainstore.features._pipeline import select_stimuli
-
     data = make_dataset(tmp / "gpu-data", n_subjects=1, n_train=args.gpu_images, n_test=2, n_vertices=50,
                         image_size=425, progress=False, shared_train_fraction=0.0)
-    rows = select_stimuli(AlgonautsDataset(data).stimuli(splits=("train",)), "image")
+    rows = AlgonautsDataset(data).stimuli(splits=("train",))
     out = {"gpu": torch.cuda.get_device_name(0)}
     clip_spec = f"clip:arch=ViT-B-32,pretrained={args.pretrained}"
     t0 = time.perf_counter()
@@ -149,18 +147,17 @@ def main() -> None:
 
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features._extractors._testing import register_tiny_models
-    from brainstore.features._pipeline import select_stimuli
 
     register_tiny_models()
     tmp = Path(tempfile.mkdtemp(prefix="bs-extract-bench-"))
     try:
         data = make_images(tmp / "data", args.images, args.size)
-        rows = select_stimuli(AlgonautsDataset(data).stimuli(splits=("train",)), "image")
+        rows = AlgonautsDataset(data).stimuli(splits=("train",))  # stimulus table, one row per image
         spec = f"clip:arch={args.arch},pretrained={args.pretrained}"
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         # warm-up: load the model once in each mode (weights, open_clip init, Ray worker start)
         log("warm-up")
-        loop_baseline(data, spec, args.batch_size, tmp / "warm.npy")
+        loop_baseline(data, spec, args.batch_size, tmp / "warm.npy", limit=args.batch_size * 2)
         pipeline_run(data, spec, args.batch_size, tmp / "warm-store", rows.slice(0, args.batch_size * 2))
         log(f"loop over {args.images} images ({args.arch})")
         loop_s, n = loop_baseline(data, spec, args.batch_size, tmp / "loop.npy")

@@ -1,4 +1,5 @@
-"""``brainstore demo``: the end-to-end run on the embedded default (local, synthetic)."""
+"""``brainstore demo``: the end-to-end run on the embedded default (local Ray, LanceDB on disk,
+synthetic dataset): dataset -> features -> encoding models -> evaluation."""
 
 from __future__ import annotations
 
@@ -7,28 +8,90 @@ from pathlib import Path
 
 from ._report import console, dataset_table, score_table
 
+# CLIP ViT-B/32 with OpenAI weights when they are in the local cache; otherwise the same
+# architecture with random weights (recorded as such in the feature table's metadata).
+IMAGE_SPEC = "clip:arch=ViT-B-32,pretrained=openai"
+IMAGE_FALLBACK = "clip:arch=ViT-B-32,pretrained=none"
+TEXT_SPEC = "text"
+
+
+def _image_spec(requested: str | None) -> str:
+    from ..features import WeightsNotFoundError, get_extractor
+
+    if requested:
+        return requested
+    try:
+        get_extractor(IMAGE_SPEC).resolve_weights()
+        return IMAGE_SPEC
+    except WeightsNotFoundError as e:
+        console.print(f"[yellow]warning:[/] {str(e).splitlines()[0]}")
+        console.print(f"[yellow]using {IMAGE_FALLBACK}: CLIP ViT-B/32 with RANDOM weights (recorded as pretrained=none "
+                      "in the feature table's metadata). Put the weights in the HF cache for the real model.[/]")
+        return IMAGE_FALLBACK
+
 
 def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertices: int, seed: int,
-             address: str | None = None) -> dict:
-    """Make (or reuse) the synthetic dataset under ``out`` and score its oracle."""
-    from ..datasets import AlgonautsDataset, make_dataset
+             address: str | None = None, image_extractor: str | None = None) -> dict:
+    """Make (or reuse) the synthetic dataset under ``out``, extract features, fit, evaluate."""
+    from ..datasets import REPORT_FAMILIES, AlgonautsDataset, make_dataset
+    from ..features import extract
+    from ..fitting import default_spec, fit_encoding_models, write_report
     from ..fitting._evaluate import score_submission
+    from ._ray import connect
 
     t0 = time.time()
     out = Path(out).resolve()
-    data = out / "dataset"
+    data, store, registry = out / "dataset", str(out / "store"), str(out / "registry")
     console.rule("[bold]brainstore demo")
+    params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
     if (data / "synthetic.json").exists():
-        console.print(f"reusing synthetic dataset {data}")
+        console.print(f"[1/4] reusing synthetic dataset {data}")
     else:
-        console.print(f"making synthetic dataset in {data}")
-        make_dataset(data, n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices,
-                     seed=seed, overwrite=True)
+        console.print(f"[1/4] making synthetic dataset in {data}")
+        make_dataset(data, overwrite=True, **params)
     ds = AlgonautsDataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
 
+    console.print(f"[2/4] extracting features into {store} (Ray Data -> LanceDB; resumable)")
+    res = connect(address)
+    console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
+    for spec in (_image_spec(image_extractor), TEXT_SPEC):
+        rep = extract(data, spec, store, batch_size=32)
+        console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
+                      f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
+
+    console.print(f"[3/4] fitting encoding models (ridge per feature table, concatenation, per-ROI choice, ensemble) "
+                  f"for {len(ds.subjects)} subjects x 2 hemispheres")
+    fspec = default_spec(data, store, registry)
+    run = fit_encoding_models(fspec, store=store, registry=registry)
+    for f in run.failures:
+        console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
+
+    console.print("[4/4] evaluating on the test split")
+    rep = write_report(run.metrics, run.kinds, run.test_preds, ds, out / "report", title="demo encoding models")
     oracle = score_submission(ds, data / "ground_truth")
-    rows = [(f"{s} oracle", res["both"]["roi"]) for s, res in oracle.items()]
-    console.print(score_table("oracle (noiseless test responses) NNMC per ROI, both hemispheres", rows))
+    cols = ["all", *REPORT_FAMILIES]
+    for s in ds.subjects:
+        rows = [(f"{m[:58]} ({run.kinds[m]})", {"all": run.metrics[m][s]["both"]["test_nnmc"],
+                                                  **run.metrics[m][s]["both"]["test_nnmc_roi"]})
+                for m in run.models if s in run.metrics.get(m, {})]
+        rows.append(("oracle: noiseless responses", oracle[s]["both"]["roi"]))
+        nc = _mean_nc(ds, s)
+        rows.append(("noise ceiling (mean NC, %)", nc))
+        console.print(score_table(f"{s}: test NNMC per ROI (100 = at the noise ceiling)", rows, cols))
+    console.print(f"report: {rep['dir']}/comparison.md, roi_scores.png, pred_vs_measured.png; "
+                  f"models: `brainstore models --registry {registry}`")
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
-    return {"oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+    return {"rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+
+
+def _mean_nc(ds, subject: str) -> dict[str, float]:
+    import numpy as np
+
+    from ..datasets import HEMISPHERES, REPORT_FAMILIES
+    from ..scoring import roi_summary
+
+    nc = np.concatenate([ds.noise_ceiling(subject, h) for h in HEMISPHERES]) * 100
+    masks = {f: np.concatenate([ds.roi_masks(subject, h, families=REPORT_FAMILIES)[f] for h in HEMISPHERES])
+             for f in REPORT_FAMILIES}
+    return roi_summary(nc, masks)

@@ -198,6 +198,144 @@ def features_cmd(
         console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
 
 
+def _default_run_dir(kind: str) -> Path:
+    import time
+
+    return HOME / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
+    from ..datasets import REPORT_FAMILIES
+    from ._report import console, score_table
+
+    test = all("nnmc" in r for r in rows)
+    key = "nnmc" if test else "cv_r"
+    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in REPORT_FAMILIES}, "CV r": r["cv_r"]})
+                  for r in rows]
+    table_rows += list(extra_rows)
+    console.print(score_table(f"{title}: {'test NNMC' if test else 'CV Pearson r'} per ROI (mean over subjects)", table_rows,
+                              ["all", *REPORT_FAMILIES, "CV r"]))
+
+
+@app.command("fit")
+def fit_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", help="Fit spec (YAML). Without it: a default spec from the store."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (overrides the spec's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for the report (default .brainstore/runs/fit-TIME)."),
+    store: str = StoreOpt,
+    registry: str = RegistryOpt,
+    address: Optional[str] = AddressOpt,
+) -> None:
+    """Fit encoding models for every subject x hemisphere x model in parallel, evaluate, register."""
+    from ..datasets import AlgonautsDataset, DatasetError
+    from ..fitting import SpecError, default_spec, fit_encoding_models, load_spec, write_report
+    from ._ray import connect
+    from ._report import console
+
+    try:
+        if config is not None:
+            spec = load_spec(config, dataset=str(dataset) if dataset else None)
+        elif dataset is not None:
+            spec = default_spec(dataset, store, registry)
+        else:
+            _fail("give --config FILE or --dataset DIR")
+        connect(address)
+        run = fit_encoding_models(spec, store=spec.store or store, registry=spec.registry or registry)
+    except (SpecError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    for f in run.failures:
+        console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
+    if not run.metrics:
+        _fail("no model could be fitted")
+    rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), out or _default_run_dir("fit"))
+    _print_comparison(rep["rows"], "fitted models")
+    console.print(f"registered {len(run.registered)} model(s) in {spec.registry or registry}; report in {rep['dir']} "
+                  f"({run.seconds:.1f} s)")
+    if run.failures:
+        raise typer.Exit(code=1)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model names (default: all fitted on this dataset)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default .brainstore/runs/evaluate-TIME)."),
+    store: str = StoreOpt,
+    registry: str = RegistryOpt,
+) -> None:
+    """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
+    from ..datasets import AlgonautsDataset, DatasetError
+    from ..features import FeatureStore
+    from ..fitting import ModelRegistry, RegistryError, evaluate_registered, write_report
+    from ._report import console
+
+    try:
+        ds = AlgonautsDataset(dataset)
+        metrics, kinds, preds = evaluate_registered(ModelRegistry(registry), FeatureStore(store), ds,
+                                                    models=models.split(",") if models else None)
+    except (RegistryError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    if not metrics:
+        _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
+    rep = write_report(metrics, kinds, preds, ds, out or _default_run_dir("evaluate"))
+    _print_comparison(rep["rows"], "evaluation")
+    console.print(f"report: {rep['dir']} (comparison.md, roi_scores.png, pred_vs_measured.png, predictions/)")
+
+
+@app.command("predict")
+def predict_cmd(
+    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder (its test images are predicted)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by CV score)."),
+    store: str = StoreOpt,
+    registry: str = RegistryOpt,
+) -> None:
+    """Write Algonauts submission files for the test images of every subject."""
+    from ..datasets import AlgonautsDataset, DatasetError
+    from ..features import FeatureStore
+    from ..fitting import ModelRegistry, RegistryError, best_model, predict_model, subject_stimuli, write_predictions
+    from ._report import console
+
+    try:
+        ds = AlgonautsDataset(dataset)
+        reg, fs = ModelRegistry(registry), FeatureStore(store)
+        for s in ds.subjects:
+            name = model or best_model(reg, s, str(ds.root))
+            preds = predict_model(reg, name, s, fs, subject_stimuli(ds, s, "test"))
+            paths = write_predictions({s: preds}, out)
+            console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
+    except (RegistryError, DatasetError, ValueError, KeyError) as e:
+        _fail(str(e))
+
+
+@app.command("models")
+def models_cmd(
+    registry: str = RegistryOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List registered models with their kind, subject, CV score and test NNMC."""
+    from rich.table import Table
+
+    from ..fitting import ModelRegistry
+    from ._report import console
+
+    recs = ModelRegistry(registry).list()
+    if as_json:
+        print(json.dumps([{"name": r.name, **{k: r.meta.get(k) for k in ("kind", "model", "subject", "cv_score", "features", "members", "created")}}
+                          for r in recs], indent=2))
+        return
+    t = Table(title=f"models in {registry}")
+    for c in ("name", "kind", "subject", "CV r", "test NNMC", "features / members", "created"):
+        t.add_column(c)
+    for r in recs:
+        m = r.meta
+        nn = m.get("metrics", {}).get("both", {}).get("test_nnmc")
+        t.add_row(r.name, m.get("kind", ""), m.get("subject", ""), f"{m.get('cv_score', float('nan')):.3f}",
+                  "-" if nn is None else f"{nn:.2f}", ", ".join(m.get("features") or m.get("members") or [])[:60],
+                  str(m.get("created", "")))
+    console.print(t)
+
+
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("brainstore-demo"), "--out", help="Run folder for the demo's dataset, store and models."),
@@ -206,12 +344,14 @@ def demo_cmd(
     test: int = typer.Option(100, "--test"),
     vertices: int = typer.Option(2000, "--vertices"),
     seed: int = typer.Option(0, "--seed"),
+    image_extractor: Optional[str] = typer.Option(None, "--image-extractor", help="Image extractor spec (default: CLIP ViT-B/32, OpenAI weights if cached, else random init)."),
     address: Optional[str] = AddressOpt,
 ) -> None:
-    """End-to-end demo on the synthetic dataset (everything local)."""
+    """End-to-end demo on the synthetic dataset: features -> encoding models -> evaluation (all local)."""
     from ._demo import run_demo
 
-    run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address)
+    run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address,
+             image_extractor=image_extractor)
 
 
 def main() -> None:  # pragma: no cover - console script entry

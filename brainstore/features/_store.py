@@ -192,6 +192,7 @@ class FeatureStore:
         # Lance's merge_insert does not detect two concurrent inserts of the same new key, so
         # writers to one table take an exclusive lock around the check-and-insert commit.
         with self._lock(feature):
+            t.checkout_latest()  # see rows other writers committed while we waited for the lock
             res = t.merge_insert("stimulus_id").when_not_matched_insert_all().execute(tbl)
         return int(getattr(res, "num_inserted_rows", n))
 
@@ -241,17 +242,28 @@ class FeatureStore:
         import pyarrow.compute as pc
 
         tbl = self.read(feature, ("stimulus_id", "embedding"))
-        emb = tbl.column("embedding").combine_chunks()
-        dim = emb.type.list_size
-        values = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        chunks = tbl.column("embedding").chunks
+        dim = tbl.schema.field("embedding").type.list_size
+        # Zero-copy numpy views of each Arrow chunk (no concatenation of the whole column).
+        views = [c.values.to_numpy(zero_copy_only=False)[c.offset * dim:(c.offset + len(c)) * dim].reshape(-1, dim)
+                 for c in chunks]
         if stimulus_ids is None:
-            return values.astype(dtype, copy=False)
+            return np.concatenate(views).astype(dtype, copy=False) if views else np.zeros((0, dim), dtype)
         want = pa.array(list(stimulus_ids), pa.string())
         pos = pc.index_in(want, value_set=tbl.column("stimulus_id"))
         if pos.null_count:
             missing = want.filter(pc.is_null(pos)).to_pylist()
             raise MissingStimuliError(feature, missing)
-        return values[pos.to_numpy(zero_copy_only=False)].astype(dtype, copy=False)
+        pos = pos.to_numpy(zero_copy_only=False)
+        if len(views) == 1:
+            return views[0][pos].astype(dtype, copy=False)
+        out = np.empty((len(pos), dim), dtype=views[0].dtype if views else dtype)
+        start = 0
+        for v in views:  # gather chunk by chunk into one output (no concatenated copy of the table)
+            sel = np.flatnonzero((pos >= start) & (pos < start + len(v)))
+            out[sel] = v[pos[sel] - start]
+            start += len(v)
+        return out.astype(dtype, copy=False)
 
     def drop(self, feature: str) -> None:
         self._open(feature)

@@ -1,0 +1,375 @@
+"""The model registry: fitted encoding models as safetensors + JSON on disk, never pickle.
+
+Layout: ``<uri>/<name>/model.safetensors`` (the arrays) and ``<uri>/<name>/model.json`` (how the
+model was made: the caller's metadata plus name, creation time, the safetensors file's sha256,
+tensor shapes/dtypes and package versions). Names may contain ``/`` to group models
+(``"clip-image+text/subj01"``).
+
+Writes are atomic: both files are written and fsynced in a hidden temporary sibling folder
+which is then renamed into place (an existing model is swapped out with one ``renameat2``
+exchange on Linux), so a crash never leaves a half-written model visible. Loads verify the
+sha256 recorded at save time.
+
+>>> reg = ModelRegistry("models/")
+>>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
+>>> state, record = reg.load("ridge/subj01")
+>>> reg.check_features(record, store)            # refuses features made differently
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._fileio import fsync, install_dir, jsonable, package_versions, sha256, write_json, write_safetensors
+
+__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name"]
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+#: Keys of model.json written by the registry (they override the same keys in ``meta``).
+RESERVED_KEYS = ("name", "created", "safetensors_sha256", "tensors", "package_versions", "format_version")
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+_SAFETENSORS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                       "float16", "float32", "float64"}
+
+
+class RegistryError(ValueError):
+    """A registry operation was refused (the message names the model, the file or field, and the fix)."""
+
+
+@dataclass
+class ModelRecord:
+    """One saved model: its name, its folder and its parsed ``model.json``."""
+
+    name: str
+    path: Path
+    meta: dict = field(repr=False)
+
+    @property
+    def feature_versions(self) -> dict:
+        """``meta["feature_versions"]``: feature version -> store metadata at fit time."""
+        return dict(self.meta.get("feature_versions") or {})
+
+
+def safe_name(s: str) -> str:
+    """Turn any string into one valid name component (no ``/``), e.g. ``"CLIP ViT-B/32"`` -> ``"CLIP-ViT-B-32"``.
+
+    Characters outside ``A-Z a-z 0-9 . _ + = @ -`` become ``-``; runs of ``-`` collapse; leading
+    dots and dashes are stripped (hidden names are reserved for temporary folders).
+    """
+    out = re.sub(r"[^A-Za-z0-9._+=@-]+", "-", str(s))
+    out = re.sub(r"-{2,}", "-", out).lstrip(".-_").rstrip("-")
+    return out or "model"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"model name must be a non-empty string, got {name!r}")
+    parts = name.strip("/").split("/")
+    bad = [p for p in parts if not _COMPONENT.match(p)]
+    if bad or name != name.strip("/"):
+        raise RegistryError(
+            f"invalid model name {name!r}: each '/'-separated part must start with a letter or digit and use only "
+            f"A-Z a-z 0-9 . _ + = @ - (bad part(s): {bad or [name]}); use safe_name() on each part")
+    return name
+
+
+class ModelRegistry:
+    """Fitted models in a local folder, as ``<name>/model.safetensors`` + ``<name>/model.json``.
+
+    Parameters
+    ----------
+    uri : str or path
+        The registry folder (created if missing).
+    """
+
+    def __init__(self, uri: str | Path):
+        s = str(uri)
+        if "://" in s and not s.startswith("file://"):
+            raise RegistryError(f"model registry {s!r}: only local folders are supported; give a path")
+        self.root = Path(s[len("file://"):] if s.startswith("file://") else s).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({str(self.root)!r})"
+
+    def path(self, name: str) -> Path:
+        """The folder of model ``name`` (whether or not it exists)."""
+        return self.root.joinpath(*_check_name(name).split("/"))
+
+    # ------------------------------------------------------------------ write
+    def save(self, name: str, tensors: dict[str, np.ndarray], meta: dict, *, overwrite: bool = True) -> ModelRecord:
+        """Write a model atomically.
+
+        Parameters
+        ----------
+        name : str
+            Model name; ``/`` separates groups (``"clip-image+text/subj01"``).
+        tensors : dict of str to ndarray
+            Numeric arrays of any shape (e.g. ``RidgeCVEncoder.state_dict()``).
+        meta : dict
+            JSON-serializable description (numpy scalars/arrays are converted). Put the fit's
+            feature metadata under ``"feature_versions"`` ({feature_version: store metadata}) so
+            that :meth:`check_features` can verify it later.
+        overwrite : bool
+            Replace an existing model of that name (atomically); else refuse.
+
+        Returns
+        -------
+        ModelRecord
+        """
+        final = self.path(name)
+        if not isinstance(meta, dict):
+            raise RegistryError(f"meta for model {name!r} must be a dict, got {type(meta).__name__}")
+        try:
+            doc = jsonable(meta, "", RegistryError)
+        except RegistryError as e:
+            raise RegistryError(f"model {name!r}: {e}") from None
+        arrays = self._check_tensors(name, tensors)
+        self._check_placement(name, final)
+        if (final / META_FILE).is_file() and not overwrite:
+            raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
+                                "it or choose another name")
+        created_dirs = [p for p in reversed(final.parents) if self.root in p.parents and not p.exists()]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would hide the model from other users)
+        try:
+            write_safetensors(tmp / WEIGHTS_FILE, arrays, {"brainstore_model": name})
+            fsync(tmp / WEIGHTS_FILE)
+            doc.update({
+                "name": name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "safetensors_sha256": sha256(tmp / WEIGHTS_FILE),
+                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+                "package_versions": package_versions(),
+                "format_version": FORMAT_VERSION,
+            })
+            write_json(tmp / META_FILE, doc)
+            fsync(tmp / META_FILE)
+            fsync(tmp)
+            try:
+                install_dir(tmp, final, overwrite)
+            except FileExistsError:
+                raise RegistryError(f"model {name!r} was created concurrently in {self.root}; "
+                                    "pass overwrite=True to replace it") from None
+            fsync(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for d in reversed(created_dirs):  # deepest first; only the empty ones we made
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            raise
+        return ModelRecord(name, final, doc)
+
+    def _check_tensors(self, name: str, tensors: dict) -> dict[str, np.ndarray]:
+        if not isinstance(tensors, dict) or not tensors:
+            raise RegistryError(f"tensors for model {name!r} must be a non-empty dict of name -> numpy array")
+        out = {}
+        for k, v in tensors.items():
+            if not isinstance(k, str) or not k:
+                raise RegistryError(f"tensor key {k!r} of model {name!r} must be a non-empty string")
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().numpy()
+            a = np.asarray(v)
+            a = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+            if a.dtype.name not in _SAFETENSORS_DTYPES:
+                raise RegistryError(f"tensor {k!r} of model {name!r} has dtype {a.dtype}; safetensors stores only "
+                                    f"{sorted(_SAFETENSORS_DTYPES)} (convert it, or put strings in meta)")
+            out[k] = a
+        return out
+
+    def _check_placement(self, name: str, final: Path) -> None:
+        """Refuse names nested inside another model, or naming a folder that holds models."""
+        for p in final.parents:
+            if p == self.root or self.root not in p.parents:
+                break
+            if (p / META_FILE).is_file():
+                raise RegistryError(f"cannot save model {name!r}: {p.relative_to(self.root).as_posix()!r} is already a "
+                                    "model and models cannot be nested inside models; choose another name")
+        if final.is_dir() and not (final / META_FILE).is_file() and any(
+                not c.name.startswith(".") for c in final.iterdir()):
+            raise RegistryError(f"cannot save model {name!r}: {final} is a folder of other models; choose another name")
+
+    def delete(self, name: str) -> None:
+        """Remove a model (its folder leaves the registry in one rename)."""
+        final = self.path(name)
+        if not (final / META_FILE).is_file():
+            raise self._missing(name)
+        trash = final.with_name(f".{final.name}.del-{uuid.uuid4().hex[:8]}")
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        for p in final.parents:  # drop group folders left empty
+            if p == self.root or self.root not in p.parents:
+                break
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+    # ------------------------------------------------------------------ read
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / META_FILE).is_file()
+
+    def record(self, name: str) -> ModelRecord:
+        """The :class:`ModelRecord` of ``name`` (reads model.json only, not the weights)."""
+        final = self.path(name)
+        try:
+            raw = (final / META_FILE).read_bytes()
+        except FileNotFoundError:
+            raise self._missing(name) from None
+        return ModelRecord(name, final, self._parse(name, final / META_FILE, raw))
+
+    def load(self, name: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
+        """Read a model's arrays and record, verifying the safetensors file's sha256.
+
+        Returns
+        -------
+        tensors : dict of str to ndarray
+        record : ModelRecord
+
+        Raises
+        ------
+        RegistryError
+            When the model does not exist (naming close and available names), or its file changed
+            since it was saved.
+        """
+        import safetensors.numpy
+
+        final = self.path(name)
+        for attempt in range(3):  # retry when a concurrent overwrite swaps the folder mid-read
+            try:
+                dfd = os.open(final, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._missing(name) from None
+            try:
+                opener = lambda p, flags: os.open(p, flags, dir_fd=dfd)  # noqa: E731
+                with open(META_FILE, "rb", opener=opener) as f:
+                    raw = f.read()
+                with open(WEIGHTS_FILE, "rb", opener=opener) as f:
+                    data = f.read()
+            except FileNotFoundError as e:
+                if attempt < 2 and self.exists(name):
+                    continue
+                if e.filename == META_FILE or not self.exists(name):
+                    raise self._missing(name) from None
+                raise RegistryError(f"model {name!r}: {final / WEIGHTS_FILE} is missing; the model is incomplete "
+                                    f"(re-save it, or delete it with ModelRegistry.delete({name!r}))") from None
+            finally:
+                os.close(dfd)
+            meta = self._parse(name, final / META_FILE, raw)
+            want, got = meta.get("safetensors_sha256"), sha256(data)
+            if want == got:
+                break
+            if attempt < 2 and (final / META_FILE).is_file() and (final / META_FILE).read_bytes() != raw:
+                continue
+            raise RegistryError(
+                f"model {name!r}: {final / WEIGHTS_FILE} changed since it was saved (sha256 {got[:12]}..., "
+                f"model.json records {str(want)[:12]}...); the weights cannot be trusted: re-save or refit the model")
+        try:
+            tensors = safetensors.numpy.load(data)
+        except Exception as e:
+            raise RegistryError(f"model {name!r}: {final / WEIGHTS_FILE} is not a readable safetensors file ({e}); "
+                                "re-save or refit the model") from e
+        return tensors, ModelRecord(name, final, meta)
+
+    def list(self, prefix: str = "") -> list[ModelRecord]:
+        """Every saved model whose name starts with ``prefix``, sorted by name."""
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if META_FILE not in filenames or Path(dirpath) == self.root:
+                continue
+            dirnames[:] = []  # models are not nested
+            p = Path(dirpath)
+            name = p.relative_to(self.root).as_posix()
+            if not name.startswith(prefix):
+                continue
+            try:
+                out.append(ModelRecord(name, p, self._parse(name, p / META_FILE, (p / META_FILE).read_bytes())))
+            except (RegistryError, OSError) as e:
+                warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
+        return sorted(out, key=lambda r: r.name)
+
+    def names(self, prefix: str = "") -> list[str]:
+        """Names of the saved models (see :meth:`list`)."""
+        return [r.name for r in self.list(prefix)]
+
+    def _parse(self, name: str, path: Path, raw: bytes) -> dict:
+        try:
+            meta = json.loads(raw)
+        except ValueError as e:
+            raise RegistryError(f"model {name!r}: {path} is not valid JSON ({e}); re-save the model") from None
+        if not isinstance(meta, dict):
+            raise RegistryError(f"model {name!r}: {path} must hold a JSON object; re-save the model")
+        return meta
+
+    def _missing(self, name: str) -> RegistryError:
+        known = self.names()
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none yet"
+        return RegistryError(f"no model {name!r} in registry {self.root}; {hint}available: {shown}. "
+                             "Fit and save it first (ModelRegistry.save)")
+
+    # ------------------------------------------------------------------ provenance
+    def check_features(self, name_or_record: str | ModelRecord, store: Any) -> None:
+        """Check that a feature store still holds the feature versions a model was fit on.
+
+        Every entry of ``meta["feature_versions"]`` ({feature_version: store metadata at fit time})
+        must name a table of ``store`` whose metadata agrees on every field of
+        ``brainstore.features._store.IDENTITY_KEYS`` (compared as strings; absent equals absent).
+
+        Parameters
+        ----------
+        name_or_record : str or ModelRecord
+        store : FeatureStore or str or path (a store URI)
+
+        Raises
+        ------
+        RegistryError
+            Naming the model, each feature version, the differing fields (old vs new) and the fix.
+        """
+        from ..features._store import IDENTITY_KEYS, FeatureStore
+
+        rec = name_or_record if isinstance(name_or_record, ModelRecord) else self.record(name_or_record)
+        if isinstance(store, (str, Path)):
+            store = FeatureStore(store)
+        fvs = rec.meta.get("feature_versions")
+        if not isinstance(fvs, dict) or not fvs:
+            raise RegistryError(
+                f"model {rec.name!r}: model.json has no 'feature_versions' to check ({rec.path / META_FILE}); "
+                "save the model with meta={'feature_versions': {fv: store.metadata(fv)}, ...}")
+        problems = []
+        for fv, old in fvs.items():
+            if not store.exists(fv):
+                tables = ", ".join(store.names()) or "none"
+                problems.append(f"feature version {fv!r} is not in store {store.uri} (tables: {tables})")
+                continue
+            new = store.metadata(fv)
+            old = old if isinstance(old, dict) else {}
+            diffs = [f"{k}: model fit on {old.get(k)!r}, store has {new.get(k)!r}"
+                     for k in IDENTITY_KEYS if str(old.get(k)) != str(new.get(k))]
+            if diffs:
+                problems.append(f"feature version {fv!r} in store {store.uri} was made differently ("
+                                + "; ".join(diffs) + ")")
+        if problems:
+            raise RegistryError(
+                f"model {rec.name!r} cannot use these features: " + " | ".join(problems)
+                + ". Re-extract the features with the extractor settings the model was fit on, "
+                  "or refit the model on the current features")
