@@ -169,3 +169,48 @@ def test_worker_killed_mid_fit_is_retried(small_dataset, tmp_path, fitted):
     # the retried fit equals the original fit of the same model
     np.testing.assert_allclose(run.test_preds[("txt", "subj01")]["lh"],
                                fitted["run"].test_preds[(fitted["txt"], "subj01")]["lh"], rtol=1e-4, atol=1e-4)
+
+
+def test_cli_fit_evaluate_predict_models(fitted, small_dataset, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+
+    runner = CliRunner()
+    S, R = fitted["store"], fitted["registry"]
+    r = runner.invoke(app, ["features", "--store", S])
+    assert r.exit_code == 0 and "feature tables in" in r.output
+    tables = {t["name"]: t for t in json.loads(runner.invoke(app, ["features", "--store", S, "--json"]).output)}
+    assert tables[fitted["img"]]["metadata"]["random_init"] == "true"
+    assert tables[fitted["txt"]]["metadata"]["random_init"] == "false" and tables[fitted["txt"]]["dim"] == 384
+    r = runner.invoke(app, ["features", "--list"])
+    assert r.exit_code == 0 and "sam" in r.output and "video" in r.output
+    r = runner.invoke(app, ["models", "--registry", R, "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 10
+    out = tmp_path / "eval"
+    r = runner.invoke(app, ["evaluate", "--dataset", str(small_dataset), "--store", S, "--registry", R, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for f in ("comparison.md", "comparison.csv", "roi_scores.png", "pred_vs_measured.png", "metrics.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert "| Features and methods |" in (out / "comparison.md").read_text()
+    sub = tmp_path / "submission"
+    r = runner.invoke(app, ["predict", "--dataset", str(small_dataset), "--out", str(sub), "--store", S, "--registry", R])
+    assert r.exit_code == 0, r.output
+    ds = AlgonautsDataset(small_dataset)
+    for s in ds.subjects:
+        for h in ("lh", "rh"):
+            p = np.load(sub / s / f"{h}_pred_test.npy")
+            assert p.dtype == np.float32 and p.shape == ds.responses(s, h, "test").shape
+    # a YAML spec with an MLP projector beside ridge
+    spec = tmp_path / "fit.yaml"
+    spec.write_text(f"dataset: {small_dataset}\nsubjects: [subj01]\nhemispheres: [lh]\nfolds: 3\nalphas: [1, 100, 10000]\n"
+                    f"models:\n  - {{name: txt, features: [{fitted['txt']}]}}\n"
+                    f"  - {{name: txt-mlp, features: [{fitted['txt']}], method: mlp, mlp: {{hidden: 32, epochs: 5}}}}\n")
+    r = runner.invoke(app, ["fit", "--config", str(spec), "--store", S, "--registry", str(tmp_path / "reg2"),
+                            "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert {x.name for x in ModelRegistry(tmp_path / "reg2").list()} == {"txt/subj01", "txt-mlp/subj01"}
+    r = runner.invoke(app, ["fit", "--config", str(tmp_path / "nope.yaml")])
+    assert r.exit_code == 2 and "does not exist" in r.output

@@ -142,3 +142,23 @@ def test_killed_job_resumes_without_duplicates_or_losses(small_dataset, tmp_path
     assert rep.already_stored == len(partial) and rep.written == total - len(partial)
     ids = fs.ids("text-all-minilm-l6-v2")
     assert len(ids) == len(set(ids)) == total
+
+
+def test_video_manifest_through_the_pipeline(tmp_path, ray_local):
+    """Video clips from a manifest: frames sampled, embedded, pooled; an unreadable clip is reported."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    from brainstore.features._extractors._testing import write_tiny_video
+
+    write_tiny_video(tmp_path / "a.mp4")
+    write_tiny_video(tmp_path / "b.mp4", n_frames=24)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    pcsv.write_csv(pa.table({"stimulus_id": ["clip-a", "clip-b", "clip-x"], "path": ["a.mp4", "b.mp4", "broken.mp4"],
+                             "modality": ["video"] * 3, "caption": [None, None, None]}), tmp_path / "clips.csv")
+    spec = f"video:image=[{TINY_CLIP_SPEC}],frames=4"
+    rep = extract(tmp_path / "clips.csv", spec, tmp_path / "store", batch_size=2, progress=False)
+    assert rep.written == 2 and [f["stimulus_id"] for f in rep.failed] == ["clip-x"]
+    assert "broken.mp4" in rep.failed[0]["path"]
+    X = FeatureStore(tmp_path / "store").load(rep.feature, ["clip-b", "clip-a"])
+    assert X.shape == (2, rep.dim) and np.isfinite(X).all() and not np.allclose(X[0], X[1])

@@ -56,7 +56,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
     for spec in (_image_spec(image_extractor), TEXT_SPEC):
-        rep = extract(data, spec, store, batch_size=32)
+        rep = extract(data, spec, store, batch_size=32, commit_every=128)
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 

@@ -182,7 +182,7 @@ def extract(
     concurrency: int | None = None,
     num_gpus: float | None = None,
     actor_cpus: float | None = None,
-    prep_cpus: float = 1.0,
+    prep_cpus: float | None = None,
     dtype: str | None = None,
     storage_dtype: str = "float32",
     commit_every: int = 512,
@@ -199,10 +199,12 @@ def extract(
     store : FeatureStore or URI.
     version : table name; default the extractor's version name.
     batch_size : rows per model batch (and per preprocessing task).
-    concurrency : extractor actors (default: one per GPU, else 1).
+    concurrency : extractor actors (default: one per GPU; without GPUs, one per 1-4 CPUs, each with
+        that many torch threads).
     num_gpus : GPUs per actor (default 1 when the cluster has GPUs, else 0).
     actor_cpus : CPUs reserved per actor (default 1 with GPUs; fractional without, so that
         preprocessing tasks can run beside the model on small machines).
+    prep_cpus : CPUs reserved per decode/preprocess task (default 1 with GPUs, 0.5 without).
     dtype : model compute dtype (default bfloat16 on GPU, float32 on CPU).
     storage_dtype : ``float32`` or ``float16`` embeddings on disk.
     commit_every : rows per store commit (a killed job keeps every committed chunk).
@@ -234,6 +236,10 @@ def extract(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
+    try:  # the model actor's resident memory is expected; Ray Data's periodic warning about it is noise
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
+    except AttributeError:
+        pass
     use_gpu, n_gpus_total = _resources(num_gpus)
     device = "cuda" if use_gpu else "cpu"
     dtype = dtype or ("bfloat16" if use_gpu else "float32")
@@ -251,17 +257,26 @@ def extract(
         report.seconds = time.time() - t0
         return report
 
-    n_actors = concurrency or (max(1, int(n_gpus_total)) if use_gpu else 1)
+    n_cpus = int(ray.cluster_resources().get("CPU", 1))
+    # CPU-only: data parallelism over several small-thread actors beats one actor's intra-op
+    # threads, which stall whenever preprocessing tasks take a core (measured on 2 cores).
+    cpu_threads = max(1, min(4, n_cpus // 4))
+    n_actors = concurrency or (max(1, int(n_gpus_total)) if use_gpu else max(1, n_cpus // cpu_threads))
     if use_gpu:
         gpu_per_actor = 1.0 if num_gpus is None else float(num_gpus)
         cpu_per_actor = 1.0 if actor_cpus is None else actor_cpus
     else:
         gpu_per_actor = 0.0
         cpu_per_actor = 0.5 if actor_cpus is None else actor_cpus
-    threads = None if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1) // n_actors))
+    threads = None if use_gpu else max(1, n_cpus // n_actors)
+    # Without GPUs, decoding tasks and model actors share the cores: half a CPU per decoding task
+    # lets decoding use every core while the model waits on it (decode-bound small models).
+    prep_cpus = prep_cpus if prep_cpus is not None else (1.0 if use_gpu else 0.5)
 
-    n_blocks = max(1, min(todo.num_rows // batch_size + 1, 4 * int(ray.cluster_resources().get("CPU", 1)) * 4))
-    ds = ray.data.from_arrow(todo).repartition(n_blocks)
+    # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
+    n_blocks = max(1, min(-(-todo.num_rows // batch_size), 16 * n_cpus))
+    step = -(-todo.num_rows // n_blocks)
+    ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"ext": ext, "modality": ext.modality},
                         batch_size=batch_size, num_cpus=prep_cpus, batch_format="numpy")
     ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"ext": ext, "device": device, "dtype": dtype, "threads": threads},
@@ -291,7 +306,9 @@ def extract(
         bar.update(len(batch["stimulus_id"]))
     bar.close()
     fs.clear_bad(feature, written_ids)
+    t_compact = time.time()
     if compact:
         fs.compact(feature)
+    log.info("extract %s: compaction %.2f s", feature, time.time() - t_compact)
     report.seconds = time.time() - t0
     return report
