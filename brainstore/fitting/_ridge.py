@@ -9,6 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..scoring import pearson_r
 from ._solvers import RIDGE_SOLVERS, SCORES, predict_ridge, solve_ridge_cv
 
 __all__ = ["RidgeCVEncoder"]
@@ -170,14 +171,9 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         -------
         score : float
         """
-        P = self.predict(X).astype(np.float64).reshape(len(X), -1)
+        P = self.predict(X).reshape(len(X), -1)
         Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
-        P = P - P.mean(0)
-        Y = Y - Y.mean(0)
-        denom = np.sqrt((P ** 2).sum(0) * (Y ** 2).sum(0))
-        r = np.divide((P * Y).sum(0), denom, out=np.zeros(P.shape[1]),
-                      where=denom > 0)
-        return float(r.mean())
+        return float(pearson_r(P, Y).mean())
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Fitted arrays by name (numpy), e.g. for ``safetensors.numpy.save_file``.
