@@ -19,7 +19,7 @@ def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarra
     ----------
     ds : AlgonautsDataset with test responses and noise ceilings.
     subject : str
-    preds : dict hemisphere -> array of shape (n_test_images, n_vertices)
+    preds : dict hemisphere -> array of shape (n_test_images, n_vertices) (one or both hemispheres)
 
     Returns
     -------
@@ -29,7 +29,7 @@ def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarra
     """
     out: dict[str, dict] = {}
     pooled_scores, pooled_masks = [], {}
-    for hemi in HEMISPHERES:
+    for hemi in (h for h in HEMISPHERES if h in preds):
         true = ds.responses(subject, hemi, "test")
         nc = ds.noise_ceiling(subject, hemi)
         if nc is None:

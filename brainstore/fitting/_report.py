@@ -10,7 +10,8 @@ import numpy as np
 
 from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
 from ..features import FeatureStore
-from ..scoring import noise_normalized_score, pearson_r, roi_summary
+from ..scoring import pearson_r
+from ._evaluate import score_subject
 from ._registry import ModelRegistry
 
 __all__ = ["comparison_rows", "write_report", "write_predictions", "evaluate_registered"]
@@ -152,20 +153,9 @@ def evaluate_registered(reg: ModelRegistry, fs: FeatureStore, ds: AlgonautsDatas
         kinds[model] = rec.meta["kind"]
         test_preds[(model, s)] = pred
         both = {"cv_r_mean": rec.meta["metrics"]["both"]["cv_r_mean"], "cv_r_roi": rec.meta["metrics"]["both"]["cv_r_roi"]}
-        if ds.has_test_responses(s):
-            scores = []
-            masks_all = {f: [] for f in REPORT_FAMILIES}
-            for h, p in pred.items():
-                r = pearson_r(p, ds.responses(s, h, "test"))
-                nc = ds.noise_ceiling(s, h)
-                if nc is None:
-                    break
-                scores.append(noise_normalized_score(r, nc))
-                for f, m in ds.roi_masks(s, h, families=REPORT_FAMILIES).items():
-                    masks_all[f].append(m)
-            else:
-                sc = np.concatenate(scores)
-                both["test_nnmc"] = float(sc.mean())
-                both["test_nnmc_roi"] = roi_summary(sc, {f: np.concatenate(v) for f, v in masks_all.items()})
+        if ds.has_test_responses(s) and all(ds.noise_ceiling(s, h) is not None for h in pred):
+            roi = score_subject(ds, s, pred)["both"]["roi"]
+            both["test_nnmc"] = roi["all"]
+            both["test_nnmc_roi"] = roi
         metrics.setdefault(model, {})[s] = {"both": both}
     return metrics, kinds, test_preds
