@@ -92,12 +92,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], ext, modality: str) -> dict[str
     dtype_name = ""
     for item in batch["item"]:
         try:
-            if modality == "image":
-                x = ext.preprocess(decode_image(str(item)))
-            elif modality == "video":
-                x = ext.preprocess(str(item))
-            else:
-                x = ext.preprocess(str(item))
+            # images are decoded here (safely); video extractors decode their own frames from the path
+            x = ext.preprocess(decode_image(str(item)) if modality == "image" else str(item))
             if isinstance(x, str):
                 data.append(x.encode())
                 shapes.append(np.zeros(0, np.int64))
@@ -258,10 +254,14 @@ def extract(
         return report
 
     n_cpus = int(ray.cluster_resources().get("CPU", 1))
+    # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
+    n_blocks = max(1, min(-(-todo.num_rows // batch_size), 16 * n_cpus))
+    step = -(-todo.num_rows // n_blocks)
     # CPU-only: data parallelism over several small-thread actors beats one actor's intra-op
     # threads, which stall whenever preprocessing tasks take a core (measured on 2 cores).
     cpu_threads = max(1, min(4, n_cpus // 4))
     n_actors = concurrency or (max(1, int(n_gpus_total)) if use_gpu else max(1, n_cpus // cpu_threads))
+    n_actors = min(n_actors, n_blocks)  # no idle actors for small jobs
     if use_gpu:
         gpu_per_actor = 1.0 if num_gpus is None else float(num_gpus)
         cpu_per_actor = 1.0 if actor_cpus is None else actor_cpus
@@ -273,14 +273,12 @@ def extract(
     # lets decoding use every core while the model waits on it (decode-bound small models).
     prep_cpus = prep_cpus if prep_cpus is not None else (1.0 if use_gpu else 0.5)
 
-    # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
-    n_blocks = max(1, min(-(-todo.num_rows // batch_size), 16 * n_cpus))
-    step = -(-todo.num_rows // n_blocks)
     ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"ext": ext, "modality": ext.modality},
                         batch_size=batch_size, num_cpus=prep_cpus, batch_format="numpy")
     ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"ext": ext, "device": device, "dtype": dtype, "threads": threads},
-                        batch_size=batch_size, concurrency=n_actors, num_gpus=gpu_per_actor, num_cpus=cpu_per_actor,
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
+                        num_gpus=gpu_per_actor, num_cpus=cpu_per_actor,
                         batch_format="numpy")  # Ray Data restarts lost actors and retries their tasks by default
 
     from tqdm.auto import tqdm
