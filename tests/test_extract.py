@@ -108,7 +108,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys, logging, ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
     from brainstore.features import extract
-    extract(sys.argv[1], "text", sys.argv[2], batch_size=4, commit_every=8, progress=False, compact=False)
+    extract(sys.argv[1], "text", sys.argv[2], batch_size=2, commit_every=4, progress=False, compact=False)
     print("FINISHED")
 """)
 
@@ -127,7 +127,7 @@ def test_killed_job_resumes_without_duplicates_or_losses(small_dataset, tmp_path
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         n = len(fs.ids("text-all-minilm-l6-v2")) if fs.exists("text-all-minilm-l6-v2") else 0
-        if n >= 16:
+        if n >= 8:
             os.killpg(proc.pid, signal.SIGKILL)
             killed_at = n
             break
