@@ -86,12 +86,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
 
 
 def _mean_nc(ds, subject: str) -> dict[str, float]:
-    import numpy as np
+    from ..datasets import HEMISPHERES
+    from ..fitting._evaluate import pooled_roi_summary
 
-    from ..datasets import HEMISPHERES, REPORT_FAMILIES
-    from ..scoring import roi_summary
-
-    nc = np.concatenate([ds.noise_ceiling(subject, h) for h in HEMISPHERES]) * 100
-    masks = {f: np.concatenate([ds.roi_masks(subject, h, families=REPORT_FAMILIES)[f] for h in HEMISPHERES])
-             for f in REPORT_FAMILIES}
-    return roi_summary(nc, masks)
+    return pooled_roi_summary(ds, subject, {h: ds.noise_ceiling(subject, h) * 100 for h in HEMISPHERES})

@@ -6,14 +6,14 @@ import math
 from typing import Iterable, Mapping
 
 from rich.console import Console
+
+from ..datasets import ROI_FAMILY_LABELS
 from rich.table import Table
 
 # Wide enough for per-ROI tables when output is piped (CI logs, files).
 console = Console(width=None if Console().is_terminal else 160)
 
-# Short column labels for ROI families.
-SHORT = {"prf-visualrois": "early (prf)", "floc-bodies": "bodies", "floc-faces": "faces",
-         "floc-places": "places", "floc-words": "words"}
+SHORT = ROI_FAMILY_LABELS
 
 
 def _fmt(v) -> str:

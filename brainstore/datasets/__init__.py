@@ -11,6 +11,7 @@ from ._algonauts import (
     HEMISPHERES,
     REPORT_FAMILIES,
     ROI_FAMILIES,
+    ROI_FAMILY_LABELS,
     STIMULUS_SCHEMA,
     AlgonautsDataset,
     stimulus_id_for,
@@ -29,6 +30,7 @@ __all__ = [
     "HEMISPHERES",
     "ROI_FAMILIES",
     "REPORT_FAMILIES",
+    "ROI_FAMILY_LABELS",
     "MODALITIES",
     "stimulus_id_for",
     # images

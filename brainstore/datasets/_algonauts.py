@@ -32,6 +32,9 @@ ROI_FAMILIES = (
 )
 # ROI families reported in per-ROI tables (streams overlaps all of them, so it is left out).
 REPORT_FAMILIES = ROI_FAMILIES[:5]
+# Short column labels for ROI families in tables and plots.
+ROI_FAMILY_LABELS = {"prf-visualrois": "early (prf)", "floc-bodies": "bodies", "floc-faces": "faces",
+                     "floc-places": "places", "floc-words": "words"}
 
 _TRAIN_RE = re.compile(r"^train-(\d{4,})_nsd-(\d{5})\.png$")
 _TEST_RE = re.compile(r"^test-(\d{4,})_nsd-(\d{5})\.png$")

@@ -272,7 +272,6 @@ def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.
 
     # Normalization statistics over this subject's images (train + test), in chunks.
     all_rows = np.concatenate([rows_train, rows_test])
-    low_mu, low_sd, sem_mu, sem_sd = 0.0, 1.0, 0.0, 1.0
     acc = np.zeros((4, nv))
     for start in range(0, len(all_rows), 1024):
         r = all_rows[start : start + 1024]

@@ -108,12 +108,7 @@ class FeatureStore:
     # ------------------------------------------------------------------ tables
     def names(self) -> list[str]:
         """Feature versions (table names) in the store, excluding internal tables."""
-        res = self._db.list_tables()
-        names = list(getattr(res, "tables", res))
-        while getattr(res, "page_token", None):
-            res = self._db.list_tables(page_token=res.page_token)
-            names += list(res.tables)
-        return sorted(n for n in names if not n.startswith("_"))
+        return sorted(n for n in self._all_names() if not n.startswith("_"))
 
     def exists(self, feature: str) -> bool:
         return feature in self.names()
@@ -309,8 +304,13 @@ class FeatureStore:
         return [r for r in rows if feature is None or r["feature_version"] == feature]
 
     def _all_names(self) -> list[str]:
+        """Every table name, internal ones included, across all pages of the listing."""
         res = self._db.list_tables()
-        return list(getattr(res, "tables", res))
+        names = list(getattr(res, "tables", res))
+        while getattr(res, "page_token", None):
+            res = self._db.list_tables(page_token=res.page_token)
+            names += list(res.tables)
+        return names
 
     # ------------------------------------------------------------------ index
     def build_index(self, feature: str, *, kind: str = "ivf_pq", metric: str = "cosine", **params) -> dict:

@@ -9,7 +9,20 @@ import numpy as np
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ..scoring import noise_normalized_score, pearson_r, roi_summary
 
-__all__ = ["score_subject", "score_submission"]
+__all__ = ["score_subject", "score_submission", "pooled_roi_summary"]
+
+
+def pooled_roi_summary(ds: AlgonautsDataset, subject: str, per_vertex: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-ROI-family means of a per-vertex quantity with the hemispheres pooled (vertex-weighted).
+
+    Parameters
+    ----------
+    per_vertex : dict hemisphere -> array of shape (n_vertices,) (one or both hemispheres)
+    """
+    hemis = [h for h in HEMISPHERES if h in per_vertex]
+    by_hemi = {h: ds.roi_masks(subject, h) for h in hemis}
+    masks = {f: np.concatenate([by_hemi[h][f] for h in hemis]) for f in by_hemi[hemis[0]]}
+    return roi_summary(np.concatenate([per_vertex[h] for h in hemis]), masks)
 
 
 def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -28,7 +41,6 @@ def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarra
     (vertex-weighted, as the challenge averages over all vertices).
     """
     out: dict[str, dict] = {}
-    pooled_scores, pooled_masks = [], {}
     for hemi in (h for h in HEMISPHERES if h in preds):
         true = ds.responses(subject, hemi, "test")
         nc = ds.noise_ceiling(subject, hemi)
@@ -41,11 +53,7 @@ def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarra
         score = noise_normalized_score(r, nc)
         masks = ds.roi_masks(subject, hemi)
         out[hemi] = {"r": r, "score": score, "roi": roi_summary(score, masks)}
-        pooled_scores.append(score)
-        for k, m in masks.items():
-            pooled_masks.setdefault(k, []).append(m)
-    all_scores = np.concatenate(pooled_scores)
-    out["both"] = {"roi": roi_summary(all_scores, {k: np.concatenate(v) for k, v in pooled_masks.items()})}
+    out["both"] = {"roi": pooled_roi_summary(ds, subject, {h: v["score"] for h, v in out.items()})}
     return out
 
 

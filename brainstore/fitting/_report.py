@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
+from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset
 from ..features import FeatureStore
 from ..scoring import pearson_r
 from ._evaluate import score_subject
@@ -16,8 +16,7 @@ from ._registry import ModelRegistry
 
 __all__ = ["comparison_rows", "write_report", "write_predictions", "evaluate_registered"]
 
-SHORT = {"prf-visualrois": "early (prf)", "floc-bodies": "bodies", "floc-faces": "faces",
-         "floc-places": "places", "floc-words": "words"}
+SHORT = ROI_FAMILY_LABELS
 
 
 def comparison_rows(metrics: dict, kinds: dict[str, str]) -> list[dict]:

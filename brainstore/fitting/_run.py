@@ -20,6 +20,7 @@ from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
 from ..features import FeatureStore, MissingStimuliError
 from ..scoring import noise_normalized_score, pearson_r, roi_summary
 from ._encoding import BaseFit, design_matrix, fit_base, predict_base, subject_stimuli
+from ._evaluate import pooled_roi_summary
 from ._registry import ModelRegistry, RegistryError
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec
 
@@ -206,8 +207,8 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, progress: b
             both = {"cv_r_mean": float(np.mean(np.concatenate([mets[h]["_cv_r_vertex"] for h in spec.hemispheres])))}
             if all("_score_vertex" in mets[h] for h in spec.hemispheres):
                 both["test_nnmc"] = float(np.mean(np.concatenate([mets[h]["_score_vertex"] for h in spec.hemispheres])))
-                both["test_nnmc_roi"] = _pooled_roi(ds, s, spec.hemispheres, {h: mets[h]["_score_vertex"] for h in spec.hemispheres})
-            both["cv_r_roi"] = _pooled_roi(ds, s, spec.hemispheres, {h: mets[h]["_cv_r_vertex"] for h in spec.hemispheres})
+                both["test_nnmc_roi"] = pooled_roi_summary(ds, s, {h: mets[h]["_score_vertex"] for h in spec.hemispheres})
+            both["cv_r_roi"] = pooled_roi_summary(ds, s, {h: mets[h]["_cv_r_vertex"] for h in spec.hemispheres})
             clean = {h: {k: v for k, v in mets[h].items() if not k.startswith("_")} for h in spec.hemispheres}
             run.metrics.setdefault(name, {})[s] = {**clean, "both": both}
             run.test_preds[(name, s)] = {h: by_hemi[h][1] for h in spec.hemispheres}
@@ -216,11 +217,6 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, progress: b
                 run.registered.append(f"{name}/{s}")
     run.seconds = time.time() - t0
     return run
-
-
-def _pooled_roi(ds, s, hemis, per_vertex: dict[str, np.ndarray]) -> dict[str, float]:
-    masks = {k: np.concatenate([_roi_masks(ds, s, h)[k] for h in hemis]) for k in REPORT_FAMILIES}
-    return roi_summary(np.concatenate([per_vertex[h] for h in hemis]), masks)
 
 
 def _register(reg: ModelRegistry, fs: FeatureStore, spec: FitSpec, ds: AlgonautsDataset, name: str, subject: str,
