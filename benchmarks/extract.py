@@ -14,8 +14,9 @@ Figures (issue: feature store):
 
 Default: 12,000 NSD-sized (425 px) PNGs through the small CLIP architecture ``brainstore-tiny-clip``
 (decode-bound, like ViT-B/32 on a GPU); ``--arch ViT-B-32`` measures the model-bound CPU case.
-The pipeline pays a fixed start-up (Ray Data planning, actor processes importing torch/open_clip
-and loading the model: ~10 s on 2 cores) that a run must amortize.
+The pipeline pays a fixed start-up (a model actor process starting, importing torch/open_clip and
+loading the model: 5-12 s on 2 cores); decoding tasks start at once and run beside it, so a run
+must be long enough to amortize only the part of it they do not hide.
 
 Usage: python benchmarks/extract.py [--images 12000] [--size 425] [--arch brainstore-tiny-clip] [--batch-size 64] [--gpu]
 Model weights are random-init (``pretrained=none``) unless --pretrained/--sam-checkpoint name

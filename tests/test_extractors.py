@@ -90,7 +90,8 @@ def test_extractor_contract(case, assets):
     if ext.modality == "text":
         assert all(isinstance(x, str) for x in xs)
     else:
-        assert all(x.dtype == np.float32 and x.shape == xs[0].shape for x in xs)
+        # CLIP ships uint8 pixels (normalized on the model's device); the others float32 model input
+        assert all(x.dtype in (np.float32, np.uint8) and x.dtype == xs[0].dtype and x.shape == xs[0].shape for x in xs)
         assert xs[0].ndim == (3 if ext.modality == "image" else 4)
 
     ext.load(device="cpu", dtype="float32")
@@ -191,6 +192,25 @@ def test_clip_preprocess_matches_open_clip():
                 np.testing.assert_allclose(ours, ref_tf(img).numpy(), atol=1e-5, err_msg=f"{size} {mode}")
 
 
+def test_clip_uint8_transport_normalizes_on_device_like_open_clip():
+    """preprocess() ships uint8 pixels; to_tensor()/normalize() give open_clip's eval transform."""
+    import torch
+    from open_clip.transform import image_transform
+
+    ext = get_extractor(f"clip:arch={TINY},pretrained=none")
+    ext.load()
+    pp = ext.preprocess_config()
+    ref_tf = image_transform(pp["size"], is_train=False, mean=pp["mean"], std=pp["std"])
+    imgs = _images(3)
+    x = np.stack([ext.preprocess(i) for i in imgs])
+    assert x.dtype == np.uint8 and x.shape == (3, 3, pp["size"], pp["size"])
+    ref = torch.stack([ref_tf(i) for i in imgs]).numpy()
+    np.testing.assert_allclose(ext.to_tensor(x).numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(ext.normalize(x), ref, atol=1e-6)
+    # already-normalized float input is taken as is, and embeds the same
+    np.testing.assert_array_equal(ext.embed(x), ext.embed(ext.normalize(x)))
+
+
 def test_clip_checkpoint_matches_manual_open_clip(assets):
     import open_clip
     import torch
@@ -224,7 +244,7 @@ def test_clip_intermediate_layer_matches_hook():
     import torch
 
     with torch.no_grad():
-        model.encode_image(torch.as_tensor(x))
+        model.encode_image(torch.as_tensor(ext["cls"].normalize(x)))
     hook.remove()
     tokens = captured["out"].numpy()  # (n, 1 + patches, width), batch-first
     np.testing.assert_allclose(ext["cls"].embed(x), tokens[:, 0], atol=1e-5)
@@ -262,7 +282,7 @@ def test_clip_hf_hub_cache_and_local_dir(assets, tmp_path):
         ext = get_extractor(spec)
         assert ext.dim == 32 and ext.preprocess_config()["mean"] == [0.5] * 3
         ext.load()
-        x = np.stack([ext.preprocess(i) for i in _images(2)])
+        x = ext.normalize(np.stack([ext.preprocess(i) for i in _images(2)]))  # this config's mean/std
         np.testing.assert_allclose(ext.embed(x), ref.embed(x), atol=1e-5)  # same weights
         md = ext.metadata()
         assert md["random_init"] == "false" and md["weights_sha256"] in md["pretrained"]
@@ -445,7 +465,7 @@ def test_clip_torchscript_checkpoint(tmp_path):
     ext.load()
     x = np.stack([ext.preprocess(i) for i in _images(2)])
     with torch.no_grad():
-        ref = model.encode_image(torch.as_tensor(x)).numpy()
+        ref = model.encode_image(torch.as_tensor(ext.normalize(x))).numpy()
     np.testing.assert_allclose(ext.embed(x), ref, atol=1e-5)
 
 
@@ -486,11 +506,14 @@ def test_clip_pretrained_tag_resolved_from_hf_cache(assets, tmp_path, monkeypatc
     assert pp["mean"] == [0.5] * 3 and pp["resize_mode"] == "squash" and pp["interpolation"] == "bilinear"
     img = _images(1)[0]
     x = ext.preprocess(img)[None]
-    np.testing.assert_allclose(x[0], (np.asarray(img.resize((32, 32), 2), np.float32) / 255 - 0.5).transpose(2, 0, 1) / 0.25,
+    assert x.dtype == np.uint8  # pixels travel as uint8; normalization happens on the model's device
+    np.testing.assert_allclose(ext.normalize(x)[0],
+                               (np.asarray(img.resize((32, 32), 2), np.float32) / 255 - 0.5).transpose(2, 0, 1) / 0.25,
                                atol=1e-5)
     ref = open_clip.create_model(TINY, pretrained=None, quick_gelu=True)
     open_clip.load_checkpoint(ref, assets.clip_ckpt)
     with torch.no_grad():
-        np.testing.assert_allclose(ext.embed(x), ref.eval().encode_image(torch.as_tensor(x)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(ext.embed(x), ref.eval().encode_image(torch.as_tensor(ext.normalize(x))).numpy(),
+                                   atol=1e-5)
     md = ext.metadata()
     assert md["pretrained"] == "mytag" and md["quick_gelu"] == "true" and str(snap) in md["weights_source"]

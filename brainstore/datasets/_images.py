@@ -6,7 +6,13 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+try:  # libpng/zlib-ng PNG decoder, ~1.8x faster than PIL's on NSD-size images, pixel-identical
+    from imagecodecs import png_decode as _png_decode
+except ImportError:  # pragma: no cover - optional speed-up
+    _png_decode = None
 
 __all__ = ["MAX_PIXELS", "decode_image", "image_problem"]
 
@@ -34,6 +40,12 @@ def decode_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
             w, h = img.size
             if w * h > max_pixels:
                 raise ValueError(f"image is {w}x{h} = {w * h:,} pixels, above the {max_pixels:,} limit (decompression bomb?)")
+            if _png_decode is not None and img.format == "PNG" and img.mode == "RGB":
+                # 8-bit RGB PNG (every NSD stimulus): same pixels as PIL's decoder, less time
+                arr = _png_decode(data)
+                if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
+                    raise ValueError(f"PNG decoded to {arr.shape} {arr.dtype}, header says {w}x{h} RGB")
+                return Image.fromarray(arr)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ValueError(f"decompression bomb refused: {e}") from e

@@ -15,7 +15,7 @@ from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
 from ._clip_configs import (_PP_KEYS, OPENAI_MEAN, OPENAI_STD, _ensure_open_clip_config, _is_torchscript,
                             _load_torchscript_weights, _tag_cfg, clip_model_config, list_clip_archs,
                             register_clip_config)
-from ._imaging import clip_preprocess
+from ._imaging import clip_geometry, normalize_chw
 from ._registry import register
 from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, sha256_file, text
 
@@ -216,14 +216,48 @@ class ClipExtractor(Extractor):
         return super().__getstate__()
 
     def preprocess(self, item: Any) -> np.ndarray | str:
-        """PIL image -> float32 ``(3, H, W)`` (tower=image); caption -> ``str`` (tower=text)."""
+        """PIL image -> uint8 ``(3, H, W)`` resized/cropped pixels (tower=image); caption -> ``str`` (tower=text).
+
+        Normalization (``/255``, ``mean``, ``std``) happens in :meth:`to_tensor`, on the model's
+        device: batches travel between processes as uint8, a quarter of the bytes of float32.
+        ``normalize(preprocess(img))`` equals ``open_clip.image_transform(eval)(img)``.
+        """
         if self.modality == "text":
             if not isinstance(item, str) or not item.strip():
                 raise ValueError(f"clip text tower: expected a non-empty caption string, got {item!r:.80}")
             return item
         pp = self.preprocess_config()
-        return clip_preprocess(check_pil_image(item, "clip"), pp["size"], pp["mean"], pp["std"],
-                               pp["interpolation"], pp["resize_mode"], pp["fill_color"])
+        return clip_geometry(check_pil_image(item, "clip"), pp["size"], pp["interpolation"], pp["resize_mode"],
+                             pp["fill_color"])
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 ``(..., 3, H, W)`` pixels from :meth:`preprocess` -> float32 model input (numpy)."""
+        x = np.asarray(batch)
+        if x.dtype != np.uint8:
+            return np.asarray(x, dtype=np.float32)
+        pp = self.preprocess_config()
+        flat = x.reshape(-1, *x.shape[-3:])
+        out = np.stack([normalize_chw(c.transpose(1, 2, 0), pp["mean"], pp["std"], scale=255.0) for c in flat])
+        return out.reshape(x.shape).astype(np.float32, copy=False)
+
+    def to_tensor(self, batch: Any) -> Any:
+        """Batch -> float32 model input on the loaded device.
+
+        uint8 pixels (what :meth:`preprocess` returns) are normalized here, with the same float32
+        arithmetic as open_clip's ``ToTensor`` + ``Normalize``; float arrays are taken as already
+        normalized.
+        """
+        import torch
+
+        x = np.asarray(batch)
+        if x.dtype != np.uint8:
+            return super().to_tensor(x)
+        pp = self.preprocess_config()
+        dev = self._rt["device"]
+        mean = torch.tensor(pp["mean"], dtype=torch.float32, device=dev).view(-1, 1, 1)
+        std = torch.tensor(pp["std"], dtype=torch.float32, device=dev).view(-1, 1, 1)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=True).float()
+        return (t / 255.0 - mean) / std
 
     # -- model ---------------------------------------------------------------
     def _quick_gelu(self) -> bool | None:

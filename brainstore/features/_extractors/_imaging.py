@@ -46,6 +46,43 @@ def _keep_ratio_size(ih: int, iw: int, th: int, tw: int, longest: float) -> tupl
     return round(ih / ratio), round(iw / ratio)
 
 
+def clip_geometry(
+    img,
+    size: int | Sequence[int],
+    interpolation: str = "bicubic",
+    resize_mode: str = "shortest",
+    fill_color: int = 0,
+) -> np.ndarray:
+    """The resize/crop part of open_clip's eval transform on a PIL RGB image.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(3, H, W)`` pixels; :func:`normalize_chw` (or the same arithmetic on the model's
+        device) turns them into what ``open_clip.image_transform`` returns.
+    """
+    th, tw = _pair(size)
+    interp = interpolation if interpolation in ("bicubic", "bilinear") else "bicubic"
+    if resize_mode == "squash":
+        arr = np.asarray(_resize(img, th, tw, interp))
+    elif resize_mode == "longest":
+        nh, nw = _keep_ratio_size(img.height, img.width, th, tw, 1.0)
+        arr = _crop_or_pad(np.asarray(_resize(img, nh, nw, interp)), th, tw, fill_color)
+    elif resize_mode == "shortest":
+        if th == tw:  # torchvision Resize(int): shorter edge -> size, longer edge truncated
+            ih, iw = img.height, img.width
+            short, long = (iw, ih) if iw <= ih else (ih, iw)
+            new_long = int(th * long / short)
+            nh, nw = (new_long, th) if iw <= ih else (th, new_long)
+        else:  # open_clip's ResizeKeepRatio here ignores `interpolation` (always bicubic): keep parity
+            nh, nw = _keep_ratio_size(img.height, img.width, th, tw, 0.0)
+            interp = "bicubic"
+        arr = _crop_or_pad(np.asarray(_resize(img, nh, nw, interp)), th, tw, 0)
+    else:
+        raise ValueError(f"unknown resize_mode {resize_mode!r}; valid: shortest, longest, squash")
+    return np.ascontiguousarray(np.asarray(arr, dtype=np.uint8).transpose(2, 0, 1))
+
+
 def clip_preprocess(
     img,
     size: int | Sequence[int],
@@ -62,27 +99,8 @@ def clip_preprocess(
     numpy.ndarray
         float32 ``(3, H, W)``, normalized with ``mean``/``std``.
     """
-    th, tw = _pair(size)
-    interp = interpolation if interpolation in ("bicubic", "bilinear") else "bicubic"
-    if resize_mode == "squash":
-        img = _resize(img, th, tw, interp)
-        arr = np.asarray(img)
-    elif resize_mode == "longest":
-        nh, nw = _keep_ratio_size(img.height, img.width, th, tw, 1.0)
-        arr = _crop_or_pad(np.asarray(_resize(img, nh, nw, interp)), th, tw, fill_color)
-    elif resize_mode == "shortest":
-        if th == tw:  # torchvision Resize(int): shorter edge -> size, longer edge truncated
-            ih, iw = img.height, img.width
-            short, long = (iw, ih) if iw <= ih else (ih, iw)
-            new_long = int(th * long / short)
-            nh, nw = (new_long, th) if iw <= ih else (th, new_long)
-        else:  # open_clip's ResizeKeepRatio here ignores `interpolation` (always bicubic): keep parity
-            nh, nw = _keep_ratio_size(img.height, img.width, th, tw, 0.0)
-            interp = "bicubic"
-        arr = _crop_or_pad(np.asarray(_resize(img, nh, nw, interp)), th, tw, 0)
-    else:
-        raise ValueError(f"unknown resize_mode {resize_mode!r}; valid: shortest, longest, squash")
-    return normalize_chw(arr, mean, std, scale=255.0)
+    chw = clip_geometry(img, size, interpolation, resize_mode, fill_color)
+    return normalize_chw(chw.transpose(1, 2, 0), mean, std, scale=255.0)
 
 
 def normalize_chw(arr: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float) -> np.ndarray:

@@ -70,7 +70,7 @@ class VideoExtractor(Extractor):
     """Run an image extractor on ``frames`` uniformly sampled frames and pool over time.
 
     ``preprocess(path)`` returns the stacked per-frame preprocess outputs,
-    float32 ``(frames, C, H, W)``; ``embed`` gives ``dim = image.dim``
+    ``(frames, C, H, W)`` (uint8 for CLIP, float32 otherwise); ``embed`` gives ``dim = image.dim``
     (``pool=mean``) or ``frames * image.dim`` (``pool=concat``, frame-major).
     """
 
@@ -103,7 +103,7 @@ class VideoExtractor(Extractor):
         return self.image.resolve_weights()
 
     def preprocess(self, item: Any) -> np.ndarray:
-        """Video file path -> float32 ``(frames, C, H, W)``."""
+        """Video file path -> ``(frames, C, H, W)``, the frame extractor's preprocess outputs stacked."""
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"video: expected a video file path, got {type(item).__name__}")
         from PIL import Image
