@@ -23,7 +23,7 @@ import pyarrow as pa
 from ..datasets import STIMULUS_SCHEMA, decode_image, open_stimuli
 from ._store import FeatureStore
 
-__all__ = ["extract", "ExtractReport", "select_stimuli"]
+__all__ = ["extract", "ExtractReport", "plan_resources", "select_stimuli"]
 
 log = logging.getLogger("brainstore.features")
 
@@ -160,11 +160,51 @@ class _Embedder:
                 "split": batch["split"], "embedding": emb, "error": np.array(errors, dtype=object)}
 
 
-def _resources(num_gpus: float | None) -> tuple[bool, float]:
-    import ray
+def plan_resources(n_rows: int, batch_size: int, n_cpus: int, n_gpus: float, *, concurrency: int | None = None,
+                   num_gpus: float | None = None, actor_cpus: float | None = None,
+                   prep_cpus: float | None = None) -> dict[str, Any]:
+    """How an extraction uses the cluster (see :func:`extract` for the parameters).
 
-    gpus = ray.cluster_resources().get("GPU", 0) if num_gpus is None else num_gpus
-    return gpus > 0, gpus
+    Decoding runs in CPU tasks separate from the model actors, so that it starts at once and
+    overlaps the actors' start-up (a new process importing torch and the model library, then
+    loading the weights: 5-12 s on 2 cores), and so that a decode-bound job uses every core.
+    With GPUs: one actor per GPU (1 CPU each), one CPU per decoding task. CPU only: one actor
+    per 8 CPUs, each with that many torch threads (a model-bound CPU job wants big matrix
+    products, not many processes) and half as many CPUs reserved; on machines of at most 4 CPUs
+    half a CPU per decoding task, so that decoding takes every core while a decode-bound model
+    actor holds its reservation. Ray Data fuses the decode stage into the actors when both ask
+    for the same resources: the defaults differ (except on a 1-CPU cluster, where fusing is best).
+
+    Parameters
+    ----------
+    n_rows, batch_size : stimuli to extract, rows per model batch.
+    n_cpus, n_gpus : the cluster's CPUs and GPUs.
+    concurrency, num_gpus, actor_cpus, prep_cpus : as in :func:`extract` (None: the defaults).
+
+    Returns
+    -------
+    dict
+        ``n_blocks`` (input blocks cut on the driver), ``n_actors``, ``use_gpu``, ``actor_cpus``,
+        ``actor_gpus``, ``threads`` (torch threads per actor, None on GPU), ``prep_cpus``.
+    """
+    actor_gpus = float(num_gpus) if num_gpus is not None else (1.0 if n_gpus > 0 else 0.0)
+    use_gpu = actor_gpus > 0
+    # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
+    n_blocks = max(1, min(-(-n_rows // batch_size), 16 * n_cpus))
+    n_actors = concurrency or (max(1, int(n_gpus // actor_gpus)) if use_gpu else max(1, n_cpus // 8))
+    n_actors = min(n_actors, n_blocks)  # no idle actors for small jobs
+    threads = None if use_gpu else max(1, n_cpus // n_actors)
+    if actor_cpus is None:  # a CPU model actor reserves half its threads' cores (at most half the cluster)
+        actor_cpus = 1.0 if use_gpu else min(max(1.0, float(threads // 2)), n_cpus / 2)
+    return {
+        "n_blocks": n_blocks,
+        "n_actors": n_actors,
+        "use_gpu": use_gpu,
+        "actor_gpus": actor_gpus,
+        "actor_cpus": actor_cpus,
+        "threads": threads,
+        "prep_cpus": prep_cpus if prep_cpus is not None else (1.0 if use_gpu or n_cpus > 4 else 0.5),
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -197,8 +237,10 @@ def extract(
     batch_size : rows per model batch (and per preprocessing task).
     concurrency : extractor actors (default: one per GPU; without GPUs, one per 8 CPUs, each with
         that many torch threads).
-    num_gpus : GPUs per actor (default 1 when the cluster has GPUs, else 0).
-    actor_cpus : CPUs reserved per actor (default 1).
+    num_gpus : GPUs per actor (default 1 when the cluster has GPUs, else 0; fractional values
+        put several actors on one GPU).
+    actor_cpus : CPUs reserved per actor (default 1 with GPUs; half the actor's torch threads
+        without, at least 1 and at most half the cluster).
     prep_cpus : CPUs reserved per decode/preprocess task (default 1; 0.5 on CPU-only clusters of
         at most 4 CPUs, so that decoding uses every core beside a decode-bound model). Equal
         ``actor_cpus`` and ``prep_cpus`` on a CPU-only cluster let Ray Data fuse decoding into
@@ -238,7 +280,12 @@ def extract(
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     except AttributeError:
         pass
-    use_gpu, n_gpus_total = _resources(num_gpus)
+    res = ray.cluster_resources()
+    n_cpus, n_gpus = int(res.get("CPU", 1)), float(res.get("GPU", 0))
+    use_gpu = (num_gpus > 0) if num_gpus is not None else n_gpus > 0
+    if use_gpu and n_gpus == 0:
+        raise ValueError(f"num_gpus={num_gpus} per actor was asked for, but the Ray cluster has no GPUs; "
+                         "pass num_gpus=0 (or leave it unset) to extract on CPUs")
     device = "cuda" if use_gpu else "cpu"
     dtype = dtype or ("bfloat16" if use_gpu else "float32")
 
@@ -255,34 +302,17 @@ def extract(
         report.seconds = time.time() - t0
         return report
 
-    n_cpus = int(ray.cluster_resources().get("CPU", 1))
-    # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
-    n_blocks = max(1, min(-(-todo.num_rows // batch_size), 16 * n_cpus))
-    step = -(-todo.num_rows // n_blocks)
-    # Decoding runs in CPU tasks separate from the model actors, so it starts at once and overlaps
-    # the actors' start-up (a new process importing torch and the model library, then loading
-    # the weights: ~5-9 s on 2 cores), and so that a decode-bound job can use every core.
-    # With GPUs: one actor per GPU. CPU only: one actor per 8 CPUs, each with that many torch
-    # threads (the model-bound case wants big matrix products, not many processes).
-    n_actors = concurrency or (max(1, int(n_gpus_total)) if use_gpu else max(1, n_cpus // 8))
-    n_actors = min(n_actors, n_blocks)  # no idle actors for small jobs
-    if use_gpu:
-        gpu_per_actor = 1.0 if num_gpus is None else float(num_gpus)
-    else:
-        gpu_per_actor = 0.0
-    cpu_per_actor = 1.0 if actor_cpus is None else actor_cpus
-    threads = None if use_gpu else max(1, n_cpus // n_actors)
-    # On small machines half a CPU per decoding task lets decoding take every core while a
-    # (mostly idle, decode-bound) model actor holds its reservation. Ray Data fuses the decode
-    # stage into the actors when both ask for the same resources; the defaults differ on purpose.
-    prep_cpus = prep_cpus if prep_cpus is not None else (1.0 if use_gpu or n_cpus > 4 else 0.5)
+    plan = plan_resources(todo.num_rows, batch_size, n_cpus, n_gpus,
+                          concurrency=concurrency, num_gpus=num_gpus, actor_cpus=actor_cpus, prep_cpus=prep_cpus)
+    step = -(-todo.num_rows // plan["n_blocks"])
 
     ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
     ds = ds.map_batches(_prepare_batch, fn_kwargs={"ext": ext, "modality": ext.modality},
-                        batch_size=batch_size, num_cpus=prep_cpus, batch_format="numpy")
-    ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"ext": ext, "device": device, "dtype": dtype, "threads": threads},
-                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
-                        num_gpus=gpu_per_actor, num_cpus=cpu_per_actor,
+                        batch_size=batch_size, num_cpus=plan["prep_cpus"], batch_format="numpy")
+    ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"ext": ext, "device": device, "dtype": dtype,
+                                                          "threads": plan["threads"]},
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan["n_actors"]),
+                        num_gpus=plan["actor_gpus"], num_cpus=plan["actor_cpus"],
                         batch_format="numpy")  # Ray Data restarts lost actors and retries their tasks by default
 
     from tqdm.auto import tqdm
