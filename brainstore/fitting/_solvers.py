@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -512,7 +513,12 @@ def _load_batch(Y: Array, cols: slice, dtype: torch.dtype, device: torch.device,
     mean : tensor of shape (n_cols,)
         The column means subtracted (zeros when ``center`` is False).
     """
-    view = torch.from_numpy(Y[:, cols]) if isinstance(Y, np.ndarray) else Y[:, cols]
+    if isinstance(Y, np.ndarray):
+        with warnings.catch_warnings():  # read-only memmaps are fine: this view is never written to
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            view = torch.from_numpy(Y[:, cols])
+    else:
+        view = Y[:, cols]
     Yb = view.to(device=device, dtype=dtype)
     owned = Yb.device != view.device or Yb.data_ptr() != view.data_ptr()  # .to() copied
     mean = Yb.mean(0)
