@@ -185,10 +185,12 @@ def test_clip_preprocess_matches_open_clip():
         for interp in ("bicubic", "bilinear"):
             ref_tf = image_transform(size, is_train=False, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7),
                                      resize_mode=mode, interpolation=interp)
-            from brainstore.features._extractors._imaging import clip_preprocess
+            from brainstore.features._extractors._imaging import clip_geometry, normalize_chw
 
             for img in _images(4):
-                ours = clip_preprocess(img, size, (0.1, 0.2, 0.3), (0.5, 0.6, 0.7), interp, mode)
+                pixels = clip_geometry(img, size, interp, mode)
+                assert pixels.dtype == np.uint8
+                ours = normalize_chw(pixels.transpose(1, 2, 0), (0.1, 0.2, 0.3), (0.5, 0.6, 0.7), scale=255.0)
                 np.testing.assert_allclose(ours, ref_tf(img).numpy(), atol=1e-5, err_msg=f"{size} {mode}")
 
 

@@ -55,6 +55,9 @@ def clip_geometry(
 ) -> np.ndarray:
     """The resize/crop part of open_clip's eval transform on a PIL RGB image.
 
+    ``normalize_chw(clip_geometry(img, ...).transpose(1, 2, 0), mean, std, 255)`` equals
+    ``open_clip.image_transform(..., is_train=False)(img)``.
+
     Returns
     -------
     numpy.ndarray
@@ -81,26 +84,6 @@ def clip_geometry(
     else:
         raise ValueError(f"unknown resize_mode {resize_mode!r}; valid: shortest, longest, squash")
     return np.ascontiguousarray(np.asarray(arr, dtype=np.uint8).transpose(2, 0, 1))
-
-
-def clip_preprocess(
-    img,
-    size: int | Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    interpolation: str = "bicubic",
-    resize_mode: str = "shortest",
-    fill_color: int = 0,
-) -> np.ndarray:
-    """open_clip eval transform on a PIL RGB image.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(3, H, W)``, normalized with ``mean``/``std``.
-    """
-    chw = clip_geometry(img, size, interpolation, resize_mode, fill_color)
-    return normalize_chw(chw.transpose(1, 2, 0), mean, std, scale=255.0)
 
 
 def normalize_chw(arr: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float) -> np.ndarray:
