@@ -83,3 +83,31 @@ def test_scales_in_chunks_without_holding_everything(tmp_path, monkeypatch):
                         progress=False, workers=1)
     y = np.load(root / "subj01/training_split/training_fmri/lh_training_fmri.npy", mmap_mode="r")
     assert y.shape[0] == 1100 and np.isfinite(y[1024:]).all() and y[1024:].std() > 0
+
+
+def test_test_split_scoring_with_and_without_noise_ceiling(dataset_copy):
+    """score_test_split matches scipy's r and the NNMC formula; without a noise ceiling it raises
+    (submission scoring) or reports r alone (fit-time metrics)."""
+    from scipy import stats
+
+    from brainstore.datasets import DatasetError
+    from brainstore.fitting._evaluate import score_test_split
+
+    ds = AlgonautsDataset(dataset_copy)
+    pred = np.load(dataset_copy / "ground_truth" / "subj01" / "lh_pred_test.npy")
+    true = np.asarray(ds.responses("subj01", "lh", "test"))
+    out = score_test_split(ds, "subj01", "lh", pred)
+    ref_r = np.array([stats.pearsonr(pred[:, j], true[:, j])[0] for j in range(0, pred.shape[1], 97)])
+    np.testing.assert_allclose(out["r"][::97], ref_r, atol=1e-5)
+    nc = ds.noise_ceiling("subj01", "lh")
+    expect = np.where(nc > 0, np.minimum(np.maximum(out["r"], 0) ** 2 / np.where(nc > 0, nc, 1), 1), 0) * 100
+    np.testing.assert_allclose(out["score"], expect, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        score_test_split(ds, "subj01", "lh", pred[:, :-1])
+    (dataset_copy / "subj01" / "test_split" / "noise_ceiling" / "lh_noise_ceiling.npy").unlink()
+    ds = AlgonautsDataset(dataset_copy)
+    with pytest.raises(DatasetError, match="noise ceiling"):
+        score_test_split(ds, "subj01", "lh", pred)
+    bare = score_test_split(ds, "subj01", "lh", pred, require_noise_ceiling=False)
+    assert bare["score"] is None
+    np.testing.assert_array_equal(bare["r"], out["r"])

@@ -9,7 +9,32 @@ import numpy as np
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ..scoring import noise_normalized_score, pearson_r, roi_summary
 
-__all__ = ["score_subject", "score_submission", "pooled_roi_summary"]
+__all__ = ["score_subject", "score_submission", "pooled_roi_summary", "score_test_split"]
+
+
+def score_test_split(ds: AlgonautsDataset, subject: str, hemi: str, pred: np.ndarray, *,
+                require_noise_ceiling: bool = True) -> dict[str, np.ndarray | None]:
+    """Per-vertex test Pearson r and noise-normalized score (NNMC terms) of one hemisphere.
+
+    Parameters
+    ----------
+    pred : array of shape (n_test_images, n_vertices), rows in the dataset's test order.
+    require_noise_ceiling : raise when the dataset has no noise ceiling for ``hemi``; otherwise
+        ``score`` is None there (test r is still reported).
+
+    Returns
+    -------
+    dict with ``r`` and ``score`` (n_vertices,) (``score`` None without a noise ceiling).
+    """
+    true = ds.responses(subject, hemi, "test")
+    pred = np.asarray(pred)
+    if pred.shape != true.shape:
+        raise ValueError(f"{subject} {hemi} predictions have shape {pred.shape}, test responses {true.shape}")
+    nc = ds.noise_ceiling(subject, hemi)
+    if nc is None and require_noise_ceiling:
+        raise DatasetError(f"{ds.root}/{subject} has no {hemi} noise ceiling; NNMC needs test_split/noise_ceiling/")
+    r = pearson_r(pred, true)
+    return {"r": r, "score": None if nc is None else noise_normalized_score(r, nc)}
 
 
 def pooled_roi_summary(ds: AlgonautsDataset, subject: str, per_vertex: dict[str, np.ndarray]) -> dict[str, float]:
@@ -42,17 +67,8 @@ def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarra
     """
     out: dict[str, dict] = {}
     for hemi in (h for h in HEMISPHERES if h in preds):
-        true = ds.responses(subject, hemi, "test")
-        nc = ds.noise_ceiling(subject, hemi)
-        if nc is None:
-            raise DatasetError(f"{ds.root}/{subject} has no {hemi} noise ceiling; NNMC needs test_split/noise_ceiling/")
-        pred = np.asarray(preds[hemi])
-        if pred.shape != true.shape:
-            raise ValueError(f"{subject} {hemi} predictions have shape {pred.shape}, test responses {true.shape}")
-        r = pearson_r(pred, true)
-        score = noise_normalized_score(r, nc)
-        masks = ds.roi_masks(subject, hemi)
-        out[hemi] = {"r": r, "score": score, "roi": roi_summary(score, masks)}
+        t = score_test_split(ds, subject, hemi, preds[hemi])
+        out[hemi] = {"r": t["r"], "score": t["score"], "roi": roi_summary(t["score"], ds.roi_masks(subject, hemi))}
     out["both"] = {"roi": pooled_roi_summary(ds, subject, {h: v["score"] for h, v in out.items()})}
     return out
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
 from ..features import FeatureStore, MissingStimuliError
-from ..scoring import noise_normalized_score, pearson_r, roi_summary
+from ..scoring import pearson_r, roi_summary
 from ._encoding import BaseFit, design_matrix, fit_base, predict_base, subject_stimuli
-from ._evaluate import pooled_roi_summary
+from ._evaluate import pooled_roi_summary, score_test_split
 from ._registry import ModelRegistry, RegistryError
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec
 
@@ -89,15 +89,12 @@ def _evaluate_preds(ds, subject, hemi, oof, test_pred, Y) -> dict:
     masks = _roi_masks(ds, subject, hemi)
     r_cv = pearson_r(oof, Y)
     out = {"cv_r": roi_summary(r_cv, masks), "_cv_r_vertex": r_cv}
-    if ds.has_test_responses(subject):
-        true = ds.responses(subject, hemi, "test")
-        r = pearson_r(test_pred, true)
-        out["test_r"] = roi_summary(r, masks)
-        nc = ds.noise_ceiling(subject, hemi)
-        if nc is not None:
-            score = noise_normalized_score(r, nc)
-            out["test_nnmc"] = roi_summary(score, masks)
-            out["_score_vertex"] = score
+    if ds.has_test_responses(subject):  # fit-time metrics: test r even where no noise ceiling exists
+        t = score_test_split(ds, subject, hemi, test_pred, require_noise_ceiling=False)
+        out["test_r"] = roi_summary(t["r"], masks)
+        if t["score"] is not None:
+            out["test_nnmc"] = roi_summary(t["score"], masks)
+            out["_score_vertex"] = t["score"]
     return out
 
 
