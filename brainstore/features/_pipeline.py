@@ -11,7 +11,6 @@ reported with their paths, recorded in the store's ``_bad_stimuli`` table, and n
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..datasets import STIMULUS_SCHEMA, decode_image, open_stimuli
+from ..datasets import decode_image, open_stimuli
 from ._store import FeatureStore
 
 __all__ = ["extract", "ExtractReport", "plan_resources", "select_stimuli"]
@@ -160,6 +159,11 @@ class _Embedder:
                 "split": batch["split"], "embedding": emb, "error": np.array(errors, dtype=object)}
 
 
+def _gpus_per_actor(num_gpus: float | None, n_gpus: float) -> float:
+    """GPUs each model actor asks for: ``num_gpus`` when given, else 1 on a cluster with GPUs, else 0."""
+    return float(num_gpus) if num_gpus is not None else (1.0 if n_gpus > 0 else 0.0)
+
+
 def plan_resources(n_rows: int, batch_size: int, n_cpus: int, n_gpus: float, *, concurrency: int | None = None,
                    num_gpus: float | None = None, actor_cpus: float | None = None,
                    prep_cpus: float | None = None) -> dict[str, Any]:
@@ -187,7 +191,7 @@ def plan_resources(n_rows: int, batch_size: int, n_cpus: int, n_gpus: float, *, 
         ``n_blocks`` (input blocks cut on the driver), ``n_actors``, ``use_gpu``, ``actor_cpus``,
         ``actor_gpus``, ``threads`` (torch threads per actor, None on GPU), ``prep_cpus``.
     """
-    actor_gpus = float(num_gpus) if num_gpus is not None else (1.0 if n_gpus > 0 else 0.0)
+    actor_gpus = _gpus_per_actor(num_gpus, n_gpus)
     use_gpu = actor_gpus > 0
     # Blocks of a few batches each, cut on the driver (no all-to-all repartition stage).
     n_blocks = max(1, min(-(-n_rows // batch_size), 16 * n_cpus))
@@ -282,7 +286,7 @@ def extract(
         pass
     res = ray.cluster_resources()
     n_cpus, n_gpus = int(res.get("CPU", 1)), float(res.get("GPU", 0))
-    use_gpu = (num_gpus > 0) if num_gpus is not None else n_gpus > 0
+    use_gpu = _gpus_per_actor(num_gpus, n_gpus) > 0
     if use_gpu and n_gpus == 0:
         raise ValueError(f"num_gpus={num_gpus} per actor was asked for, but the Ray cluster has no GPUs; "
                          "pass num_gpus=0 (or leave it unset) to extract on CPUs")
