@@ -19,7 +19,7 @@ import numpy as np
 from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
 from ..features import FeatureStore, MissingStimuliError
 from ..scoring import pearson_r, roi_summary
-from ._encoding import BaseFit, design_matrix, fit_base, predict_base, subject_stimuli
+from ._encoding import BaseFit, design_matrix, fit_base, predict_base
 from ._evaluate import pooled_roi_summary, score_test_split
 from ._registry import ModelRegistry, RegistryError
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec

@@ -13,8 +13,7 @@ import numpy as np
 from . import _hub
 from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
 from ._clip_configs import (_PP_KEYS, OPENAI_MEAN, OPENAI_STD, _ensure_open_clip_config, _is_torchscript,
-                            _load_torchscript_weights, _tag_cfg, clip_model_config, list_clip_archs,
-                            register_clip_config)
+                            _load_torchscript_weights, _tag_cfg, clip_model_config, list_clip_archs)
 from ._imaging import clip_geometry, normalize_chw
 from ._registry import register
 from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, sha256_file, text
