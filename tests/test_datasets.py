@@ -43,6 +43,44 @@ def test_reader_stimulus_table_and_shapes(small_dataset):
     assert len(s1 & s2) >= 40  # shared test images + shared training images
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_captions_by_image_name_or_by_nsd_id(dataset_copy, fmt):
+    """Both caption layouts give every image its caption; COCO-style repeats keep the first caption of an id."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    (dataset_copy / "captions.csv").unlink()
+    st = AlgonautsDataset(dataset_copy).stimuli()
+    names = [Path(p).name for p in st.column("path").to_pylist()]
+    nsd = st.column("nsd_id").to_pylist()
+    write = pcsv.write_csv if fmt == "csv" else pq.write_table
+    layouts = {
+        "image": pa.table({"image": names, "caption": [f"image {n}" for n in names]}),
+        # several captions per id, in file order: an empty one, then the first real one, then a later one
+        "nsd_id": pa.table({"nsd_id": [i for i in nsd for _ in range(3)],
+                            "caption": [c for i in nsd for c in ("", f"first of {i}", f"second of {i}")]}),
+    }
+    for key, table in layouts.items():
+        write(table, dataset_copy / f"captions.{fmt}")
+        got = AlgonautsDataset(dataset_copy).stimuli().column("caption").to_pylist()
+        assert got == ([f"image {n}" for n in names] if key == "image" else [f"first of {i}" for i in nsd]), key
+    # ids given as digit strings match too; unknown ids are ignored
+    write(pa.table({"nsd_id": [f"{nsd[0]:05d}", "99999"], "caption": ["zero-padded", "nobody"]}), dataset_copy / f"captions.{fmt}")
+    got = AlgonautsDataset(dataset_copy).stimuli().column("caption").to_pylist()
+    assert got[0] == "zero-padded" and set(got) == {"zero-padded", None}
+
+
+def test_captions_file_without_known_columns_is_named(dataset_copy):
+    (dataset_copy / "captions.csv").write_text("file,text\na.png,a cat\n")
+    with pytest.raises(DatasetError, match=r"captions\.csv has columns \['file', 'text'\]; it needs 'image' and "
+                                           r"'caption' .* or 'nsd_id' and 'caption'"):
+        AlgonautsDataset(dataset_copy).stimuli()
+    (dataset_copy / "captions.csv").write_text("nsd_id,caption\nnot-a-number,a cat\n")
+    with pytest.raises(DatasetError, match="nsd_id 'not-a-number' is not an integer"):
+        AlgonautsDataset(dataset_copy).stimuli()
+
+
 def test_roi_masks_and_mapping(small_dataset):
     ds = AlgonautsDataset(small_dataset)
     labels, mapping = ds.roi_labels("subj01", "lh", "prf-visualrois")

@@ -144,20 +144,25 @@ def test_killed_job_resumes_without_duplicates_or_losses(small_dataset, tmp_path
     assert len(ids) == len(set(ids)) == total
 
 
-def test_video_manifest_through_the_pipeline(tmp_path, ray_local):
-    """Video clips from a manifest: frames sampled, embedded, pooled; an unreadable clip is reported."""
+def _clips_manifest(folder: Path) -> Path:
+    """Two tiny videos and an unreadable one, in a CSV manifest."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     from brainstore.features._extractors._testing import write_tiny_video
 
-    write_tiny_video(tmp_path / "a.mp4")
-    write_tiny_video(tmp_path / "b.mp4", n_frames=24)
-    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    write_tiny_video(folder / "a.mp4")
+    write_tiny_video(folder / "b.mp4", n_frames=24)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
     pcsv.write_csv(pa.table({"stimulus_id": ["clip-a", "clip-b", "clip-x"], "path": ["a.mp4", "b.mp4", "broken.mp4"],
-                             "modality": ["video"] * 3, "caption": [None, None, None]}), tmp_path / "clips.csv")
+                             "modality": ["video"] * 3, "caption": [None, None, None]}), folder / "clips.csv")
+    return folder / "clips.csv"
+
+
+def test_video_manifest_through_the_pipeline(tmp_path, ray_local):
+    """Video clips from a manifest: frames sampled, embedded, pooled; an unreadable clip is reported."""
     spec = f"video:image=[{TINY_CLIP_SPEC}],frames=4"
-    rep = extract(tmp_path / "clips.csv", spec, tmp_path / "store", batch_size=2, progress=False)
+    rep = extract(_clips_manifest(tmp_path), spec, tmp_path / "store", batch_size=2, progress=False)
     assert rep.written == 2 and [f["stimulus_id"] for f in rep.failed] == ["clip-x"]
     assert "broken.mp4" in rep.failed[0]["path"]
     X = FeatureStore(tmp_path / "store").load(rep.feature, ["clip-b", "clip-a"])
@@ -175,8 +180,8 @@ def test_resource_plan_keeps_decoding_out_of_the_model_actors():
         return ({"num_cpus": pl["prep_cpus"]}, {"num_cpus": pl["actor_cpus"], "num_gpus": pl["actor_gpus"]})
 
     cpu2 = plan_resources(12000, 64, 2, 0)
-    assert cpu2 == {"n_blocks": 32, "n_actors": 1, "use_gpu": False, "actor_gpus": 0.0, "actor_cpus": 1.0,
-                    "threads": 2, "prep_cpus": 0.5}
+    assert cpu2 == {"n_blocks": 32, "block_rows": 384, "n_actors": 1, "use_gpu": False, "actor_gpus": 0.0,
+                    "actor_cpus": 1.0, "threads": 2, "prep_cpus": 0.5}
     assert not are_remote_args_compatible(*args(cpu2))
     cpu32 = plan_resources(100000, 64, 32, 0)
     assert (cpu32["n_actors"], cpu32["threads"], cpu32["actor_cpus"], cpu32["prep_cpus"]) == (4, 8, 4.0, 1.0)
@@ -193,8 +198,108 @@ def test_resource_plan_keeps_decoding_out_of_the_model_actors():
     assert plan_resources(100, 64, 2, 0)["n_actors"] == 1 and plan_resources(10, 64, 16, 4)["n_actors"] == 1
     # asked-for equal CPUs fuse (the documented opt-in)
     assert are_remote_args_compatible(*args(plan_resources(1000, 64, 2, 0, actor_cpus=0.5, prep_cpus=0.5)))
+    # blocks hold whole model batches
+    assert all(plan_resources(n, 64, c, 0)["block_rows"] % 64 == 0 for n in (100, 1000, 12345) for c in (2, 16))
+    # captions: no decode stage; without GPUs one single-threaded actor per CPU (up to 8), holding its cores
+    text2 = plan_resources(10000, 64, 2, 0, decode=False)
+    assert (text2["n_actors"], text2["threads"], text2["actor_cpus"], text2["prep_cpus"]) == (2, 1, 1.0, None)
+    text64 = plan_resources(100000, 64, 64, 0, decode=False)
+    assert (text64["n_actors"], text64["threads"], text64["actor_cpus"]) == (8, 8, 8.0)
+    assert plan_resources(10000, 64, 16, 1, decode=False)["n_actors"] == 1  # with a GPU: one actor per GPU
+
+
+def test_captions_are_checked_on_the_driver(tmp_path, ray_local):
+    """Captions skip the decode stage: an empty one is a bad stimulus, found before the model runs."""
+    import pyarrow as pa
+
+    rows = pa.table({"stimulus_id": ["a", "b", "c"], "path": ["", "", ""], "modality": ["text"] * 3,
+                     "caption": ["a cat on a mat", "   ", "a dog in a park"]})
+    rep = extract(rows, "text", tmp_path / "store", progress=False)
+    assert rep.written == 2 and [f["stimulus_id"] for f in rep.failed] == ["b"]
+    assert "non-empty caption" in rep.failed[0]["error"]
+    fs = FeatureStore(tmp_path / "store")
+    assert sorted(fs.ids(rep.feature)) == ["a", "c"] and [r["stimulus_id"] for r in fs.bad_stimuli()] == ["b"]
 
 
 def test_gpus_asked_for_on_a_cpu_cluster_is_a_clear_error(small_dataset, tmp_path, ray_local):
     with pytest.raises(ValueError, match="no GPUs"):
         extract(small_dataset, "text", tmp_path / "store", num_gpus=1, progress=False)
+
+
+def test_failing_forward_pass_stops_the_job_and_marks_nothing_bad(small_dataset, tmp_path, ray_local):
+    """An exception in the model's forward pass is a system error: retried, then one clear error naming
+    the feature version and the cause; no stimulus is recorded as bad; committed rows stay; a rerun resumes."""
+    from brainstore.features import ExtractionError
+    from brainstore.features._extractors._testing import FaultyTextExtractor
+
+    store = tmp_path / "store"
+    rows = _unique(small_dataset, "text")
+    first = extract(small_dataset, FaultyTextExtractor(), store, limit=20, progress=False)
+    assert first.written == 20
+    committed = set(FeatureStore(store).ids(first.feature))
+    doomed = rows.column("item")[rows.num_rows - 1].as_py()
+    with pytest.raises(ExtractionError) as ei:
+        extract(small_dataset, FaultyTextExtractor(fail_on=doomed), store, batch_size=8, commit_every=8, progress=False)
+    msg = str(ei.value)
+    assert f"feature version {first.feature!r}" in msg and "forward pass" in msg
+    assert "RuntimeError: CUDA error: an illegal memory access was encountered (simulated)" in msg
+    assert "3 attempts" in msg and "kept" in msg and "rerun" in msg
+    assert ei.value.__cause__ is None and "Traceback" not in msg
+    fs = FeatureStore(store)
+    assert fs.bad_stimuli(first.feature) == []
+    assert committed <= set(fs.ids(first.feature))
+    # a transient fault (twice, then fine) is absorbed by the retries: the job completes
+    rep = extract(small_dataset, FaultyTextExtractor(fail_on=doomed, fail_times=2), store, progress=False)
+    assert rep.already_stored + rep.written == rows.num_rows and not rep.failed
+    assert rep.already_stored >= len(committed) and rows.column("stimulus_id")[-1].as_py() in fs.ids(first.feature)
+    assert fs.bad_stimuli(first.feature) == []
+
+
+def test_cli_layer_on_a_nested_spec_keeps_its_brackets(tmp_path, ray_local):
+    """``--layer`` on ``video:image=[clip:...]`` sets the nested image extractor's layer."""
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+
+    store = tmp_path / "store"
+    r = CliRunner().invoke(app, ["extract", "--manifest", str(_clips_manifest(tmp_path)), "--extractor",
+                                 f"video:image=[{TINY_CLIP_SPEC}],frames=4", "--layer", "-1", "--batch-size", "2",
+                                 "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    fs = FeatureStore(store)
+    (name,) = fs.names()
+    meta = fs.metadata(name)
+    assert meta["image_spec"] == f"{TINY_CLIP_SPEC},layer=1" and meta["layer"] == "1" and "-l1-cls" in name
+    assert fs.info(name).dim == 64  # the tiny CLIP's block width, not its 32-d projection
+    r = CliRunner().invoke(app, ["extract", "--manifest", str(tmp_path / "clips.csv"), "--extractor", "text",
+                                 "--layer", "2", "--store", str(store)])
+    assert r.exit_code == 2 and "has no 'layer' option" in r.output
+
+
+def test_resume_a_table_made_on_another_device_with_its_dtype(small_dataset, tmp_path, ray_local):
+    """A table made on a GPU (bfloat16, device cuda) resumes on a CPU with --dtype bfloat16; without it,
+    the refusal says which --dtype to pass."""
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+    from brainstore.features import get_extractor
+
+    store = tmp_path / "store"
+    ext = get_extractor(TINY_CLIP_SPEC)
+    fs = FeatureStore(store)
+    fs.ensure_table(ext.version, ext.dim, {**ext.metadata(), "dtype": "bfloat16", "device": "cuda"})
+    first = _unique(small_dataset).column("stimulus_id").to_pylist()[:4]
+    fs.write(ext.version, first, np.ones((4, ext.dim), np.float32))
+    with pytest.raises(FeatureStoreError, match=r"dtype: table has 'bfloat16', new rows 'float32'.*pass --dtype bfloat16"):
+        extract(small_dataset, TINY_CLIP_SPEC, store, limit=10, progress=False)
+    args = ["extract", "--dataset", str(small_dataset), "--extractor", TINY_CLIP_SPEC, "--limit", "10", "--store", str(store)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--dtype bfloat16" in r.output
+    r = CliRunner().invoke(app, [*args, "--dtype", "bfloat16"])
+    assert r.exit_code == 0, r.output
+    assert "6 written, 4 already stored" in r.output
+    assert len(fs.ids(ext.version)) == 10
+    meta = fs.metadata(ext.version)
+    assert meta["dtype"] == "bfloat16" and meta["device"] == "cuda"  # the table's provenance is unchanged
+    r = CliRunner().invoke(app, [*args, "--dtype", "float64"])
+    assert r.exit_code == 2 and "dtype must be one of" in r.output

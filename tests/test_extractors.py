@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from brainstore.features._extractors import (  # noqa: E402
     REQUIRED_METADATA_KEYS, Extractor, ExtractorInfo, VideoDecodeError, WeightsNotFoundError, get_extractor,
     list_extractors, parse_spec, read_frames)
-from brainstore.features._extractors import _registry, _testing  # noqa: E402
+from brainstore.features._extractors import _base, _registry, _testing  # noqa: E402
 
 TINY = _testing.register_tiny_models()[0]
 
@@ -58,6 +58,8 @@ CASES = {
     "hf-bert": ("hf:model={bert}", False),
     "text": ("text", False),
     "video-clip": (f"video:image=[clip:arch={TINY},checkpoint={{clip}}],frames=4", False),
+    "motion-energy": ("motion-energy:size=32,sf=[0,2,4,8]", False),
+    "motion-energy-video": ("motion-energy:modality=video,size=16,sf=[0,2],tf=[0,2],fps=8,max_frames=64", False),
 }
 
 
@@ -75,7 +77,7 @@ def _stack(ext, xs):
 
 def test_cases_cover_every_registry_entry():
     covered = {CASES[c][0].split(":")[0] for c in CASES}
-    assert covered == {i.name for i in list_extractors()} == {"clip", "sam", "hf", "text", "video"}
+    assert covered == {i.name for i in list_extractors()} == {"clip", "sam", "hf", "text", "video", "motion-energy"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -108,7 +110,9 @@ def test_extractor_contract(case, assets):
     assert md["random_init"] == ("true" if CASES[case][1] else "false")
     assert md["version"] == ext.version and md["dim"] == str(ext.dim) and md["device"] == "cpu"
     assert (md["pretrained"] == "none") == CASES[case][1]
-    if not CASES[case][1]:
+    if md["weights_source"] == "none":  # analytic filters (motion-energy): no weights to hash
+        assert md["weights_sha256"] == "none" and md["pretrained"].startswith("none (analytic")
+    elif not CASES[case][1]:
         assert len(md["weights_sha256"]) == 64
     assert "model" not in pickle.loads(pickle.dumps(ext))._rt  # pickling after load drops the model
 
@@ -377,9 +381,11 @@ def test_hf_modality_layers_and_errors(assets, tmp_path):
     assert get_extractor(f"hf:model={assets.hf['videomae']}").modality == "video"
     assert get_extractor(f"hf:model={assets.hf['bert']}").modality == "text"
     vit = get_extractor(f"hf:model={assets.hf['vit']},layer=-1")
-    assert vit.modality == "image" and vit.options["pooling"] == "cls" and vit.version.endswith("-l2-cls")
+    assert vit.modality == "image" and vit.options["pooling"] == "cls" and vit.version.endswith("-l1-cls")
     with pytest.raises(ValueError, match="'layer'"):
         get_extractor(f"hf:model={assets.hf['vit']},layer=7")
+    with pytest.raises(ValueError, match="out of range for 2 blocks"):  # 2 blocks: 0, 1 (-2, -1)
+        get_extractor(f"hf:model={assets.hf['vit']},layer=2")
     with pytest.raises(ValueError, match="'model'"):
         get_extractor("hf")
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "none")):
@@ -393,10 +399,41 @@ def test_hf_modality_layers_and_errors(assets, tmp_path):
     ext = get_extractor(f"hf:model={assets.hf['dinov2']},layer=1,pooling=mean")
     ext.load()
     x = np.stack([ext.preprocess(i) for i in _images(2)])
-    with torch.no_grad():
+    with torch.no_grad():  # block 1 = hidden_states[2] (hidden_states[0] is the embedding output)
         hs = tf.AutoModel.from_pretrained(assets.hf["dinov2"])(pixel_values=torch.as_tensor(x),
-                                                                output_hidden_states=True).hidden_states[1]
+                                                                output_hidden_states=True).hidden_states[2]
     np.testing.assert_allclose(ext.embed(x), hs[:, 1:].mean(1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [0, 1, -1, -2])
+def test_layer_numbering_is_the_same_for_clip_and_hf(assets, layer):
+    """``layer=i`` is the output of transformer block i for both (0 = first block, -1 = last),
+    checked against each model's own per-block outputs."""
+    import torch
+    import transformers as tf
+
+    imgs = _images(2)
+    clip = get_extractor(f"clip:arch={TINY},pretrained=none,layer={layer}")
+    clip.load()
+    x = np.stack([clip.preprocess(i) for i in imgs])
+    model, captured = clip._rt["model"], {}
+    block = model.visual.transformer.resblocks[layer]
+    hook = block.register_forward_hook(lambda m, i, o: captured.update(out=o))
+    with torch.no_grad():
+        model.encode_image(torch.as_tensor(clip.normalize(x)))
+    hook.remove()
+    np.testing.assert_allclose(clip.embed(x), captured["out"].numpy()[:, 0], atol=1e-5)
+
+    hf = get_extractor(f"hf:model={assets.hf['vit']},layer={layer}")
+    hf.load()
+    x = np.stack([hf.preprocess(i) for i in imgs])
+    vit = tf.AutoModel.from_pretrained(assets.hf["vit"]).eval()
+    with torch.no_grad():
+        blocks = vit(pixel_values=torch.as_tensor(x), output_hidden_states=True).hidden_states[1:]  # drop embeddings
+    np.testing.assert_allclose(hf.embed(x), blocks[layer][:, 0].numpy(), atol=1e-5)
+    assert clip.options["layer"] == hf.options["layer"] == layer % 2  # both tiny models have 2 blocks
+    for ext in (clip, hf):  # one documented convention
+        assert _base.BLOCK_LAYERS in ext.option_docs()["layer"] and _base.BLOCK_LAYERS in ext.info().layers
 
 
 def test_text_matches_sentence_transformers_and_ranks_captions():

@@ -1,6 +1,7 @@
 """The LanceDB feature store (real LanceDB on disk): ordering, idempotence, refusals, PCA, index."""
 
 import multiprocessing as mp
+import time
 
 import numpy as np
 import pytest
@@ -57,6 +58,8 @@ def test_refuses_other_dimension_or_model(tmp_path):
         fs.ensure_table("f", 16, META)
     with pytest.raises(FeatureStoreError, match="pretrained: table has 'none', new rows 'openai'"):
         fs.ensure_table("f", 8, {**META, "pretrained": "openai"})
+    with pytest.raises(FeatureStoreError, match="layer_detail: table has None"):  # same index, other meaning
+        fs.ensure_table("f", 8, {**META, "layer_detail": "output of block 1 = hidden_states[2]"})
     with pytest.raises(FeatureStoreError, match="expected"):
         fs.write("f", ["x"], np.zeros((1, 16), np.float32))
     with pytest.raises(FeatureStoreError, match="non-finite"):
@@ -84,6 +87,33 @@ def test_concurrent_writers_never_duplicate(tmp_path):
         assert p.exitcode == 0
     ids = FeatureStore(uri).ids("f")
     assert len(ids) == len(set(ids)) == 90
+
+
+def _hold_lock(path, seconds, ready):
+    from filelock import FileLock
+
+    with FileLock(path):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_table_lock_is_a_filelock_with_a_timeout(tmp_path):
+    """Another process holding the table's lock (``filelock``, the store's own lock file): a write
+    waits for it, and fails with an error naming the lock file past ``lock_timeout``."""
+    fs = FeatureStore(tmp_path / "store", lock_timeout=0.5)
+    ids, X = _fill(fs, n=4)
+    lock = tmp_path / "store" / ".f.lock"
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(lock), 5, ready))
+    holder.start()
+    assert ready.wait(60)
+    with pytest.raises(FeatureStoreError, match=r"another writer has held its lock .*\.f\.lock for more than 0.5 s"):
+        fs.write("f", ["late"], X[:1])
+    patient = FeatureStore(tmp_path / "store", lock_timeout=60)
+    assert patient.write("f", ["late"], X[:1]) == 1  # waits for the holder to let go, then commits
+    holder.join(60)
+    assert holder.exitcode == 0 and fs.info("f").rows == 5
 
 
 def test_float16_storage(tmp_path):
@@ -124,6 +154,8 @@ def test_vector_index_and_search(tmp_path):
         assert hits[0][0][0] == "s007" and hits[1][0][0] == "s123"
 
 
+# Ray starts its processes by fork + exec (the child never touches Lance's state): a false alarm here.
+@pytest.mark.filterwarnings("ignore:lance is not fork-safe:UserWarning")
 def test_ray_write_lance_with_pinned_pylance(tmp_path, ray_local):
     """Ray 2.60's Dataset.write_lance works with the pinned pylance (pin trap: pylance>=6 rejects it)."""
     import ray

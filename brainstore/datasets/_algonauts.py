@@ -115,8 +115,15 @@ class AlgonautsDataset:
         return len(self.image_files(subject, split))
 
     @cached_property
-    def captions(self) -> dict[str, str]:
-        """Image file name -> caption, from ``captions.csv`` or ``captions.parquet`` (empty if absent)."""
+    def captions(self) -> dict[str, str] | dict[int, str]:
+        """Captions from ``captions.parquet`` or ``captions.csv`` at the root (empty if absent).
+
+        Two layouts: columns ``image, caption`` give keys that are image file names (without
+        folder); columns ``nsd_id, caption`` (COCO-caption style) give keys that are NSD ids
+        (``int``), matched to the NSD id in each image's name. A key listed several times (COCO
+        has about five captions per image) keeps its first non-empty caption in file order.
+        A file with both ``image`` and ``nsd_id`` columns is read by ``image``.
+        """
         for fname in ("captions.parquet", "captions.csv"):
             path = self.root / fname
             if path.exists():
@@ -149,7 +156,7 @@ class AlgonautsDataset:
                     cols["split"].append(split)
                     cols["path"].append(str(path))
                     cols["nsd_id"].append(nsd)
-                    cols["caption"].append(caps.get(path.name))
+                    cols["caption"].append(caps.get(path.name, caps.get(nsd)))  # keyed by name or by NSD id
                     cols["modality"].append("image")
                     cols["index"].append(i)
                     cols["dataset"].append(self.name)
@@ -209,19 +216,32 @@ class AlgonautsDataset:
         return labels, _read_mapping(folder, family)
 
     def roi_masks(self, subject: str, hemi: str, *, level: str = "family", families: Iterable[str] = REPORT_FAMILIES) -> dict[str, np.ndarray]:
-        """Boolean masks by ROI family (``level="family"``) or by individual ROI (``level="roi"``)."""
+        """Boolean masks by ROI family (``level="family"``) or by named ROI (``level="roi"``).
+
+        Named ROIs are every label of the families' mapping files except 0 (``V1v`` ... ``hV4``,
+        ``EBA``, ``FFA-1``, ``PPA``, ``VWFA-1``, ``early`` ... for ``streams``), keyed by name, in
+        family order then label order. A name used by two families is keyed ``family/name``.
+        """
+        if level not in ("family", "roi"):
+            raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
         out: dict[str, np.ndarray] = {}
+        named: list[tuple[str, str, np.ndarray]] = []
         for family in families:
             labels, mapping = self.roi_labels(subject, hemi, family)
             if level == "family":
                 out[family] = labels > 0
-            elif level == "roi":
-                for lab, name in sorted(mapping.items()):
-                    if lab > 0:
-                        out[name] = labels == lab
             else:
-                raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
+                named += [(family, name, labels == lab) for lab, name in sorted(mapping.items()) if lab > 0]
+        names = [n for _, n, _ in named]
+        for family, name, mask in named:
+            out[f"{family}/{name}" if names.count(name) > 1 else name] = mask
         return out
+
+    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:
+        """Every ROI a rule or a report can name: the six families (``streams`` included), then
+        every named ROI of them (see :meth:`roi_masks`)."""
+        return {**self.roi_masks(subject, hemi, families=ROI_FAMILIES),
+                **self.roi_masks(subject, hemi, level="roi", families=ROI_FAMILIES)}
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, check_images: bool = True) -> list[str]:
@@ -246,9 +266,11 @@ class AlgonautsDataset:
             for h in HEMISPHERES:
                 hemi = {"vertices": self.n_vertices(s, h)}
                 try:
-                    hemi["rois"] = {k: int(v.sum()) for k, v in self.roi_masks(s, h).items()}
+                    hemi["rois"] = {k: int(v.sum()) for k, v in self.roi_masks(s, h, families=ROI_FAMILIES).items()}
+                    hemi["named_rois"] = {k: int(v.sum()) for k, v in
+                                          self.roi_masks(s, h, level="roi", families=ROI_FAMILIES).items()}
                 except DatasetError:
-                    hemi["rois"] = {}
+                    hemi["rois"], hemi["named_rois"] = {}, {}
                 nc = self.noise_ceiling(s, h)
                 if nc is not None:
                     hemi["noise_ceiling_mean"] = float(nc.mean())
@@ -299,7 +321,8 @@ def _read_mapping(folder: Path, family: str) -> dict[int, str]:
         raise DatasetError(f"ROI mapping for {family} in {folder} has a non-integer label ({e})") from e
 
 
-def _read_captions(path: Path) -> dict[str, str]:
+def _read_captions(path: Path) -> dict[str, str] | dict[int, str]:
+    """Captions keyed by image file name or by NSD id (see :attr:`AlgonautsDataset.captions`)."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -307,7 +330,23 @@ def _read_captions(path: Path) -> dict[str, str]:
         table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
     except Exception as e:  # pyarrow raises several types for unreadable files
         raise DatasetError(f"cannot read captions file {path}: {e}") from e
-    missing = {"image", "caption"} - set(table.column_names)
-    if missing:
-        raise DatasetError(f"captions file {path} lacks column(s) {sorted(missing)}; it needs 'image' and 'caption'")
-    return dict(zip(table.column("image").to_pylist(), table.column("caption").to_pylist()))
+    key = next((k for k in ("image", "nsd_id") if k in table.column_names), None)
+    if key is None or "caption" not in table.column_names:
+        raise DatasetError(f"captions file {path} has columns {table.column_names}; it needs 'image' and 'caption' "
+                           "(image file names) or 'nsd_id' and 'caption' (NSD ids, COCO-caption style)")
+    out: dict = {}
+    for k, caption in zip(table.column(key).to_pylist(), table.column("caption").to_pylist()):
+        if caption and str(caption).strip():
+            out.setdefault(k if key == "image" else _nsd_id(k, path), caption)  # the first caption of a key
+    return out
+
+
+def _nsd_id(value, path: Path) -> int:
+    """An ``nsd_id`` cell as ``int`` (integers, integral floats or digit strings)."""
+    try:
+        as_float = float(value)
+        if as_float.is_integer():
+            return int(as_float)
+    except (TypeError, ValueError):
+        pass
+    raise DatasetError(f"captions file {path}: nsd_id {value!r} is not an integer NSD id")

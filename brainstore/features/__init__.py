@@ -14,8 +14,9 @@ from ._extractors import (
     list_extractors,
     parse_spec,
     register,
+    with_layer,
 )
-from ._pipeline import ExtractReport, extract, select_stimuli
+from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
 from ._store import FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
 
 __all__ = [
@@ -27,9 +28,11 @@ __all__ = [
     "list_extractors",
     "parse_spec",
     "register",
+    "with_layer",
     # pipeline
     "extract",
     "ExtractReport",
+    "ExtractionError",
     "select_stimuli",
     # store
     "FeatureStore",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 
+from .._provenance import sha256
 from ._store import FeatureStore, FeatureStoreError
 
 __all__ = ["derive_pca"]
@@ -56,8 +56,11 @@ def derive_pca(store: str | FeatureStore, source: str, n_components: int, *, nam
         "source_metadata": json.dumps(src_meta, sort_keys=True),
         "fit_split": fit_split,
         "n_fit": int(fit_rows.sum()),
-        "fit_ids_sha256": hashlib.sha256("\n".join(fit_ids).encode()).hexdigest(),
+        "fit_ids_sha256": sha256("\n".join(fit_ids).encode()),
         "explained_variance_ratio": float(pca.explained_variance_ratio_.sum()),
+        # the projection itself (mean, components, whitening scales): changes whenever the PCA does
+        "projection_sha256": sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes() for a in (
+            pca.mean_, pca.components_, pca.explained_variance_)),
     }
     if fs.exists(new):
         fs.drop(new)  # a derived version is a pure function of its source: rebuild it whole

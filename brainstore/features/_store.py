@@ -27,8 +27,12 @@ __all__ = ["FeatureStore", "FeatureStoreError", "MissingStimuliError", "FeatureT
 META_KEY = b"brainstore"
 BAD_TABLE = "_bad_stimuli"
 # Metadata fields that define a feature version: appending rows made differently is refused.
-IDENTITY_KEYS = ("extractor", "architecture", "pretrained", "weights_sha256", "seed", "layer", "pooling",
-                 "preprocessing", "dim", "storage_dtype", "dtype", "derived_from", "transform")
+# ``layer_detail`` says what a layer index means (e.g. which hidden state), so a change of
+# numbering convention is refused too.
+IDENTITY_KEYS = ("extractor", "architecture", "pretrained", "weights_sha256", "seed", "layer", "layer_detail",
+                 "pooling", "preprocessing", "dim", "storage_dtype", "dtype", "derived_from", "transform")
+# Seconds a writer waits for another writer's lock on a table before giving up with an error.
+LOCK_TIMEOUT_S = 600.0
 # Lance's v1 ("legacy") file format reads fixed-size-list embeddings ~4x faster than v2.x on
 # this workload (10,000 x 1,024 float32: 11 ms vs 45-50 ms, measured with pylance 4.0.2).
 _STORAGE_VERSION = "legacy"
@@ -75,6 +79,15 @@ def _schema(dim: int, storage_dtype: str, metadata: dict) -> pa.Schema:
     )
 
 
+def _append_fix(old: dict, new: dict) -> str:
+    """How to resolve an identity mismatch (a compute dtype mismatch has its own fix)."""
+    fix = "write to a new feature version (--version NAME) or drop the old table."
+    if old.get("dtype") and str(old.get("dtype")) != str(new.get("dtype")):
+        return (f"To append to it, pass --dtype {old['dtype']} (extract(dtype={old['dtype']!r})): the compute dtype "
+                f"is part of a feature version, whatever the device. Otherwise {fix}")
+    return fix[0].upper() + fix[1:]
+
+
 def embeddings_to_arrow(emb: np.ndarray, storage_dtype: str = "float32") -> pa.FixedSizeListArray:
     """(n, dim) array -> fixed_size_list array (zero-copy when the dtype already matches)."""
     emb = np.ascontiguousarray(emb, dtype=np.float16 if storage_dtype == "float16" else np.float32)
@@ -89,12 +102,16 @@ class FeatureStore:
     uri : str or path
     storage_options : dict, optional
         Passed to LanceDB (object-store credentials, endpoint).
+    lock_timeout : float
+        Seconds a write waits for another writer's lock on the same table (local stores) before
+        it fails with :class:`FeatureStoreError`.
     """
 
-    def __init__(self, uri: str | Path, storage_options: dict | None = None):
+    def __init__(self, uri: str | Path, storage_options: dict | None = None, *, lock_timeout: float = LOCK_TIMEOUT_S):
         import lancedb
 
         self.uri = str(uri)
+        self.lock_timeout = lock_timeout
         if "://" not in self.uri:
             Path(self.uri).mkdir(parents=True, exist_ok=True)
         self._storage_options = storage_options
@@ -125,6 +142,10 @@ class FeatureStore:
         raw = (self._open(feature).schema.metadata or {}).get(META_KEY)
         return json.loads(raw) if raw else {}
 
+    def version(self, feature: str) -> int:
+        """The table's current version (Lance increments it on every commit)."""
+        return int(self._open(feature).version)
+
     def info(self, feature: str) -> FeatureTableInfo:
         t = self._open(feature)
         return FeatureTableInfo(feature, t.count_rows(), t.schema.field("embedding").type.list_size, self.metadata(feature))
@@ -149,7 +170,7 @@ class FeatureStore:
             if diffs:
                 raise FeatureStoreError(
                     f"refusing to append to feature table {feature!r} in {self.uri}: it was made differently ("
-                    + "; ".join(diffs) + "). Write to a new feature version (--version NAME) or drop the old table."
+                    + "; ".join(diffs) + "). " + _append_fix(old, meta)
                 )
             return self._db.open_table(feature)
         meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -193,23 +214,33 @@ class FeatureStore:
 
     @contextlib.contextmanager
     def _lock(self, feature: str) -> Iterator[None]:
-        """Exclusive inter-process lock for writes to one table (local stores: flock on a lock file).
+        """Exclusive inter-process lock for writes to one table (local stores: ``filelock`` on a lock file).
 
         Object-store URIs have no shared lock: concurrent writers to one table there must be
         serialized by the caller (one extraction job per feature version).
+
+        Raises
+        ------
+        FeatureStoreError
+            When another writer holds the lock for more than ``lock_timeout`` seconds.
         """
         if "://" in self.uri and not self.uri.startswith("file://"):
             yield
             return
-        import fcntl
+        from filelock import FileLock, Timeout
 
         path = Path(self.uri.removeprefix("file://")) / f".{feature}.lock"
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        lock = FileLock(path, timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise FeatureStoreError(
+                f"feature table {feature!r} in {self.uri}: another writer has held its lock {path} for more than "
+                f"{self.lock_timeout:g} s; wait for it to finish (or end it) and retry") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def ids(self, feature: str) -> list[str]:
         """Stimulus ids stored in a feature table."""

@@ -14,10 +14,13 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ._util import Option, package_versions, slugify
+from ..._provenance import package_versions
+from ._util import Option, slugify
 
 MODALITIES = ("image", "text", "video")
 DTYPES = ("float32", "bfloat16", "float16")
+#: Layer numbering shared by every extractor with intermediate layers (``clip``, ``hf``).
+BLOCK_LAYERS = "block index: 0 = output of the first transformer block, -1 = of the last (negative from the end)"
 
 #: Keys every :meth:`Extractor.metadata` dict contains (all values are ``str``).
 REQUIRED_METADATA_KEYS = (
@@ -74,6 +77,8 @@ class Extractor:
     name: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, Option]] = {}
     DESCRIPTION: ClassVar[str] = ""
+    #: The option holding the spec of a wrapped extractor (``video``: ``image``), if any.
+    WRAPS: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = {}

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 
 from . import _hub
-from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
+from ._base import BLOCK_LAYERS, Extractor, ExtractorInfo, WeightsNotFoundError
 from ._clip_configs import (_PP_KEYS, OPENAI_MEAN, OPENAI_STD, _ensure_open_clip_config, _is_torchscript,
                             _load_torchscript_weights, _tag_cfg, clip_model_config, list_clip_archs)
 from ._imaging import clip_geometry, normalize_chw
 from ._registry import register
-from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, sha256_file, text
+from ..._provenance import sha256_file
+from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, text
 
 
 @register
@@ -24,7 +25,8 @@ class ClipExtractor(Extractor):
     """open_clip image tower (images) or text tower (captions).
 
     ``layer=final`` gives the projected embedding; ``layer=<i>`` the output of
-    block ``i`` of the image transformer (``model.visual.forward_intermediates``),
+    block ``i`` of the image transformer (``model.visual.forward_intermediates``; 0 = the
+    first block, -1 = the last, numbered as in the ``hf`` extractor),
     pooled as the class token (``cls``) or the mean of the patch tokens (``mean``).
     ``preprocess`` returns float32 ``(3, H, W)`` for images (open_clip eval
     transform re-implemented with PIL+numpy) and the caption ``str`` for text.
@@ -38,7 +40,7 @@ class ClipExtractor(Extractor):
         "pretrained": Option("openai", text, "open_clip tag | none (random init) | hf-hub:org/repo | local open_clip dir"),
         "checkpoint": Option(None, text, "local weights file (.pt/.bin/.safetensors) for arch"),
         "tower": Option("image", choice("image", "text"), "image tower for images, text tower for captions"),
-        "layer": Option("final", layer_or("final"), "final (projected embedding) or image block index"),
+        "layer": Option("final", layer_or("final"), f"final (projected embedding) or image {BLOCK_LAYERS}"),
         "pooling": Option("cls", choice("cls", "mean"), "token pooling for intermediate layers"),
         "normalize": Option(False, boolean, "L2-normalize the output"),
         "quick_gelu": Option("auto", choice("auto", "true", "false"), "force QuickGELU (auto: from the tag)"),
@@ -364,7 +366,7 @@ class ClipExtractor(Extractor):
             name=cls.name, modalities=("image", "text"),
             default_spec="clip:arch=ViT-B-32,pretrained=openai,tower=image,layer=final",
             default_dim=int(cfg["embed_dim"]) if cfg else None,
-            layers="final (projected embedding) | <int> image-transformer block (negative counts from the end)",
+            layers=f"final (projected embedding) | image-transformer {BLOCK_LAYERS}",
             poolings=("cls", "mean"), options=cls.option_docs(),
             weights=("open_clip tags from the HF cache ($HF_HUB_CACHE / $HF_HOME/hub) or ~/.cache/clip; "
                      "checkpoint=<file>; pretrained=hf-hub:org/repo (cached) or an open_clip dir; pretrained=none"),

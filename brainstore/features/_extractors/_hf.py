@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from . import _hub
-from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
-from ._util import Option, check_pil_image, choice, hub_offline, int_range, layer_or, sha256_files, text
+from ._base import BLOCK_LAYERS, Extractor, ExtractorInfo, WeightsNotFoundError
+from ..._provenance import sha256_files
+from ._util import Option, check_pil_image, choice, hub_offline, int_range, layer_or, text
 from ._registry import register
 
 VIDEO_TYPES = {"videomae", "vivit", "timesformer", "vjepa2"}
@@ -40,12 +41,19 @@ def resolve_model_dir(model: str, cache_dir: str | None, marker: str = "config.j
                                "save_pretrained()> or a repo id (org/name) present in the HF cache", [path])
 
 
+def _hidden_index(layer: int) -> int:
+    """``outputs.hidden_states`` index of block ``layer``'s output (index 0 holds the embeddings)."""
+    return layer + 1 if layer >= 0 else layer
+
+
 @register
 class HFExtractor(Extractor):
     """A ``transformers`` ``AutoModel`` (ViT, DINOv2, VideoMAE, BERT-like ...), hidden state pooled to a vector.
 
-    ``layer`` indexes ``outputs.hidden_states`` (0 = embeddings, -1 = last
-    block, before any final norm) or ``final`` = ``last_hidden_state``.
+    ``layer=<i>`` is the output of transformer block ``i``, numbered as in the ``clip``
+    extractor: 0 = the first block (``outputs.hidden_states[1]``; the embedding output
+    ``hidden_states[0]`` is not offered), -1 = the last block, before any final norm;
+    ``final`` = ``last_hidden_state``.
     ``preprocess`` returns float32 ``(C, H, W)`` for images (the model's
     image processor, PIL backend), float32 ``(T, C, H, W)`` for videos
     (``T = frames``, uniformly sampled, video processor), ``str`` for text.
@@ -56,7 +64,7 @@ class HFExtractor(Extractor):
     PACKAGES = ("transformers", "huggingface_hub", "safetensors", "tokenizers", "torchvision")
     OPTIONS = {
         "model": Option(None, text, "save_pretrained() directory or org/name present in the HF cache"),
-        "layer": Option(-1, layer_or("final"), "hidden_states index (negative from the end) or final"),
+        "layer": Option(-1, layer_or("final"), f"{BLOCK_LAYERS}; final = last_hidden_state (after the final norm)"),
         "pooling": Option("auto", choice("auto", "cls", "mean"), "cls token | mean over tokens (auto by model)"),
         "modality": Option("auto", choice("auto", "image", "text", "video"), "override the inferred modality"),
         "frames": Option(None, int_range(1, 1024), "video frames per clip (default: config num_frames)"),
@@ -90,17 +98,17 @@ class HFExtractor(Extractor):
         n_layers = sub.get("num_hidden_layers") or (len(sub["hidden_sizes"]) if "hidden_sizes" in sub else None)
         layer = o["layer"]
         if layer != "final" and n_layers is not None:
-            if not -(n_layers + 1) <= layer <= n_layers:
-                raise ValueError(f"bad value for option 'layer': {layer} out of range for {n_layers + 1} hidden "
-                                 f"states (valid: final, 0..{n_layers} or -{n_layers + 1}..-1)")
-            o["layer"] = layer = layer % (n_layers + 1)
+            if not -n_layers <= layer < n_layers:
+                raise ValueError(f"bad value for option 'layer': {layer} out of range for {n_layers} blocks "
+                                 f"(valid: final, 0..{n_layers - 1} or -{n_layers}..-1)")
+            o["layer"] = layer = layer % n_layers
         if o["pooling"] == "auto":
             o["pooling"] = "cls" if (mod == "image" and self._model_type in CLS_IMAGE_TYPES) else "mean"
         if "hidden_size" in sub:
             self._dim = int(sub["hidden_size"])
         elif "hidden_sizes" in sub:
             dims = [sub.get("embedding_size", sub["hidden_sizes"][0])] + list(sub["hidden_sizes"])
-            self._dim = int(dims[-1] if layer == "final" else dims[layer])
+            self._dim = int(dims[-1] if layer == "final" else dims[_hidden_index(layer)])
         if mod == "video" and o["frames"] is None:
             o["frames"] = int(sub.get("num_frames", 16))
         self._cfg = sub
@@ -201,7 +209,7 @@ class HFExtractor(Extractor):
         else:
             x = self.to_tensor(batch)
             out = model(pixel_values=x, output_hidden_states=True)
-        hs = out.last_hidden_state if o["layer"] == "final" else out.hidden_states[o["layer"]]
+        hs = out.last_hidden_state if o["layer"] == "final" else out.hidden_states[_hidden_index(o["layer"])]
         hs = hs.float()
         if hs.ndim == 4:  # convolutional feature map (n, C, H, W)
             if o["pooling"] == "cls":
@@ -243,7 +251,8 @@ class HFExtractor(Extractor):
             "random_init_note": "weights read from files; files cannot show whether they were ever trained",
             "layer": str(o["layer"]),
             "layer_detail": "last_hidden_state (after final norm)" if o["layer"] == "final"
-                            else f"hidden_states[{o['layer']}] (0 = embeddings)",
+                            else f"output of block {o['layer']} = hidden_states[{_hidden_index(o['layer'])}] "
+                                 "(0 = first block)",
             "pooling": {"cls": "first token", "mean": ("attention-masked mean" if self.modality == "text"
                                                        else "mean over patch tokens (prefix tokens excluded)")}[o["pooling"]],
             "preprocessing": pre,
@@ -253,7 +262,7 @@ class HFExtractor(Extractor):
     def info(cls) -> ExtractorInfo:
         return ExtractorInfo(
             name=cls.name, modalities=("image", "text", "video"), default_spec="hf:model=<dir or org/name>",
-            default_dim=None, layers="hidden_states index (0 = embeddings, negative from the end) | final",
+            default_dim=None, layers=f"{BLOCK_LAYERS} | final (last_hidden_state)",
             poolings=("cls", "mean"), options=cls.option_docs(),
             weights="model=<save_pretrained dir> or org/name already in the HF cache (local_files_only=True)",
             offline=False, offline_detail="needs model=<local directory or cached repo>; usable offline once given",

@@ -153,6 +153,35 @@ def get_extractor(spec: str | Extractor, **overrides: Any) -> Extractor:
     return extractor_class(name)(**options)
 
 
+def with_layer(spec: str | Extractor, layer: str | int) -> Extractor:
+    """``spec`` with its ``layer`` option set; for a wrapper (``video``), its wrapped extractor's.
+
+    Parameters
+    ----------
+    spec
+        Spec string or extractor, e.g. ``"video:image=[clip:arch=ViT-B-32],frames=8"``.
+    layer
+        Layer value as the extractor's ``layer`` option takes it (``6``, ``-1``, ``final``).
+
+    Returns
+    -------
+    Extractor
+        Built like ``get_extractor(spec, layer=layer)``, nested specs keeping their brackets.
+
+    Raises
+    ------
+    ValueError
+        When neither the extractor nor one it wraps has a ``layer`` option.
+    """
+    ext = get_extractor(spec)
+    if "layer" in ext.OPTIONS:
+        return get_extractor(ext, layer=layer)
+    if ext.WRAPS:
+        return get_extractor(ext, **{ext.WRAPS: with_layer(ext.options[ext.WRAPS], layer).spec})
+    raise ValueError(f"extractor {ext.name!r} has no 'layer' option; extractors with layers: "
+                     f"{sorted(n for n, c in _REGISTRY.items() if 'layer' in c.OPTIONS)}")
+
+
 def list_extractors() -> list[ExtractorInfo]:
     """Describe every registered extractor, including whether it works offline now."""
     return [cls.info() for _, cls in sorted(_REGISTRY.items())]

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
-from ._util import Option, check_pil_image, choice, int_range, sha256_file, text, weights_dir
+from ..._provenance import sha256_file
+from ._util import Option, check_pil_image, choice, int_range, text, weights_dir
 from ._imaging import sam_preprocess
 from ._registry import register
 

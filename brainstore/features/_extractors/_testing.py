@@ -2,13 +2,21 @@
 
 ``register_tiny_models()`` makes a small open_clip architecture available to
 the ``clip`` extractor (``clip:arch=brainstore-tiny-clip,pretrained=none``);
-the ``make_*`` helpers write tiny checkpoints / model directories / videos.
+the ``make_*`` helpers write tiny checkpoints / model directories / videos;
+:class:`FaultyTextExtractor` is a caption extractor whose forward pass can be made to fail.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._base import Extractor
+from ._util import Option, int_range, text
 
 TINY_CLIP = "brainstore-tiny-clip"
 TINY_CLIP_CONFIG = {
@@ -121,3 +129,51 @@ def write_tiny_video(path: str | os.PathLike, n_frames: int = 16, height: int = 
         for packet in stream.encode():
             out.mux(packet)
     return str(path)
+
+
+class FaultyTextExtractor(Extractor):
+    """Captions -> 8 hashed values; the forward pass raises on a batch holding ``fail_on``
+    (every time, or only ``fail_times`` times: a transient fault).
+
+    Not registered (the registry lists real extractors): build it directly,
+    ``FaultyTextExtractor(fail_on="giraffe")``, and pass the object to ``extract``. The
+    failure imitates a CUDA fault, so tests can check that a failing model stops the job
+    instead of marking stimuli bad. The options change neither the version nor any identity
+    field: a table made with and without them is the same feature version.
+    """
+
+    name = "testing-faulty"
+    OPTIONS = {
+        "fail_on": Option(None, text, "raise in the forward pass on a batch with a caption containing this",
+                          in_version=False),
+        "fail_times": Option(0, int_range(0), "raise only that many times per process (0: every time)",
+                             in_version=False),
+    }
+
+    def _setup(self) -> None:
+        self.modality, self._dim = "text", 8
+
+    def _version_parts(self) -> list[Any]:
+        return ["sha256"]
+
+    def preprocess(self, item: Any) -> str:
+        """Caption -> the same ``str`` (validated)."""
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"testing-faulty: expected a non-empty caption string, got {item!r:.80}")
+        return item
+
+    def _load(self, device: str) -> None:
+        self._rt["model"] = hashlib.sha256
+
+    def _embed(self, batch: Any) -> np.ndarray:
+        marker, times = self.options["fail_on"], self.options["fail_times"]
+        failures = self._rt.get("failures", 0)
+        if marker and any(marker in c for c in batch) and (not times or failures < times):
+            self._rt["failures"] = failures + 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return np.stack([np.frombuffer(self._rt["model"](c.encode()).digest()[:8], np.uint8) for c in batch]) / 255.0
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"architecture": "sha256 of the caption", "pretrained": "none", "weights_source": "none",
+                "weights_sha256": "none", "random_init": "false", "layer": "final", "pooling": "none",
+                "preprocessing": "none"}

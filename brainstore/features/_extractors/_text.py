@@ -10,7 +10,8 @@ from typing import Any
 
 from . import _hub
 from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
-from ._util import Option, hub_offline, sha256_files, text
+from ..._provenance import sha256_files
+from ._util import Option, hub_offline, text
 from ._hf import resolve_model_dir
 from ._registry import register
 

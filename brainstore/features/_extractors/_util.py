@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 
 # ----------------------------------------------------------------------------- options
@@ -109,45 +108,6 @@ def slugify(*parts: Any, max_len: int = 120) -> str:
         h = hashlib.sha1(s.encode()).hexdigest()[:10]
         s = s[: max_len - 11].rstrip("-.") + "-" + h
     return s
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file (cached per path, size and mtime)."""
-    p = os.path.realpath(path)
-    st = os.stat(p)
-    key = (p, st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def sha256_files(paths: Sequence[str | os.PathLike]) -> str:
-    """One digest for several weight files (the file's own digest if only one)."""
-    paths = sorted(str(p) for p in paths)
-    if len(paths) == 1:
-        return sha256_file(paths[0])
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(f"{os.path.basename(p)}:{sha256_file(p)}\n".encode())
-    return h.hexdigest()
-
-
-def package_versions(*dists: str) -> dict[str, str]:
-    """Installed versions of ``dists`` (``'not-installed'`` when absent), no imports."""
-    out = {}
-    for d in dists:
-        try:
-            out[d] = importlib.metadata.version(d)
-        except importlib.metadata.PackageNotFoundError:
-            out[d] = "not-installed"
-    return out
 
 
 def weights_dir() -> Path:

@@ -77,6 +77,7 @@ class VideoExtractor(Extractor):
     name = "video"
     DESCRIPTION = "image extractor over uniformly sampled frames, pooled over time"
     PACKAGES = ("av",)
+    WRAPS = "image"
     OPTIONS = {
         "image": Option("clip", text, "image extractor spec, bracketed if it has options: image=[clip:arch=...]"),
         "frames": Option(8, int_range(1, 1024), "number of frames sampled uniformly over the clip"),
