@@ -1,4 +1,4 @@
-"""Benchmark brainstore's cross-validated ridge against himalaya and scikit-learn.
+"""Benchmark brainstore's cross-validated ridge and banded ridge against himalaya and scikit-learn.
 
 All solvers see identical synthetic data (low-rank + noise features, targets
 ``X W + noise`` with SNR varying over targets), the same alpha grid
@@ -9,12 +9,22 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 Usage::
 
     python benchmarks/ridge.py                 # n=4000, p=512, t=10000
-    python benchmarks/ridge.py --quick         # n=1000, p=128, t=1000
+    python benchmarks/ridge.py --quick         # n=1000, p=128, t=1000; banded n=1000, 64+48, t=1000
     python benchmarks/ridge.py --n 2000 --t 2000
     python benchmarks/ridge.py --quick --gpu-dry-run   # no CUDA: run the GPU section's code on CPU
 
+Banded ridge (``--skip-banded`` to skip): ``solve_banded_ridge_cv`` against himalaya's
+``BandedRidgeCV`` (torch backend) at n=4,000, two bands of 256 and 192 features, t=5,000, with the
+9 default candidates of ``banded_candidates(2)`` given to both as the same array (zero weights
+floored at 1e-6: himalaya divides by sqrt(gamma) to undo its scaling, so an exact 0 makes its
+features NaN), the same alphas and folds, Pearson scoring, ours with ``standardize=False`` (himalaya
+only centers). himalaya takes several minutes there on 2 cores (7.7 min measured under a load of ~4);
+``banded_cost_per_candidate_vs_ridge`` is our time per candidate over one plain ridge CV on the
+concatenated features, timed in the same run.
+
 With CUDA, a GPU section follows at Algonauts subject-1 scale (n=9,841, p=1,024, t=39,548):
-``gpu_ours_s`` / ``gpu_himalaya_s`` from host arrays, ``*_resident_s`` with X, Y already on the GPU.
+``gpu_ours_s`` / ``gpu_himalaya_s`` from host arrays, ``*_resident_s`` with X, Y already on the GPU,
+and banded ridge with two bands of 512 features (``gpu_banded_*``).
 """
 
 from __future__ import annotations
@@ -29,11 +39,17 @@ import time
 import numpy as np
 import torch
 
+from brainstore.fitting._banded import banded_candidates, solve_banded_ridge_cv
 from brainstore.fitting._solvers import kfold_indices, solve_ridge_cv
 
 ALPHAS = np.logspace(0, 6, 10)
 N_FOLDS = 5
 GPU_SIZE = dict(n=9841, p=1024, t=39548)  # Algonauts 2023 subject 1
+BANDED_SIZE = dict(n=4000, bands=(256, 192), t=5000)  # himalaya: several minutes on 2 cores
+BANDED_QUICK_SIZE = dict(n=1000, bands=(64, 48), t=1000)
+GPU_BANDED_SIZE = dict(n=9841, bands=(512, 512), t=39548)
+#: himalaya divides by sqrt(gamma) to undo its band scaling: an exact 0 gives NaN features.
+GAMMA_FLOOR = 1e-6
 
 
 def log(msg: str) -> None:
@@ -69,32 +85,53 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def run_ours(X, Y, folds, device="cpu", repeats=2, **kw):
+def banded_solver(bands, candidates):
+    """``solve_banded_ridge_cv`` with fixed bands and candidates, called like ``solve_ridge_cv``."""
+    def solve_banded(X, Y, alphas, **kw):
+        return solve_banded_ridge_cv(X, Y, list(bands), alphas, candidates, **kw)
+    return solve_banded
+
+
+def himalaya_candidates(n_bands: int) -> np.ndarray:
+    """``banded_candidates(n_bands)`` with zeros floored at ``GAMMA_FLOOR``, rows renormalized."""
+    c = np.maximum(banded_candidates(n_bands), GAMMA_FLOOR)
+    return c / c.sum(1, keepdims=True)
+
+
+def run_ours(X, Y, folds, device="cpu", repeats=2, solver=solve_ridge_cv, **kw):
     """Warm-up on a few targets, then best of ``repeats`` full runs."""
-    solve_ridge_cv(X, Y[:, :256], ALPHAS, folds=folds, device=device, **kw)
+    solver(X, Y[:, :256], ALPHAS, folds=folds, device=device, **kw)
     times, res = [], None
     for i in range(repeats):
-        dt, res = timed(solve_ridge_cv, X, Y, ALPHAS, folds=folds, device=device, **kw)
+        dt, res = timed(solver, X, Y, ALPHAS, folds=folds, device=device, **kw)
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(dt)
-        log(f"ours ({device}, {kw}) run {i + 1}: {dt:.2f} s")
+        log(f"ours ({solver.__name__}, {device}, {kw}) run {i + 1}: {dt:.2f} s")
     return min(times), times, res
 
 
-def run_himalaya(X, Y, folds, backend: str):
-    """himalaya RidgeCV with Pearson scoring on the same folds (one timed run)."""
+def run_himalaya(X, Y, folds, backend: str, banded=None):
+    """himalaya with Pearson scoring on the same folds (one timed run).
+
+    ``banded`` None: ``RidgeCV``, returns (seconds, best alphas). ``banded=(bands, candidates)``:
+    ``BandedRidgeCV`` with ``n_iter=candidates``, returns (seconds, best CV score per target).
+    """
     from himalaya.backend import set_backend
-    from himalaya.ridge import RidgeCV
+    from himalaya.ridge import BandedRidgeCV, RidgeCV
     from himalaya.scoring import correlation_score
 
     be = set_backend(backend, on_error="raise")
+    params = dict(score_func=correlation_score, n_targets_batch=None, n_alphas_batch=None)
 
     def fit(Yt):
-        model = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds,
-                        solver_params=dict(score_func=correlation_score,
-                                           n_targets_batch=None,
-                                           n_alphas_batch=None))
+        if banded is None:
+            model = RidgeCV(alphas=ALPHAS, fit_intercept=True, cv=folds, solver_params=params)
+        else:
+            bands, cands = banded
+            model = BandedRidgeCV(groups=np.repeat(np.arange(len(bands)), bands), fit_intercept=True,
+                                  cv=folds, solver_params=dict(params, n_iter=cands, alphas=ALPHAS,
+                                                               progress_bar=False))
         model.fit(X, Yt)
         if "cuda" in backend:
             torch.cuda.synchronize()
@@ -102,10 +139,38 @@ def run_himalaya(X, Y, folds, backend: str):
 
     fit(Y[:, :256])  # warm-up
     dt, model = timed(fit, Y)
-    alphas = np.asarray(be.to_numpy(model.best_alphas_))
-    log(f"himalaya {backend}: {dt:.2f} s")
+    if banded is None:
+        out = np.asarray(be.to_numpy(model.best_alphas_))
+    else:
+        out = np.asarray(be.to_numpy(model.cv_scores_)).max(0)
+    log(f"himalaya {'BandedRidgeCV' if banded else 'RidgeCV'} {backend}: {dt:.2f} s")
     set_backend("numpy")
-    return dt, alphas
+    return dt, out
+
+
+def banded_figures(size: dict, repeats: int, device: str = "cpu", himalaya_backend: str = "torch",
+                   prefix: str = "banded") -> dict:
+    """Banded ridge, ours and himalaya ``BandedRidgeCV`` side by side (see the module docstring).
+
+    Also times one plain ridge CV on the concatenated features (the per-candidate cost model).
+    """
+    n, bands, t = size["n"], tuple(size["bands"]), size["t"]
+    log(f"{prefix}: n={n} bands={bands} t={t} on {device}")
+    X, Y, _, _ = make_data(n, sum(bands), t, seed=2)
+    folds = kfold_indices(n, N_FOLDS)
+    cands = himalaya_candidates(len(bands))
+    ours_s, _, res = run_ours(X, Y, folds, device=device, repeats=repeats,
+                              solver=banded_solver(bands, cands), standardize=False)
+    ridge_s, _, _ = run_ours(X, Y, folds, device=device, repeats=1, standardize=False)
+    h_s, h_best = run_himalaya(X, Y, folds, himalaya_backend, banded=(bands, cands))
+    diff = float(np.abs(res.best_scores.double().numpy() - h_best).mean())
+    return {f"{prefix}_size": dict(n=n, bands=list(bands), t=t, n_candidates=len(cands)),
+            f"{prefix}_ours_s": round(ours_s, 3), f"{prefix}_himalaya_s": round(h_s, 3),
+            f"{prefix}_himalaya_backend": himalaya_backend,
+            f"{prefix}_speedup_vs_himalaya": round(h_s / ours_s, 2),
+            f"{prefix}_score_diff_vs_himalaya": float(f"{diff:.3g}"),
+            f"{prefix}_ridge_same_size_s": round(ridge_s, 3),
+            f"{prefix}_cost_per_candidate_vs_ridge": round(ours_s / len(cands) / ridge_s, 2)}
 
 
 def run_sklearn(X, Y):
@@ -138,12 +203,12 @@ def max_rel_pred_diff(res, X, Y, Xt) -> float:
     return float((np.abs(ours - ref).max(0) / np.where(scale > 0, scale, 1)).max())
 
 
-def gpu_section(repeats: int, dry_run: bool = False) -> dict:
+def gpu_section(repeats: int, dry_run: bool = False, banded: bool = True) -> dict:
     """Algonauts subject-1 scale on CUDA, ours and himalaya torch_cuda side by side.
 
     Two timings each: from host numpy arrays (``gpu_ours_s``, ``gpu_himalaya_s``: the transfer of
-    Y, 1.6 GB, is part of the job) and with X and Y already on the GPU (``*_resident_s``).
-    ``dry_run`` runs the same code on CPU at a small size (to check the code path on a machine
+    Y, 1.6 GB, is part of the job) and with X and Y already on the GPU (``*_resident_s``);
+    ``banded`` adds banded ridge (``gpu_banded_*``, two bands of 512 features). ``dry_run`` runs the same code on CPU at a small size (to check the code path on a machine
     without a GPU); its timings are reported under ``gpu_dry_run`` only, never as GPU figures.
     """
     g = dict(n=600, p=64, t=500) if dry_run else GPU_SIZE
@@ -165,6 +230,10 @@ def gpu_section(repeats: int, dry_run: bool = False) -> dict:
                 gpu_speedup_vs_himalaya=round(h_s / ours_s, 2),
                 gpu_ours_resident_s=round(ours_res_s, 3), gpu_himalaya_resident_s=round(h_res_s, 3),
                 gpu_alpha_agreement=agreement)
+    if banded:
+        size = dict(n=600, bands=(40, 24), t=500) if dry_run else GPU_BANDED_SIZE
+        figs.update(banded_figures(size, repeats, device=dev, prefix="gpu_banded",
+                                   himalaya_backend="torch" if dry_run else "torch_cuda"))
     if dry_run:
         return dict(gpu="not available", gpu_ours_s=None, gpu_himalaya_s=None, gpu_dry_run=figs)
     return figs
@@ -179,6 +248,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-sklearn", action="store_true")
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--skip-banded", action="store_true", help="skip the banded ridge sections")
     parser.add_argument("--gpu-dry-run", action="store_true",
                         help="without CUDA: run the GPU section's code on CPU at a small size (no GPU figures)")
     args = parser.parse_args()
@@ -224,8 +294,11 @@ def main() -> None:
         out["sklearn_s"] = round(run_sklearn(X, Y), 3)
     del X, Y, Xt, res, res_nostd
 
+    if not args.skip_banded:
+        out.update(banded_figures(BANDED_QUICK_SIZE if args.quick else BANDED_SIZE, args.repeats))
     if (torch.cuda.is_available() and not args.skip_gpu) or args.gpu_dry_run:
-        out.update(gpu_section(args.repeats, dry_run=not torch.cuda.is_available()))
+        out.update(gpu_section(args.repeats, dry_run=not torch.cuda.is_available(),
+                               banded=not args.skip_banded))
     else:
         out.update(gpu="not available" if not torch.cuda.is_available() else "skipped",
                    gpu_ours_s=None, gpu_himalaya_s=None)

@@ -108,18 +108,21 @@ def test_predictions_match_sklearn_ridge(solver, device, dtype):
                                    rtol=_rtol(dtype))
 
 
+@pytest.mark.parametrize("p", [12, 200], ids=["tall", "wide"])  # wide: fewer train samples than features
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("score", ["pearson", "r2"])
 @pytest.mark.parametrize("solver", SOLVERS)
-def test_cv_scores_match_manual_kfold(solver, score, device, dtype):
+def test_cv_scores_match_manual_kfold(solver, score, device, dtype, p):
     """Per-fold standardization with train statistics only (no leakage)."""
-    X, Y = make_data(n=120, t=6)
+    X, Y = make_data(n=120, p=p, t=6)
     folds = list(KFold(4).split(X))
     ref = _manual_cv_scores(X, Y, folds, ALPHAS, score)
     res = solve_ridge_cv(X, Y, ALPHAS, 4, solver=solver, score=score,
                          device=device, dtype=dtype)
     atol = 1e-9 if dtype == torch.float64 else 1e-5
+    if solver == "svd" and dtype == torch.float32 and p > 120:
+        atol = 1e-4  # the svd solver decomposes in float32: a wide, near-interpolating fit loses a digit
     np.testing.assert_allclose(res.cv_scores.double().numpy(), ref, atol=atol)
     if dtype == torch.float64:
         np.testing.assert_array_equal(res.alphas.numpy(), ALPHAS[ref.argmax(0)])

@@ -94,13 +94,16 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         self.fit_intercept = fit_intercept
         self.solver = solver
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "RidgeCVEncoder":
+    def fit(self, X: np.ndarray, Y: np.ndarray, folds=None) -> "RidgeCVEncoder":
         """Select per-target alphas by cross-validation and refit.
 
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
         Y : array of shape (n_samples, n_targets) or (n_samples,)
+            Memory maps stay on disk: targets are copied one batch at a time.
+        folds : list of (train, val) index arrays, optional
+            Explicit CV splits (default: ``n_folds`` contiguous folds).
 
         Returns
         -------
@@ -117,7 +120,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         self._y_1d = Y.ndim == 1
         res = solve_ridge_cv(
             X, Y[:, None] if self._y_1d else Y, self.alphas, self.n_folds,
-            solver=self.solver, score=self.scoring,
+            folds=folds, solver=self.solver, score=self.scoring,
             device=_resolve_device(self.device), dtype=self.dtype,
             target_batch_size=self.target_batch_size,
             standardize=self.standardize, fit_intercept=self.fit_intercept)

@@ -160,7 +160,7 @@ def predict_ridge(X: Array, coef: Array, intercept: Array, x_mean: Array,
 def kfold_indices(n_samples: int, n_folds: int = 5,
                   random_state: int | None = None
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """K-fold (train, validation) index pairs, as ``sklearn.model_selection.KFold``.
+    """K-fold (train, validation) index pairs from ``sklearn.model_selection.KFold``.
 
     Parameters
     ----------
@@ -170,31 +170,21 @@ def kfold_indices(n_samples: int, n_folds: int = 5,
         Number of folds (>= 2).
     random_state : int or None
         None gives contiguous folds (no shuffle); an int shuffles the samples
-        exactly as ``KFold(n_folds, shuffle=True, random_state=random_state)``.
+        (``KFold(n_folds, shuffle=True, random_state=random_state)``).
 
     Returns
     -------
-    folds : list of (train, val) pairs of int64 arrays
+    folds : list of (train, val) pairs of sorted int64 arrays
     """
+    from sklearn.model_selection import KFold
+
     if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}.")
     if n_folds > n_samples:
         raise ValueError(f"n_folds={n_folds} is larger than the number of "
                          f"samples ({n_samples}).")
-    indices = np.arange(n_samples)
-    if random_state is not None:
-        # same generator call as sklearn's KFold(shuffle=True)
-        np.random.RandomState(random_state).shuffle(indices)
-    sizes = np.full(n_folds, n_samples // n_folds)
-    sizes[: n_samples % n_folds] += 1
-    folds, start = [], 0
-    for size in sizes:
-        val = np.sort(indices[start:start + size])
-        # sorted indices, as KFold yields them
-        train = np.sort(np.concatenate([indices[:start], indices[start + size:]]))
-        folds.append((train.astype(np.int64), val.astype(np.int64)))
-        start += size
-    return folds
+    kf = KFold(n_folds, shuffle=random_state is not None, random_state=random_state)
+    return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in kf.split(np.zeros((n_samples, 1)))]
 
 
 @dataclass
@@ -301,9 +291,13 @@ def _lapack_threads(device: torch.device, n_features: int):
     """Run the per-fold CPU factorizations (eigh, QR, SVD) single-threaded
     when ``n_features <= 1024``, restoring the thread count afterwards.
 
-    Measured on a shared 2-core machine: multi-threaded LAPACK on 512-1024
-    wide matrices was 2-20x slower than one thread under CPU contention and
-    barely faster without it; the large matrix products keep all threads.
+    ``n_features`` is the size of the factorized matrices: min(n_samples,
+    n_features) of the problem (wide problems factorize n x n, see
+    :func:`_basis_eigh`). Measured on a shared 2-core machine: multi-threaded
+    LAPACK on 512-1024 wide matrices was 2-20x slower than one thread under
+    CPU contention and barely faster without it (a 480 x 2321 thin SVD: 0.4 s
+    on one thread, 2-7 s on two under load); the large matrix products keep
+    all threads.
     """
     n_threads = torch.get_num_threads()
     if device.type != "cpu" or n_threads == 1 or n_features > 1024:
@@ -355,14 +349,52 @@ def _val_factor(Zv: torch.Tensor, V: torch.Tensor, pearson: bool,
     return torch.linalg.qr(A, mode="r").R.to(dtype)
 
 
+def _eigh_active(G: torch.Tensor, active: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eigh`` of ``G`` restricted to the active rows/columns (the others are zero).
+
+    Returns the eigenvalues (q,) and eigenvectors (p, q), zero on inactive
+    rows, with ``q`` the number of active features.
+    """
+    idx = torch.nonzero(active)[:, 0]
+    eigvals, U = torch.linalg.eigh(G[idx][:, idx])
+    V = G.new_zeros((G.shape[0], idx.numel()))
+    V[idx] = U
+    return eigvals, V
+
+
 def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
                 gram: torch.Tensor, gram_val: torch.Tensor | None,
                 fit_intercept: bool, standardize: bool, pearson: bool,
-                dtype: torch.dtype) -> _Basis:
-    """Basis from the eigendecomposition of the float64 train Gram matrix."""
+                dtype: torch.dtype,
+                feature_scale: torch.Tensor | None = None) -> _Basis:
+    """Basis from the eigendecomposition of the float64 train Gram matrix.
+
+    ``feature_scale`` (p,) float64, optional, multiplies the standardized
+    features (banded ridge); it is folded into ``inv_scale``, so the basis
+    and everything computed from it see the rescaled features. Features it
+    zeroes are left out of the eigendecomposition (``q`` is then the number
+    of the others), so a band weighted 0 costs nothing.
+
+    With fewer training samples than features the Gram matrix has rank at
+    most ``n_train``: its eigenpairs of non-zero eigenvalue come from the
+    n x n matrix ``Z Z^T = U W U^T`` as ``V = Z^T U W^(-1/2)``, in O(n^2 p)
+    instead of O(p^3) (same float64 squaring of the condition number as the
+    p x p Gram). The null directions left out (eigenvalue below
+    ``n * eps * max``) carry no weight (``Z^T y`` is orthogonal to them), so
+    results are unchanged and ``q <= n_train``.
+    """
     train = slice(None) if fold is None else fold.train
     n_tr = X64.shape[0] if fold is None else fold.n_train
     c, inv, scale, sx = _standardization(X64, train, fit_intercept, standardize)
+    if feature_scale is not None:
+        inv = inv * feature_scale
+    if n_tr < X64.shape[1]:
+        Z = (X64[train] - c) * inv
+        w, U = torch.linalg.eigh(Z @ Z.T)
+        keep = w > n_tr * torch.finfo(w.dtype).eps * w.max().clamp(min=0)
+        V = (Z.T @ U[:, keep]) / w[keep].sqrt()
+        return _finish_basis(X64, fold, c, inv, scale, sx, w[keep], V, pearson, dtype)
     if fold is None:
         G = gram.clone()
     elif fold.complement and gram_val is not None:
@@ -372,14 +404,22 @@ def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
     # (X - 1c^T)^T (X - 1c^T) = G - c s^T - s c^T + n c c^T
     G.addr_(c, sx - n_tr * c, alpha=-1).addr_(sx, c, alpha=-1)
     G *= inv[:, None] * inv[None, :]
-    eigvals, V = torch.linalg.eigh(G)
-    eigvals = eigvals.clamp_(min=0)
+    if feature_scale is not None and (feature_scale == 0).any():
+        eigvals, V = _eigh_active(G, feature_scale != 0)
+    else:
+        eigvals, V = torch.linalg.eigh(G)
+    return _finish_basis(X64, fold, c, inv, scale, sx, eigvals, V, pearson, dtype)
+
+
+def _finish_basis(X64: torch.Tensor, fold: _Fold | None, c, inv, scale, sx, eigvals: torch.Tensor,
+                  V: torch.Tensor, pearson: bool, dtype: torch.dtype) -> _Basis:
+    """The :class:`_Basis` of float64 eigenpairs (with the validation factor for a fold)."""
     R, sxv = None, None
     if fold is not None:
         Xv = X64[fold.val]
         sxv = Xv.sum(0)
         R = _val_factor((Xv - c) * inv, V, pearson, dtype)
-    return _Basis(c, inv, scale, V.to(dtype), eigvals, R, sx, sxv)
+    return _Basis(c, inv, scale, V.to(dtype), eigvals.clamp(min=0), R, sx, sxv)
 
 
 def _basis_svd(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
@@ -442,21 +482,27 @@ def _pred_sq_norms(R: torch.Tensor, D: torch.Tensor, C: torch.Tensor
     return out
 
 
-def _fold_scores(fold: _Fold, basis: _Basis, D: torch.Tensor,
-                 XtY: torch.Tensor, XvY: torch.Tensor, sy: torch.Tensor,
-                 sy_val: torch.Tensor, ss_val: torch.Tensor,
-                 val_const: torch.Tensor, Xw: torch.Tensor, Yb: torch.Tensor,
-                 fit_intercept: bool, pearson: bool) -> torch.Tensor:
-    """Validation scores of every alpha for one fold and one target batch.
+def _fold_cross(fold: _Fold, basis: _Basis, XtY: torch.Tensor,
+                XvY: torch.Tensor, sy: torch.Tensor, sy_val: torch.Tensor,
+                Xw: torch.Tensor, Yb: torch.Tensor, fit_intercept: bool,
+                pearson: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centered train and validation cross-products of one fold.
 
+    They depend on the fold's centering only, not on any feature scaling.
     ``XvY`` (this fold's ``X_val^T Y_val``) is consumed: overwritten in place.
 
     Returns
     -------
-    scores : tensor of shape (n_alphas, n_targets_batch)
+    B_tr : tensor of shape (n_features, n_targets_batch)
+        ``(X_tr - 1 c^T)^T (Y_tr - 1 cy_tr^T)``, ``c`` the train feature center.
+    B_val : tensor of shape (n_features, n_targets_batch)
+        ``(X_val - 1 c^T)^T (Y_val - 1 m^T)``, ``m`` the validation mean
+        (Pearson) or ``cy_tr`` (R2).
+    cy_tr : tensor of shape (n_targets_batch,)
+        Train target means (zeros without intercept).
     """
     dt = Yb.dtype
-    c, inv = basis.center.to(dt), basis.inv_scale.to(dt)
+    c = basis.center.to(dt)
     n_tr, n_val = fold.n_train, fold.n_val
     if fold.complement:
         XtrY = XtY - XvY  # train cross-products by downdate
@@ -469,23 +515,50 @@ def _fold_scores(fold: _Fold, basis: _Basis, D: torch.Tensor,
     # validation targets: centered on their own mean (Pearson) or the train mean (R2)
     cy_val = sy_val / n_val if pearson else cy_tr
     B_val = _center_cross_(XvY, basis.sx_val.to(dt), sy_val, c, cy_val, n_val)
-    Vs = basis.V * inv[:, None]  # fold the feature scaling into V
+    return B_tr, B_val, cy_tr
+
+
+def _cross_scores(basis: _Basis, D: torch.Tensor, B_tr: torch.Tensor,
+                  B_val: torch.Tensor, cy_tr: torch.Tensor,
+                  stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  n_val: int, pearson: bool) -> torch.Tensor:
+    """Validation scores of every alpha from a fold's centered cross-products.
+
+    Parameters
+    ----------
+    basis : _Basis
+        The fold's basis (its ``inv_scale`` may include a feature scaling).
+    D : tensor of shape (n_alphas, q)
+        ``1 / (eigvals + alpha)``.
+    B_tr, B_val, cy_tr
+        As returned by :func:`_fold_cross`.
+    stats : (sy_val, ss_val, val_const)
+        Validation target sums, centered sums of squares and constancy
+        (:func:`_val_stats`).
+    n_val : int
+        Number of validation samples.
+    pearson : bool
+        Pearson r if True, else R2.
+
+    Returns
+    -------
+    scores : tensor of shape (n_alphas, n_targets_batch)
+    """
+    sy_val, ss_val, val_const = stats
+    Vs = basis.V * basis.inv_scale.to(B_tr.dtype)[:, None]  # fold the feature scaling into V
     C = Vs.T @ B_tr
     E = Vs.T @ B_val
-    del B_tr, B_val
     cross = D @ (C * E)  # sum_j d_j C_j E_j = pred . y_val
     norms = _pred_sq_norms(basis.R, D, C)  # ||pred||^2
     if pearson:
         denom = (norms.clamp(min=0) * ss_val).sqrt()
         ok = (denom > 0) & ~val_const
-        scores = torch.where(ok, cross / torch.where(ok, denom, 1.0), 0.0)
-    else:
-        # ||y_val - cy_tr||^2 = ss_val + n_val (mean_val - cy_tr)^2
-        ss_off = ss_val + n_val * (sy_val / n_val - cy_tr) ** 2
-        sse = ss_off - 2 * cross + norms
-        ok = ~val_const
-        scores = torch.where(ok, 1 - sse / torch.where(ok, ss_val, 1.0), 0.0)
-    return scores
+        return torch.where(ok, cross / torch.where(ok, denom, 1.0), 0.0)
+    # ||y_val - cy_tr||^2 = ss_val + n_val (mean_val - cy_tr)^2
+    ss_off = ss_val + n_val * (sy_val / n_val - cy_tr) ** 2
+    sse = ss_off - 2 * cross + norms
+    ok = ~val_const
+    return torch.where(ok, 1 - sse / torch.where(ok, ss_val, 1.0), 0.0)
 
 
 def _auto_batch(n: int, p: int, q: int, n_folds: int, n_alphas: int,
@@ -547,24 +620,25 @@ def _val_stats(Yv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return sy, ss, const
 
 
-def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
-                 partition: bool, bases: list[_Basis], Ds: list[torch.Tensor],
-                 full: _Basis, D_full: torch.Tensor, fit_intercept: bool,
-                 pearson: bool) -> tuple[torch.Tensor, ...]:
-    """Cross-validate and refit one batch of (globally centered) targets.
+@dataclass
+class _BatchCross:
+    """Target-batch quantities shared by all folds (and all feature scalings)."""
 
-    Returns
-    -------
-    W : tensor of shape (n_features, n_targets_batch)
-        Standardized-space weights at the selected alphas.
-    cy : tensor of shape (n_targets_batch,)
-        Mean of the batch targets (zeros without intercept).
-    cv : tensor of shape (n_alphas, n_targets_batch)
-        Validation scores averaged over folds.
-    best : tensor of shape (n_targets_batch,)
-        Index of the selected alpha.
+    XtY: torch.Tensor          # (p, t) X^T Y over all samples
+    XvYs: list                 # per fold (p, t) X_val^T Y_val, None once consumed
+    stats: list                # per fold (sy_val, ss_val, val_const), see _val_stats
+    sy: torch.Tensor           # (t,) target sums over all samples
+    gconst: torch.Tensor       # (t,) bool, target constant over all samples
+
+
+def _batch_cross(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
+                 partition: bool) -> _BatchCross:
+    """Cross-products and validation statistics of one batch of targets.
+
+    ``X^T Y`` is the sum of the folds' ``X_val^T Y_val`` when the validation
+    sets partition the samples.
     """
-    n, dt = Yb.shape[0], Yb.dtype
+    dt = Yb.dtype
     XtY = None if partition else Xw.T @ Yb
     XvYs, stats = [], []
     for f in folds:
@@ -584,24 +658,74 @@ def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
                   (spread <= 16 * torch.finfo(dt).eps * means.abs().amax(0)))
     else:
         gconst = _val_stats(Yb)[2]
-    total = torch.zeros((Ds[0].shape[0], Yb.shape[1]), dtype=dt, device=Yb.device)
+    return _BatchCross(XtY, XvYs, stats, sy, gconst)
+
+
+def _refit(full: _Basis, B: torch.Tensor, D_sel: torch.Tensor) -> torch.Tensor:
+    """Refit weights, each target with its own alpha, in one product.
+
+    Parameters
+    ----------
+    full : _Basis
+        Basis of all samples.
+    B : tensor of shape (n_features, n_targets)
+        Centered cross-products ``(X - 1 c^T)^T (Y - 1 cy^T)``.
+    D_sel : tensor of shape (n_targets, q)
+        ``1 / (eigvals + alpha_j)`` of each target's alpha.
+
+    Returns
+    -------
+    W : tensor of shape (n_features, n_targets)
+        Weights on the features of the basis (standardized, times any
+        feature scaling); exactly zero for constant features.
+    """
+    inv = full.inv_scale.to(B.dtype)
+    Cf = (full.V * inv[:, None]).T @ B
+    Cf *= D_sel.T  # column j scaled by 1 / (eigvals + alpha_j)
+    W = full.V @ Cf
+    W *= (inv != 0).to(B.dtype)[:, None]  # constant features: exactly zero weight
+    return W
+
+
+def _full_cross(bc: _BatchCross, full: _Basis, n: int,
+                fit_intercept: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centered cross-products of all samples (consumes ``bc.XtY``) and target means."""
+    dt = bc.XtY.dtype
+    cy = bc.sy / n if fit_intercept else torch.zeros_like(bc.sy)
+    B = _center_cross_(bc.XtY, full.sx_train.to(dt), bc.sy, full.center.to(dt), cy, n)
+    bc.XtY = None
+    return B, cy
+
+
+def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
+                 partition: bool, bases: list[_Basis], Ds: list[torch.Tensor],
+                 full: _Basis, D_full: torch.Tensor, fit_intercept: bool,
+                 pearson: bool) -> tuple[torch.Tensor, ...]:
+    """Cross-validate and refit one batch of (globally centered) targets.
+
+    Returns
+    -------
+    W : tensor of shape (n_features, n_targets_batch)
+        Standardized-space weights at the selected alphas.
+    cy : tensor of shape (n_targets_batch,)
+        Mean of the batch targets (zeros without intercept).
+    cv : tensor of shape (n_alphas, n_targets_batch)
+        Validation scores averaged over folds.
+    best : tensor of shape (n_targets_batch,)
+        Index of the selected alpha.
+    """
+    bc = _batch_cross(Yb, Xw, folds, partition)
+    total = torch.zeros((Ds[0].shape[0], Yb.shape[1]), dtype=Yb.dtype, device=Yb.device)
     for k, (f, b) in enumerate(zip(folds, bases)):
-        sy_v, ss_v, const_v = stats[k]
-        total += _fold_scores(f, b, Ds[k], XtY, XvYs[k], sy, sy_v, ss_v,
-                              const_v, Xw, Yb, fit_intercept, pearson)
-        XvYs[k] = None  # free as we go
+        total += _cross_scores(b, Ds[k], *_fold_cross(
+            f, b, bc.XtY, bc.XvYs[k], bc.sy, bc.stats[k][0], Xw, Yb,
+            fit_intercept, pearson), bc.stats[k], f.n_val, pearson)
+        bc.XvYs[k] = None  # free as we go
     total /= len(folds)
     best = total.argmax(0)  # first maximum: ties go to the earlier alpha
-    # refit on all samples, each target with its own alpha, in one product
-    cy = sy / n if fit_intercept else torch.zeros_like(sy)
-    inv = full.inv_scale.to(dt)
-    B = _center_cross_(XtY, full.sx_train.to(dt), sy, full.center.to(dt), cy, n)
-    del XtY
-    Cf = (full.V * inv[:, None]).T @ B
-    Cf *= D_full.index_select(0, best).T  # column j scaled by 1 / (eigvals + alpha_j)
-    W = full.V @ Cf
-    W *= (inv != 0).to(dt)[:, None]  # constant features: exactly zero weight
-    W[:, gconst] = 0  # constant targets: zero weight
+    B, cy = _full_cross(bc, full, Yb.shape[0], fit_intercept)
+    W = _refit(full, B, D_full.index_select(0, best))
+    W[:, bc.gconst] = 0  # constant targets: zero weight
     return W, cy, total, best
 
 
@@ -609,13 +733,32 @@ def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
 # Solvers
 # --------------------------------------------------------------------------
 
-def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
-                    folds: FoldList | None, score: str,
-                    device: str | torch.device, dtype: torch.dtype | str,
-                    target_batch_size: int | None, standardize: bool,
-                    fit_intercept: bool, random_state: int | None,
-                    make_basis: Callable[..., _Basis]) -> RidgeCVResult:
-    """Shared driver of the ridge CV solvers (see :func:`solve_ridge_cv`)."""
+@dataclass
+class _Problem:
+    """Validated inputs of a cross-validated solve."""
+
+    X64: torch.Tensor         # (n, p) float64 features minus x_gmean (a copy)
+    Xw: torch.Tensor          # (n, p) X64 in the working dtype
+    x_gmean: torch.Tensor     # (p,) float64 global feature means (zeros without intercept)
+    Y: Array                  # (n, t) targets as given (never modified)
+    folds: list[_Fold]
+    partition: bool           # the validation sets tile the samples
+    alpha_grid: torch.Tensor  # (n_alphas,) float64 on CPU
+    device: torch.device
+    dtype: torch.dtype
+    pearson: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(n_samples, n_features, n_targets)."""
+        return (*self.X64.shape, self.Y.shape[1])
+
+
+def _setup(X: Array, Y: Array, alphas: Array, n_folds: int,
+           folds: FoldList | None, score: str, device: str | torch.device,
+           dtype: torch.dtype | str, target_batch_size: int | None,
+           fit_intercept: bool, random_state: int | None) -> _Problem:
+    """Check the arguments shared by the CV solvers and center ``X`` globally."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
     device, dtype = _check_device(device), _check_dtype(dtype)
@@ -626,8 +769,7 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
     if Y.ndim != 2:
         raise ValueError(f"Y must be 2-D (n_samples, n_targets), got shape "
                          f"{tuple(Y.shape)}.")
-    n, p = X64.shape
-    t = Y.shape[1]
+    n = X64.shape[0]
     if Y.shape[0] != n:
         raise ValueError(f"X and Y must have the same number of rows (samples)"
                          f": X has {n}, Y has {Y.shape[0]}.")
@@ -637,36 +779,67 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
     if folds is None:
         folds = kfold_indices(n, n_folds, random_state)
     fold_list, partition = _check_folds(folds, n, device)
-    pearson = score == "pearson"
-
     # global centering: exact no-op for the fits, keeps cross-products well scaled
-    x_gmean = X64.mean(0) if fit_intercept else X64.new_zeros(p)
+    x_gmean = X64.mean(0) if fit_intercept else X64.new_zeros(X64.shape[1])
     X64 = X64 - x_gmean  # new tensor: never modify the caller's X
     Xw = X64 if dtype == torch.float64 else X64.to(dtype)
+    return _Problem(X64, Xw, x_gmean, Y, fold_list, partition, alpha_grid,
+                    device, dtype, score == "pearson")
 
-    # per-fold validation Grams, their sum is the full Gram when vals partition
-    need_gram = make_basis is _basis_eigh
-    gram_vals = [X64[f.val].T @ X64[f.val] if need_gram and f.complement else None
-                 for f in fold_list]
-    gram = None
-    if need_gram:
-        tiled = partition and all(g is not None for g in gram_vals)
-        gram = torch.stack(gram_vals).sum(0) if tiled else X64.T @ X64
-    with _lapack_threads(device, p):
-        bases = [make_basis(X64, Xw, f, gram, g, fit_intercept, standardize,
-                            pearson, dtype) for f, g in zip(fold_list, gram_vals)]
-        full = make_basis(X64, Xw, None, gram, None, fit_intercept, standardize,
-                          pearson, dtype)
+
+def _grams(pb: _Problem) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Full float64 Gram matrix and per-fold validation Grams.
+
+    A fold's validation Gram is computed only when its train set is the
+    complement of its validation set (the train Gram is then a downdate);
+    their sum is the full Gram when the validation sets partition the samples.
+    With fewer samples than features every basis comes from a thin SVD
+    (see :func:`_basis_eigh`) and no Gram is needed: ``(None, [None, ...])``.
+    """
+    X64 = pb.X64
+    if X64.shape[0] < X64.shape[1]:
+        return None, [None] * len(pb.folds)
+    gram_vals = [X64[f.val].T @ X64[f.val] if f.complement else None
+                 for f in pb.folds]
+    tiled = pb.partition and all(g is not None for g in gram_vals)
+    gram = torch.stack(gram_vals).sum(0) if tiled else X64.T @ X64
+    return gram, gram_vals
+
+
+def _inv_shifts(basis: _Basis, pb: _Problem) -> torch.Tensor:
+    """``D[a, j] = 1 / (eigvals_j + alpha_a)`` of shape (n_alphas, q), working dtype."""
+    a = pb.alpha_grid.to(pb.device)
+    return (1.0 / (basis.eigvals[None, :] + a[:, None])).to(pb.dtype)
+
+
+def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
+                    folds: FoldList | None, score: str,
+                    device: str | torch.device, dtype: torch.dtype | str,
+                    target_batch_size: int | None, standardize: bool,
+                    fit_intercept: bool, random_state: int | None,
+                    make_basis: Callable[..., _Basis]) -> RidgeCVResult:
+    """Shared driver of the ridge CV solvers (see :func:`solve_ridge_cv`)."""
+    pb = _setup(X, Y, alphas, n_folds, folds, score, device, dtype,
+                target_batch_size, fit_intercept, random_state)
+    n, p, t = pb.shape
+    dtype = pb.dtype
+    if make_basis is _basis_eigh:
+        gram, gram_vals = _grams(pb)
+    else:
+        gram, gram_vals = None, [None] * len(pb.folds)
+    with _lapack_threads(pb.device, min(n, p)):
+        bases = [make_basis(pb.X64, pb.Xw, f, gram, g, fit_intercept, standardize,
+                            pb.pearson, dtype) for f, g in zip(pb.folds, gram_vals)]
+        full = make_basis(pb.X64, pb.Xw, None, gram, None, fit_intercept,
+                          standardize, pb.pearson, dtype)
     del gram_vals, gram
-    # D[k][a, j] = 1 / (eigval_j + alpha_a)
-    a_dev = alpha_grid.to(device)
-    Ds = [(1.0 / (b.eigvals[None, :] + a_dev[:, None])).to(dtype) for b in bases]
-    D_full = (1.0 / (full.eigvals[None, :] + a_dev[:, None])).to(dtype)
+    Ds = [_inv_shifts(b, pb) for b in bases]
+    D_full = _inv_shifts(full, pb)
 
-    n_alphas = alpha_grid.numel()
+    n_alphas = pb.alpha_grid.numel()
     q = max(b.V.shape[1] for b in bases)
     step = target_batch_size or _auto_batch(
-        n, p, q, len(fold_list), n_alphas, torch.finfo(dtype).bits // 8, device)
+        n, p, q, len(pb.folds), n_alphas, torch.finfo(dtype).bits // 8, pb.device)
     coef = torch.empty((p, t), dtype=dtype)
     intercept = torch.empty(t, dtype=dtype)
     cv_scores = torch.empty((n_alphas, t), dtype=dtype)
@@ -674,22 +847,22 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
 
     for start in range(0, t, step):
         cols = slice(start, min(start + step, t))
-        Yb, y_gmean = _load_batch(Y, cols, dtype, device, fit_intercept)
-        W, cy, cv, best = _solve_batch(Yb, Xw, fold_list, partition, bases, Ds,
-                                       full, D_full, fit_intercept, pearson)
+        Yb, y_gmean = _load_batch(pb.Y, cols, dtype, pb.device, fit_intercept)
+        W, cy, cv, best = _solve_batch(Yb, pb.Xw, pb.folds, pb.partition, bases,
+                                       Ds, full, D_full, fit_intercept, pb.pearson)
         del Yb
         coef[:, cols] = W.cpu()
         intercept[cols] = (y_gmean + cy).cpu()
         cv_scores[:, cols] = cv.cpu()
         best_idx[cols] = best.cpu()
 
-    alphas_sel = alpha_grid.to(dtype)[best_idx]
+    alpha_grid = pb.alpha_grid.to(dtype)
     best_scores = cv_scores.gather(0, best_idx[None, :])[0]
-    x_mean = (x_gmean + full.center).to(dtype).cpu()  # zeros without intercept
-    return RidgeCVResult(coef=coef, intercept=intercept, alphas=alphas_sel,
+    x_mean = (pb.x_gmean + full.center).to(dtype).cpu()  # zeros without intercept
+    return RidgeCVResult(coef=coef, intercept=intercept, alphas=alpha_grid[best_idx],
                          cv_scores=cv_scores, best_scores=best_scores,
                          x_mean=x_mean, x_scale=full.scale.to(dtype).cpu(),
-                         alpha_grid=alpha_grid.to(dtype), score=score)
+                         alpha_grid=alpha_grid, score=score)
 
 
 _COMMON_DOC = """

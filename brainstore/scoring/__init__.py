@@ -5,16 +5,20 @@ A base library with no dependency beyond numpy, shared by ``datasets``, ``fittin
 """
 
 from ._metrics import (
+    correlation_split,
     nnmc,
     noise_ceiling_from_ncsnr,
     noise_normalized_score,
     pearson_r,
+    r2_split,
     retrieval_accuracy,
     roi_summary,
 )
 
 __all__ = [
     "pearson_r",
+    "correlation_split",
+    "r2_split",
     "noise_normalized_score",
     "nnmc",
     "roi_summary",

@@ -12,12 +12,14 @@ Everything follows the scoring contract in ARCHITECTURE.md:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
 __all__ = [
     "pearson_r",
+    "correlation_split",
+    "r2_split",
     "noise_normalized_score",
     "nnmc",
     "roi_summary",
@@ -63,6 +65,101 @@ def pearson_r(pred: np.ndarray, true: np.ndarray, *, chunk: int = 8192) -> np.nd
             r = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
         out[start : start + chunk] = np.clip(r, -1.0, 1.0)
     return out
+
+
+def _as_split(pred_split: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate split predictions (n_bands, n_samples, n_vertices) against true (n_samples, n_vertices).
+
+    A 1-D ``true`` (one vertex) goes with a 2-D ``pred_split`` (n_bands, n_samples).
+    """
+    pred_split = np.asarray(pred_split)
+    true = np.asarray(true)
+    if true.ndim == 1:
+        pred_split, true = pred_split[..., None], true[:, None]
+    if pred_split.ndim != 3 or pred_split.shape[1:] != true.shape:
+        raise ValueError(
+            f"pred_split has shape {pred_split.shape} but true has shape {true.shape}; expected "
+            "(n_bands, n_samples, n_vertices) and (n_samples, n_vertices)"
+        )
+    if true.shape[0] < 2:
+        raise ValueError("split scores need at least 2 samples per column")
+    return pred_split, true
+
+
+def _split_chunks(
+    pred_split: np.ndarray, true: np.ndarray, chunk: int
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Column chunks: (columns, predictions (n_bands, n_samples, n_cols), centered targets), float64."""
+    for start in range(0, true.shape[1], chunk):
+        cols = slice(start, start + chunk)
+        y = np.asarray(true[:, cols], dtype=np.float64)
+        yield cols, np.asarray(pred_split[:, :, cols], dtype=np.float64), y - y.mean(0)
+
+
+def correlation_split(pred_split: np.ndarray, true: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
+    """Share of each band (feature space) in the Pearson r of a summed prediction.
+
+    With ``P = pred_split.sum(0)``, band ``b`` gets ``cov(p_b, y) / (std(P) std(y))`` (the
+    product measure of ``himalaya.scoring.correlation_score_split``), so the shares sum over
+    bands to ``pearson_r(P, true)``.
+
+    Parameters
+    ----------
+    pred_split : array of shape (n_bands, n_samples, n_vertices)
+        Per-band contributions to the prediction (e.g. ``predict_split``).
+    true : array of shape (n_samples, n_vertices)
+    chunk : int
+        Number of columns processed at once.
+
+    Returns
+    -------
+    r_split : array of shape (n_bands, n_vertices), float64
+        Zeros for a column where ``P`` or ``true`` has zero variance (as :func:`pearson_r`).
+    """
+    one = np.ndim(true) == 1
+    pred_split, true = _as_split(pred_split, true)
+    out = np.empty((pred_split.shape[0], true.shape[1]))
+    for cols, p, y in _split_chunks(pred_split, true, chunk):
+        p = p - p.mean(1, keepdims=True)
+        total = p.sum(0)
+        den = np.sqrt((total * total).sum(0) * (y * y).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, cols] = np.where(den > 0, (p * y).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+    return out[:, 0] if one else out
+
+
+def r2_split(pred_split: np.ndarray, true: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
+    """Share of each band (feature space) in the R^2 of a summed prediction.
+
+    ``true`` is centered first: its mean plays the part of the intercept, which no band gets
+    credit for. With ``y`` the centered targets and ``P = pred_split.sum(0)``, band ``b`` gets
+    ``(2 p_b . y - p_b . P) / ||y||^2`` (the product measure of
+    ``himalaya.scoring.r2_score_split``, which expects zero-mean targets), so the shares sum
+    over bands to ``1 - ||y - P||^2 / ||y||^2``: the R^2 of ``P + true.mean(0)``, i.e. the
+    R^2 of ``P`` when ``true`` has zero mean.
+
+    Parameters
+    ----------
+    pred_split : array of shape (n_bands, n_samples, n_vertices)
+        Per-band contributions to the prediction, without the intercept.
+    true : array of shape (n_samples, n_vertices)
+    chunk : int
+        Number of columns processed at once.
+
+    Returns
+    -------
+    r2_split : array of shape (n_bands, n_vertices), float64
+        Zeros for a column where ``true`` has zero variance.
+    """
+    one = np.ndim(true) == 1
+    pred_split, true = _as_split(pred_split, true)
+    out = np.empty((pred_split.shape[0], true.shape[1]))
+    for cols, p, y in _split_chunks(pred_split, true, chunk):
+        sst = (y * y).sum(0)
+        num = 2 * (p * y).sum(1) - (p * p.sum(0)).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, cols] = np.where(sst > 0, num / np.where(sst > 0, sst, 1.0), 0.0)
+    return out[:, 0] if one else out
 
 
 def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
