@@ -1,11 +1,17 @@
-"""Connecting to Ray: an embedded local cluster on loopback by default, or a cluster address."""
+"""The one Ray connection helper: an embedded local cluster on loopback by default, or a cluster address.
+
+Library entry points that need Ray (``features.extract``, ``fitting.fit_encoding_models``) call
+:func:`ensure_connected`; the CLI calls :func:`connect` with the user's ``--address``. No other
+module calls ``ray.init``.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 
-__all__ = ["connect", "quiet_ray_data"]
+__all__ = ["connect", "ensure_connected", "quiet_ray_data"]
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -24,13 +30,34 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
-                     _node_ip_address="127.0.0.1", **kwargs)
+        # A new local cluster gets token authentication by default (Ray creates the token), and Ray
+        # logs a warning saying so on every start; the behaviour stays, the announcement goes.
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        auth_level = auth_log.level
+        auth_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                # Ray starts its GCS and raylet by fork + exec: the child replaces itself at once and
+                # never touches Lance's state, so Lance's at-fork warnings (raised when a store was
+                # opened before Ray) are false alarms here.
+                warnings.filterwarnings("ignore", message="lance is not fork-safe")
+                warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+                if address:
+                    ray.init(address=address, **kwargs)
+                else:
+                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+                             _node_ip_address="127.0.0.1", **kwargs)
+        finally:
+            auth_log.setLevel(auth_level)
     quiet_ray_data()
     return ray.cluster_resources()
+
+
+def ensure_connected() -> dict:
+    """The cluster's resources, starting the embedded local Ray first when none is connected."""
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else connect()
 
 
 def quiet_ray_data(progress_bars: bool | None = None) -> None:

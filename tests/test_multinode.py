@@ -29,6 +29,8 @@ def _map_worker_pids() -> list[int]:
 
 
 @pytest.mark.slow
+# ray.cluster_utils.Cluster starts nodes by fork + exec (the child never touches Lance's state)
+@pytest.mark.filterwarnings("ignore:lance is not fork-safe:UserWarning")
 def test_two_node_cluster_loses_an_actor_and_table_ends_exact(small_dataset, tmp_path):
     import ray
     from ray.cluster_utils import Cluster

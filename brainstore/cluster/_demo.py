@@ -3,6 +3,8 @@ synthetic dataset): dataset -> features -> encoding models -> evaluation."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from ._report import console, dataset_table, score_table
 IMAGE_SPEC = "clip:arch=ViT-B-32,pretrained=openai"
 IMAGE_FALLBACK = "clip:arch=ViT-B-32,pretrained=none"
 TEXT_SPEC = "text"
+# Gabor energy (static pyramid, pymoten): weight-free, so real offline; drives early visual cortex.
+MOTION_SPEC = "motion-energy"
 
 
 def _image_spec(requested: str | None) -> str:
@@ -44,9 +48,15 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     data, store, registry = out / "dataset", str(out / "store"), str(out / "registry")
     console.rule("[bold]brainstore demo")
     params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
-    if (data / "synthetic.json").exists():
+    made_with = _dataset_params(data)
+    if made_with == params:
         console.print(f"[1/4] reusing synthetic dataset {data}")
     else:
+        if made_with is not None:
+            console.print(f"[yellow]{data} was made with {made_with}, not {params}: remaking it, and clearing the "
+                          f"demo's store, registry and report built from it[/]")
+            for d in (out / "store", out / "registry", out / "report"):
+                shutil.rmtree(d, ignore_errors=True)
         console.print(f"[1/4] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
     ds = AlgonautsDataset(data).check(check_images=False)
@@ -55,20 +65,24 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     console.print(f"[2/4] extracting features into {store} (Ray Data -> LanceDB; resumable)")
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
-    for spec in (_image_spec(image_extractor), TEXT_SPEC):
+    for spec in (_image_spec(image_extractor), TEXT_SPEC, MOTION_SPEC):
         rep = extract(data, spec, store, batch_size=32, commit_every=128)
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 
-    console.print(f"[3/4] fitting encoding models (ridge per feature table, concatenation, per-ROI choice, ensemble) "
-                  f"for {len(ds.subjects)} subjects x 2 hemispheres")
-    fspec = default_spec(data, store, registry)
-    run = fit_encoding_models(fspec, store=store, registry=registry)
+    console.print(f"[3/4] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
+                  f"choice, ensemble) for {len(ds.subjects)} subjects x 2 hemispheres")
+    notes: list[str] = []
+    fspec = default_spec(data, store, registry, include_random=True, notes=notes)
+    console.print("      the demo fits with --include-random: tables made with random weights take part, and say so")
+    for n in notes:
+        console.print(f"      [yellow]note:[/] {n}")
+    run = fit_encoding_models(fspec, store=store, registry=registry, out=out / "report")
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
 
     console.print("[4/4] evaluating on the test split")
-    rep = write_report(run.metrics, run.kinds, run.test_preds, ds, out / "report", title="demo encoding models")
+    rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir, title="demo encoding models")
     oracle = score_submission(ds, data / "ground_truth")
     cols = ["all", *REPORT_FAMILIES]
     for s in ds.subjects:
@@ -83,6 +97,15 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                   f"models: `brainstore models --registry {registry}`")
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
     return {"rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+
+
+def _dataset_params(data: Path) -> dict | None:
+    """The make_dataset arguments recorded in ``data/synthetic.json`` (None when absent)."""
+    try:
+        made = json.loads((data / "synthetic.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: made.get(k) for k in ("n_subjects", "n_train", "n_test", "n_vertices", "seed")}
 
 
 def _mean_nc(ds, subject: str) -> dict[str, float]:

@@ -7,8 +7,9 @@ from typing import Iterable, Mapping
 
 from rich.console import Console
 
-from ..datasets import ROI_FAMILY_LABELS
 from rich.table import Table
+
+from ..datasets import ROI_FAMILY_LABELS
 
 # Wide enough for per-ROI tables when output is piped (CI logs, files).
 console = Console(width=None if Console().is_terminal else 160)
@@ -37,6 +38,21 @@ def dataset_table(summary: Mapping) -> Table:
             t.add_row(name, hemi, str(s["train_images"]), str(s["test_images"]), "yes" if s["test_responses"] else "no",
                       str(h["vertices"]), *[str(h.get("rois", {}).get(f, 0)) for f in fams],
                       _fmt(h.get("noise_ceiling_mean", float("nan"))))
+    return t
+
+
+def named_roi_table(summary: Mapping) -> Table:
+    """Vertices per named ROI (rows) for each subject x hemisphere (columns), family by family."""
+    cols = [(s, h) for s, v in summary["subjects"].items() for h in v["hemispheres"]]
+    names: list[str] = []
+    for s, h in cols:
+        names += [n for n in summary["subjects"][s]["hemispheres"][h].get("named_rois", {}) if n not in names]
+    t = Table(title="named ROIs (vertices)")
+    t.add_column("ROI")
+    for s, h in cols:
+        t.add_column(f"{s} {h}", justify="right")
+    for n in names:
+        t.add_row(n, *[str(summary["subjects"][s]["hemispheres"][h].get("named_rois", {}).get(n, 0)) for s, h in cols])
     return t
 
 

@@ -68,7 +68,7 @@ def info_cmd(
 ) -> None:
     """Summarize a dataset: subjects, image counts, vertices, ROIs, noise ceilings."""
     from ..datasets import AlgonautsDataset, DatasetError, read_manifest
-    from ._report import console, dataset_table
+    from ._report import console, dataset_table, named_roi_table
 
     try:
         if dataset.is_file():
@@ -85,6 +85,7 @@ def info_cmd(
         print(json.dumps({**summary, "problems": problems}, indent=2))
     else:
         console.print(dataset_table(summary))
+        console.print(named_roi_table(summary))
         if validate:
             console.print("[green]valid[/]" if not problems else f"[red]{len(problems)} problem(s):[/]")
             for p in problems:
@@ -98,32 +99,30 @@ def extract_cmd(
     extractor: str = typer.Option(..., "--extractor", "-e", help="Extractor spec, e.g. 'clip:arch=ViT-B-32,pretrained=openai', 'text', 'sam:variant=vit_l,checkpoint=PATH'."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (Algonauts layout)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest file (.parquet/.csv) instead of --dataset."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer to extract (adds layer=L to the spec)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer to extract (sets layer=L in the spec, in the nested image spec for video): block index, 0 = first block, -1 = last, or final."),
     version: Optional[str] = typer.Option(None, "--version", help="Feature version (table) name; default from the extractor settings."),
     batch_size: int = typer.Option(64, "--batch-size", help="Rows per model batch."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Extractor actors (default: one per GPU, else 1)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Extractor actors (default: one per GPU; else one per 8 CPUs, for captions one per CPU up to 8)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Model compute dtype: float32, bfloat16 or float16 (default bfloat16 on GPU, float32 on CPU). Part of the feature version: to resume a table made on another device, pass its dtype."),
     storage_dtype: str = typer.Option("float32", "--storage-dtype", help="float32 or float16 on disk."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N unique stimuli."),
     store: str = StoreOpt,
     address: Optional[str] = AddressOpt,
 ) -> None:
     """Extract features for every stimulus into the store (resumable: stored stimuli are skipped)."""
-    from ..features import FeatureStoreError, WeightsNotFoundError, extract, parse_spec
+    from ..features import ExtractionError, FeatureStoreError, WeightsNotFoundError, extract, with_layer
     from ..datasets import DatasetError
     from ._ray import connect
     from ._report import console
 
     if (dataset is None) == (manifest is None):
         _fail("give exactly one of --dataset DIR or --manifest FILE")
-    if layer is not None:
-        name, opts = parse_spec(extractor)
-        opts["layer"] = layer
-        extractor = name + ":" + ",".join(f"{k}={v}" for k, v in opts.items())
-    connect(address)
     try:
-        rep = extract(dataset or manifest, extractor, store, version=version, batch_size=batch_size,
-                      concurrency=concurrency, storage_dtype=storage_dtype, limit=limit)
-    except (WeightsNotFoundError, FeatureStoreError, DatasetError, ValueError) as e:
+        spec = with_layer(extractor, layer) if layer is not None else extractor
+        connect(address)
+        rep = extract(dataset or manifest, spec, store, version=version, batch_size=batch_size,
+                      concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
+    except (WeightsNotFoundError, FeatureStoreError, DatasetError, ExtractionError, ValueError) as e:
         _fail(str(e))
     console.print(f"[green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored, "
                   f"{len(rep.failed)} failed, dim {rep.dim}, {rep.seconds:.1f} s ({rep.rate:.1f} stimuli/s) -> {rep.store}")
@@ -198,10 +197,11 @@ def features_cmd(
         console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
 
 
-def _default_run_dir(kind: str) -> Path:
+def _run_dir(out: Optional[Path], registry: str, kind: str) -> Path:
+    """The report folder: ``--out`` or ``<registry>/_runs/<kind>-<time>`` (never the current directory)."""
     import time
 
-    return HOME / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return out if out is not None else Path(registry).expanduser().absolute() / "_runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
@@ -209,19 +209,30 @@ def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, 
     from ._report import console, score_table
 
     test = all("nnmc" in r for r in rows)
-    key = "nnmc" if test else "cv_r"
-    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in REPORT_FAMILIES}, "CV r": r["cv_r"]})
+    key = "nnmc" if test else "val_r"
+    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in REPORT_FAMILIES}, "val r": r["val_r"]})
                   for r in rows]
     table_rows += list(extra_rows)
-    console.print(score_table(f"{title}: {'test NNMC' if test else 'CV Pearson r'} per ROI (mean over subjects)", table_rows,
-                              ["all", *REPORT_FAMILIES, "CV r"]))
+    console.print(score_table(f"{title}: {'test NNMC' if test else 'validation Pearson r'} per ROI (mean over subjects)",
+                              table_rows, ["all", *REPORT_FAMILIES, "val r"]))
+
+
+def _print_named(named: tuple[list[str], list[dict]], title: str) -> None:
+    from ._report import console, score_table
+
+    names, rows = named
+    if rows:  # one row per named ROI, one column per model (models are fewer than ROIs)
+        console.print(score_table(f"{title}: test NNMC per named ROI (mean over subjects)",
+                                  [(n, {r["model"][:24]: r.get(n, float("nan")) for r in rows}) for n in names],
+                                  [r["model"][:24] for r in rows]))
 
 
 @app.command("fit")
 def fit_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="Fit spec (YAML). Without it: a default spec from the store."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (overrides the spec's)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for the report (default .brainstore/runs/fit-TIME)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for predictions and the report (default <registry>/_runs/fit-TIME)."),
+    include_random: bool = typer.Option(False, "--include-random", help="Default spec: also fit feature tables made with random weights."),
     store: str = StoreOpt,
     registry: str = RegistryOpt,
     address: Optional[str] = AddressOpt,
@@ -232,24 +243,28 @@ def fit_cmd(
     from ._ray import connect
     from ._report import console
 
+    notes: list[str] = []
+    if config is None and dataset is None:
+        _fail("give --config FILE or --dataset DIR")
     try:
+        connect(address)  # before any store is opened: Ray's processes start from a Lance-free driver
         if config is not None:
             spec = load_spec(config, dataset=str(dataset) if dataset else None)
-        elif dataset is not None:
-            spec = default_spec(dataset, store, registry)
         else:
-            _fail("give --config FILE or --dataset DIR")
-        connect(address)
-        run = fit_encoding_models(spec, store=spec.store or store, registry=spec.registry or registry)
+            spec = default_spec(dataset, store, registry, include_random=include_random, notes=notes)
+        for n in notes:
+            console.print(f"[yellow]note:[/] {n}")
+        reg = spec.registry or registry
+        run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out)
     except (SpecError, DatasetError, ValueError) as e:
         _fail(str(e))
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
     if not run.metrics:
         _fail("no model could be fitted")
-    rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), out or _default_run_dir("fit"))
+    rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), run.run_dir)
     _print_comparison(rep["rows"], "fitted models")
-    console.print(f"registered {len(run.registered)} model(s) in {spec.registry or registry}; report in {rep['dir']} "
+    console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in {rep['dir']} "
                   f"({run.seconds:.1f} s)")
     if run.failures:
         raise typer.Exit(code=1)
@@ -259,53 +274,67 @@ def fit_cmd(
 def evaluate_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model names (default: all fitted on this dataset)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default .brainstore/runs/evaluate-TIME)."),
-    store: str = StoreOpt,
+    rois: str = typer.Option("families", "--rois", help="'families' (the five ROI families) or 'named' (also every named ROI: V1v ... VWFA-2)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <registry>/_runs/evaluate-TIME)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store each model was fitted with)."),
     registry: str = RegistryOpt,
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
     from ..datasets import AlgonautsDataset, DatasetError
-    from ..features import FeatureStore
-    from ..fitting import ModelRegistry, RegistryError, evaluate_registered, write_report
+    from ..fitting import RegistryError, evaluate_registered, write_report
     from ._report import console
 
+    if rois not in ("families", "named"):
+        _fail(f"--rois must be 'families' or 'named', not {rois!r}")
     try:
         ds = AlgonautsDataset(dataset)
-        metrics, kinds, preds = evaluate_registered(ModelRegistry(registry), FeatureStore(store), ds,
-                                                    models=models.split(",") if models else None)
+        reg = _open_registry(registry)
+        metrics, kinds, preds = evaluate_registered(reg, ds, store=store, models=models.split(",") if models else None)
     except (RegistryError, DatasetError, ValueError) as e:
         _fail(str(e))
     if not metrics:
         _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
-    rep = write_report(metrics, kinds, preds, ds, out or _default_run_dir("evaluate"))
+    rep = write_report(metrics, kinds, preds, ds, _run_dir(out, registry, "evaluate"))
     _print_comparison(rep["rows"], "evaluation")
-    console.print(f"report: {rep['dir']} (comparison.md, roi_scores.png, pred_vs_measured.png, predictions/)")
+    if rois == "named":
+        _print_named(rep["named"], "evaluation")
+    console.print(f"report: {rep['dir']} (comparison.md, named_rois.md, roi_scores.png, pred_vs_measured.png"
+                  f"{', split_scores.png' if rep['split'] else ''}, predictions/)")
 
 
 @app.command("predict")
 def predict_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder (its test images are predicted)."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by CV score)."),
-    store: str = StoreOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by validation score)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store the model was fitted with)."),
     registry: str = RegistryOpt,
 ) -> None:
     """Write Algonauts submission files for the test images of every subject."""
     from ..datasets import AlgonautsDataset, DatasetError
-    from ..features import FeatureStore
-    from ..fitting import ModelRegistry, RegistryError, best_model, predict_model, subject_stimuli, write_predictions
+    from ..fitting import RegistryError, best_model, predict_model, subject_stimuli, write_predictions
     from ._report import console
 
     try:
         ds = AlgonautsDataset(dataset)
-        reg, fs = ModelRegistry(registry), FeatureStore(store)
+        reg = _open_registry(registry)
         for s in ds.subjects:
             name = model or best_model(reg, s, str(ds.root))
-            preds = predict_model(reg, name, s, fs, subject_stimuli(ds, s, "test"))
+            preds = predict_model(reg, name, s, store, subject_stimuli(ds, s, "test"))
             paths = write_predictions({s: preds}, out)
             console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
     except (RegistryError, DatasetError, ValueError, KeyError) as e:
         _fail(str(e))
+
+
+def _open_registry(registry: str):
+    """A registry that must exist (reading verbs never create one)."""
+    from ..fitting import ModelRegistry, RegistryError
+
+    if not Path(registry).expanduser().is_dir():
+        raise RegistryError(f"model registry {registry} does not exist; fit models into it first "
+                            f"(`brainstore fit --registry {registry}`) or pass the right --registry")
+    return ModelRegistry(registry)
 
 
 @app.command("models")
@@ -313,24 +342,27 @@ def models_cmd(
     registry: str = RegistryOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List registered models with their kind, subject, CV score and test NNMC."""
+    """List registered models with their kind, subject, validation score and test NNMC."""
     from rich.table import Table
 
-    from ..fitting import ModelRegistry
+    from ..fitting import RegistryError
     from ._report import console
 
-    recs = ModelRegistry(registry).list()
+    try:
+        recs = _open_registry(registry).list()
+    except RegistryError as e:
+        _fail(str(e))
+    keys = ("kind", "model", "subject", "val_score", "features", "members", "store", "created")
     if as_json:
-        print(json.dumps([{"name": r.name, **{k: r.meta.get(k) for k in ("kind", "model", "subject", "cv_score", "features", "members", "created")}}
-                          for r in recs], indent=2))
+        print(json.dumps([{"name": r.name, **{k: r.meta.get(k) for k in keys}} for r in recs], indent=2))
         return
     t = Table(title=f"models in {registry}")
-    for c in ("name", "kind", "subject", "CV r", "test NNMC", "features / members", "created"):
+    for c in ("name", "kind", "subject", "val r", "test NNMC", "features / members", "created"):
         t.add_column(c)
     for r in recs:
         m = r.meta
         nn = m.get("metrics", {}).get("both", {}).get("test_nnmc")
-        t.add_row(r.name, m.get("kind", ""), m.get("subject", ""), f"{m.get('cv_score', float('nan')):.3f}",
+        t.add_row(r.name, m.get("kind", ""), m.get("subject", ""), f"{m.get('val_score', float('nan')):.3f}",
                   "-" if nn is None else f"{nn:.2f}", ", ".join(m.get("features") or m.get("members") or [])[:60],
                   str(m.get("created", "")))
     console.print(t)

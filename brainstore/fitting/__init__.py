@@ -1,7 +1,11 @@
-"""brainstore.fitting: encoding models (ridge, MLP, per-ROI, ensembles), evaluation, registry.
+"""brainstore.fitting: encoding models (ridge, banded ridge, MLP, per-ROI, ensembles), evaluation, registry.
 
-Scoring functions are re-exported from :mod:`brainstore.scoring`.
+Scoring functions are re-exported from :mod:`brainstore.scoring`. The solvers and estimators
+need torch; they are imported on first use (``from brainstore.fitting import solve_ridge_cv``),
+so ``import brainstore.fitting`` itself does not import torch.
 """
+
+import importlib
 
 from ..scoring import (
     nnmc,
@@ -11,36 +15,48 @@ from ..scoring import (
     retrieval_accuracy,
     roi_summary,
 )
-from ._encoding import BaseFit, design_matrix, fit_base, oof_ridge_predictions, subject_stimuli
+from ._choice import validation_r
+from ._compose import compose
+from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
 from ._evaluate import score_submission, score_subject
-from ._mlp import MLPEncoder
+from ._predict import EncodingModel, best_model, predict_model
 from ._registry import ModelRecord, ModelRegistry, RegistryError, safe_name
 from ._report import comparison_rows, evaluate_registered, write_predictions, write_report
-from ._ridge import RidgeCVEncoder
-from ._run import FitRun, best_model, covering_features, default_spec, fit_encoding_models, predict_model
-from ._solvers import (
-    RIDGE_SOLVERS,
-    RidgeCVResult,
-    kfold_indices,
-    predict_ridge,
-    solve_ridge_cv,
-    solve_ridge_cv_eigh,
-    solve_ridge_cv_svd,
-)
-from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec, SpecError, load_spec
+from ._run import FitRun, covering_features, default_spec, fit_encoding_models
+from ._spec import BandedParams, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
+
+#: Public names whose modules import torch: loaded on first access (PEP 562).
+_LAZY = {
+    "RIDGE_SOLVERS": "._solvers", "RidgeCVResult": "._solvers", "kfold_indices": "._solvers",
+    "predict_ridge": "._solvers", "solve_ridge_cv": "._solvers", "solve_ridge_cv_eigh": "._solvers",
+    "solve_ridge_cv_svd": "._solvers",
+    "RidgeCVEncoder": "._ridge", "MLPEncoder": "._mlp",
+    "solve_banded_ridge_cv": "._banded", "BandedRidgeCVResult": "._banded", "BandedRidgeCVEncoder": "._banded",
+    "banded_candidates": "._banded", "predict_banded_split": "._banded",
+}
 
 __all__ = [
     # scoring
     "pearson_r", "noise_normalized_score", "nnmc", "roi_summary", "noise_ceiling_from_ncsnr",
-    "retrieval_accuracy", "score_subject", "score_submission",
-    # ridge solvers and estimators
+    "retrieval_accuracy", "score_subject", "score_submission", "validation_r",
+    # ridge and banded ridge solvers and estimators (lazy: torch)
     "solve_ridge_cv", "solve_ridge_cv_eigh", "solve_ridge_cv_svd", "RIDGE_SOLVERS", "RidgeCVResult",
     "predict_ridge", "kfold_indices", "RidgeCVEncoder", "MLPEncoder",
+    "solve_banded_ridge_cv", "BandedRidgeCVResult", "BandedRidgeCVEncoder", "banded_candidates", "predict_banded_split",
     # encoding models
-    "FitSpec", "ModelSpec", "PerRoiSpec", "EnsembleSpec", "SpecError", "load_spec", "default_spec",
-    "fit_encoding_models", "FitRun", "fit_base", "BaseFit", "design_matrix", "subject_stimuli",
-    "oof_ridge_predictions", "covering_features", "predict_model", "best_model",
-    # registry and reports
-    "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    "FitSpec", "ModelSpec", "PerRoiSpec", "EnsembleSpec", "MLPParams", "BandedParams", "SpecError", "load_spec",
+    "default_spec", "fit_encoding_models", "FitRun", "fit_base", "design_matrix", "subject_stimuli",
+    "validation_folds", "covering_features", "compose",
+    # registered models
+    "EncodingModel", "predict_model", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    # reports
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,23 +1,35 @@
-"""Encoding models for one subject and hemisphere: design matrices from the feature store,
-base fits (ridge / MLP) with out-of-fold predictions, and derived models (per-ROI choice,
-ensembles) combined from their members' predictions.
+"""Base encoding models for one subject x hemisphere: design matrices from the feature store, the
+estimators by method, and the fit task that writes its predictions to the run folder.
 
-Voxelwise ridge with one alpha per vertex is separable over vertices, so a per-ROI model (SAM
-features for early visual cortex, CLIP elsewhere) is exactly the vertex-wise selection of the
-predictions of base models fitted on all vertices; ensembles average predictions.
+A base fit makes two models (see :mod:`._choice` for why):
+
+* a **validation copy** fitted on the first K-1 contiguous folds of the training split, with its
+  hyperparameters chosen by CV over those folds, predicting the last fold (the validation fold);
+* the **final model** fitted on the whole training split (hyperparameters by K-fold CV), which
+  is registered and predicts the test split.
+
+Both predictions go to files (:class:`~._runfiles.RunLayout`), never back to the driver.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import time
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..datasets import AlgonautsDataset
 from ..features import FeatureStore
+from ._runfiles import RunLayout, write_array
 
-__all__ = ["design_matrix", "subject_stimuli", "oof_ridge_predictions", "fit_base", "BaseFit"]
+__all__ = ["design_matrix", "subject_stimuli", "validation_folds", "fit_base", "make_estimator", "load_estimator",
+           "METHODS"]
+
+#: Base-model methods: name -> (module, estimator class).
+METHODS = {"ridge": ("._ridge", "RidgeCVEncoder"), "mlp": ("._mlp", "MLPEncoder"),
+           "banded": ("._banded", "BandedRidgeCVEncoder")}
 
 
 def subject_stimuli(ds: AlgonautsDataset, subject: str, split: str) -> list[str]:
@@ -33,121 +45,128 @@ def design_matrix(fs: FeatureStore, features: list[str], stimulus_ids: list[str]
     return np.hstack([fs.load(f, stimulus_ids) for f in features]).astype(np.float32, copy=False)
 
 
-def oof_ridge_predictions(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, folds, *, standardize: bool = True,
-                          device: str = "cpu") -> np.ndarray:
-    """Out-of-fold ridge predictions with a fixed alpha per target.
-
-    Parameters
-    ----------
-    X : array of shape (n_samples, n_features)
-    Y : array of shape (n_samples, n_targets)
-    alpha : array of shape (n_targets,)
-        Each target's (already selected) regularization.
-    folds : list of (train, val) index arrays
+def validation_folds(n_samples: int, n_folds: int) -> tuple[list, int, list]:
+    """K contiguous folds, the size of the rows before the last fold, and the folds of those rows.
 
     Returns
     -------
-    pred : array of shape (n_samples, n_targets), float32; row i predicted by the fold that held it out.
+    folds : list of (train, val) index arrays over all ``n_samples`` rows (sklearn ``KFold``)
+    n_fit : int
+        Rows ``[0, n_fit)`` fit the validation copy; rows ``[n_fit, n_samples)`` are the validation fold.
+    inner : list of (train, val) index arrays over rows ``[0, n_fit)``: the first K-1 folds.
     """
+    from sklearn.model_selection import KFold
+
+    if n_folds < 3:
+        raise ValueError(f"folds must be >= 3 (one fold is held out for validation, the others choose "
+                         f"hyperparameters by CV), got {n_folds}")
+    folds = list(KFold(n_folds).split(np.zeros(n_samples)))
+    n_fit = int(folds[-1][1][0])
+    inner = [(np.setdiff1d(np.arange(n_fit), va), va) for _, va in folds[:-1]]
+    return folds, n_fit, inner
+
+
+def _estimator_class(method: str):
+    import importlib
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {sorted(METHODS)}")
+    module, name = METHODS[method]
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def make_estimator(job: dict, device: str):
+    """A new estimator for ``job["method"]`` with the job's hyperparameters."""
+    method = job["method"]
+    cls = _estimator_class(method)
+    if method == "mlp":
+        return cls(device=device, **(job.get("params") or {}))
+    kw: dict[str, Any] = dict(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring=job["scoring"],
+                              device=device)
+    if method == "banded":
+        kw.update(bands=list(job["band_sizes"]), **(job.get("params") or {}))
+    return cls(**kw)
+
+
+def load_estimator(method: str, state: dict[str, np.ndarray], params: dict | None = None):
+    """A fitted estimator from its saved state (``params``: the MLP's hyperparameters)."""
+    cls = _estimator_class(method)
+    kw = dict(params or {}) if method == "mlp" else {}
+    return cls.from_state_dict(state, device="cpu", **kw)
+
+
+def _fit(method: str, est, X: np.ndarray, Y: np.ndarray, folds: list):
+    """Fit; the CV folds go to the methods that choose hyperparameters by CV (the MLP early-stops)."""
+    return est.fit(X, Y) if method == "mlp" else est.fit(X, Y, folds=folds)
+
+
+def _limit_threads(threads: int | None):
+    """Torch and BLAS threads = the CPUs this task was given."""
+    import contextlib
+
     import torch
 
-    dev = torch.device(device)
-    Xt = torch.as_tensor(np.asarray(X, np.float64), device=dev)
-    Yt = torch.as_tensor(np.asarray(Y, np.float32), device=dev)
-    alpha = np.asarray(alpha, np.float64)
-    out = torch.empty_like(Yt)
-    groups = [(a, torch.as_tensor(np.flatnonzero(alpha == a), device=dev)) for a in np.unique(alpha)]
-    for tr, va in folds:
-        tr_t, va_t = torch.as_tensor(tr, device=dev), torch.as_tensor(va, device=dev)
-        Xtr = Xt[tr_t]
-        mu = Xtr.mean(0)
-        sd = Xtr.std(0, unbiased=False) if standardize else torch.ones_like(mu)
-        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-        Xs, Xv = (Xtr - mu) / sd, (Xt[va_t] - mu) / sd
-        evals, V = torch.linalg.eigh(Xs.T @ Xs)
-        ym = Yt[tr_t].mean(0)
-        B = (V.T @ Xs.T).to(torch.float32) @ (Yt[tr_t] - ym)  # p x t, in the eigenbasis
-        A = (Xv @ V).to(torch.float32)
-        ev = evals.clamp_min(0).to(torch.float32)
-        pred = torch.empty((len(va), Yt.shape[1]), dtype=torch.float32, device=dev)
-        for a, idx in groups:
-            pred[:, idx] = A @ (B[:, idx] / (ev + float(a))[:, None])
-        out[va_t] = pred + ym
-    return out.cpu().numpy()
+    if not threads:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(int(threads))
+    return threadpool_limits(int(threads))
 
 
-@dataclass
-class BaseFit:
-    """A fitted base model for one subject x hemisphere, with what evaluation needs."""
+def fit_base(job: dict) -> dict:
+    """Fit one base model for one subject x hemisphere; write its predictions and state to the run folder.
 
-    subject: str
-    hemi: str
-    model: str
-    method: str
-    features: list[str]
-    state: dict[str, np.ndarray]
-    oof: np.ndarray  # (n_train, n_vertices) out-of-fold predictions
-    test_pred: np.ndarray  # (n_test, n_vertices)
-    seconds: float
-    info: dict = field(default_factory=dict)
+    ``job`` keys: dataset, store, run_dir, subject, hemi, model, method, features, alphas, folds,
+    scoring, device, params (method settings or None), threads.
 
-
-def fit_base(job: dict) -> BaseFit:
-    """Fit one base model (ridge or MLP) for one subject x hemisphere. Pure function of ``job``.
-
-    ``job`` keys: dataset, store, subject, hemi, model, method, features, alphas, folds, scoring,
-    device, mlp (dict or None), threads (int or None).
+    Returns
+    -------
+    dict
+        A small summary (model, subject, hemi, method, info); the arrays are in the run folder.
     """
+    import safetensors.numpy
     import torch
-
-    from ._ridge import RidgeCVEncoder
-    from ._solvers import kfold_indices
 
     t0 = time.time()
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
     device = job.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ds = AlgonautsDataset(job["dataset"])
     fs = FeatureStore(job["store"])
-    subject, hemi = job["subject"], job["hemi"]
-    train_ids = subject_stimuli(ds, subject, "train")
-    test_ids = subject_stimuli(ds, subject, "test")
-    X = design_matrix(fs, job["features"], train_ids)
-    Xt = design_matrix(fs, job["features"], test_ids)
-    Y = np.asarray(ds.responses(subject, hemi, "train"), dtype=np.float32)
-    folds = kfold_indices(len(X), int(job["folds"]))
-    info: dict = {"n_train": len(X), "n_test": len(Xt), "n_features": X.shape[1], "n_vertices": Y.shape[1]}
-    if job["method"] == "ridge":
-        est = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring=job["scoring"], device=device)
-        est.fit(X, Y)
-        oof = oof_ridge_predictions(X, Y, est.alpha_, folds, device=device)
-        info["alpha_median"] = float(np.median(est.alpha_))
-        info["alpha_counts"] = {f"{a:g}": int(c) for a, c in zip(*np.unique(est.alpha_, return_counts=True))}
-    elif job["method"] == "mlp":
-        from ._mlp import MLPEncoder
+    layout = RunLayout(job["run_dir"])
+    model, subject, hemi = job["model"], job["subject"], job["hemi"]
+    X = design_matrix(fs, job["features"], subject_stimuli(ds, subject, "train"))
+    Xt = design_matrix(fs, job["features"], subject_stimuli(ds, subject, "test"))
+    Y = np.asarray(ds.responses(subject, hemi, "train"), dtype=np.float32)  # memory map: read in vertex batches
+    if len(X) != len(Y):
+        raise ValueError(f"{subject} {hemi}: {len(X)} training stimuli but {len(Y)} response rows")
+    folds, n_fit, inner = validation_folds(len(X), int(job["folds"]))
+    job = {**job, "band_sizes": [fs.info(f).dim for f in job["features"]]}
+    with _limit_threads(job.get("threads")):
+        torch_threads = torch.get_num_threads()
+        val_copy = _fit(job["method"], make_estimator(job, device), X[:n_fit], Y[:n_fit], inner)
+        write_array(layout.val_pred(model, subject, hemi), val_copy.predict(X[n_fit:]))
+        del val_copy
+        est = _fit(job["method"], make_estimator(job, device), X, Y, folds)
+        write_array(layout.test_pred(model, subject, hemi), est.predict(Xt))
+        if job["method"] == "banded" and ds.has_test_responses(subject):
+            from ..scoring import correlation_split
 
-        params = dict(job.get("mlp") or {})
-        est = MLPEncoder(device=device, **params).fit(X, Y)
-        oof = np.empty_like(Y)
-        for tr, va in folds:
-            oof[va] = MLPEncoder(device=device, **params).fit(X[tr], Y[tr]).predict(X[va])
-    else:
-        raise ValueError(f"unknown method {job['method']!r}; use 'ridge' or 'mlp'")
-    return BaseFit(subject=subject, hemi=hemi, model=job["model"], method=job["method"], features=list(job["features"]),
-                   state=est.state_dict(), oof=oof.astype(np.float32), test_pred=est.predict(Xt).astype(np.float32),
-                   seconds=time.time() - t0, info=info)
-
-
-def predict_base(method: str, state: dict[str, np.ndarray], X: np.ndarray, mlp_params: dict | None = None) -> np.ndarray:
-    """Predictions of a registered base model from its saved state, shape (n, n_vertices)."""
-    if method == "ridge":
-        from ._ridge import RidgeCVEncoder
-
-        return RidgeCVEncoder.from_state_dict(state).predict(X)
-    if method == "mlp":
-        from ._mlp import MLPEncoder
-
-        return MLPEncoder.from_state_dict(state, **(mlp_params or {})).predict(X)
-    raise ValueError(f"unknown method {method!r}")
+            Yt = np.asarray(ds.responses(subject, hemi, "test"), dtype=np.float32)
+            write_array(layout.split(model, subject, hemi), correlation_split(est.predict_split(Xt), Yt))
+    state_path = layout.state(model, subject, hemi)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in est.state_dict().items()}, str(tmp))
+    os.replace(tmp, state_path)
+    info: dict[str, Any] = {"n_train": len(X), "n_fit": n_fit, "n_val": len(X) - n_fit, "n_test": len(Xt),
+                            "n_features": int(X.shape[1]), "n_vertices": int(Y.shape[1]), "device": device,
+                            "threads": job.get("threads"), "torch_threads": torch_threads}
+    alpha = getattr(est, "alpha_", None)
+    if alpha is not None:
+        info["alpha_median"] = float(np.median(alpha))
+        info["alpha_counts"] = {f"{a:g}": int(c) for a, c in zip(*np.unique(alpha, return_counts=True))}
+    info["seconds"] = time.time() - t0
+    info["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return {"model": model, "subject": subject, "hemi": hemi, "method": job["method"], "info": info}

@@ -37,15 +37,17 @@ def score_test_split(ds: AlgonautsDataset, subject: str, hemi: str, pred: np.nda
     return {"r": r, "score": None if nc is None else noise_normalized_score(r, nc)}
 
 
-def pooled_roi_summary(ds: AlgonautsDataset, subject: str, per_vertex: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per-ROI-family means of a per-vertex quantity with the hemispheres pooled (vertex-weighted).
+def pooled_roi_summary(ds: AlgonautsDataset, subject: str, per_vertex: dict[str, np.ndarray],
+                       level: str = "family") -> dict[str, float]:
+    """Per-ROI means of a per-vertex quantity with the hemispheres pooled (vertex-weighted).
 
     Parameters
     ----------
     per_vertex : dict hemisphere -> array of shape (n_vertices,) (one or both hemispheres)
+    level : "family" (the five reported ROI families) or "roi" (their named ROIs: V1v ... VWFA-2)
     """
     hemis = [h for h in HEMISPHERES if h in per_vertex]
-    by_hemi = {h: ds.roi_masks(subject, h) for h in hemis}
+    by_hemi = {h: ds.roi_masks(subject, h, level=level) for h in hemis}
     masks = {f: np.concatenate([by_hemi[h][f] for h in hemis]) for f in by_hemi[hemis[0]]}
     return roi_summary(np.concatenate([per_vertex[h] for h in hemis]), masks)
 

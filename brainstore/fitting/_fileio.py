@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._provenance import package_versions as _versions
 
 PACKAGES = ("brainstore", "numpy", "torch", "scikit-learn", "safetensors", "lancedb")
 
@@ -54,27 +55,7 @@ def jsonable(obj: Any, key: str = "", error: type[Exception] = ValueError) -> An
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a saved model depends on (None when absent)."""
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def sha256(data_or_path: bytes | Path) -> str:
-    """Hex sha256 of bytes, or of a file read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
-        h.update(data_or_path)
-    else:
-        with open(data_or_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
+    return _versions(*PACKAGES)
 
 
 def fsync(path: Path) -> None:

@@ -3,7 +3,8 @@
 Layout: ``<uri>/<name>/model.safetensors`` (the arrays) and ``<uri>/<name>/model.json`` (how the
 model was made: the caller's metadata plus name, creation time, the safetensors file's sha256,
 tensor shapes/dtypes and package versions). Names may contain ``/`` to group models
-(``"clip-image+text/subj01"``).
+(``"clip-image+text/subj01"``). Folders starting with ``_`` (``_runs/``: fit and evaluation run
+folders) or ``.`` (temporaries) are never models.
 
 Writes are atomic: both files are written and fsynced in a hidden temporary sibling folder
 which is then renamed into place (an existing model is swapped out with one ``renameat2``
@@ -32,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ._fileio import fsync, install_dir, jsonable, package_versions, sha256, write_json, write_safetensors
+from .._provenance import sha256
+from ._fileio import fsync, install_dir, jsonable, package_versions, write_json, write_safetensors
 
 __all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name"]
 
@@ -292,7 +294,7 @@ class ModelRegistry:
         """Every saved model whose name starts with ``prefix``, sorted by name."""
         out = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]  # temporaries, run folders
             if META_FILE not in filenames or Path(dirpath) == self.root:
                 continue
             dirnames[:] = []  # models are not nested

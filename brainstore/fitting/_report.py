@@ -1,5 +1,6 @@
-"""Evaluation reports: comparison tables (Algonauts 2023 Table 1 shape), per-ROI plots, scatter
-plots of predicted vs measured responses, and the submission-layout predictions."""
+"""Evaluation reports: comparison tables (Algonauts 2023 Table 1 shape), per-ROI and named-ROI
+tables, per-ROI plots, predicted-vs-measured scatter plots, banded ridge's split of the prediction
+between feature spaces, and the submission-layout predictions."""
 
 from __future__ import annotations
 
@@ -11,130 +12,224 @@ import numpy as np
 from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset
 from ..features import FeatureStore
 from ..scoring import pearson_r
-from ._evaluate import score_subject
+from ._evaluate import pooled_roi_summary, score_subject
 from ._registry import ModelRegistry
+from ._runfiles import RunLayout, write_array
 
-__all__ = ["comparison_rows", "write_report", "write_predictions", "evaluate_registered"]
+__all__ = ["comparison_rows", "named_rows", "write_report", "write_predictions", "evaluate_registered"]
 
 SHORT = ROI_FAMILY_LABELS
+VAL = "val r"  # column label of the validation score (see fitting._choice)
 
 
 def comparison_rows(metrics: dict, kinds: dict[str, str]) -> list[dict]:
-    """One row per model: mean over subjects of test NNMC (all vertices and per ROI) and CV r."""
+    """One row per model: mean over subjects of test NNMC (all vertices and per ROI family) and val r.
+
+    Without test NNMC the ROI columns hold the validation r.
+    """
     rows = []
     for model, by_subj in metrics.items():
         subs = list(by_subj.values())
         row = {"model": model, "method": kinds.get(model, ""), "subjects": len(subs),
-               "cv_r": float(np.mean([m["both"]["cv_r_mean"] for m in subs]))}
+               "val_r": float(np.mean([m["both"]["val_r_mean"] for m in subs]))}
         if all("test_nnmc" in m["both"] for m in subs):
             row["nnmc"] = float(np.mean([m["both"]["test_nnmc"] for m in subs]))
             for fam in REPORT_FAMILIES:
                 row[fam] = float(np.nanmean([m["both"]["test_nnmc_roi"][fam] for m in subs]))
         else:
             for fam in REPORT_FAMILIES:
-                row[fam] = float(np.nanmean([m["both"]["cv_r_roi"][fam] for m in subs]))
+                row[fam] = float(np.nanmean([m["both"]["val_r_roi"][fam] for m in subs]))
         rows.append(row)
     return rows
 
 
+def named_rows(metrics: dict) -> tuple[list[str], list[dict]]:
+    """Test NNMC per named ROI (V1v ... VWFA-2), mean over subjects: (ROI names, one row per model)."""
+    names: list[str] = []
+    rows = []
+    for model, by_subj in metrics.items():
+        subs = [m["both"]["test_nnmc_named"] for m in by_subj.values() if "test_nnmc_named" in m["both"]]
+        if not subs:
+            continue
+        names += [k for k in subs[0] if k != "all" and k not in names]
+        rows.append({"model": model, **{k: float(np.nanmean([s.get(k, np.nan) for s in subs])) for k in subs[0]}})
+    return names, rows
+
+
+def _fmt(v: float, test: bool) -> str:
+    return "-" if v is None or np.isnan(v) else (f"{v:.2f}" if test else f"{v:.3f}")
+
+
 def _markdown(rows: list[dict], test: bool) -> str:
-    metric = "NNMC" if test else "CV r"
-    head = ["Features and methods", "method", f"{metric} (all)", *[f"{SHORT[f]}" for f in REPORT_FAMILIES], "CV r"]
+    metric = "NNMC" if test else VAL
+    head = ["Features and methods", "method", f"{metric} (all)", *[SHORT[f] for f in REPORT_FAMILIES], VAL]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    best = max(rows, key=lambda r: r.get("nnmc", r["cv_r"]))
+    best = max(rows, key=lambda r: r.get("nnmc", r["val_r"]))
     for r in rows:
-        main = r.get("nnmc", r["cv_r"])
-        cell = f"{main:.3f}" if not test else f"{main:.2f}"
-        if r is best:
-            cell = f"**{cell}**"
-        lines.append("| " + " | ".join([r["model"], r["method"], cell, *[f"{r[f]:.2f}" if test else f"{r[f]:.3f}" for f in REPORT_FAMILIES], f"{r['cv_r']:.3f}"]) + " |")
+        cell = _fmt(r.get("nnmc", r["val_r"]), test)
+        cell = f"**{cell}**" if r is best else cell
+        lines.append("| " + " | ".join([r["model"], r["method"], cell, *[_fmt(r[f], test) for f in REPORT_FAMILIES],
+                                        _fmt(r["val_r"], False)]) + " |")
+    return "\n".join(lines)
+
+
+def _named_markdown(names: list[str], rows: list[dict]) -> str:
+    lines = ["| model | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    lines += ["| " + " | ".join([r["model"], *[_fmt(r.get(n, np.nan), True) for n in names]]) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def write_predictions(test_preds: dict, out: Path) -> list[Path]:
-    """Submission layout: ``out/subjNN/{lh,rh}_pred_test.npy`` (float32)."""
+    """Submission layout: ``out/subjNN/{lh,rh}_pred_test.npy`` (float32), from {subject: {hemi: array}}."""
     paths = []
     for subject, by_hemi in test_preds.items():
-        d = Path(out) / subject
-        d.mkdir(parents=True, exist_ok=True)
         for h, arr in by_hemi.items():
-            p = d / f"{h}_pred_test.npy"
-            tmp = p.with_suffix(".tmp.npy")
-            np.save(tmp, np.asarray(arr, dtype=np.float32))
-            tmp.replace(p)  # never a half-written prediction file
-            paths.append(p)
+            paths.append(write_array(Path(out) / subject / f"{h}_pred_test.npy", arr))
     return paths
-
-
-def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: AlgonautsDataset, out: Path,
-                 title: str = "encoding models") -> dict:
-    """Write metrics.json, comparison.md/.csv, per-ROI bar plot, scatter plot and predictions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = comparison_rows(metrics, kinds)
-    test = all("nnmc" in r for r in rows)
-    (out / "metrics.json").write_text(json.dumps({"kinds": kinds, "metrics": metrics, "comparison": rows}, indent=1))
-    md = _markdown(rows, test)
-    (out / "comparison.md").write_text(f"# {title}\n\n{md}\n")
-    cols = ["model", "method", "subjects", "nnmc" if test else "cv_r", *REPORT_FAMILIES, "cv_r"]
-    (out / "comparison.csv").write_text("\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]) + "\n")
-
-    # per-ROI bars, one bar per model
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(REPORT_FAMILIES) + 0.4 * len(rows)), 4.2))
-    width = 0.8 / max(len(rows), 1)
-    x = np.arange(len(REPORT_FAMILIES))
-    for k, r in enumerate(rows):
-        ax.bar(x + k * width - 0.4 + width / 2, [r[f] for f in REPORT_FAMILIES], width, label=_label(r["model"]))
-    ax.set_xticks(x, [SHORT[f] for f in REPORT_FAMILIES])
-    ax.set_ylabel("NNMC (test)" if test else "Pearson r (cross-validated)")
-    ax.set_title(f"{title}: per-ROI {'NNMC' if test else 'CV r'}, mean over subjects")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(out / "roi_scores.png", dpi=120)
-    plt.close(fig)
-
-    # predicted vs measured: best model, first subject, best vertex of each ROI family
-    best = max(rows, key=lambda r: r.get("nnmc", r["cv_r"]))["model"]
-    subject = sorted(metrics[best])[0]
-    preds = test_preds.get((best, subject))
-    if preds is not None and ds.has_test_responses(subject):
-        fig, axes = plt.subplots(1, len(REPORT_FAMILIES), figsize=(3.2 * len(REPORT_FAMILIES), 3.2))
-        h = HEMISPHERES[0]
-        true = np.asarray(ds.responses(subject, h, "test"))
-        r = pearson_r(preds[h], true)
-        masks = ds.roi_masks(subject, h, families=REPORT_FAMILIES)
-        for ax, fam in zip(axes, REPORT_FAMILIES):
-            idx = np.flatnonzero(masks[fam])
-            if len(idx):
-                v = idx[np.argmax(r[idx])]
-                ax.scatter(preds[h][:, v], true[:, v], s=9, alpha=0.7)
-                ax.set_title(f"{SHORT[fam]} vertex {v}\nr = {r[v]:.2f}", fontsize=9)
-            ax.set_xlabel("predicted")
-        axes[0].set_ylabel("measured (test)")
-        fig.suptitle(f"{_label(best)} ({subject}, {h})", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "pred_vs_measured.png", dpi=120)
-        plt.close(fig)
-    for (model, subject), by_hemi in test_preds.items():
-        write_predictions({subject: by_hemi}, out / "predictions" / _label(model, 80).replace("/", "_"))
-    return {"rows": rows, "markdown": md, "dir": str(out), "best": best}
 
 
 def _label(name: str, n: int = 48) -> str:
     return name if len(name) <= n else name[: n - 3] + "..."
 
 
-def evaluate_registered(reg: ModelRegistry, fs: FeatureStore, ds: AlgonautsDataset, *, models: list[str] | None = None,
-                        subjects: list[str] | None = None) -> tuple[dict, dict, dict]:
-    """Predict the test split with registered models and score them (test NNMC when test
-    responses exist; CV metrics come from the registry). Returns (metrics, kinds, test_preds)."""
+def _plot_roi_bars(rows: list[dict], test: bool, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(REPORT_FAMILIES) + 0.4 * len(rows)), 4.2))
+    width = 0.8 / max(len(rows), 1)
+    x = np.arange(len(REPORT_FAMILIES))
+    for k, r in enumerate(rows):
+        ax.bar(x + k * width - 0.4 + width / 2, [r[f] for f in REPORT_FAMILIES], width, label=_label(r["model"]))
+    ax.set_xticks(x, [SHORT[f] for f in REPORT_FAMILIES])
+    ax.set_ylabel("NNMC (test)" if test else "Pearson r (validation fold)")
+    ax.set_title(f"{title}: per-ROI {'NNMC' if test else VAL}, mean over subjects")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_scatter(ds: AlgonautsDataset, model: str, subject: str, preds: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(REPORT_FAMILIES), figsize=(3.2 * len(REPORT_FAMILIES), 3.2))
+    h = HEMISPHERES[0]
+    true = np.asarray(ds.responses(subject, h, "test"))
+    pred = np.asarray(preds[h])
+    r = pearson_r(pred, true)
+    masks = ds.roi_masks(subject, h, families=REPORT_FAMILIES)
+    for ax, fam in zip(axes, REPORT_FAMILIES):
+        idx = np.flatnonzero(masks[fam])
+        if len(idx):
+            v = idx[np.argmax(r[idx])]
+            ax.scatter(pred[:, v], true[:, v], s=9, alpha=0.7)
+            ax.set_title(f"{SHORT[fam]} vertex {v}\nr = {r[v]:.2f}", fontsize=9)
+        ax.set_xlabel("predicted")
+    axes[0].set_ylabel("measured (test)")
+    fig.suptitle(f"{_label(model)} ({subject}, {h})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def split_rows(metrics: dict) -> list[dict]:
+    """Banded models: test r per ROI family split between feature spaces, mean over subjects."""
+    rows = []
+    for model, by_subj in metrics.items():
+        subs = [m["both"]["split_test_r_roi"] for m in by_subj.values() if "split_test_r_roi" in m["both"]]
+        if not subs:
+            continue
+        for space in subs[0]:
+            rows.append({"model": model, "space": space,
+                         **{f: float(np.nanmean([s[space][f] for s in subs])) for f in ["all", *REPORT_FAMILIES]}})
+    return rows
+
+
+def _plot_split(rows: list[dict], path: Path) -> None:
+    """Stacked bars: each feature space's share of the test r per ROI family, one panel per banded model."""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.2), squeeze=False)
+    cols = ["all", *REPORT_FAMILIES]
+    for ax, model in zip(axes[0], models):
+        bottom_pos, bottom_neg = np.zeros(len(cols)), np.zeros(len(cols))
+        for r in (r for r in rows if r["model"] == model):
+            v = np.array([r[c] for c in cols])
+            base = np.where(v >= 0, bottom_pos, bottom_neg)
+            ax.bar(np.arange(len(cols)), v, bottom=base, label=_label(r["space"], 40))
+            bottom_pos += np.clip(v, 0, None)
+            bottom_neg += np.clip(v, None, 0)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(np.arange(len(cols)), [SHORT.get(c, c) for c in cols])
+        ax.set_ylabel("test Pearson r, split by feature space")
+        ax.set_title(_label(model, 70), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: AlgonautsDataset, out: Path,
+                 title: str = "encoding models") -> dict:
+    """Write metrics.json, comparison.md/.csv, named_rois.md, roi_scores.png, pred_vs_measured.png,
+    split_scores.png (banded models) and the predictions (``predictions/<model>/subjNN/``).
+
+    ``test_preds``: (model, subject) -> {hemi: array}; predictions already at their place in ``out``
+    (a fit's run folder) are not copied.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = comparison_rows(metrics, kinds)
+    test = all("nnmc" in r for r in rows)
+    names, nrows = named_rows(metrics)
+    srows = split_rows(metrics)
+    (out / "metrics.json").write_text(json.dumps({"kinds": kinds, "metrics": metrics, "comparison": rows,
+                                                  "named_rois": nrows, "split": srows}, indent=1))
+    md = _markdown(rows, test)
+    (out / "comparison.md").write_text(f"# {title}\n\n{md}\n")
+    cols = ["model", "method", "subjects", "nnmc" if test else "val_r", *REPORT_FAMILIES, "val_r"]
+    (out / "comparison.csv").write_text("\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols)
+                                                                      for r in rows]) + "\n")
+    if nrows:
+        (out / "named_rois.md").write_text(f"# {title}: test NNMC per named ROI (mean over subjects)\n\n"
+                                           f"{_named_markdown(names, nrows)}\n")
+    _plot_roi_bars(rows, test, title, out / "roi_scores.png")
+    if srows:
+        _plot_split(srows, out / "split_scores.png")
+    best = max(rows, key=lambda r: r.get("nnmc", r["val_r"]))["model"]
+    subject = sorted(metrics[best])[0]
+    if (best, subject) in test_preds and ds.has_test_responses(subject):
+        _plot_scatter(ds, best, subject, test_preds[(best, subject)], out / "pred_vs_measured.png")
+    layout = RunLayout(out)
+    for (model, s), by_hemi in test_preds.items():
+        for h, arr in by_hemi.items():
+            dst = layout.test_pred(model, s, h)
+            if not (dst.exists() and isinstance(arr, np.memmap) and Path(arr.filename).samefile(dst)):
+                write_array(dst, arr)
+    return {"rows": rows, "markdown": md, "named": (names, nrows), "split": srows, "dir": str(out), "best": best}
+
+
+def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | FeatureStore | None = None,
+                        models: list[str] | None = None, subjects: list[str] | None = None
+                        ) -> tuple[dict, dict, dict]:
+    """Predict the test split with registered models (verified first) and score them.
+
+    Test NNMC per ROI family and per named ROI when the dataset has test responses and noise
+    ceilings; banded models also get the split of their test r between feature spaces. Validation
+    scores come from the registry. ``store`` None reads each model's own store.
+
+    Returns
+    -------
+    (metrics, kinds, test_preds)
+    """
+    from ..scoring import correlation_split
     from ._encoding import subject_stimuli
-    from ._run import predict_model
+    from ._predict import EncodingModel
 
     recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)]
     if models:
@@ -144,17 +239,25 @@ def evaluate_registered(reg: ModelRegistry, fs: FeatureStore, ds: AlgonautsDatas
     metrics: dict = {}
     kinds: dict = {}
     test_preds: dict = {}
-    caches: dict = {}
+    loaded: dict = {}
+    features: dict = {}
     for rec in recs:
         model, s = rec.meta["model"], rec.meta["subject"]
         ids = subject_stimuli(ds, s, "test")
-        pred = predict_model(reg, model, s, fs, ids, caches.setdefault(s, {}))
+        em = EncodingModel.load(reg, model, s, store, loaded)
+        pred = em.predict(ids, features.setdefault((s, em.store.uri), {}))
         kinds[model] = rec.meta["kind"]
         test_preds[(model, s)] = pred
-        both = {"cv_r_mean": rec.meta["metrics"]["both"]["cv_r_mean"], "cv_r_roi": rec.meta["metrics"]["both"]["cv_r_roi"]}
+        both = {k: rec.meta["metrics"]["both"][k] for k in ("val_r_mean", "val_r_roi")}
         if ds.has_test_responses(s) and all(ds.noise_ceiling(s, h) is not None for h in pred):
-            roi = score_subject(ds, s, pred)["both"]["roi"]
-            both["test_nnmc"] = roi["all"]
-            both["test_nnmc_roi"] = roi
+            scored = score_subject(ds, s, pred)
+            both["test_nnmc"] = scored["both"]["roi"]["all"]
+            both["test_nnmc_roi"] = scored["both"]["roi"]
+            both["test_nnmc_named"] = pooled_roi_summary(ds, s, {h: scored[h]["score"] for h in pred}, level="roi")
+            if em.kind == "banded":
+                split = em.predict_split(ids)
+                per_h = {h: correlation_split(split[h], np.asarray(ds.responses(s, h, "test"))) for h in split}
+                both["split_test_r_roi"] = {f: pooled_roi_summary(ds, s, {h: per_h[h][k] for h in per_h})
+                                            for k, f in enumerate(rec.meta["features"])}
         metrics.setdefault(model, {})[s] = {"both": both}
     return metrics, kinds, test_preds

@@ -1,10 +1,12 @@
-"""Fitting encoding models for every subject x hemisphere x model in parallel on Ray, evaluating
-them, and registering them.
+"""Fitting encoding models for every subject x hemisphere x model in parallel on Ray.
 
-Base models run as Ray tasks (a GPU each when the cluster has GPUs; retried when a worker dies);
-a failing task is reported and the others finish. Derived models (per-ROI choice, ensembles) are
-combined on the driver from their members' out-of-fold and test predictions, so every model has a
-cross-validated score on the same folds and the "best model" comparison is fair.
+The driver only plans and collects summaries: base fits run as Ray tasks (a GPU each when the
+cluster has GPUs, otherwise the node's CPUs shared among the concurrent fits, with BLAS and torch
+using exactly the CPUs a task was given; retried when a worker dies) and write their predictions
+to the run folder (:mod:`._runfiles`); once a subject's base fits are done, one assembly task
+composes its per-ROI models and ensembles from those files, scores and registers everything
+(:mod:`._assemble`). A failing subject is reported while the others finish. The driver's memory
+does not grow with subjects, vertices or models.
 """
 
 from __future__ import annotations
@@ -14,53 +16,89 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..datasets import HEMISPHERES, REPORT_FAMILIES, AlgonautsDataset
+from ..datasets import AlgonautsDataset
 from ..features import FeatureStore, MissingStimuliError
-from ..scoring import pearson_r, roi_summary
-from ._encoding import BaseFit, design_matrix, fit_base, predict_base
-from ._evaluate import pooled_roi_summary, score_test_split
-from ._registry import ModelRegistry, RegistryError
+from ._registry import ModelRegistry
+from ._runfiles import RunLayout, open_array
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec
 
-__all__ = ["fit_encoding_models", "default_spec", "FitRun", "predict_model", "best_model", "covering_features"]
+__all__ = ["fit_encoding_models", "default_spec", "FitRun", "covering_features", "plan_fit_cpus"]
 
 log = logging.getLogger("brainstore.fitting")
 
 
 @dataclass
 class FitRun:
-    """Outcome of :func:`fit_encoding_models`."""
+    """Outcome of :func:`fit_encoding_models`: summaries; the predictions are files in ``run_dir``."""
 
     spec: FitSpec
+    run_dir: Path
     models: list[str]  # every model name (base + derived), in spec order
-    kinds: dict[str, str]  # model -> ridge | mlp | per-roi | ensemble
+    kinds: dict[str, str]  # model -> ridge | mlp | banded | per-roi | ensemble
     metrics: dict = field(default_factory=dict)  # model -> subject -> hemi/both -> {...}
     failures: list[dict] = field(default_factory=list)  # {subject, hemi, model, error}
-    test_preds: dict = field(default_factory=dict)  # (model, subject) -> {hemi: array}
     registered: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    worker_peak_rss_gb: float = 0.0  # largest resident memory of any fit or assembly worker
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
+    @property
+    def test_preds(self) -> dict:
+        """(model, subject) -> {hemi: memory-mapped test predictions} for every scored model."""
+        hemis = list(self.spec.hemispheres)
+        return {(m, s): {h: open_array(self.layout.test_pred(m, s, h)) for h in hemis}
+                for m, by_subject in self.metrics.items() for s in by_subject}
 
 
 def covering_features(ds: AlgonautsDataset, fs: FeatureStore) -> list[str]:
     """Feature tables holding every stimulus (train and test, all subjects) of a dataset."""
+    return [name for name in fs.names() if not _missing_ids(ds, fs, name) and not fs.metadata(name).get("derived_from")]
+
+
+def _missing_ids(ds: AlgonautsDataset, fs: FeatureStore, table: str) -> int:
     need = set(ds.stimuli().column("stimulus_id").to_pylist())
-    return [name for name in fs.names() if need <= set(fs.ids(name)) and not fs.metadata(name).get("derived_from")]
+    return len(need - set(fs.ids(table)))
 
 
-def default_spec(dataset: str | Path, store: str, registry: str, **kw) -> FitSpec:
-    """Ridge on each covering feature table, on their concatenation, the average ensemble and
-    the per-ROI best choice (by CV) among them."""
+def default_spec(dataset: str | Path, store: str, registry: str, *, include_random: bool = False,
+                 notes: list[str] | None = None, **kw) -> FitSpec:
+    """Ridge on each usable feature table; with several, banded ridge on their union, the per-ROI
+    best (chosen on the validation fold) among them and the average ensemble of the single tables.
+
+    A table is usable when it holds every stimulus of the dataset, is not derived (PCA) and, unless
+    ``include_random``, was not made with random weights. Each table left out is described in
+    ``notes`` (a list the caller prints), by name and with the reason.
+    """
     ds = AlgonautsDataset(dataset)
     fs = FeatureStore(store)
-    feats = covering_features(ds, fs)
+    notes = [] if notes is None else notes
+    feats = []
+    for name in fs.names():
+        meta = fs.metadata(name)
+        missing = _missing_ids(ds, fs, name)
+        if missing:
+            notes.append(f"left out feature table {name!r}: {missing} stimuli of {ds.root} are not in it "
+                         f"(run `brainstore extract --dataset {ds.root}` with its extractor to complete it)")
+        elif meta.get("derived_from"):
+            notes.append(f"left out feature table {name!r}: derived from {meta['derived_from']!r} "
+                         "(name it in a --config spec to use it)")
+        elif meta.get("random_init") == "true" and not include_random:
+            notes.append(f"left out feature table {name!r}: made with RANDOM weights (pretrained=none); "
+                         "pass --include-random to fit it anyway")
+        else:
+            if meta.get("random_init") == "true":
+                notes.append(f"including feature table {name!r}, made with RANDOM weights (--include-random)")
+            feats.append(name)
     if not feats:
-        raise ValueError(f"no feature table in {store} covers every stimulus of {ds.root}; run `brainstore extract` first")
+        raise ValueError(f"no usable feature table in {store} for {ds.root}"
+                         + (": " + "; ".join(notes) if notes else "; run `brainstore extract` first"))
     models = [ModelSpec(name=f, features=[f]) for f in feats]
     per_roi, ensembles = [], []
     if len(feats) > 1:
-        models.append(ModelSpec(name="+".join(feats), features=feats))
+        models.append(ModelSpec(name="+".join(feats), features=feats, method="banded"))
         ensembles.append(EnsembleSpec(name="avg-ensemble", members=feats))
         per_roi.append(PerRoiSpec(name="per-roi-best", default=models[-1].name, choose_by_cv=True,
                                   members=[m.name for m in models]))
@@ -68,8 +106,11 @@ def default_spec(dataset: str | Path, store: str, registry: str, **kw) -> FitSpe
                    ensembles=ensembles, **kw)
 
 
-def _check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects: list[str]) -> None:
-    """Fail fast, before any task starts, on unknown subjects or feature tables."""
+def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects: list[str]) -> None:
+    """Fail fast, before any task starts: unknown subjects, feature tables or ROIs; too few samples."""
+    from ._choice import resolve_regions
+    from ._encoding import validation_folds
+
     bad = [s for s in subjects if s not in ds.subjects]
     if bad:
         raise ValueError(f"subjects {bad} are not in {ds.root} (subjects: {ds.subjects})")
@@ -78,225 +119,124 @@ def _check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subject
     if missing:
         raise ValueError(f"feature tables {missing} are not in store {fs.uri} (tables: {sorted(have)}); "
                          "extract them first with `brainstore extract`")
+    for s in subjects:
+        n = ds.n_images(s, "train")
+        if n // spec.folds < 4:
+            raise ValueError(f"{s} has {n} training images: too few for {spec.folds} folds (each fold needs >= 4)")
+        validation_folds(n, spec.folds)
+        for p in spec.per_roi:
+            for h in spec.hemispheres:
+                resolve_regions(ds.regions(s, h), list(p.rules), f"per_roi {p.name!r} rules ({s} {h})")
 
 
-def _roi_masks(ds: AlgonautsDataset, subject: str, hemi: str) -> dict[str, np.ndarray]:
-    return ds.roi_masks(subject, hemi, families=REPORT_FAMILIES)
+def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
+    """CPUs (and BLAS/torch threads) per fit task: the node's CPUs shared by the fits that run at once."""
+    if use_gpu or n_jobs <= 0:
+        return 1
+    return max(1, int(n_cpus // min(n_jobs, max(1, int(n_cpus)))))
 
 
-def _evaluate_preds(ds, subject, hemi, oof, test_pred, Y) -> dict:
-    """CV (out-of-fold) Pearson r per ROI; test r and noise-normalized score per ROI when available."""
-    masks = _roi_masks(ds, subject, hemi)
-    r_cv = pearson_r(oof, Y)
-    out = {"cv_r": roi_summary(r_cv, masks), "_cv_r_vertex": r_cv}
-    if ds.has_test_responses(subject):  # fit-time metrics: test r even where no noise ceiling exists
-        t = score_test_split(ds, subject, hemi, test_pred, require_noise_ceiling=False)
-        out["test_r"] = roi_summary(t["r"], masks)
-        if t["score"] is not None:
-            out["test_nnmc"] = roi_summary(t["score"], masks)
-            out["_score_vertex"] = t["score"]
-    return out
+def _model_order(spec: FitSpec) -> tuple[list[str], dict[str, str]]:
+    names, kinds = [], {}
+    for m in spec.models:
+        names.append(m.name)
+        kinds[m.name] = m.method
+    for p in spec.per_roi:
+        names.append(p.name)
+        kinds[p.name] = "per-roi"
+    for e in spec.ensembles:
+        names.append(e.name)
+        kinds[e.name] = "ensemble"
+    return names, kinds
 
 
-def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, progress: bool = True,
-                        register: bool = True) -> FitRun:
-    """Fit, evaluate and register every model of ``spec`` for every subject x hemisphere."""
+def _error_text(e: BaseException) -> str:
+    cause = getattr(e, "cause", None) or e
+    return str(cause) if isinstance(cause, MissingStimuliError) else f"{type(cause).__name__}: {cause}"
+
+
+def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | Path | None = None,
+                        progress: bool = True, register: bool = True) -> FitRun:
+    """Fit, evaluate and register every model of ``spec`` for every subject x hemisphere.
+
+    Parameters
+    ----------
+    spec : FitSpec
+    store, registry : feature store and model registry URIs.
+    out : the run folder for predictions and reports (default ``<registry>/_runs/fit-<time>``).
+    progress : show a progress bar.
+    register : save the models in the registry.
+    """
     import ray
     from tqdm.auto import tqdm
 
+    from .._ray import ensure_connected
+    from ._assemble import assemble_subject
+    from ._encoding import fit_base
+
     t0 = time.time()
-    ds = AlgonautsDataset(spec.dataset)
-    fs = FeatureStore(store)
-    reg = ModelRegistry(registry)
+    ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store), ModelRegistry(registry)
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
-    _check_inputs(spec, ds, fs, subjects)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-    res = ray.cluster_resources()
+    check_inputs(spec, ds, fs, subjects)
+    run_dir = Path(out) if out is not None else reg.root / "_runs" / f"fit-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = run_dir.expanduser().absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    res = ensure_connected()
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
-    # One CPU per task; BLAS threads: the CPUs a task may use without oversubscribing the node.
-    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
-    jobs = []
-    for s in subjects:
-        for h in spec.hemispheres:
-            for m in spec.models:
-                jobs.append({"dataset": str(ds.root), "store": fs.uri, "subject": s, "hemi": h, "model": m.name,
-                             "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
-                             "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu",
-                             "mlp": m.mlp.model_dump() if m.mlp else None, "threads": 1})
-    run = FitRun(spec=spec, models=[], kinds={})
-    futures = {task.remote(j): j for j in jobs}
-    fits: dict[tuple[str, str, str], BaseFit] = {}
-    bar = tqdm(total=len(jobs), desc="fit subject x hemisphere x model", unit="fit", disable=not progress)
-    pending = list(futures)
+    jobs = [{"dataset": str(ds.root), "store": fs.uri, "run_dir": str(run_dir), "subject": s, "hemi": h,
+             "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
+             "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu", "params": m.params()}
+            for s in subjects for h in spec.hemispheres for m in spec.models]
+    cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
+    fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
+    assemble_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(assemble_subject)
+    names, kinds = _model_order(spec)
+    run = FitRun(spec=spec, run_dir=run_dir, models=names, kinds=kinds)
+    pending = {fit_task.remote({**j, "threads": cpus}): j for j in jobs}
+    left = {s: len(spec.hemispheres) * len(spec.models) for s in subjects}
+    infos: dict[str, dict] = {s: {} for s in subjects}
+    failed: dict[str, set] = {s: set() for s in subjects}
+    bar = tqdm(total=len(jobs) + len(subjects), desc="fit subject x hemisphere x model", unit="task",
+               disable=not progress)
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        j = futures[done[0]]
-        try:
-            f = ray.get(done[0])
-            fits[(f.model, f.subject, f.hemi)] = f
-        except Exception as e:  # a failing subject is reported; the others still finish
-            cause = e.cause if hasattr(e, "cause") and e.cause is not None else e
-            msg = f"{type(cause).__name__}: {cause}"
-            if isinstance(cause, MissingStimuliError):
-                msg = str(cause)
-            run.failures.append({"subject": j["subject"], "hemi": j["hemi"], "model": j["model"], "error": msg})
-            log.error("fit failed for %s %s %s: %s", j["subject"], j["hemi"], j["model"], msg)
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        j = pending.pop(ref)
+        if "hemi" in j:  # a base fit
+            s = j["subject"]
+            try:
+                summary = ray.get(ref)
+                infos[s].setdefault(j["model"], {})[j["hemi"]] = summary["info"]
+                run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, summary["info"]["peak_rss_gb"])
+            except Exception as e:  # a failing subject is reported; the others still finish
+                msg = _error_text(e)
+                failed[s].add(j["model"])
+                run.failures.append({"subject": s, "hemi": j["hemi"], "model": j["model"], "error": msg})
+                log.error("fit failed for %s %s %s: %s", s, j["hemi"], j["model"], msg)
+            left[s] -= 1
+            if left[s] == 0:
+                fitted = [m.name for m in spec.models if m.name not in failed[s]]
+                if fitted:
+                    aj = {"dataset": str(ds.root), "store": fs.uri, "registry": str(reg.root), "run_dir": str(run_dir),
+                          "subject": s, "spec": spec.model_dump(), "fitted": fitted, "infos": infos[s],
+                          "register": register}
+                    pending[assemble_task.remote(aj)] = {"subject": s}
+                else:
+                    bar.update()
+        else:  # a subject's assembly
+            s = j["subject"]
+            try:
+                out_s = ray.get(ref)
+                for name, m in out_s["metrics"].items():
+                    run.metrics.setdefault(name, {})[s] = m
+                run.failures += out_s["failures"]
+                run.registered += out_s["registered"]
+                run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, out_s["peak_rss_gb"])
+            except Exception as e:
+                run.failures.append({"subject": s, "hemi": "both", "model": "(assembly)", "error": _error_text(e)})
+                log.error("assembly failed for %s: %s", s, _error_text(e))
         bar.update()
     bar.close()
-
-    # Assemble models per subject: base, then per-ROI, then ensembles (members must exist).
-    for m in spec.models:
-        run.models.append(m.name)
-        run.kinds[m.name] = m.method
-    for p in spec.per_roi:
-        run.models.append(p.name)
-        run.kinds[p.name] = "per-roi"
-    for e in spec.ensembles:
-        run.models.append(e.name)
-        run.kinds[e.name] = "ensemble"
-    for s in subjects:
-        preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # model -> hemi -> (oof, test)
-        Ys = {h: np.asarray(ds.responses(s, h, "train"), dtype=np.float32) for h in spec.hemispheres}
-        for m in spec.models:
-            if all((m.name, s, h) in fits for h in spec.hemispheres):
-                preds[m.name] = {h: (fits[(m.name, s, h)].oof, fits[(m.name, s, h)].test_pred) for h in spec.hemispheres}
-        choices: dict[str, dict[str, np.ndarray]] = {}
-        for p in spec.per_roi:
-            members = p.members or [m.name for m in spec.models]
-            if not all(x in preds for x in [p.default, *members, *p.rules.values()]):
-                run.failures.append({"subject": s, "hemi": "both", "model": p.name, "error": "a member model failed"})
-                continue
-            choices[p.name] = {}
-            preds[p.name] = {}
-            for h in spec.hemispheres:
-                masks = _roi_masks(ds, s, h)
-                names = [p.default] + [x for x in members if x != p.default] + [x for x in p.rules.values() if x not in members and x != p.default]
-                choice = np.zeros(Ys[h].shape[1], np.int32)
-                if p.choose_by_cv:
-                    for fam, mask in masks.items():
-                        if mask.any():
-                            r = [pearson_r(preds[x][h][0][:, mask], Ys[h][:, mask]).mean() for x in names]
-                            choice[mask] = int(np.argmax(r))
-                else:
-                    for fam, x in p.rules.items():
-                        choice[masks.get(fam, np.zeros_like(choice, bool))] = names.index(x)
-                choices[p.name][h] = choice
-                oof = np.empty_like(Ys[h])
-                test = np.empty_like(preds[p.default][h][1])
-                for k, x in enumerate(names):
-                    sel = choice == k
-                    oof[:, sel] = preds[x][h][0][:, sel]
-                    test[:, sel] = preds[x][h][1][:, sel]
-                preds[p.name][h] = (oof, test)
-            choices[p.name]["_names"] = names
-        for e in spec.ensembles:
-            if not all(x in preds for x in e.members):
-                run.failures.append({"subject": s, "hemi": "both", "model": e.name, "error": "a member model failed"})
-                continue
-            w = np.asarray(e.weights or [1.0] * len(e.members), np.float32)
-            w = w / w.sum()
-            preds[e.name] = {h: (sum(wi * preds[x][h][0] for wi, x in zip(w, e.members)),
-                                 sum(wi * preds[x][h][1] for wi, x in zip(w, e.members))) for h in spec.hemispheres}
-
-        for name, by_hemi in preds.items():
-            mets = {h: _evaluate_preds(ds, s, h, *by_hemi[h], Ys[h]) for h in spec.hemispheres}
-            both = {"cv_r_mean": float(np.mean(np.concatenate([mets[h]["_cv_r_vertex"] for h in spec.hemispheres])))}
-            if all("_score_vertex" in mets[h] for h in spec.hemispheres):
-                both["test_nnmc"] = float(np.mean(np.concatenate([mets[h]["_score_vertex"] for h in spec.hemispheres])))
-                both["test_nnmc_roi"] = pooled_roi_summary(ds, s, {h: mets[h]["_score_vertex"] for h in spec.hemispheres})
-            both["cv_r_roi"] = pooled_roi_summary(ds, s, {h: mets[h]["_cv_r_vertex"] for h in spec.hemispheres})
-            clean = {h: {k: v for k, v in mets[h].items() if not k.startswith("_")} for h in spec.hemispheres}
-            run.metrics.setdefault(name, {})[s] = {**clean, "both": both}
-            run.test_preds[(name, s)] = {h: by_hemi[h][1] for h in spec.hemispheres}
-            if register:
-                _register(reg, fs, spec, ds, name, s, run, fits, choices.get(name), run.metrics[name][s])
-                run.registered.append(f"{name}/{s}")
+    run.metrics = {m: run.metrics[m] for m in names if m in run.metrics}  # spec order
     run.seconds = time.time() - t0
     return run
 
-
-def _register(reg: ModelRegistry, fs: FeatureStore, spec: FitSpec, ds: AlgonautsDataset, name: str, subject: str,
-              run: FitRun, fits: dict, choice: dict | None, metrics: dict) -> None:
-    kind = run.kinds[name]
-    meta: dict = {"kind": kind, "model": name, "subject": subject, "dataset": str(ds.root), "store": fs.uri,
-                  "hemispheres": list(spec.hemispheres), "metrics": metrics,
-                  "cv_score": metrics["both"]["cv_r_mean"],
-                  "fit": {"alphas": spec.alphas, "folds": spec.folds, "scoring": spec.scoring}}
-    tensors: dict[str, np.ndarray] = {}
-    if kind in ("ridge", "mlp"):
-        m = next(x for x in spec.models if x.name == name)
-        meta.update({"method": kind, "features": m.features, "spec": m.model_dump(),
-                     "feature_versions": {f: fs.metadata(f) for f in m.features}})
-        for h in spec.hemispheres:
-            f = fits[(name, subject, h)]
-            meta.setdefault("n_vertices", {})[h] = int(f.oof.shape[1])
-            meta.setdefault("info", {})[h] = f.info
-            tensors.update({f"{h}.{k}": np.asarray(v) for k, v in f.state.items()})
-    elif kind == "per-roi":
-        p = next(x for x in spec.per_roi if x.name == name)
-        meta.update({"members": choice["_names"], "spec": p.model_dump(),
-                     "feature_versions": _member_features(spec, choice["_names"], fs)})
-        tensors.update({f"{h}.choice": choice[h] for h in spec.hemispheres})
-        meta["n_vertices"] = {h: int(len(choice[h])) for h in spec.hemispheres}
-    else:
-        e = next(x for x in spec.ensembles if x.name == name)
-        w = np.asarray(e.weights or [1.0] * len(e.members), np.float64)
-        meta.update({"members": e.members, "spec": e.model_dump(), "feature_versions": _member_features(spec, e.members, fs)})
-        tensors["weights"] = w / w.sum()
-    reg.save(f"{name}/{subject}", tensors, meta)
-
-
-def _member_features(spec: FitSpec, members: list[str], fs: FeatureStore) -> dict:
-    feats: dict = {}
-    lookup = {m.name: m.features for m in spec.models}
-    for x in members:
-        for f in lookup.get(x, []):
-            feats[f] = fs.metadata(f)
-    return feats
-
-
-# ----------------------------------------------------------------------------- prediction
-def best_model(reg: ModelRegistry, subject: str, dataset: str | None = None) -> str:
-    """The registered model with the best cross-validated score for ``subject``."""
-    recs = [r for r in reg.list() if r.meta.get("subject") == subject and (dataset is None or r.meta.get("dataset") == dataset)]
-    if not recs:
-        raise RegistryError(f"no registered model for {subject} in {reg.root}; run `brainstore fit` first")
-    return max(recs, key=lambda r: r.meta.get("cv_score", -np.inf)).meta["model"]
-
-
-def predict_model(reg: ModelRegistry, model: str, subject: str, fs: FeatureStore, stimulus_ids: list[str],
-                  _cache: dict | None = None) -> dict[str, np.ndarray]:
-    """Predict responses of ``stimulus_ids`` with a registered model: {hemi: (n, n_vertices)}.
-
-    Checks that the store's feature versions are the ones the model was fitted on.
-    """
-    cache = {} if _cache is None else _cache
-    tensors, rec = reg.load(f"{model}/{subject}")
-    meta = rec.meta
-    kind = meta["kind"]
-    hemis = meta.get("hemispheres", list(HEMISPHERES))
-    if kind in ("ridge", "mlp"):
-        reg.check_features(rec, fs)
-        key = tuple(meta["features"])
-        if key not in cache:
-            cache[key] = design_matrix(fs, list(key), stimulus_ids)
-        X = cache[key]
-        out = {}
-        for h in hemis:
-            state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(h + ".")}
-            mlp = {k: v for k, v in (meta["spec"].get("mlp") or {}).items()} if kind == "mlp" else None
-            out[h] = predict_base(kind, state, X, mlp)
-        return out
-    members = {x: predict_model(reg, x, subject, fs, stimulus_ids, cache) for x in meta["members"]}
-    if kind == "per-roi":
-        out = {}
-        for h in hemis:
-            choice = tensors[f"{h}.choice"]
-            pred = np.empty_like(members[meta["members"][0]][h])
-            for k, x in enumerate(meta["members"]):
-                pred[:, choice == k] = members[x][h][:, choice == k]
-            out[h] = pred
-        return out
-    w = tensors["weights"]
-    return {h: sum(float(wi) * members[x][h] for wi, x in zip(w, meta["members"])) for h in hemis}

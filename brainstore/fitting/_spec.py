@@ -8,9 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "load_spec", "SpecError"]
-
-ROI_FAMILY_NAMES = ("prf-visualrois", "floc-bodies", "floc-faces", "floc-places", "floc-words", "streams")
+__all__ = ["ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -33,13 +31,37 @@ class MLPParams(_Strict):
     seed: int = 0  # torch seed
 
 
+class BandedParams(_Strict):
+    """Banded ridge settings: candidate weightings of the feature spaces (one band per table)."""
+
+    # candidate band weightings: None (4 x bands + 1 defaults: uniform, each band alone, weightings in
+    # between), a number of default candidates, or the weights themselves (one row per candidate, summing to 1)
+    gammas: Optional[int | list[list[float]]] = None
+
+
 class ModelSpec(_Strict):
     """A base model: one regression from concatenated feature versions to every vertex."""
 
     name: str  # model name in the registry (unique within the spec)
     features: list[str] = Field(min_length=1)  # feature versions (store tables), concatenated in this order
-    method: Literal["ridge", "mlp"] = "ridge"  # regularized linear map or MLP projector
+    method: Literal["ridge", "mlp", "banded"] = "ridge"  # one alpha per vertex, MLP projector, or banded ridge
     mlp: Optional[MLPParams] = None  # MLP settings (method: mlp)
+    banded: Optional[BandedParams] = None  # banded ridge settings (method: banded; one band per feature table)
+
+    @model_validator(mode="after")
+    def _method(self):
+        if self.method == "banded" and len(self.features) < 2:
+            raise ValueError(f"model {self.name!r}: method banded needs two or more feature tables (one band each)")
+        if self.mlp is not None and self.method != "mlp":
+            raise ValueError(f"model {self.name!r}: 'mlp' settings given but method is {self.method!r}")
+        if self.banded is not None and self.method != "banded":
+            raise ValueError(f"model {self.name!r}: 'banded' settings given but method is {self.method!r}")
+        return self
+
+    def params(self) -> dict | None:
+        """The method's settings as a dict (None for ridge)."""
+        sub = {"mlp": self.mlp, "banded": self.banded}.get(self.method)
+        return sub.model_dump() if sub is not None else ({} if self.method != "ridge" else None)
 
     @field_validator("name")
     @classmethod
@@ -50,21 +72,23 @@ class ModelSpec(_Strict):
 
 
 class PerRoiSpec(_Strict):
-    """Vertices of each ROI family take the predictions of a chosen base model."""
+    """Vertices of each ROI take the predictions of one base model (by rules, or chosen on held-out data)."""
 
     name: str  # model name
-    default: str  # base model for vertices outside the listed families
-    rules: dict[str, str] = Field(default_factory=dict)  # ROI family -> base model, e.g. {prf-visualrois: sam}
-    choose_by_cv: bool = False  # ignore `rules` and pick, per ROI family, the member with the best CV score
+    default: str  # base model for vertices outside every rule / ROI
+    # ROI -> base model, in priority order (a vertex in several ROIs follows the first rule naming it);
+    # an ROI is a family (prf-visualrois, floc-faces, ..., streams) or a named ROI (V1v, FFA-1, PPA, ...)
+    rules: dict[str, str] = Field(default_factory=dict)
+    # ignore `rules` and pick, per ROI, the member with the best validation score (held-out fold)
+    choose_by_cv: bool = False
+    roi_level: Literal["family", "named"] = "family"  # choose_by_cv per reported ROI family or per named ROI
     members: list[str] = Field(default_factory=list)  # candidates when choose_by_cv (default: all base models)
 
-    @field_validator("rules")
-    @classmethod
-    def _families(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if k not in ROI_FAMILY_NAMES]
-        if bad:
-            raise ValueError(f"unknown ROI family {bad}; families: {list(ROI_FAMILY_NAMES)}")
-        return v
+    @model_validator(mode="after")
+    def _rules_or_choice(self):
+        if self.choose_by_cv and self.rules:
+            raise ValueError(f"per_roi {self.name!r}: give rules or choose_by_cv, not both")
+        return self
 
 
 class EnsembleSpec(_Strict):
@@ -90,7 +114,7 @@ class FitSpec(_Strict):
     subjects: list[str] | Literal["all"] = "all"  # subjects to fit
     hemispheres: list[Literal["lh", "rh"]] = ["lh", "rh"]  # hemispheres to fit
     alphas: list[float] = Field(default_factory=lambda: np.logspace(0, 6, 10).tolist())  # ridge alpha grid
-    folds: int = Field(5, ge=2)  # K in K-fold cross-validation
+    folds: int = Field(5, ge=3)  # K contiguous folds: alphas by CV over K-1, the last one held out for validation
     scoring: Literal["pearson", "r2"] = "pearson"  # CV score that picks each vertex's alpha
     device: Literal["auto", "cpu", "cuda"] = "auto"  # compute device per fit task
     models: list[ModelSpec] = Field(min_length=1)  # base models

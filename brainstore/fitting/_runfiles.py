@@ -1,0 +1,91 @@
+"""The run folder of a fit: predictions and fitted states written by Ray tasks, read memory-mapped.
+
+Fit tasks never return prediction matrices to the driver (at NSD scale one subject x hemisphere x
+model is ~0.75 GB); they write them here and return small summaries. Layout under ``root``::
+
+    predictions/<model>/<subject>/{lh,rh}_pred_test.npy   test split, Algonauts submission layout
+    validation/<model>/<subject>/{lh,rh}_pred_val.npy     the held-out validation fold
+    states/<model>/<subject>/{lh,rh}.safetensors          fitted arrays, before registration
+    split/<model>/<subject>/{lh,rh}_split_test.npy        banded ridge: per-space test r (n_spaces, n_vertices)
+
+Every file is written to a temporary name and renamed into place, so a killed (and retried)
+task never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._registry import safe_name
+
+__all__ = ["RunLayout", "new_array", "open_array", "write_array"]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run folder (see the module docstring)."""
+
+    root: Path
+
+    def _path(self, kind: str, model: str, subject: str, fname: str) -> Path:
+        return Path(self.root) / kind / safe_name(model) / subject / fname
+
+    def test_pred(self, model: str, subject: str, hemi: str) -> Path:
+        return self._path("predictions", model, subject, f"{hemi}_pred_test.npy")
+
+    def val_pred(self, model: str, subject: str, hemi: str) -> Path:
+        return self._path("validation", model, subject, f"{hemi}_pred_val.npy")
+
+    def state(self, model: str, subject: str, hemi: str) -> Path:
+        return self._path("states", model, subject, f"{hemi}.safetensors")
+
+    def split(self, model: str, subject: str, hemi: str) -> Path:
+        return self._path("split", model, subject, f"{hemi}_split_test.npy")
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_array(path: Path, array: np.ndarray) -> Path:
+    """Save ``array`` as float32 ``.npy`` at ``path`` atomically."""
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(array, dtype=np.float32))
+    os.replace(tmp, path)
+    return path
+
+
+class new_array:
+    """Context manager: a float32 ``.npy`` memmap of ``shape`` to fill, renamed to ``path`` on success.
+
+    >>> with new_array(path, (n, v)) as out:
+    ...     out[:, :100] = block
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = Path(path), shape
+        self.tmp = _tmp(self.path)
+
+    def __enter__(self) -> np.memmap:
+        self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=self.shape)
+        return self.arr
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.arr.flush()
+        del self.arr
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def open_array(path: Path) -> np.ndarray:
+    """A read-only memory map of an array written by :func:`write_array` / :class:`new_array`."""
+    return np.load(path, mmap_mode="r")
