@@ -3,7 +3,7 @@
 #   ./go demo [ARGS]   set up (idempotent) and run the end-to-end demo
 #   ./go test [ARGS]   set up (idempotent) and run the test suite (pytest ARGS)
 #   ./go setup         only set up the virtual environment (.venv)
-#   ./go bench NAME    set up and run benchmarks/NAME.py
+#   ./go bench NAME    set up and run benchmarks/NAME.py (without NAME: list the benchmarks)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${BRAINSTORE_VENV:-.venv}"
@@ -24,6 +24,28 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+list_benchmarks() {
+  local f
+  for f in benchmarks/*.py; do
+    # name, then the first non-empty line of the module docstring
+    printf '  %-10s %s\n' "$(basename "$f" .py)" \
+      "$(awk '{ sub(/^[rR]?"""/, ""); sub(/"""$/, "") } NF { print; exit }' "$f")"
+  done
+}
+
+bench() {
+  local name="${1:-}"
+  if [ -z "$name" ]; then
+    echo "usage: ./go bench NAME [ARGS]; benchmarks:"; list_benchmarks; exit 0
+  fi
+  if [ ! -f "benchmarks/$name.py" ]; then
+    echo "[go] no benchmark named '$name'; benchmarks:" >&2; list_benchmarks >&2; exit 2
+  fi
+  shift
+  setup
+  exec "$VENV/bin/python" "benchmarks/$name.py" "$@"
+}
+
 cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup ;;
@@ -39,6 +61,6 @@ case "$cmd" in
       rc=0
     fi
     exit "$rc" ;;
-  bench) setup; name="$1"; shift; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
+  bench) bench "$@" ;;
   *) sed -n '2,6p' "$0"; exit 1 ;;
 esac
