@@ -68,3 +68,9 @@ def quiet_ray_data(progress_bars: bool | None = None) -> None:
     ctx.enable_progress_bars = bool(progress_bars) if progress_bars is not None else False
     ctx.verbose_stats_logs = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not ctx.enable_progress_bars:
+        # Ray Data announces, once per process, that its progress bars are off, as a warning on
+        # every run; they are off on purpose (brainstore shows its own), so the announcement goes.
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
