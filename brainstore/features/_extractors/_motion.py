@@ -35,7 +35,7 @@ import numpy as np
 from ._base import Extractor, ExtractorInfo
 from ._registry import register
 from ._util import Option, check_pil_image, choice, int_range
-from ._video import VideoDecodeError, read_frames
+from ._video import VideoDecodeError, open_video, read_frames
 
 #: Spatial frequencies by modality when ``sf=auto`` (chosen on the synthetic dataset, see README).
 DEFAULT_SF = {"image": (0, 2, 4, 8, 16, 32), "video": (0, 2, 4, 8, 16)}
@@ -116,26 +116,14 @@ def clip_timing(path: str | os.PathLike) -> tuple[int, float]:
     VideoDecodeError
         If the file is not a video or its frame rate or length is unknown.
     """
-    import av
-
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"no video stream in {path}")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0)
-            n = int(stream.frames or 0)
-            if n == 0 and stream.duration and stream.time_base:
-                n = round(float(stream.duration * stream.time_base) * rate)
-            elif n == 0 and container.duration:
-                n = round(container.duration / 1e6 * rate)  # container duration is in microseconds
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # av.error.FFmpegError, InvalidDataError, ...
-        raise VideoDecodeError(f"cannot open video {path}: {type(e).__name__}: {e}") from e
+    with open_video(path, "open") as (container, stream):
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        n = int(stream.frames or 0)
+        if n == 0 and stream.duration and stream.time_base:
+            n = round(float(stream.duration * stream.time_base) * rate)
+        elif n == 0 and container.duration:
+            n = round(container.duration / 1e6 * rate)  # container duration is in microseconds
     if rate <= 0 or n <= 0:
         raise VideoDecodeError(f"cannot tell the frame rate and length of {path} (rate {rate}, {n} frames)")
     return n, rate

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,15 +23,19 @@ def sample_indices(n_total: int, n: int) -> np.ndarray:
     return np.linspace(0, n_total - 1, n).round().astype(int)
 
 
-def read_frames(path: str | os.PathLike, n: int) -> list[np.ndarray]:
-    """Decode ``n`` uniformly sampled RGB frames (uint8 ``H x W x 3``) from a video file.
+@contextlib.contextmanager
+def open_video(path: str | os.PathLike, verb: str = "open") -> Iterator[tuple[Any, Any]]:
+    """``(container, first video stream)`` of a video file, opened with PyAV.
+
+    Any failure inside the block that is not already a :class:`VideoDecodeError` (an FFmpeg
+    error, invalid data) becomes one naming the file: ``cannot <verb> video <path>: ...``.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     VideoDecodeError
-        If the file is not a decodable video or has no video frames.
+        If the file is not a video, has no video stream, or fails inside the block.
     """
     import av
 
@@ -40,26 +46,40 @@ def read_frames(path: str | os.PathLike, n: int) -> list[np.ndarray]:
         with av.open(path) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"no video stream in {path}")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            declared = int(stream.frames or 0)
-            if declared > 0:
-                want = sample_indices(declared, n)
-                keep = set(want.tolist())
-                got: dict[int, np.ndarray] = {}
-                for i, frame in enumerate(container.decode(stream)):
-                    if i in keep:
-                        got[i] = frame.to_ndarray(format="rgb24")
-                    if i >= want[-1]:
-                        break
-                if len(got) == len(keep):
-                    return [got[i] for i in want]
-                container.seek(0)  # the declared count was wrong: fall back to decoding everything
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            yield container, container.streams.video[0]
     except VideoDecodeError:
         raise
     except Exception as e:  # av.error.FFmpegError, InvalidDataError, ...
-        raise VideoDecodeError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
+        raise VideoDecodeError(f"cannot {verb} video {path}: {type(e).__name__}: {e}") from e
+
+
+def read_frames(path: str | os.PathLike, n: int) -> list[np.ndarray]:
+    """Decode ``n`` uniformly sampled RGB frames (uint8 ``H x W x 3``) from a video file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    VideoDecodeError
+        If the file is not a decodable video or has no video frames.
+    """
+    path = os.fspath(path)
+    with open_video(path, "decode") as (container, stream):
+        stream.thread_type = "AUTO"
+        declared = int(stream.frames or 0)
+        if declared > 0:
+            want = sample_indices(declared, n)
+            keep = set(want.tolist())
+            got: dict[int, np.ndarray] = {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in keep:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= want[-1]:
+                    break
+            if len(got) == len(keep):
+                return [got[i] for i in want]
+            container.seek(0)  # the declared count was wrong: fall back to decoding everything
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     if not frames:
         raise VideoDecodeError(f"no decodable frames in {path}")
     return [frames[i] for i in sample_indices(len(frames), n)]
