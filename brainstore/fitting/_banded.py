@@ -44,11 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted
 
-from ..scoring import pearson_r
-from ._ridge import DEFAULT_ALPHAS, _resolve_device
+from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
 from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh,
                        _batch_cross, _Basis, _cross_scores, _fold_cross,
                        _full_cross, _grams, _inv_shifts, _lapack_threads,
@@ -525,11 +522,11 @@ def _band_labels(bands: Sequence[Band], n_features: int) -> np.ndarray:
     return labels
 
 
-class BandedRidgeCVEncoder(RegressorMixin, BaseEstimator):
+class BandedRidgeCVEncoder(RidgeCVEncoder):
     """Voxelwise banded ridge encoding model: per target, a band weighting and an alpha by K-fold CV.
 
-    Thin wrapper of :func:`solve_banded_ridge_cv` with the interface of
-    :class:`~._ridge.RidgeCVEncoder`.
+    Thin wrapper of :func:`solve_banded_ridge_cv`; prediction, scoring and
+    ``state_dict`` / ``from_state_dict`` are :class:`~._ridge.RidgeCVEncoder`'s.
 
     Parameters
     ----------
@@ -572,6 +569,8 @@ class BandedRidgeCVEncoder(RegressorMixin, BaseEstimator):
         Band of each feature.
     n_features_in_ : int
     """
+
+    _STATE_KEYS = _STATE_KEYS
 
     def __init__(self, bands: Any = None, alphas: Any = DEFAULT_ALPHAS,
                  gammas: Any = None, n_folds: int = 5, scoring: str = "pearson",
@@ -632,32 +631,6 @@ class BandedRidgeCVEncoder(RegressorMixin, BaseEstimator):
         return [_band_out(np.flatnonzero(self.band_labels_ == k))
                 for k in range(int(self.band_labels_.max()) + 1)]
 
-    def _check_X(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "coef_")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}), "
-                             f"got {X.shape}.")
-        return X
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predict targets.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-
-        Returns
-        -------
-        Y_pred : ndarray of shape (n_samples, n_targets), or (n_samples,)
-            when fit on a 1-D ``Y``.
-        """
-        Y = predict_ridge(self._check_X(X), torch.from_numpy(self.coef_),
-                          self.intercept_, self.x_mean_, self.x_scale_,
-                          device=_resolve_device(self.device),
-                          target_batch_size=self.target_batch_size).numpy()
-        return Y[:, 0] if getattr(self, "_y_1d", False) else Y
-
     def predict_split(self, X: np.ndarray) -> np.ndarray:
         """Per-band contributions; their sum over bands plus ``intercept_`` is :meth:`predict`.
 
@@ -674,50 +647,3 @@ class BandedRidgeCVEncoder(RegressorMixin, BaseEstimator):
                                  self.x_mean_, self.x_scale_, self._bands(),
                                  device=_resolve_device(self.device)).numpy()
         return Y[..., 0] if getattr(self, "_y_1d", False) else Y
-
-    def score(self, X: np.ndarray, Y: np.ndarray) -> float:
-        """Mean over targets of the Pearson r between predictions and ``Y``.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
-
-        Returns
-        -------
-        score : float
-        """
-        P = self.predict(X).reshape(len(X), -1)
-        return float(pearson_r(P, np.asarray(Y, dtype=np.float64).reshape(len(X), -1)).mean())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Fitted arrays by name (numpy only), e.g. for ``safetensors.numpy.save_file``."""
-        check_is_fitted(self, "coef_")
-        out = {k: np.ascontiguousarray(getattr(self, k)) for k in _STATE_KEYS}
-        out["y_1d"] = np.asarray([int(getattr(self, "_y_1d", False))], dtype=np.int64)
-        return out
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, np.ndarray],
-                        **params: Any) -> "BandedRidgeCVEncoder":
-        """Rebuild a fitted encoder from :meth:`state_dict` output.
-
-        Parameters
-        ----------
-        state : dict of str to array
-        **params
-            Constructor hyperparameters (e.g. ``device="cpu"``).
-
-        Returns
-        -------
-        encoder : BandedRidgeCVEncoder
-        """
-        missing = [k for k in _STATE_KEYS if k not in state]
-        if missing:
-            raise KeyError(f"state is missing {missing}.")
-        est = cls(**params)
-        for k in _STATE_KEYS:
-            setattr(est, k, np.asarray(state[k]))
-        est.n_features_in_ = est.coef_.shape[0]
-        est._y_1d = bool(np.asarray(state.get("y_1d", [0]))[0])
-        return est

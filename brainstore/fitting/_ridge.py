@@ -79,6 +79,9 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    #: Fitted attributes saved by :meth:`state_dict` (subclasses name their own).
+    _STATE_KEYS: tuple[str, ...] = _STATE_KEYS
+
     def __init__(self, alphas: Any = DEFAULT_ALPHAS, n_folds: int = 5,
                  scoring: str = "pearson", device: str = "auto",
                  dtype: str = "float32", target_batch_size: int | None = None,
@@ -147,16 +150,20 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         Y_pred : ndarray of shape (n_samples, n_targets), or (n_samples,)
             when fit on a 1-D ``Y``.
         """
+        Y = predict_ridge(self._check_X(X), torch.from_numpy(self.coef_), self.intercept_,
+                          self.x_mean_, self.x_scale_,
+                          device=_resolve_device(self.device),
+                          target_batch_size=self.target_batch_size).numpy()
+        return Y[:, 0] if getattr(self, "_y_1d", False) else Y
+
+    def _check_X(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as an array of shape (n_samples, n_features_in_), once fitted."""
         check_is_fitted(self, "coef_")
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have shape (n_samples, "
                              f"{self.n_features_in_}), got {X.shape}.")
-        Y = predict_ridge(X, torch.from_numpy(self.coef_), self.intercept_,
-                          self.x_mean_, self.x_scale_,
-                          device=_resolve_device(self.device),
-                          target_batch_size=self.target_batch_size).numpy()
-        return Y[:, 0] if getattr(self, "_y_1d", False) else Y
+        return X
 
     def score(self, X: np.ndarray, Y: np.ndarray) -> float:
         """Mean over targets of the Pearson correlation between predictions and ``Y``.
@@ -184,7 +191,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         Hyper-parameters are not included; keep them with ``get_params()``.
         """
         check_is_fitted(self, "coef_")
-        out = {k: np.ascontiguousarray(getattr(self, k)) for k in _STATE_KEYS}
+        out = {k: np.ascontiguousarray(getattr(self, k)) for k in self._STATE_KEYS}
         out["y_1d"] = np.asarray([int(getattr(self, "_y_1d", False))], dtype=np.int64)
         return out
 
@@ -202,13 +209,13 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
 
         Returns
         -------
-        encoder : RidgeCVEncoder
+        encoder : an instance of this class
         """
-        missing = [k for k in _STATE_KEYS if k not in state]
+        missing = [k for k in cls._STATE_KEYS if k not in state]
         if missing:
             raise KeyError(f"state is missing {missing}.")
         est = cls(**params)
-        for k in _STATE_KEYS:
+        for k in cls._STATE_KEYS:
             setattr(est, k, np.asarray(state[k]))
         est.n_features_in_ = est.coef_.shape[0]
         est._y_1d = bool(np.asarray(state.get("y_1d", [0]))[0])
