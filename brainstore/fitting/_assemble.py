@@ -23,7 +23,7 @@ from ..scoring import roi_summary
 from ._choice import cross_fitted_choices, resolve_regions, rule_choice, validation_halves, validation_r
 from ._compose import compose, normalized_weights
 from ._encoding import subject_stimuli, validation_folds
-from ._evaluate import pooled_roi_summary, score_test_split
+from ._evaluate import pooled_roi_summary, pooled_split_scores, pooled_test_scores, score_test_split
 from ._fingerprint import encode_ids, table_fingerprint
 from ._registry import ModelRegistry
 from ._runfiles import RunLayout, new_array, open_array
@@ -106,12 +106,9 @@ def _metrics(ds, layout, model: str, subject: str, hemis: list[str], Yvs: dict, 
     both: dict[str, Any] = {"val_r_mean": float(np.mean(np.concatenate([val_v[h] for h in hemis]))),
                             "val_r_roi": pooled_roi_summary(ds, subject, val_v)}
     if len(score_v) == len(hemis):
-        both["test_nnmc"] = float(np.mean(np.concatenate([score_v[h] for h in hemis])))
-        both["test_nnmc_roi"] = pooled_roi_summary(ds, subject, score_v)
-        both["test_nnmc_named"] = pooled_roi_summary(ds, subject, score_v, level="roi")
+        both.update(pooled_test_scores(ds, subject, score_v))
     if split_names and len(split_v) == len(hemis):
-        both["split_test_r_roi"] = {name: pooled_roi_summary(ds, subject, {h: split_v[h][k] for h in hemis})
-                                    for k, name in enumerate(split_names)}
+        both["split_test_r_roi"] = pooled_split_scores(ds, subject, split_v, split_names)
     out["both"] = both
     return out
 

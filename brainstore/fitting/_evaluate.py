@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ..scoring import noise_normalized_score, pearson_r, roi_summary
 
-__all__ = ["score_subject", "score_submission", "pooled_roi_summary", "score_test_split"]
+__all__ = ["score_subject", "score_submission", "pooled_roi_summary", "pooled_test_scores", "pooled_split_scores",
+           "score_test_split"]
 
 
 def score_test_split(ds: AlgonautsDataset, subject: str, hemi: str, pred: np.ndarray, *,
@@ -50,6 +52,24 @@ def pooled_roi_summary(ds: AlgonautsDataset, subject: str, per_vertex: dict[str,
     by_hemi = {h: ds.roi_masks(subject, h, level=level) for h in hemis}
     masks = {f: np.concatenate([by_hemi[h][f] for h in hemis]) for f in by_hemi[hemis[0]]}
     return roi_summary(np.concatenate([per_vertex[h] for h in hemis]), masks)
+
+
+def pooled_test_scores(ds: AlgonautsDataset, subject: str, score: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A model's pooled test NNMC: ``test_nnmc`` (all vertices), ``test_nnmc_roi`` (per family) and
+    ``test_nnmc_named`` (per named ROI), from per-hemisphere noise-normalized scores."""
+    roi = pooled_roi_summary(ds, subject, score)
+    return {"test_nnmc": roi["all"], "test_nnmc_roi": roi,
+            "test_nnmc_named": pooled_roi_summary(ds, subject, score, level="roi")}
+
+
+def pooled_split_scores(ds: AlgonautsDataset, subject: str, split: dict[str, np.ndarray],
+                        names: list[str]) -> dict[str, dict[str, float]]:
+    """Per-ROI means, hemispheres pooled, of each feature space's share of the test r.
+
+    ``split`` maps hemisphere -> array (n_bands, n_vertices) (``correlation_split``); ``names``
+    names the bands in order.
+    """
+    return {name: pooled_roi_summary(ds, subject, {h: split[h][k] for h in split}) for k, name in enumerate(names)}
 
 
 def score_subject(ds: AlgonautsDataset, subject: str, preds: dict[str, np.ndarray]) -> dict[str, dict]:

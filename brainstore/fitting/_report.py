@@ -12,7 +12,7 @@ import numpy as np
 from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset
 from ..features import FeatureStore
 from ..scoring import pearson_r
-from ._evaluate import pooled_roi_summary, score_subject
+from ._evaluate import pooled_split_scores, pooled_test_scores, score_test_split
 from ._registry import ModelRegistry
 from ._runfiles import RunLayout, write_array
 
@@ -250,14 +250,10 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
         test_preds[(model, s)] = pred
         both = {k: rec.meta["metrics"]["both"][k] for k in ("val_r_mean", "val_r_roi")}
         if ds.has_test_responses(s) and all(ds.noise_ceiling(s, h) is not None for h in pred):
-            scored = score_subject(ds, s, pred)
-            both["test_nnmc"] = scored["both"]["roi"]["all"]
-            both["test_nnmc_roi"] = scored["both"]["roi"]
-            both["test_nnmc_named"] = pooled_roi_summary(ds, s, {h: scored[h]["score"] for h in pred}, level="roi")
+            both.update(pooled_test_scores(ds, s, {h: score_test_split(ds, s, h, pred[h])["score"] for h in pred}))
             if em.kind == "banded":
                 split = em.predict_split(ids)
                 per_h = {h: correlation_split(split[h], np.asarray(ds.responses(s, h, "test"))) for h in split}
-                both["split_test_r_roi"] = {f: pooled_roi_summary(ds, s, {h: per_h[h][k] for h in per_h})
-                                            for k, f in enumerate(rec.meta["features"])}
+                both["split_test_r_roi"] = pooled_split_scores(ds, s, per_h, rec.meta["features"])
         metrics.setdefault(model, {})[s] = {"both": both}
     return metrics, kinds, test_preds
