@@ -25,6 +25,10 @@ from ._registry import ModelRecord, ModelRegistry, RegistryError
 
 __all__ = ["EncodingModel", "predict_model", "best_model"]
 
+#: Key of the load memo (``_loaded``) holding the fingerprints already verified in this session:
+#: (store, table, recorded rows sha256, fitted ids). Model entries are keyed by (model, subject) tuples.
+_VERIFIED = "verified fingerprints"
+
 BASE_KINDS = ("ridge", "mlp", "banded")
 
 
@@ -80,8 +84,13 @@ class EncodingModel:
         if self.kind in BASE_KINDS:
             reg.check_features(rec, fs)
             ids = decode_ids(tensors["fit_ids"])
+            # Models of one subject share their fitted rows: verify each table's rows once per load session.
+            verified = loaded.setdefault(_VERIFIED, set())
             for fp in meta["fingerprints"].values():
-                check_fingerprint(rec.name, fp, fs, ids)
+                key = (fs.uri, fp["table"], fp["rows_sha256"], tensors["fit_ids"].tobytes())
+                if key not in verified:
+                    check_fingerprint(rec.name, fp, fs, ids)
+                    verified.add(key)
         else:
             for x in meta["members"]:  # every member's weights first (cheap: model.json only)
                 want, got = meta["member_sha256"][x], reg.record(f"{x}/{subject}").meta["safetensors_sha256"]
