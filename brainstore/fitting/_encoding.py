@@ -13,7 +13,6 @@ Both predictions go to files (:class:`~._runfiles.RunLayout`), never back to the
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..datasets import AlgonautsDataset
 from ..features import FeatureStore
-from ._runfiles import RunLayout, write_array
+from ._runfiles import RunLayout, write_array, write_state
 
 __all__ = ["design_matrix", "subject_stimuli", "validation_folds", "fit_base", "make_estimator", "load_estimator",
            "METHODS"]
@@ -125,7 +124,6 @@ def fit_base(job: dict) -> dict:
     dict
         A small summary (model, subject, hemi, method, info); the arrays are in the run folder.
     """
-    import safetensors.numpy
     import torch
 
     t0 = time.time()
@@ -155,11 +153,7 @@ def fit_base(job: dict) -> dict:
 
             Yt = np.asarray(ds.responses(subject, hemi, "test"), dtype=np.float32)
             write_array(layout.split(model, subject, hemi), correlation_split(est.predict_split(Xt), Yt))
-    state_path = layout.state(model, subject, hemi)
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
-    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in est.state_dict().items()}, str(tmp))
-    os.replace(tmp, state_path)
+    write_state(layout.state(model, subject, hemi), est.state_dict())
     info: dict[str, Any] = {"n_train": len(X), "n_fit": n_fit, "n_val": len(X) - n_fit, "n_test": len(Xt),
                             "n_features": int(X.shape[1]), "n_vertices": int(Y.shape[1]), "device": device,
                             "threads": job.get("threads"), "torch_threads": torch_threads}

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._fileio import write_safetensors
 from ._registry import safe_name
 
-__all__ = ["RunLayout", "new_array", "open_array", "write_array"]
+__all__ = ["RunLayout", "new_array", "open_array", "write_array", "write_state"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ def write_array(path: Path, array: np.ndarray) -> Path:
     tmp = _tmp(path)
     with open(tmp, "wb") as f:
         np.save(f, np.asarray(array, dtype=np.float32))
+    os.replace(tmp, path)
+    return path
+
+
+def write_state(path: Path, state: dict[str, np.ndarray]) -> Path:
+    """Save a fitted estimator's ``state_dict()`` as safetensors at ``path`` atomically."""
+    tmp = _tmp(path)
+    write_safetensors(tmp, {k: np.ascontiguousarray(v) for k, v in state.items()}, {})
     os.replace(tmp, path)
     return path
 
