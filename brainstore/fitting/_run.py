@@ -55,11 +55,17 @@ class FitRun:
 
 def covering_features(ds: AlgonautsDataset, fs: FeatureStore) -> list[str]:
     """Feature tables holding every stimulus (train and test, all subjects) of a dataset."""
-    return [name for name in fs.names() if not _missing_ids(ds, fs, name) and not fs.metadata(name).get("derived_from")]
+    need = _dataset_ids(ds)
+    return [name for name in fs.names() if not _missing_ids(need, fs, name) and not fs.metadata(name).get("derived_from")]
 
 
-def _missing_ids(ds: AlgonautsDataset, fs: FeatureStore, table: str) -> int:
-    need = set(ds.stimuli().column("stimulus_id").to_pylist())
+def _dataset_ids(ds: AlgonautsDataset) -> set[str]:
+    """Every stimulus id of the dataset (train and test, all subjects)."""
+    return set(ds.stimuli().column("stimulus_id").to_pylist())
+
+
+def _missing_ids(need: set[str], fs: FeatureStore, table: str) -> int:
+    """How many of the ids ``need`` are not in ``table``."""
     return len(need - set(fs.ids(table)))
 
 
@@ -76,9 +82,10 @@ def default_spec(dataset: str | Path, store: str, registry: str, *, include_rand
     fs = FeatureStore(store)
     notes = [] if notes is None else notes
     feats = []
+    need = _dataset_ids(ds)
     for name in fs.names():
         meta = fs.metadata(name)
-        missing = _missing_ids(ds, fs, name)
+        missing = _missing_ids(need, fs, name)
         if missing:
             notes.append(f"left out feature table {name!r}: {missing} stimuli of {ds.root} are not in it "
                          f"(run `brainstore extract --dataset {ds.root}` with its extractor to complete it)")
