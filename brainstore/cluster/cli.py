@@ -197,13 +197,6 @@ def features_cmd(
         console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
 
 
-def _run_dir(out: Optional[Path], registry: str, kind: str) -> Path:
-    """The report folder: ``--out`` or ``<registry>/_runs/<kind>-<time>`` (never the current directory)."""
-    import time
-
-    return out if out is not None else Path(registry).expanduser().absolute() / "_runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
     from ..datasets import REPORT_FAMILIES
     from ._report import console, score_table
@@ -281,7 +274,7 @@ def evaluate_cmd(
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
     from ..datasets import AlgonautsDataset, DatasetError
-    from ..fitting import RegistryError, evaluate_registered, write_report
+    from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
     from ._report import console
 
     if rois not in ("families", "named"):
@@ -294,7 +287,7 @@ def evaluate_cmd(
         _fail(str(e))
     if not metrics:
         _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
-    rep = write_report(metrics, kinds, preds, ds, _run_dir(out, registry, "evaluate"))
+    rep = write_report(metrics, kinds, preds, ds, run_dir(out, registry, "evaluate"))
     _print_comparison(rep["rows"], "evaluation")
     if rois == "named":
         _print_named(rep["named"], "evaluation")

@@ -23,6 +23,7 @@ from ._predict import EncodingModel, best_model, predict_model
 from ._registry import ModelRecord, ModelRegistry, RegistryError, safe_name
 from ._report import comparison_rows, evaluate_registered, write_predictions, write_report
 from ._run import FitRun, covering_features, default_spec, fit_encoding_models
+from ._runfiles import run_dir
 from ._spec import BandedParams, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
 
 #: Public names whose modules import torch: loaded on first access (PEP 562).
@@ -50,7 +51,7 @@ __all__ = [
     # registered models
     "EncodingModel", "predict_model", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
     # reports
-    "comparison_rows", "write_report", "write_predictions", "evaluate_registered",
+    "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
 ]
 
 

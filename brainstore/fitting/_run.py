@@ -20,6 +20,7 @@ from ..datasets import AlgonautsDataset
 from ..features import FeatureStore, MissingStimuliError
 from ._registry import ModelRegistry
 from ._runfiles import RunLayout, open_array
+from ._runfiles import run_dir as default_run_dir
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec
 
 __all__ = ["fit_encoding_models", "default_spec", "FitRun", "covering_features", "plan_fit_cpus"]
@@ -185,8 +186,7 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store), ModelRegistry(registry)
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
-    run_dir = Path(out) if out is not None else reg.root / "_runs" / f"fit-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = run_dir.expanduser().absolute()
+    run_dir = default_run_dir(out, reg.root, "fit")
     run_dir.mkdir(parents=True, exist_ok=True)
     res = ensure_connected()
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"

@@ -15,6 +15,7 @@ task never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from ._fileio import write_safetensors
 from ._registry import safe_name
 
-__all__ = ["RunLayout", "new_array", "open_array", "write_array", "write_state"]
+__all__ = ["RunLayout", "new_array", "open_array", "run_dir", "write_array", "write_state"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class RunLayout:
 
     def split(self, model: str, subject: str, hemi: str) -> Path:
         return self._path("split", model, subject, f"{hemi}_split_test.npy")
+
+
+def run_dir(out: str | os.PathLike | None, registry: str | os.PathLike, kind: str) -> Path:
+    """A run's folder, absolute: ``out``, or ``<registry>/_runs/<kind>-<time>`` (never the current directory)."""
+    path = Path(out) if out is not None else Path(registry) / "_runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return path.expanduser().absolute()
 
 
 def _tmp(path: Path) -> Path:
