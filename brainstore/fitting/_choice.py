@@ -66,15 +66,10 @@ def choose_per_region(scores: np.ndarray, regions: Sequence[np.ndarray], default
     choice : int32 array of shape (n_vertices,)
     """
     scores = np.asarray(scores, dtype=np.float64)
-    choice = np.full(scores.shape[1], default, dtype=np.int32)
-    taken = np.zeros(scores.shape[1], dtype=bool)
-    for mask in regions:
-        free = np.asarray(mask, dtype=bool) & ~taken
-        if mask.any():
-            # the region's choice uses all its vertices; only its still-free vertices take it
-            choice[free] = int(np.argmax(scores[:, np.asarray(mask, bool)].mean(1)))
-        taken |= free
-    return choice
+    masks = [np.asarray(m, dtype=bool) for m in regions]
+    # a region's choice uses all its vertices; only its still-free vertices take it
+    best = [int(np.argmax(scores[:, m].mean(1))) if m.any() else default for m in masks]
+    return _first_wins(masks, best, scores.shape[1], default)
 
 
 def cross_fitted_choices(half_scores: tuple[np.ndarray, np.ndarray], regions: Sequence[np.ndarray],
@@ -105,10 +100,15 @@ def rule_choice(regions: Mapping[str, np.ndarray], rules: Mapping[str, int], n_v
     regions : mapping region name -> boolean array of shape (n_vertices,)
     rules : mapping region name -> member index, in priority order
     """
+    return _first_wins([regions[name] for name in rules], list(rules.values()), n_vertices, default)
+
+
+def _first_wins(masks: Sequence[np.ndarray], members: Sequence[int], n_vertices: int, default: int) -> np.ndarray:
+    """Member per vertex: each mask gives its member to the vertices no earlier mask took; the rest get ``default``."""
     choice = np.full(n_vertices, default, dtype=np.int32)
     taken = np.zeros(n_vertices, dtype=bool)
-    for name, member in rules.items():
-        free = regions[name] & ~taken
+    for mask, member in zip(masks, members):
+        free = mask & ~taken
         choice[free] = member
         taken |= free
     return choice
