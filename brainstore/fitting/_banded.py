@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
-from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh,
+from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh, _fold_gram, _FoldGram,
                        _batch_cross, _Basis, _cross_scores, _fold_cross,
                        _full_cross, _grams, _inv_shifts, _lapack_threads,
                        _load_batch, _Problem, _refit, _setup, predict_ridge)
@@ -89,8 +89,8 @@ def banded_candidates(n_bands: int, n: int | None = None, *,
         Number of bands (feature spaces).
     n : int or None
         Number of candidates, at least ``n_bands + 1``; None gives
-        ``4 * n_bands + 1`` (9 for 2 bands). A single band has the one
-        candidate ``[[1.0]]``.
+        :func:`default_n_candidates` (7 for 2 bands, ``4 * n_bands + 1``
+        for more). A single band has the one candidate ``[[1.0]]``.
     random_state : int
         Seed of the Dirichlet samples (more than 2 bands).
 
@@ -103,7 +103,7 @@ def banded_candidates(n_bands: int, n: int | None = None, *,
         raise ValueError(f"n_bands must be a positive integer, got {n_bands!r}.")
     if n_bands == 1:
         return np.ones((1, 1))
-    n = 4 * n_bands + 1 if n is None else n
+    n = default_n_candidates(n_bands) if n is None else n
     if not isinstance(n, (int, np.integer)) or n < n_bands + 1:
         raise ValueError(f"n must be an integer >= n_bands + 1 = {n_bands + 1} "
                          f"(every corner and the uniform weighting), got {n!r}.")
@@ -116,6 +116,19 @@ def banded_candidates(n_bands: int, n: int | None = None, *,
         rest = np.array([rng.dirichlet([CONCENTRATIONS[i % 2]] * n_bands)
                          for i in range(n_rest)]).reshape(n_rest, n_bands)
     return np.vstack([fixed, rest])
+
+
+def default_n_candidates(n_bands: int) -> int:
+    """Number of default band weightings: 7 for 2 bands, ``4 * n_bands + 1`` for more.
+
+    For 2 bands, 7 candidates (uniform, both corners, ratios of 10 and 100
+    either way) predicted held-out responses as well as 9 (2/3-decade
+    steps) or 5 on the subject-1-scale benchmark data (mean test r 0.53163
+    / 0.53163 / 0.53160 over 3,000 vertices) at 74% of the time of 9; each
+    candidate costs about one ridge CV on all features, so this is most of
+    a union fit's time (benchmarks/RESULTS.md, "Encoding at NSD scale").
+    """
+    return 7 if n_bands == 2 else 4 * n_bands + 1
 
 
 def _ratio_grid(n_rest: int) -> np.ndarray:
@@ -335,16 +348,18 @@ class _Candidate:
     D_full: torch.Tensor       # (n_alphas, q)
 
 
-def _candidate(pb: _Problem, scale: torch.Tensor, gram: torch.Tensor,
-               gram_vals: list, fit_intercept: bool,
-               standardize: bool) -> _Candidate:
-    """Eigenbases of the rescaled train Grams of every fold and of all samples."""
-    def basis(fold, gram_val):
-        return _basis_eigh(pb.X64, pb.Xw, fold, gram, gram_val, fit_intercept,
-                           standardize, pb.pearson, pb.dtype, feature_scale=scale)
+def _candidate(pb: _Problem, scale: torch.Tensor, fold_grams: list[_FoldGram],
+               fit_intercept: bool, standardize: bool) -> _Candidate:
+    """Eigenbases of the rescaled train Grams of every fold and of all samples.
 
-    bases = [basis(f, g) for f, g in zip(pb.folds, gram_vals)]
-    full = basis(None, None)
+    ``fold_grams``: :func:`_fold_gram` of every fold, then of all samples.
+    """
+    def basis(fold, fg):
+        return _basis_eigh(pb.X64, pb.Xw, fold, None, None, fit_intercept, standardize,
+                           pb.pearson, pb.dtype, feature_scale=scale, fold_gram=fg)
+
+    bases = [basis(f, fg) for f, fg in zip(pb.folds, fold_grams)]
+    full = basis(None, fold_grams[-1])
     return _Candidate(scale, bases, [_inv_shifts(b, pb) for b in bases], full,
                       _inv_shifts(full, pb))
 
@@ -432,7 +447,8 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
         Candidate band weightings, non-negative rows summing to 1 (not
         renormalized: only weightings on the simplex are accepted). An int
         gives that many default candidates, None the default number
-        (``4 * n_bands + 1``, 9 for 2 bands); see :func:`banded_candidates`.
+        (7 for 2 bands, ``4 * n_bands + 1`` for more); see
+        :func:`banded_candidates`.
         Each candidate costs 0.6-0.85 of a plain ridge CV on all features.
     n_folds : int
         Number of contiguous K-fold splits (ignored when ``folds`` is given).
@@ -465,10 +481,14 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
     band_idx = _check_bands(bands, p)
     candidates = _check_gammas(gammas, len(band_idx))
     gram, gram_vals = _grams(pb)
-    with _lapack_threads(pb.device, min(n, p)):
-        cands = [_candidate(pb, _feature_scale(g, band_idx, p, pb.device), gram,
-                            gram_vals, fit_intercept, standardize) for g in candidates]
+    # standardization and standardized Grams depend on the fold only, not on the band weighting
+    fold_grams = [_fold_gram(pb.X64, f, gram, g, fit_intercept, standardize)
+                  for f, g in zip([*pb.folds, None], [*gram_vals, None])]
     del gram, gram_vals
+    with _lapack_threads(pb.device, min(n, p)):
+        cands = [_candidate(pb, _feature_scale(g, band_idx, p, pb.device), fold_grams,
+                            fit_intercept, standardize) for g in candidates]
+    del fold_grams
     q = max(b.V.shape[1] for c in cands for b in c.bases)
     # centered train and validation cross-products of every fold are kept: 2 * n_folds
     step = target_batch_size or _auto_batch(
@@ -537,8 +557,8 @@ class BandedRidgeCVEncoder(RidgeCVEncoder):
         Positive regularization strengths.
     gammas : array of shape (n_candidates, n_bands), int or None
         Candidate band weightings (rows on the simplex), or a number of
-        default candidates (None: ``4 * n_bands + 1``); see
-        :func:`banded_candidates`.
+        default candidates (None: 7 for 2 bands, ``4 * n_bands + 1`` for
+        more); see :func:`banded_candidates`.
     n_folds : int
         Number of contiguous K-fold splits.
     scoring : {"pearson", "r2"}

@@ -144,6 +144,19 @@ def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
     return max(1, int(n_cpus // min(n_jobs, max(1, int(n_cpus)))))
 
 
+def _fit_cost(model, dims: dict[str, int]) -> float:
+    """Relative cost of fitting ``model`` (a ModelSpec): p^2 per ridge CV, times the band weightings."""
+    from ._banded import default_n_candidates
+
+    p = sum(dims[f] for f in model.features)
+    if model.method != "banded":
+        return float(p * p)
+    gammas = model.banded.gammas if model.banded is not None else None
+    n = default_n_candidates(len(model.features)) if gammas is None else (
+        gammas if isinstance(gammas, int) else len(gammas))
+    return float(n * p * p)
+
+
 def _model_order(spec: FitSpec) -> tuple[list[str], dict[str, str]]:
     names, kinds = [], {}
     for m in spec.models:
@@ -190,10 +203,14 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     run_dir.mkdir(parents=True, exist_ok=True)
     res = ensure_connected()
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
+    # subject by subject (its assembly overlaps the next subject's fits), costliest model first (no long
+    # fit left alone at the end while the other CPUs idle)
+    dims = {f: fs.info(f).dim for m in spec.models for f in m.features}
+    by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
     jobs = [{"dataset": str(ds.root), "store": fs.uri, "run_dir": str(run_dir), "subject": s, "hemi": h,
              "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
              "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu", "params": m.params()}
-            for s in subjects for h in spec.hemispheres for m in spec.models]
+            for s in subjects for m in by_cost for h in spec.hemispheres]
     cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
     fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
     assemble_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(assemble_subject)

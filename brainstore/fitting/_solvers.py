@@ -342,11 +342,17 @@ def _standardization(X64: torch.Tensor, rows, fit_intercept: bool,
 
 def _val_factor(Zv: torch.Tensor, V: torch.Tensor, pearson: bool,
                 dtype: torch.dtype) -> torch.Tensor:
-    """Triangular R with R^T R = A^T A, A = Z_val V (centered for Pearson)."""
-    A = Zv @ V
+    """Triangular R with R^T R = A^T A, A = Z_val V (centered for Pearson), in ``dtype``.
+
+    Computed in the working dtype: R only enters the validation prediction
+    norms ``||R diag(d) C||^2``, themselves a working-dtype product, and the
+    QR is backward stable, so a float64 factor would add digits that the
+    float32 product then drops (and cost twice the time).
+    """
+    A = Zv.to(dtype) @ V.to(dtype)
     if pearson:
         A = A - A.mean(0)
-    return torch.linalg.qr(A, mode="r").R.to(dtype)
+    return torch.linalg.qr(A, mode="r").R
 
 
 def _eigh_active(G: torch.Tensor, active: torch.Tensor
@@ -363,38 +369,26 @@ def _eigh_active(G: torch.Tensor, active: torch.Tensor
     return eigvals, V
 
 
-def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
-                gram: torch.Tensor, gram_val: torch.Tensor | None,
-                fit_intercept: bool, standardize: bool, pearson: bool,
-                dtype: torch.dtype,
-                feature_scale: torch.Tensor | None = None) -> _Basis:
-    """Basis from the eigendecomposition of the float64 train Gram matrix.
+@dataclass
+class _FoldGram:
+    """A fold's training standardization and standardized train Gram (shared by feature scalings)."""
 
-    ``feature_scale`` (p,) float64, optional, multiplies the standardized
-    features (banded ridge); it is folded into ``inv_scale``, so the basis
-    and everything computed from it see the rescaled features. Features it
-    zeroes are left out of the eigendecomposition (``q`` is then the number
-    of the others), so a band weighted 0 costs nothing.
+    center: torch.Tensor     # (p,) float64
+    inv_scale: torch.Tensor  # (p,) float64, 0 for constant features (with intercept)
+    scale: torch.Tensor      # (p,) float64
+    sx_train: torch.Tensor   # (p,) float64 train column sums
+    gram: torch.Tensor | None  # (p, p) float64 Z_tr^T Z_tr; None with fewer train samples than features
 
-    With fewer training samples than features the Gram matrix has rank at
-    most ``n_train``: its eigenpairs of non-zero eigenvalue come from the
-    n x n matrix ``Z Z^T = U W U^T`` as ``V = Z^T U W^(-1/2)``, in O(n^2 p)
-    instead of O(p^3) (same float64 squaring of the condition number as the
-    p x p Gram). The null directions left out (eigenvalue below
-    ``n * eps * max``) carry no weight (``Z^T y`` is orthogonal to them), so
-    results are unchanged and ``q <= n_train``.
-    """
+
+def _fold_gram(X64: torch.Tensor, fold: _Fold | None, gram: torch.Tensor | None,
+               gram_val: torch.Tensor | None, fit_intercept: bool,
+               standardize: bool) -> _FoldGram:
+    """Standardization and standardized train Gram of ``fold`` (None: all samples)."""
     train = slice(None) if fold is None else fold.train
     n_tr = X64.shape[0] if fold is None else fold.n_train
     c, inv, scale, sx = _standardization(X64, train, fit_intercept, standardize)
-    if feature_scale is not None:
-        inv = inv * feature_scale
     if n_tr < X64.shape[1]:
-        Z = (X64[train] - c) * inv
-        w, U = torch.linalg.eigh(Z @ Z.T)
-        keep = w > n_tr * torch.finfo(w.dtype).eps * w.max().clamp(min=0)
-        V = (Z.T @ U[:, keep]) / w[keep].sqrt()
-        return _finish_basis(X64, fold, c, inv, scale, sx, w[keep], V, pearson, dtype)
+        return _FoldGram(c, inv, scale, sx, None)
     if fold is None:
         G = gram.clone()
     elif fold.complement and gram_val is not None:
@@ -404,6 +398,47 @@ def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
     # (X - 1c^T)^T (X - 1c^T) = G - c s^T - s c^T + n c c^T
     G.addr_(c, sx - n_tr * c, alpha=-1).addr_(sx, c, alpha=-1)
     G *= inv[:, None] * inv[None, :]
+    return _FoldGram(c, inv, scale, sx, G)
+
+
+def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
+                gram: torch.Tensor, gram_val: torch.Tensor | None,
+                fit_intercept: bool, standardize: bool, pearson: bool,
+                dtype: torch.dtype,
+                feature_scale: torch.Tensor | None = None,
+                fold_gram: _FoldGram | None = None) -> _Basis:
+    """Basis from the eigendecomposition of the float64 train Gram matrix.
+
+    ``feature_scale`` (p,) float64, optional, multiplies the standardized
+    features (banded ridge); it is folded into ``inv_scale``, so the basis
+    and everything computed from it see the rescaled features. Features it
+    zeroes are left out of the eigendecomposition (``q`` is then the number
+    of the others), so a band weighted 0 costs nothing. ``fold_gram``, the
+    fold's :func:`_fold_gram`, is computed here when not given (banded
+    ridge computes it once per fold for all its feature scalings).
+
+    With fewer training samples than features the Gram matrix has rank at
+    most ``n_train``: its eigenpairs of non-zero eigenvalue come from the
+    n x n matrix ``Z Z^T = U W U^T`` as ``V = Z^T U W^(-1/2)``, in O(n^2 p)
+    instead of O(p^3) (same float64 squaring of the condition number as the
+    p x p Gram). The null directions left out (eigenvalue below
+    ``n * eps * max``) carry no weight (``Z^T y`` is orthogonal to them), so
+    results are unchanged and ``q <= n_train``.
+    """
+    fg = fold_gram or _fold_gram(X64, fold, gram, gram_val, fit_intercept, standardize)
+    c, scale, sx = fg.center, fg.scale, fg.sx_train
+    inv = fg.inv_scale if feature_scale is None else fg.inv_scale * feature_scale
+    if fg.gram is None:
+        train = slice(None) if fold is None else fold.train
+        n_tr = X64.shape[0] if fold is None else fold.n_train
+        Z = (X64[train] - c) * inv
+        w, U = torch.linalg.eigh(Z @ Z.T)
+        keep = w > n_tr * torch.finfo(w.dtype).eps * w.max().clamp(min=0)
+        V = (Z.T @ U[:, keep]) / w[keep].sqrt()
+        return _finish_basis(X64, fold, c, inv, scale, sx, w[keep], V, pearson, dtype)
+    G = fg.gram
+    if feature_scale is not None:
+        G = G * (feature_scale[:, None] * feature_scale[None, :])
     if feature_scale is not None and (feature_scale == 0).any():
         eigvals, V = _eigh_active(G, feature_scale != 0)
     else:

@@ -34,8 +34,8 @@ class MLPParams(_Strict):
 class BandedParams(_Strict):
     """Banded ridge settings: candidate weightings of the feature spaces (one band per table)."""
 
-    # candidate band weightings: None (4 x bands + 1 defaults: uniform, each band alone, weightings in
-    # between), a number of default candidates, or the weights themselves (one row per candidate, summing to 1)
+    # candidate band weightings: None (the defaults, 7 for 2 bands and 4 x bands + 1 for more: uniform,
+    # each band alone, weightings in between), a number of default candidates, or the weights themselves (one row per candidate, summing to 1)
     gammas: Optional[int | list[list[float]]] = None
 
 
