@@ -265,7 +265,8 @@ def test_cli_layer_on_a_nested_spec_keeps_its_brackets(tmp_path, ray_local):
     r = CliRunner().invoke(app, ["extract", "--manifest", str(_clips_manifest(tmp_path)), "--extractor",
                                  f"video:image=[{TINY_CLIP_SPEC}],frames=4", "--layer", "-1", "--batch-size", "2",
                                  "--store", str(store)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # the broken clip failed: listed, and the exit code says so
+    assert "broken.mp4" in r.output and "--allow-failures" in r.output
     fs = FeatureStore(store)
     (name,) = fs.names()
     meta = fs.metadata(name)
@@ -302,4 +303,20 @@ def test_resume_a_table_made_on_another_device_with_its_dtype(small_dataset, tmp
     meta = fs.metadata(ext.version)
     assert meta["dtype"] == "bfloat16" and meta["device"] == "cuda"  # the table's provenance is unchanged
     r = CliRunner().invoke(app, [*args, "--dtype", "float64"])
-    assert r.exit_code == 2 and "dtype must be one of" in r.output
+    assert r.exit_code == 2 and "--dtype 'float64' is not one of" in r.output
+
+
+def test_rows_another_run_stored_meanwhile_are_reported(small_dataset, tmp_path, ray_local, monkeypatch):
+    """Two runs on one table: what the other committed after this run listed the table is reported as such."""
+    store = tmp_path / "store"
+    first = extract(small_dataset, "text", store, limit=10, progress=False)  # "the other run"
+    assert first.written == 10
+    total = _unique(small_dataset, "text").num_rows
+    # this run listed the table before the other committed: it sees nothing stored yet
+    monkeypatch.setattr(FeatureStore, "ids", lambda self, feature: [])
+    rep = extract(small_dataset, "text", store, progress=False)
+    monkeypatch.undo()
+    assert rep.already_stored == 0
+    assert (rep.written, rep.stored_by_other) == (total - 10, 10)
+    ids = FeatureStore(store).ids("text-all-minilm-l6-v2")
+    assert len(ids) == len(set(ids)) == total

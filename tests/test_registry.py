@@ -223,3 +223,48 @@ def test_ridge_state_dict_round_trip(tmp_path):
     est2 = RidgeCVEncoder.from_state_dict(state, **params2)
     assert est2.get_params() == est.get_params()
     assert np.array_equal(est2.predict(X[45:]), est.predict(X[45:]))
+
+
+def test_stale_temporary_folders_are_removed_by_the_next_write(tmp_path):
+    import os
+    import time
+
+    reg = ModelRegistry(tmp_path / "reg")
+    group = tmp_path / "reg" / "ridge"
+    group.mkdir()
+    stale = group / ".subj01.tmp-deadbeef0000"  # what a writer killed mid-save leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - _registry.STALE_TMP_S - 60
+    os.utime(stale, (old, old))
+    live = group / ".subj02.tmp-0123456789ab"  # a concurrent writer's, seconds old: kept
+    live.mkdir()
+    reg.save("ridge/subj03", _tensors(), {"kind": "test"})
+    assert not stale.exists() and live.exists()
+    assert [r.name for r in reg.list()] == ["ridge/subj03"]
+
+
+def test_weights_and_json_get_the_same_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    reg = ModelRegistry(tmp_path / "reg")
+    old = os.umask(0o027)
+    try:
+        reg.save("m/subj01", _tensors(), {"kind": "test"})
+    finally:
+        os.umask(old)
+    folder = tmp_path / "reg" / "m" / "subj01"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "model.json": 0o640}
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+
+
+def test_reading_never_creates_a_registry(tmp_path):
+    with pytest.raises(RegistryError, match="does not exist"):
+        ModelRegistry(tmp_path / "nosuch", create=False)
+    assert not (tmp_path / "nosuch").exists()
+    (tmp_path / "file").write_text("x")
+    for create in (True, False):
+        with pytest.raises(RegistryError, match="is a file"):
+            ModelRegistry(tmp_path / "file", create=create)

@@ -167,3 +167,26 @@ def test_ray_write_lance_with_pinned_pylance(tmp_path, ray_local):
     assert "raywritten" in fs.names()
     got = fs.read("raywritten").to_pylist()
     assert sorted(r["stimulus_id"] for r in got) == sorted(r["stimulus_id"] for r in rows)
+
+
+def test_reading_never_creates_a_store_and_a_file_is_refused(tmp_path):
+    with pytest.raises(FeatureStoreError, match="does not exist"):
+        FeatureStore(tmp_path / "nosuch", create=False)
+    assert not (tmp_path / "nosuch").exists()
+    (tmp_path / "file").write_text("x")
+    for create in (True, False):
+        with pytest.raises(FeatureStoreError, match="is a file"):
+            FeatureStore(tmp_path / "file", create=create)
+    with pytest.raises(FeatureStoreError, match="is a file"):
+        FeatureStore(tmp_path / "file" / "store")  # under a file
+    with pytest.raises(FeatureStoreError, match="storage dtype 'float64'"):
+        FeatureStore(tmp_path / "s").ensure_table("t", 4, META, storage_dtype="float64")
+
+
+def test_missing_stimuli_error_survives_pickling():
+    """Ray returns a task's error pickled: it must come back as itself, not as a deserialization failure."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(MissingStimuliError("clip-x", ["nsd-00001", "nsd-00002"])))
+    assert isinstance(e, MissingStimuliError) and e.feature == "clip-x" and e.missing == ["nsd-00001", "nsd-00002"]
+    assert "2 stimulus id(s) missing from feature table 'clip-x'" in str(e)

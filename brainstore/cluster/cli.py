@@ -30,10 +30,28 @@ RegistryOpt = typer.Option(DEFAULT_REGISTRY, "--registry", help="Model registry 
 AddressOpt = typer.Option(None, "--address", help="Ray cluster address (default: an embedded local Ray).")
 
 
+#: Set by ``brainstore --verbose``: tracebacks are printed beside the one-line errors.
+VERBOSE = {"on": False}
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tracebacks with errors.")) -> None:
+    """Feature store, fitting and serving for brain encoding / decoding models."""
+    VERBOSE["on"] = verbose
+
+
 def _fail(msg: str) -> None:
+    import sys
+
+    from rich.markup import escape
+
     from ._report import console
 
-    console.print(f"[bold red]error:[/] {msg}")
+    if VERBOSE["on"] and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
+    console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(code=2)
 
 
@@ -74,8 +92,21 @@ def info_cmd(
         if dataset.is_file():
             table = read_manifest(dataset)
             counts = table.group_by(["modality", "split"]).aggregate([("stimulus_id", "count")]).to_pylist()
-            console.print_json(json.dumps({"manifest": str(dataset), "rows": table.num_rows, "counts": counts}))
+            if as_json:
+                print(json.dumps({"manifest": str(dataset), "rows": table.num_rows, "counts": counts}, indent=2))
+                return
+            from rich.table import Table
+
+            t = Table(title=f"manifest {dataset}: {table.num_rows} stimuli")
+            for c in ("modality", "split", "stimuli"):
+                t.add_column(c)
+            for c in sorted(counts, key=lambda c: (c["modality"], str(c["split"]))):
+                t.add_row(c["modality"], str(c["split"] or "-"), str(c["stimulus_id_count"]))
+            console.print(t)
             return
+        if not dataset.exists():
+            _fail(f"dataset {dataset} does not exist; `brainstore info` takes a dataset folder (Algonauts layout) "
+                  "or a manifest file (.parquet/.csv)")
         ds = AlgonautsDataset(dataset)
         summary = ds.summary()
         problems = ds.validate() if validate else []
@@ -101,33 +132,59 @@ def extract_cmd(
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest file (.parquet/.csv) instead of --dataset."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer to extract (sets layer=L in the spec, in the nested image spec for video): block index, 0 = first block, -1 = last, or final."),
     version: Optional[str] = typer.Option(None, "--version", help="Feature version (table) name; default from the extractor settings."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Rows per model batch."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Extractor actors (default: one per GPU; else one per 8 CPUs, for captions one per CPU up to 8)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Rows per model batch."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Extractor actors (default: one per GPU; else one per 8 CPUs, for captions one per CPU up to 8)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Model compute dtype: float32, bfloat16 or float16 (default bfloat16 on GPU, float32 on CPU). Part of the feature version: to resume a table made on another device, pass its dtype."),
     storage_dtype: str = typer.Option("float32", "--storage-dtype", help="float32 or float16 on disk."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N unique stimuli."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N unique stimuli."),
+    allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when some stimuli failed (they are listed and recorded either way)."),
     store: str = StoreOpt,
     address: Optional[str] = AddressOpt,
 ) -> None:
-    """Extract features for every stimulus into the store (resumable: stored stimuli are skipped)."""
-    from ..features import ExtractionError, FeatureStoreError, WeightsNotFoundError, extract, with_layer
-    from ..datasets import DatasetError
+    """Extract features for every stimulus into the store (resumable: stored stimuli are skipped).
+
+    Exits 1 when some stimuli failed (after writing every good one), unless --allow-failures.
+    """
+    from .._paths import check_folder
+    from ..datasets import DatasetError, open_stimuli
+    from ..features import (DTYPES, STORAGE_DTYPES, ExtractionError, FeatureStoreError, WeightsNotFoundError,
+                            extract, get_extractor, with_layer)
     from ._ray import connect
     from ._report import console
 
     if (dataset is None) == (manifest is None):
         _fail("give exactly one of --dataset DIR or --manifest FILE")
+    if dtype is not None and dtype not in DTYPES:
+        _fail(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if storage_dtype not in STORAGE_DTYPES:
+        _fail(f"--storage-dtype {storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    if dataset is not None and not dataset.is_dir():
+        _fail(f"dataset {dataset} {'is not a folder' if dataset.exists() else 'does not exist'}; "
+              "--dataset takes a dataset folder in the Algonauts layout (a manifest file goes with --manifest)")
+    if manifest is not None and not manifest.is_file():
+        _fail(f"manifest {manifest} {'is not a file' if manifest.exists() else 'does not exist'}; "
+              "--manifest takes a .parquet or .csv file")
     try:
-        spec = with_layer(extractor, layer) if layer is not None else extractor
+        # everything checkable on the driver is checked before Ray starts: the spec, the weights, the store folder
+        ext = with_layer(extractor, layer) if layer is not None else get_extractor(extractor)
+        ext.resolve_weights()
+        stimuli = open_stimuli(dataset or manifest)  # names, duplicate ids, manifest columns and files
+        if "://" not in store:
+            check_folder(store, "feature store", "--store", create=True, error=FeatureStoreError)
         connect(address)
-        rep = extract(dataset or manifest, spec, store, version=version, batch_size=batch_size,
+        rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
                       concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
     except (WeightsNotFoundError, FeatureStoreError, DatasetError, ExtractionError, ValueError) as e:
         _fail(str(e))
-    console.print(f"[green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored, "
+    other = f", {rep.stored_by_other} stored meanwhile by another run" if rep.stored_by_other else ""
+    console.print(f"[green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored{other}, "
                   f"{len(rep.failed)} failed, dim {rep.dim}, {rep.seconds:.1f} s ({rep.rate:.1f} stimuli/s) -> {rep.store}")
     for f in rep.failed:
         console.print(f"  [red]bad stimulus[/] {f['stimulus_id']} {f['path']}: {f['error']}")
+    if rep.failed and not allow_failures:
+        console.print(f"{len(rep.failed)} stimulus(i) failed and were not stored (recorded in the store's bad-stimuli "
+                      "list; fix or remove them and rerun, which resumes); --allow-failures exits 0 in this case")
+        raise typer.Exit(code=1)
 
 
 @app.command("features")
@@ -167,7 +224,10 @@ def features_cmd(
         return
     from ..features import FeatureStore, FeatureStoreError, derive_pca
 
-    fs = FeatureStore(store)
+    try:
+        fs = FeatureStore(store, create=False)  # a reading verb: a mistyped path is an error, not a new store
+    except FeatureStoreError as e:
+        _fail(str(e))
     try:
         if pca:
             name = derive_pca(fs, pca, components)
@@ -231,15 +291,26 @@ def fit_cmd(
     address: Optional[str] = AddressOpt,
 ) -> None:
     """Fit encoding models for every subject x hemisphere x model in parallel, evaluate, register."""
+    from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
-    from ..fitting import SpecError, default_spec, fit_encoding_models, load_spec, write_report
+    from ..features import FeatureStoreError
+    from ..fitting import RegistryError, SpecError, default_spec, fit_encoding_models, load_spec, write_report
     from ._ray import connect
     from ._report import console
 
     notes: list[str] = []
     if config is None and dataset is None:
         _fail("give --config FILE or --dataset DIR")
+    if config is not None and not config.is_file():
+        _fail(f"fit spec {config} {'is not a file' if config.exists() else 'does not exist'}; --config takes a YAML file")
+    if dataset is not None and not dataset.is_dir():
+        _fail(f"dataset {dataset} {'is not a folder' if dataset.exists() else 'does not exist'}; "
+              "--dataset takes a dataset folder in the Algonauts layout")
     try:
+        # the places results go are checked before Ray starts and before any work
+        check_folder(registry, "model registry", "--registry", create=True, error=RegistryError)
+        if out is not None:
+            check_folder(out, "run folder", "--out", create=True)
         connect(address)  # before any store is opened: Ray's processes start from a Lance-free driver
         if config is not None:
             spec = load_spec(config, dataset=str(dataset) if dataset else None)
@@ -249,7 +320,7 @@ def fit_cmd(
             console.print(f"[yellow]note:[/] {n}")
         reg = spec.registry or registry
         run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out)
-    except (SpecError, DatasetError, ValueError) as e:
+    except (SpecError, DatasetError, FeatureStoreError, RegistryError, ValueError) as e:
         _fail(str(e))
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
@@ -273,7 +344,9 @@ def evaluate_cmd(
     registry: str = RegistryOpt,
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
+    from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
+    from ..features import FeatureStoreError
     from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
     from ._report import console
 
@@ -282,12 +355,13 @@ def evaluate_cmd(
     try:
         ds = AlgonautsDataset(dataset)
         reg = _open_registry(registry)
+        report_dir = check_folder(run_dir(out, registry, "evaluate"), "report folder", "--out", create=True, make=False)
         metrics, kinds, preds = evaluate_registered(reg, ds, store=store, models=models.split(",") if models else None)
-    except (RegistryError, DatasetError, ValueError) as e:
+    except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
     if not metrics:
         _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
-    rep = write_report(metrics, kinds, preds, ds, run_dir(out, registry, "evaluate"))
+    rep = write_report(metrics, kinds, preds, ds, report_dir)
     _print_comparison(rep["rows"], "evaluation")
     if rois == "named":
         _print_named(rep["named"], "evaluation")
@@ -304,30 +378,30 @@ def predict_cmd(
     registry: str = RegistryOpt,
 ) -> None:
     """Write Algonauts submission files for the test images of every subject."""
+    from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
+    from ..features import FeatureStoreError
     from ..fitting import RegistryError, best_model, predict_model, subject_stimuli, write_predictions
     from ._report import console
 
     try:
         ds = AlgonautsDataset(dataset)
         reg = _open_registry(registry)
+        check_folder(out, "output folder", "--out", create=True, make=False)
         for s in ds.subjects:
             name = model or best_model(reg, s, str(ds.root))
             preds = predict_model(reg, name, s, store, subject_stimuli(ds, s, "test"))
             paths = write_predictions({s: preds}, out)
             console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
-    except (RegistryError, DatasetError, ValueError, KeyError) as e:
+    except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         _fail(str(e))
 
 
 def _open_registry(registry: str):
     """A registry that must exist (reading verbs never create one)."""
-    from ..fitting import ModelRegistry, RegistryError
+    from ..fitting import ModelRegistry
 
-    if not Path(registry).expanduser().is_dir():
-        raise RegistryError(f"model registry {registry} does not exist; fit models into it first "
-                            f"(`brainstore fit --registry {registry}`) or pass the right --registry")
-    return ModelRegistry(registry)
+    return ModelRegistry(registry, create=False)
 
 
 @app.command("models")
@@ -380,7 +454,19 @@ def demo_cmd(
 
 
 def main() -> None:  # pragma: no cover - console script entry
-    app()
+    """Run the CLI; any error not handled by a command still ends as one line (exit 2)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, the traceback only with --verbose
+        from ._errors import describe
+
+        try:
+            _fail(describe(e) + ("" if VERBOSE["on"] else "  (brainstore --verbose ... prints the traceback)"))
+        except typer.Exit as ex:
+            raise SystemExit(ex.exit_code) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

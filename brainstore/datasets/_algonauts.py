@@ -143,6 +143,7 @@ class AlgonautsDataset:
         for subject in subjects or self.subjects:
             for split in splits:
                 regex = _SPLIT_DIRS[_check_split(split)][2]
+                seen: dict[int, str] = {}
                 for i, path in enumerate(self.image_files(subject, split)):
                     m = regex.match(path.name)
                     if not m:
@@ -151,6 +152,12 @@ class AlgonautsDataset:
                             f"{'train' if split == 'train' else 'test'}-NNNN_nsd-NNNNN.png; rename it"
                         )
                     nsd = int(m.group(2))
+                    if nsd in seen:  # two files, one id: one embedding would silently stand for both
+                        raise DatasetError(
+                            f"two images of {subject} {split} share the stimulus id {stimulus_id_for(nsd)}: "
+                            f"{seen[nsd]} and {path.name}; an id must name one image: keep one of them "
+                            f"(and its response row) or give the other its own NSD id")
+                    seen[nsd] = path.name
                     cols["stimulus_id"].append(stimulus_id_for(nsd))
                     cols["subject"].append(subject)
                     cols["split"].append(split)
@@ -244,11 +251,11 @@ class AlgonautsDataset:
                 **self.roi_masks(subject, hemi, level="roi", families=ROI_FAMILIES)}
 
     # ------------------------------------------------------------------ validation
-    def validate(self, *, check_images: bool = True) -> list[str]:
-        """Check the whole dataset; returns a list of problems (empty when valid)."""
+    def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:
+        """Check the whole dataset (or only ``subjects``); returns a list of problems (empty when valid)."""
         from ._validate import validate_algonauts
 
-        return validate_algonauts(self, check_images=check_images)
+        return validate_algonauts(self, check_images=check_images, subjects=subjects)
 
     def check(self, *, check_images: bool = True) -> "AlgonautsDataset":
         """Validate and raise :class:`DatasetValidationError` listing every problem found."""

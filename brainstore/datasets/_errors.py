@@ -15,3 +15,6 @@ class DatasetValidationError(DatasetError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"dataset {root} has {len(self.problems)} problem(s):\n{lines}")
+
+    def __reduce__(self):  # rebuilt from its fields after pickling (Ray returns task errors pickled)
+        return type(self), (self.root, self.problems)

@@ -49,7 +49,9 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
         if path.suffix == ".parquet":
             raw = pq.read_table(path)
         elif path.suffix == ".csv":
-            raw = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+            # every column is text: ids such as 00012 keep their leading zeros, subjects stay "01"
+            text = {c: pa.string() for c in (*_REQUIRED, "caption", "split", "subject")}
+            raw = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True, column_types=text))
         else:
             raise DatasetError(f"manifest {path} must be .parquet or .csv")
     except DatasetError:

@@ -30,12 +30,13 @@ def _finite_problem(arr: np.ndarray, path: str) -> str | None:
     return None
 
 
-def validate_algonauts(ds: "AlgonautsDataset", *, check_images: bool = True) -> list[str]:
-    """Collect all contract violations of an Algonauts-layout dataset."""
+def validate_algonauts(ds: "AlgonautsDataset", *, check_images: bool = True,
+                       subjects: list[str] | None = None) -> list[str]:
+    """Collect all contract violations of an Algonauts-layout dataset (of ``subjects``, default all)."""
     from ._algonauts import _SPLIT_DIRS, HEMISPHERES, ROI_FAMILIES
 
     problems: list[str] = []
-    for s in ds.subjects:
+    for s in subjects or ds.subjects:
         sdir = ds.root / s
         for split, (top, sub, regex) in _SPLIT_DIRS.items():
             folder = sdir / top / sub

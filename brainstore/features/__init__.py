@@ -7,6 +7,7 @@
 
 from ._derived import derive_pca
 from ._extractors import (
+    DTYPES,
     Extractor,
     ExtractorInfo,
     WeightsNotFoundError,
@@ -17,10 +18,11 @@ from ._extractors import (
     with_layer,
 )
 from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
-from ._store import FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
+from ._store import STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
 
 __all__ = [
     # extractors
+    "DTYPES",
     "Extractor",
     "ExtractorInfo",
     "WeightsNotFoundError",
@@ -35,6 +37,7 @@ __all__ = [
     "ExtractionError",
     "select_stimuli",
     # store
+    "STORAGE_DTYPES",
     "FeatureStore",
     "FeatureStoreError",
     "FeatureTableInfo",

@@ -33,7 +33,7 @@ def derive_pca(store: str | FeatureStore, source: str, n_components: int, *, nam
     """
     from sklearn.decomposition import PCA
 
-    fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    fs = store if isinstance(store, FeatureStore) else FeatureStore(store, create=False)
     tbl = fs.read(source)
     ids = tbl.column("stimulus_id").to_pylist()
     splits = tbl.column("split").to_pylist()

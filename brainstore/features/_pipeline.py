@@ -58,6 +58,7 @@ class ExtractReport:
     already_stored: int  # skipped because present (resume)
     written: int  # rows inserted by this run
     failed: list[dict] = field(default_factory=list)  # {stimulus_id, path, error}
+    stored_by_other: int = 0  # computed here but found already written by a concurrent run on the table
     seconds: float = 0.0
     dim: int = 0
 
@@ -461,9 +462,11 @@ def _run(ds, fs: FeatureStore, feature: str, ext, report: ExtractReport, commit_
             good = np.flatnonzero(~err & ~fatal)
             if len(good):
                 ids = [str(s) for s in batch["stimulus_id"][good]]
-                report.written += fs.write(feature, ids, np.asarray(batch["embedding"])[good],
-                                           dataset=[str(d) for d in batch["dataset"][good]],
-                                           split=[str(s) for s in batch["split"][good]])
+                n = fs.write(feature, ids, np.asarray(batch["embedding"])[good],
+                             dataset=[str(d) for d in batch["dataset"][good]],
+                             split=[str(s) for s in batch["split"][good]])
+                report.written += n
+                report.stored_by_other += len(ids) - n  # another run on this table committed them first
                 written_ids += ids
             _record_failed(fs, feature, [{"stimulus_id": str(batch["stimulus_id"][i]), "path": str(batch["path"][i]),
                                           "error": str(batch["error"][i])} for i in np.flatnonzero(err)], report)

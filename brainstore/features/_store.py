@@ -57,6 +57,9 @@ class MissingStimuliError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    def __reduce__(self):  # rebuilt from its fields after pickling (Ray returns task errors pickled)
+        return type(self), (self.feature, self.missing)
+
 
 @dataclass(frozen=True)
 class FeatureTableInfo:
@@ -64,6 +67,10 @@ class FeatureTableInfo:
     rows: int
     dim: int
     metadata: dict
+
+
+#: Embedding dtypes on disk.
+STORAGE_DTYPES = ("float32", "float16")
 
 
 def _schema(dim: int, storage_dtype: str, metadata: dict) -> pa.Schema:
@@ -105,15 +112,23 @@ class FeatureStore:
     lock_timeout : float
         Seconds a write waits for another writer's lock on the same table (local stores) before
         it fails with :class:`FeatureStoreError`.
+    create : bool
+        Create a missing local folder (writers). False (readers): a missing folder is a
+        :class:`FeatureStoreError`, so a mistyped path never becomes a new, empty store. A path
+        that is a file, or (with ``create``) cannot be written, is refused either way.
     """
 
-    def __init__(self, uri: str | Path, storage_options: dict | None = None, *, lock_timeout: float = LOCK_TIMEOUT_S):
+    def __init__(self, uri: str | Path, storage_options: dict | None = None, *, lock_timeout: float = LOCK_TIMEOUT_S,
+                 create: bool = True):
         import lancedb
+
+        from .._paths import check_folder
 
         self.uri = str(uri)
         self.lock_timeout = lock_timeout
         if "://" not in self.uri:
-            Path(self.uri).mkdir(parents=True, exist_ok=True)
+            check_folder(self.uri, "feature store", "--store", create=create, error=FeatureStoreError,
+                         missing_hint="extract features into it first (`brainstore extract --store ...`)")
         self._storage_options = storage_options
         # New tables use the format chosen above; user-given options win.
         opts = {"new_table_data_storage_version": _STORAGE_VERSION, **(storage_options or {})}
@@ -162,6 +177,9 @@ class FeatureStore:
             When the existing table differs in dimension, storage dtype or any identity field
             (extractor, architecture, pretrained weights, layer, pooling, preprocessing, dtype).
         """
+        if storage_dtype not in STORAGE_DTYPES:
+            raise FeatureStoreError(f"storage dtype {storage_dtype!r} of feature table {feature!r} is not one of "
+                                    f"{', '.join(STORAGE_DTYPES)}")
         meta = {**metadata, "feature_version": feature, "dim": int(dim), "storage_dtype": storage_dtype}
         if self.exists(feature):
             old = self.metadata(feature)

@@ -125,7 +125,7 @@ def assemble_subject(job: dict) -> dict:
     and ``peak_rss_gb``.
     """
     spec = FitSpec(**job["spec"])
-    ds, fs = AlgonautsDataset(job["dataset"]), FeatureStore(job["store"])
+    ds, fs = AlgonautsDataset(job["dataset"]), FeatureStore(job["store"], create=False)
     layout, subject, hemis = RunLayout(job["run_dir"]), job["subject"], list(spec.hemispheres)
     train_ids = subject_stimuli(ds, subject, "train")
     n_fit = validation_folds(len(train_ids), spec.folds)[1]

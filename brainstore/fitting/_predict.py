@@ -79,7 +79,7 @@ class EncodingModel:
             store = meta.get("store")
             if not store:
                 raise RegistryError(f"model {rec.name!r} does not record its feature store; pass --store")
-        fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        fs = store if isinstance(store, FeatureStore) else FeatureStore(store, create=False)
         self = cls(rec, tensors, fs)
         if self.kind in BASE_KINDS:
             reg.check_features(rec, fs)

@@ -8,8 +8,11 @@ folders) or ``.`` (temporaries) are never models.
 
 Writes are atomic: both files are written and fsynced in a hidden temporary sibling folder
 which is then renamed into place (an existing model is swapped out with one ``renameat2``
-exchange on Linux), so a crash never leaves a half-written model visible. Loads verify the
-sha256 recorded at save time.
+exchange on Linux), so a crash never leaves a half-written model visible; a temporary folder
+that a killed writer left behind is removed by the next write into its folder once it is an hour
+old. Loads verify the sha256 recorded at save time. Permissions follow the umask, the same for
+both files: ``0666 & ~umask`` for files and ``0777 & ~umask`` for model folders (0644 / 0755
+under the usual 022), so a registry shared by a lab is readable by its members.
 
 >>> reg = ModelRegistry("models/")
 >>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
@@ -29,7 +32,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,21 +92,65 @@ def _check_name(name: str) -> str:
     return name
 
 
+#: A temporary model folder older than this (seconds) was left by a killed writer: the next write
+#: into its folder removes it (a model write takes seconds, so live ones are never this old).
+STALE_TMP_S = 3600.0
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux exposes it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _set_modes(folder: Path, files: Sequence[str]) -> None:
+    """Registry permissions: files ``0666 & ~umask``, folders ``0777 & ~umask`` (0644 / 0755 under the
+    usual umask 022), the same for weights and JSON whichever library wrote them."""
+    mask = _umask()
+    for f in files:
+        os.chmod(folder / f, 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
+def _remove_stale_tmp(parent: Path) -> None:
+    """Remove temporary model folders a killed writer left in ``parent`` (older than :data:`STALE_TMP_S`)."""
+    now = time.time()
+    for p in parent.glob(".*.tmp-*"):
+        try:
+            if p.is_dir() and now - p.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:  # removed by a concurrent writer
+            pass
+
+
 class ModelRegistry:
     """Fitted models in a local folder, as ``<name>/model.safetensors`` + ``<name>/model.json``.
 
     Parameters
     ----------
     uri : str or path
-        The registry folder (created if missing).
+        The registry folder.
+    create : bool
+        Create it if missing (writers). False (readers): a missing folder is a
+        :class:`RegistryError`. A file, or (with ``create``) an unwritable folder, is refused.
     """
 
-    def __init__(self, uri: str | Path):
+    def __init__(self, uri: str | Path, *, create: bool = True):
+        from .._paths import check_folder
+
         s = str(uri)
         if "://" in s and not s.startswith("file://"):
             raise RegistryError(f"model registry {s!r}: only local folders are supported; give a path")
-        self.root = Path(s[len("file://"):] if s.startswith("file://") else s).expanduser().absolute()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = check_folder(s[len("file://"):] if s.startswith("file://") else s, "model registry",
+                                 "--registry", create=create, error=RegistryError,
+                                 missing_hint="fit models into it first (`brainstore fit --registry ...`)")
 
     def __repr__(self) -> str:
         return f"ModelRegistry({str(self.root)!r})"
@@ -147,6 +194,7 @@ class ModelRegistry:
                                 "it or choose another name")
         created_dirs = [p for p in reversed(final.parents) if self.root in p.parents and not p.exists()]
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(final.parent)
         tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
         tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would hide the model from other users)
         try:
@@ -161,6 +209,7 @@ class ModelRegistry:
                 "format_version": FORMAT_VERSION,
             })
             write_json(tmp / META_FILE, doc)
+            _set_modes(tmp, (WEIGHTS_FILE, META_FILE))
             fsync(tmp / META_FILE)
             fsync(tmp)
             try:
@@ -351,7 +400,7 @@ class ModelRegistry:
 
         rec = name_or_record if isinstance(name_or_record, ModelRecord) else self.record(name_or_record)
         if isinstance(store, (str, Path)):
-            store = FeatureStore(store)
+            store = FeatureStore(store, create=False)
         fvs = rec.meta.get("feature_versions")
         if not isinstance(fvs, dict) or not fvs:
             raise RegistryError(

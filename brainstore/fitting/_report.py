@@ -13,7 +13,7 @@ from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, Algonaut
 from ..features import FeatureStore
 from ..scoring import pearson_r
 from ._evaluate import pooled_split_scores, pooled_test_scores, score_test_split
-from ._registry import ModelRegistry
+from ._registry import ModelRegistry, RegistryError
 from ._runfiles import RunLayout, write_array
 
 __all__ = ["comparison_rows", "named_rows", "write_report", "write_predictions", "evaluate_registered"]
@@ -233,6 +233,11 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
 
     recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)]
     if models:
+        known = sorted({r.meta["model"] for r in recs})
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise RegistryError(f"no model {', '.join(map(repr, unknown))} fitted on {ds.root} in registry {reg.root}; "
+                                f"models there: {', '.join(known) or 'none (run `brainstore fit` first)'}")
         recs = [r for r in recs if r.meta["model"] in models]
     if subjects:
         recs = [r for r in recs if r.meta["subject"] in subjects]

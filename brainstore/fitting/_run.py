@@ -80,7 +80,7 @@ def default_spec(dataset: str | Path, store: str, registry: str, *, include_rand
     ``notes`` (a list the caller prints), by name and with the reason.
     """
     ds = AlgonautsDataset(dataset)
-    fs = FeatureStore(store)
+    fs = FeatureStore(store, create=False)
     notes = [] if notes is None else notes
     feats = []
     need = _dataset_ids(ds)
@@ -137,6 +137,32 @@ def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects
                 resolve_regions(ds.regions(s, h), list(p.rules), f"per_roi {p.name!r} rules ({s} {h})")
 
 
+def _subject_problems(root: str, subject: str) -> list[str]:
+    """Response shapes, NaN / inf, noise ceilings and ROI lengths of one subject (run as a Ray task)."""
+    return AlgonautsDataset(root).validate(check_images=False, subjects=[subject])
+
+
+def check_responses(ds: AlgonautsDataset, subjects: list[str]) -> None:
+    """Validate every subject's responses and ROI masks before any fit task starts.
+
+    One Ray task per subject reads the response files (memory-mapped, in row blocks), so the
+    scan uses the cluster's CPUs and the driver's memory stays small.
+
+    Raises
+    ------
+    DatasetValidationError
+        Listing every problem, each naming its file and the fix.
+    """
+    import ray
+
+    from ..datasets import DatasetValidationError
+
+    task = ray.remote(num_cpus=1, max_retries=1)(_subject_problems)
+    problems = [p for ps in ray.get([task.remote(str(ds.root), s) for s in subjects]) for p in ps]
+    if problems:
+        raise DatasetValidationError(str(ds.root), problems)
+
+
 def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
     """CPUs (and BLAS/torch threads) per fit task: the node's CPUs shared by the fits that run at once."""
     if use_gpu or n_jobs <= 0:
@@ -191,17 +217,19 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     import ray
     from tqdm.auto import tqdm
 
+    from .._paths import check_folder
     from .._ray import ensure_connected
     from ._assemble import assemble_subject
     from ._encoding import fit_base
 
     t0 = time.time()
-    ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store), ModelRegistry(registry)
+    ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
     run_dir = default_run_dir(out, reg.root, "fit")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_folder(run_dir, "run folder", "--out", create=True)  # before any work: a file or read-only path is refused
     res = ensure_connected()
+    check_responses(ds, subjects)
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
     # subject by subject (its assembly overlaps the next subject's fits), costliest model first (no long
     # fit left alone at the end while the other CPUs idle)

@@ -9,14 +9,14 @@ segment_anything; they are imported by ``load()`` (and by preprocessing where
 a model-specific processor is needed).
 """
 
-from ._base import REQUIRED_METADATA_KEYS, Extractor, ExtractorInfo, WeightsNotFoundError
+from ._base import DTYPES, REQUIRED_METADATA_KEYS, Extractor, ExtractorInfo, WeightsNotFoundError
 from ._registry import get_extractor, list_extractors, parse_spec, register, with_layer
 from . import _clip, _sam, _hf, _motion, _text, _video  # noqa: E402,F401  (register the built-in extractors)
 from ._clip_configs import register_clip_config
 from ._video import VideoDecodeError, read_frames
 
 __all__ = [
-    "Extractor", "ExtractorInfo", "WeightsNotFoundError", "VideoDecodeError", "REQUIRED_METADATA_KEYS",
+    "DTYPES", "Extractor", "ExtractorInfo", "WeightsNotFoundError", "VideoDecodeError", "REQUIRED_METADATA_KEYS",
     "get_extractor", "list_extractors", "parse_spec", "register", "register_clip_config", "read_frames",
     "with_layer",
 ]

@@ -44,6 +44,9 @@ class WeightsNotFoundError(FileNotFoundError):
     def __str__(self) -> str:  # FileNotFoundError formats (errno, strerror) otherwise
         return str(self.args[0])
 
+    def __reduce__(self):  # rebuilt from its fields after pickling (Ray returns task errors pickled)
+        return type(self), (str(self.args[0]), self.searched)
+
 # ----------------------------------------------------------------------------- info
 @dataclass(frozen=True)
 class ExtractorInfo:

@@ -97,9 +97,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     cls = extractor_class(name)
     options: dict[str, str] = {}
     if rest.strip():
-        for pair in _split_top_level(rest, ","):
+        pairs = _split_top_level(rest, ",")
+        for k, pair in enumerate(pairs):
             if not pair.strip():
-                continue
+                if k == len(pairs) - 1:
+                    continue  # one trailing comma is harmless
+                raise ValueError(f"empty item in extractor spec {spec!r} (two commas in a row?); "
+                                 f"write {name}:key=value,key=value")
             key, eq, value = pair.partition("=")
             key = key.strip().lower()
             if not eq or not key:
@@ -109,6 +113,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 )
             if key in options:
                 raise ValueError(f"option {key!r} given twice in spec {spec!r}")
+            if not value.strip() and key in cls.OPTIONS:
+                raise ValueError(f"option {key!r} has an empty value in extractor spec {spec!r}; give {key}=VALUE "
+                                 f"({cls.option_docs().get(key, 'see `brainstore features --list`')}) or leave "
+                                 f"{key} out for its default")
             value = _unbracket(value)
             cls.parse_option(key, value)  # validates key and value
             options[key] = value
