@@ -33,6 +33,11 @@ def world(tmp_path_factory):
     fs = FeatureStore(root / "store")
     fs.ensure_table("txt", 8, {"extractor": "text", "architecture": "test", "pretrained": "test"})
     fs.write("txt", ids, np.random.default_rng(0).standard_normal((len(ids), 8)).astype(np.float32))
+    fs.ensure_table("partial", 8, {"extractor": "text", "architecture": "test", "pretrained": "test"})
+    fs.write("partial", ids[:5], np.ones((5, 8), np.float32))
+    (root / "partial.yaml").write_text(f"dataset: {ds_root}\nstore: {root / 'store'}\nregistry: {root / 'registry'}\n"
+                                       "models:\n  - name: m\n    features: [partial]\n")
+    (root / "typo.yaml").write_text(f"dataset: {ds_root}\nmodels:\n  - name: m\n    featurs: [txt]\n")
     (root / "registry").mkdir()
     (root / "afile.txt").write_text("not a folder\n")
     dup = root / "dup-data"
@@ -105,6 +110,10 @@ CASES = [
     ("fit-nothing", ["fit"], 2, ["--config", "--dataset"]),
     ("fit-no-config", ["fit", "--config", "{root}/nosuch.yaml"], 2, ["nosuch.yaml", "does not exist"]),
     ("fit-no-dataset", ["fit", "--dataset", "{root}/nosuch"], 2, ["nosuch", "does not exist"]),
+    ("fit-spec-typo", ["fit", "--config", "{root}/typo.yaml", "--store", "{root}/store", "--registry",
+                       "{root}/registry"], 2, ["featurs"]),
+    ("fit-table-lacks-ids", ["fit", "--config", "{root}/partial.yaml"], 2,
+     ["missing from feature table 'partial'", "brainstore extract"]),
     ("fit-registry-is-file", ["fit", "--dataset", "{root}/data", "--store", "{root}/store", "--registry",
                               "{root}/afile.txt"], 2, ["afile.txt", "is a file", "--registry"]),
     ("fit-out-is-file", ["fit", "--dataset", "{root}/data", "--store", "{root}/store", "--registry", "{root}/registry",
@@ -151,3 +160,28 @@ def test_verbose_prints_the_traceback(world):
     r = _run(world, "--verbose", "models", "--registry", "{root}/nosuch-reg")
     assert r.returncode == 2
     assert "Traceback" in r.stdout + r.stderr and "does not exist" in r.stdout
+
+
+def test_ray_task_errors_reach_the_user_as_their_cause(ray_local):
+    """An error raised inside a Ray task is shown as its own message and the task's name, not Ray's wrapper."""
+    import ray
+
+    from brainstore.cluster._errors import describe
+    from brainstore.features import MissingStimuliError
+
+    @ray.remote(max_retries=0)
+    def load_rows():
+        raise MissingStimuliError("clip-x", ["nsd-00001"])
+
+    @ray.remote(max_retries=0)
+    def divide():
+        return 1 / 0
+
+    with pytest.raises(Exception) as ei:
+        ray.get(load_rows.remote())
+    text = describe(ei.value)
+    assert text.startswith("1 stimulus id(s) missing from feature table 'clip-x': nsd-00001")
+    assert "(in Ray task load_rows)" in text and "Traceback" not in text
+    with pytest.raises(Exception) as ei:
+        ray.get(divide.remote())
+    assert describe(ei.value) == "ZeroDivisionError: division by zero (in Ray task divide)"

@@ -320,3 +320,22 @@ def test_rows_another_run_stored_meanwhile_are_reported(small_dataset, tmp_path,
     assert (rep.written, rep.stored_by_other) == (total - 10, 10)
     ids = FeatureStore(store).ids("text-all-minilm-l6-v2")
     assert len(ids) == len(set(ids)) == total
+
+
+def test_no_empty_table_is_left_by_a_run_that_wrote_nothing(tmp_path, ray_local):
+    """A run that fails before writing a row (forward pass, or every stimulus bad) leaves no empty table."""
+    import pyarrow as pa
+
+    from brainstore.features import ExtractionError
+    from brainstore.features._extractors._testing import FaultyTextExtractor
+
+    store = tmp_path / "store"
+    rows = pa.table({"stimulus_id": ["a", "b"], "path": ["", ""], "modality": ["text"] * 2,
+                     "caption": ["a cat on a mat", "a dog in a park"]})
+    with pytest.raises(ExtractionError):
+        extract(rows, FaultyTextExtractor(fail_on="a cat on a mat"), store, batch_size=2, progress=False)
+    assert FeatureStore(store).names() == []
+    blank = rows.set_column(3, "caption", pa.array(["  ", "\t"]))
+    rep = extract(blank, "text", store, progress=False)
+    assert rep.written == 0 and len(rep.failed) == 2
+    assert FeatureStore(store).names() == [] and len(FeatureStore(store).bad_stimuli()) == 2

@@ -9,6 +9,8 @@ sees the cause's own message and the task that raised it. The traceback is print
 
 from __future__ import annotations
 
+import re
+
 #: Our error types: their message is written for the user (what is wrong, where, the fix), so it is
 #: shown alone; any other exception is shown as ``Type: message``.
 _USER_ERRORS = ("DatasetError", "DatasetValidationError", "FeatureStoreError", "MissingStimuliError",
@@ -23,7 +25,13 @@ def root_cause(e: BaseException) -> tuple[BaseException, str | None]:
         seen.add(id(e))
         name = type(e).__name__
         if name.startswith("RayTaskError") or name in ("RayActorError", "ActorDiedError"):
-            task = getattr(e, "function_name", None) or task
+            # the plain RayTaskError has function_name; the one ray.get raises (also an instance of the
+            # cause's class) only has the text, which starts "ray::NAME(...)"
+            found = getattr(e, "function_name", None)
+            if not found:
+                m = re.search(r"ray::([\w.]+)", str(e))
+                found = m.group(1) if m else None
+            task = found or task
         inner = getattr(e, "cause", None)
         if isinstance(inner, BaseException):
             e = inner

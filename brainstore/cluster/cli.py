@@ -293,7 +293,7 @@ def fit_cmd(
     """Fit encoding models for every subject x hemisphere x model in parallel, evaluate, register."""
     from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
-    from ..features import FeatureStoreError
+    from ..features import FeatureStoreError, MissingStimuliError
     from ..fitting import RegistryError, SpecError, default_spec, fit_encoding_models, load_spec, write_report
     from ._ray import connect
     from ._report import console
@@ -307,20 +307,19 @@ def fit_cmd(
         _fail(f"dataset {dataset} {'is not a folder' if dataset.exists() else 'does not exist'}; "
               "--dataset takes a dataset folder in the Algonauts layout")
     try:
+        spec = load_spec(config, dataset=str(dataset) if dataset else None) if config is not None else None
+        reg = (spec.registry if spec is not None else None) or registry
         # the places results go are checked before Ray starts and before any work
-        check_folder(registry, "model registry", "--registry", create=True, error=RegistryError)
+        check_folder(reg, "model registry", "--registry", create=True, error=RegistryError)
         if out is not None:
             check_folder(out, "run folder", "--out", create=True)
         connect(address)  # before any store is opened: Ray's processes start from a Lance-free driver
-        if config is not None:
-            spec = load_spec(config, dataset=str(dataset) if dataset else None)
-        else:
+        if spec is None:
             spec = default_spec(dataset, store, registry, include_random=include_random, notes=notes)
         for n in notes:
             console.print(f"[yellow]note:[/] {n}")
-        reg = spec.registry or registry
         run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out)
-    except (SpecError, DatasetError, FeatureStoreError, RegistryError, ValueError) as e:
+    except (SpecError, DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
         _fail(str(e))
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")

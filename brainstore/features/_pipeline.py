@@ -370,27 +370,43 @@ def extract(
     meta = dict(ext.metadata())
     meta.update({"dtype": dtype, "device": device})  # device is provenance only: it may differ on resume
     dim = int(ext.dim)
+    created = not fs.exists(feature)
     fs.ensure_table(feature, dim, meta, storage_dtype=storage_dtype)
-    stored = set(fs.ids(feature))
-    todo = rows.filter(pa.array([s not in stored for s in rows.column("stimulus_id").to_pylist()]))
-    report = ExtractReport(feature=feature, store=fs.uri, requested=rows.num_rows,
-                           already_stored=rows.num_rows - todo.num_rows, written=0, dim=dim)
-    decode = ext.modality != "text"
-    if not decode:  # captions are checked here, on the driver: no decode stage at all
-        todo, failed = _check_captions(todo, ext)
-        _record_failed(fs, feature, failed, report)
-        todo = _by_length(todo)
-    if todo.num_rows:
-        plan = plan_resources(todo.num_rows, batch_size, n_cpus, n_gpus, decode=decode, concurrency=concurrency,
-                              num_gpus=num_gpus, actor_cpus=actor_cpus, prep_cpus=prep_cpus)
-        ds = _dataset(todo, ext, plan, batch_size, device, dtype)
-        _run(ds, fs, feature, ext, report, commit_every, progress)
-    if compact and report.written:
-        t_compact = time.time()
-        fs.compact(feature)
-        log.info("extract %s: compaction %.2f s", feature, time.time() - t_compact)
+    try:
+        stored = set(fs.ids(feature))
+        todo = rows.filter(pa.array([s not in stored for s in rows.column("stimulus_id").to_pylist()]))
+        report = ExtractReport(feature=feature, store=fs.uri, requested=rows.num_rows,
+                               already_stored=rows.num_rows - todo.num_rows, written=0, dim=dim)
+        decode = ext.modality != "text"
+        if not decode:  # captions are checked here, on the driver: no decode stage at all
+            todo, failed = _check_captions(todo, ext)
+            _record_failed(fs, feature, failed, report)
+            todo = _by_length(todo)
+        if todo.num_rows:
+            plan = plan_resources(todo.num_rows, batch_size, n_cpus, n_gpus, decode=decode, concurrency=concurrency,
+                                  num_gpus=num_gpus, actor_cpus=actor_cpus, prep_cpus=prep_cpus)
+            ds = _dataset(todo, ext, plan, batch_size, device, dtype)
+            _run(ds, fs, feature, ext, report, commit_every, progress)
+        if compact and report.written:
+            t_compact = time.time()
+            fs.compact(feature)
+            log.info("extract %s: compaction %.2f s", feature, time.time() - t_compact)
+    except BaseException:
+        _drop_if_empty(fs, feature, created)
+        raise
+    _drop_if_empty(fs, feature, created)  # every stimulus failed: no empty table is left behind
     report.seconds = time.time() - t0
     return report
+
+
+def _drop_if_empty(fs: FeatureStore, feature: str, created: bool) -> None:
+    """Remove a table this run created when it holds no row (the run failed before writing any)."""
+    try:
+        if created and fs.exists(feature) and fs.info(feature).rows == 0:
+            fs.drop(feature)
+            log.info("extract %s: removed the empty table this run had created", feature)
+    except Exception as e:  # noqa: BLE001 - never hide the run's own error behind a cleanup error
+        log.warning("extract %s: could not remove the empty table: %s", feature, e)
 
 
 def _connect() -> tuple[int, float]:

@@ -127,6 +127,11 @@ def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects
     if missing:
         raise ValueError(f"feature tables {missing} are not in store {fs.uri} (tables: {sorted(have)}); "
                          "extract them first with `brainstore extract`")
+    need = set(ds.stimuli(subjects=subjects).column("stimulus_id").to_pylist())
+    for f in sorted({f for m in spec.models for f in m.features}):
+        lacking = sorted(need - set(fs.ids(f)))
+        if lacking:  # on the driver, before any task: the message names the table and the ids
+            raise MissingStimuliError(f, lacking)
     for s in subjects:
         n = ds.n_images(s, "train")
         if n // spec.folds < 4:
