@@ -185,3 +185,17 @@ def test_ray_task_errors_reach_the_user_as_their_cause(ray_local):
     with pytest.raises(Exception) as ei:
         ray.get(divide.remote())
     assert describe(ei.value) == "ZeroDivisionError: division by zero (in Ray task divide)"
+
+
+def test_a_normal_extract_is_quiet(world, tmp_path):
+    """A good run prints our progress and summary, not Ray's per-run notices or warnings."""
+    r = _run(world, "extract", "-e", "text", "--manifest", "{root}/ids.csv", "--store", str(tmp_path / "s"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "2 written" in out
+    for noise in ("core_worker", "max_restarts", "WARNING", "Warning", "token", "fork", "progress bar"):
+        assert noise not in out, f"{noise!r} in: {out}"
+    # what is hidden is there without the filter: --verbose shows Ray's notice (ray#53727)
+    v = _run(world, "--verbose", "extract", "-e", "text", "--manifest", "{root}/ids.csv", "--store",
+             str(tmp_path / "v"))
+    assert v.returncode == 0 and "max_restarts" in v.stdout + v.stderr

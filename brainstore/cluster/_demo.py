@@ -35,12 +35,16 @@ def _image_spec(requested: str | None) -> str:
 
 
 def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertices: int, seed: int,
-             address: str | None = None, image_extractor: str | None = None) -> dict:
-    """Make (or reuse) the synthetic dataset under ``out``, extract features, fit, evaluate."""
+             address: str | None = None, image_extractor: str | None = None, quiet: bool = True) -> dict:
+    """Make (or reuse) the synthetic dataset under ``out``, extract features, fit, evaluate.
+
+    ``quiet`` drops Ray's per-extraction actor-restart notice from stderr (see :mod:`._quiet`).
+    """
     from ..datasets import REPORT_FAMILIES, AlgonautsDataset, make_dataset
     from ..features import extract
     from ..fitting import default_spec, fit_encoding_models, write_report
     from ..fitting._evaluate import score_submission
+    from ._quiet import drop_stderr_lines
     from ._ray import connect
 
     t0 = time.time()
@@ -66,7 +70,8 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
     for spec in (_image_spec(image_extractor), TEXT_SPEC, MOTION_SPEC):
-        rep = extract(data, spec, store, batch_size=32, commit_every=128)
+        with drop_stderr_lines(enabled=quiet):
+            rep = extract(data, spec, store, batch_size=32, commit_every=128)
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 

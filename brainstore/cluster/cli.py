@@ -147,6 +147,7 @@ def extract_cmd(
     """
     from .._paths import check_folder
     from ..datasets import DatasetError, open_stimuli
+    from ._quiet import drop_stderr_lines
     from ..features import (DTYPES, STORAGE_DTYPES, ExtractionError, FeatureStoreError, WeightsNotFoundError,
                             extract, get_extractor, with_layer)
     from ._ray import connect
@@ -172,8 +173,9 @@ def extract_cmd(
         if "://" not in store:
             check_folder(store, "feature store", "--store", create=True, error=FeatureStoreError)
         connect(address)
-        rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
-                      concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
+        with drop_stderr_lines(enabled=not VERBOSE["on"]):  # Ray's per-run actor-restart notice (ray#53727)
+            rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
+                          concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
     except (WeightsNotFoundError, FeatureStoreError, DatasetError, ExtractionError, ValueError) as e:
         _fail(str(e))
     other = f", {rep.stored_by_other} stored meanwhile by another run" if rep.stored_by_other else ""
@@ -449,7 +451,7 @@ def demo_cmd(
     from ._demo import run_demo
 
     run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address,
-             image_extractor=image_extractor)
+             image_extractor=image_extractor, quiet=not VERBOSE["on"])
 
 
 def main() -> None:  # pragma: no cover - console script entry

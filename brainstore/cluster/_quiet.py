@@ -1,0 +1,67 @@
+"""Keep known, harmless lines of Ray's C++ core out of a command's output.
+
+Ray Data always hands its map workers their arguments through the object store and lets them be
+restarted, and Ray's core worker then writes, at error level and straight to the driver's file
+descriptor 2, that such an actor's restart could fail (ray#53727). It is printed on every
+extraction, it is not an error of the run, and no log level hides it without hiding real errors.
+:func:`drop_stderr_lines` filters exactly those lines out of fd 2 while a command runs; every
+other byte passes through at once (progress bars included). ``brainstore --verbose`` keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from typing import Iterator
+
+__all__ = ["drop_stderr_lines", "RAY_NOISE"]
+
+#: Lines of Ray's C++ core that are printed on every normal run (see the module docstring).
+RAY_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+
+
+@contextlib.contextmanager
+def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool = True) -> Iterator[None]:
+    """Within the block, drop lines of file descriptor 2 that contain any of ``needles``.
+
+    Start it after Ray is connected: processes spawned inside the block would inherit the pipe.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        orig = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    r, w = os.pipe()
+    sys.stderr.flush()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(r, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            if any(n in data for n in needles):
+                data = b"".join(line for line in data.splitlines(keepends=True)
+                                if not any(n in line for n in needles))
+            if data:
+                os.write(orig, data)
+
+    thread = threading.Thread(target=pump, name="brainstore-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(orig, 2)  # fd 2 no longer holds the pipe: the pump reads to its end, then stops
+        thread.join(timeout=5)
+        os.close(r)
+        os.close(orig)
