@@ -267,6 +267,7 @@ def test_cli_layer_on_a_nested_spec_keeps_its_brackets(tmp_path, ray_local):
                                  "--store", str(store)])
     assert r.exit_code == 1, r.output  # the broken clip failed: listed, and the exit code says so
     assert "broken.mp4" in r.output and "--allow-failures" in r.output
+    assert "RANDOM weights" in r.output and "initialized randomly" not in r.output  # said once, by us
     fs = FeatureStore(store)
     (name,) = fs.names()
     meta = fs.metadata(name)

@@ -172,6 +172,9 @@ def extract_cmd(
         stimuli = open_stimuli(dataset or manifest)  # names, duplicate ids, manifest columns and files
         if "://" not in store:
             check_folder(store, "feature store", "--store", create=True, error=FeatureStoreError)
+        if ext.metadata().get("random_init") == "true":
+            console.print(f"[yellow]note:[/] {ext.version} uses RANDOM weights ({ext.spec}): a baseline, not a "
+                          "pretrained model; recorded as random_init in the table's metadata")
         connect(address)
         with drop_stderr_lines(enabled=not VERBOSE["on"]):  # Ray's per-run actor-restart notice (ray#53727)
             rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,

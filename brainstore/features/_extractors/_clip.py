@@ -285,7 +285,10 @@ class ClipExtractor(Extractor):
         kwargs = {} if self._quick_gelu() is None else {"quick_gelu": self._quick_gelu()}
         with hub_offline(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.options["seed"])
-            if jit:  # silence open_clip's "initialized randomly": the weights are loaded right below
+            # silence open_clip's "initialized randomly": with a TorchScript checkpoint the weights are
+            # loaded right below; with pretrained=none random weights are the request, recorded in the
+            # table's metadata (random_init) and said by `brainstore extract` and the demo
+            if jit or path is None:
                 logging.disable(logging.WARNING)
             try:
                 model = open_clip.create_model(
