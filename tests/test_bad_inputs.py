@@ -199,3 +199,14 @@ def test_a_normal_extract_is_quiet(world, tmp_path):
     v = _run(world, "--verbose", "extract", "-e", "text", "--manifest", "{root}/ids.csv", "--store",
              str(tmp_path / "v"))
     assert v.returncode == 0 and "max_restarts" in v.stdout + v.stderr
+
+
+def test_a_normal_fit_is_quiet(world, tmp_path):
+    """The default fit prints its progress, notes and the comparison table: no warnings, no Ray noise."""
+    r = _run(world, "fit", "--dataset", "{root}/data", "--store", "{root}/store", "--registry", str(tmp_path / "reg"),
+             timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "registered" in out and "left out feature table 'partial'" in out
+    for noise in ("core_worker", "max_restarts", "WARNING", "Warning", "token", "fork", "progress bar", "Traceback"):
+        assert noise not in out, f"{noise!r} in: {out}"
