@@ -193,7 +193,8 @@ def test_a_normal_extract_is_quiet(world, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "2 written" in out
-    for noise in ("core_worker", "max_restarts", "WARNING", "Warning", "token", "fork", "progress bar"):
+    for noise in ("core_worker", "max_restarts", "WARNING", "Warning", "token", "fork", "progress bar",
+                  "Loading weights"):
         assert noise not in out, f"{noise!r} in: {out}"
     # what is hidden is there without the filter: --verbose shows Ray's notice (ray#53727)
     v = _run(world, "--verbose", "extract", "-e", "text", "--manifest", "{root}/ids.csv", "--store",

@@ -127,11 +127,6 @@ def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects
     if missing:
         raise ValueError(f"feature tables {missing} are not in store {fs.uri} (tables: {sorted(have)}); "
                          "extract them first with `brainstore extract`")
-    need = set(ds.stimuli(subjects=subjects).column("stimulus_id").to_pylist())
-    for f in sorted({f for m in spec.models for f in m.features}):
-        lacking = sorted(need - set(fs.ids(f)))
-        if lacking:  # on the driver, before any task: the message names the table and the ids
-            raise MissingStimuliError(f, lacking)
     for s in subjects:
         n = ds.n_images(s, "train")
         if n // spec.folds < 4:
@@ -166,6 +161,26 @@ def check_responses(ds: AlgonautsDataset, subjects: list[str]) -> None:
     problems = [p for ps in ray.get([task.remote(str(ds.root), s) for s in subjects]) for p in ps]
     if problems:
         raise DatasetValidationError(str(ds.root), problems)
+
+
+def missing_stimuli(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects: list[str]
+                    ) -> dict[tuple[str, str], MissingStimuliError]:
+    """``{(subject, model): error}`` for every base model whose feature tables lack some of the subject's stimuli.
+
+    Checked on the driver before any task: such a subject x model fails alone, at once, with the
+    table and the ids named, while the others are fitted.
+    """
+    table_ids = {f: set(fs.ids(f)) for f in sorted({f for m in spec.models for f in m.features})}
+    out = {}
+    for s in subjects:
+        need = set(ds.stimuli(subjects=[s]).column("stimulus_id").to_pylist())
+        for m in spec.models:
+            for f in m.features:
+                lacking = sorted(need - table_ids[f])
+                if lacking:
+                    out[(s, m.name)] = MissingStimuliError(f, lacking)
+                    break
+    return out
 
 
 def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
@@ -231,6 +246,9 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
+    lacking = missing_stimuli(spec, ds, fs, subjects)
+    if len(lacking) == len(subjects) * len(spec.models):  # nothing could be fitted: refuse before any work
+        raise next(iter(lacking.values()))
     run_dir = default_run_dir(out, reg.root, "fit")
     check_folder(run_dir, "run folder", "--out", create=True)  # before any work: a file or read-only path is refused
     res = ensure_connected()
@@ -243,18 +261,26 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     jobs = [{"dataset": str(ds.root), "store": fs.uri, "run_dir": str(run_dir), "subject": s, "hemi": h,
              "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
              "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu", "params": m.params()}
-            for s in subjects for m in by_cost for h in spec.hemispheres]
+            for s in subjects for m in by_cost for h in spec.hemispheres if (s, m.name) not in lacking]
     cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
     fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
     assemble_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(assemble_subject)
     names, kinds = _model_order(spec)
     run = FitRun(spec=spec, run_dir=run_dir, models=names, kinds=kinds)
     pending = {fit_task.remote({**j, "threads": cpus}): j for j in jobs}
-    left = {s: len(spec.hemispheres) * len(spec.models) for s in subjects}
+    left = {s: sum(j["subject"] == s for j in jobs) for s in subjects}
     infos: dict[str, dict] = {s: {} for s in subjects}
     failed: dict[str, set] = {s: set() for s in subjects}
+    for (s, model), err in lacking.items():  # failed on the driver, before any task
+        failed[s].add(model)
+        for h in spec.hemispheres:
+            run.failures.append({"subject": s, "hemi": h, "model": model, "error": str(err)})
+        log.error("fit skipped for %s %s: %s", s, model, err)
     bar = tqdm(total=len(jobs) + len(subjects), desc="fit subject x hemisphere x model", unit="task",
                disable=not progress)
+    for s in subjects:
+        if left[s] == 0:  # every model of this subject lacks stimuli: no task, no assembly
+            bar.update()
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         j = pending.pop(ref)

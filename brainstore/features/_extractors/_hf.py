@@ -186,6 +186,7 @@ class HFExtractor(Extractor):
     def _load(self, device: str) -> None:
         import transformers as tf
 
+        tf.utils.logging.disable_progress_bar()  # its per-actor "Loading weights" bar would cut through ours
         with hub_offline():
             model, info = tf.AutoModel.from_pretrained(self._dir, local_files_only=True, output_loading_info=True)
             tok = tf.AutoTokenizer.from_pretrained(self._dir, local_files_only=True) if self.modality == "text" else None

@@ -91,7 +91,9 @@ class TextExtractor(Extractor):
 
     def _load(self, device: str) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its per-actor "Loading weights" bar would cut through ours
         self._weights()
         with hub_offline():
             model = SentenceTransformer(self._dir, device=device, local_files_only=True)
