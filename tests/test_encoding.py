@@ -72,6 +72,16 @@ def test_import_fitting_does_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_fit_driver_code_does_not_import_torch():
+    """The fit driver orders jobs by cost and submits them: torch (~0.5 GB resident) stays in the workers."""
+    code = ("import sys; from brainstore.fitting._run import _fit_cost; from brainstore.fitting._spec import ModelSpec; "
+            "from brainstore.fitting._encoding import fit_base; from brainstore.fitting._assemble import assemble_subject; "
+            "c = _fit_cost(ModelSpec(name='u', features=['a', 'b'], method='banded'), {'a': 512, 'b': 384}); "
+            "print(c, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(7.0 * 896 ** 2), "False"]  # 7 default weightings x p^2
+
+
 @pytest.fixture(scope="module")
 def fitted(small_dataset, tmp_path_factory, ray_local):
     from brainstore.features._extractors._testing import register_tiny_models

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
+from ._spec import default_n_candidates
 from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh, _fold_gram, _FoldGram,
                        _batch_cross, _Basis, _cross_scores, _fold_cross,
                        _full_cross, _grams, _inv_shifts, _lapack_threads,
@@ -116,19 +117,6 @@ def banded_candidates(n_bands: int, n: int | None = None, *,
         rest = np.array([rng.dirichlet([CONCENTRATIONS[i % 2]] * n_bands)
                          for i in range(n_rest)]).reshape(n_rest, n_bands)
     return np.vstack([fixed, rest])
-
-
-def default_n_candidates(n_bands: int) -> int:
-    """Number of default band weightings: 7 for 2 bands, ``4 * n_bands + 1`` for more.
-
-    For 2 bands, 7 candidates (uniform, both corners, ratios of 10 and 100
-    either way) predicted held-out responses as well as 9 (2/3-decade
-    steps) or 5 on the subject-1-scale benchmark data (mean test r 0.53163
-    / 0.53163 / 0.53160 over 3,000 vertices) at 74% of the time of 9; each
-    candidate costs about one ridge CV on all features, so this is most of
-    a union fit's time (benchmarks/RESULTS.md, "Encoding at NSD scale").
-    """
-    return 7 if n_bands == 2 else 4 * n_bands + 1
 
 
 def _ratio_grid(n_rest: int) -> np.ndarray:

@@ -192,7 +192,7 @@ def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
 
 def _fit_cost(model, dims: dict[str, int]) -> float:
     """Relative cost of fitting ``model`` (a ModelSpec): p^2 per ridge CV, times the band weightings."""
-    from ._banded import default_n_candidates
+    from ._spec import default_n_candidates  # (not from _banded: the driver never imports torch)
 
     p = sum(dims[f] for f in model.features)
     if model.method != "banded":

@@ -31,6 +31,19 @@ class MLPParams(_Strict):
     seed: int = 0  # torch seed
 
 
+def default_n_candidates(n_bands: int) -> int:
+    """Number of default band weightings: 7 for 2 bands, ``4 * n_bands + 1`` for more.
+
+    For 2 bands, 7 candidates (uniform, both corners, ratios of 10 and 100
+    either way) predicted held-out responses as well as 9 (2/3-decade
+    steps) or 5 on the subject-1-scale benchmark data (mean test r 0.53163
+    / 0.53163 / 0.53160 over 3,000 vertices) at 74% of the time of 9; each
+    candidate costs about one ridge CV on all features, so this is most of
+    a union fit's time (benchmarks/RESULTS.md, "Encoding at NSD scale").
+    """
+    return 7 if n_bands == 2 else 4 * n_bands + 1
+
+
 class BandedParams(_Strict):
     """Banded ridge settings: candidate weightings of the feature spaces (one band per table)."""
 
