@@ -40,6 +40,13 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tra
     VERBOSE["on"] = verbose
 
 
+def _need(path: Path, folder: bool, what: str, usage: str) -> None:
+    """Fail unless ``path`` is an existing folder (``folder``) or file, naming it and what the option takes."""
+    if not (path.is_dir() if folder else path.is_file()):
+        state = f"is not a {'folder' if folder else 'file'}" if path.exists() else "does not exist"
+        _fail(f"{what} {path} {state}; {usage}")
+
+
 def _fail(msg: str) -> None:
     import sys
 
@@ -159,12 +166,11 @@ def extract_cmd(
         _fail(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if storage_dtype not in STORAGE_DTYPES:
         _fail(f"--storage-dtype {storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
-    if dataset is not None and not dataset.is_dir():
-        _fail(f"dataset {dataset} {'is not a folder' if dataset.exists() else 'does not exist'}; "
-              "--dataset takes a dataset folder in the Algonauts layout (a manifest file goes with --manifest)")
-    if manifest is not None and not manifest.is_file():
-        _fail(f"manifest {manifest} {'is not a file' if manifest.exists() else 'does not exist'}; "
-              "--manifest takes a .parquet or .csv file")
+    if dataset is not None:
+        _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout (a manifest "
+              "file goes with --manifest)")
+    if manifest is not None:
+        _need(manifest, False, "manifest", "--manifest takes a .parquet or .csv file")
     try:
         # everything checkable on the driver is checked before Ray starts: the spec, the weights, the store folder
         ext = with_layer(extractor, layer) if layer is not None else get_extractor(extractor)
@@ -306,11 +312,10 @@ def fit_cmd(
     notes: list[str] = []
     if config is None and dataset is None:
         _fail("give --config FILE or --dataset DIR")
-    if config is not None and not config.is_file():
-        _fail(f"fit spec {config} {'is not a file' if config.exists() else 'does not exist'}; --config takes a YAML file")
-    if dataset is not None and not dataset.is_dir():
-        _fail(f"dataset {dataset} {'is not a folder' if dataset.exists() else 'does not exist'}; "
-              "--dataset takes a dataset folder in the Algonauts layout")
+    if config is not None:
+        _need(config, False, "fit spec", "--config takes a YAML file")
+    if dataset is not None:
+        _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
     try:
         spec = load_spec(config, dataset=str(dataset) if dataset else None) if config is not None else None
         reg = (spec.registry if spec is not None else None) or registry

@@ -391,10 +391,8 @@ def extract(
             t_compact = time.time()
             fs.compact(feature)
             log.info("extract %s: compaction %.2f s", feature, time.time() - t_compact)
-    except BaseException:
+    finally:  # failed, or every stimulus was bad: no empty table is left behind
         _drop_if_empty(fs, feature, created)
-        raise
-    _drop_if_empty(fs, feature, created)  # every stimulus failed: no empty table is left behind
     report.seconds = time.time() - t0
     return report
 

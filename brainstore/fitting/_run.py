@@ -256,7 +256,7 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
     # subject by subject (its assembly overlaps the next subject's fits), costliest model first (no long
     # fit left alone at the end while the other CPUs idle)
-    dims = {f: fs.info(f).dim for m in spec.models for f in m.features}
+    dims = {f: fs.info(f).dim for f in {f for m in spec.models for f in m.features}}
     by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
     jobs = [{"dataset": str(ds.root), "store": fs.uri, "run_dir": str(run_dir), "subject": s, "hemi": h,
              "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
