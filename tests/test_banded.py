@@ -228,10 +228,12 @@ def test_constant_targets_and_three_bands():
 
 def test_banded_candidates():
     c = banded_candidates(2)
-    assert c.shape == (7, 2)
+    assert c.shape == (5, 2)
     np.testing.assert_allclose(c[:3], [[0.5, 0.5], [1, 0], [0, 1]])
     np.testing.assert_allclose(c.sum(1), 1)
-    np.testing.assert_allclose(np.log10(c[3:, 0] / c[3:, 1]), [-2, -1, 1, 2])
+    np.testing.assert_allclose(np.log10(c[3:, 0] / c[3:, 1]), [-2, 2])
+    c7 = banded_candidates(2, 7)
+    np.testing.assert_allclose(np.log10(c7[3:, 0] / c7[3:, 1]), [-2, -1, 1, 2])
     c9 = banded_candidates(2, 9)
     np.testing.assert_allclose(np.log10(c9[3:, 0] / c9[3:, 1]), [-2, -4 / 3, -2 / 3, 2 / 3, 4 / 3, 2])
     assert banded_candidates(2, 3).shape == (3, 2) and banded_candidates(2, 4).shape == (4, 2)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
-from ._spec import default_n_candidates
+from ._candidates import banded_candidates, check_gammas
 from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh, _fold_gram, _FoldGram,
                        _batch_cross, _Basis, _cross_scores, _fold_cross,
                        _full_cross, _grams, _inv_shifts, _lapack_threads,
@@ -62,78 +62,11 @@ __all__ = [
 
 #: Band = (start, stop) column range, or an int64 array of column indices.
 Band = tuple[int, int] | np.ndarray
-#: Log10 span of the band-weight ratios of the default 2-band candidates.
-RATIO_DECADES = 2.0
-#: Dirichlet concentrations cycled through for more than 2 bands (as himalaya).
-CONCENTRATIONS = (0.1, 1.0)
 
 
 # --------------------------------------------------------------------------
-# Candidates and bands
+# Bands
 # --------------------------------------------------------------------------
-
-def banded_candidates(n_bands: int, n: int | None = None, *,
-                      random_state: int = 0) -> np.ndarray:
-    """Default candidate weightings of the bands, rows on the simplex.
-
-    In order: the uniform weighting (first, so that ties keep equal
-    weights), every corner (one band alone: each single-band ridge is a
-    candidate), then weightings in between. For 2 bands these have
-    log10(gamma_1 / gamma_2) evenly spaced in [-2, 2] decades (steps of
-    2/3 decade for ``n=9``, the spacing of ``np.logspace(0, 6, 10)``); for
-    more bands they are seeded Dirichlet samples with concentrations
-    alternating 0.1 and 1 (as ``himalaya``).
-
-    Parameters
-    ----------
-    n_bands : int
-        Number of bands (feature spaces).
-    n : int or None
-        Number of candidates, at least ``n_bands + 1``; None gives
-        :func:`default_n_candidates` (7 for 2 bands, ``4 * n_bands + 1``
-        for more). A single band has the one candidate ``[[1.0]]``.
-    random_state : int
-        Seed of the Dirichlet samples (more than 2 bands).
-
-    Returns
-    -------
-    gammas : ndarray of shape (n, n_bands)
-        Non-negative weights, each row summing to 1.
-    """
-    if not isinstance(n_bands, (int, np.integer)) or n_bands < 1:
-        raise ValueError(f"n_bands must be a positive integer, got {n_bands!r}.")
-    if n_bands == 1:
-        return np.ones((1, 1))
-    n = default_n_candidates(n_bands) if n is None else n
-    if not isinstance(n, (int, np.integer)) or n < n_bands + 1:
-        raise ValueError(f"n must be an integer >= n_bands + 1 = {n_bands + 1} "
-                         f"(every corner and the uniform weighting), got {n!r}.")
-    fixed = np.vstack([np.full(n_bands, 1.0 / n_bands), np.eye(n_bands)])
-    n_rest = n - n_bands - 1
-    if n_bands == 2:
-        rest = _ratio_grid(n_rest)
-    else:
-        rng = np.random.default_rng(random_state)
-        rest = np.array([rng.dirichlet([CONCENTRATIONS[i % 2]] * n_bands)
-                         for i in range(n_rest)]).reshape(n_rest, n_bands)
-    return np.vstack([fixed, rest])
-
-
-def _ratio_grid(n_rest: int) -> np.ndarray:
-    """``n_rest`` 2-band weightings, log10 ratios spaced over [-2, 2] without 0.
-
-    The ratios are the grid of ``n_rest + 1`` points from -2 decades with
-    step ``2 / ((n_rest + 1) // 2)`` (symmetric when ``n_rest`` is even),
-    the uniform point (0) excluded.
-    """
-    half = (n_rest + 1) // 2
-    if half == 0:
-        return np.empty((0, 2))
-    x = RATIO_DECADES * (np.arange(n_rest + 1) - half) / half
-    x = x[x != 0]
-    g1 = 1.0 / (1.0 + 10.0 ** -x)
-    return np.column_stack([g1, 1.0 - g1])
-
 
 def _check_bands(bands: Sequence, n_features: int) -> list[np.ndarray]:
     """Column indices of each band; they must tile ``range(n_features)``.
@@ -183,24 +116,6 @@ def _band_out(idx: np.ndarray) -> Band:
 def _band_index(band: Band) -> np.ndarray:
     """Column indices of a band as given by :func:`_band_out`."""
     return np.arange(*band) if isinstance(band, tuple) else np.asarray(band)
-
-
-def _check_gammas(gammas: Array | int | None, n_bands: int) -> np.ndarray:
-    """Candidate weightings (n_candidates, n_bands), float64, rows on the simplex."""
-    if gammas is None or isinstance(gammas, (int, np.integer)):
-        return banded_candidates(n_bands, None if gammas is None else int(gammas))
-    g = np.asarray(gammas, dtype=np.float64)
-    if g.ndim != 2 or g.shape[1] != n_bands or g.shape[0] == 0:
-        raise ValueError(f"gammas must have shape (n_candidates, n_bands={n_bands}), "
-                         f"got {g.shape}.")
-    if not np.isfinite(g).all() or (g < 0).any():
-        raise ValueError("gammas must be finite and non-negative.")
-    sums = g.sum(1)
-    if not np.allclose(sums, 1.0, rtol=0, atol=1e-6):
-        raise ValueError(f"each row of gammas must sum to 1 (weights on the simplex), "
-                         f"got row sums {np.unique(sums.round(6))[:5].tolist()}; "
-                         f"divide by the row sums.")
-    return g
 
 
 def _feature_scale(gamma: np.ndarray, bands: list[np.ndarray], p: int,
@@ -435,7 +350,7 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
         Candidate band weightings, non-negative rows summing to 1 (not
         renormalized: only weightings on the simplex are accepted). An int
         gives that many default candidates, None the default number
-        (7 for 2 bands, ``4 * n_bands + 1`` for more); see
+        (5 for 2 bands, ``4 * n_bands + 1`` for more); see
         :func:`banded_candidates`.
         Each candidate costs 0.6-0.85 of a plain ridge CV on all features.
     n_folds : int
@@ -467,7 +382,7 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
     n, p, t = pb.shape
     dtype = pb.dtype
     band_idx = _check_bands(bands, p)
-    candidates = _check_gammas(gammas, len(band_idx))
+    candidates = check_gammas(gammas, len(band_idx))
     gram, gram_vals = _grams(pb)
     # standardization and standardized Grams depend on the fold only, not on the band weighting
     fold_grams = [_fold_gram(pb.X64, f, gram, g, fit_intercept, standardize)
@@ -545,7 +460,7 @@ class BandedRidgeCVEncoder(RidgeCVEncoder):
         Positive regularization strengths.
     gammas : array of shape (n_candidates, n_bands), int or None
         Candidate band weightings (rows on the simplex), or a number of
-        default candidates (None: 7 for 2 bands, ``4 * n_bands + 1`` for
+        default candidates (None: 5 for 2 bands, ``4 * n_bands + 1`` for
         more); see :func:`banded_candidates`.
     n_folds : int
         Number of contiguous K-fold splits.

@@ -192,7 +192,7 @@ def plan_fit_cpus(n_cpus: float, n_jobs: int, use_gpu: bool) -> int:
 
 def _fit_cost(model, dims: dict[str, int]) -> float:
     """Relative cost of fitting ``model`` (a ModelSpec): p^2 per ridge CV, times the band weightings."""
-    from ._spec import default_n_candidates  # (not from _banded: the driver never imports torch)
+    from ._candidates import default_n_candidates  # (not from _banded: the driver never imports torch)
 
     p = sum(dims[f] for f in model.features)
     if model.method != "banded":
@@ -250,9 +250,11 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     if len(lacking) == len(subjects) * len(spec.models):  # nothing could be fitted: refuse before any work
         raise next(iter(lacking.values()))
     run_dir = default_run_dir(out, reg.root, "fit")
-    check_folder(run_dir, "run folder", "--out", create=True)  # before any work: a file or read-only path is refused
+    # before any work: a file or read-only path is refused; made once the responses are checked
+    run_dir = check_folder(run_dir, "run folder", "--out", create=True, make=False)
     res = ensure_connected()
     check_responses(ds, subjects)
+    run_dir.mkdir(parents=True, exist_ok=True)
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
     # subject by subject (its assembly overlaps the next subject's fits), costliest model first (no long
     # fit left alone at the end while the other CPUs idle)

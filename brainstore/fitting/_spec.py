@@ -8,6 +8,8 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._candidates import check_gammas
+
 __all__ = ["ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
@@ -31,23 +33,10 @@ class MLPParams(_Strict):
     seed: int = 0  # torch seed
 
 
-def default_n_candidates(n_bands: int) -> int:
-    """Number of default band weightings: 7 for 2 bands, ``4 * n_bands + 1`` for more.
-
-    For 2 bands, 7 candidates (uniform, both corners, ratios of 10 and 100
-    either way) predicted held-out responses as well as 9 (2/3-decade
-    steps) or 5 on the subject-1-scale benchmark data (mean test r 0.53163
-    / 0.53163 / 0.53160 over 3,000 vertices) at 74% of the time of 9; each
-    candidate costs about one ridge CV on all features, so this is most of
-    a union fit's time (benchmarks/RESULTS.md, "Encoding at NSD scale").
-    """
-    return 7 if n_bands == 2 else 4 * n_bands + 1
-
-
 class BandedParams(_Strict):
     """Banded ridge settings: candidate weightings of the feature spaces (one band per table)."""
 
-    # candidate band weightings: None (the defaults, 7 for 2 bands and 4 x bands + 1 for more: uniform,
+    # candidate band weightings: None (the defaults, 5 for 2 bands and 4 x bands + 1 for more: uniform,
     # each band alone, weightings in between), a number of default candidates, or the weights themselves (one row per candidate, summing to 1)
     gammas: Optional[int | list[list[float]]] = None
 
@@ -69,6 +58,12 @@ class ModelSpec(_Strict):
             raise ValueError(f"model {self.name!r}: 'mlp' settings given but method is {self.method!r}")
         if self.banded is not None and self.method != "banded":
             raise ValueError(f"model {self.name!r}: 'banded' settings given but method is {self.method!r}")
+        if self.banded is not None and self.banded.gammas is not None:
+            try:  # checked here, before any work: one band per feature table
+                check_gammas(self.banded.gammas, len(self.features))
+            except ValueError as e:
+                raise ValueError(f"model {self.name!r}: banded.gammas: {e} (one weight per feature table: "
+                                 f"{len(self.features)})") from None
         return self
 
     def params(self) -> dict | None:
@@ -161,6 +156,14 @@ class FitSpec(_Strict):
         return self
 
 
+def _given(err: dict) -> str:
+    """``" (given: VALUE)"`` for a wrong scalar value, so the message shows what was written."""
+    v = err.get("input")
+    if err.get("type") in ("missing", "extra_forbidden") or isinstance(v, (dict, list)) or v is None:
+        return ""
+    return f" (given: {v!r})"
+
+
 def load_spec(path: str | Path, **overrides) -> FitSpec:
     """Read a YAML fit spec; errors name the file and the field."""
     import yaml
@@ -178,5 +181,5 @@ def load_spec(path: str | Path, **overrides) -> FitSpec:
     try:
         return FitSpec(**raw)
     except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}{_given(err)}" for err in e.errors()]
         raise SpecError(f"fit spec {path} is invalid:\n  " + "\n  ".join(lines)) from None
