@@ -47,6 +47,22 @@ def world(tmp_path_factory):
     nsd = first.name.split("_", 1)[1]  # nsd-NNNNN.png
     shutil.copy(first, train / f"train-9999_{nsd}")  # a second file with the same stimulus id
     (root / "ids.csv").write_text("stimulus_id,path,modality,caption\n00012,,text,a cat\n00007,,text,a dog\n")
+    specs = {  # fit specs a user gets wrong in the ways that matter
+        "method.yaml": "models:\n  - name: m\n    features: [txt]\n    method: lasso\n",
+        "notable.yaml": "models:\n  - name: m\n    features: [txt, nosuchtable]\n",
+        "gammas.yaml": "models:\n  - name: m\n    features: [txt, partial]\n    method: banded\n"
+                       "    banded: {gammas: [[0.7, 0.7]]}\n",
+        "onebanded.yaml": "models:\n  - name: m\n    features: [txt]\n    method: banded\n",
+        "badyaml.yaml": "models: [name: m\n",
+    }
+    for name, body in specs.items():
+        (root / name).write_text(f"dataset: {ds_root}\nstore: {root / 'store'}\nregistry: {root / 'registry'}\n" + body)
+    nan = root / "nan-data"  # a dataset whose responses hold a NaN
+    shutil.copytree(ds_root, nan)
+    f = nan / "subj01" / "training_split" / "training_fmri" / "rh_training_fmri.npy"
+    y = np.load(f)
+    y[3, 11] = np.nan
+    np.save(f, y)
     return root
 
 
@@ -126,6 +142,33 @@ CASES = [
      ["--rois"]),
     ("predict-out-is-file", ["predict", "--dataset", "{root}/data", "--registry", "{root}/registry", "--out",
                              "{root}/afile.txt"], 2, ["afile.txt", "is a file"]),
+    # the ones a demanding user tries next
+    ("fit-unknown-method", ["fit", "--config", "{root}/method.yaml"], 2, ["method.yaml", "lasso", "banded"]),
+    ("fit-unknown-table", ["fit", "--config", "{root}/notable.yaml"], 2, ["nosuchtable", "txt"]),
+    ("fit-gammas-off-simplex", ["fit", "--config", "{root}/gammas.yaml"], 2, ["sum to 1"]),
+    ("fit-banded-one-table", ["fit", "--config", "{root}/onebanded.yaml"], 2, ["banded needs two or more"]),
+    ("fit-bad-yaml", ["fit", "--config", "{root}/badyaml.yaml"], 2, ["badyaml.yaml", "not valid YAML"]),
+    ("fit-nan-responses", ["fit", "--dataset", "{root}/nan-data", "--store", "{root}/store", "--registry",
+                           "{root}/registry"], 2, ["rh_training_fmri.npy", "NaN first at row 3, vertex 11"]),
+    ("evaluate-no-dataset", ["evaluate", "--dataset", "{root}/nosuch", "--registry", "{root}/registry"], 2,
+     ["nosuch", "does not exist"]),
+    ("predict-unknown-model", ["predict", "--dataset", "{root}/data", "--registry", "{root}/registry", "--model",
+                               "nosuchmodel", "--out", "{root}/preds"], 2, ["nosuchmodel"]),
+    ("info-not-a-dataset", ["info", "{root}/registry"], 2, ["registry"]),
+    ("make-dataset-over-file", ["make-dataset", "{root}/afile.txt"], 2, ["afile.txt"]),
+    ("make-dataset-no-subjects", ["make-dataset", "{root}/newdata", "--subjects", "0"], 2, ["subjects"]),
+    ("extract-layer-on-text", ["extract", "-e", "text", "--dataset", "{root}/data", "--layer", "3"], 2,
+     ["'text' has no 'layer' option", "clip"]),
+    ("extract-bad-layer", ["extract", "-e", "clip:arch=ViT-B-32,pretrained=none", "--dataset", "{root}/data",
+                           "--layer", "abc"], 2, ["abc"]),
+    ("pca-zero-components", ["features", "--store", "{root}/store", "--pca", "txt", "--components", "0"], 2,
+     ["--components"]),
+    ("pca-too-many-components", ["features", "--store", "{root}/store", "--pca", "txt", "--components", "500"], 2,
+     ["500", "dimension 8"]),
+    ("index-unknown-kind", ["features", "--store", "{root}/store", "--index", "txt", "--index-kind", "kdtree"], 2,
+     ["kdtree", "ivf_pq"]),
+    ("extract-bad-version-name", ["extract", "-e", "text", "--dataset", "{root}/data", "--store", "{root}/store",
+                                  "--version", "a/b"], 2, ["a/b"]),
 ]
 
 

@@ -34,6 +34,13 @@ def derive_pca(store: str | FeatureStore, source: str, n_components: int, *, nam
     from sklearn.decomposition import PCA
 
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, create=False)
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
+        raise FeatureStoreError(f"PCA of {source!r}: the number of components (--components) must be a positive "
+                                f"integer, got {n_components!r}")
+    dim = fs.info(source).dim
+    if n_components > dim:
+        raise FeatureStoreError(f"PCA of {source!r}: {n_components} components (--components) exceed the table's "
+                                f"dimension {dim}; pass at most {dim}")
     tbl = fs.read(source)
     ids = tbl.column("stimulus_id").to_pylist()
     splits = tbl.column("split").to_pylist()
