@@ -150,6 +150,8 @@ CASES = [
     ("fit-bad-yaml", ["fit", "--config", "{root}/badyaml.yaml"], 2, ["badyaml.yaml", "not valid YAML"]),
     ("fit-nan-responses", ["fit", "--dataset", "{root}/nan-data", "--store", "{root}/store", "--registry",
                            "{root}/registry"], 2, ["rh_training_fmri.npy", "NaN first at row 3, vertex 11"]),
+    ("fit-duplicate-ids", ["fit", "--dataset", "{root}/dup-data", "--store", "{root}/store", "--registry",
+                           "{root}/registry"], 2, ["train-9999_nsd-", "share the stimulus id"]),
     ("evaluate-no-dataset", ["evaluate", "--dataset", "{root}/nosuch", "--registry", "{root}/registry"], 2,
      ["nosuch", "does not exist"]),
     ("predict-unknown-model", ["predict", "--dataset", "{root}/data", "--registry", "{root}/registry", "--model",
