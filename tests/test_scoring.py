@@ -9,7 +9,8 @@ from brainstore.scoring import (
     noise_ceiling_from_ncsnr,
     noise_normalized_score,
     pearson_r,
-    retrieval_accuracy,
+    retrieval_from_similarity,
+    retrieval_metrics,
     roi_summary,
 )
 
@@ -72,19 +73,48 @@ def test_noise_ceiling_formula():
         noise_ceiling_from_ncsnr(ncsnr, 0, 0, 0)
 
 
-def test_retrieval_perfect_chance_and_direction():
+def test_retrieval_directions_differ_on_a_constructed_matrix():
+    """Rows are decoded embeddings, columns stimuli; the two directions give different answers."""
+    sim = np.array([[0.9, 0.95, 0.99],   # decoded 0 prefers stimulus 2: a brain->stimulus miss
+                    [0.1, 0.8, 0.0],
+                    [0.0, 0.0, 0.5]])
+    out = retrieval_from_similarity(sim, n_candidates=3, n_draws=4)
+    # brain -> stimulus: row argmax = [2, 1, 2] -> rows 1 and 2 right
+    assert out["top1_brain_to_stimulus"] == pytest.approx(2 / 3)
+    # stimulus -> brain: column argmax = [0, 0, 0] -> only column 0 right
+    assert out["top1_stimulus_to_brain"] == pytest.approx(1 / 3)
+    # two-way: row 0 loses both pairs, rows 1 and 2 win both
+    assert out["two_way"] == pytest.approx(4 / 6)
+    assert out["chance"] == pytest.approx(1 / 3) and out["n_candidates"] == 3 and out["n_draws"] == 4
+    assert out["top1_brain_to_stimulus_ci95"] == pytest.approx([2 / 3, 2 / 3])  # every draw is the whole set
+    # the transpose swaps the directions
+    tr = retrieval_from_similarity(sim.T, n_candidates=3, n_draws=1)
+    assert tr["top1_brain_to_stimulus"] == pytest.approx(1 / 3) and tr["top1_stimulus_to_brain"] == pytest.approx(2 / 3)
+
+
+def test_retrieval_draws_against_brute_force():
     rng = np.random.default_rng(3)
     true = rng.normal(size=(400, 16))
-    perfect = retrieval_accuracy(true * 2.0, true, n_draws=5)
-    assert perfect["forward"] == 1.0 and perfect["backward"] == 1.0 and perfect["n_candidates"] == 300
-    rand = retrieval_accuracy(rng.normal(size=(400, 16)), true, n_draws=30)
-    assert rand["forward"] < 0.02 and rand["backward"] < 0.02
-    # a brute-force reference for one draw (n_candidates = all items)
     dec = true + rng.normal(scale=2.0, size=true.shape)
-    small_dec, small_true = dec[:50], true[:50]
-    out = retrieval_accuracy(small_dec, small_true, n_candidates=50, n_draws=1)
-    dn = small_dec / np.linalg.norm(small_dec, axis=1, keepdims=True)
-    tn = small_true / np.linalg.norm(small_true, axis=1, keepdims=True)
-    sim = dn @ tn.T
-    assert out["forward"] == pytest.approx(np.mean(sim.argmax(1) == np.arange(50)))
-    assert out["backward"] == pytest.approx(np.mean(sim.argmax(0) == np.arange(50)))
+    out = retrieval_metrics(dec, true, n_candidates=300, n_draws=30, seed=5)
+    # brute force: the same draws, each similarity block from scratch with sklearn's cosine
+    from sklearn.metrics.pairwise import cosine_similarity as sk_cos
+
+    draws = np.random.default_rng(5)
+    b2s, s2b, own = [], [], np.arange(300)
+    for _ in range(30):
+        idx = draws.choice(400, size=300, replace=False)
+        sim = sk_cos(dec[idx], true[idx])
+        b2s.append(np.mean(sim.argmax(1) == own))
+        s2b.append(np.mean(sim.argmax(0) == own))
+    assert out["top1_brain_to_stimulus"] == pytest.approx(np.mean(b2s))
+    assert out["top1_stimulus_to_brain"] == pytest.approx(np.mean(s2b))
+    assert out["top1_brain_to_stimulus_ci95"] == pytest.approx(list(np.percentile(b2s, [2.5, 97.5])))
+    full = sk_cos(dec, true)
+    pairs = [full[i, i] > full[i, j] for i in range(400) for j in range(400) if i != j]
+    assert out["two_way"] == pytest.approx(np.mean(pairs))
+    # chance level: independent embeddings retrieve at about 1 / 300
+    rand = retrieval_metrics(rng.normal(size=(400, 16)), true)
+    assert rand["top1_brain_to_stimulus"] < 0.015 and abs(rand["two_way"] - 0.5) < 0.02
+    with pytest.raises(ValueError, match="same shape"):
+        retrieval_metrics(dec[:10], true[:11])

@@ -12,7 +12,7 @@ from ..scoring import (
     noise_ceiling_from_ncsnr,
     noise_normalized_score,
     pearson_r,
-    retrieval_accuracy,
+    retrieval_metrics,
     roi_summary,
 )
 from ._choice import validation_r
@@ -39,7 +39,7 @@ _LAZY = {
 __all__ = [
     # scoring
     "pearson_r", "noise_normalized_score", "nnmc", "roi_summary", "noise_ceiling_from_ncsnr",
-    "retrieval_accuracy", "score_subject", "score_submission", "validation_r",
+    "retrieval_metrics", "score_subject", "score_submission", "validation_r",
     # ridge and banded ridge solvers and estimators (lazy: torch)
     "solve_ridge_cv", "solve_ridge_cv_eigh", "solve_ridge_cv_svd", "RIDGE_SOLVERS", "RidgeCVResult",
     "predict_ridge", "kfold_indices", "RidgeCVEncoder", "MLPEncoder",

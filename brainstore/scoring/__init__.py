@@ -11,9 +11,9 @@ from ._metrics import (
     noise_normalized_score,
     pearson_r,
     r2_split,
-    retrieval_accuracy,
     roi_summary,
 )
+from ._retrieval import cosine_similarity, retrieval_from_similarity, retrieval_metrics, two_way_identification
 
 __all__ = [
     "pearson_r",
@@ -23,5 +23,8 @@ __all__ = [
     "nnmc",
     "roi_summary",
     "noise_ceiling_from_ncsnr",
-    "retrieval_accuracy",
+    "cosine_similarity",
+    "retrieval_metrics",
+    "retrieval_from_similarity",
+    "two_way_identification",
 ]

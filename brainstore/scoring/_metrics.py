@@ -24,7 +24,6 @@ __all__ = [
     "nnmc",
     "roi_summary",
     "noise_ceiling_from_ncsnr",
-    "retrieval_accuracy",
 ]
 
 _NC_FLOOR = 1e-14
@@ -255,59 +254,3 @@ def noise_ceiling_from_ncsnr(
     k = (n_three / 3.0 + n_two / 2.0 + n_one / 1.0) / total
     s2 = ncsnr**2
     return s2 / (s2 + k)
-
-
-def retrieval_accuracy(
-    decoded: np.ndarray,
-    true: np.ndarray,
-    *,
-    n_candidates: int = 300,
-    n_draws: int = 30,
-    seed: int = 0,
-) -> dict[str, float]:
-    """MindEye retrieval protocol: forward and backward top-1 accuracy.
-
-    For each of ``n_draws`` draws, ``n_candidates`` test items are sampled without replacement;
-    the cosine similarity between decoded (brain) and true (stimulus) embeddings is computed.
-    Forward (brain -> stimulus): for each brain sample, is its own stimulus the most similar
-    candidate? Backward: for each stimulus, is its own brain sample the most similar? Accuracies
-    are averaged over draws. Chance is 1 / n_candidates.
-
-    Parameters
-    ----------
-    decoded : array of shape (n_items, dim)
-    true : array of shape (n_items, dim)
-    n_candidates : int
-        Candidates per draw (capped at n_items).
-    n_draws : int
-    seed : int
-
-    Returns
-    -------
-    dict with ``forward``, ``backward``, ``chance``, ``n_candidates``, ``n_draws``.
-    """
-    decoded = np.asarray(decoded, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
-    if decoded.shape != true.shape or decoded.ndim != 2:
-        raise ValueError(f"decoded {decoded.shape} and true {true.shape} must be equal 2-D shapes")
-    n = decoded.shape[0]
-    k = min(n_candidates, n)
-    if k < 2:
-        raise ValueError("retrieval needs at least 2 items")
-    dn = decoded / np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-12)
-    tn = true / np.maximum(np.linalg.norm(true, axis=1, keepdims=True), 1e-12)
-    rng = np.random.default_rng(seed)
-    fwd, bwd = [], []
-    for _ in range(n_draws):
-        idx = rng.choice(n, size=k, replace=False)
-        sim = dn[idx] @ tn[idx].T  # rows: brain samples, columns: stimuli
-        diag = np.arange(k)
-        fwd.append(float((sim.argmax(axis=1) == diag).mean()))
-        bwd.append(float((sim.argmax(axis=0) == diag).mean()))
-    return {
-        "forward": float(np.mean(fwd)),
-        "backward": float(np.mean(bwd)),
-        "chance": 1.0 / k,
-        "n_candidates": k,
-        "n_draws": n_draws,
-    }
