@@ -300,3 +300,38 @@ def test_estimator_pipeline_clone_and_state_dict(tmp_path):
                                             device="cpu")
     np.testing.assert_array_equal(loaded.predict(Xtest), fitted.predict(Xtest))
     np.testing.assert_array_equal(loaded.alpha_, fitted.alpha_)
+
+
+@pytest.mark.parametrize("score", ["r2", "pearson"])
+@pytest.mark.parametrize("n,p", [(160, 12), (40, 90)])  # more samples than features, and fewer (decoders)
+def test_shared_alpha_matches_a_sklearn_loop(score, n, p):
+    """``alpha_per_target=False``: the alpha with the best mean CV score over targets, refit on all samples."""
+    X, Y = make_data(n=n, p=p, t=10, seed=4)
+    Y[:, 3] = 2.5  # a constant target does not vote and gets zero weight
+    folds = list(KFold(5).split(X))
+    mean_cv = []
+    for a in ALPHAS:
+        per_fold = []
+        for tr, va in folds:
+            pred = make_pipeline(StandardScaler(), Ridge(alpha=a)).fit(X[tr], Y[tr]).predict(X[va])
+            yv = Y[va]
+            if score == "r2":
+                ss = ((yv - yv.mean(0)) ** 2).sum(0)
+                s = 1 - ((yv - pred) ** 2).sum(0) / np.where(ss > 0, ss, 1)
+            else:
+                s = np.array([pearsonr(pred[:, j], yv[:, j])[0] if yv[:, j].std() > 0 else 0.0
+                              for j in range(yv.shape[1])])
+            per_fold.append(np.where(yv.std(0) > 0, s, 0.0))
+        mean_cv.append(np.mean(per_fold, 0))
+    mean_cv = np.array(mean_cv)
+    keep = np.arange(10) != 3
+    best = ALPHAS[int(np.argmax(mean_cv[:, keep].mean(1)))]
+    ref = make_pipeline(StandardScaler(), Ridge(alpha=best)).fit(X, Y)
+    for batch in (None, 3):  # one batch, and a first pass over several
+        res = solve_ridge_cv(X, Y, ALPHAS, folds=folds, score=score, dtype=torch.float64,
+                             alpha_per_target=False, target_batch_size=batch)
+        np.testing.assert_allclose(res.alphas.numpy(), best)
+        np.testing.assert_allclose(res.cv_scores.numpy()[:, keep], mean_cv[:, keep], rtol=1e-6, atol=1e-9)
+        pred = res.predict(X).numpy()
+        np.testing.assert_allclose(pred[:, keep], ref.predict(X)[:, keep], rtol=1e-6, atol=1e-6)
+        assert (res.coef.numpy()[:, 3] == 0).all()

@@ -735,8 +735,11 @@ def _full_cross(bc: _BatchCross, full: _Basis, n: int,
 def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
                  partition: bool, bases: list[_Basis], Ds: list[torch.Tensor],
                  full: _Basis, D_full: torch.Tensor, fit_intercept: bool,
-                 pearson: bool) -> tuple[torch.Tensor, ...]:
+                 pearson: bool, shared: int | str | None = None) -> tuple[torch.Tensor, ...]:
     """Cross-validate and refit one batch of (globally centered) targets.
+
+    ``shared``: None picks each target's alpha; ``"batch"`` one alpha for the whole batch (the best
+    mean validation score over its non-constant targets); an int, that alpha index for every target.
 
     Returns
     -------
@@ -757,11 +760,22 @@ def _solve_batch(Yb: torch.Tensor, Xw: torch.Tensor, folds: list[_Fold],
             fit_intercept, pearson), bc.stats[k], f.n_val, pearson)
         bc.XvYs[k] = None  # free as we go
     total /= len(folds)
-    best = total.argmax(0)  # first maximum: ties go to the earlier alpha
+    if shared is None:
+        best = total.argmax(0)  # first maximum: ties go to the earlier alpha
+    else:
+        a = _shared_alpha(total, bc.gconst) if shared == "batch" else int(shared)
+        best = torch.full((Yb.shape[1],), a, dtype=torch.long, device=Yb.device)
     B, cy = _full_cross(bc, full, Yb.shape[0], fit_intercept)
     W = _refit(full, B, D_full.index_select(0, best))
     W[:, bc.gconst] = 0  # constant targets: zero weight
     return W, cy, total, best
+
+
+def _shared_alpha(cv: torch.Tensor, const: torch.Tensor) -> int:
+    """Index of the alpha with the best mean validation score over the non-constant targets."""
+    keep = ~const
+    mean = (cv[:, keep] if keep.any() else cv).mean(1)
+    return int(mean.argmax())  # first maximum: ties go to the earlier alpha
 
 
 # --------------------------------------------------------------------------
@@ -852,7 +866,7 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
                     device: str | torch.device, dtype: torch.dtype | str,
                     target_batch_size: int | None, standardize: bool,
                     fit_intercept: bool, random_state: int | None,
-                    make_basis: Callable[..., _Basis]) -> RidgeCVResult:
+                    make_basis: Callable[..., _Basis], alpha_per_target: bool = True) -> RidgeCVResult:
     """Shared driver of the ridge CV solvers (see :func:`solve_ridge_cv`)."""
     pb = _setup(X, Y, alphas, n_folds, folds, score, device, dtype,
                 target_batch_size, fit_intercept, random_state)
@@ -880,11 +894,15 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
     cv_scores = torch.empty((n_alphas, t), dtype=dtype)
     best_idx = torch.empty(t, dtype=torch.long)
 
+    shared: int | str | None = None
+    if not alpha_per_target:
+        shared = "batch" if t <= step else _shared_alpha(
+            _cv_pass(pb, bases, Ds, full, D_full, fit_intercept, step), _constant_targets(pb, step))
     for start in range(0, t, step):
         cols = slice(start, min(start + step, t))
         Yb, y_gmean = _load_batch(pb.Y, cols, dtype, pb.device, fit_intercept)
         W, cy, cv, best = _solve_batch(Yb, pb.Xw, pb.folds, pb.partition, bases,
-                                       Ds, full, D_full, fit_intercept, pb.pearson)
+                                       Ds, full, D_full, fit_intercept, pb.pearson, shared)
         del Yb
         coef[:, cols] = W.cpu()
         intercept[cols] = (y_gmean + cy).cpu()
@@ -898,6 +916,25 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
                          cv_scores=cv_scores, best_scores=best_scores,
                          x_mean=x_mean, x_scale=full.scale.to(dtype).cpu(),
                          alpha_grid=alpha_grid, score=score)
+
+
+def _cv_pass(pb: _Problem, bases, Ds, full, D_full, fit_intercept: bool, step: int) -> torch.Tensor:
+    """Validation scores (n_alphas, n_targets) of every target batch (a first pass for a shared alpha)."""
+    out = []
+    for start in range(0, pb.shape[2], step):
+        Yb, _ = _load_batch(pb.Y, slice(start, min(start + step, pb.shape[2])), pb.dtype, pb.device, fit_intercept)
+        out.append(_solve_batch(Yb, pb.Xw, pb.folds, pb.partition, bases, Ds, full, D_full,
+                                fit_intercept, pb.pearson)[2])
+    return torch.cat(out, 1)
+
+
+def _constant_targets(pb: _Problem, step: int) -> torch.Tensor:
+    """(n_targets,) bool: targets constant over all samples."""
+    out = []
+    for start in range(0, pb.shape[2], step):
+        Yb, _ = _load_batch(pb.Y, slice(start, min(start + step, pb.shape[2])), pb.dtype, pb.device, False)
+        out.append(_val_stats(Yb)[2])
+    return torch.cat(out).to(pb.device)
 
 
 _COMMON_DOC = """
@@ -934,6 +971,12 @@ _COMMON_DOC = """
         centering is done (``standardize`` then only scales).
     random_state : int or None
         None: contiguous folds; an int shuffles as ``KFold(shuffle=True)``.
+    alpha_per_target : bool
+        True: each target gets its own alpha. False: one alpha for all, the
+        best mean validation score over the non-constant targets (as
+        ``sklearn.linear_model.RidgeCV(alpha_per_target=False)`` with the
+        given score; decoders into an embedding space use it). With more
+        targets than one batch this takes a first pass over the batches.
 
     Returns
     -------
@@ -948,7 +991,8 @@ def solve_ridge_cv_eigh(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
                         dtype: torch.dtype | str = torch.float32,
                         target_batch_size: int | None = None,
                         standardize: bool = True, fit_intercept: bool = True,
-                        random_state: int | None = None) -> RidgeCVResult:
+                        random_state: int | None = None,
+                        alpha_per_target: bool = True) -> RidgeCVResult:
     """Ridge with per-target alphas by K-fold CV; float64 Gram eigendecomposition.
 
     Each fold's train Gram matrix is obtained by downdating the full Gram
@@ -958,7 +1002,7 @@ def solve_ridge_cv_eigh(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
     """
     return _solve_ridge_cv(X, Y, alphas, n_folds, folds, score, device, dtype,
                            target_batch_size, standardize, fit_intercept,
-                           random_state, _basis_eigh)
+                           random_state, _basis_eigh, alpha_per_target)
 
 
 def solve_ridge_cv_svd(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
@@ -967,7 +1011,8 @@ def solve_ridge_cv_svd(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
                        dtype: torch.dtype | str = torch.float32,
                        target_batch_size: int | None = None,
                        standardize: bool = True, fit_intercept: bool = True,
-                       random_state: int | None = None) -> RidgeCVResult:
+                       random_state: int | None = None,
+                       alpha_per_target: bool = True) -> RidgeCVResult:
     """Ridge with per-target alphas by K-fold CV; SVD of each train fold.
 
     Decomposes the standardized train features with a thin SVD in ``dtype``
@@ -976,7 +1021,7 @@ def solve_ridge_cv_svd(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
     """
     return _solve_ridge_cv(X, Y, alphas, n_folds, folds, score, device, dtype,
                            target_batch_size, standardize, fit_intercept,
-                           random_state, _basis_svd)
+                           random_state, _basis_svd, alpha_per_target)
 
 
 solve_ridge_cv_eigh.__doc__ += _COMMON_DOC
@@ -995,7 +1040,8 @@ def solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
                    dtype: torch.dtype | str = torch.float32,
                    target_batch_size: int | None = None,
                    standardize: bool = True, fit_intercept: bool = True,
-                   random_state: int | None = None) -> RidgeCVResult:
+                   random_state: int | None = None,
+                   alpha_per_target: bool = True) -> RidgeCVResult:
     """Ridge regression with one alpha per target chosen by K-fold CV.
 
     For each target, the alpha maximizing the validation score averaged over
@@ -1011,7 +1057,7 @@ def solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int = 5, *,
         X, Y, alphas, n_folds, folds=folds, score=score, device=device,
         dtype=dtype, target_batch_size=target_batch_size,
         standardize=standardize, fit_intercept=fit_intercept,
-        random_state=random_state)
+        random_state=random_state, alpha_per_target=alpha_per_target)
 
 
 solve_ridge_cv.__doc__ += _COMMON_DOC
