@@ -79,7 +79,7 @@ def test_fit_driver_code_does_not_import_torch():
             "c = _fit_cost(ModelSpec(name='u', features=['a', 'b'], method='banded'), {'a': 512, 'b': 384}); "
             "print(c, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [str(7.0 * 896 ** 2), "False"]  # 7 default weightings x p^2
+    assert out.stdout.split() == [str(5.0 * 896 ** 2), "False"]  # 5 default weightings x p^2
 
 
 @pytest.fixture(scope="module")

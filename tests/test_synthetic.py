@@ -111,3 +111,20 @@ def test_test_split_scoring_with_and_without_noise_ceiling(dataset_copy):
     bare = score_test_split(ds, "subj01", "lh", pred, require_noise_ceiling=False)
     assert bare["score"] is None
     np.testing.assert_array_equal(bare["r"], out["r"])
+
+
+def test_noiseless_training_responses_are_the_signal_under_the_noise(small_dataset):
+    """``ground_truth/subjNN/{hemi}_train_noiseless.npy``: train responses = noiseless + independent,
+    zero-mean noise (variances add, residuals uncorrelated with the signal)."""
+    ds = AlgonautsDataset(small_dataset)
+    for s in ds.subjects:
+        for hemi in ("lh", "rh"):
+            clean = np.load(small_dataset / "ground_truth" / s / f"{hemi}_train_noiseless.npy")
+            noisy = np.asarray(ds.responses(s, hemi, "train"))
+            assert clean.shape == noisy.shape
+            resid = noisy - clean
+            # independent noise: variances add (to sampling error over 120 images), residual mean ~ 0
+            total = noisy.var(0).mean()
+            assert abs(clean.var(0).mean() + resid.var(0).mean() - total) < 0.1 * total
+            assert abs(resid.mean()) < 0.05
+            assert np.mean([np.corrcoef(clean[:, j], resid[:, j])[0, 1] for j in range(0, clean.shape[1], 7)]) < 0.05

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ._report import console, dataset_table, score_table
+from ._report import console, dataset_table, decoder_table, score_table
 
 # CLIP ViT-B/32 with OpenAI weights when they are in the local cache; otherwise the same
 # architecture with random weights (recorded as such in the feature table's metadata).
@@ -42,7 +42,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     """
     from ..datasets import REPORT_FAMILIES, AlgonautsDataset, make_dataset
     from ..features import extract
-    from ..fitting import default_spec, fit_encoding_models, write_report
+    from ..fitting import default_spec, fit_decoders, fit_encoding_models, write_report
     from ..fitting._evaluate import score_submission
     from ._quiet import drop_stderr_lines
     from ._ray import connect
@@ -54,28 +54,30 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
     made_with = _dataset_params(data)
     if made_with == params:
-        console.print(f"[1/4] reusing synthetic dataset {data}")
+        console.print(f"[1/5] reusing synthetic dataset {data}")
     else:
         if made_with is not None:
             console.print(f"[yellow]{data} was made with {made_with}, not {params}: remaking it, and clearing the "
                           f"demo's store, registry and report built from it[/]")
             for d in (out / "store", out / "registry", out / "report"):
                 shutil.rmtree(d, ignore_errors=True)
-        console.print(f"[1/4] making synthetic dataset in {data}")
+        console.print(f"[1/5] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
     ds = AlgonautsDataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
 
-    console.print(f"[2/4] extracting features into {store} (Ray Data -> LanceDB; resumable)")
+    console.print(f"[2/5] extracting features into {store} (Ray Data -> LanceDB; resumable)")
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
+    tables = {}
     for spec in (_image_spec(image_extractor), TEXT_SPEC, MOTION_SPEC):
         with drop_stderr_lines(enabled=quiet):
             rep = extract(data, spec, store, batch_size=32, commit_every=128)
+        tables[spec] = rep.feature
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 
-    console.print(f"[3/4] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
+    console.print(f"[3/5] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
                   f"choice, ensemble) for {len(ds.subjects)} subjects x 2 hemispheres")
     notes: list[str] = []
     fspec = default_spec(data, store, registry, include_random=True, notes=notes)
@@ -86,7 +88,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
 
-    console.print("[4/4] evaluating on the test split")
+    console.print("[4/5] evaluating on the test split")
     rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir, title="demo encoding models")
     oracle = score_submission(ds, data / "ground_truth")
     cols = ["all", *REPORT_FAMILIES]
@@ -100,8 +102,45 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         console.print(score_table(f"{s}: test NNMC per ROI (100 = at the noise ceiling)", rows, cols))
     console.print(f"report: {rep['dir']}/comparison.md, roi_scores.png, pred_vs_measured.png; "
                   f"models: `brainstore models --registry {registry}`")
+
+    captions = tables[TEXT_SPEC]
+    console.print(f"[5/5] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
+    drun = fit_decoders(data, captions, store=store, registry=registry, out=out / "decode")
+    for f in drun.failures:
+        console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
+    console.print(decoder_table(drun.metrics, "ridge decoders"))
+    for s in ds.subjects[:1]:
+        name = next(iter(drun.metrics))
+        for line in _decoded_captions(ds, s, store, captions, drun.run_dir / "decoded" / name / f"{s}_test.npy"):
+            console.print(line)
+    console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings); `brainstore evaluate` writes metrics.json "
+                  "and decoding_top1.png")
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
     return {"rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+
+
+def _decoded_captions(ds, subject: str, store: str, table: str, decoded_file: Path, n: int = 3) -> list[str]:
+    """For the first ``n`` test images: the true caption and the caption of the nearest stimulus of
+    ``table`` (cosine, over every stimulus in the table) to the decoded embedding."""
+    import numpy as np
+    from rich.markup import escape
+
+    from ..features import FeatureStore
+    from ..fitting import subject_stimuli
+    from ..scoring import cosine_similarity
+
+    fs = FeatureStore(store, create=False)
+    ids = fs.ids(table)
+    sim = cosine_similarity(np.load(decoded_file)[:n], fs.load(table, ids))
+    t = ds.stimuli([subject])
+    caption = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    test = subject_stimuli(ds, subject, "test")[:n]
+    lines = [f"      {subject}, decoded captions (nearest of {len(ids)} stored captions to the decoded embedding):"]
+    for i, sid in enumerate(test):
+        best = ids[int(sim[i].argmax())]
+        lines.append(f"        {sid}: true [italic]{escape(str(caption.get(sid)))}[/] | decoded -> {best}: "
+                     f"[italic]{escape(str(caption.get(best)))}[/]")
+    return lines
 
 
 def _dataset_params(data: Path) -> dict | None:

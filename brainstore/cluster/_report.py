@@ -67,3 +67,26 @@ def score_table(title: str, rows: Iterable[tuple[str, Mapping[str, float]]], col
     for label, r in rows:
         t.add_row(label, *[_fmt(r.get(c, float("nan"))) for c in cols])
     return t
+
+
+def decoder_table(metrics: Mapping, title: str) -> Table:
+    """One row per decoder x subject: retrieval both ways with the 95 % interval, two-way, cosine,
+    the oracle and chance."""
+    t = Table(title=f"{title}: top-1 retrieval among n test images (MindEye protocol, mean of draws [95 % interval])")
+    for c in ("decoder", "subject", "n", "brain->stimulus", "stimulus->brain", "2-way", "cosine", "oracle b->s",
+              "chance", "alpha"):
+        t.add_column(c)
+    for model, by_s in metrics.items():
+        for s, m in by_s.items():
+            if "top1_brain_to_stimulus" not in m:
+                t.add_row(model[:48], s, "-", "(no test responses)", "", "", "", "", "", f"{m['alpha']:.3g}")
+                continue
+            lo, hi = m["top1_brain_to_stimulus_ci95"]
+            lo2, hi2 = m["top1_stimulus_to_brain_ci95"]
+            t.add_row(model[:48], s, str(m["n_candidates"]), f"{m['top1_brain_to_stimulus']:.3f} [{lo:.2f}, {hi:.2f}]",
+                      f"{m['top1_stimulus_to_brain']:.3f} [{lo2:.2f}, {hi2:.2f}]", f"{m['two_way']:.3f}",
+                      f"{m['cosine']:.3f}",
+                      f"{m['oracle_top1_brain_to_stimulus']:.3f}" if "oracle_top1_brain_to_stimulus" in m else "-",
+                      f"{m['chance']:.4f}", f"{m['alpha']:.3g}")
+    return t
+

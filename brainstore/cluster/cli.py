@@ -291,17 +291,68 @@ def _print_named(named: tuple[list[str], list[dict]], title: str) -> None:
                                   [r["model"][:24] for r in rows]))
 
 
+def _print_decoders(metrics: dict, title: str) -> None:
+    from ._report import console, decoder_table
+
+    console.print(decoder_table(metrics, title))
+
+
+def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str], out: Optional[Path], store: str,
+                      registry: str, address: Optional[str]) -> None:
+    """``fit --decode TABLE``: ridge decoders for every subject of the dataset."""
+    from .._paths import check_folder
+    from ..datasets import DatasetError
+    from ..features import FeatureStoreError, MissingStimuliError
+    from ..fitting import RegistryError, fit_decoders
+    from ._ray import connect
+    from ._report import console
+
+    if dataset is None:
+        _fail("--decode needs --dataset DIR (the responses to decode)")
+    _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
+    try:
+        check_folder(registry, "model registry", "--registry", create=True, error=RegistryError)
+        if out is not None:
+            check_folder(out, "run folder", "--out", create=True, make=False)
+        connect(address)
+        run = fit_decoders(dataset, target, store=store, registry=registry, out=out,
+                           rois=[r.strip() for r in rois.split(",") if r.strip()] if rois else None)
+    except (DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
+        _fail(str(e))
+    for f in run.failures:
+        console.print(f"[red]failed[/] {f['subject']} {f['model']}: {f['error']}")
+    if not run.metrics:
+        _fail("no decoder could be fitted")
+    (run.run_dir / "metrics.json").write_text(json.dumps({"decoders": run.metrics}, indent=2))
+    _print_decoders(run.metrics, "fitted decoders")
+    console.print(f"registered {len(run.registered)} decoder(s) in {registry}; decoded test embeddings and "
+                  f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
+    if run.failures:
+        raise typer.Exit(code=1)
+
+
 @app.command("fit")
 def fit_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="Fit spec (YAML). Without it: a default spec from the store."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (overrides the spec's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for predictions and the report (default <registry>/_runs/fit-TIME)."),
     include_random: bool = typer.Option(False, "--include-random", help="Default spec: also fit feature tables made with random weights."),
+    decode: Optional[str] = typer.Option(None, "--decode", help="Fit ridge decoders (responses -> this store table) for every subject instead of encoders."),
+    rois: Optional[str] = typer.Option(None, "--rois", help="With --decode: comma-separated ROIs or ROI families whose vertices the decoders read (default: all)."),
     store: str = StoreOpt,
     registry: str = RegistryOpt,
     address: Optional[str] = AddressOpt,
 ) -> None:
-    """Fit encoding models for every subject x hemisphere x model in parallel, evaluate, register."""
+    """Fit encoding models for every subject x hemisphere x model in parallel, evaluate, register.
+
+    With --decode TABLE: fit a ridge decoder per subject from its responses to TABLE's embeddings.
+    """
+    if decode is not None:
+        if config is not None:
+            _fail("--decode fits decoders from --dataset; it does not take --config")
+        return _fit_decoders_cmd(dataset, decode, rois, out, store, registry, address)
+    if rois is not None:
+        _fail("--rois goes with --decode (encoders take ROI rules in a fit spec)")
     from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
@@ -357,6 +408,8 @@ def evaluate_cmd(
     from ..datasets import AlgonautsDataset, DatasetError
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
+    from ..fitting._decoding import decoder_records, evaluate_decoders
+    from ..fitting._report import write_decoding_plot
     from ._report import console
 
     if rois not in ("families", "named"):
@@ -365,17 +418,34 @@ def evaluate_cmd(
         ds = AlgonautsDataset(dataset)
         reg = _open_registry(registry)
         report_dir = check_folder(run_dir(out, registry, "evaluate"), "report folder", "--out", create=True, make=False)
-        metrics, kinds, preds = evaluate_registered(reg, ds, store=store, models=models.split(",") if models else None)
+        names = models.split(",") if models else None
+        dec_names = {r.meta["model"] for r in decoder_records(reg, ds.root)}
+        enc_names = [m for m in names if m not in dec_names] if names else None
+        metrics, kinds, preds = ({}, {}, {}) if names and not enc_names else evaluate_registered(
+            reg, ds, store=store, models=enc_names)
+        decoders = evaluate_decoders(reg, ds, store=store, models=[m for m in names if m in dec_names] if names else None)
     except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
-    if not metrics:
+    if not metrics and not decoders:
         _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
-    rep = write_report(metrics, kinds, preds, ds, report_dir)
-    _print_comparison(rep["rows"], "evaluation")
-    if rois == "named":
-        _print_named(rep["named"], "evaluation")
-    console.print(f"report: {rep['dir']} (comparison.md, named_rois.md, roi_scores.png, pred_vs_measured.png"
-                  f"{', split_scores.png' if rep['split'] else ''}, predictions/)")
+    files = []
+    if metrics:
+        rep = write_report(metrics, kinds, preds, ds, report_dir)
+        _print_comparison(rep["rows"], "evaluation")
+        if rois == "named":
+            _print_named(rep["named"], "evaluation")
+        files += ["comparison.md", "named_rois.md", "roi_scores.png", "pred_vs_measured.png"]
+        files += ["split_scores.png"] if rep["split"] else []
+        files += ["predictions/"]
+    if decoders:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        doc = json.loads((report_dir / "metrics.json").read_text()) if metrics else {}
+        doc["decoders"] = decoders
+        (report_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
+        write_decoding_plot(decoders, report_dir / "decoding_top1.png")
+        _print_decoders(decoders, "evaluation")
+        files += ["decoding_top1.png"]
+    console.print(f"report: {report_dir} (metrics.json, {', '.join(files)})")
 
 
 @app.command("predict")

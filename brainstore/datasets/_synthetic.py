@@ -13,7 +13,8 @@ The generator is a fair, fully known stand-in for NSD:
   trials of unit variance as NSD's z-scored betas; training responses are the mean of 3 repeats, test images are shown 3 times and their mean is stored;
   noise ceilings follow the ncsnr formula with A = n_test, B = C = 0;
 * ``ground_truth/subjNN/{lh,rh}_pred_test.npy`` holds the noiseless test responses (the oracle)
-  in the submission layout, so scoring it gives NNMC ~ 100.
+  in the submission layout, so scoring it gives NNMC ~ 100; ``{lh,rh}_train_noiseless.npy`` the
+  noiseless training responses (oracle decoders are fitted on them).
 
 Everything is deterministic given the seed. Responses are generated in image chunks and written
 to memory-mapped ``.npy`` files, so NSD scale (10,000 images, 20,000 vertices per hemisphere)
@@ -306,15 +307,16 @@ def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.
     out_train = open_memmap(train_dir / f"{hemi}_training_fmri.npy", mode="w+", dtype=np.float32, shape=(len(rows_train), nv))
     out_test = open_memmap(test_dir / f"{hemi}_test_fmri.npy", mode="w+", dtype=np.float32, shape=(len(rows_test), nv))
     out_gt = open_memmap(gt_dir / f"{hemi}_pred_test.npy", mode="w+", dtype=np.float32, shape=(len(rows_test), nv))
-    for rows, out, is_test in ((rows_train, out_train, False), (rows_test, out_test, True)):
+    out_gt_train = open_memmap(gt_dir / f"{hemi}_train_noiseless.npy", mode="w+", dtype=np.float32,
+                               shape=(len(rows_train), nv))
+    for rows, out, gt in ((rows_train, out_train, out_gt_train), (rows_test, out_test, out_gt)):
         for start in range(0, len(rows), 1024):
             s = amp * (signal(rows[start : start + 1024]) - s_mu) / s_sd
             noise = rng.standard_normal((_N_REPEATS,) + s.shape, dtype=np.float32).mean(0)
             out[start : start + len(s)] = s + noise_sd * noise
-            if is_test:
-                out_gt[start : start + len(s)] = s
-    for arr in (out_train, out_test, out_gt):
+            gt[start : start + len(s)] = s
+    for arr in (out_train, out_test, out_gt, out_gt_train):
         arr.flush()
-    del out_train, out_test, out_gt
+    del out_train, out_test, out_gt, out_gt_train
     nc = noise_ceiling_from_ncsnr(ncsnr, n_three=len(rows_test))
     np.save(nc_dir / f"{hemi}_noise_ceiling.npy", nc.astype(np.float32))

@@ -1,4 +1,4 @@
-"""brainstore.fitting: encoding models (ridge, banded ridge, MLP, per-ROI, ensembles), evaluation, registry.
+"""brainstore.fitting: encoding models (ridge, banded ridge, MLP, per-ROI, ensembles), decoders, evaluation, registry.
 
 Scoring functions are re-exported from :mod:`brainstore.scoring`. The solvers and estimators
 need torch; they are imported on first use (``from brainstore.fitting import solve_ridge_cv``),
@@ -17,6 +17,7 @@ from ..scoring import (
 )
 from ._choice import validation_r
 from ._compose import compose
+from ._decoding import DECODER_KIND, DecodeRun, Decoder, evaluate_decoders, fit_decoders, select_voxels
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
 from ._evaluate import score_submission, score_subject
 from ._predict import EncodingModel, best_model, predict_model
@@ -50,6 +51,8 @@ __all__ = [
     "validation_folds", "covering_features", "compose",
     # registered models
     "EncodingModel", "predict_model", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    # decoders
+    "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND",
     # reports
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
 ]

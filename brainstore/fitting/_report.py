@@ -170,6 +170,37 @@ def _plot_split(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_decoding_plot(decoders: dict, path: Path) -> Path:
+    """Bar plot of retrieval top-1 (both directions, oracle and chance marked) per decoder and subject."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{model[:28]}\n{s}", m) for model, by_s in decoders.items() for s, m in by_s.items()
+            if "top1_brain_to_stimulus" in m]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.2))
+    x = np.arange(len(rows))
+    for off, key, label in ((-0.2, "top1_brain_to_stimulus", "brain -> stimulus"),
+                            (0.2, "top1_stimulus_to_brain", "stimulus -> brain")):
+        vals = [m[key] for _, m in rows]
+        err = np.array([[m[key] - m[key + "_ci95"][0], m[key + "_ci95"][1] - m[key]] for _, m in rows]).T
+        ax.bar(x + off, vals, width=0.38, yerr=err if len(rows) else None, capsize=3, label=label)
+    for i, (_, m) in enumerate(rows):
+        if "oracle_top1_brain_to_stimulus" in m:
+            ax.plot([i - 0.4, i + 0.4], [m["oracle_top1_brain_to_stimulus"]] * 2, "k--", lw=1)
+        ax.plot([i - 0.4, i + 0.4], [m["chance"]] * 2, color="grey", lw=1)
+    ax.set_xticks(x, [r for r, _ in rows], fontsize=8)
+    ax.set_ylabel("top-1 retrieval (mean over draws, 95 % interval)")
+    ax.set_ylim(0, 1)
+    ax.set_title("decoders: retrieval among n test images (dashed: oracle, grey: chance)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: AlgonautsDataset, out: Path,
                  title: str = "encoding models") -> dict:
     """Write metrics.json, comparison.md/.csv, named_rois.md, roi_scores.png, pred_vs_measured.png,
@@ -231,7 +262,7 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
     from ._encoding import subject_stimuli
     from ._predict import EncodingModel
 
-    recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)]
+    recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root) and r.meta.get("kind") != "decoder"]
     if models:
         known = sorted({r.meta["model"] for r in recs})
         unknown = [m for m in models if m not in known]

@@ -58,6 +58,9 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         Center features and targets (fit an intercept).
     solver : {"eigh", "svd"}
         Decomposition used per fold, see ``RIDGE_SOLVERS``.
+    alpha_per_target : bool
+        True: one alpha per target. False: one alpha for all targets (the
+        best mean CV score over targets), as decoders into an embedding use.
 
     Attributes
     ----------
@@ -86,7 +89,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
                  scoring: str = "pearson", device: str = "auto",
                  dtype: str = "float32", target_batch_size: int | None = None,
                  standardize: bool = True, fit_intercept: bool = True,
-                 solver: str = "eigh"):
+                 solver: str = "eigh", alpha_per_target: bool = True):
         self.alphas = alphas
         self.n_folds = n_folds
         self.scoring = scoring
@@ -96,6 +99,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         self.standardize = standardize
         self.fit_intercept = fit_intercept
         self.solver = solver
+        self.alpha_per_target = alpha_per_target
 
     def fit(self, X: np.ndarray, Y: np.ndarray, folds=None) -> "RidgeCVEncoder":
         """Select per-target alphas by cross-validation and refit.
@@ -126,7 +130,8 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
             folds=folds, solver=self.solver, score=self.scoring,
             device=_resolve_device(self.device), dtype=self.dtype,
             target_batch_size=self.target_batch_size,
-            standardize=self.standardize, fit_intercept=self.fit_intercept)
+            standardize=self.standardize, fit_intercept=self.fit_intercept,
+            alpha_per_target=self.alpha_per_target)
         self.coef_ = res.coef.numpy()
         self.intercept_ = res.intercept.numpy()
         self.alpha_ = res.alphas.numpy()

@@ -1,0 +1,333 @@
+"""Decoders: one subject's fMRI responses -> a target embedding table of the feature store.
+
+A decoder reads the responses of a voxel selection (every vertex of both hemispheres, or the union
+of named ROIs / ROI families), left hemisphere first, and predicts the stimulus's embedding in a
+store table (CLIP image, CLIP text, captions, or any other). The ridge decoder z-scores each voxel
+with the training statistics only (inside each CV fold, then on all training rows) and picks one
+alpha for every embedding dimension by K-fold CV (the best mean R^2 over dimensions; decoded
+embeddings are compared by cosine, so dimensions share one regularization). With more voxels than
+training images the solver works in the n x n sample space (:mod:`._solvers`).
+
+Decoders are Ray tasks, one per subject, each registering its model
+(``<name>/<subject>``: safetensors + JSON, with the target table's fingerprint, so a re-extracted
+target is refused at load) and writing its decoded test embeddings to the run folder. Evaluation
+is retrieval by the MindEye protocol (:mod:`brainstore.scoring._retrieval`).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets._algonauts import HEMISPHERES
+from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
+from ._encoding import subject_stimuli
+from ._fingerprint import decode_ids, encode_ids, table_fingerprint
+from ._registry import ModelRegistry, RegistryError
+
+__all__ = ["DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
+           "DecodeRun", "Decoder", "decoder_names", "decoder_records", "evaluate_decoders"]
+
+#: ``kind`` of registered decoders (encoders are ridge, banded, mlp, per-roi, ensemble).
+DECODER_KIND = "decoder"
+#: Default alpha grid of ridge decoders: wider than the encoders' (thousands of z-scored voxels as
+#: features put the Gram spectrum, and the useful alphas, higher), ``np.logspace(0, 7, 15)``.
+DECODER_ALPHAS: tuple[float, ...] = tuple(np.logspace(0, 7, 15).tolist())
+
+
+def select_voxels(ds: AlgonautsDataset, subject: str, rois: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Vertex indices per hemisphere: all of them, or the union of the named ROIs / ROI families.
+
+    Raises
+    ------
+    DatasetError
+        An ROI name the dataset lacks (the available ones are listed), or a selection without vertices.
+    """
+    out = {}
+    for hemi in HEMISPHERES:
+        n = ds.n_vertices(subject, hemi)
+        if not rois:
+            out[hemi] = np.arange(n, dtype=np.int64)
+            continue
+        regions = ds.regions(subject, hemi)
+        unknown = [r for r in rois if r not in regions]
+        if unknown:
+            raise DatasetError(f"decoder ROI(s) {unknown} not in {ds.root} ({subject} {hemi}); available: "
+                               f"{', '.join(regions)}")
+        mask = np.zeros(n, dtype=bool)
+        for r in rois:
+            mask |= regions[r]
+        out[hemi] = np.flatnonzero(mask).astype(np.int64)
+    if sum(len(v) for v in out.values()) == 0:
+        raise DatasetError(f"decoder ROI(s) {rois} select no vertex of {subject} in {ds.root}")
+    return out
+
+
+#: Retrieval figures of the oracle decoder kept in the metrics (as ``oracle_<key>``).
+ORACLE_KEYS = ("top1_brain_to_stimulus", "top1_stimulus_to_brain", "two_way")
+#: Noiseless responses of a synthetic dataset, under ``ground_truth/subjNN``: file name by split.
+ORACLE_FILES = {"train": "{hemi}_train_noiseless.npy", "test": "{hemi}_pred_test.npy"}
+
+
+def response_matrix(ds: AlgonautsDataset, subject: str, split: str, voxels: dict[str, np.ndarray],
+                    *, oracle: bool = False) -> np.ndarray:
+    """(n_images, n_voxels) float32: the selected vertices, left hemisphere then right.
+
+    ``oracle``: read the noiseless responses of a synthetic dataset instead (:data:`ORACLE_FILES`).
+    """
+    parts = []
+    for hemi in HEMISPHERES:
+        Y = (np.load(_oracle_dir(ds, subject) / ORACLE_FILES[split].format(hemi=hemi), mmap_mode="r") if oracle
+             else ds.responses(subject, hemi, split))
+        if Y.shape[1] <= (voxels[hemi].max(initial=-1)):
+            raise DatasetError(f"{subject} {hemi} {split} responses have {Y.shape[1]} vertices; the decoder's "
+                               f"voxel selection needs {voxels[hemi].max() + 1}")
+        parts.append(np.asarray(Y[:, voxels[hemi]], dtype=np.float32))
+    R = np.hstack(parts)
+    if not np.isfinite(R).all():
+        bad = np.argwhere(~np.isfinite(R))[0]
+        raise DatasetError(f"{subject} {split} responses hold NaN or inf (first at row {bad[0]}, selected voxel "
+                           f"{bad[1]}); fix the response files (`brainstore info` lists them)")
+    return R
+
+
+def _oracle_dir(ds: AlgonautsDataset, subject: str) -> Path | None:
+    """``ground_truth/subjNN`` when it holds noiseless train and test responses of both hemispheres."""
+    d = Path(ds.root) / "ground_truth" / subject
+    ok = all((d / f.format(hemi=h)).exists() for h in HEMISPHERES for f in ORACLE_FILES.values())
+    return d if ok else None
+
+
+def fit_decoder(job: dict) -> dict:
+    """Fit, register and evaluate one subject's ridge decoder (run as a Ray task).
+
+    ``job``: dataset, store, registry, run_dir, name, subject, target, rois, alphas, folds, device,
+    threads, n_candidates, n_draws.
+    """
+    import torch
+
+    from ..scoring import retrieval_metrics
+    from ._encoding import _limit_threads
+    from ._ridge import RidgeCVEncoder
+    from ._runfiles import write_array
+
+    t0 = time.time()
+    ds = AlgonautsDataset(job["dataset"])
+    fs = FeatureStore(job["store"], create=False)
+    reg = ModelRegistry(job["registry"])
+    s, target, name = job["subject"], job["target"], job["name"]
+    device = job.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    voxels = select_voxels(ds, s, job.get("rois"))
+    train_ids = subject_stimuli(ds, s, "train")
+    test_ids = subject_stimuli(ds, s, "test")
+    E = fs.load(target, train_ids)
+    R = response_matrix(ds, s, "train", voxels)
+    from sklearn.model_selection import KFold
+
+    folds = list(KFold(int(job["folds"])).split(R))
+    with _limit_threads(job.get("threads")):
+        est = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
+                             alpha_per_target=False, device=device).fit(R, E, folds=folds)
+    metrics: dict[str, Any] = {"alpha": float(est.alpha_[0]), "cv_r2": float(est.best_scores_.mean()),
+                               "n_voxels": int(R.shape[1]), "n_train": len(train_ids)}
+    if ds.has_test_responses(s):
+        Et = fs.load(target, test_ids)
+        D = est.predict(response_matrix(ds, s, "test", voxels))
+        write_array(Path(job["run_dir"]) / "decoded" / name / f"{s}_test.npy", D.astype(np.float32))
+        kw = dict(n_candidates=int(job.get("n_candidates", 300)), n_draws=int(job.get("n_draws", 30)))
+        metrics.update(retrieval_metrics(D, Et, **kw))
+        metrics["cosine"] = float(_row_cosine(D, Et).mean())
+        if _oracle_dir(ds, s) is not None:  # the same method fitted and tested on noiseless responses: the ceiling
+            with _limit_threads(job.get("threads")):
+                oracle = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
+                                        alpha_per_target=False, device=device).fit(
+                    response_matrix(ds, s, "train", voxels, oracle=True), E, folds=folds)
+            o = retrieval_metrics(oracle.predict(response_matrix(ds, s, "test", voxels, oracle=True)), Et, **kw)
+            metrics.update({f"oracle_{k}": o[k] for k in ORACLE_KEYS})
+    tensors = {k: v for k, v in est.state_dict().items()}
+    tensors.update({f"voxels_{h}": v for h, v in voxels.items()})
+    tensors["train_ids"] = encode_ids(train_ids)
+    meta = {"kind": DECODER_KIND, "method": "ridge", "model": name, "subject": s, "dataset": str(ds.root),
+            "store": fs.uri, "target": target, "rois": job.get("rois"), "features": [target],
+            "feature_versions": {target: fs.metadata(target)},
+            "fingerprints": {target: table_fingerprint(fs, target, train_ids)},
+            "metrics": metrics, "val_score": metrics["cv_r2"]}
+    reg.save(f"{name}/{s}", tensors, meta)
+    return {"name": name, "subject": s, "metrics": metrics, "seconds": time.time() - t0,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return (a * b).sum(1) / den
+
+
+@dataclass
+class DecodeRun:
+    """What :func:`fit_decoders` did: metrics per decoder and subject, failures, the run folder."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, dict]] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def decoder_names(target: str) -> str:
+    """Default registry name of a ridge decoder into ``target``."""
+    from ._registry import safe_name
+
+    return f"decoder-ridge-{safe_name(target)}"
+
+
+def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str, name: str | None = None,
+                 rois: list[str] | None = None, subjects: list[str] | None = None,
+                 alphas: tuple[float, ...] | None = None, folds: int = 5, out: str | Path | None = None,
+                 n_candidates: int = 300, n_draws: int = 30, progress: bool = True) -> DecodeRun:
+    """Fit a ridge decoder into ``target`` for every subject, in parallel Ray tasks.
+
+    Checked on the driver before any task: the target table exists and holds every train and test
+    stimulus of each subject (the missing ids are listed), the ROI names, and each subject's
+    responses (NaN / inf, shapes; in Ray tasks as for encoders).
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from .._paths import check_folder
+    from .._ray import ensure_connected
+    from ._run import _error_text, check_responses, plan_fit_cpus
+    from ._runfiles import run_dir as default_run_dir
+
+    t0 = time.time()
+    ds, fs, reg = AlgonautsDataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    subjects = list(subjects) if subjects else ds.subjects
+    unknown = [s for s in subjects if s not in ds.subjects]
+    if unknown:
+        raise DatasetError(f"subject(s) {unknown} not in {ds.root}; subjects: {', '.join(ds.subjects)}")
+    if not fs.exists(target):
+        raise FeatureStoreError(
+            f"decoder target table {target!r} is not in store {fs.uri}; tables: {', '.join(fs.names()) or 'none'}")
+    have = set(fs.ids(target))
+    for s in subjects:
+        need = subject_stimuli(ds, s, "train") + subject_stimuli(ds, s, "test")
+        missing = [i for i in need if i not in have]
+        if missing:
+            raise MissingStimuliError(target, missing)
+        select_voxels(ds, s, rois)  # unknown ROI names fail here, before any task
+    name = name or decoder_names(target)
+    rdir = check_folder(default_run_dir(out, reg.root, "decode"), "run folder", "--out", create=True, make=False)
+    res = ensure_connected()
+    check_responses(ds, subjects)
+    rdir.mkdir(parents=True, exist_ok=True)
+    cpus = plan_fit_cpus(res.get("CPU", 1), len(subjects), False)
+    task = ray.remote(num_cpus=cpus, max_retries=3, retry_exceptions=False)(fit_decoder)
+    jobs = {task.remote({"dataset": str(ds.root), "store": fs.uri, "registry": str(reg.root), "run_dir": str(rdir),
+                         "name": name, "subject": s, "target": target, "rois": rois,
+                         "alphas": list(alphas or DECODER_ALPHAS), "folds": folds, "threads": cpus,
+                         "n_candidates": n_candidates, "n_draws": n_draws}): s for s in subjects}
+    run = DecodeRun(run_dir=rdir)
+    bar = tqdm(total=len(jobs), desc="fit decoders (subjects)", unit="task", disable=not progress)
+    while jobs:
+        [ref], _ = ray.wait(list(jobs), num_returns=1)
+        s = jobs.pop(ref)
+        try:
+            out_s = ray.get(ref)
+            run.metrics.setdefault(name, {})[s] = out_s["metrics"]
+            run.registered.append(f"{name}/{s}")
+        except Exception as e:  # one subject's failure is reported; the others finish
+            run.failures.append({"subject": s, "model": name, "error": _error_text(e)})
+        bar.update()
+    bar.close()
+    run.seconds = time.time() - t0
+    return run
+
+
+class Decoder:
+    """A registered decoder, checked against the store (drift) and ready to decode responses."""
+
+    def __init__(self, state: dict[str, np.ndarray], meta: dict):
+        from ._ridge import RidgeCVEncoder
+
+        self.meta = meta
+        self.voxels = {h: state[f"voxels_{h}"] for h in HEMISPHERES}
+        self.train_ids = decode_ids(state["train_ids"])
+        self._est = RidgeCVEncoder.from_state_dict({k: v for k, v in state.items()
+                                                    if not k.startswith("voxels_") and k != "train_ids"},
+                                                   device="cpu")
+
+    @classmethod
+    def load(cls, registry: ModelRegistry | str, name: str, store: str | None = None) -> "Decoder":
+        """Load ``name`` (``model/subject``), refusing it when its target table changed since the fit."""
+        from ._fingerprint import check_fingerprint
+
+        reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
+        state, rec = reg.load(name)
+        if rec.meta.get("kind") != DECODER_KIND:
+            raise RegistryError(f"model {name!r} is a {rec.meta.get('kind')!r} model, not a decoder")
+        fs = FeatureStore(store or rec.meta["store"], create=False)
+        reg.check_features(rec, fs)
+        dec = cls(state, rec.meta)
+        check_fingerprint(name, rec.meta["fingerprints"][rec.meta["target"]], fs, dec.train_ids)
+        dec.store = fs
+        return dec
+
+    @property
+    def n_voxels(self) -> int:
+        return int(sum(len(v) for v in self.voxels.values()))
+
+    def decode(self, responses: np.ndarray) -> np.ndarray:
+        """(n, n_voxels) responses of the decoder's voxel selection (lh then rh) -> (n, dim) embeddings."""
+        R = np.asarray(responses, dtype=np.float32)
+        if R.ndim != 2 or R.shape[1] != self.n_voxels:
+            raise ValueError(f"decoder {self.meta.get('model')!r} ({self.meta.get('subject')}) takes "
+                             f"{self.n_voxels} voxels per response ({', '.join(f'{h}: {len(v)}' for h, v in self.voxels.items())}); "
+                             f"got shape {R.shape}")
+        if not np.isfinite(R).all():
+            raise ValueError("responses hold NaN or inf values; decoders need finite responses")
+        return self._est.predict(R)
+
+
+def decoder_records(reg: ModelRegistry, dataset: str | Path) -> list:
+    """Registered decoders fitted on ``dataset``."""
+    return [r for r in reg.list() if r.meta.get("kind") == DECODER_KIND and r.meta.get("dataset") == str(dataset)]
+
+
+def evaluate_decoders(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | None = None,
+                      models: list[str] | None = None, n_candidates: int = 300, n_draws: int = 30) -> dict:
+    """Decode every subject's test responses with its registered decoders (drift-checked) and score retrieval.
+
+    Returns
+    -------
+    dict
+        ``{model: {subject: metrics}}``: the :func:`~brainstore.scoring.retrieval_metrics` figures,
+        ``cosine``, the ``oracle_*`` figures where the dataset has noiseless test responses, and the
+        fit's ``alpha`` and ``cv_r2``. Subjects without test responses are left out.
+    """
+    from ..scoring import retrieval_metrics
+
+    out: dict = {}
+    for rec in decoder_records(reg, ds.root):
+        model, s = rec.meta["model"], rec.meta["subject"]
+        if (models and model not in models) or not ds.has_test_responses(s):
+            continue
+        dec = Decoder.load(reg, rec.name, store)
+        Et = dec.store.load(rec.meta["target"], subject_stimuli(ds, s, "test"))
+        D = dec.decode(response_matrix(ds, s, "test", dec.voxels))
+        kw = dict(n_candidates=n_candidates, n_draws=n_draws)
+        m = {**retrieval_metrics(D, Et, **kw), "cosine": float(_row_cosine(D, Et).mean()),
+             "alpha": rec.meta["metrics"]["alpha"], "cv_r2": rec.meta["metrics"]["cv_r2"], "target": rec.meta["target"]}
+        # the oracle decoder (fitted on noiseless responses) is not registered: its figures come from the fit
+        m.update({f"oracle_{k}": rec.meta["metrics"][f"oracle_{k}"] for k in ORACLE_KEYS
+                  if f"oracle_{k}" in rec.meta["metrics"]})
+        out.setdefault(model, {})[s] = m
+    return out

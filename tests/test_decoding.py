@@ -1,0 +1,85 @@
+"""Ridge decoders end to end on a real local Ray and LanceDB: fMRI -> a store table, registered,
+drift-checked, evaluated by retrieval; predictions against an independent sklearn reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from brainstore.datasets import AlgonautsDataset, DatasetError
+from brainstore.features import FeatureStore, FeatureStoreError, extract
+from brainstore.fitting import RegistryError, subject_stimuli
+from brainstore.fitting._decoding import Decoder, fit_decoders, response_matrix, select_voxels
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def decoded(small_dataset, tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("decode")
+    store, registry = root / "store", root / "registry"
+    txt = extract(small_dataset, "text", store, progress=False).feature
+    run = fit_decoders(small_dataset, txt, store=str(store), registry=str(registry), progress=False)
+    return {"store": store, "registry": registry, "target": txt, "run": run, "root": root}
+
+
+def test_ridge_decoder_retrieves_and_matches_sklearn(decoded, small_dataset):
+    run, target = decoded["run"], decoded["target"]
+    assert not run.failures, run.failures
+    ds = AlgonautsDataset(small_dataset)
+    fs = FeatureStore(decoded["store"], create=False)
+    name = next(iter(run.metrics))
+    for s in ds.subjects:
+        m = run.metrics[name][s]
+        assert m["n_candidates"] == 40 and m["chance"] == pytest.approx(1 / 40)
+        # caption embeddings are decodable from the synthetic semantic vertices: far above chance
+        assert m["top1_brain_to_stimulus"] > 5 * m["chance"] and m["top1_stimulus_to_brain"] > 5 * m["chance"]
+        assert m["two_way"] > 0.75
+        assert m["oracle_top1_brain_to_stimulus"] >= m["top1_brain_to_stimulus"] - 0.05  # noiseless responses
+        dec = Decoder.load(decoded["registry"], f"{name}/{s}")
+        assert dec.meta["kind"] == "decoder" and dec.meta["target"] == target
+        vox = select_voxels(ds, s)
+        R, Rt = response_matrix(ds, s, "train", vox), response_matrix(ds, s, "test", vox)
+        E = fs.load(target, subject_stimuli(ds, s, "train"))
+        ref = make_pipeline(StandardScaler(), Ridge(alpha=m["alpha"])).fit(R, E).predict(Rt)
+        got = dec.decode(Rt)
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max())
+        saved = np.load(run.run_dir / "decoded" / name / f"{s}_test.npy")
+        np.testing.assert_allclose(saved, got, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match=f"takes {R.shape[1]} voxels"):
+            dec.decode(Rt[:, :10])
+
+
+def test_roi_selection_and_bad_inputs(decoded, small_dataset):
+    ds = AlgonautsDataset(small_dataset)
+    faces = select_voxels(ds, "subj01", ["floc-faces"])
+    for h in ("lh", "rh"):
+        np.testing.assert_array_equal(faces[h], np.flatnonzero(ds.roi_masks("subj01", h)["floc-faces"]))
+    with pytest.raises(DatasetError, match="'FFA-9'.*available: .*FFA-1"):
+        select_voxels(ds, "subj01", ["FFA-9"])
+    kw = dict(store=str(decoded["store"]), registry=str(decoded["registry"]), progress=False)
+    with pytest.raises(FeatureStoreError, match="'nosuch' is not in store .*tables: "):
+        fit_decoders(small_dataset, "nosuch", **kw)
+    with pytest.raises(DatasetError, match="subj09"):
+        fit_decoders(small_dataset, decoded["target"], subjects=["subj09"], **kw)
+
+
+def test_a_changed_target_table_is_refused(decoded, small_dataset, tmp_path):
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(decoded["store"], store)
+    fs = FeatureStore(store)
+    name = next(iter(decoded["run"].metrics))
+    ds = AlgonautsDataset(small_dataset)
+    t = decoded["target"]
+    ids, emb, meta = fs.ids(t), fs.load(t), fs.metadata(t)
+    emb[ids.index(subject_stimuli(ds, "subj01", "train")[0])] *= 2  # one fitted stimulus re-embedded
+    fs.drop(t)
+    fs.ensure_table(t, emb.shape[1], {k: v for k, v in meta.items() if k not in ("feature_version", "dim", "created")})
+    fs.write(t, ids, emb)
+    with pytest.raises(RegistryError, match="embeddings of the 120 stimuli it was fitted on differ"):
+        Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))
