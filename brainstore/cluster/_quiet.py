@@ -19,7 +19,9 @@ from typing import Iterator
 __all__ = ["drop_stderr_lines", "RAY_NOISE"]
 
 #: Lines of Ray's C++ core that are printed on every normal run (see the module docstring).
-RAY_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+RAY_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",
+             # Ray Train v2's placement-group cleaner polls the state API, absent without the dashboard
+             b"Failed to query Ray Train Controller actor state")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._candidates import check_gammas
 
-__all__ = ["ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
+__all__ = ["AdaptorParams", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -31,6 +31,27 @@ class MLPParams(_Strict):
     batch_size: int = 128  # samples per step
     cosine_weight: float = 0.5  # weight of the (1 - cosine) loss beside MSE
     seed: int = 0  # torch seed
+
+
+class AdaptorParams(_Strict):
+    """Adaptor decoder settings: per-subject adapters, shared residual-MLP backbone, one head per target."""
+
+    adapter: Literal["linear", "lowrank"] = "linear"  # per-subject map into the shared latent
+    rank: int = Field(64, ge=1)  # rank of the low-rank adapter's nonlinear residual
+    latent: int = Field(512, ge=8)  # width of the shared latent and backbone
+    n_blocks: int = Field(2, ge=0)  # residual MLP blocks of the backbone
+    dropout: float = Field(0.1, ge=0, lt=1)
+    contrastive: Literal["clip", "softclip", "bimixco"] = "clip"  # bimixco: mixup-contrastive, then softclip
+    mixco_fraction: float = Field(0.33, ge=0, le=1)  # with bimixco: share of the epochs that use it
+    temperature: float = Field(0.05, gt=0)  # initial temperature of the contrastive logits (learned)
+    beta: float = Field(0.8, ge=0, le=1)  # beta * contrastive + (1 - beta) * regression (MSE + l1_weight * L1)
+    l1_weight: float = Field(0.1, ge=0)
+    lr: float = Field(3e-4, gt=0)  # AdamW
+    weight_decay: float = Field(1e-2, ge=0)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)  # per subject and worker (contrastive negatives come from the batch)
+    val_fraction: float = Field(0.1, ge=0, lt=0.5)  # last share of each subject's training images, for monitoring
+    seed: int = 0
 
 
 class BandedParams(_Strict):

@@ -1,0 +1,156 @@
+"""Adaptor decoders: losses against hand-computed references, Ray Train training end to end (2 CPU
+workers, DDP), registry round trip, resume from the last checkpoint, refusal of another spec's
+checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainstore.fitting._adaptor_net import AdaptorNet, clip_loss, mixco_loss, soft_clip_loss
+
+
+def _ce(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy with soft labels, rows: -sum(labels * log softmax)."""
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-(labels * logp).sum(1).mean())
+
+
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def test_contrastive_losses_match_numpy_references():
+    rng = np.random.default_rng(0)
+    pred, tgt = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    scale = np.log(1 / 0.05)
+    P, T, S = torch.tensor(pred), torch.tensor(tgt), torch.tensor(scale)
+    logits = 20.0 * _cos(pred, tgt)
+    eye = np.eye(6)
+    assert float(clip_loss(P, T, S)) == pytest.approx(0.5 * (_ce(logits, eye) + _ce(logits.T, eye)), rel=1e-6)
+    soft = np.exp(20.0 * _cos(tgt, tgt))
+    soft /= soft.sum(1, keepdims=True)
+    assert float(soft_clip_loss(P, T, S)) == pytest.approx(0.5 * (_ce(logits, soft) + _ce(logits.T, soft)), rel=1e-6)
+    lam = np.array([1.0, 0.5, 0.2, 0.9, 0.7, 0.3])
+    perm = np.array([1, 0, 3, 2, 5, 4])
+    labels = lam[:, None] * eye + (1 - lam)[:, None] * eye[perm]
+    ref = 0.5 * (_ce(logits, labels) + _ce(logits.T, labels.T))
+    assert float(mixco_loss(P, T, S, torch.tensor(lam), torch.tensor(perm))) == pytest.approx(ref, rel=1e-6)
+    # lam = 1 everywhere: mixco is the CLIP loss
+    ones = torch.ones(6, dtype=torch.float64)
+    assert float(mixco_loss(P, T, S, ones, torch.tensor(perm))) == pytest.approx(float(clip_loss(P, T, S)), rel=1e-9)
+
+
+def test_adaptor_net_shapes_and_lowrank_starts_linear():
+    net = AdaptorNet({"subj01": 30, "subj02": 40}, {"txt": 8, "img.v1": 4}, latent=16, n_blocks=1, adapter="lowrank",
+                     rank=3)
+    out = net(torch.randn(5, 40), "subj02")
+    assert out["txt"].shape == (5, 8) and out["img.v1"].shape == (5, 4)
+    a = net.adapters["subj01"]
+    x = torch.randn(4, 30)
+    torch.testing.assert_close(a(x), a.linear(x))  # the nonlinear residual starts at zero
+    assert float(net.logit_scale.detach().exp()) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="adapter"):
+        AdaptorNet({"s": 3}, {"t": 2}, adapter="mlp")
+    assert F.normalize(out["txt"], dim=1).shape == (5, 8)
+
+
+# ---------------------------------------------------------------------------- Ray Train, end to end
+
+ADAPT = {"epochs": 15, "batch_size": 16, "latent": 64, "n_blocks": 1}
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory, ray_local):
+    from brainstore.features import extract
+    from brainstore.fitting._adaptor import fit_adaptor
+
+    root = tmp_path_factory.mktemp("adaptor")
+    store, registry = root / "store", root / "registry"
+    txt = extract(small_dataset, "text", store, progress=False).feature
+    run = fit_adaptor(small_dataset, [txt], store=str(store), registry=str(registry), params=ADAPT, num_workers=2,
+                      out=root / "run")
+    return {"root": root, "store": store, "registry": registry, "target": txt, "run": run}
+
+
+@pytest.mark.slow
+def test_adaptor_trains_on_two_workers_and_round_trips_the_registry(trained, small_dataset):
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import subject_stimuli
+    from brainstore.fitting._adaptor import AdaptorModel
+    from brainstore.fitting._decoding import response_matrix, select_voxels
+    from brainstore.scoring import retrieval_metrics
+
+    run, t = trained["run"], trained["target"]
+    assert [h["epoch"] for h in run.history] == list(range(ADAPT["epochs"]))
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    ds = AlgonautsDataset(small_dataset)
+    model = AdaptorModel.load(trained["registry"], f"{run.name}/shared")
+    fs = FeatureStore(trained["store"], create=False)
+    for s in ds.subjects:
+        m = run.metrics[t][s]
+        assert m["top1_brain_to_stimulus"] > 5 * m["chance"]  # learned, far above chance (40 candidates)
+        R = response_matrix(ds, s, "test", select_voxels(ds, s))
+        D = model.decode(s, R)[t]
+        again = retrieval_metrics(D, fs.load(t, subject_stimuli(ds, s, "test")))
+        assert again["top1_brain_to_stimulus"] == pytest.approx(m["top1_brain_to_stimulus"])
+        with pytest.raises(ValueError, match=f"takes {R.shape[1]} voxels for {s}"):
+            model.decode(s, R[:, :5])
+    with pytest.raises(ValueError, match="no adapter for 'subj09'"):
+        model.decode("subj09", R)
+
+
+_KILL = """
+import sys
+from brainstore._ray import connect
+connect(None, num_cpus=2)
+from brainstore.fitting._adaptor import fit_adaptor
+fit_adaptor(sys.argv[1], [sys.argv[2]], store=sys.argv[3], registry=sys.argv[4], out=sys.argv[5], num_workers=2,
+            params={"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1})
+print("FINISHED")
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_last_checkpoint(trained, small_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from brainstore.fitting._adaptor import _latest_checkpoint, fit_adaptor
+
+    out = tmp_path / "run"
+    script = tmp_path / "job.py"
+    script.write_text(_KILL)
+    log = open(tmp_path / "job.log", "w")
+    args = [str(small_dataset), trained["target"], str(trained["store"]), str(tmp_path / "reg"), str(out)]
+    proc = subprocess.Popen([sys.executable, str(script), *args], start_new_session=True, stdout=log,
+                            stderr=subprocess.STDOUT)
+    killed_at, deadline = None, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        latest = _latest_checkpoint(out / "train")
+        if latest is not None and latest[0] >= 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = latest[0]
+            break
+        time.sleep(0.3)
+    proc.wait(60)
+    log.close()
+    assert killed_at is not None, (tmp_path / "job.log").read_text()[-3000:]
+    assert killed_at < 11, "the training had finished before the kill"
+    params = {"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1}
+    kw = dict(store=str(trained["store"]), registry=str(tmp_path / "reg"), out=out, num_workers=2)
+    run = fit_adaptor(small_dataset, [trained["target"]], params=params, **kw)
+    assert run.resumed_from_epoch is not None and run.resumed_from_epoch >= killed_at
+    assert [h["epoch"] for h in run.history] == list(range(12))  # each epoch once: nothing lost, nothing repeated
+    # the same folder with another spec: refused, naming the fix
+    with pytest.raises(ValueError, match="made by another adaptor spec"):
+        fit_adaptor(small_dataset, [trained["target"]], params={**params, "lr": 1e-3}, **kw)
