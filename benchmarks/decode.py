@@ -7,10 +7,13 @@ statistics, one alpha by 5-fold CV) as Ray tasks, and reports top-1 retrieval am
 images (30 draws from one similarity matrix) both ways, two-way identification and cosine, mean
 over subjects, with the oracle (the same decoders on the noiseless test responses) and chance.
 
-Figures of the adaptor models (``adaptor_top1_fwd``, few-shot transfer, ``train_samples_per_s``)
-and caption metrics come with the adaptor work; they are not printed until measured.
+Then, side by side in the same run: one adaptor over all subjects (Ray Train, 2 CPU workers), and
+few-shot transfer to the last subject with 10 % of its training images: its adapter alone on a
+backbone pretrained on the other subjects, the same model from scratch, and a full fine-tune of the
+pretrained one. Caption BLEU / ROUGE are not measured yet.
 
-Usage: python benchmarks/decode.py [--subjects 2 --train 2000 --test 500 --vertices 2000] [--out DIR]
+Usage: python benchmarks/decode.py [--subjects 2 --train 2000 --test 500 --vertices 2000] [--epochs 20]
+       [--fewshot-epochs 40 --fraction 0.1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=500)  # > 300, so the 30 draws of 300 candidates differ
     ap.add_argument("--vertices", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=20, help="adaptor epochs (all subjects, and the pretraining)")
+    ap.add_argument("--fewshot-epochs", type=int, default=40)
+    ap.add_argument("--fraction", type=float, default=0.1, help="share of the new subject's images (few-shot)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -66,6 +72,41 @@ def main() -> None:
     if run.failures:
         raise SystemExit(f"decoder failures: {run.failures}")
     by_s = next(iter(run.metrics.values()))
+
+    # adaptor over all subjects; then few-shot transfer to the last subject (10 % of its images)
+    from brainstore.cluster._quiet import drop_stderr_lines as _quiet
+    from brainstore.fitting._adaptor import fit_adaptor
+
+    subjects = sorted(by_s)
+    new, others = subjects[-1], subjects[:-1]
+    P = {"epochs": args.epochs, "batch_size": 64}
+    kw = dict(store=str(out / "store"), registry=str(out / "registry"), num_workers=2)
+    t0 = time.time()
+    with _quiet():
+        full = fit_adaptor(data, [rep.feature], params=P, out=out / "adaptor-all", name="bench-adaptor-all", **kw)
+    adaptor_s = time.time() - t0
+    sps = float(np.mean([h["samples_per_s"] for h in full.history[1:]] or [full.history[0]["samples_per_s"]]))
+    fam = full.metrics[rep.feature]
+    _say(f"adaptor (all subjects, {args.epochs} epochs, {adaptor_s:.0f} s, {sps:.0f} samples/s): "
+         + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
+    FS = {"epochs": args.fewshot_epochs, "batch_size": 32}
+    with _quiet():
+        pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre",
+                          name="bench-adaptor-pre", **kw)
+        few = {}
+        for label, init, trainable in (("adaptor", f"{pre.name}/shared", "adapter"), ("scratch", None, "all"),
+                                       ("finetune", f"{pre.name}/shared", "all")):
+            r = fit_adaptor(data, [rep.feature], params=FS, subjects=[new], fraction=args.fraction, init_from=init,
+                            trainable=trainable, out=out / f"fewshot-{label}", name=f"bench-fewshot-{label}",
+                            register=label == "adaptor", **kw)
+            few[label] = r.metrics[rep.feature][new]
+            _say(f"few-shot {label} ({new}, {args.fraction:.0%} of its images): top-1 "
+                 f"{few[label]['top1_brain_to_stimulus']:.3f}")
+    from brainstore.fitting import ModelRegistry
+
+    st, _ = ModelRegistry(out / "registry").load("bench-fewshot-adaptor/shared")
+    n_all = sum(v.size for k, v in st.items() if k.startswith("net."))
+    n_adapter = sum(v.size for k, v in st.items() if k.startswith(f"net.adapters.{new}."))
     keys = ("top1_brain_to_stimulus", "top1_stimulus_to_brain", "two_way", "cosine", "oracle_top1_brain_to_stimulus",
             "oracle_top1_stimulus_to_brain", "chance", "n_candidates", "n_draws")
     mean = {k: float(np.mean([m[k] for m in by_s.values()])) for k in keys}
@@ -89,7 +130,19 @@ def main() -> None:
         "per_subject": {s: {k: m[k] for k in ("top1_brain_to_stimulus", "top1_brain_to_stimulus_ci95",
                                                 "top1_stimulus_to_brain", "top1_stimulus_to_brain_ci95", "two_way",
                                                 "cosine", "alpha", "cv_r2", "n_voxels")} for s, m in by_s.items()},
+        "adaptor_top1_fwd": round(float(np.mean([m["top1_brain_to_stimulus"] for m in fam.values()])), 4),
+        "adaptor_top1_bwd": round(float(np.mean([m["top1_stimulus_to_brain"] for m in fam.values()])), 4),
+        "adaptor_epochs": args.epochs,
+        "train_samples_per_s": round(sps, 1),
+        "fewshot_subject": new, "fewshot_fraction": args.fraction, "fewshot_epochs": args.fewshot_epochs,
+        "fewshot_adaptor_top1_fwd": round(few["adaptor"]["top1_brain_to_stimulus"], 4),
+        "fewshot_scratch_top1_fwd": round(few["scratch"]["top1_brain_to_stimulus"], 4),
+        "fewshot_finetune_top1_fwd": round(few["finetune"]["top1_brain_to_stimulus"], 4),
+        "fewshot_transfer_vs_scratch": round(few["adaptor"]["top1_brain_to_stimulus"]
+                                             / max(few["scratch"]["top1_brain_to_stimulus"], 1e-9), 3),
+        "fewshot_adapter_param_fraction": round(n_adapter / n_all, 4),
         "ridge_fit_s": round(fit_s, 1),
+        "adaptor_fit_s": round(adaptor_s, 1),
         "wall_s": round(time.time() - t_all, 1),
         "run_dir": str(out),
         "machine": {"cpu_count": os.cpu_count()},

@@ -44,6 +44,7 @@ def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool =
     os.close(w)
 
     def pump() -> None:
+        eat_newline = False  # a dropped line whose newline comes in the next write (print's two writes)
         while True:
             try:
                 data = os.read(r, 1 << 16)
@@ -51,9 +52,13 @@ def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool =
                 return
             if not data:
                 return
+            if eat_newline and data[:1] == b"\n":
+                data = data[1:]
+            eat_newline = False
             if any(n in data for n in needles):
-                data = b"".join(line for line in data.splitlines(keepends=True)
-                                if not any(n in line for n in needles))
+                lines = data.splitlines(keepends=True)
+                eat_newline = any(n in lines[-1] for n in needles) and not lines[-1].endswith(b"\n")
+                data = b"".join(line for line in lines if not any(n in line for n in needles))
             if data:
                 os.write(orig, data)
 

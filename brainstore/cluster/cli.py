@@ -298,8 +298,9 @@ def _print_decoders(metrics: dict, title: str) -> None:
 
 
 def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str], out: Optional[Path], store: str,
-                      registry: str, address: Optional[str]) -> None:
-    """``fit --decode TABLE``: ridge decoders for every subject of the dataset."""
+                      registry: str, address: Optional[str], method: str = "ridge", epochs: Optional[int] = None,
+                      workers: int = 2) -> None:
+    """``fit --decode TABLE``: ridge decoders for every subject, or one adaptor over all subjects."""
     from .._paths import check_folder
     from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
@@ -315,10 +316,31 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
         if out is not None:
             check_folder(out, "run folder", "--out", create=True, make=False)
         connect(address)
-        run = fit_decoders(dataset, target, store=store, registry=registry, out=out,
-                           rois=[r.strip() for r in rois.split(",") if r.strip()] if rois else None)
+        roi_list = [r.strip() for r in rois.split(",") if r.strip()] if rois else None
+        if method == "adaptor":
+            from ..fitting._adaptor import fit_adaptor
+            from ._quiet import drop_stderr_lines
+
+            with drop_stderr_lines(enabled=not VERBOSE["on"]):
+                arun = fit_adaptor(dataset, [target], store=store, registry=registry, out=out, rois=roi_list,
+                                   num_workers=workers, params={"epochs": epochs} if epochs else None)
+        else:
+            run = fit_decoders(dataset, target, store=store, registry=registry, out=out, rois=roi_list)
     except (DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
         _fail(str(e))
+    if method == "adaptor":
+        metrics = {f"{arun.name} (adaptor)": arun.metrics[target]}
+        for m in metrics[f"{arun.name} (adaptor)"].values():
+            m.setdefault("alpha", float("nan"))
+        (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[target]},
+                                                               "history": arun.history}, indent=2))
+        _print_decoders(metrics, "fitted adaptor")
+        last = arun.history[-1]
+        resumed = f", resumed after epoch {arun.resumed_from_epoch}" if arun.resumed_from_epoch is not None else ""
+        console.print(f"registered {arun.name}/shared in {registry}: {len(arun.history)} epochs{resumed}, last train "
+                      f"loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
+                      f"metrics.json in {arun.run_dir} ({arun.seconds:.1f} s)")
+        return
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['model']}: {f['error']}")
     if not run.metrics:
@@ -337,7 +359,10 @@ def fit_cmd(
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (overrides the spec's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for predictions and the report (default <registry>/_runs/fit-TIME)."),
     include_random: bool = typer.Option(False, "--include-random", help="Default spec: also fit feature tables made with random weights."),
-    decode: Optional[str] = typer.Option(None, "--decode", help="Fit ridge decoders (responses -> this store table) for every subject instead of encoders."),
+    decode: Optional[str] = typer.Option(None, "--decode", help="Fit decoders (responses -> this store table) instead of encoders."),
+    method: str = typer.Option("ridge", "--method", help="With --decode: 'ridge' (one per subject) or 'adaptor' (one model over all subjects, Ray Train)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="With --method adaptor: training epochs (default 30)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="With --method adaptor: Ray Train workers."),
     rois: Optional[str] = typer.Option(None, "--rois", help="With --decode: comma-separated ROIs or ROI families whose vertices the decoders read (default: all)."),
     store: str = StoreOpt,
     registry: str = RegistryOpt,
@@ -350,7 +375,9 @@ def fit_cmd(
     if decode is not None:
         if config is not None:
             _fail("--decode fits decoders from --dataset; it does not take --config")
-        return _fit_decoders_cmd(dataset, decode, rois, out, store, registry, address)
+        if method not in ("ridge", "adaptor"):
+            _fail(f"--method must be 'ridge' or 'adaptor', not {method!r}")
+        return _fit_decoders_cmd(dataset, decode, rois, out, store, registry, address, method, epochs, workers)
     if rois is not None:
         _fail("--rois goes with --decode (encoders take ROI rules in a fit spec)")
     from .._paths import check_folder

@@ -233,7 +233,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         resumes from its last checkpoint.
     """
     import torch
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .._paths import check_folder
@@ -307,7 +307,8 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         _train_loop, train_loop_config=cfg,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=bool(use_gpu)),
         run_config=RunConfig(name="adaptor", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level="WARNING")))  # our history is the report
     result = trainer.fit()
     if result.error:
         raise result.error
