@@ -161,6 +161,8 @@ CASES = [
                                 "--registry", "{root}/registry"], 2, ["missing from feature table 'partial'"]),
     ("decode-nan-responses", ["fit", "--dataset", "{root}/nan-data", "--decode", "txt", "--store", "{root}/store",
                               "--registry", "{root}/registry"], 2, ["rh_training_fmri.npy", "NaN first at row 3"]),
+    ("decode-unknown-method", ["fit", "--dataset", "{root}/data", "--decode", "txt", "--method", "lasso"], 2,
+     ["--method", "lasso", "adaptor"]),
     ("rois-without-decode", ["fit", "--dataset", "{root}/data", "--rois", "V1v"], 2, ["--rois goes with --decode"]),
     ("evaluate-no-dataset", ["evaluate", "--dataset", "{root}/nosuch", "--registry", "{root}/registry"], 2,
      ["nosuch", "does not exist"]),
