@@ -104,6 +104,13 @@ def test_adaptor_trains_on_two_workers_and_round_trips_the_registry(trained, sma
             model.decode(s, R[:, :5])
     with pytest.raises(ValueError, match="no adapter for 'subj09'"):
         model.decode("subj09", R)
+    # encoder evaluation and model choice skip decoders in a shared registry
+    from brainstore.fitting import ModelRegistry, RegistryError, best_model, evaluate_registered
+
+    reg = ModelRegistry(trained["registry"], create=False)
+    assert evaluate_registered(reg, ds)[0] == {}
+    with pytest.raises(RegistryError, match="no registered model for subj01"):
+        best_model(reg, "subj01", str(ds.root))
 
 
 _KILL = """

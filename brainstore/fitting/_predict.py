@@ -150,7 +150,7 @@ def predict_model(reg: ModelRegistry, model: str, subject: str, fs: FeatureStore
 
 def best_model(reg: ModelRegistry, subject: str, dataset: str | None = None) -> str:
     """The registered model of ``subject`` with the best validation score (held-out fold, see ``_choice``)."""
-    recs = [r for r in reg.list() if r.meta.get("subject") == subject and r.meta.get("kind") != "decoder"
+    recs = [r for r in reg.list() if r.meta.get("subject") == subject and r.meta.get("kind") not in ("decoder", "adaptor")
             and (dataset is None or r.meta.get("dataset") == dataset)]
     if not recs:
         where = f" fitted on {dataset}" if dataset else ""

@@ -262,7 +262,8 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
     from ._encoding import subject_stimuli
     from ._predict import EncodingModel
 
-    recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root) and r.meta.get("kind") != "decoder"]
+    recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)
+            and r.meta.get("kind") not in ("decoder", "adaptor")]  # encoders only (decoders: evaluate_decoders)
     if models:
         known = sorted({r.meta["model"] for r in recs})
         unknown = [m for m in models if m not in known]
