@@ -10,7 +10,8 @@ over subjects, with the oracle (the same decoders on the noiseless test response
 Then, side by side in the same run: one adaptor over all subjects (Ray Train, 2 CPU workers), and
 few-shot transfer to the last subject with 10 % of its training images: its adapter alone on a
 backbone pretrained on the other subjects, the same model from scratch, and a full fine-tune of the
-pretrained one. Caption BLEU / ROUGE are not measured yet.
+pretrained one. Decoded captions (ridge): the nearest training caption to each decoded embedding,
+scored against the true caption (BLEU-1/4, ROUGE-L, embedding cosine).
 
 Usage: python benchmarks/decode.py [--subjects 2 --train 2000 --test 500 --vertices 2000] [--epochs 20]
        [--fewshot-epochs 40 --fraction 0.1] [--out DIR]
@@ -122,6 +123,11 @@ def main() -> None:
         "ridge_top1_bwd": round(mean["top1_stimulus_to_brain"], 4),
         "ridge_two_way": round(mean["two_way"], 4),
         "ridge_cosine": round(mean["cosine"], 4),
+        # decoded captions: the nearest training caption to each decoded embedding, against the true caption
+        "ridge_caption_bleu1": round(float(np.mean([m["caption_bleu1"] for m in by_s.values()])), 2),
+        "ridge_caption_bleu4": round(float(np.mean([m["caption_bleu4"] for m in by_s.values()])), 2),
+        "ridge_caption_rougeL": round(float(np.mean([m["caption_rougeL"] for m in by_s.values()])), 4),
+        "ridge_caption_cosine": round(float(np.mean([m["caption_cosine"] for m in by_s.values()])), 4),
         "oracle_top1_fwd": round(mean["oracle_top1_brain_to_stimulus"], 4),
         "oracle_top1_bwd": round(mean["oracle_top1_stimulus_to_brain"], 4),
         "chance": round(mean["chance"], 6),

@@ -51,6 +51,18 @@ def test_ridge_decoder_retrieves_and_matches_sklearn(decoded, small_dataset):
         np.testing.assert_allclose(saved, got, rtol=1e-5, atol=1e-6)
         with pytest.raises(ValueError, match=f"takes {R.shape[1]} voxels"):
             dec.decode(Rt[:, :10])
+        # decoded captions: the nearest training caption (sklearn cosine) scored against the true ones
+        from sklearn.metrics.pairwise import cosine_similarity as sk_cos
+
+        from brainstore.scoring import caption_metrics
+
+        train_ids, test_ids = subject_stimuli(ds, s, "train"), subject_stimuli(ds, s, "test")
+        cap = dict(zip(ds.stimuli([s]).column("stimulus_id").to_pylist(), ds.stimuli([s]).column("caption").to_pylist()))
+        nearest = sk_cos(got, E).argmax(1)
+        ref = caption_metrics([cap[train_ids[b]] for b in nearest], [cap[i] for i in test_ids])
+        assert m["caption_bleu1"] == pytest.approx(ref["bleu1"], rel=1e-3)
+        assert m["caption_rougeL"] == pytest.approx(ref["rougeL"], rel=1e-3)
+        assert 0 < m["caption_cosine"] <= 1 and set(test_ids).isdisjoint(train_ids)
 
 
 def test_roi_selection_and_bad_inputs(decoded, small_dataset):
@@ -83,3 +95,20 @@ def test_a_changed_target_table_is_refused(decoded, small_dataset, tmp_path):
     fs.write(t, ids, emb)
     with pytest.raises(RegistryError, match="embeddings of the 120 stimuli it was fitted on differ"):
         Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))
+
+
+def test_evaluate_decoders_writes_metrics_and_plot(decoded, small_dataset, tmp_path):
+    """Evaluation re-decodes the test responses (same figures as the fit) and plots them; with fewer test
+    images than candidates every draw is the whole set, a zero-width interval."""
+    from brainstore.fitting import ModelRegistry, evaluate_decoders
+    from brainstore.fitting._report import write_decoding_plot
+
+    ev = evaluate_decoders(ModelRegistry(decoded["registry"], create=False), AlgonautsDataset(small_dataset))
+    fit = decoded["run"].metrics
+    for model, by_s in fit.items():
+        for s, m in by_s.items():
+            for k in ("top1_brain_to_stimulus", "top1_stimulus_to_brain", "two_way", "caption_bleu1",
+                      "oracle_top1_brain_to_stimulus"):
+                assert ev[model][s][k] == pytest.approx(m[k], rel=1e-6), k
+    png = write_decoding_plot(ev, tmp_path / "decoding_top1.png")
+    assert png.stat().st_size > 1000

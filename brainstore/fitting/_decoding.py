@@ -145,6 +145,8 @@ def fit_decoder(job: dict) -> dict:
         kw = dict(n_candidates=int(job.get("n_candidates", 300)), n_draws=int(job.get("n_draws", 30)))
         metrics.update(retrieval_metrics(D, Et, **kw))
         metrics["cosine"] = float(_row_cosine(D, Et).mean())
+        if fs.metadata(target).get("extractor") == "text":  # a caption table: decoded captions too
+            metrics.update(retrieved_caption_metrics(ds, s, D, E, Et, train_ids, test_ids))
         if _oracle_dir(ds, s) is not None:  # the same method fitted and tested on noiseless responses: the ceiling
             with _limit_threads(job.get("threads")):
                 oracle = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
@@ -163,6 +165,38 @@ def fit_decoder(job: dict) -> dict:
     reg.save(f"{name}/{s}", tensors, meta)
     return {"name": name, "subject": s, "metrics": metrics, "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,
+                       train_ids: list[str]) -> tuple[list[int], list[str]]:
+    """For each decoded embedding, the nearest (cosine) training stimulus and its caption.
+
+    Only training stimuli are candidates: the test images' own captions are never retrieved, so
+    the caption metrics measure what the decoder recovered, not a lookup of the answer.
+    """
+    from ..scoring import cosine_similarity
+
+    t = ds.stimuli([subject], splits=("train",))
+    caption = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    best = cosine_similarity(decoded, train_emb).argmax(1).tolist()
+    return best, [caption.get(train_ids[b]) or "" for b in best]
+
+
+def retrieved_caption_metrics(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,
+                              test_emb: np.ndarray, train_ids: list[str], test_ids: list[str]) -> dict:
+    """``caption_bleu1..4``, ``caption_rougeL`` of the retrieved training captions against the true test
+    captions, and ``caption_cosine`` between their embeddings; {} when the dataset has no captions."""
+    from ..scoring import caption_metrics
+
+    t = ds.stimuli([subject], splits=("test",))
+    truth = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    refs = [truth.get(i) for i in test_ids]
+    if not all(refs):
+        return {}
+    best, pred = retrieved_captions(ds, subject, decoded, train_emb, train_ids)
+    out = {f"caption_{k}": v for k, v in caption_metrics(pred, refs).items()}
+    out["caption_cosine"] = float(_row_cosine(train_emb[best], test_emb).mean())
+    return out
 
 
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -329,5 +363,8 @@ def evaluate_decoders(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | 
         # the oracle decoder (fitted on noiseless responses) is not registered: its figures come from the fit
         m.update({f"oracle_{k}": rec.meta["metrics"][f"oracle_{k}"] for k in ORACLE_KEYS
                   if f"oracle_{k}" in rec.meta["metrics"]})
+        Etr = dec.store.load(rec.meta["target"], dec.train_ids)
+        if dec.store.metadata(rec.meta["target"]).get("extractor") == "text":
+            m.update(retrieved_caption_metrics(ds, s, D, Etr, Et, dec.train_ids, subject_stimuli(ds, s, "test")))
         out.setdefault(model, {})[s] = m
     return out

@@ -184,7 +184,9 @@ def write_decoding_plot(decoders: dict, path: Path) -> Path:
     for off, key, label in ((-0.2, "top1_brain_to_stimulus", "brain -> stimulus"),
                             (0.2, "top1_stimulus_to_brain", "stimulus -> brain")):
         vals = [m[key] for _, m in rows]
-        err = np.array([[m[key] - m[key + "_ci95"][0], m[key + "_ci95"][1] - m[key]] for _, m in rows]).T
+        # (identical draws give a zero-width interval that rounding can put a hair off the mean)
+        err = np.maximum(np.array([[m[key] - m[key + "_ci95"][0], m[key + "_ci95"][1] - m[key]]
+                                   for _, m in rows]).T, 0)
         ax.bar(x + off, vals, width=0.38, yerr=err if len(rows) else None, capsize=3, label=label)
     for i, (_, m) in enumerate(rows):
         if "oracle_top1_brain_to_stimulus" in m:

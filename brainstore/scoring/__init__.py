@@ -13,6 +13,7 @@ from ._metrics import (
     r2_split,
     roi_summary,
 )
+from ._captions import caption_metrics
 from ._retrieval import cosine_similarity, retrieval_from_similarity, retrieval_metrics, two_way_identification
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "nnmc",
     "roi_summary",
     "noise_ceiling_from_ncsnr",
+    "caption_metrics",
     "cosine_similarity",
     "retrieval_metrics",
     "retrieval_from_similarity",
