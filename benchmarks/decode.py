@@ -75,7 +75,6 @@ def main() -> None:
     by_s = next(iter(run.metrics.values()))
 
     # adaptor over all subjects; then few-shot transfer to the last subject (10 % of its images)
-    from brainstore.cluster._quiet import drop_stderr_lines as _quiet
     from brainstore.fitting._adaptor import fit_adaptor
 
     subjects = sorted(by_s)
@@ -83,7 +82,7 @@ def main() -> None:
     P = {"epochs": args.epochs, "batch_size": 64}
     kw = dict(store=str(out / "store"), registry=str(out / "registry"), num_workers=2)
     t0 = time.time()
-    with _quiet():
+    with drop_stderr_lines():
         full = fit_adaptor(data, [rep.feature], params=P, out=out / "adaptor-all", name="bench-adaptor-all", **kw)
     adaptor_s = time.time() - t0
     sps = float(np.mean([h["samples_per_s"] for h in full.history[1:]] or [full.history[0]["samples_per_s"]]))
@@ -91,7 +90,7 @@ def main() -> None:
     _say(f"adaptor (all subjects, {args.epochs} epochs, {adaptor_s:.0f} s, {sps:.0f} samples/s): "
          + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
     FS = {"epochs": args.fewshot_epochs, "batch_size": 32}
-    with _quiet():
+    with drop_stderr_lines():
         pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre",
                           name="bench-adaptor-pre", **kw)
         few = {}

@@ -120,26 +120,25 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
 
 
 def _decoded_captions(ds, subject: str, store: str, table: str, decoded_file: Path, n: int = 3) -> list[str]:
-    """For the first ``n`` test images: the true caption and the caption of the nearest stimulus of
-    ``table`` (cosine, over every stimulus in the table) to the decoded embedding."""
+    """For the first ``n`` test images: the true caption and the decoded one, the caption of the nearest
+    training stimulus to the decoded embedding (as the ``caption_*`` metrics score it)."""
     import numpy as np
     from rich.markup import escape
 
     from ..features import FeatureStore
     from ..fitting import subject_stimuli
-    from ..scoring import cosine_similarity
+    from ..fitting._decoding import retrieved_captions
 
-    fs = FeatureStore(store, create=False)
-    ids = fs.ids(table)
-    sim = cosine_similarity(np.load(decoded_file)[:n], fs.load(table, ids))
-    t = ds.stimuli([subject])
-    caption = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
-    test = subject_stimuli(ds, subject, "test")[:n]
-    lines = [f"      {subject}, decoded captions (nearest of {len(ids)} stored captions to the decoded embedding):"]
-    for i, sid in enumerate(test):
-        best = ids[int(sim[i].argmax())]
-        lines.append(f"        {sid}: true [italic]{escape(str(caption.get(sid)))}[/] | decoded -> {best}: "
-                     f"[italic]{escape(str(caption.get(best)))}[/]")
+    train_ids, test_ids = subject_stimuli(ds, subject, "train"), subject_stimuli(ds, subject, "test")[:n]
+    best, decoded = retrieved_captions(ds, subject, np.load(decoded_file)[:n],
+                                       FeatureStore(store, create=False).load(table, train_ids), train_ids)
+    t = ds.stimuli([subject], splits=("test",))
+    truth = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    lines = [f"      {subject}, decoded captions (nearest of {len(train_ids)} training captions to the decoded "
+             "embedding; test captions are never candidates):"]
+    for sid, b, cap in zip(test_ids, best, decoded):
+        lines.append(f"        {sid}: true [italic]{escape(str(truth.get(sid)))}[/] | decoded -> {train_ids[b]}: "
+                     f"[italic]{escape(cap)}[/]")
     return lines
 
 

@@ -78,8 +78,9 @@ def decoder_table(metrics: Mapping, title: str) -> Table:
         t.add_column(c)
     for model, by_s in metrics.items():
         for s, m in by_s.items():
+            alpha = f"{m['alpha']:.3g}" if "alpha" in m else "-"  # (adaptors have none)
             if "top1_brain_to_stimulus" not in m:
-                t.add_row(model[:48], s, "-", "(no test responses)", "", "", "", "", "", f"{m['alpha']:.3g}")
+                t.add_row(model[:48], s, "-", "(no test responses)", "", "", "", "", "", alpha)
                 continue
             lo, hi = m["top1_brain_to_stimulus_ci95"]
             lo2, hi2 = m["top1_stimulus_to_brain_ci95"]
@@ -87,6 +88,6 @@ def decoder_table(metrics: Mapping, title: str) -> Table:
                       f"{m['top1_stimulus_to_brain']:.3f} [{lo2:.2f}, {hi2:.2f}]", f"{m['two_way']:.3f}",
                       f"{m['cosine']:.3f}",
                       f"{m['oracle_top1_brain_to_stimulus']:.3f}" if "oracle_top1_brain_to_stimulus" in m else "-",
-                      f"{m['chance']:.4f}", f"{m['alpha']:.3g}")
+                      f"{m['chance']:.4f}", alpha)
     return t
 

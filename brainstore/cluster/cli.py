@@ -330,8 +330,6 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
         _fail(str(e))
     if method == "adaptor":
         metrics = {f"{arun.name} (adaptor)": arun.metrics[target]}
-        for m in metrics[f"{arun.name} (adaptor)"].values():
-            m.setdefault("alpha", float("nan"))
         (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[target]},
                                                                "history": arun.history}, indent=2))
         _print_decoders(metrics, "fitted adaptor")

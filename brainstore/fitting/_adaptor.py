@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets import AlgonautsDataset
 from ..datasets._algonauts import HEMISPHERES
-from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
-from ._decoding import _row_cosine, response_matrix, select_voxels
+from ..features import FeatureStore
+from ._decoding import _row_cosine, check_decoding_inputs, response_matrix, select_voxels
 from ._encoding import subject_stimuli
 from ._fingerprint import table_fingerprint
 from ._registry import ModelRegistry, RegistryError, safe_name
@@ -42,6 +44,14 @@ __all__ = ["ADAPTOR_KIND", "AdaptorRun", "fit_adaptor", "AdaptorModel"]
 ADAPTOR_KIND = "adaptor"
 #: Checkpoint file inside a Ray Train checkpoint folder.
 CKPT_FILE = "adaptor.pt"
+
+
+def _build_net(n_voxels: dict[str, int], target_dims: dict[str, int], p: AdaptorParams):
+    """The :class:`~._adaptor_net.AdaptorNet` of these subjects, targets and settings."""
+    from ._adaptor_net import AdaptorNet
+
+    return AdaptorNet(n_voxels, target_dims, latent=p.latent, n_blocks=p.n_blocks, adapter=p.adapter, rank=p.rank,
+                      dropout=p.dropout, temperature=p.temperature)
 
 
 def _spec_hash(cfg: dict) -> str:
@@ -67,9 +77,7 @@ def _train_loop(cfg: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ._adaptor_net import AdaptorNet, clip_loss, mixco_loss, regression_loss, soft_clip_loss
-
-    import logging
+    from ._adaptor_net import clip_loss, mixco_loss, regression_loss, soft_clip_loss
 
     # Ray Train's per-report and per-checkpoint notices (INFO, one logger per file): the history says it
     logging.getLogger().setLevel(logging.WARNING)
@@ -87,8 +95,7 @@ def _train_loop(cfg: dict) -> None:
         n_val = int(round(n_use * p.val_fraction))
         tr, va = np.arange(n_use - n_val), np.arange(n_use - n_val, n_use)
         data[s] = {"R": torch.from_numpy(R), "E": {t: torch.from_numpy(e) for t, e in E.items()}, "train": tr, "val": va}
-    model = AdaptorNet(cfg["n_voxels"], cfg["target_dims"], latent=p.latent, n_blocks=p.n_blocks, adapter=p.adapter,
-                       rank=p.rank, dropout=p.dropout, temperature=p.temperature)
+    model = _build_net(cfg["n_voxels"], cfg["target_dims"], p)
     start = 0
     init = cfg.get("init_state")
     if init:  # transfer: a pretrained model's weights (a new subject's adapter stays as initialized)
@@ -129,6 +136,7 @@ def _train_loop(cfg: dict) -> None:
         rng = np.random.default_rng(p.seed * 1000 + epoch)
         order = {s: rng.permutation(d["train"])[rank * per_rank[s]:(rank + 1) * per_rank[s]] for s, d in data.items()}
         total, seen = 0.0, 0
+        mix = epoch < mixco_until
         for step in range(steps):
             loss = 0.0
             for s, d in data.items():
@@ -136,7 +144,6 @@ def _train_loop(cfg: dict) -> None:
                 if len(idx) < 2:
                     idx = order[s][:p.batch_size]
                 x = d["R"][idx].to(device)
-                mix = epoch < mixco_until
                 if mix:
                     perm = torch.randperm(len(idx), device=device)
                     lam = torch.distributions.Beta(0.15, 0.15).sample((len(idx),)).to(device)
@@ -240,7 +247,6 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     from .._ray import ensure_connected
     from ..scoring import retrieval_metrics
     from ._runfiles import run_dir as default_run_dir
-    from ._adaptor_net import AdaptorNet
 
     t0 = time.time()
     p = params if isinstance(params, AdaptorParams) else AdaptorParams(**(params or {}))
@@ -249,20 +255,10 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     ds, fs, reg = AlgonautsDataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
-    subjects = list(subjects) if subjects else ds.subjects
-    unknown = [s for s in subjects if s not in ds.subjects]
-    if unknown:
-        raise DatasetError(f"subject(s) {unknown} not in {ds.root}; subjects: {', '.join(ds.subjects)}")
     targets = list(targets)
-    for t in targets:
-        if not fs.exists(t):
-            raise FeatureStoreError(f"adaptor target table {t!r} is not in store {fs.uri}; tables: "
-                                    f"{', '.join(fs.names()) or 'none'}")
-        have = set(fs.ids(t))
-        for s in subjects:
-            missing = [i for i in subject_stimuli(ds, s, "train") + subject_stimuli(ds, s, "test") if i not in have]
-            if missing:
-                raise MissingStimuliError(t, missing)
+    subjects = check_decoding_inputs(ds, fs, targets, subjects)
+    # checked before any work, made once the inputs are read (a bad response file leaves nothing behind)
+    rdir = check_folder(default_run_dir(out, reg.root, "adaptor"), "run folder", "--out", create=True, make=False)
     init_state, base = None, None
     if init_from:
         st, rec = reg.load(init_from)
@@ -283,7 +279,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     all_subjects.update(n_vox)
     dims = {t: fs.info(t).dim for t in targets}
     name = name or f"adaptor-{safe_name('+'.join(targets))}"
-    rdir = check_folder(default_run_dir(out, reg.root, "adaptor"), "run folder", "--out", create=True)
+    rdir.mkdir(parents=True, exist_ok=True)
     storage = rdir / "train"
     res = ensure_connected()
     if use_gpu is None:
@@ -314,8 +310,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         raise result.error
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)
-    net = AdaptorNet(all_subjects, dims, latent=p.latent, n_blocks=p.n_blocks, adapter=p.adapter, rank=p.rank,
-                     dropout=p.dropout, temperature=p.temperature)
+    net = _build_net(all_subjects, dims, p)
     net.load_state_dict(saved["model"])
     prev = {s: {h: st[f"voxels.{s}.{h}"] for h in HEMISPHERES} for s in base["subjects"]} if base else {}
     prev_norm = {s: {k: st[f"norm.{s}.{k}"] for k in ("mean", "std")} for s in base["subjects"]} if base else {}
@@ -360,17 +355,13 @@ class AdaptorModel:
         """Load ``name/shared``, refusing it when a target table changed since training."""
         import torch
 
-        from ._adaptor_net import AdaptorNet
-
         reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
         state, rec = reg.load(name)
         m = rec.meta
         if m.get("kind") != ADAPTOR_KIND:
             raise RegistryError(f"model {name!r} is a {m.get('kind')!r} model, not an adaptor")
         reg.check_features(rec, FeatureStore(store or m["store"], create=False))
-        p = AdaptorParams(**m["params"])
-        net = AdaptorNet(m["n_voxels"], m["target_dims"], latent=p.latent, n_blocks=p.n_blocks, adapter=p.adapter,
-                         rank=p.rank, dropout=p.dropout, temperature=p.temperature)
+        net = _build_net(m["n_voxels"], m["target_dims"], AdaptorParams(**m["params"]))
         net.load_state_dict({k[4:]: torch.from_numpy(np.asarray(v)) for k, v in state.items() if k.startswith("net.")})
         voxels = {s: {h: state[f"voxels.{s}.{h}"] for h in HEMISPHERES} for s in m["subjects"]}
         norm = {s: {k: state[f"norm.{s}.{k}"] for k in ("mean", "std")} for s in m["subjects"]}

@@ -29,10 +29,10 @@ from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ._encoding import subject_stimuli
 from ._fingerprint import decode_ids, encode_ids, table_fingerprint
-from ._registry import ModelRegistry, RegistryError
+from ._registry import ModelRegistry, RegistryError, safe_name
 
 __all__ = ["DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
-           "DecodeRun", "Decoder", "decoder_names", "decoder_records", "evaluate_decoders"]
+           "DecodeRun", "Decoder", "decoder_name", "decoder_records", "evaluate_decoders"]
 
 #: ``kind`` of registered decoders (encoders are ridge, banded, mlp, per-roi, ensemble).
 DECODER_KIND = "decoder"
@@ -154,7 +154,7 @@ def fit_decoder(job: dict) -> dict:
                     response_matrix(ds, s, "train", voxels, oracle=True), E, folds=folds)
             o = retrieval_metrics(oracle.predict(response_matrix(ds, s, "test", voxels, oracle=True)), Et, **kw)
             metrics.update({f"oracle_{k}": o[k] for k in ORACLE_KEYS})
-    tensors = {k: v for k, v in est.state_dict().items()}
+    tensors = dict(est.state_dict())
     tensors.update({f"voxels_{h}": v for h, v in voxels.items()})
     tensors["train_ids"] = encode_ids(train_ids)
     meta = {"kind": DECODER_KIND, "method": "ridge", "model": name, "subject": s, "dataset": str(ds.root),
@@ -217,11 +217,39 @@ class DecodeRun:
     seconds: float = 0.0
 
 
-def decoder_names(target: str) -> str:
+def decoder_name(target: str) -> str:
     """Default registry name of a ridge decoder into ``target``."""
-    from ._registry import safe_name
-
     return f"decoder-ridge-{safe_name(target)}"
+
+
+def check_decoding_inputs(ds: AlgonautsDataset, fs: FeatureStore, targets: list[str],
+                          subjects: list[str] | None) -> list[str]:
+    """The subjects to decode (all by default), once every target table holds each one's train and test stimuli.
+
+    Raises
+    ------
+    DatasetError
+        A subject the dataset lacks (its subjects are listed).
+    FeatureStoreError
+        A target table the store lacks (its tables are listed).
+    MissingStimuliError
+        A target table lacking stimuli of a subject (the ids are listed).
+    """
+    subjects = list(subjects) if subjects else ds.subjects
+    unknown = [s for s in subjects if s not in ds.subjects]
+    if unknown:
+        raise DatasetError(f"subject(s) {unknown} not in {ds.root}; subjects: {', '.join(ds.subjects)}")
+    need = {s: subject_stimuli(ds, s, "train") + subject_stimuli(ds, s, "test") for s in subjects}
+    for t in targets:
+        if not fs.exists(t):
+            raise FeatureStoreError(f"decoder target table {t!r} is not in store {fs.uri}; tables: "
+                                    f"{', '.join(fs.names()) or 'none'}")
+        have = set(fs.ids(t))
+        for s in subjects:
+            missing = [i for i in need[s] if i not in have]
+            if missing:
+                raise MissingStimuliError(t, missing)
+    return subjects
 
 
 def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str, name: str | None = None,
@@ -244,21 +272,10 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
 
     t0 = time.time()
     ds, fs, reg = AlgonautsDataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
-    subjects = list(subjects) if subjects else ds.subjects
-    unknown = [s for s in subjects if s not in ds.subjects]
-    if unknown:
-        raise DatasetError(f"subject(s) {unknown} not in {ds.root}; subjects: {', '.join(ds.subjects)}")
-    if not fs.exists(target):
-        raise FeatureStoreError(
-            f"decoder target table {target!r} is not in store {fs.uri}; tables: {', '.join(fs.names()) or 'none'}")
-    have = set(fs.ids(target))
+    subjects = check_decoding_inputs(ds, fs, [target], subjects)
     for s in subjects:
-        need = subject_stimuli(ds, s, "train") + subject_stimuli(ds, s, "test")
-        missing = [i for i in need if i not in have]
-        if missing:
-            raise MissingStimuliError(target, missing)
         select_voxels(ds, s, rois)  # unknown ROI names fail here, before any task
-    name = name or decoder_names(target)
+    name = name or decoder_name(target)
     rdir = check_folder(default_run_dir(out, reg.root, "decode"), "run folder", "--out", create=True, make=False)
     res = ensure_connected()
     check_responses(ds, subjects)
@@ -363,8 +380,8 @@ def evaluate_decoders(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | 
         # the oracle decoder (fitted on noiseless responses) is not registered: its figures come from the fit
         m.update({f"oracle_{k}": rec.meta["metrics"][f"oracle_{k}"] for k in ORACLE_KEYS
                   if f"oracle_{k}" in rec.meta["metrics"]})
-        Etr = dec.store.load(rec.meta["target"], dec.train_ids)
         if dec.store.metadata(rec.meta["target"]).get("extractor") == "text":
+            Etr = dec.store.load(rec.meta["target"], dec.train_ids)
             m.update(retrieved_caption_metrics(ds, s, D, Etr, Et, dec.train_ids, subject_stimuli(ds, s, "test")))
         out.setdefault(model, {})[s] = m
     return out
