@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +66,8 @@ def _ensure_open_clip_config(arch: str, cfg: dict) -> None:
         return
     if not _REGISTERED_DIR:
         _REGISTERED_DIR.append(tempfile.mkdtemp(prefix="brainstore-open-clip-configs-"))
+        # open_clip reads the file when it is added; the folder goes when the process exits
+        atexit.register(shutil.rmtree, _REGISTERED_DIR[0], True)
     path = Path(_REGISTERED_DIR[0]) / f"{arch}.json"
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)
