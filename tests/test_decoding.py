@@ -112,3 +112,85 @@ def test_evaluate_decoders_writes_metrics_and_plot(decoded, small_dataset, tmp_p
                 assert ev[model][s][k] == pytest.approx(m[k], rel=1e-6), k
     png = write_decoding_plot(ev, tmp_path / "decoding_top1.png")
     assert png.stat().st_size > 1000
+
+
+def _brute_top(decoded: np.ndarray, fs: FeatureStore, table: str, k: int) -> list[list[str]]:
+    """Top-k stored ids by cosine, computed with sklearn over the whole table (independent of LanceDB)."""
+    from sklearn.metrics.pairwise import cosine_similarity as sk_cos
+
+    ids = fs.ids(table)
+    sims = sk_cos(decoded, fs.load(table, ids))
+    return [[ids[j] for j in np.argsort(-row, kind="stable")[:k]] for row in sims]
+
+
+def test_whole_store_search_matches_brute_force(decoded, small_dataset):
+    """``store_top1``/``store_top5``: the true stimulus among every stored stimulus (LanceDB search),
+    against an sklearn brute-force ranking of the whole table."""
+    from brainstore.fitting import ModelRegistry, evaluate_decoders
+
+    ds = AlgonautsDataset(small_dataset)
+    fs = FeatureStore(decoded["store"], create=False)
+    t = decoded["target"]
+    ev = evaluate_decoders(ModelRegistry(decoded["registry"], create=False), ds)
+    name = next(iter(decoded["run"].metrics))
+    n_stored = len(fs.ids(t))
+    for s in ds.subjects:
+        dec = Decoder.load(decoded["registry"], f"{name}/{s}")
+        D = dec.decode(response_matrix(ds, s, "test", dec.voxels))
+        truth = subject_stimuli(ds, s, "test")
+        top = _brute_top(D, fs, t, 5)
+        m = ev[name][s]
+        assert m["store_candidates"] == n_stored > m["n_candidates"]
+        assert m["store_top1"] == pytest.approx(np.mean([a == r[0] for a, r in zip(truth, top)]))
+        assert m["store_top5"] == pytest.approx(np.mean([a in r for a, r in zip(truth, top)]))
+        assert m["store_top5"] >= m["store_top1"] > 5 / n_stored
+
+
+def test_cli_predict_decode_and_fit_spec_decoders(decoded, small_dataset, tmp_path):
+    """``predict --decode`` writes the decoded embeddings and the whole-table top-k; a fit spec's
+    ``decoders:`` list fits a decoder (ROI selection, own name and alphas) with no encoder."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+
+    runner = CliRunner()
+    ds = AlgonautsDataset(small_dataset)
+    fs = FeatureStore(decoded["store"], create=False)
+    t, reg = decoded["target"], str(decoded["registry"])
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", "--dataset", str(small_dataset), "--out", str(out), "--decode", t,
+                            "--top-k", "3", "--registry", reg])
+    assert r.exit_code == 0, r.output
+    name = next(iter(decoded["run"].metrics))
+    from brainstore.fitting import safe_name
+
+    tag = safe_name(t)
+    for s in ds.subjects:
+        dec = Decoder.load(reg, f"{name}/{s}")
+        want = dec.decode(response_matrix(ds, s, "test", dec.voxels))
+        np.testing.assert_allclose(np.load(out / s / f"decoded_{tag}.npy"), want, rtol=1e-5, atol=1e-6)
+        doc = json.loads((out / s / f"top3_{tag}.json").read_text())
+        assert doc["candidates"] == len(fs.ids(t)) and doc["model"] == name
+        assert [row["stimulus_id"] for row in doc["rows"]] == subject_stimuli(ds, s, "test")
+        assert [[h["stimulus_id"] for h in row["top"]] for row in doc["rows"]] == _brute_top(want, fs, t, 3)
+    r = runner.invoke(app, ["predict", "--dataset", str(small_dataset), "--out", str(out), "--decode", t,
+                            "--model", "nosuch", "--registry", reg])
+    assert r.exit_code != 0 and "'nosuch'" in r.output and name in r.output
+    spec = tmp_path / "fit.yaml"
+    spec.write_text(f"dataset: {small_dataset}\nstore: {decoded['store']}\nregistry: {reg}\n"
+                    f"decoders:\n  - target: {t}\n    name: dec-yaml\n    rois: [floc-faces]\n    alphas: [10, 1000]\n")
+    r = runner.invoke(app, ["fit", "--config", str(spec), "--out", str(tmp_path / "fitrun")])
+    assert r.exit_code == 0, r.output
+    for s in ds.subjects:
+        d = Decoder.load(reg, f"dec-yaml/{s}")
+        assert d.meta["rois"] == ["floc-faces"] and d.meta["metrics"]["alpha"] in (10, 1000)
+        assert d.n_voxels == sum(len(v) for v in select_voxels(ds, s, ["floc-faces"]).values())
+    spec.write_text(f"dataset: {small_dataset}\nstore: {decoded['store']}\nregistry: {reg}\n"
+                    f"decoders:\n  - target: {t}\n    rois: [FFA-9]\n")
+    r = runner.invoke(app, ["fit", "--config", str(spec)])
+    assert r.exit_code != 0 and "decoders[0]" in r.output and "FFA-9" in r.output
+    spec.write_text(f"dataset: {small_dataset}\ndecoders:\n  - target: {t}\n    adaptor: {{epochs: 2}}\n")
+    r = runner.invoke(app, ["fit", "--config", str(spec)])
+    assert r.exit_code != 0 and "method: adaptor" in r.output

@@ -74,13 +74,13 @@ def decoder_table(metrics: Mapping, title: str) -> Table:
     the oracle and chance."""
     t = Table(title=f"{title}: top-1 retrieval among n test images (MindEye protocol, mean of draws [95 % interval])")
     for c in ("decoder", "subject", "n", "brain->stimulus", "stimulus->brain", "2-way", "cosine", "oracle b->s",
-              "chance", "alpha"):
+              "chance", "whole store top-1 / top-5", "alpha"):
         t.add_column(c)
     for model, by_s in metrics.items():
         for s, m in by_s.items():
             alpha = f"{m['alpha']:.3g}" if "alpha" in m else "-"  # (adaptors have none)
             if "top1_brain_to_stimulus" not in m:
-                t.add_row(model[:48], s, "-", "(no test responses)", "", "", "", "", "", alpha)
+                t.add_row(model[:48], s, "-", "(no test responses)", "", "", "", "", "", "", alpha)
                 continue
             lo, hi = m["top1_brain_to_stimulus_ci95"]
             lo2, hi2 = m["top1_stimulus_to_brain_ci95"]
@@ -88,6 +88,8 @@ def decoder_table(metrics: Mapping, title: str) -> Table:
                       f"{m['top1_stimulus_to_brain']:.3f} [{lo2:.2f}, {hi2:.2f}]", f"{m['two_way']:.3f}",
                       f"{m['cosine']:.3f}",
                       f"{m['oracle_top1_brain_to_stimulus']:.3f}" if "oracle_top1_brain_to_stimulus" in m else "-",
-                      f"{m['chance']:.4f}", alpha)
+                      f"{m['chance']:.4f}",
+                      f"{m['store_top1']:.3f} / {m['store_top5']:.3f} of {m['store_candidates']}" if "store_top1" in m
+                      else "-", alpha)
     return t
 

@@ -304,41 +304,53 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
     from .._paths import check_folder
     from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
-    from ..fitting import RegistryError, fit_decoders
+    from ..fitting import RegistryError
+    from ..fitting._spec import DecoderSpec
     from ._ray import connect
-    from ._report import console
 
     if dataset is None:
         _fail("--decode needs --dataset DIR (the responses to decode)")
     _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
+    roi_list = [r.strip() for r in rois.split(",") if r.strip()] if rois else None
     try:
+        spec = DecoderSpec(target=target, method=method, rois=roi_list, workers=workers,
+                           adaptor={"epochs": epochs} if (epochs and method == "adaptor") else None)
         check_folder(registry, "model registry", "--registry", create=True, error=RegistryError)
         if out is not None:
             check_folder(out, "run folder", "--out", create=True, make=False)
         connect(address)
-        roi_list = [r.strip() for r in rois.split(",") if r.strip()] if rois else None
-        if method == "adaptor":
-            from ..fitting._adaptor import fit_adaptor
-            from ._quiet import drop_stderr_lines
-
-            with drop_stderr_lines(enabled=not VERBOSE["on"]):
-                arun = fit_adaptor(dataset, [target], store=store, registry=registry, out=out, rois=roi_list,
-                                   num_workers=workers, params={"epochs": epochs} if epochs else None)
-        else:
-            run = fit_decoders(dataset, target, store=store, registry=registry, out=out, rois=roi_list)
+        ok = _run_decoder(spec, dataset, store, registry, out)
     except (DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
         _fail(str(e))
-    if method == "adaptor":
-        metrics = {f"{arun.name} (adaptor)": arun.metrics[target]}
-        (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[target]},
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[Path],
+                 subjects: Optional[list[str]] = None) -> bool:
+    """Fit one decoding model of a :class:`~brainstore.fitting._spec.DecoderSpec`, print its figures;
+    False when a subject failed."""
+    from ..fitting import fit_decoders
+    from ._report import console
+
+    if spec.method == "adaptor":
+        from ..fitting._adaptor import fit_adaptor
+        from ._quiet import drop_stderr_lines
+
+        with drop_stderr_lines(enabled=not VERBOSE["on"]):
+            arun = fit_adaptor(dataset, [spec.target], store=store, registry=registry, out=out, rois=spec.rois,
+                               num_workers=spec.workers, params=spec.adaptor, name=spec.name, subjects=subjects)
+        (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[spec.target]},
                                                                "history": arun.history}, indent=2))
-        _print_decoders(metrics, "fitted adaptor")
+        _print_decoders({f"{arun.name} (adaptor)": arun.metrics[spec.target]}, "fitted adaptor")
         last = arun.history[-1]
         resumed = f", resumed after epoch {arun.resumed_from_epoch}" if arun.resumed_from_epoch is not None else ""
         console.print(f"registered {arun.name}/shared in {registry}: {len(arun.history)} epochs{resumed}, last train "
                       f"loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
                       f"metrics.json in {arun.run_dir} ({arun.seconds:.1f} s)")
-        return
+        return True
+    run = fit_decoders(dataset, spec.target, store=store, registry=registry, out=out, rois=spec.rois, name=spec.name,
+                       alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects)
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['model']}: {f['error']}")
     if not run.metrics:
@@ -347,8 +359,7 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
     _print_decoders(run.metrics, "fitted decoders")
     console.print(f"registered {len(run.registered)} decoder(s) in {registry}; decoded test embeddings and "
                   f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
-    if run.failures:
-        raise typer.Exit(code=1)
+    return not run.failures
 
 
 @app.command("fit")
@@ -404,19 +415,48 @@ def fit_cmd(
             spec = default_spec(dataset, store, registry, include_random=include_random, notes=notes)
         for n in notes:
             console.print(f"[yellow]note:[/] {n}")
-        run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out)
+        if spec.decoders:  # decoder targets and ROIs are checked before any model is fitted
+            _check_decoder_specs(spec, spec.store or store)
+        run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out) if spec.models else None
     except (SpecError, DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
         _fail(str(e))
-    for f in run.failures:
-        console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
-    if not run.metrics:
-        _fail("no model could be fitted")
-    rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), run.run_dir)
-    _print_comparison(rep["rows"], "fitted models")
-    console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in {rep['dir']} "
-                  f"({run.seconds:.1f} s)")
-    if run.failures:
+    ok = True
+    if run is not None:
+        for f in run.failures:
+            console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
+        if not run.metrics:
+            _fail("no model could be fitted")
+        rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), run.run_dir)
+        _print_comparison(rep["rows"], "fitted models")
+        console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in {rep['dir']} "
+                      f"({run.seconds:.1f} s)")
+        ok = not run.failures
+    subjects = None if spec.subjects == "all" else list(spec.subjects)
+    for i, d in enumerate(spec.decoders):
+        sub_out = (out / f"decoder-{i + 1}-{d.method}") if out is not None else None
+        try:
+            ok = _run_decoder(d, Path(spec.dataset), spec.store or store, reg, sub_out, subjects) and ok
+        except (DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
+            _fail(f"decoders[{i}] ({d.method} into {d.target}): {e}")
+    if not ok:
         raise typer.Exit(code=1)
+
+
+def _check_decoder_specs(spec, store: str) -> None:
+    """Every decoder of a fit spec: target table holding each subject's stimuli, known ROIs (before any fit)."""
+    from ..datasets import AlgonautsDataset
+    from ..features import FeatureStore
+    from ..fitting import select_voxels
+    from ..fitting._decoding import check_decoding_inputs
+
+    ds, fs = AlgonautsDataset(spec.dataset), FeatureStore(store, create=False)
+    subjects = None if spec.subjects == "all" else list(spec.subjects)
+    for i, d in enumerate(spec.decoders):
+        try:
+            for s in check_decoding_inputs(ds, fs, [d.target], subjects):
+                select_voxels(ds, s, d.rois)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"decoders[{i}] ({d.method} into {d.target}): {e}") from None
 
 
 @app.command("evaluate")
@@ -477,11 +517,15 @@ def evaluate_cmd(
 def predict_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder (its test images are predicted)."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by validation score)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by validation score; with --decode the ridge decoder into TABLE, else its adaptor)."),
+    decode: Optional[str] = typer.Option(None, "--decode", help="Decode the test responses into this store table instead: OUT/subjNN/decoded_TABLE.npy and the top-k stimuli of the whole table (LanceDB search)."),
+    top_k: int = typer.Option(10, "--top-k", min=1, help="With --decode: stimuli listed per test response."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store the model was fitted with)."),
     registry: str = RegistryOpt,
 ) -> None:
-    """Write Algonauts submission files for the test images of every subject."""
+    """Write Algonauts submission files for the test images of every subject (or, with --decode, decoded embeddings)."""
+    if decode is not None:
+        return _predict_decode(dataset, out, model, decode, top_k, store, registry)
     from .._paths import check_folder
     from ..datasets import AlgonautsDataset, DatasetError
     from ..features import FeatureStoreError
@@ -497,6 +541,59 @@ def predict_cmd(
             preds = predict_model(reg, name, s, store, subject_stimuli(ds, s, "test"))
             paths = write_predictions({s: preds}, out)
             console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
+    except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
+        _fail(str(e))
+
+
+def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str, top_k: int, store: Optional[str],
+                    registry: str) -> None:
+    """``predict --decode TABLE``: decoded test embeddings (npy) and the top-k stimuli of the whole table."""
+    import numpy as np
+
+    from .._paths import check_folder
+    from ..datasets import AlgonautsDataset, DatasetError
+    from ..features import FeatureStoreError
+    from ..fitting import RegistryError, safe_name, subject_stimuli
+    from ..fitting._decoding import decode_subject, decoder_name, decoding_models, store_top_k
+    from ._report import console
+
+    try:
+        ds = AlgonautsDataset(dataset)
+        reg = _open_registry(registry)
+        check_folder(out, "output folder", "--out", create=True, make=False)
+        models = decoding_models(reg, ds.root)
+        if model is None:
+            into = [m for m, i in sorted(models.items()) if target in i["targets"]]
+            model = decoder_name(target) if decoder_name(target) in into else (into[0] if len(into) == 1 else None)
+            if model is None:
+                _fail(f"no single decoding model into {target!r} was fitted on {ds.root}"
+                      + (f"; choose one with --model: {', '.join(into)}" if into else
+                         f"; run `brainstore fit --dataset {dataset} --decode {target}` first"))
+        elif model not in models:
+            _fail(f"no decoder or adaptor named {model!r} was fitted on {ds.root}; decoding models: "
+                  f"{', '.join(sorted(models)) or 'none'}")
+        subjects = [s for s in ds.subjects if s in models[model]["subjects"] and ds.has_test_responses(s)]
+        if not subjects:
+            _fail(f"{model!r} decodes none of the subjects with test responses in {ds.root}")
+        tag = safe_name(target)
+        for s in subjects:
+            D, fs = decode_subject(reg, model, s, ds, target, store)
+            ids, sims = store_top_k(fs, target, D, top_k)
+            truth = subject_stimuli(ds, s, "test")
+            sdir = out / s
+            sdir.mkdir(parents=True, exist_ok=True)
+            np.save(sdir / f"decoded_{tag}.npy", D.astype(np.float32))
+            rows = [{"test_row": i, "stimulus_id": t, "top": [{"stimulus_id": a, "cosine": round(float(b), 6)}
+                                                               for a, b in zip(row, sim)]}
+                    for i, (t, row, sim) in enumerate(zip(truth, ids, sims))]
+            (sdir / f"top{top_k}_{tag}.json").write_text(json.dumps({
+                "model": model, "subject": s, "target": target, "k": top_k, "candidates": len(fs.ids(target)),
+                "search": "LanceDB, cosine, whole table", "rows": rows}, indent=1))
+            hit1 = float(np.mean([t == row[0] for t, row in zip(truth, ids)]))
+            hitk = float(np.mean([t in row for t, row in zip(truth, ids)]))
+            console.print(f"{s}: {model} -> {sdir / f'decoded_{tag}.npy'} ({D.shape[0]} x {D.shape[1]}), "
+                          f"top-{top_k} of {len(fs.ids(target))} stored stimuli in top{top_k}_{tag}.json; true "
+                          f"stimulus first {hit1:.1%}, in top-{top_k} {hitk:.1%}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         _fail(str(e))
 
@@ -555,6 +652,66 @@ def demo_cmd(
 
     run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address,
              image_extractor=image_extractor, quiet=not VERBOSE["on"])
+
+
+@app.command("explain")
+def explain_cmd(
+    model: str = typer.Option(..., "--model", help="Encoding model name (`brainstore models`); 'MODEL/subjNN' also works."),
+    roi: Optional[str] = typer.Option(None, "--roi", help="Named ROI (FFA-1) or ROI family (floc-faces); comma-separated: their union."),
+    subject: Optional[str] = typer.Option(None, "--subject", help="Subject (default: the first the model is fitted for)."),
+    top: int = typer.Option(20, "--top", help="How many stimuli to show."),
+    vertices: Optional[str] = typer.Option(None, "--vertices", help="Instead of --roi: comma-separated vertex indices (lh then rh, or into --hemisphere)."),
+    hemisphere: Optional[str] = typer.Option(None, "--hemisphere", help="lh or rh only (default: both)."),
+    columns: int = typer.Option(5, "--columns", help="Columns of the contact sheet."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Contact sheet PNG (default <registry>/_runs/explain-TIME/MODEL_SUBJECT_ROI.png)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset for ROI masks, captions and images (default: the one the model was fitted on)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store the model was fitted with)."),
+    registry: str = RegistryOpt,
+) -> None:
+    """Selectivity: the stored stimuli (and captions) with the highest predicted response in an ROI, and a contact sheet."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .._paths import check_folder
+    from ..datasets import DatasetError
+    from ..features import FeatureStoreError, MissingStimuliError
+    from ..fitting import RegistryError, run_dir, safe_name
+    from ..fitting._explain import explain_roi, write_contact_sheet
+    from ._report import console
+
+    verts = None
+    if vertices is not None:
+        try:
+            verts = [int(v) for v in vertices.split(",") if v.strip()]
+        except ValueError:
+            _fail(f"--vertices {vertices!r} must be comma-separated whole numbers (vertex indices), e.g. 0,5,17")
+    if columns < 1:
+        _fail(f"--columns must be >= 1, got {columns}")
+    if dataset is not None:
+        _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a folder; give the contact sheet's file name, e.g. {out / 'sheet.png'}")
+    try:
+        reg = _open_registry(registry)
+        if out is not None:
+            check_folder(out.expanduser().absolute().parent, "output folder", "--out", create=True, make=False)
+        ex = explain_roi(reg, model, subject, store=store, dataset=dataset, roi=roi, vertices=verts,
+                         hemisphere=hemisphere, top=top)
+        png = out if out is not None else (run_dir(None, registry, "explain")
+                                           / f"{safe_name(ex.model)}_{ex.subject}_{safe_name(ex.roi)}.png")
+        png = write_contact_sheet(ex, png, columns=columns)
+    except (RegistryError, DatasetError, FeatureStoreError, MissingStimuliError, ValueError, KeyError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write the contact sheet: {e}; pass another file with --out")
+    t = Table(title=f"{ex.model} / {ex.subject}: top {len(ex.top)} of {ex.n_stimuli} stored stimuli by mean predicted "
+                    f"response in {ex.roi} ({ex.n_vertices} vertices, {'+'.join(ex.hemispheres)})")
+    for c, j in (("rank", "right"), ("id", "left"), ("score", "right"), ("z", "right"), ("caption", "left")):
+        t.add_column(c, justify=j)
+    for it in ex.top:
+        t.add_row(str(it.rank), escape(it.stimulus_id), f"{it.score:+.3f}", f"{it.z:+.2f}", escape(it.caption or "-"))
+    console.print(t)
+    console.print(f"contact sheet: {png}")
 
 
 def main() -> None:  # pragma: no cover - console script entry

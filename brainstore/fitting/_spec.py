@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._candidates import check_gammas
 
-__all__ = ["AdaptorParams", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
+__all__ = ["AdaptorParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -134,6 +134,28 @@ class EnsembleSpec(_Strict):
         return self
 
 
+class DecoderSpec(_Strict):
+    """A decoding model `brainstore fit` trains from the spec's responses into a store table."""
+
+    target: str  # store table decoded into (CLIP image or text, captions, any table)
+    method: Literal["ridge", "adaptor"] = "ridge"  # a ridge decoder per subject, or one adaptor over all subjects
+    name: Optional[str] = None  # registry name (default decoder-ridge-TABLE / adaptor-TABLE)
+    rois: Optional[list[str]] = None  # ROIs or ROI families whose vertices are read (default: all)
+    alphas: Optional[list[float]] = None  # ridge: alpha grid (default logspace(0, 7, 15))
+    adaptor: Optional[AdaptorParams] = None  # adaptor settings (method: adaptor)
+    workers: int = Field(2, ge=1)  # adaptor: Ray Train workers
+
+    @model_validator(mode="after")
+    def _method(self):
+        if self.method == "ridge" and self.adaptor is not None:
+            raise ValueError(f"decoder into {self.target!r}: 'adaptor' settings need method: adaptor")
+        if self.method == "adaptor" and self.alphas is not None:
+            raise ValueError(f"decoder into {self.target!r}: 'alphas' are for method: ridge")
+        if self.alphas is not None and (not self.alphas or any(a <= 0 for a in self.alphas)):
+            raise ValueError(f"decoder into {self.target!r}: alphas must be a non-empty list of positive numbers")
+        return self
+
+
 class FitSpec(_Strict):
     """Everything `brainstore fit` needs; YAML keys are these field names."""
 
@@ -146,9 +168,10 @@ class FitSpec(_Strict):
     folds: int = Field(5, ge=3)  # K contiguous folds: alphas by CV over K-1, the last one held out for validation
     scoring: Literal["pearson", "r2"] = "pearson"  # CV score that picks each vertex's alpha
     device: Literal["auto", "cpu", "cuda"] = "auto"  # compute device per fit task
-    models: list[ModelSpec] = Field(min_length=1)  # base models
+    models: list[ModelSpec] = Field(default_factory=list)  # base encoding models
     per_roi: list[PerRoiSpec] = Field(default_factory=list)  # per-ROI compositions
     ensembles: list[EnsembleSpec] = Field(default_factory=list)  # averages
+    decoders: list[DecoderSpec] = Field(default_factory=list)  # decoding models (responses -> store tables)
 
     @field_validator("alphas")
     @classmethod
@@ -159,6 +182,11 @@ class FitSpec(_Strict):
 
     @model_validator(mode="after")
     def _references(self):
+        if not self.models and not self.decoders:
+            raise ValueError("a fit spec needs at least one entry under 'models' (encoders) or 'decoders'")
+        dnames = [d.name for d in self.decoders if d.name]
+        if len(set(dnames)) < len(dnames):
+            raise ValueError(f"decoder names must be unique; repeated: {sorted({n for n in dnames if dnames.count(n) > 1})}")
         base = [m.name for m in self.models]
         names = base + [p.name for p in self.per_roi] + [e.name for e in self.ensembles]
         dup = sorted({n for n in names if names.count(n) > 1})
