@@ -1,5 +1,5 @@
 """``brainstore demo``: the end-to-end run on the embedded default (local Ray, LanceDB on disk,
-synthetic dataset): dataset -> features -> encoding models -> evaluation."""
+synthetic dataset): dataset -> features -> encoding models -> evaluation -> decoders (ridge, adaptor)."""
 
 from __future__ import annotations
 
@@ -108,13 +108,22 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     drun = fit_decoders(data, captions, store=store, registry=registry, out=out / "decode")
     for f in drun.failures:
         console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
-    console.print(decoder_table(drun.metrics, "ridge decoders"))
+    console.print("      and one adaptor over all subjects (an adapter per subject into a shared latent, a residual-MLP "
+                  "backbone, CLIP loss; Ray Train, 2 workers, 10 epochs)")
+    from ..fitting._adaptor import fit_adaptor
+
+    with drop_stderr_lines(enabled=quiet):
+        arun = fit_adaptor(data, [captions], store=store, registry=registry, out=out / "adaptor",
+                           params={"epochs": 10, "latent": 256}, num_workers=2)
+    dmetrics = {**drun.metrics, f"{arun.name} (adaptor)": arun.metrics[captions]}
+    console.print(decoder_table(dmetrics, "decoders: ridge and adaptor"))
     for s in ds.subjects[:1]:
         name = next(iter(drun.metrics))
         for line in _decoded_captions(ds, s, store, captions, drun.run_dir / "decoded" / name / f"{s}_test.npy"):
             console.print(line)
-    console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings); `brainstore evaluate` writes metrics.json "
-                  "and decoding_top1.png")
+    console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings), adaptor checkpoints in {arun.run_dir}; "
+                  "`brainstore evaluate` writes metrics.json and decoding_top1.png, `brainstore predict --decode "
+                  f"{captions}` the top-k stimuli of the whole store table")
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
     return {"rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
 

@@ -15,9 +15,11 @@ from ..scoring import (
     retrieval_metrics,
     roi_summary,
 )
+from ._captioner import Captioner, caption_generation_metrics, make_tiny_lm, train_captioner
 from ._choice import validation_r
 from ._compose import compose
 from ._decoding import DECODER_KIND, DecodeRun, Decoder, evaluate_decoders, fit_decoders, select_voxels
+from ._explain import ExplainedStimulus, Explanation, explain_roi, write_contact_sheet
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
 from ._evaluate import score_submission, score_subject
 from ._predict import EncodingModel, best_model, predict_model
@@ -25,7 +27,7 @@ from ._registry import ModelRecord, ModelRegistry, RegistryError, safe_name
 from ._report import comparison_rows, evaluate_registered, write_predictions, write_report
 from ._run import FitRun, covering_features, default_spec, fit_encoding_models
 from ._runfiles import run_dir
-from ._spec import BandedParams, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
+from ._spec import AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
 
 #: Public names whose modules import torch: loaded on first access (PEP 562).
 _LAZY = {
@@ -52,7 +54,12 @@ __all__ = [
     # registered models
     "EncodingModel", "predict_model", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
     # decoders
-    "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND",
+    "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND", "DecoderSpec",
+    "AdaptorParams",
+    # caption generation (prefix of a frozen causal LM)
+    "train_captioner", "Captioner", "make_tiny_lm", "caption_generation_metrics",
+    # selectivity
+    "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
 ]
