@@ -13,6 +13,12 @@ backbone pretrained on the other subjects, the same model from scratch, and a fu
 pretrained one. Decoded captions (ridge): the nearest training caption to each decoded embedding,
 scored against the true caption (BLEU-1/4, ROUGE-L, embedding cosine).
 
+Generated captions: a tiny GPT-2 with a word-level tokenizer, trained as a language model on the
+training captions only (a toy LM: no pretrained LM can be downloaded here), frozen; a ClipCap prefix
+projection trained on the training captions' true embeddings; captions generated from the
+ridge-decoded test embeddings, scored against the true test captions (and, as the captioner's own
+ceiling, generated from the true test embeddings).
+
 Usage: python benchmarks/decode.py [--subjects 2 --train 2000 --test 500 --vertices 2000] [--epochs 20]
        [--fewshot-epochs 40 --fraction 0.1] [--out DIR]
 """
@@ -44,6 +50,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="adaptor epochs (all subjects, and the pretraining)")
     ap.add_argument("--fewshot-epochs", type=int, default=40)
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the new subject's images (few-shot)")
+    ap.add_argument("--lm-steps", type=int, default=800, help="training steps of the tiny LM (caption generation)")
+    ap.add_argument("--captioner-epochs", type=int, default=8, help="0 skips caption generation")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -73,6 +81,18 @@ def main() -> None:
     if run.failures:
         raise SystemExit(f"decoder failures: {run.failures}")
     by_s = next(iter(run.metrics.values()))
+
+    # generated captions: a prefix projection on a frozen tiny LM, trained on the training captions and
+    # their true embeddings; generated from each subject's ridge-decoded test embeddings (and, as the
+    # captioner's own ceiling, from the true test embeddings)
+    gen = _generated_captions(data, out, rep.feature, run, args.lm_steps, args.captioner_epochs) \
+        if args.captioner_epochs else {}
+    if gen:
+        _say(f"generated captions (ridge-decoded): BLEU-1 {gen['ridge_generated_caption_bleu1']:.1f}, ROUGE-L "
+             f"{gen['ridge_generated_caption_rougeL']:.3f}; from true embeddings BLEU-1 "
+             f"{gen['captioner_ceiling_bleu1']:.1f}")
+        for line in gen.pop("examples"):
+            _say(line)
 
     # adaptor over all subjects; then few-shot transfer to the last subject (10 % of its images)
     from brainstore.fitting._adaptor import fit_adaptor
@@ -146,12 +166,56 @@ def main() -> None:
         "fewshot_transfer_vs_scratch": round(few["adaptor"]["top1_brain_to_stimulus"]
                                              / max(few["scratch"]["top1_brain_to_stimulus"], 1e-9), 3),
         "fewshot_adapter_param_fraction": round(n_adapter / n_all, 4),
+        **gen,
         "ridge_fit_s": round(fit_s, 1),
         "adaptor_fit_s": round(adaptor_s, 1),
         "wall_s": round(time.time() - t_all, 1),
         "run_dir": str(out),
         "machine": {"cpu_count": os.cpu_count()},
     }))
+
+
+def _generated_captions(data: Path, out: Path, table: str, run, lm_steps: int, epochs: int) -> dict:
+    """Train a tiny LM (word-level, on the training captions only) and a prefix captioner on the
+    training captions' true embeddings; generate from the ridge-decoded test embeddings and score
+    them (BLEU, ROUGE-L) against the true test captions."""
+    import numpy as np
+
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import caption_generation_metrics, make_tiny_lm, subject_stimuli, train_captioner
+
+    t0 = time.time()
+    ds = AlgonautsDataset(data)
+    fs = FeatureStore(out / "store", create=False)
+    train = ds.stimuli(splits=("train",))
+    cap = dict(zip(train.column("stimulus_id").to_pylist(), train.column("caption").to_pylist()))
+    ids = sorted(cap)
+    lm = out / "tiny-lm"
+    if not lm.exists():
+        make_tiny_lm(lm, [cap[i] for i in ids], trained_steps=lm_steps, n_positions=128, n_embd=128, n_layer=2)
+    c = train_captioner(fs.load(table, ids), [cap[i] for i in ids], lm=lm, epochs=epochs, max_tokens=60,
+                        lr=3e-3, progress=False)
+    name = next(iter(run.metrics))
+    gen, truth, ceil = [], [], []
+    examples = []
+    for s in run.metrics[name]:
+        test_ids = subject_stimuli(ds, s, "test")
+        t = ds.stimuli([s], splits=("test",))
+        tcap = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+        decoded = np.load(run.run_dir / "decoded" / name / f"{s}_test.npy")
+        g = c.generate(decoded, max_new_tokens=60)
+        gen += g
+        truth += [tcap[i] for i in test_ids]
+        ceil += c.generate(fs.load(table, test_ids), max_new_tokens=60)
+        examples += [f"{s} {i}: true '{tcap[i]}' | generated '{x}'" for i, x in zip(test_ids[:2], g[:2])]
+    m = caption_generation_metrics(gen, truth)
+    mc = caption_generation_metrics(ceil, truth)
+    return {"ridge_generated_caption_bleu1": round(m["bleu1"], 2), "ridge_generated_caption_bleu4": round(m["bleu4"], 2),
+            "ridge_generated_caption_rougeL": round(m["rougeL"], 4),
+            "captioner_ceiling_bleu1": round(mc["bleu1"], 2), "captioner_ceiling_rougeL": round(mc["rougeL"], 4),
+            "captioner_lm": f"tiny GPT-2 (2 layers, 128 wide) trained {lm_steps} steps on the {len(ids)} training captions",
+            "captioner_s": round(time.time() - t0, 1), "examples": examples}
 
 
 if __name__ == "__main__":

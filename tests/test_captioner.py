@@ -296,3 +296,16 @@ def test_import_does_not_pull_torch():
             "print(c.CAPTIONER_KIND)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "captioner", out.stderr
+
+
+def test_word_level_output_is_detokenized():
+    """A decoder-less (word-level) tokenizer's spaced punctuation is joined back; others are untouched."""
+    from types import SimpleNamespace
+
+    from brainstore.fitting._captioner import _detokenize
+
+    word_level = SimpleNamespace(backend_tokenizer=SimpleNamespace(decoder=None))
+    assert _detokenize("a sign reading ' cafe ' on the left , near a hat .", word_level) == \
+        "a sign reading 'cafe' on the left, near a hat."
+    bpe = SimpleNamespace(backend_tokenizer=SimpleNamespace(decoder=object()))
+    assert _detokenize("a hat .", bpe) == "a hat ."

@@ -54,6 +54,18 @@ TINY_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 _PROJ = "proj."
 
 
+def _detokenize(text: str, tokenizer: Any) -> str:
+    """Undo the spaces a decoder-less (word-level) tokenizer puts around punctuation: ``"hat ."`` ->
+    ``"hat."``, ``"' cafe '"`` -> ``"'cafe'"``; text from tokenizers with a decoder is left as is."""
+    import re
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.decoder is not None:
+        return text
+    text = re.sub(r"\s+([.,!?;:])", r"\1", text)
+    return re.sub(r"(['\"])\s+([^'\"]*?)\s+\1", r"\1\2\1", text)
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 def _check_embeddings(embeddings: Any, n: int | None = None, what: str = "embeddings") -> np.ndarray:
     """(n, d) float32, finite, non-zero rows; one-line ValueErrors naming the shape otherwise."""
@@ -330,7 +342,8 @@ class Captioner:
                 ids = torch.stack(steps, 1).cpu().tolist()
                 for row in ids:
                     row = row[:row.index(eos)] if eos in row else row
-                    out.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+                    out.append(_detokenize(self.tokenizer.decode(row, skip_special_tokens=True).strip(),
+                                           self.tokenizer))
         return out
 
     @classmethod

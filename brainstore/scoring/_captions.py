@@ -1,7 +1,8 @@
 """Caption metrics of decoded captions against the true ones: BLEU-1..4 (sacrebleu) and ROUGE-L (rouge-score).
 
 BLEU-n is sacrebleu's corpus BLEU with ``max_ngram_order=n`` (brevity penalty included, default
-13a tokenization), on a 0-100 scale as sacrebleu reports it; ROUGE-L is the mean over items of the
+13a tokenization, case-insensitive as the COCO caption evaluation), on a 0-100 scale as sacrebleu
+reports it; ROUGE-L (case-insensitive too) is the mean over items of the
 longest-common-subsequence F-measure (with stemming), on a 0-1 scale.
 """
 
@@ -29,8 +30,16 @@ def caption_metrics(predicted: Sequence[str], references: Sequence[str]) -> dict
     bad = [i for i, c in enumerate(predicted + references) if not isinstance(c, str)]
     if bad:
         raise ValueError(f"captions must be strings; item {bad[0] % len(predicted)} is not")
-    out = {f"bleu{n}": float(BLEU(max_ngram_order=n, effective_order=True).corpus_score(predicted, [references]).score)
-           for n in (1, 2, 3, 4)}
+    import logging
+
+    log = logging.getLogger("sacrebleu")  # its "forgot to detokenize?" notice on captions that end in " ."
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        out = {f"bleu{n}": float(BLEU(max_ngram_order=n, effective_order=True, lowercase=True)
+                                 .corpus_score(predicted, [references]).score) for n in (1, 2, 3, 4)}
+    finally:
+        log.setLevel(level)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     out["rougeL"] = float(sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predicted, references))
                           / len(predicted))
