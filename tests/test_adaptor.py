@@ -1,6 +1,7 @@
 """Adaptor decoders: losses against hand-computed references, Ray Train training end to end (2 CPU
 workers, DDP), registry round trip, resume from the last checkpoint, refusal of another spec's
-checkpoint."""
+checkpoint; factored adapters: parameter counts by hand, transfer to a new subject training its
+adapter alone (every other tensor bit-identical), mixed adapter kinds through the registry."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainstore.fitting._adaptor_net import AdaptorNet, clip_loss, mixco_loss, soft_clip_loss
+from brainstore.fitting._adaptor_net import AdaptorNet, FactoredAdapter, clip_loss, mixco_loss, soft_clip_loss
 
 
 def _ce(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -58,6 +59,36 @@ def test_adaptor_net_shapes_and_lowrank_starts_linear():
     with pytest.raises(ValueError, match="adapter"):
         AdaptorNet({"s": 3}, {"t": 2}, adapter="mlp")
     assert F.normalize(out["txt"], dim=1).shape == (5, 8)
+
+
+def test_factored_adapter_parameter_counts_by_hand():
+    from brainstore.fitting._adaptor import _build_net, _param_counts
+    from brainstore.fitting._spec import AdaptorParams
+
+    latent, rank = 32, 4
+    p = AdaptorParams(latent=latent, n_blocks=1, adapter="lowrank", rank=7)
+    specs = {"subj01": {"kind": "linear", "rank": None}, "subj02": {"kind": "factored", "rank": rank}}
+    net = _build_net({"subj01": 50, "subj02": 60, "subj03": 20}, {"t.v1": 12}, p, specs)
+    assert net.adapter_specs["subj03"] == {"kind": "lowrank", "rank": 7}  # not named: the params' kind
+    state = net.state_dict()
+    total = sum(v.numel() for v in state.values())
+    own = sum(v.numel() for k, v in state.items() if k.startswith("adapters.subj02."))
+    assert own == 60 * rank + rank * latent + latent
+    by_hand = ((50 * latent + latent)  # subj01: linear
+               + (20 * latent + latent) + (20 * 7 + 7) + (7 * latent + latent)  # subj03: lowrank
+               + own
+               + 2 * latent + 2 * (latent * latent + latent)  # one residual block: LayerNorm, two Linear
+               + 2 * latent  # the backbone's last LayerNorm
+               + latent * 12 + 12 + 1)  # head, logit scale
+    assert total == by_hand
+    assert _param_counts(net, ["subj02"], "adapter") == (total, own)
+    # "all": everything but the adapters of subjects not trained here
+    lowrank_03 = 20 * latent + latent + 20 * 7 + 7 + 7 * latent + latent
+    assert _param_counts(net, ["subj02"], "all")[1] == total - (50 * latent + latent) - lowrank_03
+    a = net.adapters["subj02"]
+    assert isinstance(a, FactoredAdapter) and a.down.bias is None
+    x = torch.randn(3, 60)
+    torch.testing.assert_close(a(x), x @ a.down.weight.T @ a.up.weight.T + a.up.bias)
 
 
 # ---------------------------------------------------------------------------- Ray Train, end to end
@@ -161,3 +192,65 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, small_datas
     # the same folder with another spec: refused, naming the fix
     with pytest.raises(ValueError, match="made by another adaptor spec"):
         fit_adaptor(small_dataset, [trained["target"]], params={**params, "lr": 1e-3}, **kw)
+
+
+@pytest.mark.slow
+def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_trip(trained, small_dataset, tmp_path):
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.fitting import ModelRegistry, subject_stimuli
+    from brainstore.fitting._adaptor import AdaptorModel, fit_adaptor
+    from brainstore.fitting._decoding import response_matrix, select_voxels
+
+    t, registry = trained["target"], str(tmp_path / "reg")
+    kw = dict(store=str(trained["store"]), registry=registry, num_workers=2)
+    P = {"epochs": 4, "batch_size": 16, "latent": 64, "n_blocks": 1}
+    pre = fit_adaptor(small_dataset, [t], params=P, subjects=["subj01"], out=tmp_path / "pre", name="pre", **kw)
+    assert pre.n_trainable == pre.n_params
+    rank = 4
+    tr = fit_adaptor(small_dataset, [t], params={**P, "new_adapter": "factored", "new_rank": rank}, subjects=["subj02"],
+                     fraction=0.5, init_from="pre/shared", trainable="adapter", out=tmp_path / "tr", name="tr", **kw)
+    reg = ModelRegistry(registry, create=False)
+    st0, rec0 = reg.load("pre/shared")
+    st1, rec1 = reg.load("tr/shared")
+    m = rec1.meta
+    assert m["adapters"] == {"subj01": {"kind": "linear", "rank": None}, "subj02": {"kind": "factored", "rank": rank}}
+    assert rec0.meta["adapters"] == {"subj01": {"kind": "linear", "rank": None}}
+    # the new subject's adapter: n_vox * rank + rank * latent + latent of all the net's parameters
+    n_vox, latent = m["n_voxels"]["subj02"], P["latent"]
+    own = sum(v.size for k, v in st1.items() if k.startswith("net.adapters.subj02."))
+    total = sum(v.size for k, v in st1.items() if k.startswith("net."))
+    assert own == n_vox * rank + rank * latent + latent == tr.n_trainable == m["n_trainable"]
+    assert total == tr.n_params == m["n_params"]
+    assert own / total == pytest.approx((n_vox * rank + rank * latent + latent) / total)
+    assert own / total < 0.05
+    # trainable="adapter": every other tensor is bit-identical to the pretrained model's
+    shared = [k for k in st0 if k.startswith("net.")]
+    assert shared and set(shared) == {k for k in st1 if k.startswith("net.") and not k.startswith("net.adapters.subj02.")}
+    for k in shared:
+        assert st1[k].dtype == st0[k].dtype and np.array_equal(st1[k], st0[k]), k
+    # mixed kinds through the registry: the loaded model decodes as the one fitted (its test metrics) and as a
+    # network rebuilt by hand from the registered tensors
+    ds = AlgonautsDataset(small_dataset)
+    model = AdaptorModel.load(registry, "tr/shared")
+    assert isinstance(model.net.adapters["subj02"], FactoredAdapter)
+    assert isinstance(model.net.adapters["subj01"], torch.nn.Linear)
+    hand = AdaptorNet(m["n_voxels"], m["target_dims"], latent=latent, n_blocks=1, adapters=m["adapters"]).eval()
+    hand.load_state_dict({k[4:]: torch.from_numpy(np.asarray(v)) for k, v in st1.items() if k.startswith("net.")})
+    from brainstore.scoring import retrieval_metrics
+    from brainstore.features import FeatureStore
+
+    fs = FeatureStore(trained["store"], create=False)
+    for s in ("subj01", "subj02"):
+        R = response_matrix(ds, s, "test", select_voxels(ds, s))
+        D = model.decode(s, R)[t]
+        x = (R - st1[f"norm.{s}.mean"]) / st1[f"norm.{s}.std"]
+        with torch.no_grad():
+            np.testing.assert_array_equal(D, hand(torch.from_numpy(x.astype(np.float32)), s)[t].numpy())
+    again = retrieval_metrics(D, fs.load(t, subject_stimuli(ds, "subj02", "test")))
+    assert again["top1_brain_to_stimulus"] == pytest.approx(tr.metrics[t]["subj02"]["top1_brain_to_stimulus"])
+    # a registration made before per-subject adapters (no "adapters" in its meta): all of the params' kind
+    old = {k: v for k, v in rec0.meta.items() if k != "adapters"}
+    reg.save("old/shared", st0, old)
+    R = response_matrix(ds, "subj01", "test", select_voxels(ds, "subj01"))
+    np.testing.assert_array_equal(AdaptorModel.load(registry, "old/shared").decode("subj01", R)[t],
+                                  AdaptorModel.load(registry, "pre/shared").decode("subj01", R)[t])

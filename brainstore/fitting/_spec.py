@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._candidates import check_gammas
 
-__all__ = ["AdaptorParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
+__all__ = ["AdaptorParams", "DomainAdaptationParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -33,11 +33,41 @@ class MLPParams(_Strict):
     seed: int = 0  # torch seed
 
 
-class AdaptorParams(_Strict):
-    """Adaptor decoder settings: per-subject adapters, shared residual-MLP backbone, one head per target."""
+class DomainAdaptationParams(_Strict):
+    """Domain adaptation on unlabeled responses (seed 002 after DANCE, Saito et al. 2020): neighborhood
+    clustering over a memory bank and entropy separation, weighted ``lam * supervised + (1 - lam) * (NC + ES)``.
 
-    adapter: Literal["linear", "lowrank"] = "linear"  # per-subject map into the shared latent
-    rank: int = Field(64, ge=1)  # rank of the low-rank adapter's nonlinear residual
+    Decoders have no classes, so the classifier head g decides over pseudo-classes: the ``n_classes``
+    k-means clusters (seeded) of the labeled subjects' training embeddings of the first target table.
+    """
+
+    lam: float = Field(0.95, gt=0, lt=1)  # lam * supervised + (1 - lam) * DA (0.95: DANCE's eta = 0.05 relative weight)
+    tau: float = Field(0.5, gt=0)  # temperature of the neighborhood-clustering similarities (seed 002: 0.5)
+    n_classes: int = Field(32, ge=2)  # C: k-means pseudo-classes of the labeled training embeddings
+    margin: float = Field(0.5, ge=0)  # m: entropy separation acts where |H(p) - rho| > m (DANCE: 0.5)
+    rho: Optional[float] = Field(None, ge=0)  # entropy threshold; None: log(C) / 2 (DANCE)
+    memory: Optional[int] = Field(None, ge=2)  # N: target samples per adapt subject in the bank (None: all)
+    classifier_temperature: float = Field(0.05, gt=0)  # g is a cosine classifier: logits = cos / T (DANCE: 0.05)
+
+    def resolved_rho(self) -> float:
+        """rho, or DANCE's default log(C) / 2."""
+        return float(self.rho) if self.rho is not None else float(np.log(self.n_classes) / 2)
+
+
+class AdaptorParams(_Strict):
+    """Adaptor decoder settings: per-subject adapters, shared residual-MLP backbone, one head per target.
+
+    Adapters: "linear" (``Linear(n_vox, latent)``), "lowrank" (linear plus a rank-``rank`` nonlinear
+    residual, seed 002) or "factored" (``Linear(n_vox, rank, bias=False) -> Linear(rank, latent)``, a
+    low-rank linear map: ``n_vox * rank + rank * latent + latent`` parameters). With ``init_from``, the
+    pretrained subjects keep the adapters they were trained with; subjects the pretrained model lacks
+    get ``new_adapter`` / ``new_rank`` (None: ``adapter`` / ``rank``).
+    """
+
+    adapter: Literal["linear", "lowrank", "factored"] = "linear"  # per-subject map into the shared latent
+    rank: int = Field(64, ge=1)  # lowrank: rank of the nonlinear residual; factored: rank of the linear map
+    new_adapter: Optional[Literal["linear", "lowrank", "factored"]] = None  # with init_from: subjects it lacks
+    new_rank: Optional[int] = Field(None, ge=1)  # with init_from: rank of the new subjects' adapters
     latent: int = Field(512, ge=8)  # width of the shared latent and backbone
     n_blocks: int = Field(2, ge=0)  # residual MLP blocks of the backbone
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -52,6 +82,8 @@ class AdaptorParams(_Strict):
     batch_size: int = Field(64, ge=2)  # per subject and worker (contrastive negatives come from the batch)
     val_fraction: float = Field(0.1, ge=0, lt=0.5)  # last share of each subject's training images, for monitoring
     seed: int = 0
+    # domain adaptation on the unlabeled responses of fit_adaptor(adapt_subjects=...); None: off
+    domain_adaptation: Optional[DomainAdaptationParams] = None
 
 
 class BandedParams(_Strict):
