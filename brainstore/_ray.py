@@ -11,7 +11,21 @@ import logging
 import os
 import warnings
 
-__all__ = ["connect", "ensure_connected", "quiet_ray_data"]
+__all__ = ["connect", "ensure_connected", "quiet_ray_data", "keep_loopback"]
+
+
+def keep_loopback() -> None:
+    """Keep an embedded cluster on 127.0.0.1.
+
+    Ray replaces a loopback ``_node_ip_address`` with the machine's reachable address (GCS, raylet and
+    workers then listen on the network interface) unless its "cluster mode" is off, which it only is
+    by default on macOS and Windows. Turning it off here (for this process and, through the
+    environment, for the processes Ray starts) keeps every node address on loopback.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -45,6 +59,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                 if address:
                     ray.init(address=address, **kwargs)
                 else:
+                    keep_loopback()
                     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
                              _node_ip_address="127.0.0.1", **kwargs)
         finally:

@@ -106,6 +106,8 @@ def test_appending_other_model_version_refused(small_dataset, tmp_path, ray_loca
 
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, logging, ray
+    from brainstore._ray import keep_loopback
+    keep_loopback()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
     from brainstore.features import extract
     extract(sys.argv[1], "text", sys.argv[2], batch_size=2, commit_every=4, progress=False, compact=False)
