@@ -48,10 +48,12 @@ def main() -> None:
     ap.add_argument("--vertices", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=20, help="adaptor epochs (all subjects, and the pretraining)")
-    ap.add_argument("--fewshot-epochs", type=int, default=40)
+    ap.add_argument("--fewshot-epochs", type=int, default=60)
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the new subject's images (few-shot)")
-    ap.add_argument("--lm-steps", type=int, default=800, help="training steps of the tiny LM (caption generation)")
-    ap.add_argument("--captioner-epochs", type=int, default=8, help="0 skips caption generation")
+    ap.add_argument("--lm-steps", type=int, default=400, help="training steps of the tiny LM (caption generation)")
+    ap.add_argument("--captioner-epochs", type=int, default=4, help="0 skips caption generation")
+    ap.add_argument("--no-domain-adaptation", dest="domain_adaptation", action="store_false",
+                    help="skip the few-shot arm with domain adaptation")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -109,19 +111,34 @@ def main() -> None:
     fam = full.metrics[rep.feature]
     _say(f"adaptor (all subjects, {args.epochs} epochs, {adaptor_s:.0f} s, {sps:.0f} samples/s): "
          + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
-    FS = {"epochs": args.fewshot_epochs, "batch_size": 32}
+    # few-shot arms: the new subject's factored adapter alone on the pretrained model (rank 32: <= 5 % of
+    # the parameters; lr 3e-3, few parameters), the same architecture from scratch and a full fine-tune
+    # of the pretrained model with the new adapter reset (MindBridge's reset-tuning), both at the main
+    # training's lr 3e-4 (a probe at 3e-3 made scratch worse, 0.44); and the adapter alone with domain
+    # adaptation on the new subject's unlabeled responses (the other 90 % of its training images).
+    pre_name = "bench-adaptor-pre"
+    FA = {"epochs": args.fewshot_epochs, "batch_size": 32, "new_adapter": "factored", "new_rank": 32, "lr": 3e-3}
+    ARMS = {
+        "adaptor": (FA, f"{pre_name}/shared", "adapter", None),
+        "scratch": ({"epochs": args.fewshot_epochs, "batch_size": 32, "adapter": "factored", "rank": 32}, None, "all", None),
+        "finetune": ({"epochs": args.fewshot_epochs, "batch_size": 32, "new_adapter": "factored", "new_rank": 32},
+                     f"{pre_name}/shared", "all", None),
+        "adaptor_da": ({**FA, "domain_adaptation": {}}, f"{pre_name}/shared", "adapter", [new]),
+    }
+    if not args.domain_adaptation:
+        ARMS.pop("adaptor_da")
     with drop_stderr_lines():
-        pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre",
-                          name="bench-adaptor-pre", **kw)
-        few = {}
-        for label, init, trainable in (("adaptor", f"{pre.name}/shared", "adapter"), ("scratch", None, "all"),
-                                       ("finetune", f"{pre.name}/shared", "all")):
-            r = fit_adaptor(data, [rep.feature], params=FS, subjects=[new], fraction=args.fraction, init_from=init,
-                            trainable=trainable, out=out / f"fewshot-{label}", name=f"bench-fewshot-{label}",
-                            register=label == "adaptor", **kw)
-            few[label] = r.metrics[rep.feature][new]
-            _say(f"few-shot {label} ({new}, {args.fraction:.0%} of its images): top-1 "
-                 f"{few[label]['top1_brain_to_stimulus']:.3f}")
+        pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre", name=pre_name, **kw)
+        _say(f"pretrained on {', '.join(others)}: top-1 "
+             + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in pre.metrics[rep.feature].items()))
+        few, few_runs = {}, {}
+        for label, (params, init, trainable, adapt) in ARMS.items():
+            r = fit_adaptor(data, [rep.feature], params=params, subjects=[new], fraction=args.fraction, init_from=init,
+                            trainable=trainable, adapt_subjects=adapt, out=out / f"fewshot-{label}",
+                            name=f"bench-fewshot-{label}", register=label == "adaptor", **kw)
+            few[label], few_runs[label] = r.metrics[rep.feature][new], r
+            _say(f"few-shot {label} ({new}, {args.fraction:.0%} of its images, {r.n_trainable:,} of {r.n_params:,} "
+                 f"parameters trained): top-1 {few[label]['top1_brain_to_stimulus']:.3f}")
     from brainstore.fitting import ModelRegistry
 
     st, _ = ModelRegistry(out / "registry").load("bench-fewshot-adaptor/shared")
@@ -163,6 +180,10 @@ def main() -> None:
         "fewshot_adaptor_top1_fwd": round(few["adaptor"]["top1_brain_to_stimulus"], 4),
         "fewshot_scratch_top1_fwd": round(few["scratch"]["top1_brain_to_stimulus"], 4),
         "fewshot_finetune_top1_fwd": round(few["finetune"]["top1_brain_to_stimulus"], 4),
+        **({"fewshot_adaptor_da_top1_fwd": round(few["adaptor_da"]["top1_brain_to_stimulus"], 4)} if "adaptor_da" in few
+           else {}),
+        "fewshot_trained_params": {k: r.n_trainable for k, r in few_runs.items()},
+        "fewshot_lr": {k: ARMS[k][0].get("lr", 3e-4) for k in ARMS},
         "fewshot_transfer_vs_scratch": round(few["adaptor"]["top1_brain_to_stimulus"]
                                              / max(few["scratch"]["top1_brain_to_stimulus"], 1e-9), 3),
         "fewshot_adapter_param_fraction": round(n_adapter / n_all, 4),
