@@ -254,3 +254,45 @@ def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_tri
     R = response_matrix(ds, "subj01", "test", select_voxels(ds, "subj01"))
     np.testing.assert_array_equal(AdaptorModel.load(registry, "old/shared").decode("subj01", R)[t],
                                   AdaptorModel.load(registry, "pre/shared").decode("subj01", R)[t])
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_cover_adaptors(trained, small_dataset, tmp_path):
+    """``evaluate_decoders`` scores a registered adaptor (same figures as its fit, plus the whole-store
+    top-k against an sklearn brute force); ``predict --decode --model`` decodes with it."""
+    import json
+
+    from sklearn.metrics.pairwise import cosine_similarity as sk_cos
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import ModelRegistry, evaluate_decoders, safe_name, subject_stimuli
+    from brainstore.fitting._adaptor import AdaptorModel
+    from brainstore.fitting._decoding import response_matrix
+
+    run, t = trained["run"], trained["target"]
+    ds = AlgonautsDataset(small_dataset)
+    ev = evaluate_decoders(ModelRegistry(trained["registry"], create=False), ds)
+    fs = FeatureStore(trained["store"], create=False)
+    ids = fs.ids(t)
+    model = AdaptorModel.load(trained["registry"], f"{run.name}/shared")
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(app, ["predict", "--dataset", str(small_dataset), "--out", str(out), "--decode", t,
+                                 "--top-k", "5", "--model", run.name, "--registry", str(trained["registry"])])
+    assert r.exit_code == 0, r.output
+    for s in ds.subjects:
+        m, fit = ev[run.name][s], run.metrics[t][s]
+        assert m["method"] == "adaptor"
+        for k in ("top1_brain_to_stimulus", "top1_stimulus_to_brain", "two_way", "cosine"):
+            assert m[k] == pytest.approx(fit[k], rel=1e-5), k
+        D = model.decode(s, response_matrix(ds, s, "test", model.voxels[s]))[t]
+        top = [[ids[j] for j in np.argsort(-row, kind="stable")[:5]] for row in sk_cos(D, fs.load(t, ids))]
+        truth = subject_stimuli(ds, s, "test")
+        assert m["store_top1"] == pytest.approx(np.mean([a == b[0] for a, b in zip(truth, top)]))
+        assert m["store_top5"] == pytest.approx(np.mean([a in b for a, b in zip(truth, top)]))
+        assert "caption_bleu1" in m  # a caption table: retrieved training captions are scored too
+        doc = json.loads((out / s / f"top5_{safe_name(t)}.json").read_text())
+        assert doc["model"] == run.name and [[h["stimulus_id"] for h in row["top"]] for row in doc["rows"]] == top
+        np.testing.assert_allclose(np.load(out / s / f"decoded_{safe_name(t)}.npy"), D, rtol=1e-5, atol=1e-6)

@@ -194,3 +194,6 @@ def test_cli_predict_decode_and_fit_spec_decoders(decoded, small_dataset, tmp_pa
     spec.write_text(f"dataset: {small_dataset}\ndecoders:\n  - target: {t}\n    adaptor: {{epochs: 2}}\n")
     r = runner.invoke(app, ["fit", "--config", str(spec)])
     assert r.exit_code != 0 and "method: adaptor" in r.output
+    spec.write_text(f"dataset: {small_dataset}\ndecoders:\n  - target: {t}\n    fraction: 0.1\n")
+    r = runner.invoke(app, ["fit", "--config", str(spec)])
+    assert r.exit_code != 0 and "fraction need method: adaptor" in r.output

@@ -21,8 +21,12 @@ def test_connect_starts_every_node_on_loopback():
 
 
 def test_session_cluster_is_on_loopback(ray_local):
+    """The session's cluster, or (when a multi-node test shut it down) the one library calls start."""
     import ray
 
+    from brainstore._ray import ensure_connected
+
+    ensure_connected()
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     assert ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote()) == "127.0.0.1"

@@ -339,7 +339,9 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
 
         with drop_stderr_lines(enabled=not VERBOSE["on"]):
             arun = fit_adaptor(dataset, [spec.target], store=store, registry=registry, out=out, rois=spec.rois,
-                               num_workers=spec.workers, params=spec.adaptor, name=spec.name, subjects=subjects)
+                               num_workers=spec.workers, params=spec.adaptor, name=spec.name, subjects=subjects,
+                               init_from=spec.init_from, trainable=spec.trainable, fraction=spec.fraction,
+                               adapt_subjects=spec.adapt_subjects)
         (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[spec.target]},
                                                                "history": arun.history}, indent=2))
         _print_decoders({f"{arun.name} (adaptor)": arun.metrics[spec.target]}, "fitted adaptor")

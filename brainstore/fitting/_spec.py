@@ -176,11 +176,22 @@ class DecoderSpec(_Strict):
     alphas: Optional[list[float]] = None  # ridge: alpha grid (default logspace(0, 7, 15))
     adaptor: Optional[AdaptorParams] = None  # adaptor settings (method: adaptor)
     workers: int = Field(2, ge=1)  # adaptor: Ray Train workers
+    # adaptor transfer: start from a registered adaptor (name/shared), train all or only the adapters of
+    # the spec's subjects, on the first `fraction` of their training images
+    init_from: Optional[str] = None
+    trainable: Literal["all", "adapter"] = "all"
+    fraction: float = Field(1.0, gt=0, le=1)
+    # adaptor domain adaptation: subjects whose unlabeled responses join training (with adaptor.domain_adaptation)
+    adapt_subjects: Optional[list[str]] = None
 
     @model_validator(mode="after")
     def _method(self):
         if self.method == "ridge" and self.adaptor is not None:
             raise ValueError(f"decoder into {self.target!r}: 'adaptor' settings need method: adaptor")
+        adaptor_only = [k for k in ("init_from", "adapt_subjects") if getattr(self, k) is not None]
+        adaptor_only += [k for k, d in (("trainable", "all"), ("fraction", 1.0)) if getattr(self, k) != d]
+        if self.method == "ridge" and adaptor_only:
+            raise ValueError(f"decoder into {self.target!r}: {', '.join(adaptor_only)} need method: adaptor")
         if self.method == "adaptor" and self.alphas is not None:
             raise ValueError(f"decoder into {self.target!r}: 'alphas' are for method: ridge")
         if self.alphas is not None and (not self.alphas or any(a <= 0 for a in self.alphas)):
