@@ -204,7 +204,8 @@ def _generated_captions(data: Path, out: Path, table: str, run, lm_steps: int, e
 
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features import FeatureStore
-    from brainstore.fitting import caption_generation_metrics, make_tiny_lm, subject_stimuli, train_captioner
+    from brainstore.fitting import make_tiny_lm, subject_stimuli, train_captioner
+    from brainstore.scoring import caption_metrics
 
     t0 = time.time()
     ds = AlgonautsDataset(data)
@@ -230,8 +231,8 @@ def _generated_captions(data: Path, out: Path, table: str, run, lm_steps: int, e
         truth += [tcap[i] for i in test_ids]
         ceil += c.generate(fs.load(table, test_ids), max_new_tokens=60)
         examples += [f"{s} {i}: true '{tcap[i]}' | generated '{x}'" for i, x in zip(test_ids[:2], g[:2])]
-    m = caption_generation_metrics(gen, truth)
-    mc = caption_generation_metrics(ceil, truth)
+    m = caption_metrics(gen, truth)
+    mc = caption_metrics(ceil, truth)
     return {"ridge_generated_caption_bleu1": round(m["bleu1"], 2), "ridge_generated_caption_bleu4": round(m["bleu4"], 2),
             "ridge_generated_caption_rougeL": round(m["rougeL"], 4),
             "captioner_ceiling_bleu1": round(mc["bleu1"], 2), "captioner_ceiling_rougeL": round(mc["rougeL"], 4),

@@ -97,14 +97,14 @@ def test_tiny_lm_directory(tiny_lm, data):
 def test_generation_carries_the_embedding_content(trained, data, tiny_lm):
     import torch
 
-    from brainstore.fitting._captioner import caption_generation_metrics
+    from brainstore.scoring import caption_metrics
 
     cap, before = trained
     truth, E = data["test"]
     gen = cap.generate(E)
     assert len(gen) == N_TEST and all(isinstance(g, str) for g in gen)
-    own = caption_generation_metrics(gen, truth)
-    shuffled = caption_generation_metrics(gen, truth[1:] + truth[:1])  # a derangement: nobody keeps their caption
+    own = caption_metrics(gen, truth)
+    shuffled = caption_metrics(gen, truth[1:] + truth[:1])  # a derangement: nobody keeps their caption
     # the grammar shares "a" and the relations, so shuffled BLEU-1 is ~45; copying content lifts it far above
     assert own["bleu1"] > shuffled["bleu1"] + 25, (own, shuffled)
     assert own["rougeL"] > shuffled["rougeL"] + 0.25, (own, shuffled)
@@ -216,16 +216,16 @@ def test_random_init_lm_is_recorded_and_said_once(tmp_path, data, tiny_lm, capfd
     assert cap2.meta()["lm_pretrained"] is True and cap2.meta()["lm_trained_on"] == N_TRAIN
 
 
-def test_metrics_are_the_scoring_metrics():
-    from brainstore.fitting._captioner import caption_generation_metrics
+def test_caption_metrics_on_generated_captions():
+    from brainstore.scoring import caption_metrics
 
-    same = caption_generation_metrics(["a red circle above a blue star"], ["a red circle above a blue star"])
+    same = caption_metrics(["a red circle above a blue star"], ["a red circle above a blue star"])
     assert same["bleu1"] == pytest.approx(100) and same["bleu4"] == pytest.approx(100)
     assert same["rougeL"] == pytest.approx(1.0)
-    none = caption_generation_metrics(["green cross"], ["a red circle above a blue star"])
+    none = caption_metrics(["green cross"], ["a red circle above a blue star"])
     assert none["bleu1"] == 0 and none["rougeL"] == 0
     with pytest.raises(ValueError, match="one reference per"):
-        caption_generation_metrics(["a"], ["a", "b"])
+        caption_metrics(["a"], ["a", "b"])
 
 
 def _one_line(excinfo) -> str:

@@ -577,10 +577,11 @@ def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str,
         subjects = [s for s in ds.subjects if s in models[model]["subjects"] and ds.has_test_responses(s)]
         if not subjects:
             _fail(f"{model!r} decodes none of the subjects with test responses in {ds.root}")
-        tag = safe_name(target)
+        tag, cache = safe_name(target), {"models": models}
         for s in subjects:
-            D, fs = decode_subject(reg, model, s, ds, target, store)
+            D, fs = decode_subject(reg, model, s, ds, target, store, cache=cache)
             ids, sims = store_top_k(fs, target, D, top_k)
+            n_stored = len(fs.ids(target))
             truth = subject_stimuli(ds, s, "test")
             sdir = out / s
             sdir.mkdir(parents=True, exist_ok=True)
@@ -589,12 +590,12 @@ def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str,
                                                                for a, b in zip(row, sim)]}
                     for i, (t, row, sim) in enumerate(zip(truth, ids, sims))]
             (sdir / f"top{top_k}_{tag}.json").write_text(json.dumps({
-                "model": model, "subject": s, "target": target, "k": top_k, "candidates": len(fs.ids(target)),
+                "model": model, "subject": s, "target": target, "k": top_k, "candidates": n_stored,
                 "search": "LanceDB, cosine, whole table", "rows": rows}, indent=1))
             hit1 = float(np.mean([t == row[0] for t, row in zip(truth, ids)]))
             hitk = float(np.mean([t in row for t, row in zip(truth, ids)]))
             console.print(f"{s}: {model} -> {sdir / f'decoded_{tag}.npy'} ({D.shape[0]} x {D.shape[1]}), "
-                          f"top-{top_k} of {len(fs.ids(target))} stored stimuli in top{top_k}_{tag}.json; true "
+                          f"top-{top_k} of {n_stored} stored stimuli in top{top_k}_{tag}.json; true "
                           f"stimulus first {hit1:.1%}, in top-{top_k} {hitk:.1%}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         _fail(str(e))

@@ -15,7 +15,7 @@ from ..scoring import (
     retrieval_metrics,
     roi_summary,
 )
-from ._captioner import Captioner, caption_generation_metrics, make_tiny_lm, train_captioner
+from ._captioner import Captioner, make_tiny_lm, train_captioner
 from ._choice import validation_r
 from ._compose import compose
 from ._decoding import DECODER_KIND, DecodeRun, Decoder, evaluate_decoders, fit_decoders, select_voxels
@@ -57,7 +57,7 @@ __all__ = [
     "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND", "DecoderSpec",
     "AdaptorParams",
     # caption generation (prefix of a frozen causal LM)
-    "train_captioner", "Captioner", "make_tiny_lm", "caption_generation_metrics",
+    "train_captioner", "Captioner", "make_tiny_lm",
     # selectivity
     "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports

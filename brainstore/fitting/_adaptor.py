@@ -473,7 +473,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     for s in subjects:  # voxel statistics of the (labeled) training images only
         R = response_matrix(ds, s, "train", voxels[s])
         n_lab[s] = max(2, int(round(len(R) * fraction)))
-        norm[s] = {"mean": R[:n_lab[s]].mean(0).tolist(), "std": np.maximum(R[:n_lab[s]].std(0), 1e-6).tolist()}
+        norm[s] = _voxel_stats(R[:n_lab[s]])
         del R
     unlabeled = {}
     for s in adapt:  # rows of each adapt subject's unlabeled training images
@@ -495,7 +495,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
             continue
         voxels[s] = select_voxels(ds, s, rois)
         R = response_matrix(ds, s, "train", voxels[s])[lo:hi]  # responses only
-        norm[s] = {"mean": R.mean(0).tolist(), "std": np.maximum(R.std(0), 1e-6).tolist()}
+        norm[s] = _voxel_stats(R)
         del R
     n_vox = {s: int(sum(len(v) for v in voxels[s].values())) for s in voxels}
     all_subjects = dict(base["n_voxels"]) if base else {}
@@ -586,6 +586,11 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         reg.save(f"{name}/shared", model.tensors(), meta)
     run.seconds = time.time() - t0
     return run
+
+
+def _voxel_stats(R: np.ndarray) -> dict[str, list[float]]:
+    """Per-voxel mean and std (floored at 1e-6) of the responses the adapter is normalized with."""
+    return {"mean": R.mean(0).tolist(), "std": np.maximum(R.std(0), 1e-6).tolist()}
 
 
 def _norm_spec(spec: dict) -> dict:

@@ -41,7 +41,7 @@ import numpy as np
 from ._registry import ModelRecord, ModelRegistry, RegistryError
 
 __all__ = ["CAPTIONER_KIND", "RANDOM_INIT_KEY", "TRAINED_ON_KEY", "Captioner", "train_captioner", "make_tiny_lm",
-           "lm_info", "caption_generation_metrics"]
+           "lm_info"]
 
 #: ``kind`` of registered captioners.
 CAPTIONER_KIND = "captioner"
@@ -495,14 +495,6 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
         "library_versions": package_versions("torch", "transformers", "tokenizers"),
     }
     return Captioner(proj, model, tok, meta, device)
-
-
-def caption_generation_metrics(generated: Sequence[str], true_captions: Sequence[str]) -> dict[str, float]:
-    """BLEU-1..4 (0-100) and ROUGE-L (0-1) of generated captions against the true ones
-    (:func:`brainstore.scoring.caption_metrics`)."""
-    from ..scoring import caption_metrics
-
-    return caption_metrics(generated, true_captions)
 
 
 # ---------------------------------------------------------------------------------------------- tiny LM

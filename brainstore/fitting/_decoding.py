@@ -355,7 +355,9 @@ def decoder_records(reg: ModelRegistry, dataset: str | Path) -> list:
 
 
 def _adaptor_records(reg: ModelRegistry, dataset: str | Path) -> list:
-    return [r for r in reg.list() if r.meta.get("kind") == "adaptor" and r.meta.get("dataset") == str(dataset)]
+    from ._adaptor import ADAPTOR_KIND  # (_adaptor imports this module)
+
+    return [r for r in reg.list() if r.meta.get("kind") == ADAPTOR_KIND and r.meta.get("dataset") == str(dataset)]
 
 
 def decoding_models(reg: ModelRegistry, dataset: str | Path) -> dict[str, dict]:
@@ -373,10 +375,18 @@ def decoding_models(reg: ModelRegistry, dataset: str | Path) -> dict[str, dict]:
 
 
 def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDataset, target: str,
-                   store: str | None = None, split: str = "test") -> tuple[np.ndarray, FeatureStore]:
+                   store: str | None = None, split: str = "test", cache: dict | None = None
+                   ) -> tuple[np.ndarray, FeatureStore]:
     """Decode ``subject``'s ``split`` responses into ``target`` with the ridge decoder ``model/subject``
-    or the adaptor ``model/shared`` (drift-checked); returns the decoded embeddings and the store."""
-    models = decoding_models(reg, ds.root)
+    or the adaptor ``model/shared`` (drift-checked); returns the decoded embeddings and the store.
+
+    ``cache`` (a dict kept across calls for several subjects) holds the registry's decoding models
+    and a loaded adaptor, so an adaptor is loaded and drift-checked once, not once per subject.
+    """
+    cache = {} if cache is None else cache
+    if "models" not in cache:
+        cache["models"] = decoding_models(reg, ds.root)
+    models = cache["models"]
     if model not in models:
         raise RegistryError(f"no decoder or adaptor named {model!r} was fitted on {ds.root}; decoding models: "
                             f"{', '.join(sorted(models)) or 'none (run `brainstore fit --decode TABLE` first)'}")
@@ -390,8 +400,10 @@ def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDa
         return dec.decode(response_matrix(ds, subject, split, dec.voxels)), dec.store
     from ._adaptor import AdaptorModel
 
-    am = AdaptorModel.load(reg, f"{model}/shared", store)
-    fs = FeatureStore(store or reg.record(f"{model}/shared").meta["store"], create=False)
+    if ("adaptor", model) not in cache:
+        cache[("adaptor", model)] = (AdaptorModel.load(reg, f"{model}/shared", store),
+                                     FeatureStore(store or reg.record(f"{model}/shared").meta["store"], create=False))
+    am, fs = cache[("adaptor", model)]
     return am.decode(subject, response_matrix(ds, subject, split, am.voxels[subject]))[target], fs
 
 

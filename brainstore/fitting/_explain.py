@@ -25,14 +25,12 @@ import numpy as np
 
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ..features import FeatureStore
-from ._registry import ModelRegistry, RegistryError
+from ._registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
 
 __all__ = ["Explanation", "ExplainedStimulus", "explain_roi", "write_contact_sheet", "sheet_size"]
 
 #: Predicted values held at once per chunk (float32): 2**26 = 256 MB across the model's members.
 _CHUNK_VALUES = 2 ** 26
-#: Kinds of registry entries that are not encoding models.
-_NOT_ENCODERS = ("decoder", "adaptor")
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class Explanation:
 # ---------------------------------------------------------------------------------------------- model
 def _model_subjects(reg: ModelRegistry, model: str) -> tuple[list[str], list[str]]:
     """Subjects ``model`` is registered for, and every encoding model's name (for messages)."""
-    recs = [r for r in reg.list() if r.meta.get("kind") not in _NOT_ENCODERS]
+    recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS]
     subjects = sorted(str(r.meta.get("subject", r.name.rsplit("/", 1)[-1])) for r in recs
                       if r.meta.get("model", r.name.rsplit("/", 1)[0]) == model)
     names = sorted({str(r.meta.get("model", r.name.rsplit("/", 1)[0])) for r in recs})
@@ -113,7 +111,7 @@ def _resolve_model(reg: ModelRegistry, model: str, subject: str | None) -> tuple
         if tail in sub2 and subject in (None, tail):
             model, subject, subjects = head, tail, sub2
     if not subjects:
-        if reg.exists(model) and reg.record(model).meta.get("kind") in _NOT_ENCODERS:
+        if reg.exists(model) and reg.record(model).meta.get("kind") in NON_ENCODER_KINDS:
             kind = reg.record(model).meta["kind"]
             raise RegistryError(f"model {model!r} in registry {reg.root} is a {kind}, not an encoding model; "
                                 "explain takes an encoding model (`brainstore models` lists them)")

@@ -21,7 +21,7 @@ from ..datasets import HEMISPHERES
 from ..features import FeatureStore
 from ._compose import compose
 from ._fingerprint import check_fingerprint, decode_ids
-from ._registry import ModelRecord, ModelRegistry, RegistryError
+from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError
 
 __all__ = ["EncodingModel", "predict_model", "best_model"]
 
@@ -150,7 +150,7 @@ def predict_model(reg: ModelRegistry, model: str, subject: str, fs: FeatureStore
 
 def best_model(reg: ModelRegistry, subject: str, dataset: str | None = None) -> str:
     """The registered model of ``subject`` with the best validation score (held-out fold, see ``_choice``)."""
-    recs = [r for r in reg.list() if r.meta.get("subject") == subject and r.meta.get("kind") not in ("decoder", "adaptor")
+    recs = [r for r in reg.list() if r.meta.get("subject") == subject and r.meta.get("kind") not in NON_ENCODER_KINDS
             and (dataset is None or r.meta.get("dataset") == dataset)]
     if not recs:
         where = f" fitted on {dataset}" if dataset else ""

@@ -39,8 +39,11 @@ import numpy as np
 from .._provenance import sha256
 from ._fileio import fsync, install_dir, jsonable, package_versions, write_json, write_safetensors
 
-__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name"]
+__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS"]
 
+#: ``kind`` of registered models that are not encoding models (ridge decoders, adaptors, captioners):
+#: encoder evaluation, best-model choice and selectivity skip them.
+NON_ENCODER_KINDS = ("decoder", "adaptor", "captioner")
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, Algonaut
 from ..features import FeatureStore
 from ..scoring import pearson_r
 from ._evaluate import pooled_split_scores, pooled_test_scores, score_test_split
-from ._registry import ModelRegistry, RegistryError
+from ._registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
 from ._runfiles import RunLayout, write_array
 
 __all__ = ["comparison_rows", "named_rows", "write_report", "write_predictions", "evaluate_registered"]
@@ -265,7 +265,7 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
     from ._predict import EncodingModel
 
     recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)
-            and r.meta.get("kind") not in ("decoder", "adaptor")]  # encoders only (decoders: evaluate_decoders)
+            and r.meta.get("kind") not in NON_ENCODER_KINDS]  # encoders only (decoders: evaluate_decoders)
     if models:
         known = sorted({r.meta["model"] for r in recs})
         unknown = [m for m in models if m not in known]
