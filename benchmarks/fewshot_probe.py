@@ -14,8 +14,11 @@ sparse random mixtures of a K-dimensional *shared* stimulus code built from the 
 Per-vertex SNR is log-normal around ``--snr`` (as the generator's), 3 repeats averaged. Then, with
 the adaptor network of brainstore (AdaptorNet, CLIP + regression loss), it pretrains on all
 subjects but the last (20 epochs) and trains the arms on ``--fraction`` of the last subject's
-training images: its adapter alone (linear, or factored rank 32) on the pretrained model, the
-model from scratch, and a full fine-tune; top-1 brain -> stimulus among 300 test images, 30 draws.
+training images: its adapter alone (linear, or factored rank 32, from a random start or, arm
+``adapter-mean32``, from the rank-32 SVD of the pretrained adapters' mean, which needs subjects in
+one vertex space: ``make-dataset --alignment``; ``zero_shot_mean32`` scores that start untrained;
+``--anchor W`` adds an L2 pull toward it), the model from scratch, and a full fine-tune; top-1
+brain -> stimulus among 300 test images, 30 draws.
 
 Usage: python benchmarks/fewshot_probe.py --run /tmp/bs-decode-b4 [--variant sin --K 128 --gain 2]
        [--fraction 0.1] [--arms adapter-linear,scratch] [--lr 3e-4 --epochs 40]
@@ -98,6 +101,7 @@ def main() -> None:
     ap.add_argument("--arms", default="adapter-linear,adapter-factored32,scratch,finetune")
     ap.add_argument("--lr", type=float, default=3e-4, help="lr of the few-shot arms")
     ap.add_argument("--epochs", type=int, default=40, help="epochs of the few-shot arms")
+    ap.add_argument("--anchor", type=float, default=0.0, help="L2-SP weight of the adapter-mean32 arm")
     ap.add_argument("--work", default="/tmp/bs-fewshot-probe")
     args = ap.parse_args()
 
@@ -130,8 +134,10 @@ def main() -> None:
         m, sd = D[s]["Rtr"][:n].mean(0), D[s]["Rtr"][:n].std(0) + 1e-6
         return (D[s]["Rtr"][:n] - m) / sd, (D[s]["Rte"] - m) / sd
 
-    def train(net, subjects, nuse, epochs, params, bs=64, lr=3e-4):
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    def train(net, subjects, nuse, epochs, params, bs=64, lr=3e-4, anchor=0.0):
+        params = list(params)
+        init = [q.detach().clone() for q in params]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if anchor else 1e-2)
         data_ = {s: (torch.from_numpy(z(s, nuse[s])[0]), torch.from_numpy(D[s]["Etr"][:nuse[s]])) for s in subjects}
         g = torch.Generator().manual_seed(0)
         for _ in range(epochs):
@@ -145,6 +151,8 @@ def main() -> None:
                     idx = idx if len(idx) >= 2 else p[:bs]
                     out, y = net(data_[s][0][idx], s)[T], data_[s][1][idx]
                     loss = loss + 0.8 * clip_loss(out, y, net.logit_scale) + 0.2 * regression_loss(out, y)
+                if anchor:  # L2-SP: pulled toward the starting weights, not toward zero
+                    loss = loss + anchor * sum(((q - q0) ** 2).sum() for q, q0 in zip(params, init))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -172,12 +180,22 @@ def main() -> None:
             params = list(net.parameters())
         else:
             net = copy.deepcopy(pre)
-            if label == "adapter-factored32":
+            if label in ("adapter-factored32", "adapter-mean32"):
                 net.adapters[new] = nn.Sequential(nn.Linear(nv[new], 32, bias=False), nn.Linear(32, 512))
-            else:
+            if label == "adapter-mean32":  # start from the mean of the pretrained (linear) adapters, rank 32
+                W = np.mean([pre.adapters[s].weight.detach().numpy() for s in others], 0)
+                U, S, Vt = np.linalg.svd(W, full_matrices=False)
+                with torch.no_grad():
+                    net.adapters[new][0].weight.copy_(torch.from_numpy(np.sqrt(S[:32])[:, None] * Vt[:32]))
+                    net.adapters[new][1].weight.copy_(torch.from_numpy(U[:, :32] * np.sqrt(S[:32])))
+                    net.adapters[new][1].bias.copy_(torch.from_numpy(
+                        np.mean([pre.adapters[s].bias.detach().numpy() for s in others], 0)))
+                res["zero_shot_mean32"] = round(score(net, new, nf), 3)
+            elif label != "adapter-mean32":
                 net.add_subject(new, nv[new])
             params = list(net.adapters[new].parameters()) if label.startswith("adapter") else list(net.parameters())
-        train(net, [new], {new: nf}, args.epochs, params, bs=32, lr=args.lr)
+        train(net, [new], {new: nf}, args.epochs, params, bs=32, lr=args.lr,
+              anchor=args.anchor if label == "adapter-mean32" else 0.0)
         res[label] = round(score(net, new, nf), 3)
         print(f"{label}: {res[label]} ({time.time() - t0:.0f} s)", flush=True)
     print(json.dumps({"variant": args.variant, "K": args.K, "snr": args.snr, "gain": args.gain,

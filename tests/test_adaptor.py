@@ -209,6 +209,14 @@ def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_tri
     rank = 4
     tr = fit_adaptor(small_dataset, [t], params={**P, "new_adapter": "factored", "new_rank": rank}, subjects=["subj02"],
                      fraction=0.5, init_from="pre/shared", trainable="adapter", out=tmp_path / "tr", name="tr", **kw)
+    # these subjects are in their own vertex spaces: no vertex-wise mean of their adapters
+    with pytest.raises(ValueError, match="one vertex space: subj02 has"):
+        fit_adaptor(small_dataset, [t], params={**P, "new_adapter_init": "mean"}, subjects=["subj02"],
+                    init_from="pre/shared", trainable="adapter", out=tmp_path / "mean", register=False, **kw)
+    assert not (tmp_path / "mean").exists()
+    with pytest.raises(ValueError, match="give init_from"):
+        fit_adaptor(small_dataset, [t], params={**P, "new_adapter_init": "mean"}, subjects=["subj02"],
+                    out=tmp_path / "mean", register=False, **kw)
     reg = ModelRegistry(registry, create=False)
     st0, rec0 = reg.load("pre/shared")
     st1, rec1 = reg.load("tr/shared")
@@ -254,6 +262,44 @@ def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_tri
     R = response_matrix(ds, "subj01", "test", select_voxels(ds, "subj01"))
     np.testing.assert_array_equal(AdaptorModel.load(registry, "old/shared").decode("subj01", R)[t],
                                   AdaptorModel.load(registry, "pre/shared").decode("subj01", R)[t])
+
+
+@pytest.mark.slow
+def test_mean_adapter_init_starts_a_new_subject_from_the_pretrained_maps(tmp_path, ray_local):
+    """Aligned subjects (one vertex space): a new subject's adapter starts as the vertex-wise mean of the
+    pretrained subjects' maps; linear as is, factored as its best rank-r approximation (numpy SVD).
+    Trained at a vanishing lr, the registered adapter is still its start."""
+    from brainstore.datasets import make_dataset
+    from brainstore.features import extract
+    from brainstore.fitting import ModelRegistry
+    from brainstore.fitting._adaptor import fit_adaptor
+
+    data = make_dataset(tmp_path / "data", n_subjects=3, n_train=40, n_test=10, n_vertices=60, seed=2, image_size=32,
+                        alignment=0.9, progress=False)
+    t = extract(data, "text", tmp_path / "store", progress=False).feature
+    kw = dict(store=str(tmp_path / "store"), registry=str(tmp_path / "reg"), num_workers=2)
+    P = {"epochs": 2, "batch_size": 8, "latent": 16, "n_blocks": 1}
+    fit_adaptor(data, [t], params=P, subjects=["subj01", "subj02"], out=tmp_path / "pre", name="pre", **kw)
+    still = {**P, "epochs": 1, "lr": 1e-12, "weight_decay": 0.0, "new_adapter_init": "mean"}
+    for name, extra in (("lin", {}), ("fac", {"new_adapter": "factored", "new_rank": 3})):
+        fit_adaptor(data, [t], params={**still, **extra}, subjects=["subj03"], init_from="pre/shared",
+                    trainable="adapter", out=tmp_path / name, name=name, **kw)
+    reg = ModelRegistry(tmp_path / "reg", create=False)
+    pre, _ = reg.load("pre/shared")
+    W = (pre["net.adapters.subj01.weight"] + pre["net.adapters.subj02.weight"]) / 2
+    b = (pre["net.adapters.subj01.bias"] + pre["net.adapters.subj02.bias"]) / 2
+    assert W.shape == (16, 120)
+    lin, rec = reg.load("lin/shared")
+    assert rec.meta["params"]["new_adapter_init"] == "mean"
+    np.testing.assert_allclose(lin["net.adapters.subj03.weight"], W, atol=1e-6)
+    np.testing.assert_allclose(lin["net.adapters.subj03.bias"], b, atol=1e-6)
+    fac, _ = reg.load("fac/shared")
+    U, S, Vt = np.linalg.svd(W.astype(np.float64))
+    best3 = (U[:, :3] * S[:3]) @ Vt[:3]
+    np.testing.assert_allclose(fac["net.adapters.subj03.up.weight"] @ fac["net.adapters.subj03.down.weight"], best3,
+                               atol=1e-5)
+    np.testing.assert_allclose(fac["net.adapters.subj03.up.bias"], b, atol=1e-6)
+    assert np.abs(best3 - W).max() > 1e-3  # rank 3 is an approximation of this map, not the map
 
 
 @pytest.mark.slow

@@ -128,3 +128,27 @@ def test_noiseless_training_responses_are_the_signal_under_the_noise(small_datas
             assert abs(clean.var(0).mean() + resid.var(0).mean() - total) < 0.1 * total
             assert abs(resid.mean()) < 0.05
             assert np.mean([np.corrcoef(clean[:, j], resid[:, j])[0, 1] for j in range(0, clean.shape[1], 7)]) < 0.05
+
+
+def test_alignment_puts_subjects_in_one_vertex_space(tmp_path):
+    """alignment > 0: same vertices and ROI labels in every subject, and a vertex's noiseless test response
+    correlates across subjects more the higher the alignment (identical tuning at 1)."""
+    kw = dict(n_subjects=2, n_train=30, n_test=60, n_vertices=200, image_size=32, seed=4, progress=False)
+
+    def across(a):
+        root = make_dataset(tmp_path / f"a{a}", alignment=a, **kw)
+        ds = AlgonautsDataset(root)
+        for h in ("lh", "rh"):
+            assert ds.n_vertices("subj01", h) == ds.n_vertices("subj02", h) == 200
+            for fam in ("prf-visualrois", "floc-faces", "streams"):
+                m1, m2 = (np.load(root / s / "roi_masks" / f"{h}.{fam}_challenge_space.npy") for s in ("subj01", "subj02"))
+                assert np.array_equal(m1, m2), fam
+        g1, g2 = (np.load(root / "ground_truth" / s / "lh_pred_test.npy") for s in ("subj01", "subj02"))
+        r = [np.corrcoef(g1[:, v], g2[:, v])[0, 1] for v in range(g1.shape[1]) if g1[:, v].std() > 0 and g2[:, v].std() > 0]
+        return float(np.median(r))
+
+    r5, r9, r1 = across(0.5), across(0.9), across(1.0)
+    assert r1 > 0.97, r1  # same tuning: the subjects differ only by their normalization over their own images
+    assert r1 > r9 > r5 > 0.2, (r5, r9, r1)
+    with pytest.raises(ValueError, match="alignment must be in"):
+        make_dataset(tmp_path / "bad", alignment=1.5, **kw)

@@ -71,6 +71,9 @@ def make_dataset_cmd(
     vertices: int = typer.Option(2000, "--vertices", help="Typical vertices per hemisphere (+-10 % per subject)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the dataset is a deterministic function of it."),
     image_size: int = typer.Option(256, "--image-size", help="Image side in pixels (NSD: 425)."),
+    alignment: float = typer.Option(0.0, "--alignment", help="0: each subject in its own vertex space. In (0, 1]: "
+                                    "all subjects in one template space (same vertices and ROIs), a vertex's tuning "
+                                    "correlated this much across subjects."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
 ) -> None:
     """Write the synthetic benchmark dataset (images, captions, fMRI, ROIs, noise ceilings, oracle)."""
@@ -79,7 +82,7 @@ def make_dataset_cmd(
 
     try:
         root = make_dataset(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices,
-                            seed=seed, image_size=image_size, overwrite=overwrite)
+                            seed=seed, image_size=image_size, alignment=alignment, overwrite=overwrite)
     except (FileExistsError, ValueError) as e:
         _fail(str(e))
     console.print(dataset_table(AlgonautsDataset(root).summary()))

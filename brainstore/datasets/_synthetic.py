@@ -9,6 +9,13 @@ The generator is a fair, fully known stand-in for NSD:
 * category-selective vertices (``floc-faces/bodies/places/words``) respond to the scene's
   semantic content (face, body, place, text), plus weaker mixed tuning;
 * the remaining vertices mix semantic and coarse low-level tuning;
+* ``alignment`` (0 by default): subjects share nothing but the stimulus features, each with its own
+  vertex count, ROI layout and tuning (as native-space data). ``alignment = a > 0`` puts every subject in
+  one template space, as Algonauts 2023's challenge space within fsaverage: all subjects have the
+  template's vertices and ROI labels, pRF centres jittered around the template's by ``0.1 (1 - a)``,
+  and semantic weights ``a W_template + sqrt(1 - a**2) W_subject`` (so ``a`` is the correlation of one
+  vertex's semantic tuning across subjects); SNR and noise stay individual. Anatomical alignment is
+  what lets a model pretrained on other subjects start a new subject's map (``new_adapter_init: mean``);
 * noise: per-vertex noise-ceiling SNR drawn from a spread (some vertices near zero), single
   trials of unit variance as NSD's z-scored betas; training responses are the mean of 3 repeats, test images are shown 3 times and their mean is stored;
   noise ceilings follow the ncsnr formula with A = n_test, B = C = 0;
@@ -68,6 +75,7 @@ def make_dataset(
     seed: int = 0,
     image_size: int = 256,
     shared_train_fraction: float = 0.3,
+    alignment: float = 0.0,
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -88,11 +96,17 @@ def make_dataset(
         Side of the square PNGs (NSD: 425).
     shared_train_fraction : float
         Fraction of each subject's training images that every subject sees.
+    alignment : float
+        0 (default): each subject's own vertices, ROI layout and tuning. In (0, 1]: every subject in one
+        template vertex space (same vertices and ROIs; ``alignment`` = across-subject correlation of a
+        vertex's semantic tuning; see the module docstring).
     workers : int, optional
         Processes used to render images (default: up to 4, one per core).
     """
     if n_subjects < 1 or n_train < 10 or n_test < 2 or n_vertices < 50:
         raise ValueError("need n_subjects >= 1, n_train >= 10, n_test >= 2 and n_vertices >= 50")
+    if not 0.0 <= alignment <= 1.0:
+        raise ValueError(f"alignment must be in [0, 1] (0: native spaces, 1: identical tuning), got {alignment}")
     root = Path(root).expanduser().resolve()
     if root.exists() and any(root.iterdir()):
         if not overwrite:
@@ -102,11 +116,12 @@ def make_dataset(
     tmp.mkdir(parents=True)
     t0 = time.time()
     try:
-        _generate(tmp, n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, workers, progress)
+        _generate(tmp, n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, workers, progress,
+                  alignment)
         (tmp / "synthetic.json").write_text(json.dumps({
             "generator": "brainstore.datasets.make_dataset", "seed": seed, "n_subjects": n_subjects,
             "n_train": n_train, "n_test": n_test, "n_vertices": n_vertices, "image_size": image_size,
-            "shared_train_fraction": shared_train_fraction, "repeats": _N_REPEATS,
+            "shared_train_fraction": shared_train_fraction, "alignment": alignment, "repeats": _N_REPEATS,
             "seconds": round(time.time() - t0, 2),
         }, indent=2))
         if root.exists():
@@ -129,7 +144,7 @@ def _render_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray, np.ndarr
 
 
 def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, seed: int, size: int,
-              shared_frac: float, workers: int | None, progress: bool) -> None:
+              shared_frac: float, workers: int | None, progress: bool, alignment: float = 0.0) -> None:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -169,6 +184,9 @@ def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, s
     bar.close()
     sem_z = (sem - sem.mean(0)) / np.maximum(sem.std(0), 1e-6)
 
+    # aligned subjects: one template per hemisphere (vertices, ROIs, pRF centres and sizes, semantic weights)
+    templates = {h: _template(n_vert, len(SEMANTIC_NAMES), np.random.default_rng([seed, 2000 + i]))
+                 for i, h in enumerate(HEMISPHERES)} if alignment > 0 else {}
     cap_rows = []
     for k in range(n_subj):
         subj = f"subj{k + 1:02d}"
@@ -188,7 +206,10 @@ def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, s
         rows_test = np.array([pos[int(n)] for n in test_ids])
         for hemi in HEMISPHERES:
             nv = int(round(n_vert * srng.uniform(0.9, 1.1)))
-            _write_hemisphere(sdir, subj, hemi, nv, srng, energy, sem_z, rows_train, rows_test, progress)
+            if templates:
+                nv = n_vert
+            _write_hemisphere(sdir, subj, hemi, nv, srng, energy, sem_z, rows_train, rows_test, progress,
+                              templates.get(hemi), alignment)
 
     # Captions keyed by file name (names embed the NSD id, so one name = one image).
     import pyarrow as pa
@@ -222,9 +243,40 @@ def _assign_rois(nv: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarra
     return labels, streams
 
 
-def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, energy: np.ndarray,
-                      sem_z: np.ndarray, rows_train: np.ndarray, rows_test: np.ndarray, progress: bool) -> None:
+def _raw_tuning(nv: int, n_sem: int, rng: np.random.Generator, labels: dict[str, np.ndarray]):
+    """pRF centres and sizes, and sparse semantic weights (before the category ROIs' preferences)."""
+    prf = labels["prf-visualrois"]
+    cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
+    sigma = rng.uniform(0.15, 0.35, nv)  # coarse low-level tuning outside early visual cortex
+    for lab, (lo, hi) in _PRF_SIGMA.items():
+        m = prf == lab
+        sigma[m] = rng.uniform(lo, hi, m.sum())
+    W_sem = (rng.normal(0, 0.35, (n_sem, nv)) * (rng.random((n_sem, nv)) < 0.5)).astype(np.float32)
+    return cx, cy, sigma, W_sem
+
+
+def _template(nv: int, n_sem: int, rng: np.random.Generator) -> dict:
+    """The shared vertex space of aligned subjects: ROI labels and raw tuning."""
     labels, streams = _assign_rois(nv, rng)
+    cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
+    return {"labels": labels, "streams": streams, "cx": cx, "cy": cy, "sigma": sigma, "W_sem": W_sem}
+
+
+def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, energy: np.ndarray,
+                      sem_z: np.ndarray, rows_train: np.ndarray, rows_test: np.ndarray, progress: bool,
+                      template: dict | None = None, alignment: float = 0.0) -> None:
+    n_sem = sem_z.shape[1]
+    if template is None:
+        labels, streams = _assign_rois(nv, rng)
+        cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
+    else:  # the template's vertices and ROIs; tuning = shared + individual
+        labels, streams = template["labels"], template["streams"]
+        _, _, _, W_own = _raw_tuning(nv, n_sem, rng, labels)
+        jitter = 0.1 * (1.0 - alignment)
+        cx = np.clip(template["cx"] + rng.normal(0, jitter, nv), 0.02, 0.98)
+        cy = np.clip(template["cy"] + rng.normal(0, jitter, nv), 0.02, 0.98)
+        sigma = template["sigma"]
+        W_sem = (alignment * template["W_sem"] + np.sqrt(1.0 - alignment**2) * W_own).astype(np.float32)
     roi_dir = sdir / "roi_masks"
     roi_dir.mkdir(exist_ok=True)
     for fam, (_, mapping) in ROI_DEFS.items():
@@ -233,20 +285,13 @@ def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.
     np.save(roi_dir / f"{hemi}.streams_challenge_space.npy", streams)
     np.save(roi_dir / "mapping_streams.npy", np.array(_STREAMS, dtype=object), allow_pickle=True)
 
-    n_sem = sem_z.shape[1]
     prf = labels["prf-visualrois"]
     # Tuning: low-level pRF weights (pixels x vertices) and semantic weights (features x vertices).
     yy, xx = np.mgrid[0:_GRID, 0:_GRID]
     centres = (np.stack([xx.ravel(), yy.ravel()], 1) + 0.5) / _GRID
-    cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
-    sigma = rng.uniform(0.15, 0.35, nv)  # coarse low-level tuning outside early visual cortex
-    for lab, (lo, hi) in _PRF_SIGMA.items():
-        m = prf == lab
-        sigma[m] = rng.uniform(lo, hi, m.sum())
     d2 = (centres[:, :1] - cx[None]) ** 2 + (centres[:, 1:] - cy[None]) ** 2
     W_low = np.exp(-d2 / (2 * sigma[None] ** 2)).astype(np.float32)
     W_low /= W_low.sum(0, keepdims=True)
-    W_sem = (rng.normal(0, 0.35, (n_sem, nv)) * (rng.random((n_sem, nv)) < 0.5)).astype(np.float32)
     low_gain = np.full(nv, 0.6, np.float32)
     sem_gain = np.ones(nv, np.float32)
     early = prf > 0

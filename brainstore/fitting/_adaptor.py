@@ -441,9 +441,9 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     if da is not None and not adapt:
         raise ValueError("params.domain_adaptation is set but no subject to adapt to: pass adapt_subjects=[...] "
                          "(subjects whose unlabeled responses join training)")
-    if (p.new_adapter is not None or p.new_rank is not None) and not init_from:
-        raise ValueError("params.new_adapter / new_rank set the adapters of subjects added to a pretrained model: "
-                         "give init_from, or set adapter / rank for a model trained from scratch")
+    if (p.new_adapter is not None or p.new_rank is not None or p.new_adapter_init != "random") and not init_from:
+        raise ValueError("params.new_adapter / new_rank / new_adapter_init set the adapters of subjects added to a "
+                         "pretrained model: give init_from, or set adapter / rank for a model trained from scratch")
     ds = AlgonautsDataset(dataset)
     unknown = [s for s in adapt if s not in ds.subjects]
     if unknown:
@@ -507,6 +507,10 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     new_spec = {"kind": p.new_adapter or p.adapter, "rank": p.new_rank or p.rank} if base else \
         {"kind": p.adapter, "rank": p.rank}
     adapters = {s: base_specs.get(s) or _norm_spec(new_spec) for s in sorted(all_subjects)}
+    mean_init = {}
+    if base and p.new_adapter_init == "mean":
+        new_subjects = [s for s in sorted(all_subjects) if s not in base_specs]
+        mean_init = _mean_adapter_init(st, base, voxels, adapters, new_subjects, init_from)
     dims = {t: fs.info(t).dim for t in targets}
     centroids, n_class_samples = None, 0
     if da:
@@ -519,7 +523,9 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         use_gpu = res.get("GPU", 0) >= num_workers
     if init_from:
         tmp_init = rdir / "init_state.pt"
-        torch.save({k[4:]: torch.from_numpy(v) for k, v in st.items() if k.startswith("net.")}, tmp_init)
+        state = {k[4:]: torch.from_numpy(v) for k, v in st.items() if k.startswith("net.")}
+        state.update({k: torch.from_numpy(v) for k, v in mean_init.items()})
+        torch.save(state, tmp_init)
         init_state = str(tmp_init)
     cfg = {"dataset": str(ds.root), "store": fs.uri, "targets": targets, "params": p.model_dump(),
            "subjects": sorted(all_subjects), "train_subjects": subjects, "n_voxels": all_subjects,
@@ -586,6 +592,51 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         reg.save(f"{name}/shared", model.tensors(), meta)
     run.seconds = time.time() - t0
     return run
+
+
+def _mean_adapter_init(st: dict, base: dict, voxels: dict, adapters: dict, new_subjects: list[str],
+                       init_from: str) -> dict[str, np.ndarray]:
+    """Starting weights of each new subject's adapter (``new_adapter_init: mean``): the pretrained subjects'
+    adapter maps ``z = W x + b`` averaged vertex by vertex. Linear: ``W``, ``b`` as they are; factored:
+    ``down = sqrt(S_r) V_r^T``, ``up = U_r sqrt(S_r)`` from the SVD of the mean ``W`` (its best rank-r
+    approximation); lowrank: the mean as its linear part (the residual starts at zero, as always).
+    Needs every subject in one vertex space: the same vertices selected in each."""
+    pre = list(base["subjects"])
+    maps = []
+    for s in pre:
+        kind, key = adapters[s]["kind"], f"net.adapters.{s}."
+        if kind == "linear":
+            maps.append((st[key + "weight"], st[key + "bias"]))
+        elif kind == "factored":
+            maps.append((st[key + "up.weight"] @ st[key + "down.weight"], st[key + "up.bias"]))
+        else:
+            raise ValueError(f"new_adapter_init 'mean' averages linear maps; {init_from!r} gives {s} a {kind!r} adapter "
+                             "(a nonlinear residual has no vertex-wise mean): use new_adapter_init 'random'")
+    W = np.mean([m[0] for m in maps], axis=0).astype(np.float32)
+    b = np.mean([m[1] for m in maps], axis=0).astype(np.float32)
+    out = {}
+    for s in new_subjects:
+        for q in pre:
+            theirs = {h: np.asarray(st[f"voxels.{q}.{h}"], np.int64) for h in HEMISPHERES}
+            if any(not np.array_equal(theirs[h], np.asarray(voxels[s][h], np.int64)) for h in HEMISPHERES):
+                n_q, n_s = (sum(len(v[h]) for h in HEMISPHERES) for v in (theirs, voxels[s]))
+                raise ValueError(f"new_adapter_init 'mean' averages adapters vertex by vertex, so every subject must "
+                                 f"be in one vertex space: {s} has {n_s} selected vertices, {q} of {init_from!r} "
+                                 f"{n_q}{' (other vertices)' if n_s == n_q else ''}; use data in a shared space "
+                                 "(e.g. Algonauts challenge space, make-dataset --alignment) or new_adapter_init 'random'")
+        kind, rank, key = adapters[s]["kind"], adapters[s]["rank"], f"adapters.{s}."
+        if kind == "linear":
+            out[key + "weight"], out[key + "bias"] = W, b
+        elif kind == "lowrank":
+            out[key + "linear.weight"], out[key + "linear.bias"] = W, b
+        else:
+            U, S, Vt = np.linalg.svd(W.astype(np.float64), full_matrices=False)
+            r = min(rank, len(S))
+            down, up = np.zeros((rank, W.shape[1])), np.zeros((W.shape[0], rank))
+            down[:r], up[:, :r] = np.sqrt(S[:r])[:, None] * Vt[:r], U[:, :r] * np.sqrt(S[:r])
+            out[key + "down.weight"], out[key + "up.weight"] = down.astype(np.float32), up.astype(np.float32)
+            out[key + "up.bias"] = b
+    return out
 
 
 def _voxel_stats(R: np.ndarray) -> dict[str, list[float]]:

@@ -61,13 +61,17 @@ class AdaptorParams(_Strict):
     residual, seed 002) or "factored" (``Linear(n_vox, rank, bias=False) -> Linear(rank, latent)``, a
     low-rank linear map: ``n_vox * rank + rank * latent + latent`` parameters). With ``init_from``, the
     pretrained subjects keep the adapters they were trained with; subjects the pretrained model lacks
-    get ``new_adapter`` / ``new_rank`` (None: ``adapter`` / ``rank``).
+    get ``new_adapter`` / ``new_rank`` (None: ``adapter`` / ``rank``), freshly initialized
+    (``new_adapter_init: random``) or started from the pretrained subjects' adapters averaged vertex by
+    vertex (``mean``: for subjects in one anatomical vertex space, as Algonauts' challenge space; a
+    factored new adapter takes the best rank-``new_rank`` approximation of the mean map).
     """
 
     adapter: Literal["linear", "lowrank", "factored"] = "linear"  # per-subject map into the shared latent
     rank: int = Field(64, ge=1)  # lowrank: rank of the nonlinear residual; factored: rank of the linear map
     new_adapter: Optional[Literal["linear", "lowrank", "factored"]] = None  # with init_from: subjects it lacks
     new_rank: Optional[int] = Field(None, ge=1)  # with init_from: rank of the new subjects' adapters
+    new_adapter_init: Literal["random", "mean"] = "random"  # with init_from: start of the new subjects' adapters
     latent: int = Field(512, ge=8)  # width of the shared latent and backbone
     n_blocks: int = Field(2, ge=0)  # residual MLP blocks of the backbone
     dropout: float = Field(0.1, ge=0, lt=1)
