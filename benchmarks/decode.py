@@ -19,8 +19,16 @@ projection trained on the training captions' true embeddings; captions generated
 ridge-decoded test embeddings, scored against the true test captions (and, as the captioner's own
 ceiling, generated from the true test embeddings).
 
-Usage: python benchmarks/decode.py [--subjects 2 --train 2000 --test 500 --vertices 2000] [--epochs 20]
-       [--fewshot-epochs 40 --fraction 0.1] [--out DIR]
+The dataset's subjects share one template vertex space (``--alignment 0.9``: same vertices and ROIs,
+a vertex's tuning correlated 0.9 across subjects, as in Algonauts' challenge space), so the few-shot
+adapter can start from the pretrained subjects' maps; ``--alignment 0`` gives native spaces (run 2).
+Caption generation and the domain-adaptation arm are opt-in (``--captioner-epochs 4``,
+``--domain-adaptation``).
+
+Usage: python benchmarks/decode.py [--subjects 3 --train 2000 --test 500 --vertices 2000 --alignment 0.9]
+       [--epochs 20] [--fewshot-epochs 40 --fraction 0.1] [--captioner-epochs 4] [--domain-adaptation]
+       [--extra-arms]
+       [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,18 +50,23 @@ def _say(msg: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=2)
+    ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=500)  # > 300, so the 30 draws of 300 candidates differ
     ap.add_argument("--vertices", type=int, default=2000)
+    ap.add_argument("--alignment", type=float, default=0.9,
+                    help="subjects in one template vertex space, tuning correlated this much (0: native spaces)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=20, help="adaptor epochs (all subjects, and the pretraining)")
-    ap.add_argument("--fewshot-epochs", type=int, default=60)
+    ap.add_argument("--fewshot-epochs", type=int, default=40)
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the new subject's images (few-shot)")
     ap.add_argument("--lm-steps", type=int, default=400, help="training steps of the tiny LM (caption generation)")
-    ap.add_argument("--captioner-epochs", type=int, default=4, help="0 skips caption generation")
-    ap.add_argument("--no-domain-adaptation", dest="domain_adaptation", action="store_false",
-                    help="skip the few-shot arm with domain adaptation")
+    ap.add_argument("--captioner-epochs", type=int, default=0,
+                    help="caption generation with a tiny LM (run 2: 4); 0 skips it")
+    ap.add_argument("--extra-arms", action="store_true",
+                    help="add the few-shot arms adaptor_random (random start) and scratch_linear (~200 s)")
+    ap.add_argument("--domain-adaptation", action="store_true",
+                    help="add the few-shot arm with domain adaptation on the new subject's unlabeled responses")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -71,7 +84,7 @@ def main() -> None:
     if not data.exists():
         _say(f"making the dataset in {data}")
         make_dataset(data, n_subjects=args.subjects, n_train=args.train, n_test=args.test,
-                     n_vertices=args.vertices, seed=args.seed, progress=False)
+                     n_vertices=args.vertices, seed=args.seed, alignment=args.alignment, progress=False)
     connect(None)
     t0 = time.time()
     with drop_stderr_lines():  # Ray's per-run actor-restart notice (ray#53727), as the CLI does
@@ -111,22 +124,30 @@ def main() -> None:
     fam = full.metrics[rep.feature]
     _say(f"adaptor (all subjects, {args.epochs} epochs, {adaptor_s:.0f} s, {sps:.0f} samples/s): "
          + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
-    # few-shot arms: the new subject's factored adapter alone on the pretrained model (rank 32: <= 5 % of
-    # the parameters; lr 3e-3, few parameters), the same architecture from scratch and a full fine-tune
-    # of the pretrained model with the new adapter reset (MindBridge's reset-tuning), both at the main
-    # training's lr 3e-4 (a probe at 3e-3 made scratch worse, 0.44); and the adapter alone with domain
-    # adaptation on the new subject's unlabeled responses (the other 90 % of its training images).
+    # few-shot arms on 10 % of the new subject's images. Its adapter is factored (rank 32: <= 5 % of the
+    # parameters). "adaptor": that adapter alone on the pretrained model, started from the pretrained
+    # subjects' adapters averaged vertex by vertex (new_adapter_init "mean"; subjects in one vertex space);
+    # "adaptor_random": the same from a random start (lr 3e-3: few parameters from nothing). Scratch: the same
+    # architecture with no pretraining, and with a linear adapter (the stronger scratch model in run 2);
+    # "finetune": the pretrained model, new adapter started as in "adaptor", everything trained. Optional:
+    # the adapter alone plus domain adaptation on the new subject's unlabeled responses (the other 90 %).
     pre_name = "bench-adaptor-pre"
-    FA = {"epochs": args.fewshot_epochs, "batch_size": 32, "new_adapter": "factored", "new_rank": 32, "lr": 3e-3}
+    new_init = "mean" if args.alignment > 0 else "random"
+    E = {"epochs": args.fewshot_epochs, "batch_size": 32}
+    FA = {**E, "new_adapter": "factored", "new_rank": 32, "new_adapter_init": new_init}
     ARMS = {
         "adaptor": (FA, f"{pre_name}/shared", "adapter", None),
-        "scratch": ({"epochs": args.fewshot_epochs, "batch_size": 32, "adapter": "factored", "rank": 32}, None, "all", None),
-        "finetune": ({"epochs": args.fewshot_epochs, "batch_size": 32, "new_adapter": "factored", "new_rank": 32},
-                     f"{pre_name}/shared", "all", None),
+        "adaptor_random": ({**FA, "new_adapter_init": "random", "lr": 3e-3}, f"{pre_name}/shared", "adapter", None),
+        "scratch": ({**E, "adapter": "factored", "rank": 32}, None, "all", None),
+        "scratch_linear": (E, None, "all", None),
+        "finetune": (FA, f"{pre_name}/shared", "all", None),
         "adaptor_da": ({**FA, "domain_adaptation": {}}, f"{pre_name}/shared", "adapter", [new]),
     }
     if not args.domain_adaptation:
         ARMS.pop("adaptor_da")
+    if not args.extra_arms:
+        ARMS.pop("adaptor_random")
+        ARMS.pop("scratch_linear")
     with drop_stderr_lines():
         pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre", name=pre_name, **kw)
         _say(f"pretrained on {', '.join(others)}: top-1 "
@@ -153,7 +174,7 @@ def main() -> None:
              f"oracle {m['oracle_top1_brain_to_stimulus']:.3f}, alpha {m['alpha']:.3g}")
     print(json.dumps({
         "dataset": {"subjects": args.subjects, "train": args.train, "test": args.test, "vertices": args.vertices,
-                    "seed": args.seed},
+                    "alignment": args.alignment, "seed": args.seed},
         "target": rep.feature,
         "ridge_top1_fwd": round(mean["top1_brain_to_stimulus"], 4),
         "ridge_top1_bwd": round(mean["top1_stimulus_to_brain"], 4),
@@ -180,6 +201,13 @@ def main() -> None:
         "fewshot_adaptor_top1_fwd": round(few["adaptor"]["top1_brain_to_stimulus"], 4),
         "fewshot_scratch_top1_fwd": round(few["scratch"]["top1_brain_to_stimulus"], 4),
         "fewshot_finetune_top1_fwd": round(few["finetune"]["top1_brain_to_stimulus"], 4),
+        **({"fewshot_adaptor_random_init_top1_fwd": round(few["adaptor_random"]["top1_brain_to_stimulus"], 4),
+            "fewshot_scratch_linear_top1_fwd": round(few["scratch_linear"]["top1_brain_to_stimulus"], 4),
+            "fewshot_transfer_vs_best_scratch": round(
+                few["adaptor"]["top1_brain_to_stimulus"]
+                / max(few["scratch"]["top1_brain_to_stimulus"], few["scratch_linear"]["top1_brain_to_stimulus"],
+                      1e-9), 3)} if args.extra_arms else {}),
+        "fewshot_adapter_init": new_init,
         **({"fewshot_adaptor_da_top1_fwd": round(few["adaptor_da"]["top1_brain_to_stimulus"], 4)} if "adaptor_da" in few
            else {}),
         "fewshot_trained_params": {k: r.n_trainable for k, r in few_runs.items()},
