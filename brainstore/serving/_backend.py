@@ -1,0 +1,373 @@
+"""In-process models behind the service: registered encoders and decoders loaded on demand (LRU), the
+same library code as ``brainstore predict`` (so served answers equal offline ones), and every bad
+input turned into a :class:`ServingError` (404 for unknown names, 422 for values, 413 for sizes).
+
+The FastAPI app (``_app.py``) calls a backend through five methods (``catalog``, ``ready``,
+``encode``, ``decode``, ``explain``); :class:`LocalBackend` runs them in the serving process (plain
+uvicorn, and the baseline of ``benchmarks/serve_load.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets._algonauts import HEMISPHERES
+from ..features import FeatureStore, MissingStimuliError
+from ..fitting import ModelRegistry, RegistryError
+from ..fitting._registry import NON_ENCODER_KINDS
+from ._codec import ServingError
+
+__all__ = ["LocalBackend", "STIMULUS_ID"]
+
+#: What a stimulus id may look like (store ids are ``nsd-00012``-like; no path separators, no ``..``).
+STIMULUS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def _check_id(value, field: str) -> str:
+    if not isinstance(value, str) or not STIMULUS_ID.match(value) or ".." in value:
+        raise ServingError(422, f"{field}: {value!r} is not a stimulus id (letters, digits, '_', '-', '.', ':'; "
+                                "at most 128 characters, no '..' or '/')")
+    return value
+
+
+def _listing(names, limit: int = 20) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "none"
+
+
+class LocalBackend:
+    """Registered models of one registry, served from this process.
+
+    Parameters
+    ----------
+    registry : the model registry (folder).
+    store : feature store to read embeddings from (default: each model's own).
+    max_models : loaded models kept (least recently used dropped first).
+    """
+
+    def __init__(self, registry: str | Path, store: str | None = None, *, max_models: int = 16):
+        self.registry_uri, self.store_uri = str(registry), store
+        self.reg = ModelRegistry(registry, create=False)
+        self.max_models = int(max_models)
+        self.model_loads = 0
+        self._lock = threading.RLock()
+        self._models: OrderedDict = OrderedDict()
+        self._stores: dict[str, FeatureStore] = {}
+        self._datasets: dict[str, AlgonautsDataset] = {}
+        self._extractors: dict[str, object] = {}
+        self._catalog: dict | None = None
+
+    # ------------------------------------------------------------------------------------------ catalog
+    def catalog(self, refresh: bool = False) -> dict:
+        """``{"encoders": {subject: {model: meta}}, "decoders": {model: {...}}}`` of the registry."""
+        with self._lock:
+            if self._catalog is not None and not refresh:
+                return self._catalog
+            enc: dict[str, dict] = {}
+            dec: dict[str, dict] = {}
+            for r in self.reg.list():
+                m = r.meta
+                kind = m.get("kind")
+                if kind == "decoder":
+                    e = dec.setdefault(m["model"], {"kind": "decoder", "targets": [m["target"]], "subjects": [],
+                                                    "dataset": m.get("dataset")})
+                    e["subjects"].append(m["subject"])
+                elif kind == "adaptor":
+                    dec[m["model"]] = {"kind": "adaptor", "targets": list(m["targets"]), "subjects": list(m["subjects"]),
+                                       "dataset": m.get("dataset")}
+                elif kind not in NON_ENCODER_KINDS and m.get("subject"):
+                    enc.setdefault(m["subject"], {})[m["model"]] = {
+                        "kind": kind, "features": list(m.get("features", [])), "dataset": m.get("dataset"),
+                        "val_score": m.get("val_score"), "hemispheres": list(m.get("hemispheres", HEMISPHERES))}
+            self._catalog = {"encoders": enc, "decoders": dec}
+            return self._catalog
+
+    def ready(self) -> dict:
+        """Registry readable, every store the models name reachable; raises ServingError(503) otherwise."""
+        cat = self.catalog(refresh=True)
+        if not cat["encoders"] and not cat["decoders"]:
+            raise ServingError(503, f"no servable model in the registry {self.registry_uri} (run `brainstore fit`)")
+        stores = {self.store_uri} if self.store_uri else {
+            r.meta.get("store") for r in self.reg.list() if r.meta.get("store")}
+        for s in stores:
+            try:
+                self._store(s).names()
+            except Exception as e:
+                raise ServingError(503, f"feature store {s} unreachable: {e}") from None
+        return {"encoders": sum(len(v) for v in cat["encoders"].values()), "decoders": len(cat["decoders"]),
+                "stores": sorted(stores)}
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _store(self, uri: str | None) -> FeatureStore:
+        uri = self.store_uri or uri
+        if not uri:
+            raise ServingError(503, "the model records no feature store; start the service with --store")
+        with self._lock:
+            if uri not in self._stores:
+                self._stores[uri] = FeatureStore(uri, create=False)
+            return self._stores[uri]
+
+    def _dataset(self, root: str | None) -> AlgonautsDataset:
+        if not root:
+            raise ServingError(422, "the model records no dataset, so ROIs and captions are unknown; ask without roi")
+        with self._lock:
+            if root not in self._datasets:
+                try:
+                    self._datasets[root] = AlgonautsDataset(root)
+                except DatasetError as e:
+                    raise ServingError(503, f"the model's dataset {root} cannot be read: {e}") from None
+            return self._datasets[root]
+
+    def _cached(self, key: tuple, load):
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        value = load()  # outside the lock: loading one model must not stall requests for the others
+        with self._lock:
+            self._models[key] = value
+            self._models.move_to_end(key)
+            self.model_loads += 1
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        return value
+
+    def _encoder(self, subject: str, model: str | None):
+        from ..fitting import EncodingModel, best_model
+
+        enc = self.catalog()["encoders"]
+        if subject not in enc:
+            raise ServingError(404, f"unknown subject {subject!r}; subjects with encoding models: {_listing(enc)}")
+        if model is None:
+            model = best_model(self.reg, subject)
+        elif model not in enc[subject]:
+            raise ServingError(404, f"no encoding model {model!r} for {subject}; its models: {_listing(enc[subject])}")
+        meta = enc[subject][model]
+
+        def load():
+            try:
+                return EncodingModel.load(self.reg, model, subject, self.store_uri)
+            except RegistryError as e:
+                raise ServingError(503, f"model {model}/{subject} cannot be served: {e}") from None
+
+        return model, meta, self._cached(("encoder", model, subject), load)
+
+    # ------------------------------------------------------------------------------------------ encode
+    def _table_embeddings(self, em, tables: list[str], *, stimulus_id=None, embedding=None,
+                          image: bytes | None = None) -> dict[str, np.ndarray]:
+        """{table: (n, dim)} for the request's stimulus: store rows, given embeddings, or an uploaded image."""
+        fs = em.store
+        dims = {t: fs.info(t).dim for t in tables}
+        given = [x is not None for x in (stimulus_id, embedding, image)]
+        if sum(given) != 1:
+            raise ServingError(422, "give exactly one stimulus: stimulus_id (a store id), embedding, or an "
+                                    f"uploaded image (got {sum(given)})")
+        if stimulus_id is not None:
+            ids = [stimulus_id] if isinstance(stimulus_id, str) else stimulus_id
+            if not isinstance(ids, list) or not ids or len(ids) > 1024:
+                raise ServingError(422, "stimulus_id must be an id or a list of 1 to 1024 ids")
+            ids = [_check_id(i, "stimulus_id") for i in ids]
+            out = {}
+            for t in tables:
+                try:
+                    out[t] = fs.load(t, ids)
+                except MissingStimuliError as e:
+                    raise ServingError(404, f"stimulus id(s) {_listing(e.missing, 5)} not in the feature table {t} "
+                                            f"of {fs.uri}") from None
+            return out
+        if embedding is not None:
+            if isinstance(embedding, dict):
+                unknown = sorted(set(embedding) - set(tables))
+                missing = [t for t in tables if t not in embedding]
+                if unknown or missing:
+                    raise ServingError(422, f"embedding: the model reads {', '.join(tables)}; "
+                                            + (f"unknown {', '.join(unknown)}; " if unknown else "")
+                                            + (f"missing {', '.join(missing)}" if missing else ""))
+                parts = {t: np.atleast_2d(embedding[t]) for t in tables}
+            else:
+                E = np.atleast_2d(embedding)
+                total = sum(dims.values())
+                if E.shape[1] != total:
+                    raise ServingError(422, f"embedding has {E.shape[1]} values per stimulus; the model reads "
+                                            + " + ".join(f"{t} ({d})" for t, d in dims.items())
+                                            + f" = {total} (send one array, or {{table: array}})")
+                cuts = np.cumsum([0] + list(dims.values()))
+                parts = {t: E[:, cuts[i]:cuts[i + 1]] for i, t in enumerate(tables)}
+            for t, E in parts.items():
+                if E.shape[1] != dims[t]:
+                    raise ServingError(422, f"embedding[{t!r}] has {E.shape[1]} values per stimulus, the table's "
+                                            f"dimension is {dims[t]}")
+            n = {len(E) for E in parts.values()}
+            if len(n) != 1:
+                raise ServingError(422, f"embedding: the tables' arrays have different row counts {sorted(n)}")
+            return {t: E.astype(np.float32) for t, E in parts.items()}
+        return self._embed_image(fs, tables, image)
+
+    def _embed_image(self, fs: FeatureStore, tables: list[str], image: bytes) -> dict[str, np.ndarray]:
+        """Each table's embedding of an uploaded image, by the extractor that made the table (rebuilt from
+        its recorded spec: the same preprocessing as the extraction pipeline)."""
+        from ..datasets._images import decode_image
+        from ..features import get_extractor
+
+        metas = {t: fs.metadata(t) for t in tables}
+        for t, meta in metas.items():  # every table checked before the image is read
+            if meta.get("modality") != "image" or not meta.get("spec"):
+                raise ServingError(422, f"the model reads {t} ({meta.get('modality') or 'derived'} features), which "
+                                        "an uploaded image cannot produce; send stimulus_id or embedding")
+        try:
+            img = decode_image(image)
+        except ValueError as e:
+            raise ServingError(413 if "limit" in str(e) else 400, f"image: {e}") from None
+        out = {}
+        for t, meta in metas.items():
+            with self._lock:
+                ext = self._extractors.get(t)
+                if ext is None:
+                    ext = get_extractor(meta["spec"])
+                    if ext.version != meta.get("version"):
+                        raise ServingError(503, f"the extractor {meta['spec']!r} now gives version {ext.version}, "
+                                                f"the table {t} holds {meta.get('version')}; re-extract or serve "
+                                                "another model")
+                    ext.load("cpu", meta.get("dtype", "float32"))
+                    self._extractors[t] = ext
+                out[t] = ext.embed(np.stack([ext.preprocess(img)]))
+        return out
+
+    def encode(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
+               roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict:
+        """Predicted responses: ``{"model", "subject", "responses": {hemi: (n, n_vertices)}, "vertices"}``."""
+        model, meta, em = self._encoder(subject, model)
+        hemis = em.hemispheres
+        if hemisphere is not None:
+            if hemisphere not in hemis:
+                raise ServingError(422, f"hemisphere must be one of {', '.join(hemis)}; got {hemisphere!r}")
+            hemis = [hemisphere]
+        tables = sorted({t for k in _feature_keys(em) for t in k})
+        parts = self._table_embeddings(em, tables, stimulus_id=stimulus_id, embedding=embedding, image=image)
+        n = len(next(iter(parts.values())))
+        cache = {k: np.hstack([parts[t] for t in k]).astype(np.float32) for k in _feature_keys(em)}
+        pred = em.predict(["<request>"] * n, cache)
+        out, vertices = {}, {}
+        for h in hemis:
+            P = pred[h]
+            if roi is not None:
+                regions = self._dataset(meta.get("dataset")).regions(subject, h)
+                if roi not in regions:
+                    raise ServingError(404, f"unknown ROI {roi!r} for {subject} {h}; ROIs: {_listing(regions, 60)}")
+                idx = np.flatnonzero(regions[roi])
+                P, vertices[h] = P[:, idx], idx.tolist()
+            out[h] = P
+        return {"model": model, "subject": subject, "responses": out, "vertices": vertices or None}
+
+    # ------------------------------------------------------------------------------------------ decode
+    def decode(self, subject: str, responses: np.ndarray, *, model: str | None = None, target: str | None = None,
+               top_k: int = 5, return_embedding: bool = False) -> dict:
+        """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings)."""
+        from ..fitting import Decoder
+        from ..fitting._adaptor import AdaptorModel
+        from ..fitting._decoding import store_top_k
+
+        dec = self.catalog()["decoders"]
+        mine = {m: d for m, d in dec.items() if subject in d["subjects"]}
+        if not mine:
+            subjects = sorted({s for d in dec.values() for s in d["subjects"]})
+            raise ServingError(404, f"unknown subject {subject!r} for decoding; subjects with decoders: "
+                                    f"{_listing(subjects)}")
+        if model is None:
+            if len(mine) > 1:
+                raise ServingError(422, f"{subject} has several decoding models ({_listing(mine)}); name one in model")
+            model = next(iter(mine))
+        elif model not in mine:
+            raise ServingError(404, f"no decoding model {model!r} for {subject}; its decoding models: {_listing(mine)}")
+        info = mine[model]
+        target = target or info["targets"][0]
+        if target not in info["targets"]:
+            raise ServingError(404, f"{model!r} decodes into {', '.join(info['targets'])}, not {target!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
+            raise ServingError(422, f"top_k must be an integer from 1 to 100; got {top_k!r}")
+        R = np.atleast_2d(responses)
+        try:
+            if info["kind"] == "decoder":
+                d = self._cached(("decoder", model, subject),
+                                 lambda: Decoder.load(self.reg, f"{model}/{subject}", self.store_uri))
+                n_vox, fs = d.n_voxels, d.store
+                _check_voxels(R, n_vox, d.voxels, model, subject)
+                E = d.decode(R)
+            else:
+                am = self._cached(("adaptor", model), lambda: AdaptorModel.load(self.reg, f"{model}/shared",
+                                                                                self.store_uri))
+                fs = self._store(self.reg.record(f"{model}/shared").meta.get("store"))
+                _check_voxels(R, sum(len(v) for v in am.voxels[subject].values()), am.voxels[subject], model, subject)
+                E = am.decode(subject, R)[target]
+        except RegistryError as e:
+            raise ServingError(503, f"decoding model {model} cannot be served: {e}") from None
+        ids, sims = store_top_k(fs, target, E, top_k)
+        captions = self._captions(info.get("dataset"), {i for row in ids for i in row})
+        out = {"model": model, "subject": subject, "target": target, "table_rows": fs.info(target).rows,
+               "results": [[{"stimulus_id": i, "score": float(s), "caption": captions.get(i)}
+                            for i, s in zip(row, srow)] for row, srow in zip(ids, sims)]}
+        if return_embedding:
+            out["embedding"] = E
+        return out
+
+    def _captions(self, dataset: str | None, ids: set[str]) -> dict[str, str]:
+        if not dataset:
+            return {}
+        from ..fitting._explain import _stimulus_info
+
+        try:
+            ds = self._dataset(dataset)
+        except ServingError:
+            return {}
+        return {i: c for i, (c, _) in _stimulus_info(ds, sorted(ids)).items() if c}
+
+    # ------------------------------------------------------------------------------------------ explain
+    def explain(self, model: str, roi: str, *, subject: str | None = None, top: int = 20,
+                hemisphere: str | None = None) -> dict:
+        """The stored stimuli whose predicted mean response in ``roi`` is highest (selectivity)."""
+        from ..fitting import explain_roi
+
+        enc = self.catalog()["encoders"]
+        subjects = sorted(s for s, ms in enc.items() if model in ms)
+        if not subjects:
+            names = {m for ms in enc.values() for m in ms}
+            raise ServingError(404, f"unknown encoding model {model!r}; models: {_listing(names)}")
+        if subject is not None and subject not in subjects:
+            raise ServingError(404, f"{model!r} has no fit for {subject!r}; its subjects: {_listing(subjects)}")
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 200:
+            raise ServingError(422, f"top must be an integer from 1 to 200; got {top!r}")
+        if hemisphere not in (None, *HEMISPHERES):
+            raise ServingError(422, f"hemisphere must be lh or rh; got {hemisphere!r}")
+        try:
+            ex = explain_roi(self.reg, model, subject or subjects[0], store=self.store_uri, roi=roi, top=top,
+                             hemisphere=hemisphere)
+        except DatasetError as e:
+            raise ServingError(404, str(e)) from None
+        except RegistryError as e:
+            raise ServingError(503, str(e)) from None
+        return {"model": model, "subject": ex.subject, "roi": roi, "n_vertices": ex.n_vertices,
+                "n_scored": ex.n_stimuli,
+                "top": [{"stimulus_id": s.stimulus_id, "score": float(s.score), "z": float(s.z), "caption": s.caption}
+                        for s in ex.top]}
+
+
+def _feature_keys(em) -> list[tuple[str, ...]]:
+    """The feature-table tuples an encoding model (and its members) reads."""
+    if em.members:
+        return list(dict.fromkeys(k for m in em.members for k in _feature_keys(m)))
+    return [tuple(em.record.meta["features"])]
+
+
+def _check_voxels(R: np.ndarray, n: int, voxels: dict, model: str, subject: str) -> None:
+    if R.ndim != 2 or R.shape[1] != n:
+        per = ", ".join(f"{h}: {len(v)}" for h, v in voxels.items())
+        raise ServingError(422, f"responses have {R.shape[-1]} values per row; {model} for {subject} expects {n} "
+                                f"({per}, lh then rh, in the order of its voxel selection)")
+
