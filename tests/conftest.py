@@ -48,3 +48,25 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
                  object_store_memory=300 * 1024 * 1024)
     yield ray
+
+
+@pytest.fixture(scope="session")
+def serving_models(small_dataset, tmp_path_factory, ray_local) -> dict:
+    """A registry to serve: encoders "img" (tiny CLIP image table, random weights) and "both" (image + caption
+    tables) for both subjects of the small dataset, and a ridge decoder per subject into the caption table."""
+    from brainstore.features import extract
+    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.fitting import FitSpec, fit_decoders, fit_encoding_models
+
+    register_tiny_models()
+    root = tmp_path_factory.mktemp("serving")
+    store, registry = str(root / "store"), str(root / "registry")
+    img = extract(small_dataset, "clip:arch=brainstore-tiny-clip,pretrained=none", store, progress=False).feature
+    txt = extract(small_dataset, "text", store, progress=False).feature
+    spec = FitSpec(dataset=str(small_dataset), alphas=[1.0, 100.0, 10000.0], folds=3,
+                   models=[{"name": "img", "features": [img]}, {"name": "both", "features": [img, txt]}])
+    run = fit_encoding_models(spec, store=store, registry=registry, out=root / "run", progress=False)
+    assert not run.failures, run.failures
+    drun = fit_decoders(small_dataset, txt, store=store, registry=registry, out=root / "dec", progress=False)
+    assert not drun.failures, drun.failures
+    return {"store": store, "registry": registry, "img": img, "txt": txt, "data": small_dataset}

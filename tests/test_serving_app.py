@@ -15,32 +15,14 @@ import requests
 
 pytestmark = pytest.mark.slow
 
-IMAGE = "clip:arch=brainstore-tiny-clip,pretrained=none"
-
-
 @pytest.fixture(scope="module")
-def served(small_dataset, tmp_path_factory, ray_local):
-    from brainstore.features import extract
-    from brainstore.features._extractors._testing import register_tiny_models
-    from brainstore.fitting import FitSpec, fit_decoders, fit_encoding_models
+def served(serving_models):
     from brainstore.serving import LocalBackend, LocalServer, make_app
 
-    register_tiny_models()
-    root = tmp_path_factory.mktemp("serving")
-    store, registry = str(root / "store"), str(root / "registry")
-    img = extract(small_dataset, IMAGE, store, progress=False).feature
-    txt = extract(small_dataset, "text", store, progress=False).feature
-    spec = FitSpec(dataset=str(small_dataset), alphas=[1.0, 100.0, 10000.0], folds=3,
-                   models=[{"name": "img", "features": [img]}, {"name": "both", "features": [img, txt]}])
-    run = fit_encoding_models(spec, store=store, registry=registry, out=root / "run", progress=False)
-    assert not run.failures, run.failures
-    drun = fit_decoders(small_dataset, txt, store=store, registry=registry, out=root / "dec", progress=False)
-    assert not drun.failures, drun.failures
-    backend = LocalBackend(registry)
+    backend = LocalBackend(serving_models["registry"])
     server = LocalServer(make_app(backend))
     url = server.start()
-    yield {"url": url, "store": store, "registry": registry, "img": img, "txt": txt, "backend": backend,
-           "data": small_dataset}
+    yield {**serving_models, "url": url, "backend": backend}
     server.stop()
 
 

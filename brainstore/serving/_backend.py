@@ -50,12 +50,15 @@ class LocalBackend:
     registry : the model registry (folder).
     store : feature store to read embeddings from (default: each model's own).
     max_models : loaded models kept (least recently used dropped first).
+    max_memory_rows : decoding candidates searched in memory up to this many rows (else by LanceDB).
     """
 
-    def __init__(self, registry: str | Path, store: str | None = None, *, max_models: int = 16):
+    def __init__(self, registry: str | Path, store: str | None = None, *, max_models: int = 16,
+                 max_memory_rows: int = 100_000):
         self.registry_uri, self.store_uri = str(registry), store
         self.reg = ModelRegistry(registry, create=False)
-        self.max_models = int(max_models)
+        self.max_models, self.max_memory_rows = int(max_models), int(max_memory_rows)
+        self._indexes: dict = {}
         self.model_loads = 0
         self._lock = threading.RLock()
         self._models: OrderedDict = OrderedDict()
@@ -211,21 +214,42 @@ class LocalBackend:
         return self._embed_image(fs, tables, image)
 
     def _embed_image(self, fs: FeatureStore, tables: list[str], image: bytes) -> dict[str, np.ndarray]:
-        """Each table's embedding of an uploaded image, by the extractor that made the table (rebuilt from
-        its recorded spec: the same preprocessing as the extraction pipeline)."""
-        from ..datasets._images import decode_image
-        from ..features import get_extractor
+        out = self.embed_images(fs.uri, tables, [image])[0]
+        if isinstance(out, ServingError):
+            raise out
+        return out
 
+    def _image_metas(self, fs: FeatureStore, tables: list[str]) -> dict[str, dict]:
         metas = {t: fs.metadata(t) for t in tables}
-        for t, meta in metas.items():  # every table checked before the image is read
+        for t, meta in metas.items():
             if meta.get("modality") != "image" or not meta.get("spec"):
                 raise ServingError(422, f"the model reads {t} ({meta.get('modality') or 'derived'} features), which "
                                         "an uploaded image cannot produce; send stimulus_id or embedding")
-        try:
-            img = decode_image(image)
-        except ValueError as e:
-            raise ServingError(413 if "limit" in str(e) else 400, f"image: {e}") from None
-        out = {}
+        return metas
+
+    def image_tables(self, subject: str, model: str | None = None) -> dict:
+        """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"store", "tables"}``
+        (422 when a table is not made from images)."""
+        model, _, em = self._encoder(subject, model)
+        tables = sorted({t for k in _feature_keys(em) for t in k})
+        self._image_metas(em.store, tables)
+        return {"model": model, "store": em.store.uri, "tables": tables}
+
+    def embed_images(self, store: str, tables: list[str], images: list[bytes]) -> list:
+        """Each image's ``{table: (1, dim)}`` embeddings, one batched forward per table, by the extractor that
+        made the table (rebuilt from its recorded spec: the extraction pipeline's preprocessing). A bad
+        image gives its own :class:`ServingError` in its slot; the others are embedded."""
+        from ..datasets._images import decode_image
+        from ..features import get_extractor
+
+        fs = self._store(store)
+        metas = self._image_metas(fs, tables)  # every table checked before any image is read
+        decoded, out = {}, [None] * len(images)
+        for i, data in enumerate(images):
+            try:
+                decoded[i] = decode_image(data)
+            except ValueError as e:
+                out[i] = ServingError(413 if "limit" in str(e) else 400, f"image: {e}")
         for t, meta in metas.items():
             with self._lock:
                 ext = self._extractors.get(t)
@@ -237,7 +261,12 @@ class LocalBackend:
                                                 "another model")
                     ext.load("cpu", meta.get("dtype", "float32"))
                     self._extractors[t] = ext
-                out[t] = ext.embed(np.stack([ext.preprocess(img)]))
+            good = sorted(decoded)
+            if not good:
+                break
+            E = ext.embed(np.stack([ext.preprocess(decoded[i]) for i in good]))
+            for j, i in enumerate(good):
+                out[i] = {**(out[i] or {}), t: E[j:j + 1]}
         return out
 
     def encode(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
@@ -272,7 +301,6 @@ class LocalBackend:
         """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings)."""
         from ..fitting import Decoder
         from ..fitting._adaptor import AdaptorModel
-        from ..fitting._decoding import store_top_k
 
         dec = self.catalog()["decoders"]
         mine = {m: d for m, d in dec.items() if subject in d["subjects"]}
@@ -308,7 +336,7 @@ class LocalBackend:
                 E = am.decode(subject, R)[target]
         except RegistryError as e:
             raise ServingError(503, f"decoding model {model} cannot be served: {e}") from None
-        ids, sims = store_top_k(fs, target, E, top_k)
+        ids, sims = self.index(fs, target).search(E, top_k)
         captions = self._captions(info.get("dataset"), {i for row in ids for i in row})
         out = {"model": model, "subject": subject, "target": target, "table_rows": fs.info(target).rows,
                "results": [[{"stimulus_id": i, "score": float(s), "caption": captions.get(i)}
@@ -316,6 +344,16 @@ class LocalBackend:
         if return_embedding:
             out["embedding"] = E
         return out
+
+    def index(self, fs: FeatureStore, table: str):
+        """The candidate index of a store table (in memory up to ``max_memory_rows``; refreshed on new versions)."""
+        from ._index import CandidateIndex
+
+        with self._lock:
+            key = (fs.uri, table)
+            if key not in self._indexes:
+                self._indexes[key] = CandidateIndex(fs, table, max_memory_rows=self.max_memory_rows)
+            return self._indexes[key]
 
     def _captions(self, dataset: str | None, ids: set[str]) -> dict[str, str]:
         if not dataset:

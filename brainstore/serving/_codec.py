@@ -25,6 +25,16 @@ class ServingError(Exception):
         super().__init__(message)
         self.status, self.message, self.headers = int(status), message, headers or {}
 
+    def __reduce__(self):  # rebuilt from its fields after pickling (deployment handles return errors pickled)
+        return (_rebuild, (self.status, self.message, self.headers))
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+def _rebuild(status: int, message: str, headers: dict) -> "ServingError":
+    return ServingError(status, message, headers=headers)
+
 
 def encode_array(a: np.ndarray, fmt: str = "b64") -> dict | list:
     """``{"dtype", "shape", "data_b64"}`` (little-endian float32), or nested lists (``fmt="list"``)."""

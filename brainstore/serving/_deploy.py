@@ -1,0 +1,273 @@
+"""The Ray Serve application: a thin ingress (the FastAPI app of ``_app.py``: auth, validation, routing)
+calling, through ``DeploymentHandle``s,
+
+* ``Extractor``: uploaded images embedded by each table's own extractor, batched (``@serve.batch``);
+* ``Encoder``: encoding models, multiplexed per subject (``@serve.multiplexed``; the ingress passes the
+  subject as ``multiplexed_model_id``), so one replica serves many subjects and loads their models
+  from the registry on demand (least recently used dropped);
+* ``Decoder``: decoders and the candidate embeddings of their target tables (``CandidateIndex``: in
+  memory up to 100k rows, LanceDB beyond; reloaded when the table's version changes).
+
+Each deployment wraps a :class:`~._backend.LocalBackend`, so answers are the in-process ones. Nothing
+here calls ``ray.init``: the caller connects (``brainstore.cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from ._app import Limits, make_app
+from ._backend import LocalBackend
+from ._codec import ServingError
+
+__all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "HandleBackend", "APP_NAME"]
+
+APP_NAME = "brainstore"
+#: Deployment options fitted to a 2-core machine (fractional CPUs); ``serve.yaml`` overrides them.
+_QUIET = {"log_level": "WARNING", "enable_access_log": False}  # replicas log problems, not every request
+DEFAULT_OPTIONS = {
+    "Ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64,
+                "max_queued_requests": 256, "logging_config": _QUIET},
+    "Extractor": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 32,
+                  "max_queued_requests": 128, "logging_config": _QUIET},
+    "Encoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
+                                       "upscale_delay_s": 5, "downscale_delay_s": 30},
+                "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16, "max_queued_requests": 128,
+                "logging_config": _QUIET},
+    "Decoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
+                                       "upscale_delay_s": 5, "downscale_delay_s": 30},
+                "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16, "max_queued_requests": 128,
+                "logging_config": _QUIET},
+}
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The ServingError a replica raised (handles re-raise it wrapped in a RayTaskError)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, ServingError):
+        return ServingError(cause.status, cause.message, headers=cause.headers)
+    if isinstance(e, ServingError) and hasattr(e, "status"):
+        return ServingError(e.status, e.message, headers=e.headers)
+    return e
+
+
+class _Refusal:
+    """A ServingError sent back as a value: a refused request is an answer, not a replica failure (no
+    traceback in the replica's log)."""
+
+    def __init__(self, e: ServingError):
+        self.status, self.message, self.headers = e.status, e.message, e.headers
+
+
+def _answers(fn):
+    """Deployment method wrapper: ServingErrors come back as :class:`_Refusal` values."""
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except ServingError as e:
+            return _Refusal(e)
+
+    return wrapper
+
+
+async def _remote(call):
+    try:
+        out = await call
+    except Exception as e:
+        raise _unwrap(e) from None
+    if isinstance(out, _Refusal):
+        raise ServingError(out.status, out.message, headers=out.headers)
+    return out
+
+
+class HandleBackend:
+    """The backend of the ingress's app: each method one or two deployment-handle calls."""
+
+    def __init__(self, encoder, decoder, extractor):
+        self.encoder, self.decoder, self.extractor = encoder, decoder, extractor
+
+    async def catalog(self) -> dict:
+        return await _remote(self.encoder.catalog.remote())
+
+    async def ready(self) -> dict:
+        enc, dec = await asyncio.gather(_remote(self.encoder.ready.remote()), _remote(self.decoder.ready.remote()))
+        return {**enc, "deployments": ["Ingress", "Extractor", "Encoder", "Decoder"]}
+
+    async def encode(self, subject: str, *, image: bytes | None = None, **kw) -> dict:
+        h = self.encoder.options(multiplexed_model_id=subject)
+        if image is not None:
+            if kw.get("stimulus_id") is not None or kw.get("embedding") is not None:
+                raise ServingError(422, "give exactly one stimulus: stimulus_id (a store id), embedding, or an "
+                                        "uploaded image (got 2)")
+            plan = await _remote(h.image_tables.remote(subject, kw.get("model")))
+            emb = await _remote(self.extractor.embed.remote(plan["store"], tuple(plan["tables"]), image))
+            kw = {**kw, "model": plan["model"], "embedding": emb}
+        return await _remote(h.encode.remote(subject, **kw))
+
+    async def decode(self, subject: str, responses, **kw) -> dict:
+        return await _remote(self.decoder.decode.remote(subject, responses, **kw))
+
+    async def explain(self, model: str, roi: str, **kw) -> dict:
+        return await _remote(self.encoder.explain.remote(model, roi, **kw))
+
+
+class _Subject:
+    """A subject's slot in an Encoder replica (Serve's multiplexing LRU): dropping it unloads its models."""
+
+    def __init__(self, backend: LocalBackend, subject: str):
+        self.backend, self.subject = backend, subject
+        backend._encoder(subject, None)  # its best model, loaded now (others on first use)
+
+    def __del__(self):
+        b = self.backend
+        with b._lock:
+            for key in [k for k in b._models if k[0] == "encoder" and k[2] == self.subject]:
+                b._models.pop(key, None)
+
+
+@serve.deployment(name="Encoder")
+class Encoder:
+    def __init__(self, registry: str, store: str | None = None, max_models: int = 16):
+        self.backend = LocalBackend(registry, store, max_models=max_models)
+
+    @serve.multiplexed(max_num_models_per_replica=8)
+    async def subject(self, subject: str) -> _Subject:
+        return await asyncio.to_thread(_Subject, self.backend, subject)
+
+    async def _ensure(self, subject: str) -> None:
+        if subject not in self.backend.catalog()["encoders"]:  # refused here, not as a failed model load
+            self.backend._encoder(subject, None)
+        if serve.get_multiplexed_model_id() == subject:
+            await self.subject(subject)
+
+    @_answers
+    async def encode(self, subject: str, **kw) -> dict:
+        await self._ensure(subject)
+        return await asyncio.to_thread(self.backend.encode, subject, **kw)
+
+    @_answers
+    async def image_tables(self, subject: str, model: str | None) -> dict:
+        await self._ensure(subject)
+        return await asyncio.to_thread(self.backend.image_tables, subject, model)
+
+    @_answers
+    async def explain(self, model: str, roi: str, **kw) -> dict:
+        return await asyncio.to_thread(self.backend.explain, model, roi, **kw)
+
+    @_answers
+    async def catalog(self) -> dict:
+        return self.backend.catalog()
+
+    @_answers
+    async def ready(self) -> dict:
+        return await asyncio.to_thread(self.backend.ready)
+
+    def check_health(self) -> None:
+        self.backend.reg.list()  # the registry is readable
+
+
+@serve.deployment(name="Decoder")
+class Decoder:
+    def __init__(self, registry: str, store: str | None = None, max_memory_rows: int = 100_000):
+        self.backend = LocalBackend(registry, store, max_memory_rows=max_memory_rows)
+
+    @_answers
+    async def decode(self, subject: str, responses, **kw) -> dict:
+        return await asyncio.to_thread(self.backend.decode, subject, responses, **kw)
+
+    @_answers
+    async def ready(self) -> dict:
+        return await asyncio.to_thread(self.backend.ready)
+
+    def check_health(self) -> None:
+        self.backend.reg.list()
+
+
+@serve.deployment(name="Extractor")
+class Extractor:
+    def __init__(self, registry: str, store: str | None = None, clip_configs: dict | None = None):
+        from ..features._extractors._clip_configs import register_clip_config
+
+        for name, cfg in (clip_configs or {}).items():  # architectures registered where the app was built
+            register_clip_config(name, cfg)
+        self.backend = LocalBackend(registry, store)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed(self, keys: list[tuple], images: list[bytes]) -> list:
+        out: list = [None] * len(images)
+        for key in dict.fromkeys(keys):  # one batched forward per (store, tables)
+            idx = [i for i, k in enumerate(keys) if k == key]
+            try:
+                res = await asyncio.to_thread(self.backend.embed_images, key[0], list(key[1]), [images[i] for i in idx])
+            except ServingError as e:
+                res = [e] * len(idx)
+            for i, r in zip(idx, res):
+                out[i] = r
+        return out
+
+    @_answers
+    async def embed(self, store: str, tables: tuple, image: bytes) -> dict:
+        res = await self._embed((store, tuple(tables)), image)
+        if isinstance(res, ServingError):
+            raise res
+        return res
+
+    def check_health(self) -> None:
+        self.backend.reg.list()
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(self, encoder, decoder, extractor, token: str | None = None, limits: dict | None = None):
+        self._backend = HandleBackend(encoder, decoder, extractor)
+        self._token, self._limits = token, limits or {}
+
+    def __serve_build_asgi_app__(self):
+        return make_app(self._backend, token=self._token, limits=Limits(**self._limits))
+
+    def check_health(self) -> None:
+        pass
+
+
+def build_app(registry: str, store: str | None = None, *, token: str | None = None, limits: dict | None = None,
+              options: dict | None = None):
+    """The bound Serve application (``serve.run(build_app(...), name=APP_NAME, route_prefix="/")``).
+
+    ``options``: per deployment name, Serve deployment options (``num_replicas``, ``autoscaling_config``,
+    ``ray_actor_options``, ``max_ongoing_requests``, ``max_queued_requests``...) over :data:`DEFAULT_OPTIONS`.
+    """
+    opts = {k: {**v, **(options or {}).get(k, {})} for k, v in DEFAULT_OPTIONS.items()}
+    unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; deployments: {', '.join(DEFAULT_OPTIONS)}")
+    for o in opts.values():  # a fixed replica count replaces autoscaling, and the other way round
+        if "num_replicas" in o and "autoscaling_config" in o:
+            o.pop("autoscaling_config" if o["num_replicas"] != "auto" else "num_replicas")
+    from ..features._extractors._clip_configs import _EXTRA_CONFIGS
+
+    registry, store = str(registry), str(store) if store else None
+    enc = Encoder.options(**opts["Encoder"]).bind(registry, store)
+    dec = Decoder.options(**opts["Decoder"]).bind(registry, store)
+    ext = Extractor.options(**opts["Extractor"]).bind(registry, store, dict(_EXTRA_CONFIGS))
+    return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits)
+
+
+def app_builder(args: dict):
+    """``import_path: brainstore.serving._deploy:app_builder`` for ``serve run`` / ``serve deploy`` config files:
+    ``args: {registry, store?, token_env?, limits?}`` (the token is read from the environment variable named)."""
+    import os
+
+    args = dict(args or {})
+    unknown = sorted(set(args) - {"registry", "store", "token_env", "limits"})
+    if unknown:
+        raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, limits")
+    if "registry" not in args:
+        raise ValueError("brainstore app args need registry (the model registry folder or URI)")
+    token = os.environ.get(args["token_env"]) if args.get("token_env") else None
+    return build_app(args["registry"], args.get("store"), token=token, limits=args.get("limits"))

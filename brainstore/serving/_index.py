@@ -1,0 +1,73 @@
+"""Candidates of decoding: the stimuli of a store table, searched by cosine similarity.
+
+Up to ``max_memory_rows`` rows (100k by default) the table's L2-normalized embeddings are held in
+memory and searched exactly with one matrix product; above, the search goes to LanceDB (its vector
+index when the table has one, else its exact scan). The table's Lance version is checked at most
+every ``refresh_s`` seconds and a new version (rows added by an extraction) is loaded again, so a
+long-running service never answers from a stale table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+__all__ = ["CandidateIndex"]
+
+
+class CandidateIndex:
+    """Cosine top-k over one feature table (see the module docstring)."""
+
+    def __init__(self, fs, table: str, *, max_memory_rows: int = 100_000, refresh_s: float = 5.0):
+        self.fs, self.table = fs, table
+        self.max_memory_rows, self.refresh_s = int(max_memory_rows), float(refresh_s)
+        self._lock = threading.Lock()
+        self.version, self.ids, self.E, self._checked, self.loads = None, None, None, 0.0, 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self.E is not None
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self.version is not None and now - self._checked < self.refresh_s:
+            return
+        with self._lock:
+            if self.version is not None and now - self._checked < self.refresh_s:
+                return
+            version = self.fs.version(self.table)
+            self._checked = now
+            if version == self.version:
+                return
+            rows = self.fs.info(self.table).rows
+            if rows <= self.max_memory_rows:
+                tbl = self.fs.read(self.table, ("stimulus_id", "embedding"))  # ids and rows from one read
+                col = tbl.column("embedding").combine_chunks()
+                dim = tbl.schema.field("embedding").type.list_size
+                ids = tbl.column("stimulus_id").to_pylist()
+                E = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
+                E = np.asarray(E, np.float32).reshape(len(col), dim)
+                self.ids, self.E = np.asarray(ids, dtype=object), E / np.maximum(
+                    np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+            else:
+                self.ids, self.E = None, None
+            self.version, self.rows = version, rows
+            self.loads += 1
+
+    def search(self, Q: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """The ``k`` nearest stimuli (cosine) to each row of ``Q``: ids and similarities, best first."""
+        self._refresh()
+        Q = np.atleast_2d(np.asarray(Q, np.float32))
+        if self.E is None:
+            from ..fitting._decoding import store_top_k
+
+            return store_top_k(self.fs, self.table, Q, k)
+        k = min(k, len(self.E))
+        Qn = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+        S = Qn @ self.E.T
+        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else np.tile(np.arange(S.shape[1]),
+                                                                                       (len(S), 1))
+        order = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
+        return [list(self.ids[o]) for o in order], np.take_along_axis(S, order, 1).astype(np.float64)
