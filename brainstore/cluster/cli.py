@@ -660,6 +660,109 @@ def demo_cmd(
              image_extractor=image_extractor, quiet=not VERBOSE["on"])
 
 
+@app.command("serve")
+def serve_cmd(
+    registry: str = RegistryOpt,
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: each model's own)."),
+    address: Optional[str] = AddressOpt,
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1; anything else needs a token)."),
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default 8000)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Serve config file (from --write-config): deployments, autoscaling, resources, http options."),
+    write_config: Optional[Path] = typer.Option(None, "--write-config", help="Write a Serve config file (`serve run` / `serve deploy` take it unchanged) and exit."),
+    token_env: str = typer.Option("BRAINSTORE_TOKEN", "--token-env", help="Environment variable holding the bearer token."),
+    local: bool = typer.Option(False, "--local", help="Plain uvicorn with the models in this process (no Ray Serve)."),
+) -> None:
+    """Serve the registry's encoding and decoding models over HTTP (Ray Serve; /docs for the API)."""
+    import contextlib
+    import logging
+    import os
+    import signal
+    import time
+
+    from ._quiet import RAY_NOISE, drop_stderr_lines
+
+    from ..serving._config import ServeConfigError, deployment_options, read_serve_config, serve_config
+    from ._report import console
+
+    if write_config is not None:
+        cfg = serve_config(registry, store, host=host or "127.0.0.1", port=port or 8000,
+                           token_env=token_env if os.environ.get(token_env) else None)
+        import yaml
+
+        from ..serving._config import check_serve_config
+
+        check_serve_config(cfg)
+        write_config.parent.mkdir(parents=True, exist_ok=True)
+        write_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        console.print(f"wrote {write_config}: `serve run {write_config}` or `brainstore serve --config {write_config}`")
+        return
+    cfg = None
+    if config is not None:
+        try:
+            cfg = read_serve_config(config)
+        except ServeConfigError as e:
+            _fail(str(e))
+    http = (cfg or {}).get("http_options", {})
+    host = host or http.get("host", "127.0.0.1")
+    port = port or http.get("port", 8000)
+    token = os.environ.get(token_env) or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        _fail(f"--host {host} exposes the service beyond this machine: set a bearer token in ${token_env} "
+              f"(e.g. `export {token_env}=$(openssl rand -hex 32)`), or bind 127.0.0.1")
+    if not Path(registry).is_dir() and "://" not in registry:
+        _fail(f"--registry {registry} does not exist; fit models first (`brainstore fit`) or pass --registry")
+    url = f"http://{host}:{port}"
+    stop = {"now": False}
+    quiet = contextlib.nullcontext()
+
+    def on_signal() -> None:  # installed after Ray's start, which installs its own handlers
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *a: stop.update(now=True))
+
+    if local:
+        from ..serving import LocalBackend, LocalServer, make_app
+
+        on_signal()
+        server = LocalServer(make_app(LocalBackend(registry, store), token=token), host=host, port=port)
+        server.start()
+        console.print(f"serving {registry} at {url} (plain uvicorn, models in this process); docs: {url}/docs")
+    else:
+        from ray import serve
+        from ray.serve.config import HTTPOptions
+
+        from ..serving._deploy import APP_NAME, build_app
+        from ._ray import connect
+
+        res = connect(address)
+        on_signal()  # a stop asked for while the app deploys takes effect once it is up
+        console.print(f"Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "... is ready" per run
+        # the Serve controller's notices on every start (deployments without autoscaling) and shutdown
+        quiet = drop_stderr_lines(RAY_NOISE + (b"Cannot deregister autoscaling state",
+                                               b"ServeController.graceful_shutdown failed"))
+        quiet.__enter__()
+        serve.start(http_options=HTTPOptions(host=host, port=port, **{k: v for k, v in http.items()
+                                                                     if k not in ("host", "port")}),
+                    logging_config={"log_level": "WARNING"})
+        serve.run(build_app(registry, store, token=token, options=deployment_options(cfg) if cfg else None),
+                  name=APP_NAME, route_prefix="/")
+        console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
+    auth = f" -H 'Authorization: Bearer ${token_env}'" if token else ""
+    console.print(f"try: curl -s{auth} {url}/v1/models   (Ctrl-C stops)")
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if local:
+            server.stop()
+        else:
+            serve.shutdown()
+            quiet.__exit__(None, None, None)
+        console.print("stopped")
+
+
 @app.command("explain")
 def explain_cmd(
     model: str = typer.Option(..., "--model", help="Encoding model name (`brainstore models`); 'MODEL/subjNN' also works."),

@@ -1,0 +1,130 @@
+"""Serve config files: written for ``serve run`` / ``serve deploy`` unchanged (host written explicitly,
+since Serve config files default to 0.0.0.0), and checked by Serve's own schema plus a walk for unknown
+keys (Serve's schema ignores a misspelled key such as ``max_replica``, silently)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+__all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "ServeConfigError"]
+
+
+class ServeConfigError(ValueError):
+    """A serve config file Serve would refuse, or would silently misread."""
+
+
+def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+                 token_env: str | None = None, request_timeout_s: float = 30.0) -> dict:
+    """A Serve deploy config for the brainstore application (deployment options: ``DEFAULT_OPTIONS``)."""
+    from ._deploy import APP_NAME, DEFAULT_OPTIONS
+
+    def absolute(uri) -> str:  # `serve run` starts replicas elsewhere: local folders as absolute paths
+        return str(uri) if "://" in str(uri) else str(Path(uri).resolve())
+
+    args = {"registry": absolute(registry)}
+    if store:
+        args["store"] = absolute(store)
+    if token_env:
+        args["token_env"] = token_env
+    deployments = [{"name": name, **copy.deepcopy(opts)} for name, opts in DEFAULT_OPTIONS.items()]
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": host, "port": int(port), "request_timeout_s": request_timeout_s},
+        "logging_config": {"log_level": "WARNING"},
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "brainstore.serving._deploy:app_builder",
+                          "args": args, "deployments": deployments}],
+    }
+
+
+def _schemas() -> dict:
+    from ray.serve.schema import (
+        AutoscalingConfig,
+        DeploymentSchema,
+        HTTPOptionsSchema,
+        LoggingConfig,
+        RayActorOptionsSchema,
+        ServeApplicationSchema,
+        ServeDeploySchema,
+    )
+
+    return {"": ServeDeploySchema, "http_options": HTTPOptionsSchema, "logging_config": LoggingConfig,
+            "applications[]": ServeApplicationSchema, "deployments[]": DeploymentSchema,
+            "autoscaling_config": AutoscalingConfig, "ray_actor_options": RayActorOptionsSchema}
+
+
+def _unknown_keys(cfg: dict) -> list[str]:
+    S = _schemas()
+    out = []
+
+    def walk(obj: dict, schema, where: str) -> None:
+        fields = set(schema.model_fields)
+        for k, v in obj.items():
+            path = f"{where}.{k}" if where else k
+            if k not in fields:
+                close = sorted(fields, key=lambda f: _distance(f, k))[:3]
+                out.append(f"{path} (known here: {', '.join(close)}, ...)")
+                continue
+            if k in ("http_options", "logging_config", "autoscaling_config", "ray_actor_options") and isinstance(v, dict):
+                walk(v, S[k], path)
+            elif k in ("applications", "deployments") and isinstance(v, list):
+                for i, item in enumerate(v):
+                    if isinstance(item, dict):
+                        walk(item, S[f"{k}[]"], f"{path}[{i}]")
+
+    walk(cfg, S[""], "")
+    return out
+
+
+def _distance(a: str, b: str) -> int:
+    import difflib
+
+    return -int(100 * difflib.SequenceMatcher(None, a, b).ratio())
+
+
+def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
+    """Validate by Serve's schema and refuse unknown keys; returns ``cfg``."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(cfg, dict):
+        raise ServeConfigError(f"{where}: a Serve config is a mapping (proxy_location, http_options, applications)")
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise ServeConfigError(f"{where}: unknown key(s) that Serve would ignore silently: " + "; ".join(unknown))
+    try:
+        ServeDeploySchema.model_validate(cfg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ServeConfigError(f"{where}: {loc}: {first['msg']}") from None
+    apps = [a for a in cfg.get("applications", []) if a.get("import_path") == "brainstore.serving._deploy:app_builder"]
+    if not apps:
+        raise ServeConfigError(f"{where}: no application with import_path brainstore.serving._deploy:app_builder")
+    from ._deploy import DEFAULT_OPTIONS
+
+    for a in apps:
+        for d in a.get("deployments", []):
+            if d.get("name") not in DEFAULT_OPTIONS:
+                raise ServeConfigError(f"{where}: deployment {d.get('name')!r} is not part of brainstore's application; "
+                                       f"deployments: {', '.join(DEFAULT_OPTIONS)}")
+    return cfg
+
+
+def read_serve_config(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ServeConfigError(f"{p}: no such file (write one with `brainstore serve --write-config {p}`)") from None
+    except yaml.YAMLError as e:
+        raise ServeConfigError(f"{p}: not valid YAML: {e}") from None
+    return check_serve_config(cfg, str(p))
+
+
+def deployment_options(cfg: dict) -> dict[str, dict]:
+    """Per deployment name, the options a checked config sets (for ``build_app(options=...)``)."""
+    app = next(a for a in cfg["applications"] if a.get("import_path") == "brainstore.serving._deploy:app_builder")
+    return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}

@@ -1,0 +1,87 @@
+"""`brainstore serve`: the Serve config it writes passes Serve's own schema, a misspelled key or a public
+host without a token is refused before anything starts, and the service runs (Ray Serve, and plain
+uvicorn with --local) until SIGTERM or Ctrl-C, quietly, answering on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from typer.testing import CliRunner
+
+from brainstore.cluster.cli import app
+
+pytestmark = pytest.mark.slow
+BIN = [sys.executable, "-m", "brainstore.cluster.cli"]
+
+
+def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path, serving_models):
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve.yaml"
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--write-config", str(out),
+                                 "--port", "8321"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(cfg)  # what `serve run` / `serve deploy` check
+    assert cfg["http_options"] == {"host": "127.0.0.1", "port": 8321, "request_timeout_s": 30.0}
+    a = cfg["applications"][0]
+    assert a["import_path"] == "brainstore.serving._deploy:app_builder"
+    assert a["args"]["registry"] == str(Path(serving_models["registry"]).resolve())
+    enc = next(d for d in a["deployments"] if d["name"] == "Encoder")
+    assert enc["autoscaling_config"]["max_replicas"] == 2 and enc["ray_actor_options"]["num_cpus"] == 0.25
+    enc["autoscaling_config"]["max_replica"] = 4  # Serve itself would ignore this silently
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    ServeDeploySchema.model_validate(cfg)
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--config", str(bad)])
+    assert r.exit_code == 2
+    assert "applications[0].deployments[2].autoscaling_config.max_replica" in r.output.replace("\n", "")
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--host", "0.0.0.0"],
+                           env={"BRAINSTORE_TOKEN": ""})
+    assert r.exit_code == 2 and "BRAINSTORE_TOKEN" in r.output
+
+
+def _run_until_ready(args: list[str], url: str, env: dict) -> subprocess.Popen:
+    p = subprocess.Popen(BIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return p
+        except requests.RequestException:  # not listening yet, or the proxy up before the app
+            pass
+        if p.poll() is not None:
+            raise AssertionError(f"serve exited: {p.communicate()}")
+        time.sleep(0.5)
+    p.kill()
+    raise AssertionError("serve did not come up in 120 s")
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["uvicorn", "ray-serve"])
+def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
+    from brainstore.serving import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "BRAINSTORE_TOKEN": "tok"}
+    args = ["serve", "--registry", serving_models["registry"], "--port", str(port)] + (["--local"] if local else [])
+    p = _run_until_ready(args, url, env)
+    try:
+        assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401  # the token in the env is required
+        cat = requests.get(f"{url}/v1/models", headers={"Authorization": "Bearer tok"}, timeout=30).json()
+        assert sorted(cat["encoders"]) == ["subj01", "subj02"]
+    finally:
+        p.send_signal(signal.SIGTERM if local else signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (out, err)
+    assert "stopped" in out and f"at {url}" in out
+    noise = [line for line in err.splitlines() if line.strip()]
+    assert not noise, noise
