@@ -51,18 +51,25 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
 
 def _run_until_ready(args: list[str], url: str, env: dict) -> subprocess.Popen:
     p = subprocess.Popen(BIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    t0 = time.time()
-    while time.time() - t0 < 120:
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return p
+            except requests.RequestException:  # not listening yet, or the proxy up before the app
+                pass
+            if p.poll() is not None:
+                raise AssertionError(f"serve exited: {p.communicate()}")
+            time.sleep(0.5)
+        raise AssertionError("serve did not come up in 120 s")
+    except BaseException:
+        p.send_signal(signal.SIGINT)  # never leave a server (and its Ray) behind
         try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return p
-        except requests.RequestException:  # not listening yet, or the proxy up before the app
-            pass
-        if p.poll() is not None:
-            raise AssertionError(f"serve exited: {p.communicate()}")
-        time.sleep(0.5)
-    p.kill()
-    raise AssertionError("serve did not come up in 120 s")
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        raise
 
 
 @pytest.mark.parametrize("local", [True, False], ids=["uvicorn", "ray-serve"])
@@ -80,7 +87,11 @@ def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
         assert sorted(cat["encoders"]) == ["subj01", "subj02"]
     finally:
         p.send_signal(signal.SIGTERM if local else signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        try:
+            out, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
     assert p.returncode == 0, (out, err)
     assert "stopped" in out and f"at {url}" in out
     noise = [line for line in err.splitlines() if line.strip()]

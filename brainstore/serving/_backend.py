@@ -59,6 +59,7 @@ class LocalBackend:
         self.reg = ModelRegistry(registry, create=False)
         self.max_models, self.max_memory_rows = int(max_models), int(max_memory_rows)
         self._indexes: dict = {}
+        self._caption_maps: dict[str, dict[str, str]] = {}
         self.model_loads = 0
         self._lock = threading.RLock()
         self._models: OrderedDict = OrderedDict()
@@ -180,7 +181,7 @@ class LocalBackend:
             out = {}
             for t in tables:
                 try:
-                    out[t] = fs.load(t, ids)
+                    out[t] = self.index(fs, t).load(ids)  # the table held in memory (refreshed on new versions)
                 except MissingStimuliError as e:
                     raise ServingError(404, f"stimulus id(s) {_listing(e.missing, 5)} not in the feature table {t} "
                                             f"of {fs.uri}") from None
@@ -356,15 +357,22 @@ class LocalBackend:
             return self._indexes[key]
 
     def _captions(self, dataset: str | None, ids: set[str]) -> dict[str, str]:
+        """Captions of ``ids`` from the dataset's stimulus table (read once per dataset)."""
         if not dataset:
             return {}
-        from ..fitting._explain import _stimulus_info
-
-        try:
-            ds = self._dataset(dataset)
-        except ServingError:
-            return {}
-        return {i: c for i, (c, _) in _stimulus_info(ds, sorted(ids)).items() if c}
+        with self._lock:
+            if dataset not in self._caption_maps:
+                try:
+                    t = self._dataset(dataset).stimuli()
+                except ServingError:
+                    return {}
+                caps: dict[str, str] = {}
+                for sid, cap in zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()):
+                    if cap and sid not in caps:
+                        caps[sid] = cap
+                self._caption_maps[dataset] = caps
+            caps = self._caption_maps[dataset]
+        return {i: caps[i] for i in ids if i in caps}
 
     # ------------------------------------------------------------------------------------------ explain
     def explain(self, model: str, roi: str, *, subject: str | None = None, top: int = 20,

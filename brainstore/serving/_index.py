@@ -24,7 +24,7 @@ class CandidateIndex:
         self.fs, self.table = fs, table
         self.max_memory_rows, self.refresh_s = int(max_memory_rows), float(refresh_s)
         self._lock = threading.Lock()
-        self.version, self.ids, self.E, self._checked, self.loads = None, None, None, 0.0, 0
+        self.version, self.ids, self.E, self.row, self._checked, self.loads = None, None, None, None, 0.0, 0
 
     @property
     def in_memory(self) -> bool:
@@ -49,12 +49,25 @@ class CandidateIndex:
                 ids = tbl.column("stimulus_id").to_pylist()
                 E = col.values.to_numpy(zero_copy_only=False)[col.offset * dim:(col.offset + len(col)) * dim]
                 E = np.asarray(E, np.float32).reshape(len(col), dim)
-                self.ids, self.E = np.asarray(ids, dtype=object), E / np.maximum(
-                    np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+                self.ids, self.E = np.asarray(ids, dtype=object), E
+                self.inv_norm = 1.0 / np.maximum(np.linalg.norm(E, axis=1), 1e-12)
+                self.row = {sid: i for i, sid in enumerate(ids)}
             else:
-                self.ids, self.E = None, None
+                self.ids, self.E, self.row = None, None, None
             self.version, self.rows = version, rows
             self.loads += 1
+
+    def load(self, stimulus_ids: list[str]) -> np.ndarray:
+        """The stored embeddings of ``stimulus_ids`` (from memory when held; else read from the store)."""
+        self._refresh()
+        if self.E is None:
+            return self.fs.load(self.table, stimulus_ids)
+        missing = [i for i in stimulus_ids if i not in self.row]
+        if missing:
+            from ..features import MissingStimuliError
+
+            raise MissingStimuliError(self.table, missing)
+        return self.E[[self.row[i] for i in stimulus_ids]]
 
     def search(self, Q: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The ``k`` nearest stimuli (cosine) to each row of ``Q``: ids and similarities, best first."""
@@ -66,7 +79,7 @@ class CandidateIndex:
             return store_top_k(self.fs, self.table, Q, k)
         k = min(k, len(self.E))
         Qn = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
-        S = Qn @ self.E.T
+        S = (Qn @ self.E.T) * self.inv_norm[None]
         part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else np.tile(np.arange(S.shape[1]),
                                                                                        (len(S), 1))
         order = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
