@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from brainstore.cluster._quiet import RAY_NOISE, drop_stderr_lines
+    from brainstore.cluster._quiet import drop_stderr_lines, quiet_serve
     from brainstore.cluster._ray import connect
     from brainstore.serving import free_port
 
@@ -184,7 +184,7 @@ def main() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    quiet = drop_stderr_lines(RAY_NOISE + (b"Cannot deregister autoscaling state", b"graceful_shutdown failed"))
+    quiet = quiet_serve()
     quiet.__enter__()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
@@ -214,6 +214,7 @@ def main() -> None:
         _say(f"fault run: {res['fault']}")
     finally:
         serve.shutdown()
+        time.sleep(1.0)
         quiet.__exit__(None, None, None)
 
     e, d = res["serve/v1/encode"], res["serve/v1/decode"]

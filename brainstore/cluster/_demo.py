@@ -35,7 +35,8 @@ def _image_spec(requested: str | None) -> str:
 
 
 def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertices: int, seed: int,
-             address: str | None = None, image_extractor: str | None = None, quiet: bool = True) -> dict:
+             address: str | None = None, image_extractor: str | None = None, quiet: bool = True,
+             keep_serving: bool = False, port: int = 8000) -> dict:
     """Make (or reuse) the synthetic dataset under ``out``, extract features, fit, evaluate.
 
     ``quiet`` drops Ray's per-extraction actor-restart notice from stderr (see :mod:`._quiet`).
@@ -54,19 +55,19 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
     made_with = _dataset_params(data)
     if made_with == params:
-        console.print(f"[1/5] reusing synthetic dataset {data}")
+        console.print(f"[1/6] reusing synthetic dataset {data}")
     else:
         if made_with is not None:
             console.print(f"[yellow]{data} was made with {made_with}, not {params}: remaking it, and clearing the "
                           f"demo's store, registry and report built from it[/]")
             for d in (out / "store", out / "registry", out / "report"):
                 shutil.rmtree(d, ignore_errors=True)
-        console.print(f"[1/5] making synthetic dataset in {data}")
+        console.print(f"[1/6] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
     ds = AlgonautsDataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
 
-    console.print(f"[2/5] extracting features into {store} (Ray Data -> LanceDB; resumable)")
+    console.print(f"[2/6] extracting features into {store} (Ray Data -> LanceDB; resumable)")
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
     tables = {}
@@ -77,7 +78,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 
-    console.print(f"[3/5] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
+    console.print(f"[3/6] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
                   f"choice, ensemble) for {len(ds.subjects)} subjects x 2 hemispheres")
     notes: list[str] = []
     fspec = default_spec(data, store, registry, include_random=True, notes=notes)
@@ -88,7 +89,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
 
-    console.print("[4/5] evaluating on the test split")
+    console.print("[4/6] evaluating on the test split")
     rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir, title="demo encoding models")
     oracle = score_submission(ds, data / "ground_truth")
     cols = ["all", *REPORT_FAMILIES]
@@ -104,7 +105,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                   f"models: `brainstore models --registry {registry}`")
 
     captions = tables[TEXT_SPEC]
-    console.print(f"[5/5] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
+    console.print(f"[5/6] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
     drun = fit_decoders(data, captions, store=store, registry=registry, out=out / "decode")
     for f in drun.failures:
         console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
@@ -124,8 +125,89 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings), adaptor checkpoints in {arun.run_dir}; "
                   "`brainstore evaluate` writes metrics.json and decoding_top1.png, `brainstore predict --decode "
                   f"{captions}` the top-k stimuli of the whole store table")
+    console.print("[6/6] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
+                  "multiplexed per subject, decoder)")
+    served = _serve_step(ds, registry, store, captions, keep_serving=keep_serving, quiet=quiet, port=port)
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
-    return {"rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+    return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+
+
+def _serve_step(ds, registry: str, store: str, captions: str, *, keep_serving: bool, quiet: bool,
+                port: int = 8000) -> dict:
+    """Start the service, send an encode request (an uploaded test image) and a decode request (a measured
+    test response), print the answers, and stop it (or, ``keep_serving``, leave it up until Ctrl-C)."""
+    import base64
+    import logging
+    import signal
+
+    import numpy as np
+    import requests
+    from ray import serve
+    from rich.markup import escape
+
+    from ..features import FeatureStore
+    from ..fitting import Decoder
+    from ..fitting._decoding import response_matrix
+    from ..serving import LocalBackend, encode_array, free_port
+    from ..serving._deploy import APP_NAME, build_app
+    from ._quiet import quiet_serve
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    try:
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        port = free_port()  # something answers on the default port: take a free one
+    except requests.RequestException:
+        pass
+    url = f"http://127.0.0.1:{port}"
+    quiet_ctx = quiet_serve(enabled=quiet)
+    quiet_ctx.__enter__()
+    t0 = time.time()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        serve.run(build_app(registry), name=APP_NAME, route_prefix="/")
+        console.print(f"      up at {url} in {time.time() - t0:.1f} s (API: {url}/docs)")
+        subject = ds.subjects[0]
+        # an encoding model an uploaded image can drive: every table it reads made from images
+        fs = FeatureStore(store, create=False)
+        enc = LocalBackend(registry).catalog()["encoders"][subject]
+        image_models = [m for m, info in enc.items()  # (composed models list no tables of their own)
+                        if info["features"] and all(fs.metadata(t).get("modality") == "image" for t in info["features"])]
+        model = max(image_models, key=lambda m: enc[m].get("val_score") or -1.0)
+        t = ds.stimuli([subject], splits=("test",))
+        sid, path, caption = (t.column(c)[0].as_py() for c in ("stimulus_id", "path", "caption"))
+        with open(path, "rb") as f:
+            r = requests.post(f"{url}/v1/encode", data={"subject": subject, "model": model},
+                              files={"image": (Path(path).name, f, "image/png")}, timeout=120)
+        r.raise_for_status()
+        got = r.json()
+        lh = np.frombuffer(base64.b64decode(got["lh"]["data_b64"]), "<f4")
+        console.print(f"      POST /v1/encode ({subject}, model {model}, uploaded {Path(path).name}): "
+                      f"{got['shape']['lh'][1]} + {got['shape']['rh'][1]} vertices, lh[:4] = {[round(float(x), 3) for x in lh[:4]]}")
+        dname = f"decoder-ridge-{captions}"
+        R = response_matrix(ds, subject, "test", Decoder.load(registry, f"{dname}/{subject}").voxels)[:1]
+        r = requests.post(f"{url}/v1/decode", json={"subject": subject, "model": dname, "responses": encode_array(R),
+                                                    "top_k": 3}, timeout=120)
+        r.raise_for_status()
+        top = r.json()["results"][0]
+        console.print(f"      POST /v1/decode ({subject}, measured response to {sid}; true caption "
+                      f"[italic]{escape(str(caption))}[/]), top 3 of {r.json()['table_rows']:,} stored stimuli:")
+        for x in top:
+            console.print(f"        {x['stimulus_id']} ({x['score']:.3f}): [italic]{escape(str(x['caption']))}[/]")
+        answered = {"url": url, "encode_model": model, "decode_top": [x["stimulus_id"] for x in top], "truth": sid}
+        if keep_serving:
+            console.print(f"      serving until Ctrl-C: curl -s {url}/v1/models ; curl -s {url}/v1/encode "
+                          f"-F subject={subject} -F model={model} -F image=@{path}")
+            stop = {"now": False}
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *a: stop.update(now=True))
+            while not stop["now"]:
+                time.sleep(0.5)
+        return answered
+    finally:
+        serve.shutdown()
+        time.sleep(1.0)  # Ray's log monitor relays the controller's exit notice late: still filtered
+        quiet_ctx.__exit__(None, None, None)
+        console.print("      service stopped")
 
 
 def _decoded_captions(ds, subject: str, store: str, table: str, decoded_file: Path, n: int = 3) -> list[str]:

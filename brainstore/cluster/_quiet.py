@@ -22,25 +22,38 @@ __all__ = ["drop_stderr_lines", "RAY_NOISE"]
 RAY_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",
              # Ray Train v2's placement-group cleaner polls the state API, absent without the dashboard
              b"Failed to query Ray Train Controller actor state")
+#: Ray Serve's notices on every start of an app with fixed-size deployments (stderr) and on every shutdown
+#: (the raylet's "graceful_shutdown failed ... killed by ray.kill", relayed on stdout).
+SERVE_NOISE = (b"Cannot deregister autoscaling state", b"ServeController.graceful_shutdown failed")
 
 
 @contextlib.contextmanager
-def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool = True) -> Iterator[None]:
-    """Within the block, drop lines of file descriptor 2 that contain any of ``needles``.
+def quiet_serve(enabled: bool = True) -> Iterator[None]:
+    """Within the block, drop Ray's per-run lines (:data:`RAY_NOISE`, :data:`SERVE_NOISE`) from stderr and stdout."""
+    with drop_stderr_lines(RAY_NOISE + SERVE_NOISE, enabled=enabled), \
+            drop_stderr_lines(SERVE_NOISE, enabled=enabled, fd=1):
+        yield
+
+
+@contextlib.contextmanager
+def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool = True, fd: int = 2) -> Iterator[None]:
+    """Within the block, drop lines of file descriptor ``fd`` (2: stderr; 1: stdout, where Ray relays
+    raylet messages) that contain any of ``needles``.
 
     Start it after Ray is connected: processes spawned inside the block would inherit the pipe.
     """
     if not enabled:
         yield
         return
+    stream = sys.stdout if fd == 1 else sys.stderr
     try:
-        orig = os.dup(2)
-    except OSError:  # no stderr to filter
+        orig = os.dup(fd)
+    except OSError:  # nothing to filter
         yield
         return
     r, w = os.pipe()
-    sys.stderr.flush()
-    os.dup2(w, 2)
+    stream.flush()
+    os.dup2(w, fd)
     os.close(w)
 
     def pump() -> None:
@@ -67,8 +80,8 @@ def drop_stderr_lines(needles: tuple[bytes, ...] = RAY_NOISE, *, enabled: bool =
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(orig, 2)  # fd 2 no longer holds the pipe: the pump reads to its end, then stops
+        stream.flush()
+        os.dup2(orig, fd)  # fd no longer holds the pipe: the pump reads to its end, then stops
         thread.join(timeout=5)
         os.close(r)
         os.close(orig)

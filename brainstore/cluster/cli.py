@@ -652,12 +652,13 @@ def demo_cmd(
     seed: int = typer.Option(0, "--seed"),
     image_extractor: Optional[str] = typer.Option(None, "--image-extractor", help="Image extractor spec (default: CLIP ViT-B/32, OpenAI weights if cached, else random init)."),
     address: Optional[str] = AddressOpt,
+    keep_serving: bool = typer.Option(False, "--keep-serving", help="Leave the service up at the end (Ctrl-C stops it)."),
 ) -> None:
-    """End-to-end demo on the synthetic dataset: features -> encoding models -> evaluation (all local)."""
+    """End-to-end demo on the synthetic dataset: features -> encoding models -> evaluation -> decoders -> serving (all local)."""
     from ._demo import run_demo
 
     run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address,
-             image_extractor=image_extractor, quiet=not VERBOSE["on"])
+             image_extractor=image_extractor, quiet=not VERBOSE["on"], keep_serving=keep_serving)
 
 
 @app.command("serve")
@@ -679,7 +680,7 @@ def serve_cmd(
     import signal
     import time
 
-    from ._quiet import RAY_NOISE, drop_stderr_lines
+    from ._quiet import quiet_serve
 
     from ..serving._config import ServeConfigError, deployment_options, read_serve_config, serve_config
     from ._report import console
@@ -737,9 +738,7 @@ def serve_cmd(
         on_signal()  # a stop asked for while the app deploys takes effect once it is up
         console.print(f"Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "... is ready" per run
-        # the Serve controller's notices on every start (deployments without autoscaling) and shutdown
-        quiet = drop_stderr_lines(RAY_NOISE + (b"Cannot deregister autoscaling state",
-                                               b"ServeController.graceful_shutdown failed"))
+        quiet = quiet_serve()  # Ray Serve's notices on every start and shutdown
         quiet.__enter__()
         serve.start(http_options=HTTPOptions(host=host, port=port, **{k: v for k, v in http.items()
                                                                      if k not in ("host", "port")}),
@@ -759,6 +758,7 @@ def serve_cmd(
             server.stop()
         else:
             serve.shutdown()
+            time.sleep(1.0)  # Ray's log monitor relays the controller's exit notice late: still filtered
             quiet.__exit__(None, None, None)
         console.print("stopped")
 

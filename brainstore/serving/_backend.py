@@ -321,7 +321,7 @@ class LocalBackend:
             raise ServingError(404, f"{model!r} decodes into {', '.join(info['targets'])}, not {target!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
             raise ServingError(422, f"top_k must be an integer from 1 to 100; got {top_k!r}")
-        R = np.atleast_2d(responses)
+        R = np.array(np.atleast_2d(responses), dtype=np.float32)  # writable (arrays from handles are read-only)
         try:
             if info["kind"] == "decoder":
                 d = self._cached(("decoder", model, subject),
