@@ -108,3 +108,37 @@ def test_refusals_keep_their_4xx_through_serve(serve_url):
         r = requests.post(f"{u}{route}", data=json.dumps(body), headers={"Content-Type": "application/json"},
                           timeout=120)
         assert r.status_code < 500, (route, body, r.status_code, r.text[:300])
+
+
+def test_overload_is_503_with_retry_after_not_500(serve_url, serving_models):
+    """A decoder that takes one request at a time with a queue of one: a burst gets 503 + Retry-After for what
+    does not fit, never a 500 or a hang, and the service answers normally afterwards. (Redeploys the app:
+    keep this test last in the module.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from brainstore.serving._deploy import APP_NAME, build_app
+
+    tight = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    serve.run(build_app(serving_models["registry"], options={"Decoder": tight, "Encoder": {"num_replicas": 1}}),
+              name=APP_NAME, route_prefix="/")
+    n_vox = None
+    cat = requests.get(f"{serve_url}/v1/models", timeout=60).json()
+    model = next(iter(cat["decoders"]))
+    from brainstore.fitting import Decoder
+
+    n_vox = Decoder.load(serving_models["registry"], f"{model}/subj01").n_voxels
+    body = {"subject": "subj01", "responses": [[0.1] * n_vox] * 64, "top_k": 5}
+
+    def post(_):
+        r = requests.post(f"{serve_url}/v1/decode", json=body, timeout=120)
+        return r.status_code, r.headers.get("retry-after")
+
+    with ThreadPoolExecutor(24) as ex:
+        got = list(ex.map(post, range(48)))
+    codes = [c for c, _ in got]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) > 0 and codes.count(200) > 0, codes
+    assert all(ra == "1" for c, ra in got if c == 503)
+    assert requests.post(f"{serve_url}/v1/decode", json=body, timeout=120).status_code == 200

@@ -44,12 +44,23 @@ DEFAULT_OPTIONS = {
 
 
 def _unwrap(e: BaseException) -> BaseException:
-    """The ServingError a replica raised (handles re-raise it wrapped in a RayTaskError)."""
+    """The ServingError a replica raised (handles re-raise it wrapped in a RayTaskError); overload and a
+    lost replica become 503 with ``Retry-After`` (the client may retry), not a 500."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
     cause = getattr(e, "cause", None)
     if isinstance(cause, ServingError):
         return ServingError(cause.status, cause.message, headers=cause.headers)
     if isinstance(e, ServingError) and hasattr(e, "status"):
         return ServingError(e.status, e.message, headers=e.headers)
+    if isinstance(e, BackPressureError):
+        return ServingError(503, "the service is at capacity (its request queue is full); retry shortly",
+                            headers={"Retry-After": "1"})
+    if isinstance(e, (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError,
+                      DeploymentUnavailableError)):
+        return ServingError(503, "the replica serving this request went away; retry (another replica answers)",
+                            headers={"Retry-After": "1"})
     return e
 
 
