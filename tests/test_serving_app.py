@@ -226,3 +226,31 @@ def test_a_token_guards_everything_but_healthz(served):
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
         assert requests.get(f"{u}/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
         assert requests.get(f"{u}/v1/models", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+
+
+def test_readyz_proves_models_loadable_and_sees_a_changed_weights_file(served, tmp_path):
+    """/readyz checks every servable model's weights against the sha256 in its model.json (once per file
+    version): a copy of the registry is ready; after one weights file is altered it is 503 naming that model,
+    while /healthz stays 200."""
+    import shutil
+
+    from brainstore.serving import LocalBackend, LocalServer, make_app
+
+    reg = tmp_path / "registry"
+    shutil.copytree(served["registry"], reg)
+    server = LocalServer(make_app(LocalBackend(reg)))
+    u = server.start()
+    try:
+        r = requests.get(f"{u}/readyz", timeout=60)
+        assert r.status_code == 200 and r.json()["models_checked"] == 6, r.text
+        victim = sorted(reg.glob("*/*/model.safetensors"))[0]
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        r = requests.get(f"{u}/readyz", timeout=60)
+        assert r.status_code == 503, r.text
+        name = victim.parent.relative_to(reg).as_posix()
+        assert name in r.json()["error"] and "sha256" in r.json()["error"], r.text
+        assert requests.get(f"{u}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -31,7 +31,8 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load(out.read_text())
     ServeDeploySchema.model_validate(cfg)  # what `serve run` / `serve deploy` check
-    assert cfg["http_options"] == {"host": "127.0.0.1", "port": 8321, "request_timeout_s": 30.0}
+    assert cfg["http_options"] == {"host": "127.0.0.1", "port": 8321, "request_timeout_s": 35.0}  # the proxy's
+    assert cfg["applications"][0]["args"]["limits"] == {"request_timeout_s": 30.0}  # the app answers 503 first
     a = cfg["applications"][0]
     assert a["import_path"] == "brainstore.serving._deploy:app_builder"
     assert a["args"]["registry"] == str(Path(serving_models["registry"]).resolve())
@@ -97,3 +98,53 @@ def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
     noise = [line for line in err.splitlines() if line.strip()]
     assert not noise, noise
     assert "(raylet)" not in out and "graceful_shutdown" not in out, out  # Ray relays some notices on stdout
+
+
+def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_path):
+    """`brainstore serve --write-config` then Ray's `serve run FILE`, unchanged: the app comes up on 127.0.0.1
+    (its own Ray), is ready (models loadable), answers an encode like the in-process backend, and stops on
+    Ctrl-C."""
+    import base64
+
+    import numpy as np
+
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.serving import LocalBackend, free_port
+
+    port = free_port()
+    cfg = tmp_path / "serve.yaml"
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--write-config", str(cfg),
+                                 "--port", str(port)])
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    serve_bin = Path(sys.executable).with_name("serve")
+    p = subprocess.Popen([str(serve_bin), "run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=env, text=True, cwd=tmp_path, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0, ready = time.time(), None
+        while time.time() - t0 < 180 and p.poll() is None:
+            try:
+                ready = requests.get(f"{url}/readyz", timeout=10)
+                if ready.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        assert ready is not None and ready.status_code == 200, (p.poll(), ready and ready.text)
+        assert ready.json()["models_checked"] == 6
+        sid = AlgonautsDataset(serving_models["data"]).stimuli().column("stimulus_id")[2].as_py()
+        got = requests.post(f"{url}/v1/encode", json={"subject": "subj02", "model": "img", "stimulus_id": sid},
+                            timeout=60).json()
+        want = LocalBackend(serving_models["registry"]).encode("subj02", model="img", stimulus_id=sid)["responses"]
+        lh = np.frombuffer(base64.b64decode(got["lh"]["data_b64"]), "<f4").reshape(got["lh"]["shape"])
+        np.testing.assert_array_equal(lh, want["lh"])
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            out, _ = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+    assert p.returncode in (0, -signal.SIGINT, 130), out[-3000:]

@@ -1,7 +1,10 @@
 """The Ray Serve application over real HTTP on 127.0.0.1: ingress -> extractor / encoder (multiplexed per
 subject) / decoder deployments. Answers equal the in-process backend's (two subjects from one encoder
 replica, an uploaded image through the extractor deployment, whole-store decoding); refusals keep their
-4xx; a bounded fuzz gets no 5xx. Ray and Serve start once for the module and shut down even on failure."""
+4xx; a bounded fuzz gets no 5xx. Then, redeploying with other options: the request timeout answers 503, the
+encoder autoscales 1 -> 2 -> 1 under a bounded load, a replica killed under load costs <= 1 % of the
+requests, and overload is 503 + Retry-After. Ray and Serve start once for the module and shut down even on
+failure."""
 
 from __future__ import annotations
 
@@ -110,19 +113,155 @@ def test_refusals_keep_their_4xx_through_serve(serve_url):
         assert r.status_code < 500, (route, body, r.status_code, r.text[:300])
 
 
-def test_overload_is_503_with_retry_after_not_500(serve_url, serving_models):
-    """A decoder that takes one request at a time with a queue of one: a burst gets 503 + Retry-After for what
-    does not fit, never a 500 or a hang, and the service answers normally afterwards. (Redeploys the app:
-    keep this test last in the module.)"""
-    from concurrent.futures import ThreadPoolExecutor
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels (the pixel data never arrives: a decompression bomb's shape)."""
+    import struct
+    import zlib
 
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_the_pixel_limit_is_413(serve_url):
+    from brainstore.datasets._images import MAX_PIXELS
+
+    assert 9000 * 9000 > MAX_PIXELS
+    r = requests.post(f"{serve_url}/v1/encode", data={"subject": "subj01", "model": "img"},
+                      files={"image": ("big.png", _png_header(9000, 9000), "image/png")}, timeout=120)
+    assert r.status_code == 413 and "9000x9000" in r.json()["error"], r.text[:300]
+
+
+def _deploy(serving_models, **options):
     from ray import serve
 
     from brainstore.serving._deploy import APP_NAME, build_app
 
+    limits = options.pop("limits", None)
+    serve.run(build_app(serving_models["registry"], limits=limits, options=options), name=APP_NAME, route_prefix="/")
+
+
+def _running(name: str) -> int:
+    from ray import serve
+
+    return serve.status().applications["brainstore"].deployments[name].replica_states.get("RUNNING", 0)
+
+
+def _until(cond, timeout: float, step: float = 0.25) -> bool:
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+class _Load:
+    """``clients`` threads posting ``body`` to ``route`` until stopped; status codes counted."""
+
+    def __init__(self, url: str, route: str, body: dict, clients: int):
+        import threading
+
+        self.codes: list[int] = []
+        self.stop = threading.Event()
+
+        def client():
+            with requests.Session() as s:
+                while not self.stop.is_set():
+                    try:
+                        self.codes.append(s.post(f"{url}{route}", json=body, timeout=60).status_code)
+                    except requests.RequestException:
+                        self.codes.append(-1)
+
+        self.threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> list[int]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+        return self.codes
+
+
+def test_a_request_past_the_timeout_is_503_with_retry_after(serve_url, serving_models):
+    """limits.request_timeout_s: the ingress stops waiting for the deployment and answers 503 + Retry-After
+    (a millisecond: no encode through two deployment hops is that fast). Within the default limit (30 s) every
+    other test of this module gets its answers."""
+    _deploy(serving_models, Encoder={"num_replicas": 1}, Decoder={"num_replicas": 1}, limits={"request_timeout_s": 0.001})
+    r = requests.post(f"{serve_url}/v1/encode", json={"subject": "subj01", "model": "img", "stimulus_id": "nsd-00000"},
+                      timeout=60)
+    assert r.status_code == 503 and r.headers.get("retry-after") == "1", (r.status_code, r.text[:300])
+    assert "request timeout of 0.001 s" in r.json()["error"]
+    assert requests.get(f"{serve_url}/healthz", timeout=10).status_code == 200  # liveness needs no deployment
+
+
+def _first_id(serving_models) -> str:
+    from brainstore.datasets import AlgonautsDataset
+
+    return AlgonautsDataset(serving_models["data"]).stimuli().column("stimulus_id")[0].as_py()
+
+
+def test_the_encoder_autoscales_up_under_load_and_back_down(serve_url, serving_models):
+    """Short autoscaling delays: 8 clients asking for selectivity (an Encoder call each) keep more than one
+    request per replica in flight, so the encoder grows from 1 to 2 replicas; idle, it shrinks back to 1."""
+    fast = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                   "metrics_interval_s": 0.2, "look_back_period_s": 1.0, "upscale_delay_s": 0.5,
+                                   "downscale_delay_s": 2.0}}
+    _deploy(serving_models, Encoder=fast, Decoder={"num_replicas": 1})
+    assert _until(lambda: _running("Encoder") == 1, 30)
+    load = _Load(serve_url, "/v1/explain", {"model": "both", "roi": "floc-faces", "top": 5}, clients=8)
+    try:
+        grew = _until(lambda: _running("Encoder") == 2, 90)
+    finally:
+        codes = load.join()
+    assert grew, f"the encoder stayed at {_running('Encoder')} replica(s) under load ({len(codes)} requests)"
+    assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    assert _until(lambda: _running("Encoder") == 1, 90), "the encoder did not shrink back to 1 replica when idle"
+
+
+def test_a_replica_killed_under_load_costs_at_most_1_percent(serve_url, serving_models):
+    """Two encoder replicas under 6 clients; one is killed (ray.kill, no restart) 2 s in: Serve replaces it
+    without a restart of the app, and at most 1 % of the requests fail (503s only, no 500s)."""
+    import time
+
+    import ray
+
+    _deploy(serving_models, Encoder={"num_replicas": 2}, Decoder={"num_replicas": 1})
+    assert _until(lambda: _running("Encoder") == 2, 60)
+    sid = _first_id(serving_models)
+    load = _Load(serve_url, "/v1/encode", {"subject": "subj01", "model": "img", "stimulus_id": sid}, clients=6)
+    try:
+        time.sleep(2)
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("SERVE_REPLICA") and "Encoder" in a["name"]]
+        assert len(names) == 2, names
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        time.sleep(6)
+    finally:
+        codes = load.join()
+    failed = [c for c in codes if c != 200]
+    print(f"replica killed under load: {len(failed)} of {len(codes)} requests failed")
+    assert len(codes) >= 150, f"only {len(codes)} requests in 8 s"
+    assert len(failed) <= 0.01 * len(codes), f"{len(failed)} of {len(codes)} failed: {set(failed)}"
+    assert set(failed) <= {503}, set(failed)
+    assert _until(lambda: _running("Encoder") == 2, 90), "the killed replica was not replaced"
+    r = requests.post(f"{serve_url}/v1/encode", json={"subject": "subj02", "model": "img", "stimulus_id": sid}, timeout=60)
+    assert r.status_code == 200
+
+
+def test_overload_is_503_with_retry_after_not_500(serve_url, serving_models):
+    """A decoder that takes one request at a time with a queue of one: a burst gets 503 + Retry-After for what
+    does not fit, never a 500 or a hang, and the service answers normally afterwards. (Redeploys the app:
+    the redeploying tests come after the others.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     tight = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}
-    serve.run(build_app(serving_models["registry"], options={"Decoder": tight, "Encoder": {"num_replicas": 1}}),
-              name=APP_NAME, route_prefix="/")
+    _deploy(serving_models, Decoder=tight, Encoder={"num_replicas": 1})
     n_vox = None
     cat = requests.get(f"{serve_url}/v1/models", timeout=60).json()
     model = next(iter(cat["decoders"]))

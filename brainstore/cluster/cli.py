@@ -682,7 +682,7 @@ def serve_cmd(
 
     from ._quiet import quiet_serve
 
-    from ..serving._config import ServeConfigError, deployment_options, read_serve_config, serve_config
+    from ..serving._config import ServeConfigError, app_args, deployment_options, read_serve_config, serve_config
     from ._report import console
 
     if write_config is not None:
@@ -724,7 +724,11 @@ def serve_cmd(
         from ..serving import LocalBackend, LocalServer, make_app
 
         on_signal()
-        server = LocalServer(make_app(LocalBackend(registry, store), token=token), host=host, port=port)
+        from ..serving import Limits
+
+        limits = app_args(cfg).get("limits") if cfg else None
+        server = LocalServer(make_app(LocalBackend(registry, store), token=token, limits=Limits(**(limits or {}))),
+                             host=host, port=port)
         server.start()
         console.print(f"serving {registry} at {url} (plain uvicorn, models in this process); docs: {url}/docs")
     else:
@@ -740,11 +744,13 @@ def serve_cmd(
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "... is ready" per run
         quiet = quiet_serve()  # Ray Serve's notices on every start and shutdown
         quiet.__enter__()
-        serve.start(http_options=HTTPOptions(host=host, port=port, **{k: v for k, v in http.items()
-                                                                     if k not in ("host", "port")}),
+        limits = app_args(cfg).get("limits") if cfg else None
+        outer = {"request_timeout_s": float((limits or {}).get("request_timeout_s", 30.0)) + 5}  # app answers first
+        serve.start(http_options=HTTPOptions(host=host, port=port, **{**outer, **{k: v for k, v in http.items()
+                                                                               if k not in ("host", "port")}}),
                     logging_config={"log_level": "WARNING"})
-        serve.run(build_app(registry, store, token=token, options=deployment_options(cfg) if cfg else None),
-                  name=APP_NAME, route_prefix="/")
+        serve.run(build_app(registry, store, token=token, limits=limits,
+                            options=deployment_options(cfg) if cfg else None), name=APP_NAME, route_prefix="/")
         console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
     auth = f" -H 'Authorization: Bearer ${token_env}'" if token else ""
     console.print(f"try: curl -s{auth} {url}/v1/models   (Ctrl-C stops)")

@@ -24,20 +24,31 @@ __all__ = ["make_app", "Limits"]
 
 
 class Limits:
-    """Request limits: body bytes, uploaded image bytes, array values per request."""
+    """Request limits: body bytes, uploaded image bytes, array values per request, and the seconds a
+    request may take before it is answered 503 with ``Retry-After`` (the work is cancelled where it can be)."""
 
     def __init__(self, max_body_bytes: int = 32 << 20, max_image_bytes: int = 16 << 20,
-                 max_values: int = 4_000_000):
+                 max_values: int = 4_000_000, request_timeout_s: float = 30.0):
+        if not request_timeout_s > 0:
+            raise ValueError(f"limits.request_timeout_s must be > 0 seconds, got {request_timeout_s!r}")
         self.max_body_bytes, self.max_image_bytes, self.max_values = max_body_bytes, max_image_bytes, max_values
+        self.request_timeout_s = float(request_timeout_s)
 
 
-async def _call(fn, *args, **kwargs):
-    """A backend method: awaited when it is a coroutine (Ray Serve handles), else run in a worker thread."""
+async def _call(fn, *args, timeout: float | None = None, **kwargs):
+    """A backend method: awaited when it is a coroutine (Ray Serve handles), else run in a worker thread;
+    past ``timeout`` seconds, a 503 with ``Retry-After`` (the awaited handle call is cancelled)."""
+    import asyncio
+
     from starlette.concurrency import run_in_threadpool
 
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args, **kwargs)
-    return await run_in_threadpool(fn, *args, **kwargs)
+    work = fn(*args, **kwargs) if inspect.iscoroutinefunction(fn) else run_in_threadpool(fn, *args, **kwargs)
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except asyncio.TimeoutError:
+        raise ServingError(503, f"no answer within the request timeout of {timeout:g} s (the service is busy, or "
+                                "the request is very large); retry, or send fewer vectors per request",
+                           headers={"Retry-After": "1"}) from None
 
 
 def make_app(backend, *, token: str | None = None, limits: Limits | None = None, title: str = "brainstore"):
@@ -61,6 +72,9 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
                         buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
     loads = Counter("brainstore_model_loads", "Models loaded into memory", registry=metrics)
     app.state.backend, app.state.metrics = backend, metrics
+
+    def call(fn, *args, **kwargs):
+        return _call(fn, *args, timeout=limits.request_timeout_s, **kwargs)
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -126,12 +140,12 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
     @app.get("/readyz")
     async def readyz():
         """Readiness: the registry lists servable models and their feature stores open."""
-        return {"status": "ready", **(await _call(backend.ready))}
+        return {"status": "ready", **(await call(backend.ready))}
 
     @app.get("/v1/models")
     async def models():
         """Servable encoding models per subject and decoding models, with registry metadata."""
-        return await _call(backend.catalog)
+        return await call(backend.catalog)
 
     @app.get("/metrics")
     async def prometheus():
@@ -165,7 +179,7 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
             emb = {str(k): decode_array(v, f"embedding.{k}", limits.max_values) for k, v in emb.items()}
         elif emb is not None:
             emb = decode_array(emb, "embedding", limits.max_values)
-        out = await _call(backend.encode, subject, model=_str(q, "model"), hemisphere=_str(q, "hemisphere"),
+        out = await call(backend.encode, subject, model=_str(q, "model"), hemisphere=_str(q, "hemisphere"),
                           roi=_str(q, "roi"), stimulus_id=q.get("stimulus_id"), embedding=emb, image=image)
         payload = {k: out[k] for k in ("model", "subject")}
         payload["shape"] = {h: list(np.shape(v)) for h, v in out["responses"].items()}
@@ -194,7 +208,7 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
         top_k = q.get("top_k", 5)
         if not isinstance(q.get("return_embedding", False), bool):
             raise ServingError(422, "return_embedding must be true or false")
-        out = await _call(backend.decode, _str(q, "subject", required=True), R, model=_str(q, "model"),
+        out = await call(backend.decode, _str(q, "subject", required=True), R, model=_str(q, "model"),
                           target=_str(q, "target"), top_k=top_k, return_embedding=q.get("return_embedding", False))
         arrays = {"embedding": out.pop("embedding")} if "embedding" in out else {}
         if NPY in request.headers.get("accept", "") and not arrays:
@@ -206,7 +220,7 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
         """Selectivity: the stored stimuli (with captions) an encoding model predicts drive an ROI most,
         JSON ``{"model", "roi", "subject"?, "top"?, "hemisphere"?}``."""
         q = _fields(await body_json(request), {"model", "roi", "subject", "top", "hemisphere"}, "/v1/explain")
-        return await _call(backend.explain, _str(q, "model", required=True), _str(q, "roi", required=True),
+        return await call(backend.explain, _str(q, "model", required=True), _str(q, "roi", required=True),
                            subject=_str(q, "subject"), top=q.get("top", 20), hemisphere=_str(q, "hemisphere"))
 
     return app

@@ -67,6 +67,7 @@ class LocalBackend:
         self._datasets: dict[str, AlgonautsDataset] = {}
         self._extractors: dict[str, object] = {}
         self._catalog: dict | None = None
+        self._verified: set = set()  # (model, file stats) whose weights and features were checked
 
     # ------------------------------------------------------------------------------------------ catalog
     def catalog(self, refresh: bool = False) -> dict:
@@ -94,19 +95,55 @@ class LocalBackend:
             return self._catalog
 
     def ready(self) -> dict:
-        """Registry readable, every store the models name reachable; raises ServingError(503) otherwise."""
+        """Registry readable, every store the models name reachable, and every servable model loadable: its
+        weights match the sha256 its model.json records and its feature tables are still the ones it was fit
+        on (checked once per version of the files, so polling stays cheap). Raises ServingError(503) naming
+        the first model or store that is not, and the fix."""
         cat = self.catalog(refresh=True)
         if not cat["encoders"] and not cat["decoders"]:
             raise ServingError(503, f"no servable model in the registry {self.registry_uri} (run `brainstore fit`)")
-        stores = {self.store_uri} if self.store_uri else {
-            r.meta.get("store") for r in self.reg.list() if r.meta.get("store")}
+        records = [r for r in self.reg.list() if r.meta.get("kind") == "decoder" or r.meta.get("kind") == "adaptor"
+                   or (r.meta.get("kind") not in NON_ENCODER_KINDS and r.meta.get("subject"))]
+        stores = {self.store_uri} if self.store_uri else {r.meta.get("store") for r in records if r.meta.get("store")}
         for s in stores:
             try:
                 self._store(s).names()
             except Exception as e:
                 raise ServingError(503, f"feature store {s} unreachable: {e}") from None
+        for r in records:
+            self._check_loadable(r)
         return {"encoders": sum(len(v) for v in cat["encoders"].values()), "decoders": len(cat["decoders"]),
-                "stores": sorted(stores)}
+                "models_checked": len(records), "stores": sorted(stores)}
+
+    def _check_loadable(self, rec) -> None:
+        import hashlib
+
+        from ..fitting._registry import META_FILE, WEIGHTS_FILE
+
+        try:
+            key = (rec.name, *((st.st_mtime_ns, st.st_size, st.st_ino) for st in
+                               ((rec.path / f).stat() for f in (WEIGHTS_FILE, META_FILE))))
+        except FileNotFoundError as e:
+            raise ServingError(503, f"model {rec.name} is incomplete ({e.filename} is missing): re-save or refit it, "
+                                    "or delete it from the registry") from None
+        if key in self._verified:
+            return
+        h = hashlib.sha256()
+        with open(rec.path / WEIGHTS_FILE, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != rec.meta.get("safetensors_sha256"):
+            raise ServingError(503, f"model {rec.name}: {rec.path / WEIGHTS_FILE} changed since it was saved (sha256 "
+                                    "differs from model.json); re-save or refit the model")
+        if isinstance(rec.meta.get("feature_versions"), dict) and rec.meta["feature_versions"]:
+            uri = self.store_uri or rec.meta.get("store")
+            if uri:
+                try:
+                    self.reg.check_features(rec, self._store(uri))
+                except RegistryError as e:
+                    raise ServingError(503, str(e)) from None
+        with self._lock:
+            self._verified.add(key)
 
     # ------------------------------------------------------------------------------------------ loading
     def _store(self, uri: str | None) -> FeatureStore:

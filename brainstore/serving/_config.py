@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-__all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "ServeConfigError"]
+__all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "app_args", "ServeConfigError"]
 
 
 class ServeConfigError(ValueError):
@@ -16,13 +16,16 @@ class ServeConfigError(ValueError):
 
 def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
                  token_env: str | None = None, request_timeout_s: float = 30.0) -> dict:
-    """A Serve deploy config for the brainstore application (deployment options: ``DEFAULT_OPTIONS``)."""
+    """A Serve deploy config for the brainstore application (deployment options: ``DEFAULT_OPTIONS``).
+
+    ``request_timeout_s``: the app answers a request it cannot finish in time with 503 + ``Retry-After``;
+    Serve's proxy gives up 5 s later (its own 408, the outer bound)."""
     from ._deploy import APP_NAME, DEFAULT_OPTIONS
 
     def absolute(uri) -> str:  # `serve run` starts replicas elsewhere: local folders as absolute paths
         return str(uri) if "://" in str(uri) else str(Path(uri).resolve())
 
-    args = {"registry": absolute(registry)}
+    args = {"registry": absolute(registry), "limits": {"request_timeout_s": float(request_timeout_s)}}
     if store:
         args["store"] = absolute(store)
     if token_env:
@@ -30,7 +33,7 @@ def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.
     deployments = [{"name": name, **copy.deepcopy(opts)} for name, opts in DEFAULT_OPTIONS.items()]
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": host, "port": int(port), "request_timeout_s": request_timeout_s},
+        "http_options": {"host": host, "port": int(port), "request_timeout_s": float(request_timeout_s) + 5},
         "logging_config": {"log_level": "WARNING"},
         "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "brainstore.serving._deploy:app_builder",
                           "args": args, "deployments": deployments}],
@@ -104,6 +107,17 @@ def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
     from ._deploy import DEFAULT_OPTIONS
 
     for a in apps:
+        limits = (a.get("args") or {}).get("limits")
+        if limits is not None:
+            from ._app import Limits
+
+            try:
+                Limits(**limits)
+            except TypeError:
+                raise ServeConfigError(f"{where}: applications.args.limits: unknown key(s) in {sorted(limits)}; "
+                                       "known: max_body_bytes, max_image_bytes, max_values, request_timeout_s") from None
+            except ValueError as e:
+                raise ServeConfigError(f"{where}: applications.args.{e}") from None
         for d in a.get("deployments", []):
             if d.get("name") not in DEFAULT_OPTIONS:
                 raise ServeConfigError(f"{where}: deployment {d.get('name')!r} is not part of brainstore's application; "
@@ -122,6 +136,12 @@ def read_serve_config(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ServeConfigError(f"{p}: not valid YAML: {e}") from None
     return check_serve_config(cfg, str(p))
+
+
+def app_args(cfg: dict) -> dict:
+    """The ``args`` of a checked config's brainstore application (registry, store, token_env, limits)."""
+    app = next(a for a in cfg["applications"] if a.get("import_path") == "brainstore.serving._deploy:app_builder")
+    return dict(app.get("args") or {})
 
 
 def deployment_options(cfg: dict) -> dict[str, dict]:

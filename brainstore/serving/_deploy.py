@@ -15,6 +15,7 @@ here calls ``ray.init``: the caller connects (``brainstore.cluster``).
 from __future__ import annotations
 
 import asyncio
+import copy
 
 from ray import serve
 
@@ -27,27 +28,45 @@ __all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "HandleBackend", "APP_
 APP_NAME = "brainstore"
 #: Deployment options fitted to a 2-core machine (fractional CPUs); ``serve.yaml`` overrides them.
 _QUIET = {"log_level": "WARNING", "enable_access_log": False}  # replicas log problems, not every request
+#: Replica event loops: the user code and the handle router run on the replica's main loop instead of one
+#: thread each. Every request otherwise crosses two threads per hop, which on a few cores costs a third of
+#: the throughput (benchmarks/RESULTS.md, serve_load run 3).
+SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def _actor(num_cpus: float) -> dict:
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": dict(SAME_LOOP_ENV)}}
+
+
 DEFAULT_OPTIONS = {
-    "Ingress": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 64,
+    "Ingress": {"num_replicas": 1, "ray_actor_options": _actor(0.25), "max_ongoing_requests": 64,
                 "max_queued_requests": 256, "logging_config": _QUIET},
-    "Extractor": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 32,
+    "Extractor": {"num_replicas": 1, "ray_actor_options": _actor(0.25), "max_ongoing_requests": 32,
                   "max_queued_requests": 128, "logging_config": _QUIET},
     "Encoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
                                        "upscale_delay_s": 5, "downscale_delay_s": 30},
-                "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16, "max_queued_requests": 128,
+                "ray_actor_options": _actor(0.25), "max_ongoing_requests": 16, "max_queued_requests": 128,
                 "logging_config": _QUIET},
     "Decoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
                                        "upscale_delay_s": 5, "downscale_delay_s": 30},
-                "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16, "max_queued_requests": 128,
+                "ray_actor_options": _actor(0.25), "max_ongoing_requests": 16, "max_queued_requests": 128,
                 "logging_config": _QUIET},
 }
+
+
+def _lost_replica(e: BaseException) -> bool:
+    """The replica serving a call died or went away (killed, crashed, its node lost)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(e, (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError,
+                          DeploymentUnavailableError))
 
 
 def _unwrap(e: BaseException) -> BaseException:
     """The ServingError a replica raised (handles re-raise it wrapped in a RayTaskError); overload and a
     lost replica become 503 with ``Retry-After`` (the client may retry), not a 500."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+    from ray.serve.exceptions import BackPressureError
 
     cause = getattr(e, "cause", None)
     if isinstance(cause, ServingError):
@@ -57,8 +76,7 @@ def _unwrap(e: BaseException) -> BaseException:
     if isinstance(e, BackPressureError):
         return ServingError(503, "the service is at capacity (its request queue is full); retry shortly",
                             headers={"Retry-After": "1"})
-    if isinstance(e, (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError,
-                      DeploymentUnavailableError)):
+    if _lost_replica(e):
         return ServingError(503, "the replica serving this request went away; retry (another replica answers)",
                             headers={"Retry-After": "1"})
     return e
@@ -86,14 +104,24 @@ def _answers(fn):
     return wrapper
 
 
-async def _remote(call):
-    try:
-        out = await call
-    except Exception as e:
-        raise _unwrap(e) from None
-    if isinstance(out, _Refusal):
-        raise ServingError(out.status, out.message, headers=out.headers)
-    return out
+async def _remote(make, retries: int = 1):
+    """Await the handle call ``make()`` returns: a refusal re-raised as its ServingError; a call whose replica
+    died under it re-sent (every call here is a read, so safe to repeat) up to ``retries`` times, on another
+    replica when there is one; cancelled with the caller (the ingress's request timeout)."""
+    for attempt in range(retries + 1):
+        call = make()
+        try:
+            out = await call
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except Exception as e:
+            if attempt < retries and _lost_replica(e):
+                continue
+            raise _unwrap(e) from None
+        if isinstance(out, _Refusal):
+            raise ServingError(out.status, out.message, headers=out.headers)
+        return out
 
 
 class HandleBackend:
@@ -103,10 +131,11 @@ class HandleBackend:
         self.encoder, self.decoder, self.extractor = encoder, decoder, extractor
 
     async def catalog(self) -> dict:
-        return await _remote(self.encoder.catalog.remote())
+        return await _remote(lambda: self.encoder.catalog.remote())
 
     async def ready(self) -> dict:
-        enc, dec = await asyncio.gather(_remote(self.encoder.ready.remote()), _remote(self.decoder.ready.remote()))
+        enc, dec = await asyncio.gather(_remote(lambda: self.encoder.ready.remote()),
+                                        _remote(lambda: self.decoder.ready.remote()))
         return {**enc, "deployments": ["Ingress", "Extractor", "Encoder", "Decoder"]}
 
     async def encode(self, subject: str, *, image: bytes | None = None, **kw) -> dict:
@@ -115,16 +144,16 @@ class HandleBackend:
             if kw.get("stimulus_id") is not None or kw.get("embedding") is not None:
                 raise ServingError(422, "give exactly one stimulus: stimulus_id (a store id), embedding, or an "
                                         "uploaded image (got 2)")
-            plan = await _remote(h.image_tables.remote(subject, kw.get("model")))
-            emb = await _remote(self.extractor.embed.remote(plan["store"], tuple(plan["tables"]), image))
+            plan = await _remote(lambda: h.image_tables.remote(subject, kw.get("model")))
+            emb = await _remote(lambda: self.extractor.embed.remote(plan["store"], tuple(plan["tables"]), image))
             kw = {**kw, "model": plan["model"], "embedding": emb}
-        return await _remote(h.encode.remote(subject, **kw))
+        return await _remote(lambda: h.encode.remote(subject, **kw))
 
     async def decode(self, subject: str, responses, **kw) -> dict:
-        return await _remote(self.decoder.decode.remote(subject, responses, **kw))
+        return await _remote(lambda: self.decoder.decode.remote(subject, responses, **kw))
 
     async def explain(self, model: str, roi: str, **kw) -> dict:
-        return await _remote(self.encoder.explain.remote(model, roi, **kw))
+        return await _remote(lambda: self.encoder.explain.remote(model, roi, **kw))
 
 
 class _Subject:
@@ -253,7 +282,12 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
     ``options``: per deployment name, Serve deployment options (``num_replicas``, ``autoscaling_config``,
     ``ray_actor_options``, ``max_ongoing_requests``, ``max_queued_requests``...) over :data:`DEFAULT_OPTIONS`.
     """
-    opts = {k: {**v, **(options or {}).get(k, {})} for k, v in DEFAULT_OPTIONS.items()}
+    opts = {}
+    for k, v in DEFAULT_OPTIONS.items():  # ray_actor_options merged key by key (num_cpus alone keeps the env)
+        mine = (options or {}).get(k, {})
+        opts[k] = {**copy.deepcopy(v), **mine}
+        if isinstance(mine.get("ray_actor_options"), dict):
+            opts[k]["ray_actor_options"] = {**v["ray_actor_options"], **mine["ray_actor_options"]}
     unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; deployments: {', '.join(DEFAULT_OPTIONS)}")
