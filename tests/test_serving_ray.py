@@ -211,7 +211,7 @@ def test_the_encoder_autoscales_up_under_load_and_back_down(serve_url, serving_m
     request per replica in flight, so the encoder grows from 1 to 2 replicas; idle, it shrinks back to 1."""
     fast = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
                                    "metrics_interval_s": 0.2, "look_back_period_s": 1.0, "upscale_delay_s": 0.5,
-                                   "downscale_delay_s": 2.0}}
+                                   "downscale_delay_s": 1.0}}
     _deploy(serving_models, Encoder=fast, Decoder={"num_replicas": 1})
     assert _until(lambda: _running("Encoder") == 1, 30)
     load = _Load(serve_url, "/v1/explain", {"model": "both", "roi": "floc-faces", "top": 5}, clients=8)
@@ -241,12 +241,12 @@ def test_a_replica_killed_under_load_costs_at_most_1_percent(serve_url, serving_
                  if a["name"].startswith("SERVE_REPLICA") and "Encoder" in a["name"]]
         assert len(names) == 2, names
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-        time.sleep(6)
+        time.sleep(4)
     finally:
         codes = load.join()
     failed = [c for c in codes if c != 200]
     print(f"replica killed under load: {len(failed)} of {len(codes)} requests failed")
-    assert len(codes) >= 150, f"only {len(codes)} requests in 8 s"
+    assert len(codes) >= 100, f"only {len(codes)} requests in 6 s"
     assert len(failed) <= 0.01 * len(codes), f"{len(failed)} of {len(codes)} failed: {set(failed)}"
     assert set(failed) <= {503}, set(failed)
     assert _until(lambda: _running("Encoder") == 2, 90), "the killed replica was not replaced"
