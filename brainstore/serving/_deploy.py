@@ -314,5 +314,11 @@ def app_builder(args: dict):
         raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, limits")
     if "registry" not in args:
         raise ValueError("brainstore app args need registry (the model registry folder or URI)")
-    token = os.environ.get(args["token_env"]) if args.get("token_env") else None
+    token = None
+    if args.get("token_env"):
+        token = os.environ.get(args["token_env"])
+        if not token:  # a config that asks for a token never serves without one
+            raise ValueError(f"the brainstore app's token_env names ${args['token_env']}, which is empty or unset where "
+                             "the app is built; set it on every node (e.g. from a Kubernetes Secret) or drop token_env "
+                             "and bind 127.0.0.1")
     return build_app(args["registry"], args.get("store"), token=token, limits=args.get("limits"))
