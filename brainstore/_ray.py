@@ -57,6 +57,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                 warnings.filterwarnings("ignore", message="lance is not fork-safe")
                 warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
                 if address:
+                    import json
+
+                    from ._storage import ENV, _from_env
+
+                    if os.environ.get(ENV):  # workers elsewhere open the same stores with the same options
+                        kwargs["runtime_env"] = {"env_vars": {ENV: json.dumps(_from_env()[0])}}  # a file's content
                     ray.init(address=address, **kwargs)
                 else:
                     keep_loopback()

@@ -108,7 +108,8 @@ class FeatureStore:
     ----------
     uri : str or path
     storage_options : dict, optional
-        Passed to LanceDB (object-store credentials, endpoint).
+        Object-store options (credentials, endpoint, ``allow_http``) over those of
+        ``$BRAINSTORE_STORAGE_OPTIONS`` (``brainstore._storage``); unknown keys are an error.
     lock_timeout : float
         Seconds a write waits for another writer's lock on the same table (local stores) before
         it fails with :class:`FeatureStoreError`.
@@ -129,6 +130,13 @@ class FeatureStore:
         if "://" not in self.uri:
             check_folder(self.uri, "feature store", "--store", create=create, error=FeatureStoreError,
                          missing_hint="extract features into it first (`brainstore extract --store ...`)")
+        from .._storage import StorageOptionsError
+        from .._storage import storage_options as resolve
+
+        try:  # object stores: $BRAINSTORE_STORAGE_OPTIONS, then the given options, unknown keys refused
+            storage_options = resolve(self.uri, storage_options)
+        except StorageOptionsError as e:
+            raise FeatureStoreError(f"feature store {self.uri}: {e}") from None
         self._storage_options = storage_options
         # New tables use the format chosen above; user-given options win.
         opts = {"new_table_data_storage_version": _STORAGE_VERSION, **(storage_options or {})}
