@@ -70,11 +70,13 @@ def test_kuberay_manifests_parse_and_embed_the_serve_config_brainstore_writes():
     check_serve_config(serve_cfg, "serveConfigV2")
     app = serve_cfg["applications"][0]
     assert serve_cfg["http_options"]["host"] == "0.0.0.0" and app["args"]["token_env"] == "BRAINSTORE_TOKEN"
-    assert app["args"]["registry"].startswith("s3://") and app["args"]["store"].startswith("s3://")
+    assert app["args"]["store"].startswith("s3://")
+    assert app["args"]["registry"].startswith("/mnt/brainstore/")  # the shared volume every pod mounts
     spec = service["spec"]["rayClusterConfig"]
     for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:  # the token reaches the app wherever it is built
         for c in g["template"]["spec"]["containers"]:
             assert {"secretRef": {"name": "brainstore-token"}} in c["envFrom"]
+            assert {"name": "brainstore-shared", "mountPath": "/mnt/brainstore"} in c["volumeMounts"]
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert f"rayproject/ray:{ray.__version__}-py" in dockerfile
 
