@@ -59,10 +59,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                 if address:
                     import json
 
-                    from ._storage import ENV, _from_env
+                    from ._storage import ENV, env_options
 
                     if os.environ.get(ENV):  # workers elsewhere open the same stores with the same options
-                        kwargs["runtime_env"] = {"env_vars": {ENV: json.dumps(_from_env()[0])}}  # a file's content
+                        kwargs["runtime_env"] = {"env_vars": {ENV: json.dumps(env_options()[0])}}  # a file's content
                     ray.init(address=address, **kwargs)
                 else:
                     keep_loopback()

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["ENV", "KNOWN_KEYS", "StorageOptionsError", "is_remote", "storage_options"]
+__all__ = ["ENV", "KNOWN_KEYS", "StorageOptionsError", "env_options", "is_remote", "storage_options"]
 
 ENV = "BRAINSTORE_STORAGE_OPTIONS"
 
@@ -56,7 +56,8 @@ def is_remote(uri) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
-def _from_env() -> tuple[dict, str]:
+def env_options() -> tuple[dict, str]:
+    """The options of ``$BRAINSTORE_STORAGE_OPTIONS`` (a file's content when it names one) and where they came from."""
     raw = os.environ.get(ENV, "").strip()
     if not raw:
         return {}, ""
@@ -87,7 +88,7 @@ def storage_options(uri, given: dict | None = None) -> dict | None:
     """The checked options for ``uri`` (None for local folders), environment first, ``given`` over it."""
     if not is_remote(uri):
         return dict(given) if given else None
-    env, where = _from_env()
+    env, where = env_options()
     opts = {**env, **(given or {})}
     unknown = sorted(k for k in opts if str(k).lower() not in KNOWN_KEYS)
     if unknown:

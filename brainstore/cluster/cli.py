@@ -682,7 +682,9 @@ def serve_cmd(
 
     from ._quiet import quiet_serve
 
-    from ..serving._config import ServeConfigError, app_args, deployment_options, read_serve_config, serve_config
+    from ..serving import Limits
+    from ..serving._config import (PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args, deployment_options,
+                                   read_serve_config, serve_config)
     from ._report import console
 
     if write_config is not None:
@@ -704,6 +706,7 @@ def serve_cmd(
         except ServeConfigError as e:
             _fail(str(e))
     http = (cfg or {}).get("http_options", {})
+    limits = Limits(**((app_args(cfg).get("limits") if cfg else None) or {}))  # checked by read_serve_config
     host = host or http.get("host", "127.0.0.1")
     port = port or http.get("port", 8000)
     token = os.environ.get(token_env) or None
@@ -724,11 +727,7 @@ def serve_cmd(
         from ..serving import LocalBackend, LocalServer, make_app
 
         on_signal()
-        from ..serving import Limits
-
-        limits = app_args(cfg).get("limits") if cfg else None
-        server = LocalServer(make_app(LocalBackend(registry, store), token=token, limits=Limits(**(limits or {}))),
-                             host=host, port=port)
+        server = LocalServer(make_app(LocalBackend(registry, store), token=token, limits=limits), host=host, port=port)
         server.start()
         console.print(f"serving {registry} at {url} (plain uvicorn, models in this process); docs: {url}/docs")
     else:
@@ -744,12 +743,11 @@ def serve_cmd(
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "... is ready" per run
         quiet = quiet_serve()  # Ray Serve's notices on every start and shutdown
         quiet.__enter__()
-        limits = app_args(cfg).get("limits") if cfg else None
-        outer = {"request_timeout_s": float((limits or {}).get("request_timeout_s", 30.0)) + 5}  # app answers first
+        outer = {"request_timeout_s": limits.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}  # the app answers first
         serve.start(http_options=HTTPOptions(host=host, port=port, **{**outer, **{k: v for k, v in http.items()
                                                                                if k not in ("host", "port")}}),
                     logging_config={"log_level": "WARNING"})
-        serve.run(build_app(registry, store, token=token, limits=limits,
+        serve.run(build_app(registry, store, token=token, limits=vars(limits),
                             options=deployment_options(cfg) if cfg else None), name=APP_NAME, route_prefix="/")
         console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
     auth = f" -H 'Authorization: Bearer ${token_env}'" if token else ""

@@ -67,6 +67,7 @@ class LocalBackend:
         self._datasets: dict[str, AlgonautsDataset] = {}
         self._extractors: dict[str, object] = {}
         self._catalog: dict | None = None
+        self._servable: list = []  # the registry records behind the catalog
         self._verified: set = set()  # (model, file stats) whose weights and features were checked
 
     # ------------------------------------------------------------------------------------------ catalog
@@ -77,9 +78,12 @@ class LocalBackend:
                 return self._catalog
             enc: dict[str, dict] = {}
             dec: dict[str, dict] = {}
+            servable = []
             for r in self.reg.list():
                 m = r.meta
                 kind = m.get("kind")
+                if kind in ("decoder", "adaptor") or (kind not in NON_ENCODER_KINDS and m.get("subject")):
+                    servable.append(r)
                 if kind == "decoder":
                     e = dec.setdefault(m["model"], {"kind": "decoder", "targets": [m["target"]], "subjects": [],
                                                     "dataset": m.get("dataset")})
@@ -91,7 +95,7 @@ class LocalBackend:
                     enc.setdefault(m["subject"], {})[m["model"]] = {
                         "kind": kind, "features": list(m.get("features", [])), "dataset": m.get("dataset"),
                         "val_score": m.get("val_score"), "hemispheres": list(m.get("hemispheres", HEMISPHERES))}
-            self._catalog = {"encoders": enc, "decoders": dec}
+            self._catalog, self._servable = {"encoders": enc, "decoders": dec}, servable
             return self._catalog
 
     def ready(self) -> dict:
@@ -102,8 +106,7 @@ class LocalBackend:
         cat = self.catalog(refresh=True)
         if not cat["encoders"] and not cat["decoders"]:
             raise ServingError(503, f"no servable model in the registry {self.registry_uri} (run `brainstore fit`)")
-        records = [r for r in self.reg.list() if r.meta.get("kind") == "decoder" or r.meta.get("kind") == "adaptor"
-                   or (r.meta.get("kind") not in NON_ENCODER_KINDS and r.meta.get("subject"))]
+        records = self._servable  # the records that catalog just listed
         stores = {self.store_uri} if self.store_uri else {r.meta.get("store") for r in records if r.meta.get("store")}
         for s in stores:
             try:
@@ -116,8 +119,6 @@ class LocalBackend:
                 "models_checked": len(records), "stores": sorted(stores)}
 
     def _check_loadable(self, rec) -> None:
-        import hashlib
-
         from ..fitting._registry import META_FILE, WEIGHTS_FILE
 
         try:
@@ -128,20 +129,13 @@ class LocalBackend:
                                     "or delete it from the registry") from None
         if key in self._verified:
             return
-        h = hashlib.sha256()
-        with open(rec.path / WEIGHTS_FILE, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        if h.hexdigest() != rec.meta.get("safetensors_sha256"):
-            raise ServingError(503, f"model {rec.name}: {rec.path / WEIGHTS_FILE} changed since it was saved (sha256 "
-                                    "differs from model.json); re-save or refit the model")
-        if isinstance(rec.meta.get("feature_versions"), dict) and rec.meta["feature_versions"]:
+        try:
+            self.reg.load(rec.name)  # the weights' sha256 against model.json, and a readable safetensors file
             uri = self.store_uri or rec.meta.get("store")
-            if uri:
-                try:
-                    self.reg.check_features(rec, self._store(uri))
-                except RegistryError as e:
-                    raise ServingError(503, str(e)) from None
+            if isinstance(rec.meta.get("feature_versions"), dict) and rec.meta["feature_versions"] and uri:
+                self.reg.check_features(rec, self._store(uri))
+        except RegistryError as e:
+            raise ServingError(503, str(e)) from None
         with self._lock:
             self._verified.add(key)
 
@@ -367,9 +361,9 @@ class LocalBackend:
                 _check_voxels(R, n_vox, d.voxels, model, subject)
                 E = d.decode(R)
             else:
-                am = self._cached(("adaptor", model), lambda: AdaptorModel.load(self.reg, f"{model}/shared",
-                                                                                self.store_uri))
-                fs = self._store(self.reg.record(f"{model}/shared").meta.get("store"))
+                am, fs = self._cached(("adaptor", model), lambda: (
+                    AdaptorModel.load(self.reg, f"{model}/shared", self.store_uri),
+                    self._store(self.reg.record(f"{model}/shared").meta.get("store"))))
                 _check_voxels(R, sum(len(v) for v in am.voxels[subject].values()), am.voxels[subject], model, subject)
                 E = am.decode(subject, R)[target]
         except RegistryError as e:

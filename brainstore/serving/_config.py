@@ -7,7 +7,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-__all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "app_args", "ServeConfigError"]
+__all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "app_args", "ServeConfigError",
+           "IMPORT_PATH", "PROXY_TIMEOUT_MARGIN_S"]
+
+
+IMPORT_PATH = "brainstore.serving._deploy:app_builder"
+#: Serve's proxy gives up this many seconds after the app's own request timeout (which answers 503 first).
+PROXY_TIMEOUT_MARGIN_S = 5.0
 
 
 class ServeConfigError(ValueError):
@@ -33,9 +39,10 @@ def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.
     deployments = [{"name": name, **copy.deepcopy(opts)} for name, opts in DEFAULT_OPTIONS.items()]
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": host, "port": int(port), "request_timeout_s": float(request_timeout_s) + 5},
+        "http_options": {"host": host, "port": int(port),
+                         "request_timeout_s": float(request_timeout_s) + PROXY_TIMEOUT_MARGIN_S},
         "logging_config": {"log_level": "WARNING"},
-        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": "brainstore.serving._deploy:app_builder",
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
                           "args": args, "deployments": deployments}],
     }
 
@@ -101,9 +108,9 @@ def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise ServeConfigError(f"{where}: {loc}: {first['msg']}") from None
-    apps = [a for a in cfg.get("applications", []) if a.get("import_path") == "brainstore.serving._deploy:app_builder"]
+    apps = _brainstore_apps(cfg)
     if not apps:
-        raise ServeConfigError(f"{where}: no application with import_path brainstore.serving._deploy:app_builder")
+        raise ServeConfigError(f"{where}: no application with import_path {IMPORT_PATH}")
     from ._deploy import DEFAULT_OPTIONS
 
     for a in apps:
@@ -138,13 +145,16 @@ def read_serve_config(path: str | Path) -> dict:
     return check_serve_config(cfg, str(p))
 
 
+def _brainstore_apps(cfg: dict) -> list[dict]:
+    return [a for a in cfg.get("applications", []) if a.get("import_path") == IMPORT_PATH]
+
+
 def app_args(cfg: dict) -> dict:
     """The ``args`` of a checked config's brainstore application (registry, store, token_env, limits)."""
-    app = next(a for a in cfg["applications"] if a.get("import_path") == "brainstore.serving._deploy:app_builder")
-    return dict(app.get("args") or {})
+    return dict(_brainstore_apps(cfg)[0].get("args") or {})
 
 
 def deployment_options(cfg: dict) -> dict[str, dict]:
     """Per deployment name, the options a checked config sets (for ``build_app(options=...)``)."""
-    app = next(a for a in cfg["applications"] if a.get("import_path") == "brainstore.serving._deploy:app_builder")
+    app = _brainstore_apps(cfg)[0]
     return {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}

@@ -34,23 +34,21 @@ _QUIET = {"log_level": "WARNING", "enable_access_log": False}  # replicas log pr
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
-def _actor(num_cpus: float) -> dict:
-    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": dict(SAME_LOOP_ENV)}}
+def _options(ongoing: int, queued: int, *, autoscaled: bool = False) -> dict:
+    """One deployment's defaults: 0.25 CPU, the same-loop env, queue limits, quiet logs; one replica, or
+    autoscaling between 1 and 2."""
+    scale = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
+                                     "upscale_delay_s": 5, "downscale_delay_s": 30}} if autoscaled
+             else {"num_replicas": 1})
+    return {**scale, "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": dict(SAME_LOOP_ENV)}},
+            "max_ongoing_requests": ongoing, "max_queued_requests": queued, "logging_config": dict(_QUIET)}
 
 
 DEFAULT_OPTIONS = {
-    "Ingress": {"num_replicas": 1, "ray_actor_options": _actor(0.25), "max_ongoing_requests": 64,
-                "max_queued_requests": 256, "logging_config": _QUIET},
-    "Extractor": {"num_replicas": 1, "ray_actor_options": _actor(0.25), "max_ongoing_requests": 32,
-                  "max_queued_requests": 128, "logging_config": _QUIET},
-    "Encoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
-                                       "upscale_delay_s": 5, "downscale_delay_s": 30},
-                "ray_actor_options": _actor(0.25), "max_ongoing_requests": 16, "max_queued_requests": 128,
-                "logging_config": _QUIET},
-    "Decoder": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
-                                       "upscale_delay_s": 5, "downscale_delay_s": 30},
-                "ray_actor_options": _actor(0.25), "max_ongoing_requests": 16, "max_queued_requests": 128,
-                "logging_config": _QUIET},
+    "Ingress": _options(64, 256),
+    "Extractor": _options(32, 128),
+    "Encoder": _options(16, 128, autoscaled=True),
+    "Decoder": _options(16, 128, autoscaled=True),
 }
 
 
