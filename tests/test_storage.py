@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from brainstore._storage import ENV, storage_options
+from brainstore.datasets import AlgonautsDataset
 from brainstore.features import FeatureStore, FeatureStoreError
 
 BUCKET = "brainstore-test"
@@ -89,3 +90,184 @@ def test_extraction_into_s3_equals_local_disk(s3_server, small_dataset, tmp_path
     assert fs_r.metadata(remote.feature)["weights_sha256"] == fs_l.metadata(local.feature)["weights_sha256"]
     again = extract(small_dataset, "text", uri, progress=False)  # a rerun finds every row there: no duplicates
     assert again.written == 0 and len(fs_r.ids(remote.feature)) == len(ids)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _s3_registry(s3_server, prefix: str):
+    from brainstore.fitting import ModelRegistry
+
+    return ModelRegistry(f"s3://{BUCKET}/{prefix}", storage_options=s3_server["options"])
+
+
+def test_registry_on_s3_saves_loads_lists_and_deletes_like_a_folder(s3_server, tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    from brainstore.fitting import ModelRegistry, RegistryError
+
+    monkeypatch.delenv(ENV, raising=False)
+    reg, local = _s3_registry(s3_server, "reg-basic"), ModelRegistry(tmp_path / "reg")
+    rng = np.random.default_rng(0)
+    w = {"coef": rng.standard_normal((5, 3)).astype(np.float32), "alpha": np.array([1.0, 10.0])}
+    for r in (reg, local):
+        r.save("ridge/subj01", w, {"kind": "ridge", "subject": "subj01"})
+        r.save("ridge/subj02", w, {"kind": "ridge", "subject": "subj02"})
+    assert reg.names() == local.names() == ["ridge/subj01", "ridge/subj02"]
+    tensors, rec = reg.load("ridge/subj01")
+    np.testing.assert_array_equal(tensors["coef"], w["coef"])
+    assert rec.meta["safetensors_sha256"] == local.record("ridge/subj01").meta["safetensors_sha256"]
+    assert rec.path == f"s3://{BUCKET}/reg-basic/ridge/subj01"
+    # the objects are there, in the local layout, and the weights read back with safetensors alone
+    client = s3_server["client"]
+    body = client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/model.safetensors")["Body"].read()
+    np.testing.assert_array_equal(safetensors.numpy.load(body)["coef"], w["coef"])
+    assert json.loads(client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/model.json")["Body"].read())[
+        "subject"] == "subj01"
+    with pytest.raises(RegistryError, match="already exists"):
+        reg.save("ridge/subj01", w, {}, overwrite=False)
+    with pytest.raises(RegistryError, match="cannot be nested"):
+        reg.save("ridge/subj01/inner", w, {})
+    with pytest.raises(RegistryError, match="holds other models"):
+        reg.save("ridge", w, {})
+    st1 = reg.stamp(reg.record("ridge/subj01"))
+    reg.save("ridge/subj01", {"coef": w["coef"] * 2}, {"kind": "ridge", "subject": "subj01"})  # overwrite
+    np.testing.assert_array_equal(reg.load("ridge/subj01")[0]["coef"], w["coef"] * 2)
+    assert reg.stamp(reg.record("ridge/subj01")) != st1
+    # weights changed behind the registry's back: refused, naming the object
+    client.put_object(Bucket=BUCKET, Key="reg-basic/ridge/subj02/model.safetensors",
+                      Body=safetensors.numpy.save({"coef": np.zeros((5, 3), np.float32)}))
+    with pytest.raises(RegistryError, match=r"reg-basic/ridge/subj02/model.safetensors changed since it was saved"):
+        reg.load("ridge/subj02")
+    reg.delete("ridge/subj02")
+    assert reg.names() == ["ridge/subj01"] and not reg.exists("ridge/subj02")
+    with pytest.raises(RegistryError, match="no model 'ridge/subj02'.*did you mean 'ridge/subj01'"):
+        reg.load("ridge/subj02")
+    # a reader never creates: an empty prefix is refused; unknown option keys are refused
+    with pytest.raises(RegistryError, match="reg-nothing holds no model"):
+        ModelRegistry(f"s3://{BUCKET}/reg-nothing", create=False, storage_options=s3_server["options"])
+    with pytest.raises(RegistryError, match=r"'aws_endpiont' \(did you mean aws_endpoint"):
+        ModelRegistry(f"s3://{BUCKET}/reg-basic", storage_options={"aws_endpiont": "http://127.0.0.1:9"})
+
+
+def test_concurrent_writers_of_one_s3_table_and_one_s3_model_are_serialized(s3_server, monkeypatch):
+    """Two writers adding overlapping ids to one table on S3 at once: every id stored exactly once (the
+    table lock is an object created with a conditional PUT); a lock held by another writer times out
+    with an error naming it."""
+    import threading
+
+    import obstore
+
+    from brainstore._storage import object_store
+
+    monkeypatch.setenv(ENV, json.dumps(s3_server["options"]))
+    uri = f"s3://{BUCKET}/concurrent"
+    FeatureStore(uri).ensure_table("t", 4, {"extractor": "test"})
+    ids = [f"s{i:03d}" for i in range(60)]
+    emb = np.arange(60 * 4, dtype=np.float32).reshape(60, 4)
+    errors = []
+
+    def writer(order):
+        try:
+            fs = FeatureStore(uri)
+            for lo in range(0, 60, 10):
+                sel = order[lo:lo + 10]
+                fs.write("t", [ids[i] for i in sel], emb[sel], dataset="d", split="train")
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    a = list(range(60))
+    b = a[::-1]
+    threads = [threading.Thread(target=writer, args=(o,)) for o in (a, b, a[30:] + a[:30])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    fs = FeatureStore(uri, create=False)
+    got = fs.ids("t")
+    assert sorted(got) == ids and len(got) == 60
+    np.testing.assert_array_equal(fs.load("t", ids), emb)
+
+    store = object_store(uri)
+    obstore.put(store, "_brainstore_locks/t.lock", b'{"host": "elsewhere", "pid": 7}')
+    with pytest.raises(FeatureStoreError, match=r"another writer \(elsewhere, pid 7\) has held the lock "
+                                                r"s3://brainstore-test/concurrent/_brainstore_locks/t.lock"):
+        FeatureStore(uri, lock_timeout=0.5).write("t", ["new"], emb[:1], dataset="d", split="train")
+    obstore.delete(store, "_brainstore_locks/t.lock")
+
+
+@pytest.mark.slow
+def test_extract_fit_predict_and_serve_on_s3_equal_local_disk(s3_server, small_dataset, tmp_path, monkeypatch,
+                                                              ray_local):
+    """Store and registry on s3:// (options set after the session's Ray started: they reach the tasks through
+    their jobs), the same results as on local disk: registered weights, test predictions, decoders, and the
+    serving backend reading both from the URIs."""
+    from brainstore.features import extract
+    from brainstore.fitting import FitSpec, ModelRegistry, fit_decoders, fit_encoding_models, predict_model, \
+        subject_stimuli
+    from brainstore.serving import LocalBackend
+
+    monkeypatch.setenv(ENV, json.dumps(s3_server["options"]))
+    monkeypatch.setenv("BRAINSTORE_HOME", str(tmp_path / "home"))
+    runs = {}
+    for where, store, registry in (("s3", f"s3://{BUCKET}/e2e/features", f"s3://{BUCKET}/e2e/models"),
+                                   ("local", str(tmp_path / "features"), str(tmp_path / "models"))):
+        txt = extract(small_dataset, "text", store, progress=False).feature
+        spec = FitSpec(dataset=str(small_dataset), alphas=[1.0, 100.0, 10000.0], folds=3,
+                       models=[{"name": "txt", "features": [txt]}])
+        run = fit_encoding_models(spec, store=store, registry=registry, progress=False)
+        assert not run.failures, run.failures
+        drun = fit_decoders(small_dataset, txt, store=store, registry=registry, progress=False)
+        assert not drun.failures, drun.failures
+        runs[where] = (store, registry, txt, run, drun)
+    assert str(runs["s3"][3].run_dir).startswith(str(tmp_path / "home" / "runs"))  # run folders stay local
+    keys = [o["Key"] for o in s3_server["client"].list_objects_v2(Bucket=BUCKET, Prefix="e2e/models/")["Contents"]]
+    assert "e2e/models/txt/subj01/model.safetensors" in keys
+
+    (s_store, s_reg, txt, s_run, s_drun), (l_store, l_reg, _, l_run, l_drun) = runs["s3"], runs["local"]
+    reg_s, reg_l = ModelRegistry(s_reg, create=False), ModelRegistry(l_reg, create=False)
+    assert reg_s.names() == reg_l.names()
+    for name in reg_l.names():
+        ws, wl = reg_s.load(name)[0], reg_l.load(name)[0]
+        assert ws.keys() == wl.keys()
+        for k in wl:
+            np.testing.assert_allclose(ws[k], wl[k], rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
+    for s in ("subj01", "subj02"):
+        ids = subject_stimuli(AlgonautsDataset(small_dataset), s, "test")
+        ps, pl = predict_model(reg_s, "txt", s, None, ids), predict_model(reg_l, "txt", s, None, ids)
+        for h in ("lh", "rh"):
+            np.testing.assert_allclose(ps[h], pl[h], rtol=1e-4, atol=1e-5)
+    assert s_drun.metrics.keys() == l_drun.metrics.keys()
+
+    backend = LocalBackend(s_reg)
+    ready = backend.ready()  # every model's weights hash and feature tables, read from S3
+    assert ready["stores"] == [s_store] and ready["models_checked"] == len(reg_s.names())
+    sid = subject_stimuli(AlgonautsDataset(small_dataset), "subj01", "test")[:2]
+    got = backend.encode("subj01", model="txt", stimulus_id=sid)
+    ref = predict_model(reg_l, "txt", "subj01", None, sid)
+    np.testing.assert_allclose(got["responses"]["lh"], ref["lh"], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_storage_option_flags_reach_the_registry_and_bad_ones_are_one_line_errors(s3_server, tmp_path):
+    """``brainstore -S KEY=VALUE`` / ``--storage-config FILE`` feed the same options as the variable."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    _s3_registry(s3_server, "reg-cli").save("m/subj01", {"w": np.ones(3, np.float32)}, {"kind": "ridge"})
+    flags = [x for k, v in s3_server["options"].items() for x in ("-S", f"{k}={v}")]
+    cli = [sys.executable, "-m", "brainstore.cluster.cli"]
+    r = subprocess.run([*cli, *flags, "models", "--registry", f"s3://{BUCKET}/reg-cli", "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert [m["name"] for m in json.loads(r.stdout)] == ["m/subj01"]
+    cfg = tmp_path / "s3.yaml"
+    cfg.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in s3_server["options"].items()) + "\n")
+    r = subprocess.run([*cli, "--storage-config", str(cfg), "models", "--registry", f"s3://{BUCKET}/reg-cli", "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["name"] == "m/subj01", r.stderr + r.stdout
+    for bad, msg in ((["-S", "aws_endpiont=http://x"], "'aws_endpiont' (did you mean aws_endpoint"),
+                     (["-S", "novalue"], "--storage-option 'novalue': expected KEY=VALUE"),
+                     (["--storage-config", str(tmp_path / "nope.yaml")], "nope.yaml does not exist")):
+        r = subprocess.run([*cli, *bad, "models", "--registry", f"s3://{BUCKET}/reg-cli"], capture_output=True,
+                           text=True, env=env, timeout=120)
+        out = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and msg in out and "Traceback" not in out, out

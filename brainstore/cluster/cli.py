@@ -35,9 +35,26 @@ VERBOSE = {"on": False}
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tracebacks with errors.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tracebacks with errors."),
+          storage_option: Optional[list[str]] = typer.Option(
+              None, "--storage-option", "-S", metavar="KEY=VALUE",
+              help="Object-store option for s3:// / gs:// / az:// stores and registries (repeatable), e.g. "
+                   "-S aws_endpoint=http://127.0.0.1:9000 -S allow_http=true; over $BRAINSTORE_STORAGE_OPTIONS."),
+          storage_config: Optional[Path] = typer.Option(
+              None, "--storage-config", metavar="FILE",
+              help="A YAML/JSON file of object-store options (as $BRAINSTORE_STORAGE_OPTIONS=FILE); -S flags win.")) -> None:
     """Feature store, fitting and serving for brain encoding / decoding models."""
     VERBOSE["on"] = verbose
+    from .._storage import ENV, StorageOptionsError, env_options, merge_cli_options
+
+    try:
+        if storage_config is not None:
+            _need(storage_config, False, "--storage-config", "give a YAML or JSON file of storage options")
+            os.environ[ENV] = str(storage_config.resolve())
+            env_options()  # unreadable or not a mapping: refused now
+        merge_cli_options(storage_option)
+    except StorageOptionsError as e:
+        _fail(str(e))
 
 
 def _need(path: Path, folder: bool, what: str, usage: str) -> None:

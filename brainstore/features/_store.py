@@ -145,6 +145,11 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({self.uri!r})"
 
+    @property
+    def options(self) -> dict | None:
+        """The resolved object-store options (None for a local store): what a task needs to open it the same way."""
+        return dict(self._storage_options) if self._storage_options else None
+
     # ------------------------------------------------------------------ tables
     def names(self) -> list[str]:
         """Feature versions (table names) in the store, excluding internal tables."""
@@ -242,8 +247,9 @@ class FeatureStore:
     def _lock(self, feature: str) -> Iterator[None]:
         """Exclusive inter-process lock for writes to one table (local stores: ``filelock`` on a lock file).
 
-        Object-store URIs have no shared lock: concurrent writers to one table there must be
-        serialized by the caller (one extraction job per feature version).
+        On object storage the lock is the object ``_brainstore_locks/<feature>.lock`` under the store,
+        created with a conditional PUT (:class:`brainstore._storage.ObjectLock`), so writers on any
+        machine exclude each other the same way.
 
         Raises
         ------
@@ -251,7 +257,13 @@ class FeatureStore:
             When another writer holds the lock for more than ``lock_timeout`` seconds.
         """
         if "://" in self.uri and not self.uri.startswith("file://"):
-            yield
+            from .._storage import ObjectLock, object_store
+
+            key = f"_brainstore_locks/{feature}.lock"
+            with ObjectLock(object_store(self.uri, self._storage_options), key, timeout=self.lock_timeout,
+                            what=f"feature table {feature!r} in {self.uri}", error=FeatureStoreError,
+                            where=f"{self.uri.rstrip('/')}/{key}"):
+                yield
             return
         from filelock import FileLock, Timeout
 

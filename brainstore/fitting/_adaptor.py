@@ -119,7 +119,7 @@ def _labeled_arrays(cfg: dict, subject: str) -> tuple[np.ndarray, dict[str, np.n
     lo, hi = cfg["unlabeled"].get(subject, (n, n))
     # domain adaptation: the embeddings of a subject's unlabeled images are never read
     assert n <= lo and set(ids[:n]).isdisjoint(ids[lo:hi]), f"{subject}: labeled rows overlap its unlabeled ones"
-    fs = FeatureStore(cfg["store"], create=False)
+    fs = FeatureStore(cfg["store"], cfg.get("store_options"), create=False)
     return R[:n], {t: fs.load(t, ids[:n]) for t in cfg["targets"]}
 
 
@@ -527,7 +527,8 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         state.update({k: torch.from_numpy(v) for k, v in mean_init.items()})
         torch.save(state, tmp_init)
         init_state = str(tmp_init)
-    cfg = {"dataset": str(ds.root), "store": fs.uri, "targets": targets, "params": p.model_dump(),
+    cfg = {"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "targets": targets,
+           "params": p.model_dump(),
            "subjects": sorted(all_subjects), "train_subjects": subjects, "n_voxels": all_subjects,
            "target_dims": dims, "voxels": {s: {h: v.tolist() for h, v in voxels[s].items()} for s in voxels},
            "norm": norm, "fraction": fraction, "trainable": trainable, "init_state": init_state,

@@ -125,7 +125,7 @@ def assemble_subject(job: dict) -> dict:
     and ``peak_rss_gb``.
     """
     spec = FitSpec(**job["spec"])
-    ds, fs = AlgonautsDataset(job["dataset"]), FeatureStore(job["store"], create=False)
+    ds, fs = AlgonautsDataset(job["dataset"]), FeatureStore(job["store"], job.get("store_options"), create=False)
     layout, subject, hemis = RunLayout(job["run_dir"]), job["subject"], list(spec.hemispheres)
     train_ids = subject_stimuli(ds, subject, "train")
     n_fit = validation_folds(len(train_ids), spec.folds)[1]
@@ -159,7 +159,7 @@ def assemble_subject(job: dict) -> dict:
                for name in ready}
     registered = []
     if job["register"]:
-        registered = _register_subject(ModelRegistry(job["registry"]), fs, spec, ds, layout, subject, ready, derived,
+        registered = _register_subject(ModelRegistry(job["registry"], storage_options=job.get("registry_options")), fs, spec, ds, layout, subject, ready, derived,
                                        metrics, job["infos"], train_ids, n_fit)
     return {"subject": subject, "metrics": metrics, "failures": failures, "registered": registered,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}

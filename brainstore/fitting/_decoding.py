@@ -120,8 +120,8 @@ def fit_decoder(job: dict) -> dict:
 
     t0 = time.time()
     ds = AlgonautsDataset(job["dataset"])
-    fs = FeatureStore(job["store"], create=False)
-    reg = ModelRegistry(job["registry"])
+    fs = FeatureStore(job["store"], job.get("store_options"), create=False)
+    reg = ModelRegistry(job["registry"], storage_options=job.get("registry_options"))
     s, target, name = job["subject"], job["target"], job["name"]
     device = job.get("device", "auto")
     if device == "auto":
@@ -283,7 +283,8 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
     rdir.mkdir(parents=True, exist_ok=True)
     cpus = plan_fit_cpus(res.get("CPU", 1), len(subjects), False)
     task = ray.remote(num_cpus=cpus, max_retries=3, retry_exceptions=False)(fit_decoder)
-    jobs = {task.remote({"dataset": str(ds.root), "store": fs.uri, "registry": str(reg.root), "run_dir": str(rdir),
+    jobs = {task.remote({"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "registry": str(reg.root),
+                              "registry_options": reg.storage_options, "run_dir": str(rdir),
                          "name": name, "subject": s, "target": target, "rois": rois,
                          "alphas": list(alphas or DECODER_ALPHAS), "folds": folds, "threads": cpus,
                          "n_candidates": n_candidates, "n_draws": n_draws}): s for s in subjects}

@@ -131,7 +131,7 @@ def fit_base(job: dict) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ds = AlgonautsDataset(job["dataset"])
-    fs = FeatureStore(job["store"], create=False)
+    fs = FeatureStore(job["store"], job.get("store_options"), create=False)
     layout = RunLayout(job["run_dir"])
     model, subject, hemi = job["model"], job["subject"], job["hemi"]
     X = design_matrix(fs, job["features"], subject_stimuli(ds, subject, "train"))

@@ -14,6 +14,14 @@ old. Loads verify the sha256 recorded at save time. Permissions follow the umask
 both files: ``0666 & ~umask`` for files and ``0777 & ~umask`` for model folders (0644 / 0755
 under the usual 022), so a registry shared by a lab is readable by its members.
 
+On object storage (``s3://``, ``gs://``, ``az://``; options as for the feature store, see
+``brainstore._storage``) the layout is the same, so a local registry copied there (``aws s3 sync``)
+is a registry. Object stores have no folder rename, so a write there goes: take the model's lock
+(``_locks/<name>.lock``, created with a conditional PUT: concurrent writers of one model wait for
+each other), put the weights, then put ``model.json``, the commit marker. A reader that meets new
+weights under an old ``model.json`` sees the sha256 disagree, re-reads ``model.json`` and retries; a
+model being deleted loses ``model.json`` first.
+
 >>> reg = ModelRegistry("models/")
 >>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
 >>> state, record = reg.load("ridge/subj01")
@@ -60,10 +68,11 @@ class RegistryError(ValueError):
 
 @dataclass
 class ModelRecord:
-    """One saved model: its name, its folder and its parsed ``model.json``."""
+    """One saved model: its name, its folder (a ``Path``; on object storage its URI, a string) and its
+    parsed ``model.json``."""
 
     name: str
-    path: Path
+    path: Path | str
     meta: dict = field(repr=False)
 
     @property
@@ -134,23 +143,45 @@ def _remove_stale_tmp(parent: Path) -> None:
 
 
 class ModelRegistry:
-    """Fitted models in a local folder, as ``<name>/model.safetensors`` + ``<name>/model.json``.
+    """Fitted models in a local folder or under an object-store URI, as ``<name>/model.safetensors`` +
+    ``<name>/model.json``.
 
     Parameters
     ----------
     uri : str or path
-        The registry folder.
+        The registry folder, or an object-store URI (``s3://bucket/models``).
     create : bool
-        Create it if missing (writers). False (readers): a missing folder is a
-        :class:`RegistryError`. A file, or (with ``create``) an unwritable folder, is refused.
+        Create it if missing (writers). False (readers): a missing folder (on object storage: a
+        prefix holding no model) is a :class:`RegistryError`. A file, or (with ``create``) an
+        unwritable folder, is refused.
+    storage_options : dict, optional
+        Object-store options over those of ``$BRAINSTORE_STORAGE_OPTIONS``; unknown keys are an error.
+    lock_timeout : float
+        Object storage: seconds a write waits for another writer of the same model.
     """
 
-    def __init__(self, uri: str | Path, *, create: bool = True):
+    def __init__(self, uri: str | Path, *, create: bool = True, storage_options: dict | None = None,
+                 lock_timeout: float = 120.0):
         from .._paths import check_folder
+        from .._storage import StorageOptionsError, is_remote, object_store
+        from .._storage import storage_options as resolve
 
         s = str(uri)
-        if "://" in s and not s.startswith("file://"):
-            raise RegistryError(f"model registry {s!r}: only local folders are supported; give a path")
+        self.remote = is_remote(s)
+        self.lock_timeout = lock_timeout
+        if self.remote:
+            self.root = s.rstrip("/")
+            try:
+                self.storage_options = resolve(s, storage_options)
+                self._obj = object_store(s, self.storage_options)
+            except StorageOptionsError as e:
+                raise RegistryError(f"model registry {s}: {e}") from None
+            if not create and not self._remote_keys(limit=1):
+                raise RegistryError(f"model registry {s} holds no model (nothing under that prefix, or the object "
+                                    "store is unreachable with these options); fit models into it first "
+                                    "(`brainstore fit --registry ...`)")
+            return
+        self.storage_options = None
         self.root = check_folder(s[len("file://"):] if s.startswith("file://") else s, "model registry",
                                  "--registry", create=create, error=RegistryError,
                                  missing_hint="fit models into it first (`brainstore fit --registry ...`)")
@@ -158,9 +189,119 @@ class ModelRegistry:
     def __repr__(self) -> str:
         return f"ModelRegistry({str(self.root)!r})"
 
-    def path(self, name: str) -> Path:
-        """The folder of model ``name`` (whether or not it exists)."""
+    def path(self, name: str) -> Path | str:
+        """The folder of model ``name`` (whether or not it exists); on object storage its URI."""
+        if self.remote:
+            return f"{self.root}/{_check_name(name)}"
         return self.root.joinpath(*_check_name(name).split("/"))
+
+    @staticmethod
+    def _file(folder: Path | str, fname: str) -> Path | str:
+        return f"{folder}/{fname}" if isinstance(folder, str) else folder / fname
+
+    def stamp(self, rec: ModelRecord) -> tuple:
+        """A token that changes whenever the model's files change (mtimes, sizes, inodes; on object
+        storage the objects' ETags), for caches of verified models.
+
+        Raises
+        ------
+        FileNotFoundError
+            When one of the model's files is missing (its ``filename`` names it).
+        """
+        if self.remote:
+            import obstore
+            from obstore.exceptions import NotFoundError
+
+            out = []
+            for f in (WEIGHTS_FILE, META_FILE):
+                try:
+                    info = obstore.head(self._obj, f"{rec.name}/{f}")
+                except (NotFoundError, FileNotFoundError):
+                    raise FileNotFoundError(2, "missing", self._file(rec.path, f)) from None
+                out.append((info.get("e_tag"), info["size"], str(info["last_modified"])))
+            return (rec.name, *out)
+        return (rec.name, *((st.st_mtime_ns, st.st_size, st.st_ino) for st in
+                            (Path(self._file(rec.path, f)).stat() for f in (WEIGHTS_FILE, META_FILE))))
+
+    # ------------------------------------------------------------------ object storage
+    def _remote_keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        import obstore
+
+        keys: list[str] = []
+        try:
+            for batch in obstore.list(self._obj, prefix=prefix or None):
+                keys += [o["path"] for o in batch]
+                if limit is not None and len(keys) >= limit:
+                    break
+        except Exception as e:  # unreachable endpoint, bad credentials
+            raise RegistryError(f"model registry {self.root}: cannot list objects ({str(e).splitlines()[0]}); check "
+                                "the storage options (endpoint, credentials, allow_http)") from None
+        return keys
+
+    def _get(self, key: str) -> bytes | None:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return bytes(obstore.get(self._obj, key).bytes())
+        except (NotFoundError, FileNotFoundError):
+            return None
+
+    def _lock(self, name: str):
+        from .._storage import ObjectLock
+
+        key = f"_locks/{name}.lock"
+        return ObjectLock(self._obj, key, what=f"model {name!r} in registry {self.root}", timeout=self.lock_timeout,
+                          error=RegistryError, where=f"{self.root}/{key}")
+
+    def _save_remote(self, name: str, arrays: dict, doc: dict, overwrite: bool) -> ModelRecord:
+        import obstore
+        import safetensors.numpy
+
+        data = safetensors.numpy.save(arrays, metadata={"brainstore_model": name})
+        parts = name.split("/")
+        with self._lock(name):
+            for i in range(1, len(parts)):
+                if self._get(f"{'/'.join(parts[:i])}/{META_FILE}") is not None:
+                    raise RegistryError(f"cannot save model {name!r}: {'/'.join(parts[:i])!r} is already a model and "
+                                        "models cannot be nested inside models; choose another name")
+            inside = [k for k in self._remote_keys(f"{name}/") if k.endswith(f"/{META_FILE}") and k != f"{name}/{META_FILE}"]
+            if inside:
+                raise RegistryError(f"cannot save model {name!r}: {self.path(name)} holds other models; choose another name")
+            if not overwrite and self._get(f"{name}/{META_FILE}") is not None:
+                raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
+                                    "it or choose another name")
+            doc = {**doc, "safetensors_sha256": sha256(bytes(data))}
+            body = (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+            obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
+            obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
+        return ModelRecord(name, self.path(name), doc)
+
+    def _load_remote(self, name: str) -> tuple[bytes, dict]:
+        import time as _time
+
+        final = self.path(name)
+        raw = self._get(f"{name}/{META_FILE}")
+        for attempt in range(8):  # a writer between its two puts, or an overwrite racing this read
+            if raw is None:
+                raise self._missing(name)
+            data = self._get(f"{name}/{WEIGHTS_FILE}")
+            meta = self._parse(name, self._file(final, META_FILE), raw)
+            if data is not None and meta.get("safetensors_sha256") == sha256(data):
+                return data, meta
+            _time.sleep(0.05 * 2 ** min(attempt, 4))
+            again = self._get(f"{name}/{META_FILE}")
+            if again != raw:
+                raw = again
+                continue
+            if data is None and attempt >= 2:
+                raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is missing; the model is "
+                                    f"incomplete (re-save it, or delete it with ModelRegistry.delete({name!r}))")
+        got = sha256(data) if data is not None else "missing"
+        raise RegistryError(
+            f"model {name!r}: {self._file(final, WEIGHTS_FILE)} changed since it was saved (sha256 {got[:12]}..., "
+            f"model.json records {str(meta.get('safetensors_sha256'))[:12]}...); the weights cannot be trusted: "
+            "re-save or refit the model")
 
     # ------------------------------------------------------------------ write
     def save(self, name: str, tensors: dict[str, np.ndarray], meta: dict, *, overwrite: bool = True) -> ModelRecord:
@@ -191,6 +332,15 @@ class ModelRegistry:
         except RegistryError as e:
             raise RegistryError(f"model {name!r}: {e}") from None
         arrays = self._check_tensors(name, tensors)
+        if self.remote:
+            doc.update({
+                "name": name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+                "package_versions": package_versions(),
+                "format_version": FORMAT_VERSION,
+            })
+            return self._save_remote(name, arrays, doc, overwrite)
         self._check_placement(name, final)
         if (final / META_FILE).is_file() and not overwrite:
             raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
@@ -261,7 +411,16 @@ class ModelRegistry:
             raise RegistryError(f"cannot save model {name!r}: {final} is a folder of other models; choose another name")
 
     def delete(self, name: str) -> None:
-        """Remove a model (its folder leaves the registry in one rename)."""
+        """Remove a model (its folder leaves the registry in one rename; on object storage model.json goes first)."""
+        if self.remote:
+            import obstore
+
+            with self._lock(name):
+                if self._get(f"{name}/{META_FILE}") is None:
+                    raise self._missing(name)
+                obstore.delete(self._obj, f"{name}/{META_FILE}")
+                obstore.delete(self._obj, f"{name}/{WEIGHTS_FILE}")
+            return
         final = self.path(name)
         if not (final / META_FILE).is_file():
             raise self._missing(name)
@@ -278,11 +437,18 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ read
     def exists(self, name: str) -> bool:
+        if self.remote:
+            return self._get(f"{_check_name(name)}/{META_FILE}") is not None
         return (self.path(name) / META_FILE).is_file()
 
     def record(self, name: str) -> ModelRecord:
         """The :class:`ModelRecord` of ``name`` (reads model.json only, not the weights)."""
         final = self.path(name)
+        if self.remote:
+            raw = self._get(f"{name}/{META_FILE}")
+            if raw is None:
+                raise self._missing(name)
+            return ModelRecord(name, final, self._parse(name, self._file(final, META_FILE), raw))
         try:
             raw = (final / META_FILE).read_bytes()
         except FileNotFoundError:
@@ -306,7 +472,9 @@ class ModelRegistry:
         import safetensors.numpy
 
         final = self.path(name)
-        for attempt in range(3):  # retry when a concurrent overwrite swaps the folder mid-read
+        if self.remote:
+            data, meta = self._load_remote(name)
+        for attempt in range(0 if self.remote else 3):  # retry when a concurrent overwrite swaps the folder mid-read
             try:
                 dfd = os.open(final, os.O_RDONLY)
             except (FileNotFoundError, NotADirectoryError):
@@ -338,13 +506,29 @@ class ModelRegistry:
         try:
             tensors = safetensors.numpy.load(data)
         except Exception as e:
-            raise RegistryError(f"model {name!r}: {final / WEIGHTS_FILE} is not a readable safetensors file ({e}); "
+            raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is not a readable safetensors file ({e}); "
                                 "re-save or refit the model") from e
         return tensors, ModelRecord(name, final, meta)
 
     def list(self, prefix: str = "") -> list[ModelRecord]:
         """Every saved model whose name starts with ``prefix``, sorted by name."""
         out = []
+        if self.remote:
+            for key in self._remote_keys():
+                parts = key.split("/")
+                if parts[-1] != META_FILE or len(parts) < 2 or any(p.startswith((".", "_")) for p in parts[:-1]):
+                    continue
+                name = "/".join(parts[:-1])
+                if not name.startswith(prefix):
+                    continue
+                raw = self._get(key)
+                if raw is None:  # deleted meanwhile
+                    continue
+                try:
+                    out.append(ModelRecord(name, self.path(name), self._parse(name, f"{self.root}/{key}", raw)))
+                except RegistryError as e:
+                    warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
+            return sorted(out, key=lambda r: r.name)
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]  # temporaries, run folders
             if META_FILE not in filenames or Path(dirpath) == self.root:
@@ -407,7 +591,7 @@ class ModelRegistry:
         fvs = rec.meta.get("feature_versions")
         if not isinstance(fvs, dict) or not fvs:
             raise RegistryError(
-                f"model {rec.name!r}: model.json has no 'feature_versions' to check ({rec.path / META_FILE}); "
+                f"model {rec.name!r}: model.json has no 'feature_versions' to check ({self._file(rec.path, META_FILE)}); "
                 "save the model with meta={'feature_versions': {fv: store.metadata(fv)}, ...}")
         problems = []
         for fv, old in fvs.items():

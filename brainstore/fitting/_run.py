@@ -260,8 +260,8 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     # fit left alone at the end while the other CPUs idle)
     dims = {f: fs.info(f).dim for f in {f for m in spec.models for f in m.features}}
     by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
-    jobs = [{"dataset": str(ds.root), "store": fs.uri, "run_dir": str(run_dir), "subject": s, "hemi": h,
-             "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
+    jobs = [{"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "run_dir": str(run_dir),
+             "subject": s, "hemi": h, "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
              "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu", "params": m.params()}
             for s in subjects for m in by_cost for h in spec.hemispheres if (s, m.name) not in lacking]
     cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
@@ -301,7 +301,8 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
             if left[s] == 0:
                 fitted = [m.name for m in spec.models if m.name not in failed[s]]
                 if fitted:
-                    aj = {"dataset": str(ds.root), "store": fs.uri, "registry": str(reg.root), "run_dir": str(run_dir),
+                    aj = {"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "registry": str(reg.root),
+                          "registry_options": reg.storage_options, "run_dir": str(run_dir),
                           "subject": s, "spec": spec.model_dump(), "fitted": fitted, "infos": infos[s],
                           "register": register}
                     pending[assemble_task.remote(aj)] = {"subject": s}

@@ -51,8 +51,21 @@ class RunLayout:
 
 
 def run_dir(out: str | os.PathLike | None, registry: str | os.PathLike, kind: str) -> Path:
-    """A run's folder, absolute: ``out``, or ``<registry>/_runs/<kind>-<time>`` (never the current directory)."""
-    path = Path(out) if out is not None else Path(registry) / "_runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A run's folder, absolute: ``out``, or ``<registry>/_runs/<kind>-<time>`` (never the current directory).
+
+    Run folders are local (tasks write and memory-map them): for a registry on object storage the
+    default is ``$BRAINSTORE_HOME/runs/<kind>-<time>`` (``.brainstore/`` by default); on a cluster of
+    several machines pass ``out`` on a file system every node mounts.
+    """
+    from .._storage import is_remote
+
+    stamp = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out is not None:
+        path = Path(out)
+    elif is_remote(registry):
+        path = Path(os.environ.get("BRAINSTORE_HOME", ".brainstore")) / "runs" / stamp
+    else:
+        path = Path(registry) / "_runs" / stamp
     return path.expanduser().absolute()
 
 

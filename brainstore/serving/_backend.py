@@ -119,11 +119,8 @@ class LocalBackend:
                 "models_checked": len(records), "stores": sorted(stores)}
 
     def _check_loadable(self, rec) -> None:
-        from ..fitting._registry import META_FILE, WEIGHTS_FILE
-
         try:
-            key = (rec.name, *((st.st_mtime_ns, st.st_size, st.st_ino) for st in
-                               ((rec.path / f).stat() for f in (WEIGHTS_FILE, META_FILE))))
+            key = self.reg.stamp(rec)
         except FileNotFoundError as e:
             raise ServingError(503, f"model {rec.name} is incomplete ({e.filename} is missing): re-save or refit it, "
                                     "or delete it from the registry") from None

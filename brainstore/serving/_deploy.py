@@ -292,6 +292,18 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
     for o in opts.values():  # a fixed replica count replaces autoscaling, and the other way round
         if "num_replicas" in o and "autoscaling_config" in o:
             o.pop("autoscaling_config" if o["num_replicas"] != "auto" else "num_replicas")
+    import json
+    import os
+
+    from .._storage import ENV, env_options
+
+    if os.environ.get(ENV):  # replicas (on any node) open object stores with the driver's options
+        snapshot = json.dumps(env_options()[0])
+        for o in opts.values():
+            rao = dict(o.get("ray_actor_options") or {})
+            renv = dict(rao.get("runtime_env") or {})
+            renv["env_vars"] = {**(renv.get("env_vars") or {}), ENV: snapshot}
+            o["ray_actor_options"] = {**rao, "runtime_env": renv}
     from ..features._extractors._clip_configs import _EXTRA_CONFIGS
 
     registry, store = str(registry), str(store) if store else None
