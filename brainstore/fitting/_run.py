@@ -261,8 +261,9 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     dims = {f: fs.info(f).dim for f in {f for m in spec.models for f in m.features}}
     by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
     jobs = [{"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "run_dir": str(run_dir),
-             "subject": s, "hemi": h, "model": m.name, "method": m.method, "features": m.features, "alphas": spec.alphas, "folds": spec.folds,
-             "scoring": spec.scoring, "device": "cuda" if use_gpu else "cpu", "params": m.params()}
+             "subject": s, "hemi": h, "model": m.name, "method": m.method, "features": m.features,
+             "alphas": spec.alphas, "folds": spec.folds, "scoring": spec.scoring,
+             "device": "cuda" if use_gpu else "cpu", "params": m.params()}
             for s in subjects for m in by_cost for h in spec.hemispheres if (s, m.name) not in lacking]
     cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
     fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
