@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 
-__all__ = ["connect", "ensure_connected", "quiet_ray_data", "keep_loopback"]
+__all__ = ["connect", "cluster_runtime_env", "ensure_connected", "quiet_ray_data", "keep_loopback"]
 
 
 def keep_loopback() -> None:
@@ -57,12 +57,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                 warnings.filterwarnings("ignore", message="lance is not fork-safe")
                 warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
                 if address:
-                    import json
-
-                    from ._storage import ENV, env_options
-
-                    if os.environ.get(ENV):  # workers elsewhere open the same stores with the same options
-                        kwargs["runtime_env"] = {"env_vars": {ENV: json.dumps(env_options()[0])}}  # a file's content
+                    kwargs["runtime_env"] = cluster_runtime_env()
                     ray.init(address=address, **kwargs)
                 else:
                     keep_loopback()
@@ -72,6 +67,35 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
             auth_log.setLevel(auth_level)
     quiet_ray_data()
     return ray.cluster_resources()
+
+
+#: ``0`` keeps the driver's brainstore package off a cluster's workers (they import their installed one).
+SHIP_ENV = "BRAINSTORE_SHIP_PACKAGE"
+
+
+def cluster_runtime_env() -> dict:
+    """The runtime environment of a driver joining a cluster.
+
+    - ``py_modules``: this process's ``brainstore`` package, uploaded once to the cluster (Ray caches it
+      by content hash), so every worker runs the driver's code whether or not brainstore is installed
+      on its node, and never another version of it (``$BRAINSTORE_SHIP_PACKAGE=0`` turns this off).
+      The dependencies (torch, Ray, LanceDB, ...) must be installed on the nodes: ``ray_config.yaml``'s
+      setup commands and ``deploy/Dockerfile`` install the pinned set.
+    - ``env_vars``: ``$BRAINSTORE_STORAGE_OPTIONS`` (a file's content when it names one), so workers
+      elsewhere open the same stores with the same options.
+    """
+    import json
+
+    from ._storage import ENV, env_options
+
+    env: dict = {}
+    if os.environ.get(SHIP_ENV, "1") != "0":
+        import brainstore
+
+        env["py_modules"] = [os.path.dirname(os.path.abspath(brainstore.__file__))]
+    if os.environ.get(ENV):
+        env["env_vars"] = {ENV: json.dumps(env_options()[0])}
+    return env
 
 
 def ensure_connected() -> dict:
