@@ -24,6 +24,34 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+ensure_chromium() {
+  # The HTML report's browser test drives Debian's chromium through playwright (which downloads no browser
+  # here). Install it when missing and apt-get is usable as root; otherwise say why and go on (the test fails
+  # with a one-line message telling how to install it).
+  local chromium=/usr/bin/chromium log
+  [ -x "$chromium" ] && return 0
+  if [ "${EUID:-$(id -u)}" -ne 0 ]; then
+    echo "[go] $chromium is missing and this is not root: install Debian's chromium (apt-get install -y chromium) for the HTML report's browser test" >&2
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[go] $chromium is missing and there is no apt-get: install chromium at $chromium for the HTML report's browser test" >&2
+    return 0
+  fi
+  echo "[go] installing Debian's chromium (apt-get, once) for the HTML report's browser test" >&2
+  log="$(mktemp)"
+  # (package lists missing or stale on a fresh machine: update them and try again)
+  if DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >"$log" 2>&1 ||
+     { apt-get update -q >"$log" 2>&1 &&
+       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >"$log" 2>&1; }; then
+    [ -x "$chromium" ] || echo "[go] apt-get installed chromium but $chromium is still missing; the browser test will fail" >&2
+  else
+    echo "[go] could not install chromium with apt-get ($(grep -E '^(E|W):' "$log" | tail -1 || true)); the browser test will fail" >&2
+  fi
+  rm -f "$log"
+  return 0
+}
+
 list_benchmarks() {
   local f
   for f in benchmarks/*.py; do
@@ -52,6 +80,7 @@ case "$cmd" in
   demo) setup; exec "$VENV/bin/brainstore" demo "$@" ;;
   test)
     setup
+    ensure_chromium
     set +e
     "$VENV/bin/python" -m pytest "$@"
     rc=$?
