@@ -61,8 +61,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                     ray.init(address=address, **kwargs)
                 else:
                     keep_loopback()
-                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
-                             _node_ip_address="127.0.0.1", **kwargs)
+                    # address="local": always a new embedded cluster, never one that `ray start` (or another
+                    # program) left running on this machine, which a bare ray.init() would join
+                    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                             object_store_memory=object_store_memory, _node_ip_address="127.0.0.1", **kwargs)
         finally:
             auth_log.setLevel(auth_level)
     quiet_ray_data()

@@ -45,7 +45,7 @@ def ray_local():
 
     if not ray.is_initialized():
         keep_loopback()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
                  object_store_memory=300 * 1024 * 1024)
     yield ray
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 app = typer.Typer(
     name="brainstore",
@@ -374,7 +375,7 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
     run = fit_decoders(dataset, spec.target, store=store, registry=registry, out=out, rois=spec.rois, name=spec.name,
                        alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects)
     for f in run.failures:
-        console.print(f"[red]failed[/] {f['subject']} {f['model']}: {f['error']}")
+        console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:
         _fail("no decoder could be fitted")
     (run.run_dir / "metrics.json").write_text(json.dumps({"decoders": run.metrics}, indent=2))
@@ -445,7 +446,8 @@ def fit_cmd(
     ok = True
     if run is not None:
         for f in run.failures:
-            console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
+            console.print(f"[red]failed[/] {escape(f['subject'])} {f['hemi']} {escape(f['model'])}: "
+                          f"{escape(f['error'])}")
         if not run.metrics:
             _fail("no model could be fitted")
         rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), run.run_dir)
@@ -532,7 +534,18 @@ def evaluate_cmd(
         write_decoding_plot(decoders, report_dir / "decoding_top1.png")
         _print_decoders(decoders, "evaluation")
         files += ["decoding_top1.png"]
-    console.print(f"report: {report_dir} (metrics.json, {', '.join(files)})")
+    from ._html import write_html_report
+
+    try:  # the same metrics in one self-contained file (plots inline, no script, nothing fetched)
+        html = write_html_report(report_dir / "report.html", dataset=ds, registry=reg, store=store, metrics=metrics,
+                                 kinds=kinds, decoders=decoders, title=f"brainstore evaluate: {ds.name}",
+                                 provenance_extra={"command": "brainstore evaluate", "models": models or "all",
+                                                   "rois": rois, "store": store or "each model's own",
+                                                   "report folder": str(report_dir)})
+    except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
+        _fail(f"HTML report {report_dir / 'report.html'}: {e}")
+    console.print(f"report: {report_dir} (metrics.json, {', '.join(files)}, report.html)")
+    console.print(f"HTML report: {html}")
 
 
 @app.command("predict")
@@ -842,6 +855,29 @@ def explain_cmd(
         t.add_row(str(it.rank), escape(it.stimulus_id), f"{it.score:+.3f}", f"{it.z:+.2f}", escape(it.caption or "-"))
     console.print(t)
     console.print(f"contact sheet: {png}")
+
+
+@app.command("run")
+def run_cmd(
+    pipeline: Path = typer.Argument(..., help="Pipeline file (YAML): dataset, store, registry, extract, fit, evaluate, report, serve."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Force this stage and every later one (extract, fit, evaluate, report, serve)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (the stages it reads must be current)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (which stages run, which are current, and why); run nothing."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (over the file's `address:`; default: an embedded local Ray)."),
+) -> None:
+    """Run extract -> fit -> evaluate -> report -> serve from one YAML; stages whose inputs are unchanged are skipped."""
+    from ..datasets import DatasetError
+    from ..features import ExtractionError, FeatureStoreError, MissingStimuliError, WeightsNotFoundError
+    from ..fitting import RegistryError, SpecError
+    from ._pipeline import PipelineError, run_pipeline
+
+    _need(pipeline, False, "pipeline file", "`brainstore run` takes a pipeline YAML file")
+    try:
+        run_pipeline(pipeline, from_stage=from_stage, only=only, dry_run=dry_run, address=address,
+                     quiet=not VERBOSE["on"])
+    except (PipelineError, SpecError, DatasetError, FeatureStoreError, MissingStimuliError, RegistryError,
+            WeightsNotFoundError, ExtractionError, ValueError) as e:
+        _fail(str(e))
 
 
 def main() -> None:  # pragma: no cover - console script entry
