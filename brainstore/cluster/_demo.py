@@ -55,19 +55,19 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
     made_with = _dataset_params(data)
     if made_with == params:
-        console.print(f"[1/6] reusing synthetic dataset {data}")
+        console.print(f"[1/7] reusing synthetic dataset {data}")
     else:
         if made_with is not None:
             console.print(f"[yellow]{data} was made with {made_with}, not {params}: remaking it, and clearing the "
                           f"demo's store, registry and report built from it[/]")
             for d in (out / "store", out / "registry", out / "report"):
                 shutil.rmtree(d, ignore_errors=True)
-        console.print(f"[1/6] making synthetic dataset in {data}")
+        console.print(f"[1/7] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
     ds = AlgonautsDataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
 
-    console.print(f"[2/6] extracting features into {store} (Ray Data -> LanceDB; resumable)")
+    console.print(f"[2/7] extracting features into {store} (Ray Data -> LanceDB; resumable)")
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
     tables = {}
@@ -78,7 +78,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
 
-    console.print(f"[3/6] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
+    console.print(f"[3/7] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
                   f"choice, ensemble) for {len(ds.subjects)} subjects x 2 hemispheres")
     notes: list[str] = []
     fspec = default_spec(data, store, registry, include_random=True, notes=notes)
@@ -89,7 +89,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
 
-    console.print("[4/6] evaluating on the test split")
+    console.print("[4/7] evaluating on the test split")
     rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir, title="demo encoding models")
     oracle = score_submission(ds, data / "ground_truth")
     cols = ["all", *REPORT_FAMILIES]
@@ -105,7 +105,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                   f"models: `brainstore models --registry {registry}`")
 
     captions = tables[TEXT_SPEC]
-    console.print(f"[5/6] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
+    console.print(f"[5/7] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
     drun = fit_decoders(data, captions, store=store, registry=registry, out=out / "decode")
     for f in drun.failures:
         console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
@@ -125,11 +125,31 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings), adaptor checkpoints in {arun.run_dir}; "
                   "`brainstore evaluate` writes metrics.json and decoding_top1.png, `brainstore predict --decode "
                   f"{captions}` the top-k stimuli of the whole store table")
-    console.print("[6/6] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
+    console.print("[6/7] the HTML report: per-ROI scores against the noise ceiling and the oracle, the Algonauts "
+                  "Table 1 comparison, retrieval both ways, decoded captions, feature-space split, provenance")
+    from ._html import write_html_report
+
+    t_html = time.time()
+    html_path = write_html_report(
+        out / "report" / "report.html", dataset=ds, registry=registry, store=store, metrics=run.metrics,
+        kinds=run.kinds, title="brainstore demo",
+        provenance_extra={"command": "brainstore demo", "dataset parameters": params,
+                          "feature tables": {spec: t for spec, t in tables.items()},
+                          "image extractor": tables_image(tables)})
+    console.print(f"      {html_path} ({html_path.stat().st_size / 1e6:.1f} MB, {time.time() - t_html:.1f} s; one file, "
+                  "opens offline in any browser)")
+    console.print("[7/7] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
                   "multiplexed per subject, decoder)")
     served = _serve_step(ds, registry, store, captions, keep_serving=keep_serving, quiet=quiet, port=port)
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
-    return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()}}
+    console.print(f"[bold]report: {html_path}[/] (tables and plots also in {out / 'report'})")
+    return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()},
+            "report": str(html_path), "seconds": time.time() - t0}
+
+
+def tables_image(tables: dict) -> str:
+    """The image extractor spec the demo used (its first table)."""
+    return next(iter(tables), "")
 
 
 def _serve_step(ds, registry: str, store: str, captions: str, *, keep_serving: bool, quiet: bool,
