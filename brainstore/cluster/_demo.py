@@ -41,7 +41,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
 
     ``quiet`` drops Ray's per-extraction actor-restart notice from stderr (see :mod:`._quiet`).
     """
-    from ..datasets import REPORT_FAMILIES, AlgonautsDataset, make_dataset
+    from ..datasets import REPORT_FAMILIES, make_dataset, open_dataset
     from ..features import extract
     from ..fitting import default_spec, fit_decoders, fit_encoding_models, write_report
     from ..fitting._evaluate import score_submission
@@ -64,7 +64,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                 shutil.rmtree(d, ignore_errors=True)
         console.print(f"[1/7] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
-    ds = AlgonautsDataset(data).check(check_images=False)
+    ds = open_dataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
 
     console.print(f"[2/7] extracting features into {store} (Ray Data -> LanceDB; resumable)")

@@ -34,7 +34,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..datasets import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset, DatasetError
+from ..datasets import (HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset, BrainDataset, DatasetError,
+                        open_dataset)
 
 __all__ = ["write_html_report"]
 
@@ -175,7 +176,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
     check_folder(out.parent, "HTML report folder", "write_html_report(path=...)", create=True)
     if provenance_extra is not None and not isinstance(provenance_extra, Mapping):
         raise ValueError(f"provenance_extra must be a dict (shown as a table), not {type(provenance_extra).__name__}")
-    ds = dataset if isinstance(dataset, AlgonautsDataset) else AlgonautsDataset(dataset)
+    ds = dataset if isinstance(dataset, BrainDataset) else open_dataset(dataset)
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 

@@ -316,7 +316,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         the store nor made by the extract stage, a folder that cannot be written.
     """
     from .._paths import check_folder
-    from ..datasets import AlgonautsDataset, DatasetError
+    from ..datasets import DatasetError, is_description, open_dataset
     from ..features import WeightsNotFoundError, get_extractor, with_layer
 
     path = Path(path).expanduser().absolute()
@@ -331,12 +331,13 @@ def load_pipeline(path: str | Path) -> Pipeline:
     spec = spec.model_copy(update=resolved)
     notes: list[str] = []
 
-    if not Path(spec.dataset).is_dir():
-        state = "is not a folder" if Path(spec.dataset).exists() else "does not exist"
+    if not (Path(spec.dataset).is_dir() or is_description(spec.dataset)):
+        state = "is not a folder or a description (.yaml)" if Path(spec.dataset).exists() else "does not exist"
         raise PipelineError(f"{_where(path, lines, ('dataset',))}: dataset {spec.dataset} {state} (paths are relative "
-                            f"to the pipeline file's folder {base}); give a dataset folder in the Algonauts layout")
+                            f"to the pipeline file's folder {base}); give a dataset folder in the Algonauts layout "
+                            "or a dataset description file")
     try:
-        ds = AlgonautsDataset(spec.dataset)
+        ds = open_dataset(spec.dataset)
     except DatasetError as e:
         raise PipelineError(f"{_where(path, lines, ('dataset',))}: dataset: {e}") from None
 
@@ -438,9 +439,11 @@ def _stat(p: Path) -> list:
 
 def _stimuli_identity(root: Path) -> dict:
     """The stimuli extraction reads: every image's name, size and mtime, and the captions files (no hashing)."""
-    from ..datasets import AlgonautsDataset
+    from ..datasets import AlgonautsDataset, open_dataset
 
-    ds = AlgonautsDataset(root)
+    ds = open_dataset(root)
+    if not isinstance(ds, AlgonautsDataset):  # a described dataset lists the files it reads
+        return {"root": str(ds.root), "files": _digest([[str(p), *_stat(p)] for p in ds.input_files("stimuli")])}
     out: dict = {"root": str(ds.root), "captions": {f: _stat(ds.root / f) for f in ("captions.csv", "captions.parquet")
                                                     if (ds.root / f).exists()}}
     for s in ds.subjects:
@@ -452,9 +455,11 @@ def _stimuli_identity(root: Path) -> dict:
 def _dataset_identity(root: Path, skip: tuple[str, ...] = ()) -> dict:
     """The dataset's summary and the size and mtime of every file but the images (responses, ROIs, ...);
     ``skip``: folders left out (the pipeline's own out, store and registry, should they lie inside)."""
-    from ..datasets import AlgonautsDataset
+    from ..datasets import AlgonautsDataset, open_dataset
 
-    ds = AlgonautsDataset(root)
+    ds = open_dataset(root)
+    if not isinstance(ds, AlgonautsDataset):  # a described dataset lists the files it reads
+        return {"summary": ds.summary(), "files": {str(p): _stat(p) for p in ds.input_files("responses")}}
     files = {}
     for dirpath, dirnames, filenames in os.walk(ds.root):
         dirnames[:] = sorted(d for d in dirnames if d not in ("training_images", "test_images")

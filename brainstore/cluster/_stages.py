@@ -70,13 +70,13 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
 
 
 def _run_fit(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import AlgonautsDataset
+    from ..datasets import open_dataset
     from ..fitting import fit_encoding_models, write_report
     from .cli import _check_decoder_specs, _print_comparison
     from ._report import console
 
     spec, fit_spec = ctx.spec, ctx.pipe.fit_spec
-    ds = AlgonautsDataset(spec.dataset)
+    ds = open_dataset(spec.dataset)
     records: dict[str, str | None] = {}  # registered name -> weights sha256 (read back once all are saved)
     decoders: list[str] = []
     with _stage_folder(ctx, "fit", fp) as d:
@@ -140,7 +140,7 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
 
 
 def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import AlgonautsDataset
+    from ..datasets import open_dataset
     from ..fitting import evaluate_registered, write_report
     from ..fitting._decoding import evaluate_decoders
     from ..fitting._report import write_decoding_plot
@@ -148,7 +148,7 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
     from ._report import console
 
     fit_out = ctx.outputs("fit")
-    ds = AlgonautsDataset(ctx.spec.dataset)
+    ds = open_dataset(ctx.spec.dataset)
     reg = ctx.registry()
     enc, dec = fit_out.get("encoders") or [], fit_out.get("decoders") or []
     with _stage_folder(ctx, "evaluate", fp) as d:
@@ -177,7 +177,7 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
 
 
 def _run_report(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import AlgonautsDataset
+    from ..datasets import open_dataset
     from ._report import console
 
     try:
@@ -195,7 +195,7 @@ def _run_report(ctx: _Ctx, fp: str) -> dict:
                   "fit_run": ctx.outputs("fit").get("run_dir"), "evaluate_dir": ev.get("dir")}
     with _stage_folder(ctx, "report", fp) as d:
         path = d / "report.html"
-        write_html_report(path, dataset=AlgonautsDataset(ctx.spec.dataset), registry=ctx.spec.registry,
+        write_html_report(path, dataset=open_dataset(ctx.spec.dataset), registry=ctx.spec.registry,
                           store=ctx.spec.store, metrics=doc.get("metrics", {}), kinds=doc.get("kinds", {}),
                           decoders=doc.get("decoders", {}), title=_title(ctx.pipe), provenance_extra=provenance)
     if not path.is_file():

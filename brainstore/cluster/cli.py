@@ -65,6 +65,15 @@ def _need(path: Path, folder: bool, what: str, usage: str) -> None:
         _fail(f"{what} {path} {state}; {usage}")
 
 
+def _need_dataset(path: Path, usage: str) -> None:
+    """Fail unless ``path`` is a dataset folder or a dataset description file (.yaml / .yml)."""
+    from ..datasets import is_description
+
+    if not (path.is_dir() or is_description(path)):
+        state = "is not a folder or a description (.yaml)" if path.exists() else "does not exist"
+        _fail(f"dataset {path} {state}; {usage}")
+
+
 def _fail(msg: str) -> None:
     import sys
 
@@ -95,7 +104,7 @@ def make_dataset_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
 ) -> None:
     """Write the synthetic benchmark dataset (images, captions, fMRI, ROIs, noise ceilings, oracle)."""
-    from ..datasets import AlgonautsDataset, make_dataset
+    from ..datasets import make_dataset, open_dataset
     from ._report import console, dataset_table
 
     try:
@@ -103,21 +112,21 @@ def make_dataset_cmd(
                             seed=seed, image_size=image_size, alignment=alignment, overwrite=overwrite)
     except (FileExistsError, ValueError) as e:
         _fail(str(e))
-    console.print(dataset_table(AlgonautsDataset(root).summary()))
+    console.print(dataset_table(open_dataset(root).summary()))
 
 
 @app.command("info")
 def info_cmd(
-    dataset: Path = typer.Argument(..., help="Dataset folder (Algonauts layout) or manifest file."),
+    dataset: Path = typer.Argument(..., help="Dataset folder (Algonauts layout), dataset description file (.yaml) or manifest file."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check the whole dataset and list problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Summarize a dataset: subjects, image counts, vertices, ROIs, noise ceilings."""
-    from ..datasets import AlgonautsDataset, DatasetError, read_manifest
+    """Summarize a dataset: subjects, image counts, vertices, ROIs, noise ceilings; list every problem (exit 1)."""
+    from ..datasets import DatasetError, DatasetValidationError, is_description, open_dataset, read_manifest
     from ._report import console, dataset_table, named_roi_table
 
     try:
-        if dataset.is_file():
+        if dataset.is_file() and not is_description(dataset):
             table = read_manifest(dataset)
             counts = table.group_by(["modality", "split"]).aggregate([("stimulus_id", "count")]).to_pylist()
             if as_json:
@@ -133,22 +142,27 @@ def info_cmd(
             console.print(t)
             return
         if not dataset.exists():
-            _fail(f"dataset {dataset} does not exist; `brainstore info` takes a dataset folder (Algonauts layout) "
-                  "or a manifest file (.parquet/.csv)")
-        ds = AlgonautsDataset(dataset)
-        summary = ds.summary()
-        problems = ds.validate() if validate else []
+            _fail(f"dataset {dataset} does not exist; `brainstore info` takes a dataset folder (Algonauts layout), "
+                  "a dataset description file (.yaml) or a manifest file (.parquet/.csv)")
+        try:
+            ds = open_dataset(dataset)
+        except DatasetValidationError as e:  # a description that does not parse: its problems, listed
+            summary, problems = {"root": str(dataset.absolute()), "subjects": {}}, e.problems
+        else:
+            summary = ds.summary()
+            problems = ds.validate() if validate else []
     except DatasetError as e:
         _fail(str(e))
     if as_json:
         print(json.dumps({**summary, "problems": problems}, indent=2))
     else:
-        console.print(dataset_table(summary))
-        console.print(named_roi_table(summary))
-        if validate:
+        if summary["subjects"]:
+            console.print(dataset_table(summary))
+            console.print(named_roi_table(summary))
+        if validate or problems:
             console.print("[green]valid[/]" if not problems else f"[red]{len(problems)} problem(s):[/]")
             for p in problems:
-                console.print(f"  - {p}")
+                console.print(f"  - {escape(p)}")
     if problems:
         raise typer.Exit(code=1)
 
@@ -156,7 +170,7 @@ def info_cmd(
 @app.command("extract")
 def extract_cmd(
     extractor: str = typer.Option(..., "--extractor", "-e", help="Extractor spec, e.g. 'clip:arch=ViT-B-32,pretrained=openai', 'text', 'sam:variant=vit_l,checkpoint=PATH'."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (Algonauts layout)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (Algonauts layout) or description file (.yaml)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest file (.parquet/.csv) instead of --dataset."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer to extract (sets layer=L in the spec, in the nested image spec for video): block index, 0 = first block, -1 = last, or final."),
     version: Optional[str] = typer.Option(None, "--version", help="Feature version (table) name; default from the extractor settings."),
@@ -188,8 +202,8 @@ def extract_cmd(
     if storage_dtype not in STORAGE_DTYPES:
         _fail(f"--storage-dtype {storage_dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
     if dataset is not None:
-        _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout (a manifest "
-              "file goes with --manifest)")
+        _need_dataset(dataset, "--dataset takes a dataset folder in the Algonauts layout or a dataset description "
+                      "file (.yaml); a manifest file goes with --manifest")
     if manifest is not None:
         _need(manifest, False, "manifest", "--manifest takes a .parquet or .csv file")
     try:
@@ -331,7 +345,7 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
 
     if dataset is None:
         _fail("--decode needs --dataset DIR (the responses to decode)")
-    _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
+    _need_dataset(dataset, "--dataset takes a dataset folder in the Algonauts layout or a description file (.yaml)")
     roi_list = [r.strip() for r in rois.split(",") if r.strip()] if rois else None
     try:
         spec = DecoderSpec(target=target, method=method, rois=roi_list, workers=workers,
@@ -413,7 +427,7 @@ def fit_cmd(
     if rois is not None:
         _fail("--rois goes with --decode (encoders take ROI rules in a fit spec)")
     from .._paths import check_folder
-    from ..datasets import AlgonautsDataset, DatasetError
+    from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError, MissingStimuliError
     from ..fitting import RegistryError, SpecError, default_spec, fit_encoding_models, load_spec, write_report
     from ._ray import connect
@@ -425,7 +439,7 @@ def fit_cmd(
     if config is not None:
         _need(config, False, "fit spec", "--config takes a YAML file")
     if dataset is not None:
-        _need(dataset, True, "dataset", "--dataset takes a dataset folder in the Algonauts layout")
+        _need_dataset(dataset, "--dataset takes a dataset folder in the Algonauts layout or a description file (.yaml)")
     try:
         spec = load_spec(config, dataset=str(dataset) if dataset else None) if config is not None else None
         reg = (spec.registry if spec is not None else None) or registry
@@ -450,7 +464,7 @@ def fit_cmd(
                           f"{escape(f['error'])}")
         if not run.metrics:
             _fail("no model could be fitted")
-        rep = write_report(run.metrics, run.kinds, run.test_preds, AlgonautsDataset(spec.dataset), run.run_dir)
+        rep = write_report(run.metrics, run.kinds, run.test_preds, open_dataset(spec.dataset), run.run_dir)
         _print_comparison(rep["rows"], "fitted models")
         console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in {rep['dir']} "
                       f"({run.seconds:.1f} s)")
@@ -468,12 +482,12 @@ def fit_cmd(
 
 def _check_decoder_specs(spec, store: str) -> None:
     """Every decoder of a fit spec: target table holding each subject's stimuli, known ROIs (before any fit)."""
-    from ..datasets import AlgonautsDataset
+    from ..datasets import open_dataset
     from ..features import FeatureStore
     from ..fitting import select_voxels
     from ..fitting._decoding import check_decoding_inputs
 
-    ds, fs = AlgonautsDataset(spec.dataset), FeatureStore(store, create=False)
+    ds, fs = open_dataset(spec.dataset), FeatureStore(store, create=False)
     subjects = None if spec.subjects == "all" else list(spec.subjects)
     for i, d in enumerate(spec.decoders):
         try:
@@ -494,7 +508,7 @@ def evaluate_cmd(
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
     from .._paths import check_folder
-    from ..datasets import AlgonautsDataset, DatasetError
+    from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
     from ..fitting._decoding import decoder_records, evaluate_decoders
@@ -504,7 +518,7 @@ def evaluate_cmd(
     if rois not in ("families", "named"):
         _fail(f"--rois must be 'families' or 'named', not {rois!r}")
     try:
-        ds = AlgonautsDataset(dataset)
+        ds = open_dataset(dataset)
         reg = _open_registry(registry)
         report_dir = check_folder(run_dir(out, registry, "evaluate"), "report folder", "--out", create=True, make=False)
         names = models.split(",") if models else None
@@ -562,13 +576,13 @@ def predict_cmd(
     if decode is not None:
         return _predict_decode(dataset, out, model, decode, top_k, store, registry)
     from .._paths import check_folder
-    from ..datasets import AlgonautsDataset, DatasetError
+    from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, best_model, predict_model, subject_stimuli, write_predictions
     from ._report import console
 
     try:
-        ds = AlgonautsDataset(dataset)
+        ds = open_dataset(dataset)
         reg = _open_registry(registry)
         check_folder(out, "output folder", "--out", create=True, make=False)
         for s in ds.subjects:
@@ -586,14 +600,14 @@ def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str,
     import numpy as np
 
     from .._paths import check_folder
-    from ..datasets import AlgonautsDataset, DatasetError
+    from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, safe_name, subject_stimuli
     from ..fitting._decoding import decode_subject, decoder_name, decoding_models, store_top_k
     from ._report import console
 
     try:
-        ds = AlgonautsDataset(dataset)
+        ds = open_dataset(dataset)
         reg = _open_registry(registry)
         check_folder(out, "output folder", "--out", create=True, make=False)
         models = decoding_models(reg, ds.root)

@@ -1,8 +1,11 @@
 """brainstore.datasets: readers, validation and the synthetic benchmark dataset.
 
-The Algonauts 2023 layout is read by :class:`AlgonautsDataset`; any other collection (images,
-video clips, text) comes in through a manifest (:func:`read_manifest`). Both give a stimulus
-table with the columns of :data:`STIMULUS_SCHEMA`.
+The Algonauts 2023 layout is read by :class:`AlgonautsDataset`; responses in any other layout
+(npy, HDF5, GIfTI, MGH, NIfTI volumes; trial tables; image bricks) by :class:`DescribedDataset`
+from a dataset description file; :func:`open_dataset` picks the reader. Both implement
+:class:`BrainDataset`. Any other stimulus collection (images, video clips, text) comes in through a
+manifest (:func:`read_manifest`). All give a stimulus table with the columns of
+:data:`STIMULUS_SCHEMA`.
 """
 
 from pathlib import Path
@@ -16,6 +19,7 @@ from ._algonauts import (
     AlgonautsDataset,
     stimulus_id_for,
 )
+from ._base import DESCRIPTION_NAME, BrainDataset
 from ._errors import DatasetError, DatasetValidationError
 from ._images import MAX_PIXELS, decode_image, image_problem
 from ._manifest import MODALITIES, read_manifest
@@ -23,7 +27,12 @@ from ._synthetic import make_dataset
 
 __all__ = [
     # readers
+    "BrainDataset",
     "AlgonautsDataset",
+    "DescribedDataset",
+    "open_dataset",
+    "is_description",
+    "DESCRIPTION_NAME",
     "read_manifest",
     "open_stimuli",
     "STIMULUS_SCHEMA",
@@ -40,14 +49,65 @@ __all__ = [
     # errors
     "DatasetError",
     "DatasetValidationError",
+    "DescriptionError",
     # synthetic
     "make_dataset",
 ]
 
+_DESCRIPTION_SUFFIXES = (".yaml", ".yml")
+
+
+def __getattr__(name: str):  # the described reader (pydantic, yaml) is imported when first used
+    if name == "DescribedDataset":
+        from ._described import DescribedDataset
+
+        return DescribedDataset
+    if name == "DescriptionError":
+        from ._description import DescriptionError
+
+        return DescriptionError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_description(path: str | Path) -> bool:
+    """True for a description file (.yaml / .yml) or a folder holding ``brainstore-dataset.yaml``."""
+    p = Path(path).expanduser()
+    return (p.is_file() and p.suffix.lower() in _DESCRIPTION_SUFFIXES) or (p / DESCRIPTION_NAME).is_file()
+
+
+def open_dataset(path: "str | Path | BrainDataset") -> BrainDataset:
+    """The dataset at ``path``: a description file (.yaml / .yml) or a folder holding
+    ``brainstore-dataset.yaml`` -> :class:`DescribedDataset`; any other folder ->
+    :class:`AlgonautsDataset`. A dataset object is returned as it is.
+
+    ``str(open_dataset(p).root)`` is the dataset's identity (recorded in models) and reopens it.
+    """
+    if isinstance(path, BrainDataset):
+        return path
+    p = Path(path).expanduser()
+    if is_description(p):
+        from ._described import DescribedDataset
+
+        return DescribedDataset(p)
+    if p.is_file():
+        raise DatasetError(f"dataset {p} is a file but not a dataset description (.yaml / .yml); give a dataset "
+                           "folder (Algonauts layout) or a description file")
+    if not p.exists():
+        raise DatasetError(f"dataset {p} does not exist; give a dataset folder (Algonauts layout) or a dataset "
+                           "description file (.yaml)")
+    try:
+        return AlgonautsDataset(p)
+    except DatasetError as e:
+        found = sorted(q.name for q in p.glob("*.y*ml") if q.suffix.lower() in _DESCRIPTION_SUFFIXES) if p.is_dir() else []
+        if not found:
+            raise
+        raise DatasetError(f"{e}; or pass its description file ({', '.join(found)}), or name it "
+                           f"{DESCRIPTION_NAME}") from None
+
 
 def open_stimuli(source: str | Path):
-    """Stimulus table of a dataset folder (Algonauts layout) or a manifest file (.parquet/.csv)."""
+    """Stimulus table of a dataset folder (Algonauts layout), a description file or a manifest file (.parquet/.csv)."""
     p = Path(source)
-    if p.is_dir():
-        return AlgonautsDataset(p).stimuli()
+    if p.is_dir() or is_description(p):
+        return open_dataset(p).stimuli()
     return read_manifest(p)

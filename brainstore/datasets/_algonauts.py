@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from ._base import BrainDataset
 from ._errors import DatasetError, DatasetValidationError
 
 __all__ = [
@@ -63,7 +64,7 @@ def stimulus_id_for(nsd_id: int) -> str:
     return f"nsd-{int(nsd_id):05d}"
 
 
-class AlgonautsDataset:
+class AlgonautsDataset(BrainDataset):
     """An Algonauts 2023 dataset on disk (real or synthetic).
 
     Parameters

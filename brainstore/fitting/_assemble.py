@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from ..datasets import REPORT_FAMILIES, AlgonautsDataset
+from ..datasets import REPORT_FAMILIES, AlgonautsDataset, open_dataset
 from ..features import FeatureStore
 from ..scoring import roi_summary
 from ._choice import cross_fitted_choices, resolve_regions, rule_choice, validation_halves, validation_r
@@ -125,7 +125,7 @@ def assemble_subject(job: dict) -> dict:
     and ``peak_rss_gb``.
     """
     spec = FitSpec(**job["spec"])
-    ds, fs = AlgonautsDataset(job["dataset"]), FeatureStore(job["store"], job.get("store_options"), create=False)
+    ds, fs = open_dataset(job["dataset"]), FeatureStore(job["store"], job.get("store_options"), create=False)
     layout, subject, hemis = RunLayout(job["run_dir"]), job["subject"], list(spec.hemispheres)
     train_ids = subject_stimuli(ds, subject, "train")
     n_fit = validation_folds(len(train_ids), spec.folds)[1]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ._encoding import subject_stimuli
@@ -119,7 +119,7 @@ def fit_decoder(job: dict) -> dict:
     from ._runfiles import write_array
 
     t0 = time.time()
-    ds = AlgonautsDataset(job["dataset"])
+    ds = open_dataset(job["dataset"])
     fs = FeatureStore(job["store"], job.get("store_options"), create=False)
     reg = ModelRegistry(job["registry"], storage_options=job.get("registry_options"))
     s, target, name = job["subject"], job["target"], job["name"]
@@ -272,7 +272,7 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
     from ._runfiles import run_dir as default_run_dir
 
     t0 = time.time()
-    ds, fs, reg = AlgonautsDataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    ds, fs, reg = open_dataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
     subjects = check_decoding_inputs(ds, fs, [target], subjects)
     for s in subjects:
         select_voxels(ds, s, rois)  # unknown ROI names fail here, before any task

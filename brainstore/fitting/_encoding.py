@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset
+from ..datasets import AlgonautsDataset, open_dataset
 from ..features import FeatureStore
 from ._runfiles import RunLayout, write_array, write_state
 
@@ -130,7 +130,7 @@ def fit_base(job: dict) -> dict:
     device = job.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    ds = AlgonautsDataset(job["dataset"])
+    ds = open_dataset(job["dataset"])
     fs = FeatureStore(job["store"], job.get("store_options"), create=False)
     layout = RunLayout(job["run_dir"])
     model, subject, hemi = job["model"], job["subject"], job["hemi"]

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
+from ..datasets import HEMISPHERES, AlgonautsDataset, BrainDataset, DatasetError, open_dataset
 from ..features import FeatureStore
 from ._registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
 
@@ -216,12 +216,12 @@ def _roi_vertices(ds: AlgonautsDataset | None, subject: str, hemis: list[str], n
 
 
 def _dataset(ds: str | Path | AlgonautsDataset | None, recorded: str | None) -> AlgonautsDataset | None:
-    if isinstance(ds, AlgonautsDataset):
+    if isinstance(ds, BrainDataset):
         return ds
     if ds is not None:
-        return AlgonautsDataset(ds)
-    if recorded and Path(recorded).is_dir():
-        return AlgonautsDataset(recorded)
+        return open_dataset(ds)
+    if recorded and Path(recorded).exists():
+        return open_dataset(recorded)
     return None
 
 

@@ -22,6 +22,13 @@ SHORT = ROI_FAMILY_LABELS
 VAL = "val r"  # column label of the validation score (see fitting._choice)
 
 
+def _mean(values) -> float:
+    """Mean over subjects ignoring NaN; NaN (without a warning) when no subject has a value, e.g. an ROI
+    family that a described dataset does not have."""
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
 def comparison_rows(metrics: dict, kinds: dict[str, str]) -> list[dict]:
     """One row per model: mean over subjects of test NNMC (all vertices and per ROI family) and val r.
 
@@ -34,11 +41,11 @@ def comparison_rows(metrics: dict, kinds: dict[str, str]) -> list[dict]:
                "val_r": float(np.mean([m["both"]["val_r_mean"] for m in subs]))}
         if all("test_nnmc" in m["both"] for m in subs):
             row["nnmc"] = float(np.mean([m["both"]["test_nnmc"] for m in subs]))
-            for fam in REPORT_FAMILIES:
-                row[fam] = float(np.nanmean([m["both"]["test_nnmc_roi"][fam] for m in subs]))
+            for fam in REPORT_FAMILIES:  # (a family the dataset lacks: NaN, shown as "-")
+                row[fam] = _mean([m["both"]["test_nnmc_roi"].get(fam) for m in subs])
         else:
             for fam in REPORT_FAMILIES:
-                row[fam] = float(np.nanmean([m["both"]["val_r_roi"][fam] for m in subs]))
+                row[fam] = _mean([m["both"]["val_r_roi"].get(fam) for m in subs])
         rows.append(row)
     return rows
 
@@ -119,7 +126,7 @@ def _plot_scatter(ds: AlgonautsDataset, model: str, subject: str, preds: dict, p
     r = pearson_r(pred, true)
     masks = ds.roi_masks(subject, h, families=REPORT_FAMILIES)
     for ax, fam in zip(axes, REPORT_FAMILIES):
-        idx = np.flatnonzero(masks[fam])
+        idx = np.flatnonzero(masks[fam]) if fam in masks else []  # (a family the dataset lacks: empty panel)
         if len(idx):
             v = idx[np.argmax(r[idx])]
             ax.scatter(pred[:, v], true[:, v], s=9, alpha=0.7)
@@ -141,7 +148,7 @@ def split_rows(metrics: dict) -> list[dict]:
             continue
         for space in subs[0]:
             rows.append({"model": model, "space": space,
-                         **{f: float(np.nanmean([s[space][f] for s in subs])) for f in ["all", *REPORT_FAMILIES]}})
+                         **{f: _mean([s[space].get(f) for s in subs]) for f in ["all", *REPORT_FAMILIES]}})
     return rows
 
 

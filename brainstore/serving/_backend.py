@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, MissingStimuliError
 from ..fitting import ModelRegistry, RegistryError
@@ -152,7 +152,7 @@ class LocalBackend:
         with self._lock:
             if root not in self._datasets:
                 try:
-                    self._datasets[root] = AlgonautsDataset(root)
+                    self._datasets[root] = open_dataset(root)
                 except DatasetError as e:
                     raise ServingError(503, f"the model's dataset {root} cannot be read: {e}") from None
             return self._datasets[root]

@@ -1,0 +1,104 @@
+"""The interface every response dataset offers the later stages (extraction, fitting, decoders,
+evaluation, serving): :class:`BrainDataset`.
+
+Two implementations: :class:`~._algonauts.AlgonautsDataset` (the Algonauts 2023 folders) and
+:class:`~._described.DescribedDataset` (any layout, read through a dataset description file).
+``str(ds.root)`` is the dataset's identity (recorded in models; Ray tasks reopen the dataset from it
+with :func:`brainstore.datasets.open_dataset`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["BrainDataset", "DESCRIPTION_NAME"]
+
+#: The description file a dataset folder may hold (``open_dataset(folder)`` reads it).
+DESCRIPTION_NAME = "brainstore-dataset.yaml"
+
+
+class BrainDataset:
+    """Base class of the dataset readers: what every stage may call.
+
+    Attributes
+    ----------
+    root : Path
+        The dataset's identity and what :func:`~brainstore.datasets.open_dataset` reopens it from
+        (a folder for the Algonauts layout, the description file for a described dataset).
+    name : str
+        Recorded in stimulus tables.
+    subjects : list of str
+    captions : dict
+        Caption per stimulus key (empty when the dataset has none).
+
+    Methods
+    -------
+    stimuli(subjects, splits) -> pyarrow.Table
+        :data:`~._algonauts.STIMULUS_SCHEMA`; ``index`` = the row in the subject's response matrix.
+    responses(subject, hemi, split) -> float32 (rows x vertices), memory-mapped, rows in ``index`` order.
+    n_images(subject, split), n_vertices(subject, hemi), has_test_responses(subject)
+    noise_ceiling(subject, hemi) -> fraction in [0, 1] per vertex, or None
+    roi_labels(subject, hemi, family), roi_masks(subject, hemi, level=, families=), regions(subject, hemi)
+    validate(check_images=, subjects=) -> list of problems; check(); summary()
+    """
+
+    root: Path
+    name: str
+
+    # ------------------------------------------------------------------ required by subclasses
+    @property
+    def subjects(self) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def captions(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stimuli(self, subjects: Iterable[str] | None = None,
+                splits: Iterable[str] = ("train", "test")) -> pa.Table:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def responses(self, subject: str, hemi: str, split: str = "train") -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def has_test_responses(self, subject: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def noise_ceiling(self, subject: str, hemi: str) -> np.ndarray | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def roi_labels(self, subject: str, hemi: str, family: str):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def roi_masks(self, subject: str, hemi: str, *, level: str = "family", families=None) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def summary(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    def n_images(self, subject: str, split: str) -> int:
+        """Rows of the subject's response matrix for ``split`` (stimuli; trials with ``train_trials: single``)."""
+        return int(self.stimuli([subject], splits=(split,)).num_rows)
+
+    def n_vertices(self, subject: str, hemi: str) -> int:
+        return int(self.responses(subject, hemi, "train").shape[1])
+
+    def check(self, *, check_images: bool = True):
+        """Validate and raise :class:`DatasetValidationError` listing every problem found."""
+        from ._errors import DatasetValidationError
+
+        problems = self.validate(check_images=check_images)
+        if problems:
+            raise DatasetValidationError(str(self.root), problems)
+        return self

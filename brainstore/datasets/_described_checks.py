@@ -1,0 +1,213 @@
+"""Whole-dataset validation of a :class:`~._described.DescribedDataset` (every problem, each naming
+its file and the description field) and the list of files it reads (for identities)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._algonauts import HEMISPHERES
+from ._arrays import parse_array_ref
+from ._errors import DatasetError
+from ._images import image_problem
+
+if TYPE_CHECKING:
+    from ._described import DescribedDataset
+
+_CHUNK_ROWS = 1024
+
+
+def _brick_length(ds: "DescribedDataset") -> tuple[int | None, str | None]:
+    """Images in the stimulus brick (axis 0), or (None, the problem)."""
+    st = ds.spec.stimuli
+    path = ds._path(None, st.array)
+    what = ds._where(None, ("stimuli", "array"))
+    if not path.exists():
+        return None, f"image brick {path} ({what}) does not exist"
+    try:
+        if path.suffix.lower() == ".npy":
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+            return int(a.shape[0]), None
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if st.key not in f or not isinstance(f[st.key], h5py.Dataset):
+                return None, f"image brick {path} ({what}) holds no dataset {st.key!r}; fix stimuli.key"
+            return int(f[st.key].shape[0]), None
+    except (OSError, ValueError) as e:
+        return None, f"image brick {path} ({what}) cannot be read ({e})"
+
+
+def _finite_problem(ds, subject: str, hemi: str, raw: np.ndarray, rows: np.ndarray, src) -> str | None:
+    """NaN / inf among the trials' response rows, named by source file and trial (and voxel)."""
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        sel = rows[start:start + _CHUNK_ROWS]
+        block = np.asarray(raw[sel])
+        bad = ~np.isfinite(block)
+        if not bad.any():
+            continue
+        n_bad = int(bad.sum())
+        r, c = np.argwhere(bad)[0]
+        row = int(sel[r])
+        kind = "NaN" if np.isnan(block[r, c]) else "inf"
+        path, off = next(((p, o) for p, o, n in src.files[hemi] if o <= row < o + n), (src.files[hemi][0][0], 0))
+        at = f"vertex {int(c)}"
+        if src.volume:
+            ijk = np.argwhere(src.geometry.mask)[src.geometry.hemi_index[hemi][c]]
+            at = f"voxel {tuple(int(v) for v in ijk)} ({hemi} voxel {int(c)})"
+        return (f"{path} ({subject} {hemi}): {n_bad}+ non-finite responses ({kind} first at trial {row - off} of the "
+                f"file, {at}); replace them (e.g. with the vertex mean) or mask those {'voxels' if src.volume else 'vertices'} out")
+    return None
+
+
+def validate_described(ds: "DescribedDataset", *, check_images: bool = True,
+                       subjects: list[str] | None = None) -> list[str]:
+    problems: list[str] = []
+    table, probs = ds._stimulus_table()
+    problems += probs
+    try:
+        ds._caption_lookup()
+    except DatasetError as e:
+        problems.append(str(e))
+    brick_len, brick_problem = (None, None)
+    if ds.spec.stimuli.array is not None:
+        brick_len, brick_problem = _brick_length(ds)
+        if brick_problem:
+            problems.append(brick_problem)
+    checked: set[str] = set()
+    for s in subjects or ds.subjects:
+        ds._check_subject(s)
+        t, t_probs = ds._trials_result(s)
+        src, s_probs = ds._sources_result(s)
+        problems += t_probs + s_probs
+        if t is not None and not t_probs and not probs:
+            ids = list(dict.fromkeys(t.ids))
+            if table is not None:
+                unknown = [i for i in ids if i not in table]
+                if unknown:
+                    try:
+                        ds._resolve_stimuli(s, unknown)
+                    except DatasetError as e:  # names the trial table, the stimulus table and the ids
+                        problems.append(str(e))
+                    ids = [i for i in ids if i in table]
+            try:
+                resolved = ds._resolve_stimuli(s, ids)
+            except DatasetError as e:
+                problems.append(str(e))
+                resolved = []
+            for sid, (ref, _, _, modality) in zip(ids, resolved):
+                if ref in checked:
+                    continue
+                checked.add(ref)
+                arr = parse_array_ref(ref)
+                if arr is not None:
+                    if brick_len is not None and arr.index >= brick_len:
+                        problems.append(f"stimulus {sid} of {s}: brick index {arr.index} is past the {brick_len} images "
+                                        f"of {arr.file} ({ds._where(None, ('stimuli', 'array'))})")
+                    continue
+                f = Path(ref)
+                if not f.exists():
+                    problems.append(f"stimulus {sid} ({s}): file {f} does not exist (stimulus table "
+                                    f"{ds._path(None, ds.spec.stimuli.table)})")
+                elif f.stat().st_size == 0:
+                    problems.append(f"stimulus {sid} ({s}): file {f} is empty (0 bytes)")
+                elif check_images and modality == "image":
+                    p = image_problem(f)
+                    if p:
+                        problems.append(p)
+        if src is None or s_probs:
+            continue
+        row_probs = ds._row_problems(s, t, src) if t is not None and not t_probs else ["(trial table)"]
+        problems += [p for p in row_probs if p != "(trial table)"]
+        assembled = False
+        if not row_probs:
+            try:
+                raw = ds._raw(s)
+                bad = [p for p in (_finite_problem(ds, s, h, raw[h], t.row, src) for h in HEMISPHERES) if p]
+                problems += bad
+                if not bad:
+                    for split in ("train", "test"):
+                        if ds.n_images(s, split):
+                            for h in HEMISPHERES:
+                                ds.responses(s, h, split)  # assembles (and caches) the matrices now
+                    assembled = True
+            except DatasetError as e:
+                problems.append(str(e))
+        for h in HEMISPHERES:
+            problems += _noise_ceiling_problems(ds, s, h, src.n_vertices[h], assembled)
+            problems += _roi_problems(ds, s, h, src.n_vertices[h])
+    return list(dict.fromkeys(problems))
+
+
+def _noise_ceiling_problems(ds, s: str, h: str, n_vert: int, assembled: bool) -> list[str]:
+    if ds._field(s, "noise_ceiling") == "from_repeats" and not assembled:
+        return []  # computed from the responses, whose problems are listed
+    where = ds._where(s, ds._loc(s, "noise_ceiling"))
+    try:
+        nc = ds.noise_ceiling(s, h)
+    except DatasetError as e:
+        return [str(e)]
+    if nc is not None and nc.shape != (n_vert,):
+        return [f"{where}: the {h} noise ceiling of {s} has shape {nc.shape}, expected ({n_vert},) (one per vertex)"]
+    if nc is not None and not np.isfinite(nc).all():
+        return [f"{where}: the {h} noise ceiling of {s} holds NaN / inf values"]
+    return []
+
+
+def _roi_problems(ds, s: str, h: str, n_vert: int) -> list[str]:
+    out = []
+    for fam in ds.roi_families(s):
+        try:
+            labels, mapping = ds.roi_labels(s, h, fam)
+        except DatasetError as e:
+            out.append(str(e))
+            continue
+        what = ds._where(s, ds._loc(s, "rois", fam, "volume" if (ds._field(s, "rois")[fam].volume) else h))
+        if labels.shape != (n_vert,):
+            out.append(f"{what}: the {h} labels of {s} have length {labels.shape[0] if labels.ndim else 0} but {s} {h} "
+                       f"has {n_vert} vertices; a label file has one label per vertex")
+            continue
+        unknown = sorted(set(np.unique(labels).tolist()) - set(mapping) - {0})
+        if unknown:
+            out.append(f"{what}: the {h} labels of {s} use {unknown} that the mapping does not name (it names "
+                       f"{sorted(mapping)})")
+    return out
+
+
+def input_files(ds: "DescribedDataset", kind: str) -> list[Path]:
+    """Existing files the dataset reads (see :meth:`DescribedDataset.input_files`)."""
+    if kind not in ("stimuli", "responses"):
+        raise ValueError(f"kind must be 'stimuli' or 'responses', not {kind!r}")
+    st = ds.spec.stimuli
+    out: list[Path] = [ds.root]
+    if kind == "stimuli":
+        out += [ds._path(None, v) for v in (st.table, st.array, ds.spec.captions) if v]
+        for s in ds.subjects:
+            try:
+                out += [Path(p) for p in ds.stimuli([s]).column("path").to_pylist() if p and not parse_array_ref(p)]
+            except DatasetError:
+                pass
+    else:
+        for s in ds.subjects:
+            out.append(ds._path(s, ds._field(s, "trials")))
+            spec = ds._responses_spec(s)
+            try:
+                if spec.is_volume:
+                    out += ds._paths(s, spec.volume, "volume") + [ds._path(s, spec.mask)]
+                else:
+                    for h in HEMISPHERES:
+                        out += ds._paths(s, getattr(spec, h).file, h)
+            except DatasetError:
+                pass
+            for fam in (ds._field(s, "rois") or {}).values():
+                for v in (fam.lh, fam.rh, fam.volume, fam.mapping if isinstance(fam.mapping, str) else None):
+                    if isinstance(v, dict):
+                        out += [ds._path(s, p) for p in v.values()]
+                    elif v:
+                        out.append(ds._path(s, v))
+            nc = ds._field(s, "noise_ceiling")
+            if nc is not None and nc != "from_repeats":
+                out += [ds._path(s, v) for v in (nc.lh, nc.rh, nc.volume) if v]
+    return [p for p in dict.fromkeys(out) if p.is_file()]

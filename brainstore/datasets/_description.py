@@ -1,0 +1,414 @@
+"""The dataset description file (YAML) read by :class:`~._described.DescribedDataset`: pydantic
+models (``extra="forbid"`` everywhere) and the loader whose every error names the file, the line,
+the field (dotted path) and the fix. The README's "Dataset description files" shows one complete
+example.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from ._errors import DatasetError, DatasetValidationError
+
+__all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
+           "StimuliSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]
+
+#: Formats of per-hemisphere response files, by file name ending (NIfTI volumes go under ``volume``).
+RESPONSE_FORMATS = {".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".gii": "gifti",
+                    ".mgh": "mgh", ".mgz": "mgh"}
+#: Fields a subject may set, each defaulting to the top-level field of the same name.
+SUBJECT_FIELDS = ("trials", "responses", "rois", "noise_ceiling")
+_AT = "\x00"  # a model validator's message may start with a field to report it at: _AT + field + _AT
+_SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Paths = Union[str, list[str]]
+
+
+class DescriptionError(DatasetValidationError):
+    """A description file that cannot be read: one problem reads as one line; several are listed."""
+
+    def __init__(self, root: str, problems: list[str]):
+        super().__init__(root, problems)
+        if len(self.problems) == 1:
+            DatasetError.__init__(self, self.problems[0])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _file_format(name: str) -> str | None:
+    low = name.lower()
+    for end, fmt in RESPONSE_FORMATS.items():
+        if low.endswith(end):
+            return fmt
+    return None
+
+
+class HemiSource(_Model):
+    """One hemisphere's responses: a file (or a list / glob of files, concatenated along trials)."""
+
+    file: Paths
+    format: Optional[Literal["npy", "hdf5", "gifti", "mgh"]] = None  # default: from the file name
+    key: Optional[str] = None  # HDF5: the dataset's path inside the file
+    trials_axis: Optional[Literal[0, 1]] = None  # npy / hdf5: 0 (trials x vertices, default); gifti 2-D: 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v):
+        return {"file": v} if isinstance(v, (str, list)) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        files = [self.file] if isinstance(self.file, str) else self.file
+        if not files:
+            raise ValueError("file: give at least one file")
+        if self.format is None:
+            fmt = _file_format(files[0])
+            if fmt is None:
+                if files[0].lower().endswith((".nii", ".nii.gz")):
+                    raise ValueError(f"{files[0]} is a NIfTI volume: give it as responses.volume with a brain mask "
+                                     "(responses.mask); lh / rh take surface or array files")
+                raise ValueError(f"cannot tell the format of {files[0]} from its name; set format: npy, hdf5, "
+                                 "gifti or mgh")
+            self.format = fmt
+        if self.format == "hdf5" and not self.key:
+            raise ValueError("an HDF5 file needs key: the path of the dataset inside it (e.g. key: betas)")
+        if self.format != "hdf5" and self.key is not None:
+            raise ValueError(f"key is for HDF5 files; a {self.format} file has none: remove it")
+        if self.format == "mgh" and self.trials_axis is not None:
+            raise ValueError("an MGH file is vertices x 1 x 1 x trials; remove trials_axis")
+        return self
+
+
+class ResponsesSpec(_Model):
+    """Surface / array responses (``lh`` and ``rh``) or a 4-D NIfTI volume with a brain mask."""
+
+    lh: Optional[HemiSource] = None
+    rh: Optional[HemiSource] = None
+    volume: Optional[Paths] = None  # 4-D NIfTI (trials on the last axis), or a list / glob concatenated
+    mask: Optional[str] = None  # 3-D NIfTI, nonzero = inside the brain
+    scale: float = 1.0  # every response value is multiplied by it (NSD's int16 betas: 0.0033333 = 1/300)
+
+    @model_validator(mode="after")
+    def _check(self):
+        surface, volume = (self.lh, self.rh), (self.volume, self.mask)
+        if any(v is not None for v in surface) and any(v is not None for v in volume):
+            raise ValueError("give lh and rh (surface or array files) or volume and mask (a NIfTI volume), not both")
+        if any(v is not None for v in volume):
+            if self.volume is None or self.mask is None:
+                raise ValueError("a volume needs both volume: (4-D NIfTI) and mask: (3-D NIfTI brain mask)")
+        elif self.lh is None or self.rh is None:
+            raise ValueError("give both lh and rh (one source per hemisphere), or volume and mask")
+        if not (self.scale == self.scale and abs(self.scale) not in (0.0, float("inf"))):
+            raise ValueError("scale must be a finite, nonzero number")
+        return self
+
+    @property
+    def is_volume(self) -> bool:
+        return self.volume is not None
+
+
+class RoiFamily(_Model):
+    """One ROI family (e.g. ``floc-faces``): per-hemisphere label files or a label volume, and the names."""
+
+    # a label file (.npy, .label.gii, .annot, .mgh/.mgz) or {ROI name: FreeSurfer .label file}
+    lh: Optional[Union[str, dict[str, str]]] = None
+    rh: Optional[Union[str, dict[str, str]]] = None
+    volume: Optional[str] = None  # a 3-D NIfTI label volume on the responses' grid
+    mapping: Optional[Union[dict[int, str], str]] = None  # label -> ROI name, or a .json / .npy file of it
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.volume is not None and (self.lh is not None or self.rh is not None):
+            raise ValueError("give lh and rh label files or one label volume, not both")
+        if self.volume is None and (self.lh is None or self.rh is None):
+            raise ValueError("give both lh and rh label files (or volume: for a volume dataset)")
+        if isinstance(self.mapping, dict) and 0 in self.mapping:
+            raise ValueError("label 0 means outside every ROI; map labels 1, 2, ...")
+        return self
+
+
+class NoiseCeilingFiles(_Model):
+    """Noise ceilings as files: ``lh`` / ``rh`` (.npy, one fraction per vertex) or a NIfTI ``volume``."""
+
+    lh: Optional[str] = None
+    rh: Optional[str] = None
+    volume: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.volume is None) == (self.lh is None or self.rh is None) or (self.volume and (self.lh or self.rh)):
+            raise ValueError("give lh and rh (.npy files, a fraction in [0, 1] per vertex) or volume (NIfTI), "
+                             "or write noise_ceiling: from_repeats")
+        return self
+
+
+NoiseCeiling = Union[Literal["from_repeats"], NoiseCeilingFiles]
+
+
+def _noise_ceiling(v):
+    if isinstance(v, str) and v != "from_repeats":
+        raise ValueError(f"noise_ceiling {v!r} is not known; write from_repeats (computed from the repeated "
+                         "trials) or {lh: FILE.npy, rh: FILE.npy}")
+    return v
+
+
+class StimuliSpec(_Model):
+    """The stimuli: a table (``stimulus_id``, ``path`` or ``brick_index``, optional ``caption``,
+    ``nsd_id``, ``modality``) and / or an image brick (HDF5 dataset or .npy, images on axis 0)."""
+
+    table: Optional[str] = None
+    array: Optional[str] = None
+    key: Optional[str] = None  # HDF5 brick: the dataset's path inside the file (NSD: imgBrick)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.table is None and self.array is None:
+            raise ValueError("give table: (stimulus_id -> path) or array: (an image brick), or both")
+        if self.array is not None:
+            low = self.array.lower()
+            if low.endswith((".h5", ".hdf5", ".hdf")) and not self.key:
+                raise ValueError("an HDF5 image brick needs key: its dataset path (NSD: key: imgBrick)")
+            if low.endswith(".npy") and self.key:
+                raise ValueError("an .npy brick has no key: remove it")
+            if not low.endswith((".h5", ".hdf5", ".hdf", ".npy")):
+                raise ValueError(f"array {self.array} must be an .hdf5 / .h5 or .npy image brick")
+        elif self.key is not None:
+            raise ValueError("key goes with array: (the brick); remove it")
+        return self
+
+
+class SubjectSpec(_Model):
+    """What one subject overrides of the top-level defaults (each field replaces the default whole)."""
+
+    trials: Optional[str] = None
+    responses: Optional[ResponsesSpec] = None
+    rois: Optional[dict[str, RoiFamily]] = None
+    noise_ceiling: Optional[NoiseCeiling] = None
+
+    _nc = field_validator("noise_ceiling", mode="before")(classmethod(lambda cls, v: _noise_ceiling(v)))
+
+
+class Description(_Model):
+    """A dataset description file (see the README, "Dataset description files")."""
+
+    name: Optional[str] = None
+    cache: str = ".brainstore-cache"  # assembled response matrices (memory-mapped), relative to this file
+    train_trials: Literal["average", "single"] = "average"
+    zscore: Literal["none", "session"] = "none"
+    stimuli: StimuliSpec
+    captions: Optional[str] = None
+    # defaults for every subject; "{subject}" in a path is replaced by the subject's name
+    trials: Optional[str] = None
+    responses: Optional[ResponsesSpec] = None
+    rois: dict[str, RoiFamily] = {}
+    noise_ceiling: Optional[NoiseCeiling] = None
+    subjects: Union[list[str], dict[str, Optional[SubjectSpec]]]
+
+    _nc = field_validator("noise_ceiling", mode="before")(classmethod(lambda cls, v: _noise_ceiling(v)))
+
+    @field_validator("zscore", mode="before")
+    @classmethod
+    def _none(cls, v):
+        return "none" if v is None or v is False else v
+
+    @field_validator("subjects")
+    @classmethod
+    def _names(cls, v):
+        names = list(v)
+        if not names:
+            raise ValueError("list at least one subject")
+        bad = [n for n in names if not isinstance(n, str) or not _SUBJECT_RE.match(n)]
+        if bad:
+            raise ValueError(f"subject name(s) {bad} must start with a letter or digit and hold only letters, "
+                             "digits, '_', '-' and '.' (they name folders)")
+        if len(set(names)) != len(names):
+            raise ValueError("a subject is listed twice")
+        return v
+
+    def subject_spec(self, subject: str) -> SubjectSpec:
+        return (self.subjects.get(subject) if isinstance(self.subjects, dict) else None) or SubjectSpec()
+
+    @model_validator(mode="after")
+    def _complete(self):
+        for s in self.subjects:
+            own = self.subject_spec(s)
+            for f in ("trials", "responses"):
+                if getattr(own, f) is None and getattr(self, f) is None:
+                    raise ValueError(f"{_AT}subjects{_AT}subject {s} has no {f}: give subjects.{s}.{f} or a top-level "
+                                     f"{f} (with {{subject}} in its paths)")
+        return self
+
+# ----------------------------------------------------------------------------- loading with line numbers
+def _walk(node, loc: tuple, lines: dict, path: Path, problems: list) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for k, v in node.value:
+            key = k.value
+            if key in seen:
+                problems.append(f"{path} line {k.start_mark.line + 1}: {dotted(loc + (key,))} is given twice (first "
+                                f"on line {seen[key]}); keep one")
+            seen[key] = k.start_mark.line + 1
+            for part in (key, _int_or_none(key)):
+                if part is not None:
+                    lines[loc + (part,)] = k.start_mark.line + 1
+            _walk(v, loc + (key,), lines, path, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            lines[loc + (i,)] = v.start_mark.line + 1
+            _walk(v, loc + (i,), lines, path, problems)
+
+
+def _int_or_none(key: str):
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        return None
+
+
+def dotted(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) and out else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def line_of(lines: dict, loc: tuple) -> int | None:
+    """The line of ``loc``, or of its nearest enclosing entry that is in the file."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def where(path: Path, lines: dict, loc: tuple) -> str:
+    """``FILE line N: FIELD`` for messages about one field of the description."""
+    line = line_of(lines, loc)
+    return f"{path}" + (f" line {line}" if line else "") + f": {dotted(loc)}"
+
+
+def _options(tp) -> list:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _options(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [o for a in typing.get_args(tp) for o in _options(a)]
+    return [tp]
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names of the model found at ``loc`` (dict keys such as subject and family names are skipped)."""
+    tps: list = [Description]
+    for part in loc:
+        nxt = []
+        for tp in (o for t in tps for o in _options(t)):
+            origin = typing.get_origin(tp)
+            if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str) and part in tp.model_fields:
+                nxt.append(tp.model_fields[part].annotation)
+            elif origin is dict:
+                nxt.append(typing.get_args(tp)[1])
+            elif origin is list and isinstance(part, int):
+                nxt.append(typing.get_args(tp)[0])
+        tps = nxt
+    for tp in (o for t in tps for o in _options(t)):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return list(tp.model_fields)
+    return []
+
+
+_BRANCH = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|union\[.*\])$")
+_MODEL_NAMES = {"HemiSource", "ResponsesSpec", "RoiFamily", "NoiseCeilingFiles", "StimuliSpec", "SubjectSpec"}
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union branch tags (``str``, ``list[str]``, ``HemiSource`` ...) from an error location."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (_BRANCH.match(p) or p in _MODEL_NAMES)))
+
+
+def _is_type_error(err: dict) -> bool:
+    return err["type"].endswith(("_type", "_parsing")) or err["type"] in ("literal_error", "model_type", "dict_type",
+                                                                       "list_type", "string_type")
+
+
+def _problems(e: ValidationError, path: Path, lines: dict) -> list[str]:
+    """One line per field: a union's branches each report on a field, so type mismatches of a branch
+    are dropped where another branch says something more specific (at that field or below it)."""
+    errs = [(_clean_loc(tuple(err["loc"])), err) for err in e.errors()]
+    keep = []
+    for loc, err in errs:
+        if _is_type_error(err) and any(l2[:len(loc)] == loc and not _is_type_error(e2)
+                                       for l2, e2 in errs if e2 is not err):
+            continue
+        keep.append((loc, err))
+    by_loc: dict[tuple, list[str]] = {}
+    for loc, err in keep:
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
+            msg = (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+                   + (f" (known keys here: {', '.join(known)})" if known else ""))
+        elif err["type"] == "missing":
+            msg = f"required field {loc[-1]!r} is missing" if loc else msg
+            if loc == ("stimuli",):
+                msg += "; give stimuli: {table: stimuli.csv} (stimulus_id -> path) or {array: BRICK.hdf5, key: KEY}"
+            if loc == ("subjects",):
+                msg += "; list the subjects (subjects: [subj01, subj02]) or map each to its files"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            if msg.startswith(_AT):
+                _, field_, msg = msg.split(_AT, 2)
+                loc = loc + tuple(field_.split("."))
+        v = err.get("input")
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(v, (dict, list)) and v is not None:
+            msg += f" (given: {v!r})"
+        msgs = by_loc.setdefault(loc, [])
+        if msg not in msgs:
+            msgs.append(msg)
+    return [f"{where(path, lines, loc)}: {'; or '.join(msgs)}" for loc, msgs in by_loc.items()]
+
+
+def load_description(path: Path) -> tuple[Description, dict]:
+    """Read and validate a description file: the model and ``{loc: line}``.
+
+    Raises
+    ------
+    DescriptionError
+        Every problem, each naming the file, the line, the field and the fix.
+    """
+    import yaml
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DatasetError(f"dataset description {path} does not exist") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read dataset description {path}: {e.strerror or e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DescriptionError(str(path), [f"{path} is not valid YAML: {' '.join(str(e).split())}"]) from None
+    lines: dict = {}
+    problems: list[str] = []
+    if node is not None:
+        _walk(node, (), lines, path, problems)
+    if problems:
+        raise DescriptionError(str(path), problems)
+    if not isinstance(raw, dict):
+        raise DescriptionError(str(path), [f"{path} must be a mapping of fields (name, stimuli, trials, responses, "
+                                           "rois, subjects, ...); see the README, 'Dataset description files'"])
+    try:
+        return Description(**raw), lines
+    except ValidationError as e:
+        raise DescriptionError(str(path), _problems(e, path, lines)) from None
