@@ -32,6 +32,9 @@ entropy separation (``|H(p) - rho|`` pushed up beyond the margin). Total:
 ``lam * supervised + (1 - lam) * sum over adapt subjects of (NC + ES)``.
 
 A checkpoint is written every epoch (model, optimizer, epoch, and the fingerprint of the spec);
+a worker (or node) that dies mid-run makes Ray Train restart the worker group (up to
+:data:`MAX_FAILURES` times), which picks up the last checkpoint (``ray.train.get_checkpoint()``;
+``AdaptorRun.resumes`` lists the epochs training resumed at);
 a run started again on the same run folder resumes from its last checkpoint, and refuses a
 checkpoint made with another spec (domain adaptation, adapt subjects and adapters included). The
 trained model is registered as ``<name>/shared``.
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError
+from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore
 from ._decoding import _row_cosine, check_decoding_inputs, response_matrix, select_voxels
@@ -66,6 +69,8 @@ ADAPTOR_KIND = "adaptor"
 CKPT_FILE = "adaptor.pt"
 #: Learning-rate multiplier of the domain-adaptation classifier g (DANCE: 10x the feature extractor's).
 CLASSIFIER_LR_MULT = 10.0
+#: Restarts of the Ray Train worker group after a worker (or its node) dies, each from the last checkpoint.
+MAX_FAILURES = 3
 #: What the checkpoint's spec hash covers.
 _SPEC_KEYS = ("params", "subjects", "targets", "n_voxels", "target_dims", "trainable", "fraction", "adapters",
               "adapt_subjects", "unlabeled", "init_from")
@@ -105,7 +110,7 @@ def _spec_hash(cfg: dict) -> str:
 
 def _train_responses(cfg: dict, subject: str) -> tuple[np.ndarray, list[str]]:
     """z-scored training responses of one subject (rows in image order) and their stimulus ids."""
-    ds = AlgonautsDataset(cfg["dataset"])
+    ds = open_dataset(cfg["dataset"])
     vox = {h: np.asarray(cfg["voxels"][subject][h], dtype=np.int64) for h in HEMISPHERES}
     R = response_matrix(ds, subject, "train", vox)
     mean, std = (np.asarray(cfg["norm"][subject][k], dtype=np.float32) for k in ("mean", "std"))
@@ -193,8 +198,9 @@ def _train_loop(cfg: dict) -> None:
                              "spec it was made with")
         model.load_state_dict(saved["model"])
         opt_state, start, history = saved["optimizer"], saved["epoch"] + 1, saved["history"]
+        resumes = list(saved.get("resumes", [])) + [start]  # epochs where training picked up from a checkpoint
     else:
-        history = []
+        history, resumes = [], []
         if da:
             _imprint_prototypes(model, data)
     model = ray.train.torch.prepare_model(model)
@@ -284,7 +290,8 @@ def _train_loop(cfg: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                            "spec_hash": cfg["spec_hash"], "history": history}, Path(tmp) / CKPT_FILE)
+                            "spec_hash": cfg["spec_hash"], "history": history, "resumes": resumes},
+                           Path(tmp) / CKPT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics, checkpoint=None)
@@ -365,6 +372,9 @@ class AdaptorRun:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from_epoch: int | None = None
+    # epochs at which training resumed from a checkpoint: a worker group restarted after a failure within the
+    # run (FailureConfig(max_failures=MAX_FAILURES)), or a new run on the same folder
+    resumes: list[int] = field(default_factory=list)
     n_params: int = 0  # parameters of the network (every ``net.`` tensor)
     n_trainable: int = 0  # the parameters this run trained
     adapt_subjects: list[str] = field(default_factory=list)  # domain adaptation: subjects adapted to, unlabeled
@@ -419,7 +429,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     (``adapters: {subject: {"kind", "rank"}}``), ``adapt_subjects`` and ``domain_adaptation``.
     """
     import torch
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .._paths import check_folder
@@ -444,7 +454,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     if (p.new_adapter is not None or p.new_rank is not None or p.new_adapter_init != "random") and not init_from:
         raise ValueError("params.new_adapter / new_rank / new_adapter_init set the adapters of subjects added to a "
                          "pretrained model: give init_from, or set adapter / rank for a model trained from scratch")
-    ds = AlgonautsDataset(dataset)
+    ds = open_dataset(dataset)
     unknown = [s for s in adapt if s not in ds.subjects]
     if unknown:
         raise DatasetError(f"adapt subject(s) {', '.join(unknown)} not in {ds.root}; known subjects: "
@@ -545,6 +555,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=bool(use_gpu)),
         run_config=RunConfig(name="adaptor", storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES),  # restarts resume
                              logging_config=LoggingConfig(log_level="WARNING")))  # our history is the report
     result = trainer.fit()
     if result.error:
@@ -559,7 +570,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     model = AdaptorModel(net, {**prev, **voxels}, {**prev_norm, **norm}, targets)
     run = AdaptorRun(name=name, run_dir=rdir, resumed_from_epoch=latest[0] if latest else None, adapt_subjects=adapt)
     run.n_params, run.n_trainable = _param_counts(net, adapted, trainable)
-    run.history = saved["history"]
+    run.history, run.resumes = saved["history"], list(saved.get("resumes", []))
     for s in adapted:
         if not ds.has_test_responses(s):
             continue

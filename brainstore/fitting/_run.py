@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..datasets import AlgonautsDataset
+from ..datasets import AlgonautsDataset, open_dataset
 from ..features import FeatureStore, MissingStimuliError
 from ._registry import ModelRegistry
-from ._runfiles import RunLayout, open_array
+from ._runfiles import RunLayout, open_array, remove_partial
 from ._runfiles import run_dir as default_run_dir
 from ._spec import EnsembleSpec, FitSpec, ModelSpec, PerRoiSpec
 
@@ -79,7 +79,7 @@ def default_spec(dataset: str | Path, store: str, registry: str, *, include_rand
     ``include_random``, was not made with random weights. Each table left out is described in
     ``notes`` (a list the caller prints), by name and with the reason.
     """
-    ds = AlgonautsDataset(dataset)
+    ds = open_dataset(dataset)
     fs = FeatureStore(store, create=False)
     notes = [] if notes is None else notes
     feats = []
@@ -139,7 +139,7 @@ def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects
 
 def _subject_problems(root: str, subject: str) -> list[str]:
     """Response shapes, NaN / inf, noise ceilings and ROI lengths of one subject (run as a Ray task)."""
-    return AlgonautsDataset(root).validate(check_images=False, subjects=[subject])
+    return open_dataset(root).validate(check_images=False, subjects=[subject])
 
 
 def check_responses(ds: AlgonautsDataset, subjects: list[str]) -> None:
@@ -243,7 +243,7 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     from ._encoding import fit_base
 
     t0 = time.time()
-    ds, fs, reg = AlgonautsDataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    ds, fs, reg = open_dataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
     lacking = missing_stimuli(spec, ds, fs, subjects)
@@ -323,6 +323,7 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
                 log.error("assembly failed for %s: %s", s, _error_text(e))
         bar.update()
     bar.close()
+    remove_partial(run_dir)  # every task is done: what tasks killed mid-write (a lost node) left behind goes
     run.metrics = {m: run.metrics[m] for m in names if m in run.metrics}  # spec order
     run.seconds = time.time() - t0
     return run

@@ -9,7 +9,8 @@ model is ~0.75 GB); they write them here and return small summaries. Layout unde
     split/<model>/<subject>/{lh,rh}_split_test.npy        banded ridge: per-space test r (n_spaces, n_vertices)
 
 Every file is written to a temporary name and renamed into place, so a killed (and retried)
-task never leaves a half-written file behind.
+task never leaves a half-written file under a final name; the temporary files of tasks killed
+mid-write (a lost node) are removed once every task of the run is done (:func:`remove_partial`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from ._fileio import write_safetensors
 from ._registry import safe_name
 
-__all__ = ["RunLayout", "new_array", "open_array", "run_dir", "write_array", "write_state"]
+__all__ = ["RunLayout", "new_array", "open_array", "remove_partial", "run_dir", "write_array", "write_state"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ def run_dir(out: str | os.PathLike | None, registry: str | os.PathLike, kind: st
 def _tmp(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def remove_partial(root: str | os.PathLike) -> int:
+    """Remove the temporary files (:func:`_tmp` names) that tasks killed mid-write left under a run folder;
+    call it only once no task writes there. Returns how many were removed."""
+    n = 0
+    for p in Path(root).rglob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_array(path: Path, array: np.ndarray) -> Path:
