@@ -10,7 +10,15 @@ Figures (issue: feature store):
 * ``store_read_s`` / ``npy_read_s`` / ``store_read_ratio``: loading 10,000 x 1,024 float32
   embeddings by a shuffled id list from the store vs ``np.load`` + fancy indexing;
 * ``gpu_clip_b32_img_per_s`` / ``gpu_sam_vitl_img_per_s``: only with ``--gpu`` on a CUDA machine
-  (CLIP ViT-B/32 bf16 and SAM ViT-L image encoder, end to end); null otherwise;
+  (CLIP ViT-B/32 bf16 and SAM ViT-L image encoder, end to end, PNG files); null otherwise;
+  ``gpu_clip_b32_array_img_per_s``: the same CLIP job on the same images as an HDF5 brick (array
+  references, no decoding; goal >= 5,000 img/s on an H100);
+* with ``--source array`` (or ``both``), the pixel-array section: the same images as PNG files and
+  as one HDF5 brick (``imgBrick``, N x H x W x 3 uint8 like NSD's ``nsd_stimuli.hdf5``), each through
+  the pipeline into a fresh store, side by side: ``array_png_img_per_s``, ``array_hdf5_img_per_s``,
+  ``array_ratio`` = HDF5 / PNG, ``array_max_abs_diff`` (0.0: the same pixels give the same
+  embeddings); and the input alone, one process: ``png_decode_img_per_s`` (``decode_image``) vs
+  ``hdf5_read_img_per_s`` (``read_array_refs``, batches of ``--batch-size`` sorted indices);
 * ``text_pipeline_per_s``: 10,000 NSD-like captions (COCO-style, templated, ~10 words) through
   ``extract(..., "text")`` into a fresh store, the model actor's start-up included;
 * ``text_loop_per_s``: a plain ``SentenceTransformer(...).encode`` loop over the same captions in
@@ -26,8 +34,10 @@ loading the model: 5-12 s on 2 cores); decoding tasks start at once and run besi
 must be long enough to amortize only the part of it they do not hide.
 
 Usage: python benchmarks/extract.py [--images 12000] [--size 425] [--arch brainstore-tiny-clip] [--batch-size 64]
-       [--captions 10000] [--text-only] [--gpu [--sam-checkpoint PATH]] [--gpu-dry-run]
-The text section runs in every run; ``--text-only`` runs it alone (no images, store reads or GPU).
+       [--source png|array|both] [--captions 10000] [--text-only] [--gpu [--sam-checkpoint PATH]] [--gpu-dry-run]
+``--source png`` (default): PNG pipeline vs loop and store reads; ``array``: the pixel-array section
+instead; ``both``: both. The text section runs in every run (``--captions 0`` skips it);
+``--text-only`` runs it alone (no images, store reads or GPU).
 Model weights are random-init (``pretrained=none``) unless --pretrained/--sam-checkpoint name
 local weights: throughput does not depend on the weights' values.
 """
@@ -91,6 +101,91 @@ def pipeline_run(data: Path, spec: str, batch_size: int, store: Path, manifest_r
     dt = time.perf_counter() - t0
     assert not rep.failed and rep.written == manifest_rows.num_rows, rep
     return dt, rep.written
+
+
+def write_brick(files: list[str], path: Path, key: str = "imgBrick") -> float:
+    """The decoded PNGs as one contiguous HDF5 dataset ``key`` (N x H x W x 3 uint8, like NSD's
+    ``nsd_stimuli.hdf5``), written block by block; the seconds it took."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import h5py
+
+    from brainstore.datasets import decode_image
+
+    t0 = time.perf_counter()
+    first = np.asarray(decode_image(files[0]))
+    with h5py.File(path, "w") as f, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        ds = f.create_dataset(key, shape=(len(files), *first.shape), dtype=np.uint8)
+        for start in range(0, len(files), 256):
+            block = files[start : start + 256]
+            ds[start : start + len(block)] = np.stack(list(pool.map(lambda p: np.asarray(decode_image(p)), block)))
+    return time.perf_counter() - t0
+
+
+def as_array_refs(rows, brick: Path, key: str = "imgBrick"):
+    """``rows`` (one per image, in brick order) with each path replaced by its array reference."""
+    import pyarrow as pa
+
+    from brainstore.datasets._arrays import array_ref
+
+    refs = [array_ref(brick, key, i) for i in range(rows.num_rows)]
+    return rows.set_column(rows.schema.get_field_index("path"), "path", pa.array(refs, pa.string()))
+
+
+def input_only(files: list[str], brick: Path, batch_size: int, limit: int = 2000) -> dict:
+    """Input cost alone in this process: ``decode_image`` of PNGs vs ``read_array_refs`` from the brick."""
+    from brainstore.datasets import decode_image
+    from brainstore.datasets._arrays import array_ref, close_bricks, parse_array_ref, read_array_refs
+
+    files = files[:limit]
+    refs = [parse_array_ref(array_ref(brick, "imgBrick", i)) for i in range(len(files))]
+    t0 = time.perf_counter()
+    for f in files:
+        np.asarray(decode_image(f))
+    png_s = time.perf_counter() - t0
+    close_bricks()
+    t0 = time.perf_counter()  # the brick's open included
+    for start in range(0, len(refs), batch_size):
+        got = read_array_refs(refs[start : start + batch_size])
+        assert all(isinstance(g, np.ndarray) for g in got)
+    h5_s = time.perf_counter() - t0
+    close_bricks()
+    return {"input_images": len(files), "png_decode_img_per_s": round(len(files) / png_s, 1),
+            "hdf5_read_img_per_s": round(len(files) / h5_s, 1)}
+
+
+def array_section(args, tmp: Path) -> dict:
+    """The same images as PNG files and as an HDF5 brick through the pipeline, side by side."""
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+
+    data = tmp / "data"
+    if not data.exists():
+        make_images(data, args.images, args.size)
+    rows = AlgonautsDataset(data).stimuli(splits=("train",))
+    files = rows.column("path").to_pylist()
+    brick = tmp / "stimuli.hdf5"
+    log(f"writing {len(files)} images into an HDF5 brick")
+    write_s = write_brick(files, brick)
+    arows = as_array_refs(rows, brick)
+    spec = f"clip:arch={args.arch},pretrained={args.pretrained}"
+    log("warm-up (array)")
+    pipeline_run(data, spec, args.batch_size, tmp / "warm-array-store", arows.slice(0, args.batch_size * 2))
+    log(f"pipeline over {len(files)} PNG files")
+    png_s, n = pipeline_run(data, spec, args.batch_size, tmp / "array-png-store", rows)
+    log(f"pipeline over the same {len(files)} images from the HDF5 brick")
+    h5_s, n2 = pipeline_run(data, spec, args.batch_size, tmp / "array-h5-store", arows)
+    ids = rows.column("stimulus_id").to_pylist()
+    a, b = (FeatureStore(tmp / d) for d in ("array-png-store", "array-h5-store"))
+    diff = float(np.abs(a.load(a.names()[0], ids) - b.load(b.names()[0], ids)).max())
+    out = {"array_arch": args.arch, "array_images": n, "array_image_size": args.size,
+           "array_brick_gb": round(brick.stat().st_size / 1e9, 3), "array_brick_write_s": round(write_s, 2),
+           "array_png_s": round(png_s, 2), "array_hdf5_s": round(h5_s, 2),
+           "array_png_img_per_s": round(n / png_s, 2), "array_hdf5_img_per_s": round(n2 / h5_s, 2),
+           "array_ratio": round(png_s / h5_s, 3), "array_max_abs_diff": diff}
+    log("input alone (one process)")
+    out.update(input_only(files, brick, args.batch_size))
+    return out
 
 
 def store_read(tmp: Path, n: int = 10_000, dim: int = 1024, repeats: int = 7) -> dict:
@@ -193,7 +288,7 @@ def text_section(tmp: Path, n: int, batch_size: int) -> dict:
 
 
 def gpu_section(args, tmp: Path) -> dict:
-    """CLIP ViT-B/32 bf16 and SAM ViT-L bf16 end to end on CUDA.
+    """CLIP ViT-B/32 bf16 (PNG files, then the same images as an HDF5 brick) and SAM ViT-L bf16 end to end on CUDA.
 
     ``--gpu-dry-run`` without CUDA runs the same code on CPU on a handful of images (to check the
     code path); its timings are reported under ``gpu_dry_run`` only, never as GPU figures.
@@ -203,7 +298,7 @@ def gpu_section(args, tmp: Path) -> dict:
     dry = args.gpu_dry_run and not torch.cuda.is_available()
     if not dry and not (args.gpu and torch.cuda.is_available()):
         return {"gpu": "not available" if not torch.cuda.is_available() else "not requested",
-                "gpu_clip_b32_img_per_s": None, "gpu_sam_vitl_img_per_s": None}
+                "gpu_clip_b32_img_per_s": None, "gpu_clip_b32_array_img_per_s": None, "gpu_sam_vitl_img_per_s": None}
     from brainstore.datasets import AlgonautsDataset, make_dataset
     from brainstore.features import extract
     n_clip, n_sam = (16, 2) if dry else (args.gpu_images, args.sam_images)
@@ -216,6 +311,13 @@ def gpu_section(args, tmp: Path) -> dict:
     rep = extract(rows, clip_spec, tmp / "gpu-store", batch_size=256, dtype="bfloat16", progress=False)
     assert not rep.failed and rep.written == rows.num_rows, rep
     out["gpu_clip_b32_img_per_s"] = round(rep.written / (time.perf_counter() - t0), 1)
+    # the same images from an HDF5 brick (array references, no decoding), into a fresh store
+    write_brick(rows.column("path").to_pylist(), tmp / "gpu-stimuli.hdf5")
+    arows = as_array_refs(rows, tmp / "gpu-stimuli.hdf5")
+    t0 = time.perf_counter()
+    rep = extract(arows, clip_spec, tmp / "gpu-array-store", batch_size=256, dtype="bfloat16", progress=False)
+    assert not rep.failed and rep.written == arows.num_rows, rep
+    out["gpu_clip_b32_array_img_per_s"] = round(rep.written / (time.perf_counter() - t0), 1)
     sam_spec = "sam:variant=vit_l," + (f"checkpoint={args.sam_checkpoint}" if args.sam_checkpoint else "pretrained=none")
     sam_rows = rows.slice(0, min(rows.num_rows, n_sam))
     t0 = time.perf_counter()
@@ -223,8 +325,8 @@ def gpu_section(args, tmp: Path) -> dict:
     assert not rep.failed and rep.written == sam_rows.num_rows, rep
     out["gpu_sam_vitl_img_per_s"] = round(rep.written / (time.perf_counter() - t0), 2)
     if dry:
-        return {"gpu": "not available", "gpu_clip_b32_img_per_s": None, "gpu_sam_vitl_img_per_s": None,
-                "gpu_dry_run": out}
+        return {"gpu": "not available", "gpu_clip_b32_img_per_s": None, "gpu_clip_b32_array_img_per_s": None,
+                "gpu_sam_vitl_img_per_s": None, "gpu_dry_run": out}
     return out
 
 
@@ -241,7 +343,9 @@ def main() -> None:
     ap.add_argument("--gpu-images", type=int, default=20000)
     ap.add_argument("--sam-images", type=int, default=1000)
     ap.add_argument("--sam-checkpoint", default=None)
-    ap.add_argument("--captions", type=int, default=10000, help="captions in the text section")
+    ap.add_argument("--source", choices=("png", "array", "both"), default="png",
+                    help="png: PNG pipeline vs loop + store reads; array: PNG files vs an HDF5 brick; both")
+    ap.add_argument("--captions", type=int, default=10000, help="captions in the text section (0: skip it)")
     ap.add_argument("--text-only", action="store_true", help="run the text section alone")
     args = ap.parse_args()
 
@@ -253,8 +357,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bs-extract-bench-"))
     try:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-        out = {} if args.text_only else image_sections(args, tmp)
-        out.update(text_section(tmp, args.captions, args.batch_size))
+        out = {}
+        if not args.text_only:
+            if args.source in ("png", "both"):
+                out.update(image_sections(args, tmp))
+            if args.source in ("array", "both"):
+                out.update(array_section(args, tmp))
+            out.update(gpu_section(args, tmp))
+        if args.captions > 0:
+            out.update(text_section(tmp, args.captions, args.batch_size))
         out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
         ray.shutdown()
         print(json.dumps(out))
@@ -263,7 +374,7 @@ def main() -> None:
 
 
 def image_sections(args, tmp: Path) -> dict:
-    """Images through the pipeline and a loop, store reads, and the GPU section."""
+    """Images through the pipeline and a loop, and store reads."""
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features import FeatureStore
 
@@ -291,7 +402,6 @@ def image_sections(args, tmp: Path) -> dict:
     }
     log("store reads")
     out.update(store_read(tmp))
-    out.update(gpu_section(args, tmp))
     return out
 
 

@@ -1,4 +1,8 @@
-"""Safe image decoding shared by validation and the feature pipeline."""
+"""Safe image decoding shared by validation and the feature pipeline.
+
+A ``path`` may also be an array reference (``FILE.hdf5#KEY[INDEX]``, ``FILE.npy#[INDEX]``,
+:mod:`._arrays`): its pixels are read from the brick, with no decoding.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ try:  # libpng/zlib-ng PNG decoder, ~1.8x faster than PIL's on NSD-size images, 
 except ImportError:  # pragma: no cover - optional speed-up
     _png_decode = None
 
+from ._arrays import parse_array_ref, read_array_ref, ref_problem
+
 __all__ = ["MAX_PIXELS", "decode_image", "image_problem"]
 
 # Largest image accepted (pixels): 8,192 x 8,192. NSD images are 425 x 425; anything far larger is
@@ -24,11 +30,17 @@ MAX_PIXELS = 8192 * 8192
 def decode_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image (bytes or path) to RGB, refusing empty files and decompression bombs.
 
+    An array reference (``FILE.hdf5#KEY[INDEX]``, ``FILE.npy#[INDEX]``) gives the brick's pixels as
+    they are (no decoding; grayscale bricks replicated to RGB).
+
     Raises
     ------
     ValueError
-        With a message that says what is wrong (empty, not an image, too many pixels, truncated).
+        With a message that says what is wrong (empty, not an image, too many pixels, truncated; for an
+        array reference a :class:`~._arrays.BrickError`: missing file or key, index out of range ...).
     """
+    if isinstance(data, str) and (ref := parse_array_ref(data)) is not None:
+        return Image.fromarray(read_array_ref(ref))  # the brick's dtype/shape/size were checked
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if len(data) == 0:
@@ -57,7 +69,13 @@ def decode_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
 
 
 def image_problem(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> str | None:
-    """None when ``path`` decodes as an image, else a sentence naming the file and the problem."""
+    """None when ``path`` decodes as an image, else a sentence naming the file and the problem.
+
+    For an array reference: whether its brick file and key exist, hold uint8 images and the index is in
+    range (cheap: the brick's header only, the file kept open).
+    """
+    if isinstance(path, str) and (ref := parse_array_ref(path)) is not None:
+        return ref_problem(ref)
     path = Path(path)
     try:
         if not path.exists():

@@ -2,7 +2,10 @@
 
 Columns: ``stimulus_id``, ``path``, ``modality`` (image | video | text), optional ``caption``,
 ``split``, ``subject``. Relative paths are resolved against the manifest's folder. A ``text``
-row needs a caption (its path may be empty).
+row needs a caption (its path may be empty). An image's ``path`` may be an array reference into an
+image brick (``images.hdf5#imgBrick[17]``, ``images.npy#[17]``, :mod:`._arrays`); its file resolves
+like any path, and ``check_files`` checks the brick (file, key, uint8 N x H x W x 3 or N x H x W) and
+the index cheaply, from the brick's header.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ._algonauts import STIMULUS_SCHEMA
+from ._arrays import array_ref, brick_problem, parse_array_ref, ref_problem
 from ._errors import DatasetError, DatasetValidationError
 from ._images import image_problem
 
@@ -28,7 +32,8 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
     ----------
     path : path to a ``.parquet`` or ``.csv`` file.
     check_files : bool
-        Check that every image/video file exists and is non-empty, and that images decode.
+        Check that every image/video file exists and is non-empty, and that images decode (for an
+        array reference: that the brick file and key exist, hold uint8 images and the index is in range).
     name : str, optional
         Dataset name for the ``dataset`` column (default: the manifest's file stem).
 
@@ -65,6 +70,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
     problems: list[str] = []
     seen_keys: dict[tuple, int] = {}
     sid_path: dict[str, str] = {}
+    bricks: dict[tuple[str, str], list] = {}  # (file, key) -> [problem or None, first row, rows]
     out: dict[str, list] = {f.name: [] for f in STIMULUS_SCHEMA}
     for i, r in enumerate(rows, start=2 if path.suffix == ".csv" else 0):
         where = f"{path.name} row {i}"
@@ -87,8 +93,22 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
             if not p:
                 problems.append(f"{where} ({sid}): an {mod} stimulus needs a path")
                 continue
-            resolved = str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p)
-            if check_files:
+            ref = parse_array_ref(str(p)) if mod == "image" else None
+            if ref is not None:  # an image of a brick: FILE.hdf5#KEY[INDEX] / FILE.npy#[INDEX], FILE relative or not
+                file = ref.file if Path(ref.file).is_absolute() else str((path.parent / ref.file).resolve())
+                resolved = array_ref(file, ref.key, ref.index)
+                if check_files:  # a brick's own problem is listed once, with its rows; an index per row
+                    brick = (file, ref.key)
+                    if brick not in bricks:
+                        bricks[brick] = [brick_problem(*brick), f"{where} ({sid})", 0]
+                    bricks[brick][2] += 1
+                    if bricks[brick][0] is None:
+                        prob = ref_problem(resolved)
+                        if prob:
+                            problems.append(f"{where} ({sid}): {prob}")
+            else:
+                resolved = str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p)
+            if check_files and ref is None:
                 f = Path(resolved)
                 if not f.exists():
                     problems.append(f"{where} ({sid}): file {resolved} does not exist")
@@ -117,6 +137,9 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
         out["modality"].append(mod)
         out["index"].append(r.get("index"))
         out["dataset"].append(name or path.stem)
+    for prob, first, count in bricks.values():
+        if prob:
+            problems.append(f"{first}{f' and {count - 1} more row(s)' if count > 1 else ''}: {prob}")
     if problems:
         raise DatasetValidationError(str(path), problems)
     return pa.table(out, schema=STIMULUS_SCHEMA)

@@ -8,8 +8,16 @@ Resumable: stimuli already stored under the feature version are skipped; each ch
 ``commit_every`` rows is one ``merge_insert`` commit keyed on ``stimulus_id``, so a killed job
 keeps what it committed and a rerun (or a concurrent run) never duplicates a row.
 Bad stimuli (zero-byte, corrupt, not an image, decompression bombs, unreadable videos, empty
-captions, and rows the model maps to non-finite values) are reported with their paths, recorded
-in the store's ``_bad_stimuli`` table, and never written. A failure of the model's forward pass
+captions, array references with a missing key or an index out of range, and rows the model maps to
+non-finite values) are reported with their paths, recorded in the store's ``_bad_stimuli`` table,
+and never written.
+
+Images may come from a pixel array instead of files: a row whose ``path`` is an array reference
+(``/data/nsd_stimuli.hdf5#imgBrick[2950]``, ``/data/imgs.npy#[17]``; :mod:`brainstore.datasets._arrays`)
+is read by index from its brick in the CPU tasks (no decoding), then preprocessed like a file's
+pixels; such rows are sorted by brick and index so a batch reads runs of indices in one slice. A
+brick that is unusable as a whole (file missing or unreadable, not uint8 images) is one error before
+any Ray work. Tables may mix files and references. A failure of the model's forward pass
 (out of memory, a CUDA fault, a bug) is a system error, not a bad stimulus: it is retried, and if
 it persists the job stops with :class:`ExtractionError` (committed rows are kept).
 """
@@ -26,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..datasets import decode_image, open_stimuli
+from ..datasets._arrays import (ArrayRef, BrickError, BrickFileError, BrickFormatError, _range_message, brick_info,
+                                parse_array_ref, read_array_refs)
 from ._extractors._base import DTYPES
 from ._store import FeatureStore
 
@@ -106,15 +116,33 @@ def select_stimuli(stimuli: pa.Table, modality: str) -> pa.Table:
 def _prepare_batch(batch: dict[str, np.ndarray], ext, modality: str) -> dict[str, Any]:
     """CPU task: read + decode + preprocess each image or video; failures become rows with ``error`` set.
 
+    Image rows whose path is an array reference (``FILE.hdf5#KEY[INDEX]``, ``FILE.npy#[INDEX]``) are
+    read by index from their brick, all of the batch's at once (sorted index runs, one slice each;
+    the brick file stays open in this worker): the same uint8 RGB pixels the PNG route decodes, with
+    no decoding step, then the extractor's own preprocessing, as for files.
     Preprocessed arrays travel as raw bytes (+ shape) so a batch mixing good and bad rows keeps
     one column type whatever the extractor's input shape.
     """
+    from PIL import Image
+
+    items = [str(item) for item in batch["item"]]
+    pixels: dict[int, Any] = {}
+    if modality == "image":
+        refs = {i: r for i, r in enumerate(map(parse_array_ref, items)) if r is not None}
+        if refs:
+            pixels = dict(zip(refs, read_array_refs(list(refs.values()))))
     data, shapes, errors = [], [], []
     dtype_name = ""
-    for item in batch["item"]:
+    for i, item in enumerate(items):
         try:
             # images are decoded here (safely); video extractors decode their own frames from the path
-            x = np.ascontiguousarray(ext.preprocess(decode_image(str(item)) if modality == "image" else str(item)))
+            if i in pixels:
+                if isinstance(pixels[i], Exception):
+                    raise pixels[i]
+                inp = Image.fromarray(pixels[i])  # H x W x 3 uint8 -> RGB image: a view of the pixels, no decoding
+            else:
+                inp = decode_image(item) if modality == "image" else item
+            x = np.ascontiguousarray(ext.preprocess(inp))
             data.append(x.tobytes())
             shapes.append(",".join(map(str, x.shape)))
             dtype_name = x.dtype.str
@@ -358,6 +386,15 @@ def extract(
         raise ValueError(f"no {ext.modality} stimuli in the source for extractor {ext.name!r} "
                          f"({'no captions' if ext.modality == 'text' else 'no rows with modality=' + ext.modality})")
 
+    # Array references (images of an HDF5 / npy brick) of the stimuli still to extract: an unusable
+    # brick is one error now, before any Ray work; a reference that cannot be read (missing key, index
+    # out of range) is a bad stimulus.
+    ref_failed: dict[str, dict] = {}
+    if ext.modality == "image" and any(p and parse_array_ref(p) for p in rows.column("item").to_pylist()):
+        done = set(fs.ids(feature)) if fs.exists(feature) else set()
+        pending = pa.array([s not in done for s in rows.column("stimulus_id").to_pylist()])
+        ref_failed = _check_array_refs(rows.filter(pending))
+
     n_cpus, n_gpus = _connect()
     use_gpu = _gpus_per_actor(num_gpus, n_gpus) > 0
     if use_gpu and n_gpus == 0:
@@ -378,6 +415,12 @@ def extract(
         report = ExtractReport(feature=feature, store=fs.uri, requested=rows.num_rows,
                                already_stored=rows.num_rows - todo.num_rows, written=0, dim=dim)
         decode = ext.modality != "text"
+        if ref_failed:  # recorded as bad stimuli, never sent to the workers
+            todo_ids = todo.column("stimulus_id").to_pylist()
+            _record_failed(fs, feature, [ref_failed[s] for s in todo_ids if s in ref_failed], report)
+            todo = todo.filter(pa.array([s not in ref_failed for s in todo_ids]))
+        if decode:
+            todo = _by_brick_index(todo)
         if not decode:  # captions are checked here, on the driver: no decode stage at all
             todo, failed = _check_captions(todo, ext)
             _record_failed(fs, feature, failed, report)
@@ -434,6 +477,61 @@ def _check_captions(todo: pa.Table, ext) -> tuple[pa.Table, list[dict]]:
             failed.append({"stimulus_id": sid, "path": path, "error": _describe(e)})
     good = todo.take(pa.array(keep, pa.int64()))
     return good.set_column(good.schema.get_field_index("item"), "item", pa.array(items, pa.string())), failed
+
+
+def _check_array_refs(rows: pa.Table) -> dict[str, dict]:
+    """Check the image bricks that rows reference (on the driver, cheaply: one header per brick).
+
+    Returns the rows whose reference cannot be read (``{stimulus_id: {stimulus_id, path, error}}``:
+    a missing dataset key, an index out of range); these are bad stimuli.
+
+    Raises
+    ------
+    BrickError
+        One error naming every unusable brick (the file missing or not HDF5 / npy, or not holding
+        uint8 N x H x W x 3 / N x H x W images) and the fix: every reference into it would fail.
+    """
+    by_brick: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
+    for sid, path in zip(rows.column("stimulus_id").to_pylist(), rows.column("item").to_pylist()):
+        ref = parse_array_ref(path) if path else None
+        if ref is not None:
+            by_brick.setdefault((ref.file, ref.key), []).append((sid, path, ref.index))
+    failed: dict[str, dict] = {}
+    unusable: list[str] = []
+    kinds: set[type] = set()
+    for (file, key), refs in by_brick.items():
+        try:
+            n = brick_info(file, key).n
+        except (BrickFileError, BrickFormatError) as e:
+            kinds.add(type(e))
+            unusable.append(f"{e} ({len(refs)} stimul{'us' if len(refs) == 1 else 'i'} reference it, "
+                            f"e.g. {refs[0][1]})")
+            continue
+        except BrickError as e:  # a wrong key: these references are wrong, the brick may be fine
+            failed.update({sid: {"stimulus_id": sid, "path": path, "error": f"BrickError: array reference {path}: {e}"}
+                           for sid, path, _ in refs})
+            continue
+        failed.update({sid: {"stimulus_id": sid, "path": path,
+                             "error": _describe(BrickError(_range_message(ArrayRef(file, key, i), n)))}
+                       for sid, path, i in refs if i >= n})
+    if unusable:
+        what = unusable[0] if len(unusable) == 1 else \
+            f"{len(unusable)} image bricks are unusable: " + "; ".join(unusable)
+        raise (kinds.pop() if len(kinds) == 1 else BrickError)(f"cannot extract: {what}")
+    return failed
+
+
+def _by_brick_index(todo: pa.Table) -> pa.Table:
+    """Rows whose paths are array references grouped by brick in index order (the others first, in
+    their order), so that a batch reads runs of consecutive indices in one slice each."""
+    keys = []
+    for i, path in enumerate(todo.column("item").to_pylist()):
+        ref = parse_array_ref(path) if path else None
+        keys.append((0, "", "", i) if ref is None else (1, ref.file, ref.key, ref.index))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    if order == list(range(len(keys))):
+        return todo
+    return todo.take(pa.array(order, pa.int64()))
 
 
 def _by_length(todo: pa.Table) -> pa.Table:
