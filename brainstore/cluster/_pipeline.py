@@ -27,14 +27,13 @@ import hashlib
 import json
 import os
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .._yamllines import dotted, known_keys, line_of, read_yaml_text
 from ..fitting._spec import FitSpec
 
 __all__ = ["STAGES", "DEPENDS", "STATE_FILE", "PipelineError", "PipelineSpec", "ExtractorEntry", "FitStage",
@@ -161,83 +160,18 @@ def _read_yaml(path: Path, what: str) -> tuple[Any, dict]:
     except OSError as e:
         raise PipelineError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        raw, lines, dups = read_yaml_text(text)
     except yaml.YAMLError as e:
         raise PipelineError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    lines: dict = {}
-    if node is not None:
-        _walk(node, (), lines, path, what)
+    for loc, line, first in dups:
+        raise PipelineError(f"{what} {path} line {line}: {dotted(loc)} is given twice (first on line {first}); "
+                            "keep one")
     return raw, lines
 
 
-def _walk(node, loc: tuple, lines: dict, path: Path, what: str) -> None:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for k, v in node.value:
-            key = k.value
-            if key in seen:
-                raise PipelineError(f"{what} {path} line {k.start_mark.line + 1}: {_dotted(loc + (key,))} is given "
-                                    f"twice (first on line {seen[key]}); keep one")
-            seen[key] = k.start_mark.line + 1
-            lines[loc + (key,)] = k.start_mark.line + 1
-            _walk(v, loc + (key,), lines, path, what)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            lines[loc + (i,)] = v.start_mark.line + 1
-            _walk(v, loc + (i,), lines, path, what)
-
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def _line_of(lines: dict, loc: tuple) -> int | None:
-    """The line of ``loc``, or of its nearest enclosing entry that is in the file."""
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
 def _where(path: Path, lines: dict, loc: tuple) -> str:
-    line = _line_of(lines, loc)
+    line = line_of(lines, loc)
     return f"{path}" + (f" line {line}" if line else "")
-
-
-def _options(tp) -> list:
-    """The alternatives of a (possibly Optional / Union / Annotated) annotation."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _options(typing.get_args(tp)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [o for a in typing.get_args(tp) for o in _options(a)]
-    return [tp]
-
-
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the model found at ``loc`` under ``model`` (empty when none is)."""
-    tps = [model]
-    for part in loc:
-        nxt = []
-        for tp in (o for t in tps for o in _options(t)):
-            origin = typing.get_origin(tp)
-            if isinstance(part, int) and origin is list:
-                nxt.append(typing.get_args(tp)[0])
-            elif isinstance(part, str) and isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-                nxt.append(tp.model_fields[part].annotation)
-            elif isinstance(part, str) and origin is dict:
-                nxt.append(typing.get_args(tp)[1])
-        tps = nxt
-    for tp in (o for t in tps for o in _options(t)):
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            return list(tp.model_fields)
-    return []
 
 
 def _given(err: dict) -> str:
@@ -259,7 +193,7 @@ def _validate(model: type[BaseModel], raw: Any, path: Path, lines: dict, what: s
             loc = tuple(err["loc"])
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                known = _known_keys(model, loc[:-1])
+                known = known_keys(model, loc[:-1])
                 close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
                 msg = (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
                        + (f" (known keys here: {', '.join(known)})" if known else ""))
@@ -267,8 +201,8 @@ def _validate(model: type[BaseModel], raw: Any, path: Path, lines: dict, what: s
                 msg = f"required field {loc[-1]!r} is missing" if loc else msg
             elif msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
-            line = _line_of(lines, loc)
-            problems.append(f"{'line ' + str(line) if line else 'top level'}: {_dotted(loc)}: {msg}{_given(err)}")
+            line = line_of(lines, loc)
+            problems.append(f"{'line ' + str(line) if line else 'top level'}: {dotted(loc)}: {msg}{_given(err)}")
         raise PipelineError(f"{what} {path} is invalid:\n  " + "\n  ".join(problems)) from None
 
 
@@ -417,7 +351,7 @@ def _check_tables(spec: PipelineSpec, fit_spec: FitSpec, made: list[str], path: 
             where = _where(path, lines, loc) if in_file else f"{path} (fit spec {spec.fit.spec})"
             close = difflib.get_close_matches(table, sorted(known), n=2, cutoff=0.5)
             raise PipelineError(
-                f"{where}: {_dotted(loc)}: feature table {table!r} is neither made by the extract stage (it makes: "
+                f"{where}: {dotted(loc)}: feature table {table!r} is neither made by the extract stage (it makes: "
                 f"{', '.join(made) or 'nothing'}) nor in the store {spec.store} (tables: {', '.join(have) or 'none'})"
                 + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
                    "; add its extractor under `extract:`"))

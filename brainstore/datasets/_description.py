@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from .._yamllines import dotted, known_keys, line_of, read_yaml_text
 from ._errors import DatasetError, DatasetValidationError
 
 __all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
@@ -248,82 +247,10 @@ class Description(_Model):
         return self
 
 # ----------------------------------------------------------------------------- loading with line numbers
-def _walk(node, loc: tuple, lines: dict, path: Path, problems: list) -> None:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for k, v in node.value:
-            key = k.value
-            if key in seen:
-                problems.append(f"{path} line {k.start_mark.line + 1}: {dotted(loc + (key,))} is given twice (first "
-                                f"on line {seen[key]}); keep one")
-            seen[key] = k.start_mark.line + 1
-            for part in (key, _int_or_none(key)):
-                if part is not None:
-                    lines[loc + (part,)] = k.start_mark.line + 1
-            _walk(v, loc + (key,), lines, path, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            lines[loc + (i,)] = v.start_mark.line + 1
-            _walk(v, loc + (i,), lines, path, problems)
-
-
-def _int_or_none(key: str):
-    try:
-        return int(key)
-    except (TypeError, ValueError):
-        return None
-
-
-def dotted(loc: tuple) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) and out else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def line_of(lines: dict, loc: tuple) -> int | None:
-    """The line of ``loc``, or of its nearest enclosing entry that is in the file."""
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
 def where(path: Path, lines: dict, loc: tuple) -> str:
     """``FILE line N: FIELD`` for messages about one field of the description."""
     line = line_of(lines, loc)
     return f"{path}" + (f" line {line}" if line else "") + f": {dotted(loc)}"
-
-
-def _options(tp) -> list:
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _options(typing.get_args(tp)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [o for a in typing.get_args(tp) for o in _options(a)]
-    return [tp]
-
-
-def _known_keys(loc: tuple) -> list[str]:
-    """Field names of the model found at ``loc`` (dict keys such as subject and family names are skipped)."""
-    tps: list = [Description]
-    for part in loc:
-        nxt = []
-        for tp in (o for t in tps for o in _options(t)):
-            origin = typing.get_origin(tp)
-            if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str) and part in tp.model_fields:
-                nxt.append(tp.model_fields[part].annotation)
-            elif origin is dict:
-                nxt.append(typing.get_args(tp)[1])
-            elif origin is list and isinstance(part, int):
-                nxt.append(typing.get_args(tp)[0])
-        tps = nxt
-    for tp in (o for t in tps for o in _options(t)):
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            return list(tp.model_fields)
-    return []
 
 
 _BRANCH = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|union\[.*\])$")
@@ -354,7 +281,7 @@ def _problems(e: ValidationError, path: Path, lines: dict) -> list[str]:
     for loc, err in keep:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            known = _known_keys(loc[:-1])
+            known = known_keys(Description, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
             msg = (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
                    + (f" (known keys here: {', '.join(known)})" if known else ""))
@@ -395,14 +322,11 @@ def load_description(path: Path) -> tuple[Description, dict]:
     except OSError as e:
         raise DatasetError(f"cannot read dataset description {path}: {e.strerror or e}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        raw, lines, dups = read_yaml_text(text)
     except yaml.YAMLError as e:
         raise DescriptionError(str(path), [f"{path} is not valid YAML: {' '.join(str(e).split())}"]) from None
-    lines: dict = {}
-    problems: list[str] = []
-    if node is not None:
-        _walk(node, (), lines, path, problems)
+    problems = [f"{path} line {line}: {dotted(loc)} is given twice (first on line {first}); keep one"
+                for loc, line, first in dups]
     if problems:
         raise DescriptionError(str(path), problems)
     if not isinstance(raw, dict):
