@@ -223,33 +223,9 @@ class AlgonautsDataset(BrainDataset):
         labels = np.asarray(_load_npy(path)).astype(np.int64)
         return labels, _read_mapping(folder, family)
 
-    def roi_masks(self, subject: str, hemi: str, *, level: str = "family", families: Iterable[str] = REPORT_FAMILIES) -> dict[str, np.ndarray]:
-        """Boolean masks by ROI family (``level="family"``) or by named ROI (``level="roi"``).
-
-        Named ROIs are every label of the families' mapping files except 0 (``V1v`` ... ``hV4``,
-        ``EBA``, ``FFA-1``, ``PPA``, ``VWFA-1``, ``early`` ... for ``streams``), keyed by name, in
-        family order then label order. A name used by two families is keyed ``family/name``.
-        """
-        if level not in ("family", "roi"):
-            raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
-        out: dict[str, np.ndarray] = {}
-        named: list[tuple[str, str, np.ndarray]] = []
-        for family in families:
-            labels, mapping = self.roi_labels(subject, hemi, family)
-            if level == "family":
-                out[family] = labels > 0
-            else:
-                named += [(family, name, labels == lab) for lab, name in sorted(mapping.items()) if lab > 0]
-        names = [n for _, n, _ in named]
-        for family, name, mask in named:
-            out[f"{family}/{name}" if names.count(name) > 1 else name] = mask
-        return out
-
-    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:
-        """Every ROI a rule or a report can name: the six families (``streams`` included), then
-        every named ROI of them (see :meth:`roi_masks`)."""
-        return {**self.roi_masks(subject, hemi, families=ROI_FAMILIES),
-                **self.roi_masks(subject, hemi, level="roi", families=ROI_FAMILIES)}
+    def roi_families(self, subject: str) -> list[str]:
+        """The six families of the challenge layout (``streams`` included), which every subject has."""
+        return list(ROI_FAMILIES)
 
     # ------------------------------------------------------------------ validation
     def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:

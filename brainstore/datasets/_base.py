@@ -74,10 +74,8 @@ class BrainDataset:
     def roi_labels(self, subject: str, hemi: str, family: str):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def roi_masks(self, subject: str, hemi: str, *, level: str = "family", families=None) -> dict:  # pragma: no cover
-        raise NotImplementedError
-
-    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:  # pragma: no cover - interface
+    def roi_families(self, subject: str) -> list[str]:  # pragma: no cover - interface
+        """The ROI families a subject has (every one :meth:`regions` lists)."""
         raise NotImplementedError
 
     def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:  # pragma: no cover
@@ -87,6 +85,45 @@ class BrainDataset:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
+    def _mask_families(self, subject: str, families: Iterable[str]) -> list[str]:
+        """The families of ``families`` whose masks :meth:`roi_masks` returns (all of them by default)."""
+        return list(families)
+
+    def roi_masks(self, subject: str, hemi: str, *, level: str = "family",
+                  families: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Boolean masks by ROI family (``level="family"``) or by named ROI (``level="roi"``);
+        ``families`` defaults to the reported ones (``REPORT_FAMILIES``).
+
+        Named ROIs are every label of the families' mappings except 0 (``V1v`` ... ``hV4``, ``EBA``,
+        ``FFA-1``, ``PPA``, ``VWFA-1``, ``early`` ... for ``streams``), keyed by name, in family order
+        then label order. A name used by two families is keyed ``family/name``.
+        """
+        if level not in ("family", "roi"):
+            raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
+        if families is None:
+            from ._algonauts import REPORT_FAMILIES
+
+            families = REPORT_FAMILIES
+        out: dict[str, np.ndarray] = {}
+        named: list[tuple[str, str, np.ndarray]] = []
+        for family in self._mask_families(subject, families):
+            labels, mapping = self.roi_labels(subject, hemi, family)
+            if level == "family":
+                out[family] = labels > 0
+            else:
+                named += [(family, name, labels == lab) for lab, name in sorted(mapping.items()) if lab > 0]
+        names = [n for _, n, _ in named]
+        for family, name, mask in named:
+            out[f"{family}/{name}" if names.count(name) > 1 else name] = mask
+        return out
+
+    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:
+        """Every ROI a rule or a report can name: the subject's families, then every named ROI of them
+        (see :meth:`roi_masks`)."""
+        fams = self.roi_families(subject)
+        return {**self.roi_masks(subject, hemi, families=fams),
+                **self.roi_masks(subject, hemi, level="roi", families=fams)}
+
     def n_images(self, subject: str, split: str) -> int:
         """Rows of the subject's response matrix for ``split`` (stimuli; trials with ``train_trials: single``)."""
         return int(self.stimuli([subject], splits=(split,)).num_rows)

@@ -39,7 +39,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from ._algonauts import HEMISPHERES, REPORT_FAMILIES, STIMULUS_SCHEMA, _check_hemi, _check_split, _nsd_id
+from ._algonauts import HEMISPHERES, STIMULUS_SCHEMA, _check_hemi, _check_split, _nsd_id
 from ._arrays import array_ref
 from ._base import DESCRIPTION_NAME, BrainDataset
 from ._description import ResponsesSpec, RoiFamily, load_description, where
@@ -687,31 +687,11 @@ class DescribedDataset(BrainDataset):
                                "only .label.gii, .annot and {name: FILE.label} name their labels themselves")
         return labels, mapping
 
-    def roi_masks(self, subject: str, hemi: str, *, level: str = "family",
-                  families: Iterable[str] = REPORT_FAMILIES) -> dict[str, np.ndarray]:
-        """Boolean masks by family or by named ROI (as :meth:`AlgonautsDataset.roi_masks`); families the
-        dataset does not describe are absent (reports show them as NaN / "-")."""
-        if level not in ("family", "roi"):
-            raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
+    def _mask_families(self, subject: str, families: Iterable[str]) -> list[str]:
+        """Families the dataset does not describe are absent from :meth:`roi_masks` (reports show them as
+        NaN / "-")."""
         have = self.roi_families(subject)
-        out: dict[str, np.ndarray] = {}
-        named: list[tuple[str, str, np.ndarray]] = []
-        for family in (f for f in families if f in have):
-            labels, mapping = self.roi_labels(subject, hemi, family)
-            if level == "family":
-                out[family] = labels > 0
-            else:
-                named += [(family, name, labels == lab) for lab, name in sorted(mapping.items()) if lab > 0]
-        names = [n for _, n, _ in named]
-        for family, name, mask in named:
-            out[f"{family}/{name}" if names.count(name) > 1 else name] = mask
-        return out
-
-    def regions(self, subject: str, hemi: str) -> dict[str, np.ndarray]:
-        """Every described family, then every named ROI of them."""
-        fams = self.roi_families(subject)
-        return {**self.roi_masks(subject, hemi, families=fams),
-                **self.roi_masks(subject, hemi, level="roi", families=fams)}
+        return [f for f in families if f in have]
 
     # ------------------------------------------------------------------ validation and summary
     def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:
