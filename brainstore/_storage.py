@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 __all__ = ["ENV", "KNOWN_KEYS", "ObjectLock", "StorageOptionsError", "env_options", "is_remote", "merge_cli_options",
-           "object_store", "storage_options"]
+           "object_store", "storage_options", "use_options"]
 
 ENV = "BRAINSTORE_STORAGE_OPTIONS"
 
@@ -235,7 +235,22 @@ def merge_cli_options(pairs) -> None:
             raise StorageOptionsError(f"--storage-option {p!r}: expected KEY=VALUE, e.g. --storage-option "
                                       "aws_endpoint=http://127.0.0.1:9000")
         given[key.strip()] = value.strip()
-    unknown = sorted(k for k in given if k.lower() not in KNOWN_KEYS)
+    use_options(given, "--storage-option", over_env=True)
+
+
+def use_options(given: dict, what: str, *, over_env: bool) -> None:
+    """Fold ``given`` options (from ``what``: flags, a pipeline file) into ``$BRAINSTORE_STORAGE_OPTIONS`` for
+    this process and the Ray workers it starts or ships the variable to: over the variable's own keys
+    (``over_env``), or only where it sets none.
+
+    Raises
+    ------
+    StorageOptionsError
+        For an unknown key (naming the nearest known ones) or an unreadable variable.
+    """
+    unknown = sorted(str(k) for k in given if str(k).lower() not in KNOWN_KEYS)
     if unknown:
-        raise StorageOptionsError(f"unknown --storage-option key(s): {_hints(unknown)}")
-    os.environ[ENV] = json.dumps({**env_options()[0], **given})
+        raise StorageOptionsError(f"{what}: unknown key(s): {_hints(unknown)}")
+    given = {str(k): v for k, v in given.items()}
+    env = env_options()[0]
+    os.environ[ENV] = json.dumps({**env, **given} if over_env else {**given, **env})
