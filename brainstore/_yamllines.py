@@ -13,10 +13,23 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["Duplicate", "read_yaml_text", "dotted", "line_of", "type_options", "known_keys"]
+__all__ = ["Duplicate", "read_text", "read_yaml_text", "dotted", "line_of", "type_options", "known_keys",
+           "unknown_key_message"]
 
 #: A key given twice: its location, its line and the line where it was first given.
 Duplicate = tuple[tuple, int, int]
+
+
+def read_text(path, what: str, error: type[Exception]) -> str:
+    """The text of ``path``, or ``error`` naming ``what`` and the path when it is missing or unreadable."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def read_yaml_text(text: str) -> tuple[Any, dict, list[Duplicate]]:
@@ -109,3 +122,13 @@ def known_keys(model, loc: tuple) -> list[str]:
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return list(tp.model_fields)
     return []
+
+
+def unknown_key_message(model, loc: tuple) -> str:
+    """``unknown key 'x'; did you mean 'y'? (known keys here: ...)`` for the key at ``loc`` under ``model``."""
+    import difflib
+
+    known = known_keys(model, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
+    return (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+            + (f" (known keys here: {', '.join(known)})" if known else ""))

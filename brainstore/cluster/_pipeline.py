@@ -33,7 +33,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .._yamllines import dotted, known_keys, line_of, read_yaml_text
+from .._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key_message
 from ..fitting._spec import FitSpec
 
 __all__ = ["STAGES", "DEPENDS", "STATE_FILE", "PipelineError", "PipelineSpec", "ExtractorEntry", "FitStage",
@@ -153,12 +153,7 @@ def _read_yaml(path: Path, what: str) -> tuple[Any, dict]:
     """The document and ``{loc: line}`` (1-based; a key's line for mapping entries)."""
     import yaml
 
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise PipelineError(f"{what} {path} does not exist") from None
-    except OSError as e:
-        raise PipelineError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    text = read_text(path, what, PipelineError)
     try:
         raw, lines, dups = read_yaml_text(text)
     except yaml.YAMLError as e:
@@ -193,10 +188,7 @@ def _validate(model: type[BaseModel], raw: Any, path: Path, lines: dict, what: s
             loc = tuple(err["loc"])
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                known = known_keys(model, loc[:-1])
-                close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
-                msg = (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
-                       + (f" (known keys here: {', '.join(known)})" if known else ""))
+                msg = unknown_key_message(model, loc)
             elif err["type"] == "missing":
                 msg = f"required field {loc[-1]!r} is missing" if loc else msg
             elif msg.startswith("Value error, "):
@@ -507,19 +499,12 @@ def _use_storage_options(options: dict) -> None:
     """The file's ``storage_options`` for every library call of this process and the Ray tasks it starts:
     folded into ``$BRAINSTORE_STORAGE_OPTIONS`` under the keys already set there (``-S`` flags and the
     variable win over the file)."""
-    import json
-    import os
+    from .._storage import StorageOptionsError, use_options
 
-    from .._storage import ENV, KNOWN_KEYS, StorageOptionsError, _hints, env_options
-
-    unknown = sorted(k for k in options if str(k).lower() not in KNOWN_KEYS)
-    if unknown:
-        raise PipelineError(f"storage_options: unknown key(s): {_hints(unknown)}")
     try:
-        env = env_options()[0]
+        use_options(options, "storage_options", over_env=False)
     except StorageOptionsError as e:
         raise PipelineError(str(e)) from None
-    os.environ[ENV] = json.dumps({**{str(k): v for k, v in options.items()}, **env})
 
 
 def _options_kw(fn, options: dict | None) -> dict:

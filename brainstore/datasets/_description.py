@@ -6,14 +6,13 @@ example.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .._yamllines import dotted, known_keys, line_of, read_yaml_text
+from .._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key_message
 from ._errors import DatasetError, DatasetValidationError
 
 __all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
@@ -281,10 +280,7 @@ def _problems(e: ValidationError, path: Path, lines: dict) -> list[str]:
     for loc, err in keep:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            known = known_keys(Description, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), known, n=3, cutoff=0.5)
-            msg = (f"unknown key {loc[-1]!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
-                   + (f" (known keys here: {', '.join(known)})" if known else ""))
+            msg = unknown_key_message(Description, loc)
         elif err["type"] == "missing":
             msg = f"required field {loc[-1]!r} is missing" if loc else msg
             if loc == ("stimuli",):
@@ -315,12 +311,7 @@ def load_description(path: Path) -> tuple[Description, dict]:
     """
     import yaml
 
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DatasetError(f"dataset description {path} does not exist") from None
-    except OSError as e:
-        raise DatasetError(f"cannot read dataset description {path}: {e.strerror or e}") from None
+    text = read_text(path, "dataset description", DatasetError)
     try:
         raw, lines, dups = read_yaml_text(text)
     except yaml.YAMLError as e:
