@@ -259,8 +259,10 @@ class FeatureStore:
         if "://" in self.uri and not self.uri.startswith("file://"):
             from .._storage import ObjectLock, object_store
 
+            if getattr(self, "_objects", None) is None:  # one object-store client per FeatureStore, not per commit
+                self._objects = object_store(self.uri, self._storage_options)
             key = f"_brainstore_locks/{feature}.lock"
-            with ObjectLock(object_store(self.uri, self._storage_options), key, timeout=self.lock_timeout,
+            with ObjectLock(self._objects, key, timeout=self.lock_timeout,
                             what=f"feature table {feature!r} in {self.uri}", error=FeatureStoreError,
                             where=f"{self.uri.rstrip('/')}/{key}"):
                 yield
