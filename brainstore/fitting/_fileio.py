@@ -77,11 +77,15 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], header: dict[s
     safetensors.numpy.save_file(tensors, str(path), metadata=header)
 
 
+def json_bytes(meta: dict) -> bytes:
+    """Strict JSON (no NaN), keys sorted, indented, newline-terminated: the bytes of a model.json."""
+    return (json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, meta: dict) -> None:
-    """Write strict JSON (no NaN), keys sorted, indented."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+    """Write :func:`json_bytes` of ``meta``."""
+    with open(path, "wb") as f:
+        f.write(json_bytes(meta))
 
 
 def exchange(a: Path, b: Path) -> bool:

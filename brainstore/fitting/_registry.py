@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._provenance import sha256
-from ._fileio import fsync, install_dir, jsonable, package_versions, write_json, write_safetensors
+from ._fileio import fsync, install_dir, json_bytes, jsonable, package_versions, write_json, write_safetensors
 
 __all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS"]
 
@@ -272,7 +272,7 @@ class ModelRegistry:
                 raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
                                     "it or choose another name")
             doc = {**doc, "safetensors_sha256": sha256(bytes(data))}
-            body = (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+            body = json_bytes(doc)
             obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
             obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
         return ModelRecord(name, self.path(name), doc)
@@ -332,14 +332,14 @@ class ModelRegistry:
         except RegistryError as e:
             raise RegistryError(f"model {name!r}: {e}") from None
         arrays = self._check_tensors(name, tensors)
+        doc.update({  # the registry's own keys (safetensors_sha256 follows once the weights are written)
+            "name": name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "package_versions": package_versions(),
+            "format_version": FORMAT_VERSION,
+        })
         if self.remote:
-            doc.update({
-                "name": name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-                "package_versions": package_versions(),
-                "format_version": FORMAT_VERSION,
-            })
             return self._save_remote(name, arrays, doc, overwrite)
         self._check_placement(name, final)
         if (final / META_FILE).is_file() and not overwrite:
@@ -353,14 +353,7 @@ class ModelRegistry:
         try:
             write_safetensors(tmp / WEIGHTS_FILE, arrays, {"brainstore_model": name})
             fsync(tmp / WEIGHTS_FILE)
-            doc.update({
-                "name": name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "safetensors_sha256": sha256(tmp / WEIGHTS_FILE),
-                "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-                "package_versions": package_versions(),
-                "format_version": FORMAT_VERSION,
-            })
+            doc["safetensors_sha256"] = sha256(tmp / WEIGHTS_FILE)
             write_json(tmp / META_FILE, doc)
             _set_modes(tmp, (WEIGHTS_FILE, META_FILE))
             fsync(tmp / META_FILE)
