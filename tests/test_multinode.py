@@ -92,6 +92,14 @@ class _NodeKiller(threading.Thread):
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
+    def __enter__(self) -> "_NodeKiller":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join(60)
+
     def run(self):
         try:
             deadline = time.time() + self.timeout
@@ -266,11 +274,8 @@ def test_three_node_cluster_loses_a_node_in_extraction_and_in_fitting(small_data
             n = len(fs.ids(feature)) if fs.exists(feature) else 0
             return n if n >= 2 * EXTRACT["commit_every"] else 0
 
-        killer = _NodeKiller(cluster, ready=committed, busy=lambda cmd: "MapWorker" in cmd and "_Embedder" in cmd)
-        killer.start()
-        rep = extract(small_dataset, "text", store, **EXTRACT)
-        killer.stop.set()
-        killer.join(60)
+        with _NodeKiller(cluster, ready=committed, busy=lambda cmd: "MapWorker" in cmd and "_Embedder" in cmd) as killer:
+            rep = extract(small_dataset, "text", store, **EXTRACT)
         orphans += killer.orphans
         assert killer.error is None, killer.error
         assert killer.killed, "no worker node was removed during extraction: the test did not exercise a loss"
@@ -298,11 +303,9 @@ def test_three_node_cluster_loses_a_node_in_extraction_and_in_fitting(small_data
         def finished() -> int:  # test predictions written (a fit task writes them last but one)
             return len(list((run_dir / "predictions").rglob("*.npy")))
 
-        killer = _NodeKiller(cluster, ready=finished, busy=lambda cmd: "ray::fit_base" in cmd)
-        killer.start()
-        run = fit_encoding_models(spec, store=str(store), registry=str(multi / "reg"), out=run_dir, progress=False)
-        killer.stop.set()
-        killer.join(60)
+        with _NodeKiller(cluster, ready=finished, busy=lambda cmd: "ray::fit_base" in cmd) as killer:
+            run = fit_encoding_models(spec, store=str(store), registry=str(multi / "reg"), out=run_dir,
+                                      progress=False)
         orphans += killer.orphans
         assert killer.error is None, killer.error
         assert killer.killed, "no worker node was removed during fitting: the test did not exercise a loss"
