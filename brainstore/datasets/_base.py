@@ -44,6 +44,8 @@ class BrainDataset:
     noise_ceiling(subject, hemi) -> fraction in [0, 1] per vertex, or None
     roi_labels(subject, hemi, family), roi_masks(subject, hemi, level=, families=), regions(subject, hemi)
     validate(check_images=, subjects=) -> list of problems; check(); summary()
+    cv_groups(subject, split) -> group label per row (time series: the clip) or None
+    ground_truth_dir() -> folder of noiseless responses (the oracle) or None
     """
 
     root: Path
@@ -85,6 +87,28 @@ class BrainDataset:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
+    #: Continuous runs, one response row per TR (``DescribedDataset`` with ``timeseries:``).
+    is_timeseries: bool = False
+    #: The clips of a time-series dataset (:class:`~._timeseries.TimeSeries`), else None.
+    timeseries = None
+
+    def report_families(self, subject: str) -> list[str]:
+        """The ROI families reports score by default: Algonauts' ``REPORT_FAMILIES`` (a described
+        dataset: every family it describes)."""
+        from ._algonauts import REPORT_FAMILIES
+
+        return list(REPORT_FAMILIES)
+
+    def cv_groups(self, subject: str, split: str = "train") -> np.ndarray | None:
+        """A label per row of ``split`` that cross-validation folds keep together (a time series'
+        clips), or None: contiguous folds."""
+        return None
+
+    def ground_truth_dir(self) -> Path | None:
+        """The folder of noiseless responses (``<subject>/{lh,rh}_pred_test.npy``: the oracle), or None."""
+        p = Path(self.root) / "ground_truth"
+        return p if p.is_dir() else None
+
     def _mask_families(self, subject: str, families: Iterable[str]) -> list[str]:
         """The families of ``families`` whose masks :meth:`roi_masks` returns (all of them by default)."""
         return list(families)
@@ -92,7 +116,7 @@ class BrainDataset:
     def roi_masks(self, subject: str, hemi: str, *, level: str = "family",
                   families: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Boolean masks by ROI family (``level="family"``) or by named ROI (``level="roi"``);
-        ``families`` defaults to the reported ones (``REPORT_FAMILIES``).
+        ``families`` defaults to the reported ones (:meth:`report_families`).
 
         Named ROIs are every label of the families' mappings except 0 (``V1v`` ... ``hV4``, ``EBA``,
         ``FFA-1``, ``PPA``, ``VWFA-1``, ``early`` ... for ``streams``), keyed by name, in family order
@@ -101,9 +125,7 @@ class BrainDataset:
         if level not in ("family", "roi"):
             raise ValueError(f"level must be 'family' or 'roi', not {level!r}")
         if families is None:
-            from ._algonauts import REPORT_FAMILIES
-
-            families = REPORT_FAMILIES
+            families = self.report_families(subject)
         out: dict[str, np.ndarray] = {}
         named: list[tuple[str, str, np.ndarray]] = []
         for family in self._mask_families(subject, families):

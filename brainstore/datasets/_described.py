@@ -192,10 +192,10 @@ class DescribedDataset(BrainDataset):
             if len(sharing) > 1:
                 return None, [f"{path} ({what}) is the trial table of {', '.join(sharing)} but has no subject column; "
                               "add one, or give each subject its own table ({subject} in the path)"]
-        need = ["stimulus_id", "split"] + (["session"] if self.spec.zscore == "session" else [])
+        need = ["stimulus_id", "split"] + ([self.spec.zscore] if self.spec.zscore in ("session", "run") else [])
         missing = [c for c in need if c not in cols]
         if missing:
-            why = " (zscore: session groups trials by session)" if "session" in missing else ""
+            why = f" (zscore: {self.spec.zscore} groups trials by {self.spec.zscore})" if self.spec.zscore in missing else ""
             return None, [f"{path} ({what}) lacks column(s) {missing}{why}; a trial table has stimulus_id, session, "
                           "run, split (train/test), optional onset, duration, row"]
         ids = np.asarray(table.column("stimulus_id").cast(pa.string()).to_pylist(), dtype=object)
@@ -263,8 +263,66 @@ class DescribedDataset(BrainDataset):
         return self._memoized(("plan", subject, split), build)
 
     # ------------------------------------------------------------------ stimuli
+    # ------------------------------------------------------------------ time series
+    @property
+    def is_timeseries(self) -> bool:
+        """Continuous runs (a ``timeseries:`` section): one response row per TR of a clip."""
+        return self.spec.timeseries is not None
+
+    def _timeseries_result(self):
+        def build():
+            from ._timeseries import TimeSeries, read_clips
+
+            ts = self.spec.timeseries
+            what = self._where(None, ("timeseries", "clips"))
+            path = self._path(None, ts.clips)
+            try:
+                clips, problems = read_clips(path, what, ts.fps, ts.tr)
+            except DatasetError as e:
+                return None, [str(e)]
+            return TimeSeries(ts.tr, ts.fps, self._path(None, ts.frames.array), ts.frames.key or "", clips, path), problems
+        return self._memoized("timeseries", build)
+
+    @property
+    def timeseries(self):
+        """The :class:`~._timeseries.TimeSeries` (TR, fps, frame brick, clips), or None for a trial dataset."""
+        if not self.is_timeseries:
+            return None
+        return self._need(self._timeseries_result())
+
+    def cv_groups(self, subject: str, split: str = "train") -> np.ndarray | None:
+        """The clip of each row of a time-series dataset's ``split`` (cross-validation folds hold whole
+        clips: never a fold boundary inside a run); None for a trial dataset."""
+        if not self.is_timeseries:
+            return None
+        from ._timeseries import run_groups
+
+        return run_groups(self._plan(self._check_subject(subject), _check_split(split))[0])
+
+    def ground_truth_dir(self) -> Path | None:
+        """The ``ground_truth:`` folder (noiseless responses: the oracle) when described and present."""
+        if self.spec.ground_truth is None:
+            return None
+        p = self._path(None, self.spec.ground_truth)
+        return p if p.is_dir() else None
+
+    def _timeseries_stimuli(self):
+        ts, problems = self._timeseries_result()
+        if ts is None:
+            return {}, problems
+        out = {}
+        for c in ts.clips:
+            for sid in c.ids():
+                out[sid] = (array_ref(ts.frames, ts.key, ts.frame_range(sid)[0]), None, None, "video")
+        return out, problems
+
     def _stimulus_table(self):
-        """(``{stimulus_id: (path, caption, nsd_id, modality)}`` or None without a table, problems)."""
+        """(``{stimulus_id: (path, caption, nsd_id, modality)}`` or None without a table, problems).
+
+        A time-series dataset's stimuli are its clips' TRs; a TR's path is its first frame in the brick."""
+        if self.is_timeseries:
+            return self._memoized("stimulus_table", self._timeseries_stimuli)
+
         def build():
             st = self.spec.stimuli
             if st.table is None:
@@ -341,6 +399,11 @@ class DescribedDataset(BrainDataset):
                          _nsd_of(sid, None, None), "image")
             ref, cap, nsd, mod = entry
             out.append((ref, cap or caps(sid, ref, nsd), nsd, mod))
+        if unknown and self.is_timeseries:
+            raise DatasetError(f"{t.path} ({t.field}): {len(unknown)} stimulus id(s) of {subject} are not TRs of the "
+                               f"clips in {self._path(None, self.spec.timeseries.clips)}: {_shown(unknown)}; a "
+                               "time-series trial is CLIP/trNNNN (TR NNNN of the clip, from 0) of a listed clip, "
+                               "within its length")
         if unknown:
             raise DatasetError(f"{t.path} ({t.field}): {len(unknown)} stimulus id(s) of {subject} are not in the "
                                f"stimulus table {self._path(None, self.spec.stimuli.table)}: {_shown(unknown)}; add "
@@ -584,6 +647,10 @@ class DescribedDataset(BrainDataset):
         sessions = None
         if self.spec.zscore == "session":
             sessions = [(t.session == v) for v in dict.fromkeys(t.session)]
+        elif self.spec.zscore == "run":  # each run by its own statistics (every trial of it, as in video fMRI)
+            runs = np.asarray([str(v) for v in t.table.column("run").to_pylist()], dtype=object)
+            sessions = [(runs == v) for v in dict.fromkeys(runs)]
+            train = np.ones(len(runs), dtype=bool)
         for h in HEMISPHERES:
             r = raw[h]
             n_v = r.shape[1]
@@ -687,6 +754,10 @@ class DescribedDataset(BrainDataset):
                                "only .label.gii, .annot and {name: FILE.label} name their labels themselves")
         return labels, mapping
 
+    def report_families(self, subject: str) -> list[str]:
+        """Every ROI family the dataset describes for the subject (Algonauts names or its own)."""
+        return self.roi_families(subject)
+
     def _mask_families(self, subject: str, families: Iterable[str]) -> list[str]:
         """Families the dataset does not describe are absent from :meth:`roi_masks` (reports show them as
         NaN / "-")."""
@@ -709,6 +780,12 @@ class DescribedDataset(BrainDataset):
             n_caps = 0
         out = {"root": str(self.root), "name": self.name, "captions": n_caps, "subjects": {},
                "description": {"train_trials": self.spec.train_trials, "zscore": self.spec.zscore}}
+        if self.is_timeseries:
+            ts, _ = self._timeseries_result()
+            out["description"]["timeseries"] = {
+                "tr": self.spec.timeseries.tr, "fps": self.spec.timeseries.fps,
+                "clips": None if ts is None else len(ts.clips),
+                "trs": None if ts is None else sum(c.n_trs for c in ts.clips)}
         for s in self.subjects:
             entry: dict = {"train_images": None, "test_images": None, "test_responses": False, "hemispheres": {}}
             try:

@@ -20,10 +20,10 @@ _CHUNK_ROWS = 1024
 
 
 def _brick_length(ds: "DescribedDataset") -> tuple[int | None, str | None]:
-    """Images in the stimulus brick (axis 0), or (None, the problem)."""
-    st = ds.spec.stimuli
+    """Images in the stimulus brick (or a time series' frame brick; axis 0), or (None, the problem)."""
+    st = ds.spec.stimuli if ds.spec.stimuli is not None else ds.spec.timeseries.frames
     path = ds._path(None, st.array)
-    what = ds._where(None, ("stimuli", "array"))
+    what = ds._where(None, ("stimuli", "array") if ds.spec.stimuli is not None else ("timeseries", "frames"))
     if not path.exists():
         return None, f"image brick {path} ({what}) does not exist"
     try:
@@ -72,10 +72,17 @@ def validate_described(ds: "DescribedDataset", *, check_images: bool = True,
     except DatasetError as e:
         problems.append(str(e))
     brick_len, brick_problem = (None, None)
-    if ds.spec.stimuli.array is not None:
+    if ds.is_timeseries or ds.spec.stimuli.array is not None:
         brick_len, brick_problem = _brick_length(ds)
         if brick_problem:
             problems.append(brick_problem)
+    if ds.is_timeseries and brick_len is not None:
+        ts, _ = ds._timeseries_result()
+        for c in ts.clips if ts is not None else ():
+            if c.first_frame + c.n_frames > brick_len:
+                problems.append(f"clip {c.name} ({ts.clips_table}): frames {c.first_frame} to "
+                                f"{c.first_frame + c.n_frames - 1} run past the {brick_len} frames of {ts.frames} "
+                                f"({ds._where(None, ('timeseries', 'frames'))})")
     checked: set[str] = set()
     for s in subjects or ds.subjects:
         ds._check_subject(s)
@@ -180,10 +187,11 @@ def input_files(ds: "DescribedDataset", kind: str) -> list[Path]:
     """Existing files the dataset reads (see :meth:`DescribedDataset.input_files`)."""
     if kind not in ("stimuli", "responses"):
         raise ValueError(f"kind must be 'stimuli' or 'responses', not {kind!r}")
-    st = ds.spec.stimuli
+    st, ts = ds.spec.stimuli, ds.spec.timeseries
     out: list[Path] = [ds.root]
     if kind == "stimuli":
-        out += [ds._path(None, v) for v in (st.table, st.array, ds.spec.captions) if v]
+        given = (st.table, st.array) if st is not None else (ts.clips, ts.frames.array)
+        out += [ds._path(None, v) for v in (*given, ds.spec.captions) if v]
         for s in ds.subjects:
             try:
                 out += [Path(p) for p in ds.stimuli([s]).column("path").to_pylist() if p and not parse_array_ref(p)]

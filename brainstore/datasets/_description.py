@@ -16,7 +16,7 @@ from .._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key
 from ._errors import DatasetError, DatasetValidationError
 
 __all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
-           "StimuliSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]
+           "StimuliSpec", "TimeSeriesSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]
 
 #: Formats of per-hemisphere response files, by file name ending (NIfTI volumes go under ``volume``).
 RESPONSE_FORMATS = {".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".gii": "gifti",
@@ -184,6 +184,51 @@ class StimuliSpec(_Model):
         return self
 
 
+class FramesSpec(_Model):
+    """The frames of a time-series dataset's clips: a brick (HDF5 dataset or .npy, frames on axis 0)."""
+
+    array: str
+    key: Optional[str] = None  # HDF5: the dataset's path inside the file
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v):
+        return {"array": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        low = self.array.lower()
+        if not low.endswith((".h5", ".hdf5", ".hdf", ".npy")):
+            raise ValueError(f"frames {self.array} must be an .hdf5 / .h5 or .npy brick (frames x H x W x 3 uint8)")
+        if low.endswith(".npy") and self.key:
+            raise ValueError("an .npy brick has no key: remove it")
+        if not low.endswith(".npy") and not self.key:
+            raise ValueError("an HDF5 frame brick needs key: its dataset path")
+        return self
+
+
+class TimeSeriesSpec(_Model):
+    """Continuous runs (video fMRI): one response row per TR; the stimuli are the TRs of clips whose
+    frames are in a brick at ``fps``. A clip's TR ``k`` covers its frames in ``[k tr, (k + 1) tr)``
+    seconds and is the stimulus ``{clip}/tr{k:04d}``."""
+
+    tr: float  # seconds per response row
+    fps: float  # frames per second of the brick's frames
+    frames: FramesSpec
+    clips: str  # table: clip, first_frame, n_frames (first_frame indexes the brick's first axis)
+
+    @model_validator(mode="after")
+    def _check(self):
+        for f in ("tr", "fps"):
+            v = getattr(self, f)
+            if not (v == v and 0 < v < float("inf")):
+                raise ValueError(f"{_AT}{f}{_AT}must be a positive number of {'seconds' if f == 'tr' else 'frames per second'}")
+        if self.tr * self.fps < 1 - 1e-9:
+            raise ValueError(f"{_AT}fps{_AT}a TR of {self.tr:g} s at {self.fps:g} fps holds less than one frame; "
+                             "raise fps or give the real TR")
+        return self
+
+
 class SubjectSpec(_Model):
     """What one subject overrides of the top-level defaults (each field replaces the default whole)."""
 
@@ -201,8 +246,10 @@ class Description(_Model):
     name: Optional[str] = None
     cache: str = ".brainstore-cache"  # assembled response matrices (memory-mapped), relative to this file
     train_trials: Literal["average", "single"] = "average"
-    zscore: Literal["none", "session"] = "none"
-    stimuli: StimuliSpec
+    zscore: Literal["none", "session", "run"] = "none"
+    stimuli: Optional[StimuliSpec] = None  # required, except for time series (their stimuli are the clips' TRs)
+    timeseries: Optional[TimeSeriesSpec] = None
+    ground_truth: Optional[str] = None  # folder of noiseless responses (<subject>/{lh,rh}_pred_test.npy): the oracle
     captions: Optional[str] = None
     # defaults for every subject; "{subject}" in a path is replaced by the subject's name
     trials: Optional[str] = None
@@ -237,6 +284,12 @@ class Description(_Model):
 
     @model_validator(mode="after")
     def _complete(self):
+        if self.stimuli is None and self.timeseries is None:
+            raise ValueError(f"{_AT}stimuli{_AT}required field 'stimuli' is missing; give stimuli: {{table: stimuli.csv}} "
+                             "(stimulus_id -> path) or {array: BRICK.hdf5, key: KEY}, or timeseries: for continuous runs")
+        if self.stimuli is not None and self.timeseries is not None:
+            raise ValueError(f"{_AT}stimuli{_AT}a time-series dataset's stimuli are its clips' TRs (timeseries.clips): "
+                             "remove stimuli")
         for s in self.subjects:
             own = self.subject_spec(s)
             for f in ("trials", "responses"):
@@ -253,7 +306,8 @@ def where(path: Path, lines: dict, loc: tuple) -> str:
 
 
 _BRANCH = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|union\[.*\])$")
-_MODEL_NAMES = {"HemiSource", "ResponsesSpec", "RoiFamily", "NoiseCeilingFiles", "StimuliSpec", "SubjectSpec"}
+_MODEL_NAMES = {"HemiSource", "ResponsesSpec", "RoiFamily", "NoiseCeilingFiles", "StimuliSpec", "SubjectSpec",
+                "FramesSpec", "TimeSeriesSpec"}
 
 
 def _clean_loc(loc: tuple) -> tuple:
