@@ -24,6 +24,7 @@ from ._errors import DatasetError, DatasetValidationError
 from ._images import MAX_PIXELS, decode_image, image_problem
 from ._manifest import MODALITIES, read_manifest
 from ._synthetic import make_dataset
+from ._video_synthetic import make_video_dataset
 
 __all__ = [
     # readers
@@ -52,6 +53,7 @@ __all__ = [
     "DescriptionError",
     # synthetic
     "make_dataset",
+    "make_video_dataset",
 ]
 
 _DESCRIPTION_SUFFIXES = (".yaml", ".yml")
