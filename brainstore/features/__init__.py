@@ -18,6 +18,7 @@ from ._extractors import (
     with_layer,
 )
 from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
+from ._timeseries import RESAMPLE_METHODS, derive_delays, extract_timeseries
 from ._store import STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
 
 __all__ = [
@@ -43,4 +44,8 @@ __all__ = [
     "FeatureTableInfo",
     "MissingStimuliError",
     "derive_pca",
+    # time series (video fMRI)
+    "extract_timeseries",
+    "derive_delays",
+    "RESAMPLE_METHODS",
 ]

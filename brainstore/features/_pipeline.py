@@ -336,7 +336,8 @@ def extract(
 
     Parameters
     ----------
-    source : stimulus table (:data:`~brainstore.datasets.STIMULUS_SCHEMA`), dataset folder or manifest path.
+    source : stimulus table (:data:`~brainstore.datasets.STIMULUS_SCHEMA`), dataset folder, description or
+        manifest path. A time-series dataset goes to :func:`~._timeseries.extract_timeseries` (one row per TR).
     extractor : spec string (``"clip:arch=ViT-B-32"``) or an extractor object.
     store : FeatureStore or URI.
     version : table name; default the extractor's version name.
@@ -377,6 +378,17 @@ def extract(
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    if not isinstance(source, pa.Table):
+        from ..datasets import BrainDataset, is_description, open_dataset
+
+        if isinstance(source, BrainDataset) or is_description(source):
+            ds = open_dataset(source)
+            if ds.is_timeseries:  # one row per TR: frames embedded, resampled and z-scored per clip
+                from ._timeseries import extract_timeseries
+
+                return extract_timeseries(ds, ext, fs, version=version, concurrency=concurrency, dtype=dtype,
+                                          num_gpus=num_gpus, progress=progress)
+            source = ds.root
     stimuli = source if isinstance(source, pa.Table) else open_stimuli(Path(source))
     rows = select_stimuli(stimuli, ext.modality)
     if limit is not None:

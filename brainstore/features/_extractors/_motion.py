@@ -295,17 +295,45 @@ class MotionEnergyExtractor(Extractor):
         valid = ~torch.isnan(x[..., 0])  # (n, frames): NaN frames pad clips to max_frames
         x = x[:, : int(valid.sum(1).max())]  # no clip of this batch is longer
         valid = valid[:, : x.shape[1]]
+        energy = self._energy(x, valid)  # (n, frames, n_filters)
+        if self.options["pool"] == "max":
+            return energy.masked_fill(~valid[..., None], -torch.inf).amax(1)
+        return (energy * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+
+    def _energy(self, x: Any, valid: Any) -> Any:
+        """Per-frame energy ``(n, frames, n_filters)`` of luminance ``x`` ``(n, frames, pixels)``
+        (frames where ``valid`` is False count as zero in the temporal filters)."""
+        import torch
+
         m, n_filters = self._rt["model"], self._dim
         spatial = x.new_zeros(x.shape[:2] + (2 * n_filters,))
         spatial[valid] = x[valid] @ m["spatial"]
         sin, cos = temporal_quadrature(spatial[..., :n_filters], spatial[..., n_filters:],
                                        m["temporal"][0], m["temporal"][1])
-        energy = torch.sqrt(sin**2 + cos**2)  # (n, frames, n_filters)
+        energy = torch.sqrt(sin**2 + cos**2)
         if self.options["nonlinearity"] == "log1p":
             energy = torch.log1p(energy)
-        if self.options["pool"] == "max":
-            return energy.masked_fill(~valid[..., None], -torch.inf).amax(1)
-        return (energy * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        return energy
+
+    def frame_features(self, frames: np.ndarray) -> np.ndarray:
+        """Per-frame motion energy of one continuous clip (no pooling): float32 ``(n_frames, n_filters)``.
+
+        ``frames``: RGB uint8 ``(n_frames, H, W, 3)`` at the pyramid's ``fps``, in time order; frames
+        before the first and after the last count as zero in the temporal filters (pymoten's
+        ``project_stimulus`` over the whole clip). Needs :meth:`load`.
+        """
+        import torch
+
+        if self.modality != "video":
+            raise ValueError(f"{self.name}: frame_features needs modality=video (temporal filters)")
+        if not self.loaded:
+            raise RuntimeError(f"{self!r}: call load() before frame_features()")
+        size = self.options["size"]
+        lum = np.stack([luminance(f, size).reshape(-1) for f in frames])[None]  # (1, n_frames, pixels)
+        with torch.inference_mode():
+            x = torch.from_numpy(lum).to(self._rt["device"])
+            out = self._energy(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))[0]
+        return out.float().cpu().numpy()
 
     # -- provenance ----------------------------------------------------------
     def _metadata(self) -> dict[str, Any]:
