@@ -228,9 +228,10 @@ def _oracle(ds: AlgonautsDataset) -> tuple[dict, str]:
     """Per-subject per-ROI NNMC of the noiseless responses (``ground_truth/``), or ({}, why there is none)."""
     from ..fitting._evaluate import score_submission
 
-    gt = ds.root / "ground_truth"
-    if not gt.is_dir():
-        return {}, f"no oracle: {ds.root} has no ground_truth/ folder of noiseless test responses"
+    gt = ds.ground_truth_dir()
+    if gt is None:
+        return {}, (f"no oracle: {ds.root} has no ground_truth/ folder of noiseless test responses"
+                    if ds.root.is_dir() else f"no oracle: {ds.root} describes no ground_truth: folder")
     try:
         return {s: r["both"]["roi"] for s, r in score_submission(ds, gt).items()}, ""
     except (DatasetError, ValueError, OSError) as e:
@@ -260,6 +261,9 @@ def _model_scores(m: dict) -> tuple[dict[str, float], bool]:
 def _section_rois(ds, metrics: dict, kinds: dict, oracle: dict, oracle_note: str) -> str:
     if not metrics:
         return '<p class="note">No encoding model was evaluated (none fitted on this dataset, or only decoders were asked for).</p>'
+    from ..fitting._report import report_families
+
+    cols = ["all", *report_families(metrics)]
     subjects = sorted({s for by_s in metrics.values() for s in by_s})
     parts = ['<p class="note">Test NNMC (noise-normalized squared correlation, 100 = at the noise ceiling) per ROI '
              "family, hemispheres pooled, beside the mean noise ceiling (NC, % of explainable variance) and the "
@@ -285,30 +289,30 @@ def _section_rois(ds, metrics: dict, kinds: dict, oracle: dict, oracle_note: str
         if not test_all:
             parts.append(f'<p class="warn">{_esc(s)} has no test responses or noise ceiling: validation r is '
                          "shown (no NC or oracle to compare with).</p>")
-        parts.append(_plot_rois(s, rows, refs, metric))
-        head = ["model", "method", *[_esc(_roi_label(c)) for c in COLUMNS]]
-        body = [[_esc(m), _esc(k), *[_num(v.get(c), 2 if test_all else 3) for c in COLUMNS]] for m, k, v in rows]
-        body += [[_esc(label), "", *[_num(v.get(c)) for c in COLUMNS]] for label, v in refs]
+        parts.append(_plot_rois(s, rows, refs, metric, cols))
+        head = ["model", "method", *[_esc(_roi_label(c)) for c in cols]]
+        body = [[_esc(m), _esc(k), *[_num(v.get(c), 2 if test_all else 3) for c in cols]] for m, k, v in rows]
+        body += [[_esc(label), "", *[_num(v.get(c)) for c in cols]] for label, v in refs]
         parts.append(_table(head, body, numeric_from=2, cls=f"rois subject-{_esc(s)}",
                             row_classes=[""] * len(rows) + ["ref"] * len(refs)))
     return "".join(parts)
 
 
-def _plot_rois(subject: str, rows: list, refs: list, metric: str) -> str:
+def _plot_rois(subject: str, rows: list, refs: list, metric: str, cols: list[str] = COLUMNS) -> str:
     import matplotlib.pyplot as plt
 
     series = [(m, v, {}) for m, _, v in rows]
     styles = {"noise ceiling (mean NC, %)": {"color": "#c9ced8", "hatch": "//", "edgecolor": "#8a90a0"},
               "oracle: noiseless responses": {"color": "#3b4252"}}
     series += [(label, v, styles.get(label, {})) for label, v in refs]
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(COLUMNS) + 0.25 * len(series) * len(COLUMNS) / 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(cols) + 0.25 * len(series) * len(cols) / 2), 3.8))
     width = 0.84 / max(len(series), 1)
-    x = np.arange(len(COLUMNS))
+    x = np.arange(len(cols))
     for k, (label, vals, style) in enumerate(series):
-        y = [float(vals.get(c, np.nan)) for c in COLUMNS]
+        y = [float(vals.get(c, np.nan)) for c in cols]
         ax.bar(x + k * width - 0.42 + width / 2, y, width, label=label if len(label) <= 40 else label[:37] + "...",
                **style)
-    ax.set_xticks(x, [_roi_label(c) for c in COLUMNS])
+    ax.set_xticks(x, [_roi_label(c) for c in cols])
     ax.set_ylabel(metric)
     ax.set_title(f"{subject}: per-ROI {metric}" + (" (NC in %)" if refs else ""), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -483,13 +487,14 @@ def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict)
 
 # ------------------------------------------------------------------------------------------ 5. split
 def _section_split(metrics: dict) -> str:
-    from ..fitting._report import _plot_split, split_rows
+    from ..fitting._report import _plot_split, row_families, split_rows
 
     rows = split_rows(metrics)
     if not rows:
         return '<p class="note">No banded model (or no test responses to split): nothing to split.</p>'
-    head = ["model", "feature space", *[_esc(_roi_label(c)) for c in COLUMNS]]
-    body = [[_esc(r["model"]), _esc(r["space"]), *[_num(r[c], 3) for c in COLUMNS]] for r in rows]
+    cols = ["all", *row_families(rows)]
+    head = ["model", "feature space", *[_esc(_roi_label(c)) for c in cols]]
+    body = [[_esc(r["model"]), _esc(r["space"]), *[_num(r[c], 3) for c in cols]] for r in rows]
     return ('<p class="note">Banded ridge: each feature space&#x27;s share of the test Pearson r per ROI family, mean '
             "over subjects (the shares of a model add up to its test r).</p>"
             + _table(head, body, numeric_from=2, cls="split")

@@ -95,21 +95,36 @@ def make_dataset_cmd(
     subjects: int = typer.Option(2, "--subjects", help="Number of subjects."),
     train: int = typer.Option(600, "--train", help="Training images per subject."),
     test: int = typer.Option(100, "--test", help="Test images (shared by all subjects, shown 3 times)."),
-    vertices: int = typer.Option(2000, "--vertices", help="Typical vertices per hemisphere (+-10 % per subject)."),
+    vertices: Optional[int] = typer.Option(None, "--vertices", help="Typical vertices per hemisphere (+-10 % per subject; default 2000, video 600)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the dataset is a deterministic function of it."),
     image_size: int = typer.Option(256, "--image-size", help="Image side in pixels (NSD: 425)."),
     alignment: float = typer.Option(0.0, "--alignment", help="0: each subject in its own vertex space. In (0, 1]: "
                                     "all subjects in one template space (same vertices and ROIs), a vertex's tuning "
                                     "correlated this much across subjects."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+    kind: str = typer.Option("image", "--kind", help="image: the Algonauts-layout image dataset; video: continuous "
+                             "runs (video fMRI: clips, HRF-convolved BOLD per TR, a test clip repeated)."),
+    runs: int = typer.Option(6, "--runs", help="Video: training runs (one clip each)."),
+    trs: int = typer.Option(50, "--trs", help="Video: TRs per run."),
+    repeats: int = typer.Option(3, "--repeats", help="Video: runs showing the test clip."),
+    tr: float = typer.Option(2.0, "--tr", help="Video: seconds per TR."),
+    fps: int = typer.Option(8, "--fps", help="Video: frames per second."),
 ) -> None:
-    """Write the synthetic benchmark dataset (images, captions, fMRI, ROIs, noise ceilings, oracle)."""
-    from ..datasets import make_dataset, open_dataset
+    """Write a synthetic benchmark dataset (stimuli, fMRI, ROIs, noise ceilings, oracle): images in the
+    Algonauts layout, or --kind video: a described time-series dataset."""
+    from ..datasets import make_dataset, make_video_dataset, open_dataset
     from ._report import console, dataset_table
 
+    if kind not in ("image", "video"):
+        _fail(f"--kind {kind!r} is not one of image, video")
     try:
-        root = make_dataset(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices,
-                            seed=seed, image_size=image_size, alignment=alignment, overwrite=overwrite)
+        if kind == "video":
+            root = make_video_dataset(out, n_subjects=subjects, n_train_runs=runs, trs_per_run=trs,
+                                      n_test_repeats=repeats, tr=tr, fps=fps,
+                                      n_vertices=vertices or 600, seed=seed, overwrite=overwrite)
+        else:
+            root = make_dataset(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices or 2000,
+                                seed=seed, image_size=image_size, alignment=alignment, overwrite=overwrite)
     except (FileExistsError, ValueError) as e:
         _fail(str(e))
     console.print(dataset_table(open_dataset(root).summary()))
@@ -180,15 +195,20 @@ def extract_cmd(
     storage_dtype: str = typer.Option("float32", "--storage-dtype", help="float32 or float16 on disk."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N unique stimuli."),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when some stimuli failed (they are listed and recorded either way)."),
+    resample: str = typer.Option("average", "--resample", help="Time-series datasets: frame features to the TR by 'average' (mean of the TR's frames) or 'lanczos' (Lanczos-windowed sinc, 3 lobes)."),
+    delays: str = typer.Option("1,2,3,4", "--delays", help="Time-series datasets: FIR delays in TRs of the derived delayed table (e.g. 1,2,3,4), or 'none'."),
     store: str = StoreOpt,
     address: Optional[str] = AddressOpt,
 ) -> None:
     """Extract features for every stimulus into the store (resumable: stored stimuli are skipped).
 
+    On a time-series dataset (video fMRI): one row per TR (frame features resampled to the TR and
+    z-scored per clip), then a table of those rows delayed by --delays TRs within each clip.
+
     Exits 1 when some stimuli failed (after writing every good one), unless --allow-failures.
     """
     from .._paths import check_folder
-    from ..datasets import DatasetError, open_stimuli
+    from ..datasets import DatasetError, open_dataset, open_stimuli
     from ._quiet import drop_stderr_lines
     from ..features import (DTYPES, STORAGE_DTYPES, ExtractionError, FeatureStoreError, WeightsNotFoundError,
                             extract, get_extractor, with_layer)
@@ -216,15 +236,40 @@ def extract_cmd(
         if ext.metadata().get("random_init") == "true":
             console.print(f"[yellow]note:[/] {ext.version} uses RANDOM weights ({ext.spec}): a baseline, not a "
                           "pretrained model; recorded as random_init in the table's metadata")
+        ds = open_dataset(dataset) if dataset is not None else None
+        delay_list = None
+        if ds is not None and ds.is_timeseries:
+            if resample not in ("average", "lanczos"):
+                _fail(f"--resample {resample!r} is not one of average, lanczos")
+            if delays.strip().lower() != "none":
+                try:
+                    delay_list = [int(v) for v in delays.replace(" ", "").split(",") if v]
+                except ValueError:
+                    _fail(f"--delays {delays!r} must be integers (TRs) like 1,2,3,4, or none")
+                if not delay_list or len(set(delay_list)) != len(delay_list):
+                    _fail(f"--delays {delays!r} must be distinct integers (TRs) like 1,2,3,4, or none")
+            if limit is not None or storage_dtype != "float32":
+                _fail("--limit and --storage-dtype do not apply to a time-series dataset (whole clips are extracted)")
         connect(address)
         with drop_stderr_lines(enabled=not VERBOSE["on"]):  # Ray's per-run actor-restart notice (ray#53727)
-            rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
-                          concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
+            if ds is not None and ds.is_timeseries:
+                from ..features import derive_delays, extract_timeseries
+
+                rep = extract_timeseries(ds, ext, store, version=version, resample=resample,
+                                         concurrency=concurrency, dtype=dtype)
+            else:
+                rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
+                              concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
+        if delay_list:
+            delayed = derive_delays(store, rep.feature, ds, delay_list)
     except (WeightsNotFoundError, FeatureStoreError, DatasetError, ExtractionError, ValueError) as e:
         _fail(str(e))
     other = f", {rep.stored_by_other} stored meanwhile by another run" if rep.stored_by_other else ""
     console.print(f"[green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored{other}, "
                   f"{len(rep.failed)} failed, dim {rep.dim}, {rep.seconds:.1f} s ({rep.rate:.1f} stimuli/s) -> {rep.store}")
+    if delay_list:
+        console.print(f"[green]{delayed}[/]: {rep.feature} delayed by {','.join(map(str, delay_list))} TRs within "
+                      "each clip (fit this one: it learns the hemodynamic lag)")
     for f in rep.failed:
         console.print(f"  [red]bad stimulus[/] {f['stimulus_id']} {f['path']}: {f['error']}")
     if rep.failed and not allow_failures:
@@ -304,16 +349,17 @@ def features_cmd(
 
 
 def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
-    from ..datasets import REPORT_FAMILIES
+    from ..fitting._report import row_families
     from ._report import console, score_table
 
     test = all("nnmc" in r for r in rows)
     key = "nnmc" if test else "val_r"
-    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in REPORT_FAMILIES}, "val r": r["val_r"]})
+    fams = row_families(rows)
+    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in fams}, "val r": r["val_r"]})
                   for r in rows]
     table_rows += list(extra_rows)
     console.print(score_table(f"{title}: {'test NNMC' if test else 'validation Pearson r'} per ROI (mean over subjects)",
-                              table_rows, ["all", *REPORT_FAMILIES, "val r"]))
+                              table_rows, ["all", *fams, "val r"]))
 
 
 def _print_named(named: tuple[list[str], list[dict]], title: str) -> None:

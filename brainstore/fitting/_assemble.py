@@ -44,8 +44,8 @@ def per_roi_members(p: PerRoiSpec, base: list[str]) -> list[str]:
 def _choice_regions(ds: AlgonautsDataset, subject: str, hemi: str, p: PerRoiSpec) -> list[np.ndarray]:
     """Regions a data-driven per-ROI choice is made for, in priority order."""
     if p.roi_level == "family":
-        return list(ds.roi_masks(subject, hemi, families=REPORT_FAMILIES).values())
-    return list(ds.roi_masks(subject, hemi, level="roi", families=REPORT_FAMILIES).values())
+        return list(ds.roi_masks(subject, hemi, families=ds.report_families(subject)).values())
+    return list(ds.roi_masks(subject, hemi, level="roi", families=ds.report_families(subject)).values())
 
 
 def _half_scores(layout: RunLayout, members: list[str], subject: str, hemi: str, Yv: np.ndarray):
@@ -128,7 +128,7 @@ def assemble_subject(job: dict) -> dict:
     ds, fs = open_dataset(job["dataset"]), FeatureStore(job["store"], job.get("store_options"), create=False)
     layout, subject, hemis = RunLayout(job["run_dir"]), job["subject"], list(spec.hemispheres)
     train_ids = subject_stimuli(ds, subject, "train")
-    n_fit = validation_folds(len(train_ids), spec.folds)[1]
+    n_fit = validation_folds(len(train_ids), spec.folds, ds.cv_groups(subject, "train"))[1]
     Yvs = {h: ds.responses(subject, h, "train")[n_fit:] for h in hemis}
     base = [m.name for m in spec.models]
     ready = [m for m in base if m in job["fitted"]]

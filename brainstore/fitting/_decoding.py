@@ -100,7 +100,10 @@ def response_matrix(ds: AlgonautsDataset, subject: str, split: str, voxels: dict
 
 def _oracle_dir(ds: AlgonautsDataset, subject: str) -> Path | None:
     """``ground_truth/subjNN`` when it holds noiseless train and test responses of both hemispheres."""
-    d = Path(ds.root) / "ground_truth" / subject
+    gt = ds.ground_truth_dir()
+    if gt is None:
+        return None
+    d = gt / subject
     ok = all((d / f.format(hemi=h)).exists() for h in HEMISPHERES for f in ORACLE_FILES.values())
     return d if ok else None
 

@@ -44,8 +44,45 @@ def design_matrix(fs: FeatureStore, features: list[str], stimulus_ids: list[str]
     return np.hstack([fs.load(f, stimulus_ids) for f in features]).astype(np.float32, copy=False)
 
 
-def validation_folds(n_samples: int, n_folds: int) -> tuple[list, int, list]:
+def group_folds(groups, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K contiguous folds that never split a group (a time series' clip: never a fold boundary
+    inside a run).
+
+    ``groups`` labels each row; a group's rows must be adjacent. Fold boundaries are the group
+    boundaries nearest to sklearn ``KFold``'s, each fold holding at least one group.
+
+    Raises
+    ------
+    ValueError
+        Fewer groups than folds, or a group whose rows are not adjacent.
+    """
+    g = np.asarray(groups, dtype=object)
+    n = len(g)
+    starts = [0] + [i for i in range(1, n) if g[i] != g[i - 1]]
+    names = [g[i] for i in starts]
+    if len(set(names)) != len(names):
+        again = next(x for x in names if names.count(x) > 1)
+        raise ValueError(f"the rows of run {again!r} are not adjacent; cross-validation by run needs each run's rows "
+                         "together")
+    if len(names) < n_folds:
+        raise ValueError(f"{len(names)} runs (clips) cannot make {n_folds} folds that keep each run whole; lower "
+                         f"folds to at most {len(names)} (folds: in the fit spec) or add runs")
+    ideal = [f * n // n_folds for f in range(1, n_folds)]  # KFold's boundaries (up to its remainder rows)
+    bounds, last = [], 0  # last: index in starts of the previous boundary
+    for f, b in enumerate(ideal, start=1):
+        # a group start after the previous boundary that leaves one group for each later fold
+        pick = min(range(last + 1, len(starts) - (n_folds - f) + 1), key=lambda i: (abs(starts[i] - b), i))
+        bounds.append(starts[pick])
+        last = pick
+    edges = [0, *bounds, n]
+    return [(np.concatenate([np.arange(0, a), np.arange(b, n)]), np.arange(a, b)) for a, b in zip(edges, edges[1:])]
+
+
+def validation_folds(n_samples: int, n_folds: int, groups=None) -> tuple[list, int, list]:
     """K contiguous folds, the size of the rows before the last fold, and the folds of those rows.
+
+    With ``groups`` (a time series' clip per row) the folds keep each group whole (:func:`group_folds`),
+    and so do the inner folds: the validation copy's K-1 folds are the first K-1 folds.
 
     Returns
     -------
@@ -59,7 +96,12 @@ def validation_folds(n_samples: int, n_folds: int) -> tuple[list, int, list]:
     if n_folds < 3:
         raise ValueError(f"folds must be >= 3 (one fold is held out for validation, the others choose "
                          f"hyperparameters by CV), got {n_folds}")
-    folds = list(KFold(n_folds).split(np.zeros(n_samples)))
+    if groups is not None:
+        if len(groups) != n_samples:
+            raise ValueError(f"{len(groups)} group labels for {n_samples} rows")
+        folds = group_folds(groups, n_folds)
+    else:
+        folds = list(KFold(n_folds).split(np.zeros(n_samples)))
     n_fit = int(folds[-1][1][0])
     inner = [(np.setdiff1d(np.arange(n_fit), va), va) for _, va in folds[:-1]]
     return folds, n_fit, inner
@@ -139,7 +181,7 @@ def fit_base(job: dict) -> dict:
     Y = np.asarray(ds.responses(subject, hemi, "train"), dtype=np.float32)  # memory map: read in vertex batches
     if len(X) != len(Y):
         raise ValueError(f"{subject} {hemi}: {len(X)} training stimuli but {len(Y)} response rows")
-    folds, n_fit, inner = validation_folds(len(X), int(job["folds"]))
+    folds, n_fit, inner = validation_folds(len(X), int(job["folds"]), ds.cv_groups(subject, "train"))
     job = {**job, "band_sizes": [fs.info(f).dim for f in job["features"]]}
     with _limit_threads(job.get("threads")):
         torch_threads = torch.get_num_threads()

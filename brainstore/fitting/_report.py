@@ -16,7 +16,7 @@ from ._evaluate import pooled_split_scores, pooled_test_scores, score_test_split
 from ._registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
 from ._runfiles import RunLayout, write_array
 
-__all__ = ["comparison_rows", "named_rows", "write_report", "write_predictions", "evaluate_registered"]
+__all__ = ["comparison_rows", "named_rows", "report_families", "row_families", "write_report", "write_predictions", "evaluate_registered"]
 
 SHORT = ROI_FAMILY_LABELS
 VAL = "val r"  # column label of the validation score (see fitting._choice)
@@ -29,22 +29,45 @@ def _mean(values) -> float:
     return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
+_ROW_KEYS = ("model", "method", "subjects", "val_r", "nnmc", "space", "all")
+
+
+def report_families(metrics: dict) -> list[str]:
+    """The ROI families the metrics score: Algonauts' five (``REPORT_FAMILIES``, a missing one shown
+    as "-") then any other scored family, or, when none of the five is scored, the dataset's own
+    families in order (a described dataset with its own names, e.g. a video dataset's)."""
+    found: list[str] = []
+    for by_subj in metrics.values():
+        for m in by_subj.values():
+            for key in ("test_nnmc_roi", "val_r_roi"):
+                found += [f for f in m.get("both", {}).get(key, {}) if f != "all" and f not in found]
+    if not found or set(found) & set(REPORT_FAMILIES):  # Algonauts names: all five, then any others
+        return list(REPORT_FAMILIES) + [f for f in found if f not in REPORT_FAMILIES]
+    return found
+
+
+def row_families(rows: list[dict]) -> list[str]:
+    """The ROI-family columns of :func:`comparison_rows` / :func:`split_rows` rows."""
+    return [k for k in (rows[0] if rows else {f: 0 for f in REPORT_FAMILIES}) if k not in _ROW_KEYS]
+
+
 def comparison_rows(metrics: dict, kinds: dict[str, str]) -> list[dict]:
     """One row per model: mean over subjects of test NNMC (all vertices and per ROI family) and val r.
 
     Without test NNMC the ROI columns hold the validation r.
     """
     rows = []
+    families = report_families(metrics)
     for model, by_subj in metrics.items():
         subs = list(by_subj.values())
         row = {"model": model, "method": kinds.get(model, ""), "subjects": len(subs),
                "val_r": float(np.mean([m["both"]["val_r_mean"] for m in subs]))}
         if all("test_nnmc" in m["both"] for m in subs):
             row["nnmc"] = float(np.mean([m["both"]["test_nnmc"] for m in subs]))
-            for fam in REPORT_FAMILIES:  # (a family the dataset lacks: NaN, shown as "-")
+            for fam in families:  # (a family the dataset lacks: NaN, shown as "-")
                 row[fam] = _mean([m["both"]["test_nnmc_roi"].get(fam) for m in subs])
         else:
-            for fam in REPORT_FAMILIES:
+            for fam in families:
                 row[fam] = _mean([m["both"]["val_r_roi"].get(fam) for m in subs])
         rows.append(row)
     return rows
@@ -69,13 +92,14 @@ def _fmt(v: float, test: bool) -> str:
 
 def _markdown(rows: list[dict], test: bool) -> str:
     metric = "NNMC" if test else VAL
-    head = ["Features and methods", "method", f"{metric} (all)", *[SHORT[f] for f in REPORT_FAMILIES], VAL]
+    fams = row_families(rows)
+    head = ["Features and methods", "method", f"{metric} (all)", *[SHORT.get(f, f) for f in fams], VAL]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     best = max(rows, key=lambda r: r.get("nnmc", r["val_r"]))
     for r in rows:
         cell = _fmt(r.get("nnmc", r["val_r"]), test)
         cell = f"**{cell}**" if r is best else cell
-        lines.append("| " + " | ".join([r["model"], r["method"], cell, *[_fmt(r[f], test) for f in REPORT_FAMILIES],
+        lines.append("| " + " | ".join([r["model"], r["method"], cell, *[_fmt(r[f], test) for f in fams],
                                         _fmt(r["val_r"], False)]) + " |")
     return "\n".join(lines)
 
@@ -102,12 +126,13 @@ def _label(name: str, n: int = 48) -> str:
 def _plot_roi_bars(rows: list[dict], test: bool, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(REPORT_FAMILIES) + 0.4 * len(rows)), 4.2))
+    fams = row_families(rows)
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(fams) + 0.4 * len(rows)), 4.2))
     width = 0.8 / max(len(rows), 1)
-    x = np.arange(len(REPORT_FAMILIES))
+    x = np.arange(len(fams))
     for k, r in enumerate(rows):
-        ax.bar(x + k * width - 0.4 + width / 2, [r[f] for f in REPORT_FAMILIES], width, label=_label(r["model"]))
-    ax.set_xticks(x, [SHORT[f] for f in REPORT_FAMILIES])
+        ax.bar(x + k * width - 0.4 + width / 2, [r[f] for f in fams], width, label=_label(r["model"]))
+    ax.set_xticks(x, [SHORT.get(f, f) for f in fams])
     ax.set_ylabel("NNMC (test)" if test else "Pearson r (validation fold)")
     ax.set_title(f"{title}: per-ROI {'NNMC' if test else VAL}, mean over subjects")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -119,18 +144,20 @@ def _plot_roi_bars(rows: list[dict], test: bool, title: str, path: Path) -> None
 def _plot_scatter(ds: AlgonautsDataset, model: str, subject: str, preds: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(REPORT_FAMILIES), figsize=(3.2 * len(REPORT_FAMILIES), 3.2))
+    fams = ds.report_families(subject)
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.2 * len(fams), 3.2), squeeze=False)
+    axes = axes[0]
     h = HEMISPHERES[0]
     true = np.asarray(ds.responses(subject, h, "test"))
     pred = np.asarray(preds[h])
     r = pearson_r(pred, true)
-    masks = ds.roi_masks(subject, h, families=REPORT_FAMILIES)
-    for ax, fam in zip(axes, REPORT_FAMILIES):
+    masks = ds.roi_masks(subject, h, families=ds.report_families(subject))
+    for ax, fam in zip(axes, fams):
         idx = np.flatnonzero(masks[fam]) if fam in masks else []  # (a family the dataset lacks: empty panel)
         if len(idx):
             v = idx[np.argmax(r[idx])]
             ax.scatter(pred[:, v], true[:, v], s=9, alpha=0.7)
-            ax.set_title(f"{SHORT[fam]} vertex {v}\nr = {r[v]:.2f}", fontsize=9)
+            ax.set_title(f"{SHORT.get(fam, fam)} vertex {v}\nr = {r[v]:.2f}", fontsize=9)
         ax.set_xlabel("predicted")
     axes[0].set_ylabel("measured (test)")
     fig.suptitle(f"{_label(model)} ({subject}, {h})", fontsize=9)
@@ -142,13 +169,14 @@ def _plot_scatter(ds: AlgonautsDataset, model: str, subject: str, preds: dict, p
 def split_rows(metrics: dict) -> list[dict]:
     """Banded models: test r per ROI family split between feature spaces, mean over subjects."""
     rows = []
+    families = report_families(metrics)
     for model, by_subj in metrics.items():
         subs = [m["both"]["split_test_r_roi"] for m in by_subj.values() if "split_test_r_roi" in m["both"]]
         if not subs:
             continue
         for space in subs[0]:
             rows.append({"model": model, "space": space,
-                         **{f: _mean([s[space].get(f) for s in subs]) for f in ["all", *REPORT_FAMILIES]}})
+                         **{f: _mean([s[space].get(f) for s in subs]) for f in ["all", *families]}})
     return rows
 
 
@@ -158,7 +186,7 @@ def _plot_split(rows: list[dict], path: Path) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.2), squeeze=False)
-    cols = ["all", *REPORT_FAMILIES]
+    cols = ["all", *row_families(rows)]
     for ax, model in zip(axes[0], models):
         bottom_pos, bottom_neg = np.zeros(len(cols)), np.zeros(len(cols))
         for r in (r for r in rows if r["model"] == model):
@@ -232,7 +260,7 @@ def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: Alg
                                                   "named_rois": nrows, "split": srows}, indent=1))
     md = _markdown(rows, test)
     (out / "comparison.md").write_text(f"# {title}\n\n{md}\n")
-    cols = ["model", "method", "subjects", "nnmc" if test else "val_r", *REPORT_FAMILIES, "val_r"]
+    cols = ["model", "method", "subjects", "nnmc" if test else "val_r", *row_families(rows), "val_r"]
     (out / "comparison.csv").write_text("\n".join([",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols)
                                                                       for r in rows]) + "\n")
     if nrows:

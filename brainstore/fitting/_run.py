@@ -90,7 +90,11 @@ def default_spec(dataset: str | Path, store: str, registry: str, *, include_rand
         if missing:
             notes.append(f"left out feature table {name!r}: {missing} stimuli of {ds.root} are not in it "
                          f"(run `brainstore extract --dataset {ds.root}` with its extractor to complete it)")
-        elif meta.get("derived_from"):
+        elif ds.is_timeseries and not meta.get("delays"):
+            notes.append(f"left out feature table {name!r}: a feature time series without delays (the ridge could "
+                         "not learn the hemodynamic lag); fit its delayed table (`brainstore extract --delays`), "
+                         "or name it in a --config spec to use it")
+        elif meta.get("derived_from") and not (ds.is_timeseries and meta.get("delays")):
             notes.append(f"left out feature table {name!r}: derived from {meta['derived_from']!r} "
                          "(name it in a --config spec to use it)")
         elif meta.get("random_init") == "true" and not include_random:
@@ -131,7 +135,7 @@ def check_inputs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects
         n = ds.n_images(s, "train")
         if n // spec.folds < 4:
             raise ValueError(f"{s} has {n} training images: too few for {spec.folds} folds (each fold needs >= 4)")
-        validation_folds(n, spec.folds)
+        validation_folds(n, spec.folds, ds.cv_groups(s, "train"))
         for p in spec.per_roi:
             for h in spec.hemispheres:
                 resolve_regions(ds.regions(s, h), list(p.rules), f"per_roi {p.name!r} rules ({s} {h})")
