@@ -525,7 +525,7 @@ def test_info_lists_every_problem_with_its_file(tmp_path):
     r = CliRunner().invoke(app, ["info", str(desc)])
     assert r.exit_code == 1 and "8 problem(s)" in r.output
     # a description that does not parse: its problems are listed too (exit 1)
-    bad = _write(tmp_path / "bad.yaml", GOOD + "zscore: run\nname: [1]\n")
+    bad = _write(tmp_path / "bad.yaml", GOOD + "zscore: trial\nname: [1]\n")
     r = CliRunner().invoke(app, ["info", str(bad)])
     assert r.exit_code == 1 and "2 problem(s)" in r.output and "line 5: zscore" in r.output and "line 6: name" in r.output
 
