@@ -184,7 +184,7 @@ def test_timeseries_inputs_refused_with_the_fix(tmp_path):
     from brainstore.datasets import open_dataset
     from brainstore.datasets._video_synthetic import make_video_dataset
     from brainstore.features import derive_delays
-    from brainstore.features._timeseries import _timeseries_extractor
+    from brainstore.features._timeseries import timeseries_extractor
     from brainstore.features import get_extractor
 
     root = make_video_dataset(tmp_path / "v", n_train_runs=2, trs_per_run=10, n_test_repeats=2, n_vertices=100,
@@ -192,12 +192,75 @@ def test_timeseries_inputs_refused_with_the_fix(tmp_path):
     ds = open_dataset(root)
     assert ds.validate() == []
     with pytest.raises(ValueError, match="fps=15 but the dataset's frames are at 8 fps"):
-        _timeseries_extractor(get_extractor("motion-energy:modality=video,fps=15"), 8.0)
-    assert _timeseries_extractor(get_extractor("motion-energy:modality=video"), 8.0).options["fps"] == 8
+        timeseries_extractor(get_extractor("motion-energy:modality=video,fps=15"), 8.0)
+    assert timeseries_extractor(get_extractor("motion-energy:modality=video"), 8.0).options["fps"] == 8
     with pytest.raises(ValueError, match="cannot make a feature time series"):
-        _timeseries_extractor(get_extractor("text"), 8.0)
+        timeseries_extractor(get_extractor("text"), 8.0)
     from brainstore.features import FeatureStore
 
     FeatureStore(tmp_path / "store")
     with pytest.raises(Exception, match="feature table 'nope' is not in"):
         derive_delays(str(tmp_path / "store"), "nope", root)
+
+
+def test_readme_video_example_is_a_valid_description(tmp_path):
+    """The README's video example parses, and its fields are those make-dataset --kind video writes."""
+    import yaml
+    from pathlib import Path
+
+    from brainstore.datasets import DescribedDataset
+    from brainstore.datasets._video_synthetic import make_video_dataset
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Video fMRI: continuous runs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "brainstore-dataset.yaml").write_text(block)
+    ds = DescribedDataset(tmp_path)
+    assert ds.is_timeseries and ds.spec.timeseries.tr == 2.0 and ds.spec.zscore == "run"
+    assert ds.subjects == ["subj01", "subj02"] and ds.roi_families("subj01") == ["motion", "places"]
+    made = yaml.safe_load((make_video_dataset(tmp_path / "v", n_train_runs=2, trs_per_run=10, n_test_repeats=2,
+                                              n_vertices=100, progress=False) / "brainstore-dataset.yaml").read_text())
+    assert set(yaml.safe_load(block)) == set(made)
+
+
+@pytest.mark.slow
+def test_pipeline_on_the_video_dataset_makes_delayed_tables_and_fits_them(video, tmp_path, small_dataset):
+    """`brainstore run` on a time-series dataset: extract makes the per-TR table and its delayed table,
+    fit and evaluate use them; the predictions equal the library fit's of the same spec."""
+    import json
+
+    from brainstore.cluster._pipeline import load_pipeline, run_pipeline
+    from brainstore.features import FeatureStore
+
+    me, me_d = video["tables"]["me"], video["tables"]["me_d"]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""dataset: {video['root']}
+store: {tmp_path / 'store'}
+registry: {tmp_path / 'reg'}
+extract:
+  - spec: "{ME_SPEC}"
+    delays: [1, 2, 3, 4]
+fit:
+  alphas: {ALPHAS}
+  folds: {N_RUNS}
+  models:
+    - name: me
+      features: [{me_d}]
+report:
+  html: false
+""")
+    pipe = load_pipeline(path)
+    assert pipe.tables == [me] and pipe.delayed == [me_d]
+    res = run_pipeline(path)
+    assert res["ran"] == ["extract", "fit", "evaluate"]
+    fs = FeatureStore(tmp_path / "store")
+    assert set(fs.names()) >= {me, me_d}
+    ids = sorted(fs.ids(me_d))
+    np.testing.assert_array_equal(fs.load(me_d, ids), FeatureStore(video["store"]).load(me_d, ids))
+    metrics = json.loads((tmp_path / "pipeline-run" / "evaluate" / "metrics.json").read_text())["metrics"]
+    ours = metrics["me"]["subj01"]["both"]["test_nnmc"]
+    assert ours == pytest.approx(video["run"].metrics["me"]["subj01"]["both"]["test_nnmc"], rel=1e-4)
+    # `delays:` on a dataset with one row per stimulus is refused, naming the line and the field
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace(str(video["root"]), str(small_dataset)))
+    with pytest.raises(Exception, match=r"bad.yaml line 6: extract\[0\]\.delays is for time-series"):
+        load_pipeline(bad)

@@ -78,6 +78,9 @@ class ExtractorEntry(_Strict):
     limit: Optional[int] = Field(None, ge=1)  # only the first N stimuli (smoke runs)
     commit_every: int = Field(512, ge=1)  # rows per store commit
     allow_failures: bool = False  # finish the stage even when some stimuli fail to decode
+    # time-series datasets (video fMRI): frame features to the TR, and the FIR-delayed table made beside it
+    resample: Literal["average", "lanczos"] = "average"  # mean of the TR's frames, or Lanczos interpolation
+    delays: Optional[list[int]] = Field(default_factory=lambda: [1, 2, 3, 4])  # in TRs; null: no delayed table
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +211,7 @@ class Pipeline:
     fit_spec: FitSpec  # the fit stage's spec, with the pipeline's dataset, store and registry
     extractors: list = field(default_factory=list)  # Extractor objects, one per extract entry
     tables: list[str] = field(default_factory=list)  # the table each extract entry makes
+    delayed: list = field(default_factory=list)  # time series: the delayed table each entry makes beside it, or None
     notes: list[str] = field(default_factory=list)  # said on screen before the run
 
     @property
@@ -267,7 +271,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except DatasetError as e:
         raise PipelineError(f"{_where(path, lines, ('dataset',))}: dataset: {e}") from None
 
-    extractors, tables = [], []
+    extractors, tables, delayed_tables = [], [], []
     for i, e in enumerate(spec.extract):
         where = _where(path, lines, ("extract", i, "spec"))
         try:
@@ -277,12 +281,32 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise PipelineError(f"{where}: extract[{i}] {e.spec!r}: {err}") from None
         except (ValueError, KeyError, TypeError) as err:
             raise PipelineError(f"{where}: extract[{i}]: extractor spec {e.spec!r} is invalid: {err}") from None
-        table = e.version or ext.version
+        delayed = None
+        if ds.is_timeseries:
+            from ..features._timeseries import delayed_table, timeseries_extractor, timeseries_table
+
+            try:
+                ext = timeseries_extractor(ext, ds.timeseries.fps)
+            except ValueError as err:
+                raise PipelineError(f"{where}: extract[{i}]: {err}") from None
+            table = e.version or timeseries_table(ext, ds.timeseries, e.resample)
+            if e.delays is not None:
+                if not e.delays or len(set(e.delays)) != len(e.delays):
+                    raise PipelineError(f"{_where(path, lines, ('extract', i, 'delays'))}: extract[{i}].delays must be "
+                                        f"distinct integers (TRs), e.g. [1, 2, 3, 4], or null; got {e.delays}")
+                delayed = delayed_table(table, e.delays)
+        else:
+            table = e.version or ext.version
+            odd = sorted({"resample", "delays"} & e.model_fields_set)
+            if odd:
+                raise PipelineError(f"{_where(path, lines, ('extract', i, odd[0]))}: extract[{i}].{odd[0]} is for "
+                                    f"time-series datasets; {ds.root} has one row per stimulus: remove it")
         if table in tables:
             raise PipelineError(f"{where}: extract[{i}] makes table {table!r}, as extract[{tables.index(table)}] does; "
                                 "give one of them another `version:` or remove it")
         extractors.append(ext)
         tables.append(table)
+        delayed_tables.append(delayed)
 
     fit_spec = _fit_spec(spec, path, lines, notes)
     if fit_spec.subjects != "all":
@@ -290,13 +314,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
         if bad:
             raise PipelineError(f"{_where(path, lines, ('fit', 'subjects'))}: fit.subjects: {bad} are not in "
                                 f"{ds.root} (subjects: {', '.join(ds.subjects)})")
-    _check_tables(spec, fit_spec, tables, path, lines)
+    _check_tables(spec, fit_spec, tables + [d for d in delayed_tables if d], path, lines)
 
     for what, key, p in (("pipeline folder", "out", spec.out), ("feature store", "store", spec.store),
                          ("model registry", "registry", spec.registry)):
         if "://" not in p:
             check_folder(p, what, f"`{key}:` in {path}", create=True, make=False, error=PipelineError)
-    return Pipeline(path=path, spec=spec, fit_spec=fit_spec, extractors=extractors, tables=tables, notes=notes)
+    return Pipeline(path=path, spec=spec, fit_spec=fit_spec, extractors=extractors, tables=tables,
+                    delayed=delayed_tables, notes=notes)
 
 
 def _fit_spec(spec: PipelineSpec, path: Path, lines: dict, notes: list[str]) -> FitSpec:
@@ -539,7 +564,8 @@ def _inputs(stage: str, ctx: _Ctx) -> tuple[dict, dict]:
     pipe, spec = ctx.pipe, ctx.spec
     up = {d: ctx.fingerprints.get(d) for d in DEPENDS[stage]}
     if stage == "extract":
-        config = {"store": spec.store, "extractors": [dict(e.identity(), table=t) for e, t in zip(spec.extract, pipe.tables)]}
+        config = {"store": spec.store, "extractors": [dict(e.identity(), table=t, delayed=d) for e, t, d in
+                                                      zip(spec.extract, pipe.tables, pipe.delayed)]}
         return config, {"stimuli": _stimuli_identity(Path(spec.dataset))}
     if stage == "fit":
         fs, reg = ctx.store(), ctx.registry()

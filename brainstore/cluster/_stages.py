@@ -49,13 +49,22 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
     spec = ctx.spec
     fs = ctx.store(create=True)
     tables = {}
-    for e, ext, table in zip(spec.extract, ctx.pipe.extractors, ctx.pipe.tables):
+    from ..datasets import open_dataset
+
+    is_ts = open_dataset(spec.dataset).is_timeseries
+    for e, ext, table, delayed in zip(spec.extract, ctx.pipe.extractors, ctx.pipe.tables, ctx.pipe.delayed):
         if ext.metadata().get("random_init") == "true":
             console.print(f"[yellow]note:[/] {table} uses RANDOM weights ({ext.spec}): a baseline, not a pretrained "
                           "model; recorded as random_init in the table's metadata")
         with drop_stderr_lines(enabled=ctx.quiet):  # Ray's per-run actor-restart notice (ray#53727)
-            rep = extract(spec.dataset, ext, fs, version=table, batch_size=e.batch_size, concurrency=e.concurrency,
-                          dtype=e.dtype, storage_dtype=e.storage_dtype, commit_every=e.commit_every, limit=e.limit)
+            if is_ts:
+                from ..features import extract_timeseries
+
+                rep = extract_timeseries(spec.dataset, ext, fs, version=table, resample=e.resample,
+                                         concurrency=e.concurrency, dtype=e.dtype)
+            else:
+                rep = extract(spec.dataset, ext, fs, version=table, batch_size=e.batch_size, concurrency=e.concurrency,
+                              dtype=e.dtype, storage_dtype=e.storage_dtype, commit_every=e.commit_every, limit=e.limit)
         console.print(f"  [green]{rep.feature}[/]: {rep.written} written, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed, dim {rep.dim}, {rep.seconds:.1f} s ({rep.rate:.1f} stimuli/s)")
         for f in rep.failed:
@@ -66,6 +75,12 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
                                 "(listed above, and in the store's bad-stimuli list); fix or remove them and run "
                                 "again (extraction resumes), or set `allow_failures: true` on that extractor")
         tables[table] = fs.version(table)
+        if delayed is not None:
+            from ..features import derive_delays
+
+            derive_delays(fs, table, spec.dataset, e.delays, name=delayed)
+            console.print(f"  [green]{delayed}[/]: delayed by {','.join(map(str, e.delays))} TRs within each clip")
+            tables[delayed] = fs.version(delayed)
     return {"tables": tables}
 
 

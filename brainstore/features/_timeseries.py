@@ -43,7 +43,7 @@ import pyarrow as pa
 from ._pipeline import ExtractionError, ExtractReport, _connect, _describe, _drop_if_empty
 from ._store import FeatureStore, FeatureStoreError
 
-__all__ = ["extract_timeseries", "derive_delays", "resample_to_trs", "lanczos_weights", "zscore_columns",
+__all__ = ["extract_timeseries", "derive_delays", "timeseries_extractor", "timeseries_table", "delayed_table", "resample_to_trs", "lanczos_weights", "zscore_columns",
            "delay_rows", "RESAMPLE_METHODS"]
 
 log = logging.getLogger("brainstore.features")
@@ -173,7 +173,7 @@ def _timeseries_dataset(dataset):
     return ds, ds.timeseries
 
 
-def _timeseries_extractor(ext, fps: float):
+def timeseries_extractor(ext, fps: float):
     """The extractor to run on frames: image extractors as they are; motion energy over the clip at
     the dataset's frame rate."""
     from ._extractors import get_extractor
@@ -190,6 +190,21 @@ def _timeseries_extractor(ext, fps: float):
     raise ValueError(f"extractor {ext.spec} ({ext.modality}) cannot make a feature time series: give an image "
                      "extractor (run on every frame, pooled per TR) or motion-energy:modality=video (filters over "
                      "the clip's frames)")
+
+
+def timeseries_table(ext, ts, resample: str = "average", window: int = 3) -> str:
+    """Default name of the per-TR table :func:`extract_timeseries` makes (``ext``: as it runs on frames,
+    see :func:`timeseries_extractor`)."""
+    how = resample if resample == "average" else f"lanczos{window}"
+    base = ext.version
+    if ext.modality == "video":  # no pooling over the clip: its per-frame energy is resampled per TR
+        base = base.replace(f"-{ext.options['pool']}-", "-")
+    return f"{base}-{how}-tr{ts.tr:g}"
+
+
+def delayed_table(source: str, delays) -> str:
+    """Default name of the table :func:`derive_delays` makes."""
+    return f"{source}-delays{'-'.join(str(int(d)) for d in delays)}"
 
 
 def _tr_splits(ds) -> dict[str, str]:
@@ -234,13 +249,10 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"the Lanczos window must be a positive integer number of lobes, got {window!r}")
     ds, ts = _timeseries_dataset(dataset)
-    ext = _timeseries_extractor(get_extractor(extractor) if isinstance(extractor, str) else extractor, ts.fps)
+    ext = timeseries_extractor(get_extractor(extractor) if isinstance(extractor, str) else extractor, ts.fps)
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     how = resample if resample == "average" else f"lanczos{window}"
-    base = ext.version
-    if ext.modality == "video":  # no pooling over the clip: its per-frame energy is resampled per TR
-        base = base.replace(f"-{ext.options['pool']}-", "-")
-    feature = version or f"{base}-{how}-tr{ts.tr:g}"
+    feature = version or timeseries_table(ext, ts, resample, window)
     splits = _tr_splits(ds)
     clips = [c for c in ts.clips if any(i in splits for i in c.ids())]
     n_cpus, n_gpus = _connect()
@@ -361,7 +373,7 @@ def derive_delays(store: str | FeatureStore, source: str, dataset, delays=(1, 2,
                                     "`brainstore extract` on the dataset to complete it")
         blocks.append(delay_rows(fs.load(source, cids), delays))
         ids += cids
-    new = name or f"{source}-delays{'-'.join(map(str, delays))}"
+    new = name or delayed_table(source, delays)
     meta = {
         **{k: v for k, v in src_meta.items() if k not in ("feature_version", "dim", "created")},
         "derived_from": source,
