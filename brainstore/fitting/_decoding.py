@@ -27,7 +27,7 @@ import numpy as np
 from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
-from ._encoding import subject_stimuli
+from ._encoding import group_folds, subject_stimuli
 from ._fingerprint import decode_ids, encode_ids, table_fingerprint
 from ._registry import ModelRegistry, RegistryError, safe_name
 
@@ -136,7 +136,8 @@ def fit_decoder(job: dict) -> dict:
     R = response_matrix(ds, s, "train", voxels)
     from sklearn.model_selection import KFold
 
-    folds = list(KFold(int(job["folds"])).split(R))
+    groups = ds.cv_groups(s, "train")  # a time series: folds hold whole runs
+    folds = group_folds(groups, int(job["folds"])) if groups is not None else list(KFold(int(job["folds"])).split(R))
     with _limit_threads(job.get("threads")):
         est = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
                              alpha_per_target=False, device=device).fit(R, E, folds=folds)
