@@ -45,7 +45,7 @@ from ..scoring import noise_ceiling_from_ncsnr
 from ._algonauts import HEMISPHERES
 from ._scenes import SEMANTIC_NAMES, low_level_energy, render, sample_scene
 
-__all__ = ["make_dataset", "ROI_DEFS"]
+__all__ = ["make_dataset", "build_folder", "ROI_DEFS"]
 
 _GRID = 32  # low-level energy map resolution (grid x grid)
 _N_REPEATS = 3
@@ -107,15 +107,8 @@ def make_dataset(
         raise ValueError("need n_subjects >= 1, n_train >= 10, n_test >= 2 and n_vertices >= 50")
     if not 0.0 <= alignment <= 1.0:
         raise ValueError(f"alignment must be in [0, 1] (0: native spaces, 1: identical tuning), got {alignment}")
-    root = Path(root).expanduser().resolve()
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.time()
-    try:
+    def fill(tmp: Path) -> None:
+        t0 = time.time()
         _generate(tmp, n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, workers, progress,
                   alignment)
         (tmp / "synthetic.json").write_text(json.dumps({
@@ -124,8 +117,29 @@ def make_dataset(
             "shared_train_fraction": shared_train_fraction, "alignment": alignment, "repeats": _N_REPEATS,
             "seconds": round(time.time() - t0, 2),
         }, indent=2))
+
+    return build_folder(root, overwrite, fill)
+
+
+def build_folder(root: str | Path, overwrite: bool, fill) -> Path:
+    """Make the folder ``root`` with ``fill(tmp)`` writing into a temporary sibling that is renamed into
+    place at the end, so an interrupted build leaves nothing half written under ``root``.
+
+    Raises
+    ------
+    FileExistsError
+        ``root`` exists and is not an empty folder, and not ``overwrite``.
+    """
+    root = Path(root).expanduser().resolve()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
+        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
         if root.exists():
-            shutil.rmtree(root)
+            shutil.rmtree(root) if root.is_dir() else root.unlink()
         tmp.rename(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

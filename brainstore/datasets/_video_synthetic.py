@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ._algonauts import HEMISPHERES
+from ._synthetic import build_folder
 from ._timeseries import frames_of_tr
 
 __all__ = ["make_video_dataset", "hrf", "CATEGORIES", "PLACES", "ROI_DEFS"]
@@ -153,30 +152,20 @@ def make_video_dataset(
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0) or tr * fps < 1 - 1e-9:
         raise ValueError(f"fps must be a positive number of frames per second with at least one frame per TR "
                          f"(tr * fps >= 1), got fps={fps!r} with tr={tr!r}")
-    root = Path(root).expanduser().resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
-        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.time()
     params = {"n_subjects": n_subjects, "n_train_runs": n_train_runs, "trs_per_run": trs_per_run,
               "n_test_repeats": n_test_repeats, "tr": float(tr), "fps": fps, "frame_size": frame_size,
               "n_vertices": n_vertices, "seed": seed}
-    try:
+
+    def fill(tmp: Path) -> None:
+        t0 = time.time()
         info = _generate(tmp, progress=progress, **params)
         (tmp / "synthetic.json").write_text(json.dumps({
             "generator": f"{__name__}.make_video_dataset", **params, **info,
             "categories": list(CATEGORIES), "places": list(PLACES), "grid": _GRID, "pixel_noise_sd": _PIXEL_NOISE,
             "seconds": round(time.time() - t0, 2),
         }, indent=2))
-        if root.exists():
-            shutil.rmtree(root) if root.is_dir() else root.unlink()
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+
+    return build_folder(root, overwrite, fill)
 
 
 # --------------------------------------------------------------------------- clips
