@@ -286,7 +286,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
             from ..features._timeseries import delayed_table, timeseries_extractor, timeseries_table
 
             try:
-                ext = timeseries_extractor(ext, ds.timeseries.fps)
+                if ds.timeseries.kind == "frames":
+                    ext = timeseries_extractor(ext, ds.timeseries.fps)
             except ValueError as err:
                 raise PipelineError(f"{where}: extract[{i}]: {err}") from None
             table = e.version or timeseries_table(ext, ds.timeseries, e.resample)

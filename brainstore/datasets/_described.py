@@ -271,16 +271,21 @@ class DescribedDataset(BrainDataset):
 
     def _timeseries_result(self):
         def build():
-            from ._timeseries import TimeSeries, read_clips
+            from ._timeseries import TimeSeries, read_clips, read_events
 
             ts = self.spec.timeseries
             what = self._where(None, ("timeseries", "clips"))
             path = self._path(None, ts.clips)
             try:
                 clips, problems = read_clips(path, what, ts.fps, ts.tr)
+                if ts.events is None:
+                    return TimeSeries(ts.tr, ts.fps, self._path(None, ts.frames.array), ts.frames.key or "", clips,
+                                      path), problems
+                epath = self._path(None, ts.events)
+                events, more = read_events(epath, self._where(None, ("timeseries", "events")), clips, ts.tr)
             except DatasetError as e:
                 return None, [str(e)]
-            return TimeSeries(ts.tr, ts.fps, self._path(None, ts.frames.array), ts.frames.key or "", clips, path), problems
+            return TimeSeries(ts.tr, None, None, "", clips, path, events, epath), problems + more
         return self._memoized("timeseries", build)
 
     @property
@@ -313,8 +318,49 @@ class DescribedDataset(BrainDataset):
         out = {}
         for c in ts.clips:
             for sid in c.ids():
-                out[sid] = (array_ref(ts.frames, ts.key, ts.frame_range(sid)[0]), None, None, "video")
+                out[sid] = ((array_ref(ts.frames, ts.key, ts.frame_range(sid)[0]), None, None, "video")
+                            if ts.kind == "frames" else (str(ts.events_table), None, None, "timeseries"))
         return out, problems
+
+    def event_stimuli(self) -> pa.Table:
+        """The stimuli an event time series presents (:data:`STIMULUS_SCHEMA`, one row per stimulus;
+        ``split`` test when a test clip presents it, ``index`` -1): what extraction embeds before the
+        features go to the TRs."""
+        ts = self.timeseries
+        if ts is None or ts.kind != "events":
+            raise DatasetError(f"{self.root} is not an event time series (timeseries.events)")
+        table = self._need(self._file_stimuli())
+        caps = self._caption_lookup()
+        split_of: dict[str, str] = {}
+        for s in self.subjects:
+            t = self._trials(s)
+            for sid, sp in zip(t.ids, t.split):
+                split_of.setdefault(str(sid).rsplit("/tr", 1)[0], str(sp))
+        cols: dict[str, list] = {f.name: [] for f in STIMULUS_SCHEMA}
+        seen: dict[str, int] = {}
+        unknown = []
+        for clip, events in ts.events.items():
+            for e in events:
+                sp = split_of.get(clip, "train")
+                if e.stimulus_id in seen:
+                    if sp == "test":
+                        cols["split"][seen[e.stimulus_id]] = "test"
+                    continue
+                entry = table.get(e.stimulus_id)
+                if entry is None:
+                    unknown.append(e.stimulus_id)
+                    continue
+                seen[e.stimulus_id] = len(cols["stimulus_id"])
+                ref, cap, nsd, mod = entry
+                for k, v in (("stimulus_id", e.stimulus_id), ("subject", None), ("split", sp), ("path", ref),
+                             ("nsd_id", nsd), ("caption", cap or caps(e.stimulus_id, ref, nsd)), ("modality", mod),
+                             ("index", -1), ("dataset", self.name)):
+                    cols[k].append(v)
+        if unknown:
+            raise DatasetError(f"{ts.events_table} ({self._where(None, ('timeseries', 'events'))}): {len(unknown)} "
+                               f"stimulus id(s) are not in the stimulus table: {_shown(unknown)}; add them to "
+                               f"{self._path(None, self.spec.stimuli.table) if self.spec.stimuli.table else 'the table'}")
+        return pa.table(cols, schema=STIMULUS_SCHEMA)
 
     def _stimulus_table(self):
         """(``{stimulus_id: (path, caption, nsd_id, modality)}`` or None without a table, problems).
@@ -322,7 +368,10 @@ class DescribedDataset(BrainDataset):
         A time-series dataset's stimuli are its clips' TRs; a TR's path is its first frame in the brick."""
         if self.is_timeseries:
             return self._memoized("stimulus_table", self._timeseries_stimuli)
+        return self._file_stimuli()
 
+    def _file_stimuli(self):
+        """The stimulus table file (or brick) as described: ``({stimulus_id: entry} or None, problems)``."""
         def build():
             st = self.spec.stimuli
             if st.table is None:
@@ -365,7 +414,7 @@ class DescribedDataset(BrainDataset):
                                     f"{out[sid][0]}; an id names one stimulus")
                 out.setdefault(sid, entry)
             return out, problems
-        return self._memoized("stimulus_table", build)
+        return self._memoized("file_stimuli", build)
 
     def _brick_ref(self, sid: str, index) -> str:
         st = self.spec.stimuli

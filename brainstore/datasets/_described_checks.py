@@ -72,11 +72,20 @@ def validate_described(ds: "DescribedDataset", *, check_images: bool = True,
     except DatasetError as e:
         problems.append(str(e))
     brick_len, brick_problem = (None, None)
-    if ds.is_timeseries or ds.spec.stimuli.array is not None:
+    frames = ds.is_timeseries and ds.spec.timeseries.frames is not None
+    if frames or (ds.spec.stimuli is not None and ds.spec.stimuli.array is not None):
         brick_len, brick_problem = _brick_length(ds)
         if brick_problem:
             problems.append(brick_problem)
-    if ds.is_timeseries and brick_len is not None:
+    if ds.is_timeseries and ds.spec.timeseries.events is not None and not probs:
+        problems += ds._file_stimuli()[1]
+        try:
+            for sid, path in zip(*(ds.event_stimuli().column(c).to_pylist() for c in ("stimulus_id", "path"))):
+                if not parse_array_ref(path) and not Path(path).is_file():
+                    problems.append(f"stimulus {sid} (events {ds.timeseries.events_table}): file {path} does not exist")
+        except DatasetError as e:
+            problems.append(str(e))
+    if frames and brick_len is not None:
         ts, _ = ds._timeseries_result()
         for c in ts.clips if ts is not None else ():
             if c.first_frame + c.n_frames > brick_len:
@@ -190,7 +199,8 @@ def input_files(ds: "DescribedDataset", kind: str) -> list[Path]:
     st, ts = ds.spec.stimuli, ds.spec.timeseries
     out: list[Path] = [ds.root]
     if kind == "stimuli":
-        given = (st.table, st.array) if st is not None else (ts.clips, ts.frames.array)
+        given = ((st.table, st.array) if st is not None else ()) + \
+            ((ts.clips, ts.events, ts.frames.array if ts.frames else None) if ts is not None else ())
         out += [ds._path(None, v) for v in (*given, ds.spec.captions) if v]
         for s in ds.subjects:
             try:

@@ -208,21 +208,32 @@ class FramesSpec(_Model):
 
 
 class TimeSeriesSpec(_Model):
-    """Continuous runs (video fMRI): one response row per TR; the stimuli are the TRs of clips whose
-    frames are in a brick at ``fps``. A clip's TR ``k`` covers its frames in ``[k tr, (k + 1) tr)``
-    seconds and is the stimulus ``{clip}/tr{k:04d}``."""
+    """Continuous runs: one response row per TR; the stimuli are the TRs of clips. A clip is either
+    frames in a brick at ``fps`` (video) or a list of stimulus events with onsets (``events``:
+    images, sounds or words presented at times, their stimuli in ``stimuli:``). A clip's TR ``k``
+    covers ``[k tr, (k + 1) tr)`` seconds of it and is the stimulus ``{clip}/tr{k:04d}``."""
 
     tr: float  # seconds per response row
-    fps: float  # frames per second of the brick's frames
-    frames: FramesSpec
-    clips: str  # table: clip, first_frame, n_frames (first_frame indexes the brick's first axis)
+    fps: Optional[float] = None  # frames per second of the brick's frames (with frames:)
+    frames: Optional[FramesSpec] = None  # the frame brick (video clips)
+    events: Optional[str] = None  # table: clip, stimulus_id, onset (s from the clip's start), optional duration (s)
+    clips: str  # table: clip, first_frame, n_frames (frames) | clip, n_trs (events)
 
     @model_validator(mode="after")
     def _check(self):
-        for f in ("tr", "fps"):
-            v = getattr(self, f)
-            if not (v == v and 0 < v < float("inf")):
-                raise ValueError(f"{_AT}{f}{_AT}must be a positive number of {'seconds' if f == 'tr' else 'frames per second'}")
+        if not (self.tr == self.tr and 0 < self.tr < float("inf")):
+            raise ValueError(f"{_AT}tr{_AT}must be a positive number of seconds")
+        if (self.frames is None) == (self.events is None):
+            raise ValueError("give frames: (a frame brick, with fps:) for video clips or events: (a table of stimulus "
+                             "onsets) for clips of presented stimuli, one of the two")
+        if self.events is not None:
+            if self.fps is not None:
+                raise ValueError(f"{_AT}fps{_AT}fps goes with frames:; event clips have onsets in seconds: remove it")
+            return self
+        if self.fps is None:
+            raise ValueError(f"{_AT}fps{_AT}frames: need fps: (frames per second of the brick)")
+        if not (self.fps == self.fps and 0 < self.fps < float("inf")):
+            raise ValueError(f"{_AT}fps{_AT}must be a positive number of frames per second")
         if self.tr * self.fps < 1 - 1e-9:
             raise ValueError(f"{_AT}fps{_AT}a TR of {self.tr:g} s at {self.fps:g} fps holds less than one frame; "
                              "raise fps or give the real TR")
@@ -287,9 +298,12 @@ class Description(_Model):
         if self.stimuli is None and self.timeseries is None:
             raise ValueError(f"{_AT}stimuli{_AT}required field 'stimuli' is missing; give stimuli: {{table: stimuli.csv}} "
                              "(stimulus_id -> path) or {array: BRICK.hdf5, key: KEY}, or timeseries: for continuous runs")
-        if self.stimuli is not None and self.timeseries is not None:
-            raise ValueError(f"{_AT}stimuli{_AT}a time-series dataset's stimuli are its clips' TRs (timeseries.clips): "
+        if self.stimuli is not None and self.timeseries is not None and self.timeseries.frames is not None:
+            raise ValueError(f"{_AT}stimuli{_AT}a video time series' stimuli are its clips' TRs (timeseries.frames): "
                              "remove stimuli")
+        if self.stimuli is None and self.timeseries is not None and self.timeseries.events is not None:
+            raise ValueError(f"{_AT}stimuli{_AT}timeseries.events need stimuli: (the presented stimuli, by "
+                             "stimulus_id: a table of paths or an image brick)")
         for s in self.subjects:
             own = self.subject_spec(s)
             for f in ("trials", "responses"):

@@ -18,7 +18,7 @@ from ._extractors import (
     with_layer,
 )
 from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
-from ._timeseries import RESAMPLE_METHODS, derive_delays, extract_timeseries
+from ._timeseries import RESAMPLE_METHODS, derive_delays, derive_event_timeseries, extract_timeseries
 from ._store import STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
 
 __all__ = [
@@ -47,5 +47,6 @@ __all__ = [
     # time series (video fMRI)
     "extract_timeseries",
     "derive_delays",
+    "derive_event_timeseries",
     "RESAMPLE_METHODS",
 ]

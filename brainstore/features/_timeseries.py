@@ -43,7 +43,7 @@ import pyarrow as pa
 from ._pipeline import ExtractionError, ExtractReport, _connect, _describe, _drop_if_empty
 from ._store import FeatureStore, FeatureStoreError
 
-__all__ = ["extract_timeseries", "derive_delays", "timeseries_extractor", "timeseries_table", "delayed_table", "resample_to_trs", "lanczos_weights", "zscore_columns",
+__all__ = ["extract_timeseries", "derive_delays", "derive_event_timeseries", "timeseries_extractor", "timeseries_table", "delayed_table", "resample_to_trs", "lanczos_weights", "zscore_columns",
            "delay_rows", "RESAMPLE_METHODS"]
 
 log = logging.getLogger("brainstore.features")
@@ -249,8 +249,12 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"the Lanczos window must be a positive integer number of lobes, got {window!r}")
     ds, ts = _timeseries_dataset(dataset)
-    ext = timeseries_extractor(get_extractor(extractor) if isinstance(extractor, str) else extractor, ts.fps)
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    if ts.kind == "events":
+        ext = get_extractor(extractor) if isinstance(extractor, str) else extractor
+        return _extract_events(ds, ts, ext, fs, version=version, resample=resample, window=window,
+                               concurrency=concurrency, dtype=dtype, num_gpus=num_gpus, progress=progress, t0=t0)
+    ext = timeseries_extractor(get_extractor(extractor) if isinstance(extractor, str) else extractor, ts.fps)
     how = resample if resample == "average" else f"lanczos{window}"
     feature = version or timeseries_table(ext, ts, resample, window)
     splits = _tr_splits(ds)
@@ -302,6 +306,77 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
         fs.compact(feature)
     report.seconds = time.time() - t0
     return report
+
+
+def _extract_events(ds, ts, ext, fs: FeatureStore, *, version, resample, window, concurrency, dtype, num_gpus,
+                    progress, t0) -> ExtractReport:
+    """An event time series: the presented stimuli through :func:`~._pipeline.extract` (resumable, one
+    row per stimulus), then their features placed at their onsets and taken to the TRs
+    (:func:`derive_event_timeseries`)."""
+    from ._pipeline import extract
+
+    per = extract(ds.event_stimuli(), ext, fs, concurrency=concurrency, dtype=dtype, num_gpus=num_gpus,
+                  progress=progress)
+    if per.failed:
+        raise ExtractionError(f"{len(per.failed)} presented stimulus(i) of {ts.events_table} failed to extract (first: "
+                              f"{per.failed[0]['stimulus_id']} {per.failed[0]['path']}: {per.failed[0]['error']}); the "
+                              f"TRs they fall in cannot be made: fix them and rerun (the {per.already_stored + per.written}"
+                              " stored stimuli are kept)")
+    name = derive_event_timeseries(fs, per.feature, ds, resample=resample, window=window,
+                                   name=version or timeseries_table(ext, ts, resample, window))
+    n = fs.info(name).rows
+    return ExtractReport(feature=name, store=fs.uri, requested=n, already_stored=0, written=n, dim=fs.info(name).dim,
+                         seconds=time.time() - t0)
+
+
+def derive_event_timeseries(store: str | FeatureStore, source: str, dataset, *, resample: str = "average",
+                            window: int = 3, name: str | None = None) -> str:
+    """Per-TR features of an event time series from a per-stimulus table: each clip's events placed at
+    their onsets and taken to its TRs (:func:`~brainstore.datasets._timeseries.event_weights`:
+    overlap-weighted mean, or Lanczos from the onsets), then z-scored over the clip. Rebuilt whole
+    (a pure function of ``source``). Returns the table's name."""
+    from ..datasets._timeseries import event_weights
+
+    if resample not in RESAMPLE_METHODS:
+        raise ValueError(f"resample must be one of {list(RESAMPLE_METHODS)}, got {resample!r}")
+    fs = store if isinstance(store, FeatureStore) else FeatureStore(store, create=False)
+    ds, ts = _timeseries_dataset(dataset)
+    splits = _tr_splits(ds)
+    src_meta = fs.metadata(source)
+    have = set(fs.ids(source))
+    ids, blocks = [], []
+    for c in ts.clips:
+        cids = [i for i in c.ids() if i in splits]
+        if not cids:
+            continue
+        events = ts.events.get(c.name, ())
+        missing = [e.stimulus_id for e in events if e.stimulus_id not in have]
+        if missing:
+            raise FeatureStoreError(f"feature table {source!r} lacks {len(missing)} stimulus(i) presented in clip "
+                                    f"{c.name} (e.g. {missing[0]}); extract them first")
+        X = fs.load(source, [e.stimulus_id for e in events]) if events else np.zeros((0, fs.info(source).dim))
+        Z = zscore_columns(event_weights(events, c.n_trs, ts.tr, resample, window) @ X).astype(np.float32)
+        keep = [k for k, i in enumerate(c.ids()) if i in splits]
+        ids += cids
+        blocks.append(Z[keep])
+    how = resample if resample == "average" else f"lanczos{window}"
+    new = name or f"{source}-{how}-tr{ts.tr:g}"
+    meta = {
+        **{k: v for k, v in src_meta.items() if k not in ("feature_version", "dim", "created")},
+        "derived_from": source, "modality": "timeseries",
+        "transform": f"timeseries(events, resample={how}, tr={ts.tr:g}, zscore=clip)",
+        "pooling": (f"per TR ({ts.tr:g} s): " + ("the overlap-weighted mean of the events in the TR"
+                    if resample == "average" else f"Lanczos ({window} lobes) from the onsets, unnormalised (a sum)")),
+        "source_metadata": json.dumps(src_meta, sort_keys=True),
+        "timeseries": json.dumps({"tr": ts.tr, "events": str(ts.events_table), "resample": resample, "window": window,
+                                  "zscore": "per clip, ddof 0", "dataset": str(ds.root)}, sort_keys=True),
+    }
+    if fs.exists(new):
+        fs.drop(new)
+    X = np.concatenate(blocks)
+    fs.ensure_table(new, X.shape[1], meta)
+    fs.write(new, ids, X, dataset=[ds.name] * len(ids), split=[splits[i] for i in ids])
+    return new
 
 
 def _commit(pipe, fs: FeatureStore, feature: str, ts, splits: dict, dataset_name: str, ext, report: ExtractReport,
