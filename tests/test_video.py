@@ -268,7 +268,7 @@ report:
 
 
 @pytest.mark.slow
-def test_ridge_decoder_on_the_video_dataset(video, tmp_path):
+def test_ridge_decoder_on_the_video_dataset(video, tmp_path, small_dataset):
     """Decoders run on a time series as on images (folds by run): responses -> per-TR motion energy, retrieval
     among the test clip's TRs."""
     from brainstore.fitting import fit_decoders
@@ -280,6 +280,26 @@ def test_ridge_decoder_on_the_video_dataset(video, tmp_path):
     assert m["chance"] == pytest.approx(1 / TRS) and m["n_items"] == TRS and m["n_train"] == N_RUNS * TRS
     assert 0 <= m["top1_brain_to_stimulus"] <= 1 and 0 <= m["two_way"] <= 1
     # measured: a same-TR decoder finds nothing here (alpha at the grid's top, CV R^2 ~ 0, two-way ~ 0.5, the
-    # oracle's too): TR t's BOLD reflects the stimulus of TRs t-2..t-3 (the HRF), not TR t's; decoding a time
-    # series needs the responses delayed (not built yet; see the README)
+    # oracle's too): TR t's BOLD reflects the stimulus of TRs t-2..t-3 (the HRF), not TR t's
     assert m["cv_r2"] < 0.01
+    # decoding TR t from the BOLD of TRs t+1..t+4 finds it
+    ddec = fit_decoders(video["root"], video["tables"]["me"], store=video["store"], registry=video["registry"],
+                        name="dec-delayed", folds=N_RUNS, out=tmp_path / "dec2", n_candidates=TRS, n_draws=5,
+                        progress=False, response_delays=DELAYS)
+    assert not ddec.failures, ddec.failures
+    d = ddec.metrics["dec-delayed"]["subj01"]
+    assert d["cv_r2"] > 0.05 and d["two_way"] > 0.8 and d["top1_brain_to_stimulus"] > 5 / TRS, d
+    assert d["oracle_two_way"] >= d["two_way"] - 0.05
+    # the registered decoder applies its delays itself: the dataset's test responses decode to the fit's output
+    from brainstore.datasets._timeseries import split_tr_id
+    from brainstore.fitting import Decoder, ModelRegistry
+    from brainstore.fitting._decoding import response_matrix
+
+    dec = Decoder.load(ModelRegistry(video["registry"], create=False), "dec-delayed/subj01")
+    assert dec.response_delays == DELAYS
+    got = dec.decode(response_matrix(video["ds"], "subj01", "test", dec.voxels))  # one run: the test clip
+    np.testing.assert_allclose(got, np.load(tmp_path / "dec2" / "decoded" / "dec-delayed" / "subj01_test.npy"),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="response_delays are for time-series datasets"):
+        fit_decoders(small_dataset, video["tables"]["me"], store=video["store"], registry=video["registry"],
+                     response_delays=DELAYS, progress=False)

@@ -144,7 +144,8 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
         console.print(f"  registered {arun.name}/shared: {len(arun.history)} epochs{resumed} ({arun.seconds:.1f} s)")
         return arun.name, [f"{arun.name}/shared"]
     run = fit_decoders(ds.root, dspec.target, store=spec.store, registry=spec.registry, out=out, rois=dspec.rois,
-                       name=dspec.name, alphas=tuple(dspec.alphas) if dspec.alphas else None, subjects=subjects)
+                       name=dspec.name, alphas=tuple(dspec.alphas) if dspec.alphas else None, subjects=subjects,
+                       response_delays=dspec.response_delays)
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['model']}: {escape(f['error'])}")
     if run.failures or not run.metrics:

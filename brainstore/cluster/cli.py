@@ -433,7 +433,8 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
                       f"metrics.json in {arun.run_dir} ({arun.seconds:.1f} s)")
         return True
     run = fit_decoders(dataset, spec.target, store=store, registry=registry, out=out, rois=spec.rois, name=spec.name,
-                       alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects)
+                       alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects,
+                       response_delays=spec.response_delays)
     for f in run.failures:
         console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:

@@ -31,7 +31,7 @@ from ._encoding import group_folds, subject_stimuli
 from ._fingerprint import decode_ids, encode_ids, table_fingerprint
 from ._registry import ModelRegistry, RegistryError, safe_name
 
-__all__ = ["DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
+__all__ = ["delay_responses", "DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
            "DecodeRun", "Decoder", "decoder_name", "decoder_records", "evaluate_decoders", "store_top_k",
            "decode_subject", "decoding_models"]
 
@@ -108,6 +108,21 @@ def _oracle_dir(ds: AlgonautsDataset, subject: str) -> Path | None:
     return d if ok else None
 
 
+def delay_responses(R: np.ndarray, delays, runs=None) -> np.ndarray:
+    """Responses of the TRs after each row, side by side: row ``t`` holds ``R[t + d]`` for each delay
+    ``d`` (in TRs), within its run (``runs``: a label per row, adjacent rows of a run; None: one run),
+    zeros past a run's end. A time-series decoder reads TR ``t``'s stimulus from the BOLD of the TRs
+    its hemodynamic response reaches."""
+    from ..features._timeseries import delay_rows
+
+    R = np.asarray(R, dtype=np.float32)
+    if runs is None:
+        return delay_rows(R, [-int(d) for d in delays])
+    runs = np.asarray(runs, dtype=object)
+    starts = [0] + [i for i in range(1, len(runs)) if runs[i] != runs[i - 1]] + [len(runs)]
+    return np.concatenate([delay_rows(R[a:b], [-int(d) for d in delays]) for a, b in zip(starts, starts[1:])])
+
+
 def fit_decoder(job: dict) -> dict:
     """Fit, register and evaluate one subject's ridge decoder (run as a Ray task).
 
@@ -133,19 +148,25 @@ def fit_decoder(job: dict) -> dict:
     train_ids = subject_stimuli(ds, s, "train")
     test_ids = subject_stimuli(ds, s, "test")
     E = fs.load(target, train_ids)
-    R = response_matrix(ds, s, "train", voxels)
+    delays = job.get("response_delays")
+    groups = ds.cv_groups(s, "train")  # a time series: folds hold whole runs
+
+    def responses(split: str, oracle: bool = False) -> np.ndarray:
+        R = response_matrix(ds, s, split, voxels, oracle=oracle)
+        return delay_responses(R, delays, ds.cv_groups(s, split)) if delays else R
+
+    R = responses("train")
     from sklearn.model_selection import KFold
 
-    groups = ds.cv_groups(s, "train")  # a time series: folds hold whole runs
     folds = group_folds(groups, int(job["folds"])) if groups is not None else list(KFold(int(job["folds"])).split(R))
     with _limit_threads(job.get("threads")):
         est = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
                              alpha_per_target=False, device=device).fit(R, E, folds=folds)
     metrics: dict[str, Any] = {"alpha": float(est.alpha_[0]), "cv_r2": float(est.best_scores_.mean()),
-                               "n_voxels": int(R.shape[1]), "n_train": len(train_ids)}
+                               "n_voxels": int(sum(len(v) for v in voxels.values())), "n_train": len(train_ids)}
     if ds.has_test_responses(s):
         Et = fs.load(target, test_ids)
-        D = est.predict(response_matrix(ds, s, "test", voxels))
+        D = est.predict(responses("test"))
         write_array(Path(job["run_dir"]) / "decoded" / name / f"{s}_test.npy", D.astype(np.float32))
         kw = dict(n_candidates=int(job.get("n_candidates", 300)), n_draws=int(job.get("n_draws", 30)))
         metrics.update(retrieval_metrics(D, Et, **kw))
@@ -156,8 +177,8 @@ def fit_decoder(job: dict) -> dict:
             with _limit_threads(job.get("threads")):
                 oracle = RidgeCVEncoder(alphas=tuple(job["alphas"]), n_folds=int(job["folds"]), scoring="r2",
                                         alpha_per_target=False, device=device).fit(
-                    response_matrix(ds, s, "train", voxels, oracle=True), E, folds=folds)
-            o = retrieval_metrics(oracle.predict(response_matrix(ds, s, "test", voxels, oracle=True)), Et, **kw)
+                    responses("train", oracle=True), E, folds=folds)
+            o = retrieval_metrics(oracle.predict(responses("test", oracle=True)), Et, **kw)
             metrics.update({f"oracle_{k}": o[k] for k in ORACLE_KEYS})
     tensors = dict(est.state_dict())
     tensors.update({f"voxels_{h}": v for h, v in voxels.items()})
@@ -167,6 +188,8 @@ def fit_decoder(job: dict) -> dict:
             "feature_versions": {target: fs.metadata(target)},
             "fingerprints": {target: table_fingerprint(fs, target, train_ids)},
             "metrics": metrics, "val_score": metrics["cv_r2"]}
+    if delays:
+        meta["response_delays"] = [int(d) for d in delays]
     reg.save(f"{name}/{s}", tensors, meta)
     return {"name": name, "subject": s, "metrics": metrics, "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
@@ -260,8 +283,12 @@ def check_decoding_inputs(ds: AlgonautsDataset, fs: FeatureStore, targets: list[
 def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str, name: str | None = None,
                  rois: list[str] | None = None, subjects: list[str] | None = None,
                  alphas: tuple[float, ...] | None = None, folds: int = 5, out: str | Path | None = None,
-                 n_candidates: int = 300, n_draws: int = 30, progress: bool = True) -> DecodeRun:
+                 n_candidates: int = 300, n_draws: int = 30, progress: bool = True,
+                 response_delays: list[int] | None = None) -> DecodeRun:
     """Fit a ridge decoder into ``target`` for every subject, in parallel Ray tasks.
+
+    ``response_delays`` (time-series datasets): decode TR ``t`` from the responses of TRs ``t + d``
+    (:func:`delay_responses`), e.g. ``[1, 2, 3, 4]``: the BOLD its stimulus drives.
 
     Checked on the driver before any task: the target table exists and holds every train and test
     stimulus of each subject (the missing ids are listed), the ROI names, and each subject's
@@ -277,6 +304,12 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
 
     t0 = time.time()
     ds, fs, reg = open_dataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    if response_delays is not None:
+        if not ds.is_timeseries:
+            raise ValueError(f"response_delays are for time-series datasets; {ds.root} has one row per stimulus")
+        if not response_delays or len(set(response_delays)) != len(response_delays) or min(response_delays) < 0:
+            raise ValueError(f"response_delays must be distinct integers >= 0 (TRs), e.g. [1, 2, 3, 4]; got "
+                             f"{response_delays}")
     subjects = check_decoding_inputs(ds, fs, [target], subjects)
     for s in subjects:
         select_voxels(ds, s, rois)  # unknown ROI names fail here, before any task
@@ -291,7 +324,8 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
                               "registry_options": reg.storage_options, "run_dir": str(rdir),
                          "name": name, "subject": s, "target": target, "rois": rois,
                          "alphas": list(alphas or DECODER_ALPHAS), "folds": folds, "threads": cpus,
-                         "n_candidates": n_candidates, "n_draws": n_draws}): s for s in subjects}
+                         "n_candidates": n_candidates, "n_draws": n_draws,
+                         "response_delays": list(response_delays) if response_delays else None}): s for s in subjects}
     run = DecodeRun(run_dir=rdir)
     bar = tqdm(total=len(jobs), desc="fit decoders (subjects)", unit="task", disable=not progress)
     while jobs:
@@ -342,8 +376,16 @@ class Decoder:
     def n_voxels(self) -> int:
         return int(sum(len(v) for v in self.voxels.values()))
 
-    def decode(self, responses: np.ndarray) -> np.ndarray:
-        """(n, n_voxels) responses of the decoder's voxel selection (lh then rh) -> (n, dim) embeddings."""
+    @property
+    def response_delays(self) -> list[int] | None:
+        """A time-series decoder's delays (row ``t`` decoded from rows ``t + d``), or None."""
+        return self.meta.get("response_delays")
+
+    def decode(self, responses: np.ndarray, runs=None) -> np.ndarray:
+        """(n, n_voxels) responses of the decoder's voxel selection (lh then rh) -> (n, dim) embeddings.
+
+        A decoder with :attr:`response_delays` reads the rows as consecutive TRs (of one run, or of the
+        runs ``runs`` labels) and decodes row ``t`` from rows ``t + d``."""
         R = np.asarray(responses, dtype=np.float32)
         if R.ndim != 2 or R.shape[1] != self.n_voxels:
             raise ValueError(f"decoder {self.meta.get('model')!r} ({self.meta.get('subject')}) takes "
@@ -351,6 +393,8 @@ class Decoder:
                              f"got shape {R.shape}")
         if not np.isfinite(R).all():
             raise ValueError("responses hold NaN or inf values; decoders need finite responses")
+        if self.response_delays:
+            R = delay_responses(R, self.response_delays, runs)
         return self._est.predict(R)
 
 
@@ -402,7 +446,7 @@ def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDa
         raise RegistryError(f"{model!r} decodes into {', '.join(info['targets'])}, not {target!r}")
     if info["kind"] == DECODER_KIND:
         dec = Decoder.load(reg, f"{model}/{subject}", store)
-        return dec.decode(response_matrix(ds, subject, split, dec.voxels)), dec.store
+        return dec.decode(response_matrix(ds, subject, split, dec.voxels), ds.cv_groups(subject, split)), dec.store
     from ._adaptor import AdaptorModel
 
     if ("adaptor", model) not in cache:

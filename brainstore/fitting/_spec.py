@@ -178,6 +178,8 @@ class DecoderSpec(_Strict):
     name: Optional[str] = None  # registry name (default decoder-ridge-TABLE / adaptor-TABLE)
     rois: Optional[list[str]] = None  # ROIs or ROI families whose vertices are read (default: all)
     alphas: Optional[list[float]] = None  # ridge: alpha grid (default logspace(0, 7, 15))
+    # ridge on a time series: decode TR t from the responses of TRs t + d (the BOLD its stimulus drives)
+    response_delays: Optional[list[int]] = None
     adaptor: Optional[AdaptorParams] = None  # adaptor settings (method: adaptor)
     workers: int = Field(2, ge=1)  # adaptor: Ray Train workers
     # adaptor transfer: start from a registered adaptor (name/shared), train all or only the adapters of
@@ -192,6 +194,8 @@ class DecoderSpec(_Strict):
     def _method(self):
         if self.method == "ridge" and self.adaptor is not None:
             raise ValueError(f"decoder into {self.target!r}: 'adaptor' settings need method: adaptor")
+        if self.method == "adaptor" and self.response_delays is not None:
+            raise ValueError(f"decoder into {self.target!r}: response_delays are for method: ridge")
         adaptor_only = [k for k in ("init_from", "adapt_subjects") if getattr(self, k) is not None]
         adaptor_only += [k for k, d in (("trainable", "all"), ("fraction", 1.0)) if getattr(self, k) != d]
         if self.method == "ridge" and adaptor_only:
