@@ -208,10 +208,9 @@ def delayed_table(source: str, delays) -> str:
 
 
 def _tr_splits(ds) -> dict[str, str]:
-    """Split of every TR stimulus (a TR no subject's trials use: ``none``)."""
+    """Split of every TR stimulus some subject's trials use (TRs no trial uses are left out)."""
     t = ds.stimuli()
-    out = dict(zip(t.column("stimulus_id").to_pylist(), t.column("split").to_pylist()))
-    return out
+    return dict(zip(t.column("stimulus_id").to_pylist(), t.column("split").to_pylist()))
 
 
 def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version: str | None = None,
