@@ -290,6 +290,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
                     ext = timeseries_extractor(ext, ds.timeseries.fps)
             except ValueError as err:
                 raise PipelineError(f"{where}: extract[{i}]: {err}") from None
+            odd = sorted({"limit", "storage_dtype", "commit_every"} & e.model_fields_set)
+            if odd:
+                raise PipelineError(f"{_where(path, lines, ('extract', i, odd[0]))}: extract[{i}].{odd[0]} does not "
+                                    f"apply to a time-series dataset (whole clips are extracted and committed): remove it")
             table = e.version or timeseries_table(ext, ds.timeseries, e.resample)
             if e.delays is not None:
                 if not e.delays or len(set(e.delays)) != len(e.delays):
