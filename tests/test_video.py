@@ -260,7 +260,12 @@ report:
     metrics = json.loads((tmp_path / "pipeline-run" / "evaluate" / "metrics.json").read_text())["metrics"]
     ours = metrics["me"]["subj01"]["both"]["test_nnmc"]
     assert ours == pytest.approx(video["run"].metrics["me"]["subj01"]["both"]["test_nnmc"], rel=1e-4)
-    # `delays:` on a dataset with one row per stimulus is refused, naming the line and the field
+    # settings of per-stimulus extraction on a time series, and `delays:` on a dataset with one row per
+    # stimulus, are refused, naming the line and the field
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(path.read_text().replace("    delays: [1, 2, 3, 4]\n", "    delays: [1, 2, 3, 4]\n    limit: 5\n"))
+    with pytest.raises(Exception, match=r"odd.yaml line 7: extract\[0\]\.limit does not apply to a time-series"):
+        load_pipeline(odd)
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace(str(video["root"]), str(small_dataset)))
     with pytest.raises(Exception, match=r"bad.yaml line 6: extract\[0\]\.delays is for time-series"):
