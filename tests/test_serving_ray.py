@@ -55,8 +55,8 @@ def test_served_answers_equal_the_in_process_ones(serve_url, serving_models):
         got = requests.post(f"{serve_url}/v1/encode", json={"subject": subject, "model": "both", "stimulus_id": sid},
                             timeout=120).json()
         want = local.encode(subject, model="both", stimulus_id=sid)["responses"]
-        for h in ("lh", "rh"):
-            np.testing.assert_array_equal(_arr(got[h]), want[h])
+        for h in ("lh", "rh"):  # equal up to float32 rounding: the replica's BLAS threads block sums differently
+            np.testing.assert_allclose(_arr(got[h]), want[h], rtol=1e-5, atol=1e-6)
     status = serve.status().applications["brainstore"].deployments
     assert status["Encoder"].replica_states.get("RUNNING") == 1
     with open(path, "rb") as f:
