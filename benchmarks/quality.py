@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=2)
     ap.add_argument("--train", type=int, default=600)
     ap.add_argument("--test", type=int, default=100)
-    ap.add_argument("--vertices", type=int, default=2000)
+    ap.add_argument("--vertices", type=int, default=None, help="per hemisphere (default 2000; video 600)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-extractor", default=None)
     ap.add_argument("--out", default=None)
@@ -47,6 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.video:
         return video_quality(args)
+    args.vertices = args.vertices or 2000
 
     import numpy as np
 
@@ -107,7 +108,7 @@ def video_quality(args) -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="bs-quality-video-"))
     t0 = time.time()
     root = make_video_dataset(out / "data", n_subjects=args.subjects, n_train_runs=args.runs, trs_per_run=args.trs,
-                              n_vertices=args.vertices if args.vertices != 2000 else 600, seed=args.seed,
+                              n_vertices=args.vertices or 600, seed=args.seed,
                               overwrite=True, progress=False)
     ds = open_dataset(root)
     store = str(out / "store")

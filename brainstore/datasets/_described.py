@@ -315,11 +315,13 @@ class DescribedDataset(BrainDataset):
         ts, problems = self._timeseries_result()
         if ts is None:
             return {}, problems
+        from ._timeseries import frames_of_tr
+
         out = {}
         for c in ts.clips:
-            for sid in c.ids():
-                out[sid] = ((array_ref(ts.frames, ts.key, ts.frame_range(sid)[0]), None, None, "video")
-                            if ts.kind == "frames" else (str(ts.events_table), None, None, "timeseries"))
+            for k, sid in enumerate(c.ids()):  # a TR's path: its first frame in the brick
+                out[sid] = ((array_ref(ts.frames, ts.key, c.first_frame + frames_of_tr(k, ts.fps, ts.tr)[0]), None,
+                             None, "video") if ts.kind == "frames" else (str(ts.events_table), None, None, "timeseries"))
         return out, problems
 
     def event_stimuli(self) -> pa.Table:
@@ -331,11 +333,13 @@ class DescribedDataset(BrainDataset):
             raise DatasetError(f"{self.root} is not an event time series (timeseries.events)")
         table = self._need(self._file_stimuli())
         caps = self._caption_lookup()
+        from ._timeseries import run_groups
+
         split_of: dict[str, str] = {}
         for s in self.subjects:
             t = self._trials(s)
-            for sid, sp in zip(t.ids, t.split):
-                split_of.setdefault(str(sid).rsplit("/tr", 1)[0], str(sp))
+            for clip, sp in zip(run_groups(t.ids), t.split):
+                split_of.setdefault(clip, str(sp))
         cols: dict[str, list] = {f.name: [] for f in STIMULUS_SCHEMA}
         seen: dict[str, int] = {}
         unknown = []

@@ -23,7 +23,8 @@ import numpy as np
 
 from ._errors import DatasetError
 
-__all__ = ["Clip", "Event", "TimeSeries", "tr_id", "split_tr_id", "n_trs", "event_weights"]
+__all__ = ["Clip", "Event", "TimeSeries", "tr_id", "split_tr_id", "n_trs", "event_weights", "lanczos_kernel",
+           "run_starts"]
 
 _TR_ID = re.compile(r"^(?P<clip>.+)/tr(?P<k>\d{4,})$")
 _EPS = 1e-9
@@ -88,27 +89,12 @@ class TimeSeries:
     def kind(self) -> str:
         return "frames" if self.frames is not None else "events"
 
-    @property
-    def frames_per_tr(self) -> float:
-        return self.tr * self.fps
-
     def clip(self, name: str) -> Clip:
         for c in self.clips:
             if c.name == name:
                 return c
         raise DatasetError(f"clip {name!r} is not in {self.clips_table} (clips: "
                            f"{', '.join(c.name for c in self.clips[:5])}{' ...' if len(self.clips) > 5 else ''})")
-
-    def frame_range(self, sid: str) -> tuple[int, int]:
-        """Brick indices ``[a, b)`` of the frames of TR stimulus ``sid``."""
-        clip, k = split_tr_id(sid)
-        c = self.clip(clip)
-        a, b = frames_of_tr(k, self.fps, self.tr)
-        return c.first_frame + a, c.first_frame + min(b, c.n_frames)
-
-    def tr_index(self) -> dict[str, tuple[str, int]]:
-        """``{stimulus id: (clip, k)}`` of every TR of every clip."""
-        return {tr_id(c.name, k): (c.name, k) for c in self.clips for k in range(c.n_trs)}
 
 
 def read_clips(path: Path, what: str, fps: float | None, tr: float) -> tuple[tuple[Clip, ...], list[str]]:
@@ -198,6 +184,22 @@ def read_events(path: Path, what: str, clips: tuple[Clip, ...], tr: float) -> tu
     return {c: tuple(sorted(v, key=lambda e: e.onset)) for c, v in out.items()}, problems
 
 
+def lanczos_kernel(x: np.ndarray, window: int = 3) -> np.ndarray:
+    """Huth et al.'s ``lanczosfun`` at ``x`` (time differences times the cut-off frequency):
+    ``window sin(pi x) sin(pi x / window) / (pi x)**2``, 1 at ``x = 0``, 0 for ``|x| > window``."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = window * np.sin(np.pi * x) * np.sin(np.pi * x / window) / (np.pi ** 2 * x ** 2)
+    w[x == 0] = 1.0
+    w[np.abs(x) > window] = 0.0
+    return w
+
+
+def run_starts(labels) -> list[int]:
+    """Rows where a new run (a new label) begins, the first row included."""
+    return [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
+
+
 def event_weights(events, n_tr: int, tr: float, method: str = "average", window: int = 3) -> np.ndarray:
     """``(n_tr, n_events)`` weights making a clip's per-TR features from its events' features.
 
@@ -207,14 +209,10 @@ def event_weights(events, n_tr: int, tr: float, method: str = "average", window:
     (cut-off at the TR's rate, ``window`` lobes), unnormalised: the sum of nearby events' features,
     so the event rate counts, as for words.
     """
-    W = np.zeros((n_tr, len(events)))
     if method == "lanczos":
-        x = (((np.arange(n_tr) + 0.5) * tr)[:, None] - np.array([e.onset for e in events])[None, :]) / tr
-        with np.errstate(divide="ignore", invalid="ignore"):
-            W = window * np.sin(np.pi * x) * np.sin(np.pi * x / window) / (np.pi ** 2 * x ** 2)
-        W[x == 0] = 1.0
-        W[np.abs(x) > window] = 0.0
-        return W
+        return lanczos_kernel((((np.arange(n_tr) + 0.5) * tr)[:, None] - np.array([e.onset for e in events])[None, :])
+                              / tr, window)
+    W = np.zeros((n_tr, len(events)))
     for j, e in enumerate(events):
         if e.duration <= 0:
             k = int(math.floor(e.onset / tr + _EPS))

@@ -54,16 +54,12 @@ _FRAME_BATCH = 64  # frames per forward pass of an image extractor
 
 # ----------------------------------------------------------------------------- pure functions
 def lanczos_weights(frame_times: np.ndarray, new_times: np.ndarray, cutoff: float, window: int = 3) -> np.ndarray:
-    """Lanczos interpolation matrix ``(len(new_times), len(frame_times))``, rows summing to 1.
+    """Lanczos interpolation matrix ``(len(new_times), len(frame_times))``, rows summing to 1: the kernel
+    (:func:`~brainstore.datasets._timeseries.lanczos_kernel`) at ``cutoff * (t_new - t_frame)``."""
+    from ..datasets._timeseries import lanczos_kernel
 
-    Kernel: ``window sin(pi x) sin(pi x / window) / (pi x)**2`` with ``x = cutoff * (t_new - t_frame)``,
-    1 at ``x = 0``, 0 for ``|x| > window`` (Huth et al.'s ``lanczosfun``).
-    """
-    x = cutoff * (np.asarray(new_times, np.float64)[:, None] - np.asarray(frame_times, np.float64)[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = window * np.sin(np.pi * x) * np.sin(np.pi * x / window) / (np.pi ** 2 * x ** 2)
-    w[x == 0] = 1.0
-    w[np.abs(x) > window] = 0.0
+    w = lanczos_kernel(cutoff * (np.asarray(new_times, np.float64)[:, None]
+                                 - np.asarray(frame_times, np.float64)[None, :]), window)
     total = w.sum(1, keepdims=True)
     return w / np.where(total != 0, total, 1.0)
 
@@ -431,9 +427,9 @@ def derive_delays(store: str | FeatureStore, source: str, dataset, delays=(1, 2,
         raise FeatureStoreError(f"feature table {source!r} is not a feature time series (one row per TR, made by "
                                 "`brainstore extract` on a time-series dataset); delays need the TR order")
     ds, ts = _timeseries_dataset(dataset)
-    have = set(fs.ids(source))
-    splits = dict(zip(fs.read(source, ("stimulus_id", "split")).column("stimulus_id").to_pylist(),
-                      fs.read(source, ("stimulus_id", "split")).column("split").to_pylist()))
+    rows = fs.read(source, ("stimulus_id", "split"))
+    splits = dict(zip(rows.column("stimulus_id").to_pylist(), rows.column("split").to_pylist()))
+    have = set(splits)
     needed = set(ds.stimuli().column("stimulus_id").to_pylist())
     ids, blocks = [], []
     for c in ts.clips:

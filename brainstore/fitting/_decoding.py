@@ -113,13 +113,14 @@ def delay_responses(R: np.ndarray, delays, runs=None) -> np.ndarray:
     ``d`` (in TRs), within its run (``runs``: a label per row, adjacent rows of a run; None: one run),
     zeros past a run's end. A time-series decoder reads TR ``t``'s stimulus from the BOLD of the TRs
     its hemodynamic response reaches."""
+    from ..datasets._timeseries import run_starts
     from ..features._timeseries import delay_rows
 
     R = np.asarray(R, dtype=np.float32)
     if runs is None:
         return delay_rows(R, [-int(d) for d in delays])
     runs = np.asarray(runs, dtype=object)
-    starts = [0] + [i for i in range(1, len(runs)) if runs[i] != runs[i - 1]] + [len(runs)]
+    starts = run_starts(runs) + [len(runs)]
     return np.concatenate([delay_rows(R[a:b], [-int(d) for d in delays]) for a, b in zip(starts, starts[1:])])
 
 

@@ -56,9 +56,11 @@ def group_folds(groups, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     ValueError
         Fewer groups than folds, or a group whose rows are not adjacent.
     """
+    from ..datasets._timeseries import run_starts
+
     g = np.asarray(groups, dtype=object)
     n = len(g)
-    starts = [0] + [i for i in range(1, n) if g[i] != g[i - 1]]
+    starts = run_starts(g)
     names = [g[i] for i in starts]
     if len(set(names)) != len(names):
         again = next(x for x in names if names.count(x) > 1)
