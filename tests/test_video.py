@@ -107,7 +107,9 @@ def test_folds_hold_whole_runs_and_delays_beat_no_delays(video):
     assert nnmc["me"]["test_nnmc_roi"]["motion"] > 2 * max(nnmc["me-nodelay"]["test_nnmc_roi"]["motion"], 1)
     # motion energy explains the motion ROI better than random-weight CLIP frames
     assert nnmc["me"]["test_nnmc_roi"]["motion"] > nnmc["clip"]["test_nnmc_roi"]["motion"]
-    assert np.isfinite(nnmc["me+clip"]["test_nnmc"])  # (its quality is benchmarks/quality.py --video's figure)
+    # banded ridge weighs each space per vertex: it beats its weaker member (its quality against the better one is
+    # benchmarks/quality.py --video's figure: measured, at this size, below motion energy alone)
+    assert nnmc["me+clip"]["test_nnmc"] > nnmc["clip"]["test_nnmc"]
     assert set(nnmc["me"]["test_nnmc_roi"]) - {"all"} == {"visual", "motion", "categories", "places"}
 
 
@@ -283,7 +285,7 @@ def test_ridge_decoder_on_the_video_dataset(video, tmp_path, small_dataset):
     assert not dec.failures, dec.failures
     m = next(iter(dec.metrics.values()))["subj01"]
     assert m["chance"] == pytest.approx(1 / TRS) and m["n_items"] == TRS and m["n_train"] == N_RUNS * TRS
-    assert 0 <= m["top1_brain_to_stimulus"] <= 1 and 0 <= m["two_way"] <= 1
+    assert abs(m["two_way"] - 0.5) < 0.15  # chance: nothing decoded from the same TR (measured 0.47)
     # measured: a same-TR decoder finds nothing here (alpha at the grid's top, CV R^2 ~ 0, two-way ~ 0.5, the
     # oracle's too): TR t's BOLD reflects the stimulus of TRs t-2..t-3 (the HRF), not TR t's
     assert m["cv_r2"] < 0.01
