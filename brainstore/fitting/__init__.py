@@ -20,6 +20,7 @@ from ._choice import validation_r
 from ._compose import compose
 from ._decoding import DECODER_KIND, DecodeRun, Decoder, evaluate_decoders, fit_decoders, select_voxels
 from ._explain import ExplainedStimulus, Explanation, explain_roi, write_contact_sheet
+from ._errors import NonFiniteOutputError, check_finite_output
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
 from ._evaluate import score_submission, score_subject
 from ._predict import EncodingModel, best_model, predict_model
@@ -52,7 +53,7 @@ __all__ = [
     "default_spec", "fit_encoding_models", "FitRun", "fit_base", "design_matrix", "subject_stimuli",
     "validation_folds", "covering_features", "compose",
     # registered models
-    "EncodingModel", "predict_model", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    "EncodingModel", "predict_model", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
     # decoders
     "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND", "DecoderSpec",
     "AdaptorParams",
