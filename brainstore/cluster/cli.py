@@ -746,8 +746,13 @@ def demo_cmd(
     keep_serving: bool = typer.Option(False, "--keep-serving", help="Leave the service up at the end (Ctrl-C stops it)."),
 ) -> None:
     """End-to-end demo on the synthetic dataset: features -> encoding models -> evaluation -> decoders -> serving (all local)."""
+    from .._paths import check_folder
     from ._demo import run_demo
 
+    try:  # before the dataset is made and Ray starts
+        check_folder(out, "demo folder", "--out", create=True, make=False)
+    except ValueError as e:
+        _fail(str(e))
     run_demo(out, n_subjects=subjects, n_train=train, n_test=test, n_vertices=vertices, seed=seed, address=address,
              image_extractor=image_extractor, quiet=not VERBOSE["on"], keep_serving=keep_serving)
 
