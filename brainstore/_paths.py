@@ -1,6 +1,7 @@
 """Checks of the local folders a command reads or writes, made before any work starts.
 
-A store, registry or run folder that is a file, sits under a file, or cannot be written is
+A store, registry or run folder that is a file, sits under a file, or cannot be written (by its
+permissions, or because its file system takes no new folder: ``/proc``, a read-only mount) is
 refused with one message naming the path and the option to change, instead of an ``OSError``
 after minutes of work. Reading verbs never create a folder: a mistyped path is an error, not an
 empty listing.
@@ -55,12 +56,31 @@ def check_folder(path: str | Path, what: str, option: str, *, create: bool,
         if not os.access(parent, os.W_OK | os.X_OK):
             raise error(f"cannot create {what} {p}: {parent} is not writable; pass a folder you can write "
                         f"with {option}")
+        refused = _refuses_folders(parent)  # permissions say yes, the file system may still say no (/proc, ro mounts)
+        if refused:
+            raise error(f"cannot create {what} {p}: {parent} does not take new folders ({refused}); pass a folder "
+                        f"you can write with {option}")
         if not make:
             return p
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise error(f"cannot create {what} {p}: {e.strerror or e}; pass another folder with {option}") from e
-    elif create and not os.access(p, os.W_OK | os.X_OK):
+    elif create and (not os.access(p, os.W_OK | os.X_OK) or _refuses_folders(p)):
         raise error(f"{what} {p} is not writable; pass a folder you can write with {option}")
     return p
+
+
+def _refuses_folders(parent: Path) -> str:
+    """Why a new folder cannot be made in ``parent`` (``""`` when it can): one is made and removed at once.
+
+    Permission bits do not say everything: root passes every ``os.access`` check, yet ``/proc`` or a
+    read-only mount refuse the ``mkdir`` that a command would only try after its work.
+    """
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".brainstore-probe-", dir=parent))
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""

@@ -92,3 +92,15 @@ def test_a_folder_that_cannot_be_written_is_refused():
     finally:
         (base / "readonly").chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_a_place_that_takes_no_new_folder_is_refused_even_when_permissions_allow_it(tmp_path):
+    """/proc passes root's permission checks but refuses mkdir: the check makes (and removes) a folder
+    there instead of trusting the permission bits, so the command stops before its work."""
+    with pytest.raises(ValueError, match=r"cannot create output folder /proc/nope: /proc does not take new folders|"
+                                         r"cannot create output folder /proc/nope: /proc is not writable"):
+        check_folder("/proc/nope", "output folder", "--out", create=True, make=False)
+    with pytest.raises(ValueError, match=r"output folder /proc is not writable"):
+        check_folder("/proc", "output folder", "--out", create=True, make=False)
+    assert check_folder(tmp_path / "new", "output folder", "--out", create=True, make=False) == tmp_path / "new"
+    assert list(tmp_path.iterdir()) == []  # the probe left nothing behind
