@@ -57,8 +57,10 @@ from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore
 from ._decoding import _row_cosine, check_decoding_inputs, response_matrix, select_voxels
 from ._encoding import subject_stimuli
+from ._errors import NonFiniteOutputError
 from ._fingerprint import table_fingerprint
 from ._registry import ModelRegistry, RegistryError, safe_name
+from ._scaling import input_eps, robust_scale
 from ._spec import AdaptorParams
 
 __all__ = ["ADAPTOR_KIND", "AdaptorRun", "fit_adaptor", "AdaptorModel"]
@@ -652,8 +654,11 @@ def _mean_adapter_init(st: dict, base: dict, voxels: dict, adapters: dict, new_s
 
 
 def _voxel_stats(R: np.ndarray) -> dict[str, list[float]]:
-    """Per-voxel mean and std (floored at 1e-6) of the responses the adapter is normalized with."""
-    return {"mean": R.mean(0).tolist(), "std": np.maximum(R.std(0), 1e-6).tolist()}
+    """Per-voxel mean and scale of the responses the adapter is normalized with: the std, by the rule of every
+    model's feature scales (:func:`~._scaling.robust_scale`: 1 for constant and near-constant voxels)."""
+    mean = R.mean(0, dtype=np.float64)
+    scale, _ = robust_scale(R.std(0, dtype=np.float64), mean, input_eps(R))
+    return {"mean": mean.astype(np.float32).tolist(), "std": scale.astype(np.float32).tolist()}
 
 
 def _norm_spec(spec: dict) -> dict:
@@ -745,5 +750,11 @@ class AdaptorModel:
         mean = np.asarray(self.norm[subject]["mean"], np.float32)
         std = np.asarray(self.norm[subject]["std"], np.float32)
         with torch.no_grad():
-            out = self.net(torch.from_numpy((R - mean) / std), subject)
-        return {t: v.numpy() for t, v in out.items()}
+            out = {t: v.numpy() for t, v in self.net(torch.from_numpy((R - mean) / std), subject).items()}
+        bad = sorted(set().union(*(np.flatnonzero(~np.isfinite(v).all(1)).tolist() for v in out.values())))
+        if bad:
+            raise NonFiniteOutputError(
+                f"responses: the adaptor gives non-finite values for {subject}'s row(s) {bad[:5]}: the responses are "
+                "far outside the range it was trained on (or overflow float32); send responses on the scale of the "
+                "dataset's", field="responses", rows=bad)
+        return out

@@ -47,10 +47,11 @@ import torch
 
 from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
 from ._candidates import banded_candidates, check_gammas
+from ._errors import check_finite_output
 from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh, _fold_gram, _FoldGram,
                        _batch_cross, _Basis, _cross_scores, _fold_cross,
                        _full_cross, _grams, _inv_shifts, _lapack_threads,
-                       _load_batch, _Problem, _refit, _setup, predict_ridge)
+                       _load_batch, _Problem, _refit, _Scaling, _setup, predict_ridge)
 
 __all__ = [
     "BandedRidgeCVEncoder",
@@ -252,13 +253,13 @@ class _Candidate:
 
 
 def _candidate(pb: _Problem, scale: torch.Tensor, fold_grams: list[_FoldGram],
-               fit_intercept: bool, standardize: bool) -> _Candidate:
+               fit_intercept: bool, scaling: _Scaling) -> _Candidate:
     """Eigenbases of the rescaled train Grams of every fold and of all samples.
 
     ``fold_grams``: :func:`_fold_gram` of every fold, then of all samples.
     """
     def basis(fold, fg):
-        return _basis_eigh(pb.X64, pb.Xw, fold, None, None, fit_intercept, standardize,
+        return _basis_eigh(pb.X64, pb.Xw, fold, None, None, fit_intercept, scaling,
                            pb.pearson, pb.dtype, feature_scale=scale, fold_gram=fg)
 
     bases = [basis(f, fg) for f, fg in zip(pb.folds, fold_grams)]
@@ -385,12 +386,13 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
     candidates = check_gammas(gammas, len(band_idx))
     gram, gram_vals = _grams(pb)
     # standardization and standardized Grams depend on the fold only, not on the band weighting
-    fold_grams = [_fold_gram(pb.X64, f, gram, g, fit_intercept, standardize)
+    scaling = pb.scaling(standardize)
+    fold_grams = [_fold_gram(pb.X64, f, gram, g, fit_intercept, scaling)
                   for f, g in zip([*pb.folds, None], [*gram_vals, None])]
     del gram, gram_vals
     with _lapack_threads(pb.device, min(n, p)):
         cands = [_candidate(pb, _feature_scale(g, band_idx, p, pb.device), fold_grams,
-                            fit_intercept, standardize) for g in candidates]
+                            fit_intercept, scaling) for g in candidates]
     del fold_grams
     q = max(b.V.shape[1] for c in cands for b in c.bases)
     # centered train and validation cross-products of every fold are kept: 2 * n_folds
@@ -569,4 +571,5 @@ class BandedRidgeCVEncoder(RidgeCVEncoder):
         Y = predict_banded_split(self._check_X(X), torch.from_numpy(self.coef_),
                                  self.x_mean_, self.x_scale_, self._bands(),
                                  device=_resolve_device(self.device)).numpy()
+        check_finite_output(Y.sum(0), model=type(self).__name__, field="X")
         return Y[..., 0] if getattr(self, "_y_1d", False) else Y

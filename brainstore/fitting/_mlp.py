@@ -19,7 +19,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ..scoring import pearson_r
+from ._errors import check_finite_output
 from ._ridge import _resolve_device
+from ._scaling import input_eps, robust_scale
 
 __all__ = ["MLPEncoder"]
 
@@ -183,10 +185,11 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
             raise ValueError(f"X and Y have {n} samples; the MLP needs at least 2 training samples")
         Xtr, Ytr = X[:n_tr], Y[:n_tr]
         if self.standardize:
-            self.x_mean_ = Xtr.mean(0, dtype=np.float64).astype(np.float32)
-            sd = Xtr.std(0, dtype=np.float64)
-            self.x_scale_ = np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
+            mean = Xtr.mean(0, dtype=np.float64)
+            scale, const = robust_scale(Xtr.std(0, dtype=np.float64), mean, input_eps(X))
+            self.x_mean_, self.x_scale_ = mean.astype(np.float32), scale.astype(np.float32)
         else:
+            const = np.zeros(X.shape[1], bool)
             self.x_mean_ = np.zeros(X.shape[1], np.float32)
             self.x_scale_ = np.ones(X.shape[1], np.float32)
         self.y_mean_ = Ytr.mean(0, dtype=np.float64).astype(np.float32)
@@ -202,6 +205,8 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
             torch.manual_seed(self.seed)
             net = _build(self.n_features_in_, self.hidden, self.n_layers, self.n_targets_, self.dropout).to(dev)
             self.net_ = self._train(net, Xs[:n_tr], Ys[:n_tr], Xs[n_tr:], Ys[n_tr:])
+        with torch.no_grad():  # constant columns were zero on every training row: new inputs' values there count for nothing
+            _linears(self.net_)[0].weight[:, torch.from_numpy(const).to(dev)] = 0
         return self
 
     def _train(self, net: nn.Sequential, Xtr: torch.Tensor, Ytr: torch.Tensor, Xva: torch.Tensor,
@@ -264,6 +269,7 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
                 xb = torch.from_numpy((X[start:start + 8192] - self.x_mean_) / self.x_scale_).to(dev)
                 out[start:start + 8192] = self.net_(xb).cpu().numpy()
         out = out * self.y_scale_ + self.y_mean_
+        check_finite_output(out, model=type(self).__name__, field="X")
         return out[:, 0] if getattr(self, "_y_1d", False) else out
 
     def score(self, X: np.ndarray, Y: np.ndarray) -> float:

@@ -54,7 +54,7 @@ __all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_EN
 NON_ENCODER_KINDS = ("decoder", "adaptor", "captioner")
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: near-constant features dropped (see ._scaling); models of 1 are checked for them on load
 #: Keys of model.json written by the registry (they override the same keys in ``meta``).
 RESERVED_KEYS = ("name", "created", "safetensors_sha256", "tensors", "package_versions", "format_version")
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
@@ -501,6 +501,8 @@ class ModelRegistry:
         except Exception as e:
             raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is not a readable safetensors file ({e}); "
                                 "re-save or refit the model") from e
+        if int(meta.get("format_version", 1)) < 2:
+            _check_scales(name, tensors)
         return tensors, ModelRecord(name, final, meta)
 
     def list(self, prefix: str = "") -> list[ModelRecord]:
@@ -604,3 +606,25 @@ class ModelRegistry:
                 f"model {rec.name!r} cannot use these features: " + " | ".join(problems)
                 + ". Re-extract the features with the extractor settings the model was fit on, "
                   "or refit the model on the current features")
+
+
+def _check_scales(name: str, tensors: dict[str, np.ndarray]) -> None:
+    """Refuse a model saved before near-constant features were dropped when it has such a feature.
+
+    Such a model divides a near-constant input column by its tiny std (MiniLM's dead dimensions: 1e-33),
+    so any input off the stored rows is amplified up to 1e30 times. Its coefficients on those columns were
+    fitted to rounding noise, so the model cannot be repaired in place: it must be refitted.
+    """
+    from ._scaling import unstable_scales
+
+    for key, v in tensors.items():
+        if not (key.endswith("x_scale_") or (key.startswith("norm.") and key.endswith(".std"))):
+            continue
+        bad = unstable_scales(v)
+        if bad.size:
+            cols = ", ".join(map(str, bad[:5].tolist())) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
+            raise RegistryError(
+                f"model {name!r} was saved by an older brainstore that standardized near-constant inputs: its input "
+                f"column(s) {cols} ({key}) have a scale of {float(np.min(v[bad])):.2g}, so inputs not in the store "
+                f"would be amplified up to {float(np.median(v)) / max(float(np.min(v[bad])), 1e-300):.0e} times; "
+                "refit it (`brainstore fit`, or `brainstore fit --decode` for a decoder)")

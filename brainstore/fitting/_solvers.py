@@ -36,6 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ._scaling import input_eps, robust_scale
+
 __all__ = [
     "RIDGE_SOLVERS",
     "RidgeCVResult",
@@ -324,19 +326,26 @@ class _Basis:
     sx_val: torch.Tensor | None  # (p,) float64, feature sums over val
 
 
-def _standardization(X64: torch.Tensor, rows, fit_intercept: bool,
-                     standardize: bool):
-    """Train-set center, scale and inverse scale (0 for constant features)."""
+@dataclass(frozen=True)
+class _Scaling:
+    """How each fold scales its features (the rule of :mod:`._scaling`)."""
+
+    standardize: bool     # divide by the std; False: scales of 1
+    offset: torch.Tensor  # (p,) float64 the global means taken out of X64, added back to measure magnitudes
+    eps: float            # machine epsilon of the caller's X (constant = no variation beyond its rounding)
+
+
+def _standardization(X64: torch.Tensor, rows, fit_intercept: bool, scaling: _Scaling):
+    """Train-set center, scale and inverse scale (0 for constant and near-constant features, see :mod:`._scaling`)."""
     Xt = X64[rows]
     var, mean = torch.var_mean(Xt, dim=0, correction=0)
-    std = var.sqrt()
-    eps = torch.finfo(torch.float64).eps
-    # constant feature: no variation beyond rounding of its value
-    const = (std == 0) | (std <= 1e3 * eps * mean.abs())
+    scale_np, const_np = robust_scale(var.sqrt().cpu().numpy(), (mean + scaling.offset).cpu().numpy(),
+                                      scaling.eps, scaling.standardize)
+    scale = torch.as_tensor(scale_np, dtype=torch.float64, device=X64.device)
+    const = torch.as_tensor(const_np, device=X64.device)
     center = mean if fit_intercept else torch.zeros_like(mean)
-    scale = torch.where(const | (not standardize), torch.ones_like(std), std)
     # once centered, a constant feature is identically zero: drop it exactly
-    inv_scale = torch.where(const & fit_intercept, torch.zeros_like(std), 1.0 / scale)
+    inv_scale = torch.where(const & fit_intercept, torch.zeros_like(scale), 1.0 / scale)
     return center, inv_scale, scale, Xt.sum(0)
 
 
@@ -382,11 +391,11 @@ class _FoldGram:
 
 def _fold_gram(X64: torch.Tensor, fold: _Fold | None, gram: torch.Tensor | None,
                gram_val: torch.Tensor | None, fit_intercept: bool,
-               standardize: bool) -> _FoldGram:
+               scaling: _Scaling) -> _FoldGram:
     """Standardization and standardized train Gram of ``fold`` (None: all samples)."""
     train = slice(None) if fold is None else fold.train
     n_tr = X64.shape[0] if fold is None else fold.n_train
-    c, inv, scale, sx = _standardization(X64, train, fit_intercept, standardize)
+    c, inv, scale, sx = _standardization(X64, train, fit_intercept, scaling)
     if n_tr < X64.shape[1]:
         return _FoldGram(c, inv, scale, sx, None)
     if fold is None:
@@ -403,7 +412,7 @@ def _fold_gram(X64: torch.Tensor, fold: _Fold | None, gram: torch.Tensor | None,
 
 def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
                 gram: torch.Tensor, gram_val: torch.Tensor | None,
-                fit_intercept: bool, standardize: bool, pearson: bool,
+                fit_intercept: bool, scaling: _Scaling, pearson: bool,
                 dtype: torch.dtype,
                 feature_scale: torch.Tensor | None = None,
                 fold_gram: _FoldGram | None = None) -> _Basis:
@@ -425,7 +434,7 @@ def _basis_eigh(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
     ``n * eps * max``) carry no weight (``Z^T y`` is orthogonal to them), so
     results are unchanged and ``q <= n_train``.
     """
-    fg = fold_gram or _fold_gram(X64, fold, gram, gram_val, fit_intercept, standardize)
+    fg = fold_gram or _fold_gram(X64, fold, gram, gram_val, fit_intercept, scaling)
     c, scale, sx = fg.center, fg.scale, fg.sx_train
     inv = fg.inv_scale if feature_scale is None else fg.inv_scale * feature_scale
     if fg.gram is None:
@@ -459,11 +468,11 @@ def _finish_basis(X64: torch.Tensor, fold: _Fold | None, c, inv, scale, sx, eigv
 
 def _basis_svd(X64: torch.Tensor, Xw: torch.Tensor, fold: _Fold | None,
                gram: torch.Tensor, gram_val: torch.Tensor | None,
-               fit_intercept: bool, standardize: bool, pearson: bool,
+               fit_intercept: bool, scaling: _Scaling, pearson: bool,
                dtype: torch.dtype) -> _Basis:
     """Basis from the SVD of the standardized train features (working dtype)."""
     train = slice(None) if fold is None else fold.train
-    c, inv, scale, sx = _standardization(X64, train, fit_intercept, standardize)
+    c, inv, scale, sx = _standardization(X64, train, fit_intercept, scaling)
     cw, invw = c.to(dtype), inv.to(dtype)
     Z = (Xw[train] - cw) * invw
     _, s, Vh = torch.linalg.svd(Z, full_matrices=False)
@@ -796,6 +805,11 @@ class _Problem:
     device: torch.device
     dtype: torch.dtype
     pearson: bool
+    eps: float                # machine epsilon of the caller's X
+
+    def scaling(self, standardize: bool) -> _Scaling:
+        """The feature-scaling rule of this problem's folds."""
+        return _Scaling(bool(standardize), self.x_gmean, self.eps)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -812,6 +826,7 @@ def _setup(X: Array, Y: Array, alphas: Array, n_folds: int,
         raise ValueError(f"score must be one of {SCORES}, got {score!r}.")
     device, dtype = _check_device(device), _check_dtype(dtype)
     alpha_grid = _check_alphas(alphas)
+    eps = input_eps(X)
     X64 = _as_2d(X, "X", torch.float64, device)
     if not isinstance(Y, (np.ndarray, torch.Tensor)):
         Y = np.asarray(Y, dtype=np.float64)
@@ -833,7 +848,7 @@ def _setup(X: Array, Y: Array, alphas: Array, n_folds: int,
     X64 = X64 - x_gmean  # new tensor: never modify the caller's X
     Xw = X64 if dtype == torch.float64 else X64.to(dtype)
     return _Problem(X64, Xw, x_gmean, Y, fold_list, partition, alpha_grid,
-                    device, dtype, score == "pearson")
+                    device, dtype, score == "pearson", eps)
 
 
 def _grams(pb: _Problem) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -876,11 +891,12 @@ def _solve_ridge_cv(X: Array, Y: Array, alphas: Array, n_folds: int,
         gram, gram_vals = _grams(pb)
     else:
         gram, gram_vals = None, [None] * len(pb.folds)
+    scaling = pb.scaling(standardize)
     with _lapack_threads(pb.device, min(n, p)):
-        bases = [make_basis(pb.X64, pb.Xw, f, gram, g, fit_intercept, standardize,
+        bases = [make_basis(pb.X64, pb.Xw, f, gram, g, fit_intercept, scaling,
                             pb.pearson, dtype) for f, g in zip(pb.folds, gram_vals)]
         full = make_basis(pb.X64, pb.Xw, None, gram, None, fit_intercept,
-                          standardize, pb.pearson, dtype)
+                          scaling, pb.pearson, dtype)
     del gram_vals, gram
     Ds = [_inv_shifts(b, pb) for b in bases]
     D_full = _inv_shifts(full, pb)
