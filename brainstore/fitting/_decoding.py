@@ -28,6 +28,7 @@ from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ._encoding import group_folds, subject_stimuli
+from ._errors import NonFiniteOutputError
 from ._fingerprint import decode_ids, encode_ids, table_fingerprint
 from ._registry import ModelRegistry, RegistryError, safe_name
 
@@ -396,7 +397,13 @@ class Decoder:
             raise ValueError("responses hold NaN or inf values; decoders need finite responses")
         if self.response_delays:
             R = delay_responses(R, self.response_delays, runs)
-        return self._est.predict(R)
+        try:
+            return self._est.predict(R)
+        except NonFiniteOutputError as e:
+            raise NonFiniteOutputError(
+                f"responses: decoder {self.meta.get('model')!r} ({self.meta.get('subject')}) gives non-finite values "
+                f"for row(s) {e.rows[:5]}: the responses are far outside the range it was fitted on (or overflow "
+                "float32); send responses on the scale of the dataset's", field="responses", rows=e.rows) from None
 
 
 def decoder_records(reg: ModelRegistry, dataset: str | Path) -> list:

@@ -20,6 +20,7 @@ import numpy as np
 from ..datasets import HEMISPHERES
 from ..features import FeatureStore
 from ._compose import compose
+from ._errors import NonFiniteOutputError
 from ._fingerprint import check_fingerprint, decode_ids
 from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError
 
@@ -113,16 +114,30 @@ class EncodingModel:
         return self._estimators[hemi]
 
     def predict(self, stimulus_ids: list[str], _features: dict | None = None) -> dict[str, np.ndarray]:
-        """Predicted responses of ``stimulus_ids``: {hemi: array of shape (n_stimuli, n_vertices)}."""
+        """Predicted responses of ``stimulus_ids``: {hemi: array of shape (n_stimuli, n_vertices)}.
+
+        Raises :class:`~._errors.NonFiniteOutputError` (field ``embedding``) when a prediction would hold
+        NaN or inf values (features far outside the fitted range): no non-finite number leaves a model."""
+        try:
+            out = self._predict(stimulus_ids, {} if _features is None else _features)
+        except NonFiniteOutputError as e:
+            rows = e.rows
+        else:
+            bad = [np.flatnonzero(~np.isfinite(v).all(1)) for v in out.values()]
+            rows = sorted(set().union(*map(set, bad))) if bad else []
+            if not rows:
+                return out
+        raise _non_finite(self.record.name, stimulus_ids, rows)
+
+    def _predict(self, stimulus_ids: list[str], cache: dict) -> dict[str, np.ndarray]:
         from ._encoding import design_matrix
 
-        cache = {} if _features is None else _features
         if self.kind in BASE_KINDS:
             key = tuple(self.record.meta["features"])
             if key not in cache:
                 cache[key] = design_matrix(self.store, list(key), stimulus_ids)
             return {h: np.asarray(self._estimator(h).predict(cache[key]), dtype=np.float32) for h in self.hemispheres}
-        preds = [m.predict(stimulus_ids, cache) for m in self.members]
+        preds = [m._predict(stimulus_ids, cache) for m in self.members]
         if self.kind == "per-roi":
             return {h: compose("per-roi", [p[h] for p in preds], choice=self.tensors[f"{h}.choice"])
                     for h in self.hemispheres}
@@ -137,6 +152,16 @@ class EncodingModel:
             raise ValueError(f"model {self.record.name!r} is {self.kind}; only banded models split by feature space")
         X = design_matrix(self.store, list(self.record.meta["features"]), stimulus_ids)
         return {h: np.asarray(self._estimator(h).predict_split(X)) for h in self.hemispheres}
+
+
+def _non_finite(model: str, stimulus_ids: list[str], rows: list[int]) -> NonFiniteOutputError:
+    rows = [int(i) for i in rows]
+    ids = [stimulus_ids[i] for i in rows[:5] if i < len(stimulus_ids)]
+    named = f" (stimuli {', '.join(map(repr, ids))}{' ...' if len(rows) > 5 else ''})" if ids and ids[0] != "<request>" else ""
+    return NonFiniteOutputError(
+        f"embedding: model {model} gives non-finite values for {len(rows)} input row(s) {rows[:5]}{named}: the "
+        "features are far outside the range the model was fitted on (or overflow float32); send embeddings on the "
+        "scale of the model's feature table", field="embedding", rows=rows)
 
 
 def predict_model(reg: ModelRegistry, model: str, subject: str, fs: FeatureStore | str | None,

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..scoring import pearson_r
+from ._errors import check_finite_output
 from ._solvers import RIDGE_SOLVERS, SCORES, predict_ridge, solve_ridge_cv
 
 __all__ = ["RidgeCVEncoder"]
@@ -159,6 +160,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
                           self.x_mean_, self.x_scale_,
                           device=_resolve_device(self.device),
                           target_batch_size=self.target_batch_size).numpy()
+        check_finite_output(Y, model=type(self).__name__, field="X")
         return Y[:, 0] if getattr(self, "_y_1d", False) else Y
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
@@ -168,6 +170,13 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have shape (n_samples, "
                              f"{self.n_features_in_}), got {X.shape}.")
+        if X.dtype.kind not in "biuf":
+            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+        finite = np.isfinite(X).all(1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise ValueError(f"X has NaN or inf values in {len(rows)} row(s) (first: {rows[:5].tolist()}); "
+                             "send finite features")
         return X
 
     def score(self, X: np.ndarray, Y: np.ndarray) -> float:
