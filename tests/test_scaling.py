@@ -216,3 +216,29 @@ def test_registered_encoder_on_minilm_captions_is_stable_under_noise(serving_mod
         moved, moved_ok = np.abs(p1[h] - p0[h]).max(), np.abs(p2[h] - p0[h]).max()
         assert moved <= 1.5 * moved_ok + 1e-6, (h, moved, moved_ok)
         assert moved < 0.1 * np.abs(p0[h]).max()
+
+
+def test_adaptor_decoding_under_small_noise_stays_small():
+    """A dead voxel (constant over training) used to be divided by a std floored at 1e-6, so noise of 1e-4
+    there moved the decoded embedding like 100 standard deviations of a live voxel."""
+    import torch
+
+    from brainstore.fitting import AdaptorParams
+    from brainstore.fitting._adaptor import AdaptorModel, _build_net, _voxel_stats
+
+    rng = np.random.default_rng(3)
+    R = rng.normal(0, 1, (200, 30)).astype(np.float32)
+    R[:, 7] = 0.0  # a dead voxel
+    torch.manual_seed(0)
+    net = _build_net({"subj01": 30}, {"emb": 16}, AdaptorParams(latent=32, n_blocks=1))
+    vox = {"subj01": {"lh": np.arange(20), "rh": np.arange(10)}}
+    model = AdaptorModel(net, vox, {"subj01": _voxel_stats(R)}, ["emb"])
+    x = R[:20]
+    p0 = model.decode("subj01", x)["emb"]
+    dead = np.zeros_like(x)
+    dead[:, 7] = 1e-4
+    live = np.zeros_like(x)
+    live[:, 8] = 1e-4
+    moved_dead = np.abs(model.decode("subj01", x + dead)["emb"] - p0).max()
+    moved_live = np.abs(model.decode("subj01", x + live)["emb"] - p0).max()
+    assert moved_dead <= 10 * moved_live + 1e-6, (moved_dead, moved_live)
