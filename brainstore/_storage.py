@@ -16,6 +16,11 @@ directly, through ``obstore`` (the Python face of the same Rust ``object_store``
 the same option keys mean the same things): :func:`object_store` opens one rooted at a URI, and
 :class:`ObjectLock` is an exclusive lock made of one object created with a conditional PUT
 (``If-None-Match: *``), which S3, GCS, Azure and S3-compatible servers honour.
+
+The errors of those layers (LanceDB's and obstore's debug dumps, with Rust source paths) are never
+shown: :func:`store_failure` turns one into a line naming the store, the cause and the fix (the endpoint
+unreachable, the bucket missing, the credentials refused), which the store and the registry raise as
+their own error types.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 
 __all__ = ["ENV", "KNOWN_KEYS", "ObjectLock", "StorageOptionsError", "env_options", "is_remote", "merge_cli_options",
-           "object_store", "storage_options", "use_options"]
+           "object_store", "storage_options", "store_failure", "use_options"]
 
 ENV = "BRAINSTORE_STORAGE_OPTIONS"
 
@@ -162,8 +168,11 @@ class ObjectLock:
 
     Acquiring polls until ``timeout`` seconds have passed, then raises ``error`` with ``what`` in the
     message. A lock object older than ``stale_s`` seconds was left by a killed holder (locks are held
-    for one commit, seconds) and is removed. The object holds the holder's host, pid and time, shown
-    in the error.
+    for one commit, seconds) and is removed; so is, at once, one whose holder was a process of this
+    machine that no longer runs (a writer that died, or lost the store, between taking the lock and
+    removing it). The object holds the holder's host, pid, process start time and time, shown in the
+    error. Releasing never hides the error that ends the holder's work: a lock that cannot be removed
+    then (the store went away) is left for the next writer to clear as above.
     """
 
     def __init__(self, store, key: str, *, what: str, timeout: float = 120.0, stale_s: float = 600.0,
@@ -179,7 +188,8 @@ class ObjectLock:
         import obstore
         from obstore.exceptions import AlreadyExistsError, NotFoundError
 
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+                         "time": time.time()}).encode()
         deadline, wait = time.monotonic() + self.timeout, 0.05
         while True:
             try:
@@ -190,7 +200,7 @@ class ObjectLock:
             try:
                 info = obstore.head(self.store, self.key)
                 age = (datetime.datetime.now(datetime.timezone.utc) - info["last_modified"]).total_seconds()
-                if age > self.stale_s:
+                if age > self.stale_s or self._holder_gone():
                     obstore.delete(self.store, self.key)
                     continue
             except (NotFoundError, FileNotFoundError):  # released meanwhile
@@ -207,7 +217,27 @@ class ObjectLock:
             time.sleep(wait)
             wait = min(wait * 2, 0.5)
 
-    def __exit__(self, *exc) -> None:
+    def _holder_gone(self) -> bool:
+        """Whether the lock's holder was a process of this machine that has ended (pid gone or reused)."""
+        import socket
+
+        import obstore
+
+        try:
+            holder = json.loads(bytes(obstore.get(self.store, self.key).bytes()))
+            pid = int(holder["pid"])
+        except Exception:  # released meanwhile, or not ours to judge: wait for it (or for stale_s)
+            return False
+        if holder.get("host") != socket.gethostname():
+            return False
+        if pid == os.getpid():
+            return False  # this process holds it (another thread): it is alive
+        now = _process_start(pid)
+        if now is None:
+            return True
+        return bool(now and holder.get("start") and now != holder["start"])  # the pid now names another process
+
+    def __exit__(self, exc_type, *exc) -> None:
         import obstore
         from obstore.exceptions import NotFoundError
 
@@ -215,6 +245,27 @@ class ObjectLock:
             obstore.delete(self.store, self.key)
         except (NotFoundError, FileNotFoundError):
             pass
+        except Exception:
+            if exc_type is None:  # the work succeeded: a lock that stays is this call's failure
+                raise
+            # the work failed (the store went away): its error is the one to tell; the lock is cleared later
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), None when it does not run; 0 where
+    that cannot be read but the process exists."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0
 
 
 def merge_cli_options(pairs) -> None:
@@ -254,3 +305,127 @@ def use_options(given: dict, what: str, *, over_env: bool) -> None:
     given = {str(k): v for k, v in given.items()}
     env = env_options()[0]
     os.environ[ENV] = json.dumps({**env, **given} if over_env else {**given, **env})
+
+
+
+# ----------------------------------------------------------------------------------------------- failures
+#: Text of an object-store or Lance I/O failure inside the exception types LanceDB raises (ValueError,
+#: RuntimeError, OSError); obstore's own exception types are failures by their type.
+_IO_MARKERS = ("generic s3 error", "generic gcs error", "generic microsoftazure error", "generic http error",
+               "generic localfilesystem error", "retryerror", "error sending request", "io { source",
+               "lanceerror(io)", "lance error", "object_store", 'store: "s3"', 'store: "gcs"',
+               'store: "microsoftazure"', "failed to connect to namespace", ".cargo/registry/")
+_DENIED = ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "access denied", "expiredtoken",
+           "invalidtoken", "status: 403", "403 forbidden", "authorizationfailure", "authenticationfailed",
+           "unauthenticated", "permissiondenied", "status: 401")
+_NO_BUCKET = ("nosuchbucket", "the specified bucket does not exist", "containernotfound")
+_UNREACHABLE = ("connection refused", "connectionrefused", "error sending request", "tcp connect error",
+                "connect error", "dns error", "failed to lookup address", "name or service not known",
+                "timed out", "timedout", "deadline has elapsed", "connection reset", "broken pipe",
+                "connection closed", "kind: connect")
+_RUST_PATH = re.compile(r",?\s*(?:/\S*)?\.cargo/registry/\S+?\.rs:\d+:\d+")
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+    if type(e).__module__.startswith("obstore"):
+        return True
+    if isinstance(e, (ValueError, RuntimeError, OSError)):
+        low = str(e).lower()
+        return any(m in low for m in _IO_MARKERS)
+    return False
+
+
+def _endpoint(text: str, uri: str, options: dict | None) -> str:
+    """The endpoint a failed request went to: the URL in the library's message, else the options' or
+    the environment's endpoint, else the store's default."""
+    m = re.search(r"(https?://[^/\s?\"'),]+)", text)
+    if m:
+        return m.group(1)
+    opts = options or {}
+    for k in ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url", "azure_endpoint"):
+        if opts.get(k):
+            return str(opts[k]).rstrip("/")
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        if os.environ.get(k):
+            return os.environ[k].rstrip("/")
+    scheme = str(uri).split("://", 1)[0]
+    return {"s3": "AWS S3", "gs": "Google Cloud Storage", "az": "Azure Blob Storage"}.get(scheme, "the object store")
+
+
+def _probe(endpoint: str) -> str:
+    """What a TCP connection to ``endpoint`` (a URL) meets now: why it fails, or "" when it connects."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(endpoint)
+    if not u.hostname:
+        return ""
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=3):
+            return ""
+    except ConnectionRefusedError:
+        return "connection refused"
+    except socket.gaierror:
+        return f"host {u.hostname} does not resolve"
+    except (TimeoutError, socket.timeout):
+        return "no answer within 3 s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+def _clean(text: str) -> str:
+    """A library's message without Rust source paths, debug dumps and line breaks, cut to a readable length."""
+    text = text.split("\n\nDebug source:", 1)[0]
+    text = re.sub(r",?\s*location: Location \{[^}]*\}", "", text)
+    text = _RUST_PATH.sub("", text)
+    text = " ".join(text.split())
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def store_failure(e: BaseException, *, what: str, uri, option: str, options: dict | None = None) -> str | None:
+    """The one line that says why a store operation failed, or None when ``e`` is not a storage failure.
+
+    Parameters
+    ----------
+    e : the exception LanceDB, Lance or obstore raised.
+    what : what the URI holds ("feature store", "model registry").
+    uri : the store's URI.
+    option : the command-line option that names it ("--store").
+    options : the resolved storage options (for the endpoint, when the message names none).
+
+    Returns
+    -------
+    str or None
+        ``"<what> <uri> unreachable (connection refused at <endpoint>): <fix>"``, or the same for a
+        missing bucket or refused credentials; other failures of the layer as ``"<what> <uri>: <the
+        library's message without its debug dump>; <fix>"``.
+    """
+    if not _is_storage_failure(e):
+        return None
+    text = str(e)
+    low = text.lower()
+    remote = is_remote(uri)
+    if remote:
+        endpoint = _endpoint(text, str(uri), options)
+        scheme = str(uri).split("://", 1)[0]
+        bucket = str(uri).split("://", 1)[1].split("/", 1)[0]
+        if any(m in low for m in _NO_BUCKET):
+            return (f"{what} {uri}: bucket {bucket!r} does not exist at {endpoint}: create it (e.g. `aws s3 mb "
+                    f"{scheme}://{bucket}`) or check {option} and the endpoint (-S aws_endpoint=...)")
+        if any(m in low for m in _DENIED):
+            code = re.search(r"<Code>([^<]+)</Code>", text)
+            said = re.search(r"<Message>([^<]+)</Message>", text)
+            why = f"{code.group(1)}: {said.group(1)}" if code and said else ("403 Forbidden" if "403" in low else
+                                                                              "access denied")
+            return (f"{what} {uri}: access denied by {endpoint} ({_clean(why)}): check the credentials "
+                    "(-S aws_access_key_id=... -S aws_secret_access_key=..., $AWS_ACCESS_KEY_ID / "
+                    f"$AWS_SECRET_ACCESS_KEY or ${ENV}) and the bucket's policy")
+        if any(m in low for m in _UNREACHABLE):
+            why = _probe(endpoint) if endpoint.startswith("http") else ""
+            if not why:
+                why = "no answer" if ("timed out" in low or "deadline" in low) else "the connection failed"
+            return (f"{what} {uri} unreachable ({why} at {endpoint}): start the object store, or check {option} "
+                    "and the endpoint (-S aws_endpoint=...); rerun once it answers")
+    return (f"{what} {uri}: {'the object store' if remote else 'the storage layer'} failed: {_clean(text)}; check "
+            f"{option}{' and the storage options' if remote else ''}, then retry")

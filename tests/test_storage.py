@@ -271,3 +271,240 @@ def test_cli_storage_option_flags_reach_the_registry_and_bad_ones_are_one_line_e
                            text=True, env=env, timeout=120)
         out = " ".join((r.stdout + r.stderr).split())
         assert r.returncode == 2 and msg in out and "Traceback" not in out, out
+
+
+# ---------------------------------------------------------------------------------------------- outages
+class _StoppableS3:
+    """A moto S3 server in this process that goes away and comes back on the same port with its objects.
+
+    ``stop()`` closes the listening socket and every open connection, so clients meet "connection
+    refused" (as when an object store process dies); ``start()`` listens again. moto keeps its buckets
+    and objects in this process, so what was written before the outage is there after it: the come-back
+    is real. ``stop_on(test)`` stops the server instead of answering the first request for which
+    ``test(method, path, body)`` is true (an outage at a chosen point of a writer's protocol).
+    """
+
+    def __init__(self):
+        import logging
+        import threading
+
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._conns, self._guard, self._test, self.server = set(), threading.Lock(), None, None
+        outer = self
+
+        class Handler(MotoRequestHandler):
+            def setup(self):
+                super().setup()
+                with outer._guard:
+                    outer._conns.add(self.connection)
+
+            def finish(self):
+                with outer._guard:
+                    outer._conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:  # the connection was cut by stop()
+                    pass
+
+        self._handler = Handler
+
+    def _wsgi(self, environ, start_response):
+        test = self._test
+        if test is not None and test(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), self._body(environ)):
+            self._test = None
+            self.stop()  # this request's connection included: the client gets no answer
+            start_response("503 Service Unavailable", [("Content-Length", "0")])
+            return [b""]
+        return self._app(environ, start_response)
+
+    @staticmethod
+    def _body(environ) -> bytes:
+        """The request's body (left readable for moto)."""
+        import io
+
+        n = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(n) if n else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        return body
+
+    def start(self) -> "_StoppableS3":
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", self.port, self._wsgi, threaded=True, request_handler=self._handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        srv, self.server = self.server, None
+        if srv is None:
+            return
+        srv.shutdown()
+        srv.server_close()
+        with self._guard:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop_on(self, test) -> None:
+        self._test = test
+
+    def client(self, service: str = "s3", **keys):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
+                            **(keys or {"aws_access_key_id": "test", "aws_secret_access_key": "test"}))
+
+    def options(self, **over) -> dict:
+        return {"aws_endpoint": self.endpoint, "aws_access_key_id": "test", "aws_secret_access_key": "test",
+                "aws_region": "us-east-1", "allow_http": "true", **over}
+
+
+@pytest.fixture()
+def stoppable_s3():
+    pytest.importorskip("boto3")
+    srv = _StoppableS3().start()
+    srv.client().create_bucket(Bucket=BUCKET)
+    yield srv
+    srv.stop()
+
+
+def _one_line_error(out: str, *words: str) -> str:
+    """The CLI's output is one error line (wrapped by the console) with ``words``; no traceback, no Rust."""
+    flat = " ".join(out.split())
+    assert flat.startswith("error:") and flat.count("error:") == 1, out
+    assert "Traceback" not in out and ".rs:" not in out and ".cargo" not in out and "Debug source" not in out, out
+    for w in words:
+        assert w in flat, (w, out)
+    return flat
+
+
+def _cli(args, options: dict | None, timeout: float = 300):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if options is not None:
+        env[ENV] = json.dumps(options)
+    return subprocess.run([sys.executable, "-m", "brainstore.cluster.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_store_failures_are_one_line_naming_the_store_cause_and_fix(stoppable_s3, tmp_path):
+    """A missing bucket, refused credentials (moto enforcing IAM auth: a real 403) and an endpoint nobody
+    listens on: the library raises StoreAccessError (a FeatureStoreError) with one line naming the store,
+    the cause and the fix, and the CLI prints just that line."""
+    import requests
+
+    from brainstore.features import StoreAccessError
+
+    srv = stoppable_s3
+    opts = srv.options()
+    FeatureStore(f"s3://{BUCKET}/ok", opts).ensure_table("t", 4, {"extractor": "test"})
+
+    with pytest.raises(StoreAccessError) as ei:
+        FeatureStore("s3://no-such-bucket/features", opts).names()
+    assert str(ei.value) == (f"feature store s3://no-such-bucket/features: bucket 'no-such-bucket' does not exist at "
+                             f"{srv.endpoint}: create it (e.g. `aws s3 mb s3://no-such-bucket`) or check --store and "
+                             "the endpoint (-S aws_endpoint=...)")
+    r = _cli(["features", "--store", "s3://no-such-bucket/features"], opts, timeout=120)
+    assert r.returncode == 2
+    _one_line_error(r.stdout + r.stderr, "bucket 'no-such-bucket' does not exist", "aws s3 mb")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(StoreAccessError, match=rf"^feature store s3://{BUCKET}/ok unreachable \(connection refused at "
+                                               rf"{dead}\): start the object store, or check --store"):
+        FeatureStore(f"s3://{BUCKET}/ok", srv.options(aws_endpoint=dead)).names()
+    r = _cli(["features", "--store", f"s3://{BUCKET}/ok"], srv.options(aws_endpoint=dead), timeout=120)
+    assert r.returncode == 2
+    _one_line_error(r.stdout + r.stderr, f"unreachable (connection refused at {dead})")
+
+    # moto checks signatures once IAM auth is on: a user with an access key may read, a wrong key or secret is 403
+    iam = srv.client("iam")
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    requests.post(f"{srv.endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+    try:
+        good = srv.options(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        assert FeatureStore(f"s3://{BUCKET}/ok", good).names() == ["t"]  # the control: auth is on and passes
+        with pytest.raises(StoreAccessError, match=rf"^feature store s3://{BUCKET}/ok: access denied by "
+                                                   rf"{srv.endpoint} \(InvalidAccessKeyId: .*\): check the credentials"):
+            FeatureStore(f"s3://{BUCKET}/ok", srv.options(aws_access_key_id="AKIAWRONGWRONGWRONG")).names()
+        with pytest.raises(StoreAccessError, match=r"access denied by .*\(SignatureDoesNotMatch: "):
+            FeatureStore(f"s3://{BUCKET}/ok", {**good, "aws_secret_access_key": "wrong"}).ids("t")
+        r = _cli(["features", "--store", f"s3://{BUCKET}/ok"], srv.options(aws_access_key_id="AKIAWRONGWRONGWRONG"),
+                 timeout=120)
+        assert r.returncode == 2
+        _one_line_error(r.stdout + r.stderr, "access denied", "InvalidAccessKeyId", "aws_secret_access_key")
+    finally:
+        requests.post(f"{srv.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+@pytest.mark.slow
+def test_extraction_survives_the_store_going_away_and_resumes_when_it_returns(stoppable_s3, small_dataset):
+    """`brainstore extract --store s3://...` with the object store stopping right after the 3rd chunk commit
+    (at the release of the table's write lock, so the lock object stays behind): one error line naming the
+    store, the cause and that a rerun resumes. A rerun while it is still down says so at once. Once the same
+    server is back (same port, same objects), the rerun clears the lock left by the dead writer and ends with
+    exactly one row per captioned stimulus of the dataset."""
+    import lancedb
+    import pyarrow.compute as pc
+
+    from brainstore.datasets import open_stimuli
+
+    srv = stoppable_s3
+    uri, opts = f"s3://{BUCKET}/outage", srv.options()
+    stim = open_stimuli(small_dataset)
+    expected = set(stim.filter(pc.invert(pc.is_null(stim.column("caption")))).column("stimulus_id").to_pylist())
+    assert len(expected) > 100
+    args = ["extract", "--dataset", str(small_dataset), "--extractor", "text", "--store", uri, "--commit-every", "20",
+            "--batch-size", "20"]
+    releases = []
+
+    def third_lock_release(method, path, body):  # obstore deletes with DeleteObjects: POST /bucket?delete
+        if method in ("DELETE", "POST") and b"_brainstore_locks/" in body + path.encode():
+            releases.append(path)
+        return len(releases) == 3
+
+    srv.stop_on(third_lock_release)
+    r = _cli(args, opts)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert srv.server is None  # it really went away mid-run
+    flat = _one_line_error(out, f"feature store {uri} unreachable (connection refused at {srv.endpoint})",
+                           "start the object store", "extraction of 'text-all-minilm-l6-v2' stopped",
+                           "the same command resumes")
+
+    r = _cli(args, opts)  # still down: refused at once, nothing else said
+    assert r.returncode == 2
+    _one_line_error(r.stdout + r.stderr, f"unreachable (connection refused at {srv.endpoint})")
+
+    srv.start()  # back, with what was committed before the outage
+    keys = [o["Key"] for o in srv.client().list_objects_v2(Bucket=BUCKET, Prefix="outage/")["Contents"]]
+    assert "outage/_brainstore_locks/text-all-minilm-l6-v2.lock" in keys  # left by the writer that lost the store
+    table = lancedb.connect(uri, storage_options=opts).open_table("text-all-minilm-l6-v2")
+    assert table.count_rows() == 60  # three commits of 20 rows survived the outage
+    r = _cli(args, opts)
+    assert r.returncode == 0, r.stdout + r.stderr
+    flat = " ".join(r.stdout.split())
+    assert f"{len(expected) - 60} written, 60 already stored" in flat, flat
+    ids = lancedb.connect(uri, storage_options=opts).open_table("text-all-minilm-l6-v2").to_arrow() \
+        .column("stimulus_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(expected) and set(ids) == expected  # exactly one row per stimulus
+    keys = [o["Key"] for o in srv.client().list_objects_v2(Bucket=BUCKET, Prefix="outage/")["Contents"]]
+    assert not any("_brainstore_locks/" in k for k in keys)

@@ -194,6 +194,7 @@ def extract_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Model compute dtype: float32, bfloat16 or float16 (default bfloat16 on GPU, float32 on CPU). Part of the feature version: to resume a table made on another device, pass its dtype."),
     storage_dtype: str = typer.Option("float32", "--storage-dtype", help="float32 or float16 on disk."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N unique stimuli."),
+    commit_every: Optional[int] = typer.Option(None, "--commit-every", min=1, help="Rows per store commit (default 512): a killed or interrupted run keeps every committed chunk and a rerun resumes after them."),
     allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when some stimuli failed (they are listed and recorded either way)."),
     resample: str = typer.Option("average", "--resample", help="Time-series datasets: frame features to the TR by 'average' (mean of the TR's frames) or 'lanczos' (Lanczos-windowed sinc, 3 lobes)."),
     delays: str = typer.Option("1,2,3,4", "--delays", help="Time-series datasets: FIR delays in TRs of the derived delayed table (e.g. 1,2,3,4), or 'none'."),
@@ -248,8 +249,9 @@ def extract_cmd(
                     _fail(f"--delays {delays!r} must be integers (TRs) like 1,2,3,4, or none")
                 if not delay_list or len(set(delay_list)) != len(delay_list):
                     _fail(f"--delays {delays!r} must be distinct integers (TRs) like 1,2,3,4, or none")
-            if limit is not None or storage_dtype != "float32":
-                _fail("--limit and --storage-dtype do not apply to a time-series dataset (whole clips are extracted)")
+            if limit is not None or storage_dtype != "float32" or commit_every is not None:
+                _fail("--limit, --storage-dtype and --commit-every do not apply to a time-series dataset (whole clips "
+                      "are extracted, one commit per clip)")
         connect(address)
         with drop_stderr_lines(enabled=not VERBOSE["on"]):  # Ray's per-run actor-restart notice (ray#53727)
             if ds is not None and ds.is_timeseries:
@@ -259,7 +261,8 @@ def extract_cmd(
                                          concurrency=concurrency, dtype=dtype)
             else:
                 rep = extract(stimuli, ext, store, version=version, batch_size=batch_size,
-                              concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit)
+                              concurrency=concurrency, dtype=dtype, storage_dtype=storage_dtype, limit=limit,
+                              **({"commit_every": commit_every} if commit_every is not None else {}))
         if delay_list:
             delayed = derive_delays(store, rep.feature, ds, delay_list)
     except (WeightsNotFoundError, FeatureStoreError, DatasetError, ExtractionError, ValueError) as e:

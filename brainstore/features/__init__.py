@@ -19,7 +19,8 @@ from ._extractors import (
 )
 from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
 from ._timeseries import RESAMPLE_METHODS, derive_delays, derive_event_timeseries, extract_timeseries
-from ._store import STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError
+from ._store import (STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo, MissingStimuliError,
+                     StoreAccessError)
 
 __all__ = [
     # extractors
@@ -41,6 +42,7 @@ __all__ = [
     "STORAGE_DTYPES",
     "FeatureStore",
     "FeatureStoreError",
+    "StoreAccessError",
     "FeatureTableInfo",
     "MissingStimuliError",
     "derive_pca",

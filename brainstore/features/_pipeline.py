@@ -37,7 +37,7 @@ from ..datasets import decode_image, open_stimuli
 from ..datasets._arrays import (ArrayRef, BrickError, BrickFileError, BrickFormatError, _range_message, brick_info,
                                 parse_array_ref, read_array_refs)
 from ._extractors._base import DTYPES
-from ._store import FeatureStore
+from ._store import FeatureStore, StoreAccessError
 
 __all__ = ["extract", "ExtractReport", "ExtractionError", "plan_resources", "select_stimuli"]
 
@@ -370,6 +370,9 @@ def extract(
         batch); rows committed before are kept and a rerun resumes.
     FeatureStoreError
         When the table exists and was made differently (another model, layer, dtype ...).
+    StoreAccessError
+        When the store cannot be reached or refuses access (a :class:`FeatureStoreError` naming the
+        store, the cause and the fix); committed rows are kept and a rerun resumes.
     """
     from ._extractors import get_extractor
 
@@ -421,6 +424,7 @@ def extract(
     dim = int(ext.dim)
     created = not fs.exists(feature)
     fs.ensure_table(feature, dim, meta, storage_dtype=storage_dtype)
+    report = None
     try:
         stored = set(fs.ids(feature))
         todo = rows.filter(pa.array([s not in stored for s in rows.column("stimulus_id").to_pylist()]))
@@ -446,6 +450,11 @@ def extract(
             t_compact = time.time()
             fs.compact(feature)
             log.info("extract %s: compaction %.2f s", feature, time.time() - t_compact)
+    except StoreAccessError as e:  # the store went away mid-run: say what is kept and that a rerun resumes
+        kept = (f"the {report.already_stored + report.written} row(s) committed before are kept" if report is not None
+                else "rows committed before are kept")
+        raise StoreAccessError(f"{e}; extraction of {feature!r} stopped: {kept}, and the same command resumes "
+                               "once the store answers") from e.__cause__
     finally:  # failed, or every stimulus was bad: no empty table is left behind
         _drop_if_empty(fs, feature, created)
     report.seconds = time.time() - t0
@@ -458,6 +467,8 @@ def _drop_if_empty(fs: FeatureStore, feature: str, created: bool) -> None:
         if created and fs.exists(feature) and fs.info(feature).rows == 0:
             fs.drop(feature)
             log.info("extract %s: removed the empty table this run had created", feature)
+    except StoreAccessError as e:  # the store is gone: the run's own error says so; nothing to add
+        log.debug("extract %s: could not check for an empty table: %s", feature, e)
     except Exception as e:  # noqa: BLE001 - never hide the run's own error behind a cleanup error
         log.warning("extract %s: could not remove the empty table: %s", feature, e)
 

@@ -13,6 +13,7 @@ concurrent writers never duplicate a row, and every committed chunk survives a k
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["FeatureStore", "FeatureStoreError", "MissingStimuliError", "FeatureTableInfo", "IDENTITY_KEYS"]
+__all__ = ["FeatureStore", "FeatureStoreError", "StoreAccessError", "MissingStimuliError", "FeatureTableInfo",
+           "IDENTITY_KEYS"]
 
 META_KEY = b"brainstore"
 BAD_TABLE = "_bad_stimuli"
@@ -40,6 +42,34 @@ _STORAGE_VERSION = "legacy"
 
 class FeatureStoreError(ValueError):
     """A store operation was refused (the message names the table, the field and the fix)."""
+
+
+class StoreAccessError(FeatureStoreError):
+    """The store could not be read or written: its object store unreachable, its bucket missing, its
+    credentials refused, or another failure of the storage layer. The message is one line naming the
+    store, the cause and the fix (:func:`brainstore._storage.store_failure`); the library's own error,
+    with its Rust debug dump, is only the ``__cause__``."""
+
+
+def _io(method):
+    """Turn the storage layer's errors raised by ``method`` (LanceDB, Lance, obstore) into :class:`StoreAccessError`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FeatureStoreError, MissingStimuliError):
+            raise
+        except Exception as e:
+            from .._storage import store_failure
+
+            msg = store_failure(e, what="feature store", uri=self.uri, option="--store",
+                                options=getattr(self, "_storage_options", None))
+            if msg is None:
+                raise
+            raise StoreAccessError(msg) from e
+
+    return wrapper
 
 
 class MissingStimuliError(KeyError):
@@ -140,7 +170,7 @@ class FeatureStore:
         self._storage_options = storage_options
         # New tables use the format chosen above; user-given options win.
         opts = {"new_table_data_storage_version": _STORAGE_VERSION, **(storage_options or {})}
-        self._db = lancedb.connect(self.uri, storage_options=opts)
+        self._db = _io(lambda self: lancedb.connect(self.uri, storage_options=opts))(self)
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.uri!r})"
@@ -151,13 +181,16 @@ class FeatureStore:
         return dict(self._storage_options) if self._storage_options else None
 
     # ------------------------------------------------------------------ tables
+    @_io
     def names(self) -> list[str]:
         """Feature versions (table names) in the store, excluding internal tables."""
         return sorted(n for n in self._all_names() if not n.startswith("_"))
 
+    @_io
     def exists(self, feature: str) -> bool:
         return feature in self.names()
 
+    @_io
     def _open(self, feature: str):
         if not self.exists(feature):
             known = ", ".join(self.names()) or "none yet"
@@ -165,22 +198,27 @@ class FeatureStore:
                                     "create it with `brainstore extract`")
         return self._db.open_table(feature)
 
+    @_io
     def metadata(self, feature: str) -> dict:
         """How a feature table was made (its schema metadata)."""
         raw = (self._open(feature).schema.metadata or {}).get(META_KEY)
         return json.loads(raw) if raw else {}
 
+    @_io
     def version(self, feature: str) -> int:
         """The table's current version (Lance increments it on every commit)."""
         return int(self._open(feature).version)
 
+    @_io
     def info(self, feature: str) -> FeatureTableInfo:
         t = self._open(feature)
         return FeatureTableInfo(feature, t.count_rows(), t.schema.field("embedding").type.list_size, self.metadata(feature))
 
+    @_io
     def tables(self) -> list[FeatureTableInfo]:
         return [self.info(n) for n in self.names()]
 
+    @_io
     def ensure_table(self, feature: str, dim: int, metadata: dict, *, storage_dtype: str = "float32"):
         """Create a feature table, or check that an existing one was made the same way.
 
@@ -212,6 +250,7 @@ class FeatureStore:
                 return self.ensure_table(feature, dim, metadata, storage_dtype=storage_dtype)
             raise
 
+    @_io
     def write(self, feature: str, stimulus_ids: Sequence[str], embeddings: np.ndarray,
               *, dataset: Sequence[str] | str = "", split: Sequence[str] | str = "") -> int:
         """Insert rows whose stimulus id is not yet in the table; returns the number inserted.
@@ -282,15 +321,18 @@ class FeatureStore:
         finally:
             lock.release()
 
+    @_io
     def ids(self, feature: str) -> list[str]:
         """Stimulus ids stored in a feature table."""
         if not self.exists(feature):
             return []
         return self._open(feature).to_lance().to_table(columns=["stimulus_id"]).column("stimulus_id").to_pylist()
 
+    @_io
     def read(self, feature: str, columns: Sequence[str] = ("stimulus_id", "embedding", "dataset", "split")) -> pa.Table:
         return self._open(feature).to_lance().to_table(columns=list(columns))
 
+    @_io
     def load(self, feature: str, stimulus_ids: Iterable[str] | None = None, *, dtype=np.float32) -> np.ndarray:
         """Embeddings for ``stimulus_ids`` in the order asked, shape (n_ids, dim).
 
@@ -331,10 +373,12 @@ class FeatureStore:
             start += len(v)
         return out.astype(dtype, copy=False)
 
+    @_io
     def drop(self, feature: str) -> None:
         self._open(feature)
         self._db.drop_table(feature)
 
+    @_io
     def compact(self, feature: str) -> None:
         """Merge the small fragments left by chunked commits (faster reads)."""
         t = self._open(feature)
@@ -344,6 +388,7 @@ class FeatureStore:
             t.to_lance().optimize.compact_files()
 
     # ------------------------------------------------------------------ bad stimuli
+    @_io
     def record_bad(self, feature: str, rows: Sequence[dict]) -> None:
         """Record stimuli that failed (id, path, error) for a feature version, replacing old records."""
         schema = pa.schema([pa.field("feature_version", pa.string()), pa.field("stimulus_id", pa.string()),
@@ -361,6 +406,7 @@ class FeatureStore:
         (t.merge_insert(["feature_version", "stimulus_id"]).when_matched_update_all()
          .when_not_matched_insert_all().execute(tbl))
 
+    @_io
     def clear_bad(self, feature: str, stimulus_ids: Sequence[str]) -> None:
         """Forget failure records of stimuli that have since been stored."""
         if not stimulus_ids or BAD_TABLE not in self._all_names():
@@ -368,12 +414,14 @@ class FeatureStore:
         ids = ", ".join("'" + s.replace("'", "''") + "'" for s in stimulus_ids)
         self._db.open_table(BAD_TABLE).delete(f"feature_version = '{feature}' AND stimulus_id IN ({ids})")
 
+    @_io
     def bad_stimuli(self, feature: str | None = None) -> list[dict]:
         if BAD_TABLE not in self._all_names():
             return []
         rows = self._db.open_table(BAD_TABLE).to_arrow().to_pylist()
         return [r for r in rows if feature is None or r["feature_version"] == feature]
 
+    @_io
     def _all_names(self) -> list[str]:
         """Every table name, internal ones included, across all pages of the listing."""
         res = self._db.list_tables()
@@ -384,6 +432,7 @@ class FeatureStore:
         return names
 
     # ------------------------------------------------------------------ index
+    @_io
     def build_index(self, feature: str, *, kind: str = "ivf_pq", metric: str = "cosine", **params) -> dict:
         """Build a vector index for retrieval (``ivf_pq`` or ``hnsw``: IVF partitions + HNSW, SQ)."""
         from lancedb.index import HnswSq, IvfPq
@@ -404,6 +453,7 @@ class FeatureStore:
         t.create_index("embedding", config=cfg, replace=True)
         return {"feature": feature, "kind": kind, "metric": metric, "rows": n}
 
+    @_io
     def search(self, feature: str, query: np.ndarray, k: int = 10, *, metric: str = "cosine") -> list[list[tuple[str, float]]]:
         """Nearest stored stimuli for each query vector: [(stimulus_id, distance), ...] per query."""
         t = self._open(feature)
