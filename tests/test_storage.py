@@ -508,3 +508,16 @@ def test_extraction_survives_the_store_going_away_and_resumes_when_it_returns(st
     assert len(ids) == len(set(ids)) == len(expected) and set(ids) == expected  # exactly one row per stimulus
     keys = [o["Key"] for o in srv.client().list_objects_v2(Bucket=BUCKET, Prefix="outage/")["Contents"]]
     assert not any("_brainstore_locks/" in k for k in keys)
+
+
+def test_a_storage_error_no_store_translated_reaches_the_user_without_its_rust_dump():
+    """The CLI's last resort (cluster._errors.describe) keeps the library's sentence, not its debug dump."""
+    from brainstore.cluster._errors import describe
+
+    raw = RuntimeError("lance error: LanceError(IO): Generic S3 error: Error performing GET http://127.0.0.1:9/b in "
+                       "371ms, after 3 retries - HTTP error: error sending request, /root/.cargo/registry/src/"
+                       "index.crates.io-1949cf8c6b5b557f/lance-io-13.0.0/src/object_store/read_dir.rs:146:24")
+    said = describe(raw)
+    assert said.startswith("the object store or storage layer failed: lance error:") and "error sending request" in said
+    assert ".rs:" not in said and ".cargo" not in said
+    assert describe(ValueError("x")) == "ValueError: x"

@@ -46,8 +46,13 @@ def root_cause(e: BaseException) -> tuple[BaseException, str | None]:
 
 def describe(e: BaseException) -> str:
     """The user-facing text of ``e``: the cause's own message, and where it was raised."""
+    from .._storage import _clean, _is_storage_failure
+
     cause, task = root_cause(e)
     msg = str(cause).strip() or type(cause).__name__
+    if _is_storage_failure(cause):  # a storage layer's error no store translated: at least no Rust dump
+        return f"the object store or storage layer failed: {_clean(msg)}" + (f" (in Ray task {task.rsplit('.', 1)[-1]})"
+                                                                            if task else "")
     if not any(t.__name__ in _USER_ERRORS for t in type(cause).__mro__):
         msg = f"{type(cause).__name__}: {msg}"
     if task:
