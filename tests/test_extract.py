@@ -342,3 +342,30 @@ def test_no_empty_table_is_left_by_a_run_that_wrote_nothing(tmp_path, ray_local)
     rep = extract(blank, "text", store, progress=False)
     assert rep.written == 0 and len(rep.failed) == 2
     assert FeatureStore(store).names() == [] and len(FeatureStore(store).bad_stimuli()) == 2
+
+
+@pytest.mark.slow
+def test_cli_commit_every_commits_chunks_of_that_many_rows(small_dataset, tmp_path, ray_local):
+    """`brainstore extract --commit-every 7`: the table's Lance versions hold 7, 14, 21, 28 and then all 30
+    rows (one merge_insert commit per chunk, as the pipeline's commit_every); a time series refuses it."""
+    import lance
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+
+    store = tmp_path / "store"
+    r = CliRunner().invoke(app, ["extract", "--dataset", str(small_dataset), "--extractor", TINY_CLIP_SPEC,
+                                 "--limit", "30", "--commit-every", "7", "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    ds = lance.dataset(str(next(store.glob("*.lance"))))
+    rows = [ds.checkout_version(v["version"]).count_rows() for v in ds.versions()]
+    assert sorted(set(rows)) == [0, 7, 14, 21, 28, 30], rows
+    r = CliRunner().invoke(app, ["extract", "--dataset", str(small_dataset), "--extractor", TINY_CLIP_SPEC,
+                                 "--commit-every", "0", "--store", str(store)])
+    assert r.exit_code == 2 and "--commit-every" in r.output
+    from brainstore.datasets import make_video_dataset
+
+    video = make_video_dataset(tmp_path / "video", n_train_runs=2, trs_per_run=16, n_test_repeats=2, n_vertices=100)
+    r = CliRunner().invoke(app, ["extract", "--dataset", str(video), "--extractor", "motion-energy",
+                                 "--commit-every", "5", "--store", str(tmp_path / "vstore")])
+    assert r.exit_code == 2 and "--commit-every do not apply to a time-series dataset" in " ".join(r.output.split())
