@@ -197,3 +197,34 @@ def test_cli_predict_decode_and_fit_spec_decoders(decoded, small_dataset, tmp_pa
     spec.write_text(f"dataset: {small_dataset}\ndecoders:\n  - target: {t}\n    fraction: 0.1\n")
     r = runner.invoke(app, ["fit", "--config", str(spec)])
     assert r.exit_code != 0 and "fraction need method: adaptor" in r.output
+
+
+def test_cli_fit_decode_prints_and_records_the_whole_store_retrieval(decoded, small_dataset, tmp_path):
+    """``fit --decode TABLE`` prints the whole-store top-1 / top-5 (as the README says; it printed "-")
+    and writes them to metrics.json, equal to an sklearn brute-force ranking of the whole table."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from brainstore.cluster.cli import app
+
+    store = tmp_path / "store"
+    shutil.copytree(decoded["store"], store)
+    t, ds = decoded["target"], AlgonautsDataset(small_dataset)
+    r = CliRunner().invoke(app, ["fit", "--dataset", str(small_dataset), "--decode", t, "--store", str(store),
+                                 "--registry", str(tmp_path / "reg"), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    fs = FeatureStore(store, create=False)
+    n_stored = len(fs.ids(t))
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())["decoders"]
+    (name, by_subject), = doc.items()
+    for s in ds.subjects:
+        D = np.load(tmp_path / "run" / "decoded" / name / f"{s}_test.npy")
+        truth, top = subject_stimuli(ds, s, "test"), _brute_top(D, fs, t, 5)
+        m = by_subject[s]
+        assert m["store_candidates"] == n_stored
+        assert m["store_top1"] == pytest.approx(np.mean([a == row[0] for a, row in zip(truth, top)]), abs=1e-6)
+        assert m["store_top5"] == pytest.approx(np.mean([a in row for a, row in zip(truth, top)]), abs=1e-6)
+        shown = f"{m['store_top1']:.3f} / {m['store_top5']:.3f} of {n_stored}"
+        assert shown in r.output, r.output

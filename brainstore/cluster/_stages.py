@@ -126,7 +126,7 @@ def _model_names(fit_spec: FitSpec) -> list[str]:
 def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, quiet: bool) -> tuple[str, list[str]]:
     """One decoding model of the fit spec; its model name and registered names."""
     from ..fitting import fit_decoders
-    from .cli import _print_decoders
+    from .cli import _add_store_retrieval, _print_decoders
     from ._quiet import drop_stderr_lines
     from ._report import console
 
@@ -139,6 +139,7 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
                                rois=dspec.rois, num_workers=dspec.workers, params=dspec.adaptor, name=dspec.name,
                                subjects=subjects, init_from=dspec.init_from, trainable=dspec.trainable,
                                fraction=dspec.fraction, adapt_subjects=dspec.adapt_subjects)
+        _add_store_retrieval({arun.name: arun.metrics[dspec.target]}, ds.root, spec.registry, spec.store)
         _print_decoders({f"{arun.name} (adaptor)": arun.metrics[dspec.target]}, f"fitted adaptor ({what})")
         resumed = f", resumed after epoch {arun.resumed_from_epoch}" if arun.resumed_from_epoch is not None else ""
         console.print(f"  registered {arun.name}/shared: {len(arun.history)} epochs{resumed} ({arun.seconds:.1f} s)")
@@ -151,6 +152,7 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
     if run.failures or not run.metrics:
         raise PipelineError(f"fit: {what}: {len(run.failures)} subject(s) failed (listed above); fix the cause and "
                             "run again")
+    _add_store_retrieval(run.metrics, ds.root, spec.registry, spec.store)
     _print_decoders(run.metrics, f"fitted decoders ({what})")
     return next(iter(run.metrics)), list(run.registered)
 

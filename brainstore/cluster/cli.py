@@ -426,6 +426,7 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
                                num_workers=spec.workers, params=spec.adaptor, name=spec.name, subjects=subjects,
                                init_from=spec.init_from, trainable=spec.trainable, fraction=spec.fraction,
                                adapt_subjects=spec.adapt_subjects)
+        _add_store_retrieval({arun.name: arun.metrics[spec.target]}, dataset, registry, store)
         (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[spec.target]},
                                                                "history": arun.history}, indent=2))
         _print_decoders({f"{arun.name} (adaptor)": arun.metrics[spec.target]}, "fitted adaptor")
@@ -442,11 +443,27 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
         console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:
         _fail("no decoder could be fitted")
+    _add_store_retrieval(run.metrics, dataset, registry, store)
     (run.run_dir / "metrics.json").write_text(json.dumps({"decoders": run.metrics}, indent=2))
     _print_decoders(run.metrics, "fitted decoders")
     console.print(f"registered {len(run.registered)} decoder(s) in {registry}; decoded test embeddings and "
                   f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
     return not run.failures
+
+
+def _add_store_retrieval(metrics: dict, dataset: Path, registry: str, store: str) -> None:
+    """Add to a fit's decoder figures (``{model: {subject: figures}}``) the whole-store retrieval
+    (``store_top1`` / ``store_top5`` of ``store_candidates``, LanceDB search over the whole target table)
+    that fitting leaves to evaluation, so ``fit --decode`` prints and records it as ``evaluate`` does."""
+    from ..datasets import open_dataset
+    from ..fitting import ModelRegistry
+    from ..fitting._decoding import evaluate_decoders
+
+    ev = evaluate_decoders(ModelRegistry(registry, create=False), open_dataset(dataset), store=store,
+                           models=list(metrics))
+    for model, by_subject in metrics.items():
+        for s, m in by_subject.items():
+            m.update({k: v for k, v in ev.get(model, {}).get(s, {}).items() if k.startswith("store_")})
 
 
 @app.command("fit")
