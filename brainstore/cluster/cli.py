@@ -652,6 +652,8 @@ def predict_cmd(
         ds = open_dataset(dataset)
         reg = _open_registry(registry)
         check_folder(out, "output folder", "--out", create=True, make=False)
+        if model is not None:
+            _check_encoder_name(reg, model, ds, dataset, registry)
         for s in ds.subjects:
             name = model or best_model(reg, s, str(ds.root))
             preds = predict_model(reg, name, s, store, subject_stimuli(ds, s, "test"))
@@ -659,6 +661,32 @@ def predict_cmd(
             console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         _fail(str(e))
+
+
+def _check_encoder_name(reg, model: str, ds, dataset: Path, registry: str) -> None:
+    """Fail, naming the encoding models there are and `brainstore fit`, unless ``model`` is an encoding
+    model fitted on ``ds`` for every one of its subjects."""
+    import difflib
+
+    from ..fitting._registry import NON_ENCODER_KINDS
+
+    recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS
+            and r.meta.get("dataset") == str(ds.root)]
+    names = sorted({r.meta.get("model") for r in recs if r.meta.get("model")})
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        _fail(f"no encoding model {model!r} was fitted on {ds.root} in registry {registry}; {hint}"
+              + (f"encoding models there: {shown} (`brainstore models` lists them); " if names else
+                 "it holds no encoding model for this dataset; ")
+              + f"fit one with `brainstore fit --dataset {dataset}`, or leave --model out for each subject's best")
+    fitted = {r.meta.get("subject") for r in recs if r.meta.get("model") == model}
+    lacking = [s for s in ds.subjects if s not in fitted]
+    if lacking:
+        _fail(f"encoding model {model!r} has no fit for {', '.join(lacking)} (fitted for: "
+              f"{', '.join(sorted(x for x in fitted if x))}); fit it for them with `brainstore fit --dataset "
+              f"{dataset}`, or leave --model out for each subject's best")
 
 
 def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str, top_k: int, store: Optional[str],
