@@ -728,3 +728,24 @@ def test_readme_example_is_a_valid_description(tmp_path):
     assert ds.subjects == ["subj01", "subj02", "subj03"] and ds.name == "nsd-subset"
     assert ds._responses_spec("subj03").is_volume and ds._field("subj02", "noise_ceiling").lh == "subj02/lh_nc.npy"
     assert ds.roi_families("subj01") == ["floc-faces", "prf-visualrois"] and ds.roi_families("subj03") == ["floc-faces"]
+
+
+def test_info_table_says_unreadable_where_a_hemisphere_cannot_be_read(tmp_path):
+    """`brainstore info` on a dataset whose subj03 and subj04 responses cannot be read (files of different
+    vertex counts; a mask of another grid): their vertex cells say "unreadable" and their ROI cells "-",
+    never "None" or a count of 0; the readable subjects keep their numbers."""
+    import re
+
+    from brainstore.cluster.cli import app
+
+    desc = _broken(tmp_path / "d")
+    r = CliRunner().invoke(app, ["info", str(desc)])
+    assert r.exit_code == 1
+    assert "None" not in r.output, r.output
+    rows = {tuple(m.group(1, 2)): m.group(3).split() for m in
+            re.finditer(r"│ (subj\d\d)\s+│ (lh|rh)\s+│(.*)│\s*$", r.output, re.M)}
+    cells = {k: [c for c in v if c != "│"] for k, v in rows.items()}
+    for s in ("subj03", "subj04"):
+        for h in ("lh", "rh"):
+            assert cells[(s, h)][3:5] == ["unreadable", "-"], (s, h, cells[(s, h)])
+    assert cells[("subj01", "lh")][3:5] == ["4", "3"]  # train, test, test fMRI, vertices, faces

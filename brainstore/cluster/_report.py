@@ -23,6 +23,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _count(v) -> str:
+    """A count of a dataset summary, or "unreadable" where its files could not be read (None)."""
+    return "[red]unreadable[/]" if v is None else str(v)
+
+
 def dataset_table(summary: Mapping) -> Table:
     """One row per subject x hemisphere: images, vertices, ROI sizes, noise ceiling."""
     subjects = summary["subjects"]
@@ -35,8 +40,12 @@ def dataset_table(summary: Mapping) -> Table:
         t.add_column(c, justify="right" if c not in ("subject", "hemi") else "left")
     for name, s in subjects.items():
         for hemi, h in s["hemispheres"].items():
-            t.add_row(name, hemi, str(s["train_images"]), str(s["test_images"]), "yes" if s["test_responses"] else "no",
-                      str(h["vertices"]), *[str(h.get("rois", {}).get(f, 0)) for f in fams],
+            # a summary holds None where a file could not be read (missing, malformed, inconsistent): the
+            # problems listed under the table say which and why
+            readable = h["vertices"] is not None
+            t.add_row(name, hemi, _count(s["train_images"]), _count(s["test_images"]),
+                      "yes" if s["test_responses"] else "no", _count(h["vertices"]),
+                      *[str(h.get("rois", {}).get(f, 0)) if readable else "-" for f in fams],
                       _fmt(h.get("noise_ceiling_mean", float("nan"))))
     return t
 
@@ -52,7 +61,11 @@ def named_roi_table(summary: Mapping) -> Table:
     for s, h in cols:
         t.add_column(f"{s} {h}", justify="right")
     for n in names:
-        t.add_row(n, *[str(summary["subjects"][s]["hemispheres"][h].get("named_rois", {}).get(n, 0)) for s, h in cols])
+        cells = []
+        for s, h in cols:
+            hemi = summary["subjects"][s]["hemispheres"][h]
+            cells.append("-" if hemi.get("vertices", 0) is None else str(hemi.get("named_rois", {}).get(n, 0)))
+        t.add_row(n, *cells)
     return t
 
 
