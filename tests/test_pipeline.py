@@ -328,3 +328,27 @@ def test_storage_options_of_the_file_reach_every_library_call_under_the_flags(mo
                                                          "aws_region": "eu-west-1"}
     with pytest.raises(PipelineError, match=r"storage_options: unknown key\(s\): 'endpiont' \(did you mean endpoint"):
         _use_storage_options({"endpiont": "http://127.0.0.1:9000"})
+
+
+@pytest.mark.slow
+def test_an_extract_only_pipeline_runs_its_extract_stage_and_nothing_else(tmp_path, small_dataset, ray_local):
+    """No `fit:`: the extract stage runs (then is current), fit / evaluate / report / serve are off; a file with
+    neither `extract:` nor `fit:`, or serving with no fit, is refused before any work."""
+    import lancedb
+
+    text = f"dataset: {small_dataset}\nstore: store\nregistry: registry\nextract:\n  - {{spec: text, limit: 40}}\n"
+    p = _write(tmp_path, text)
+    r = runner.invoke(app, ["run", str(p)])
+    assert r.exit_code == 0, r.output
+    ids = lancedb.connect(tmp_path / "store").open_table(TXT_TABLE).to_arrow().column("stimulus_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 40
+    state = json.loads((tmp_path / "pipeline-run" / "pipeline-state.json").read_text())
+    assert list(state["stages"]) == ["extract"] and not (tmp_path / "registry").exists()
+    plan = {s.stage: (s.action, s.reason) for s in plan_pipeline(load_pipeline(p))}
+    assert plan["extract"] == ("skip", "current, skipped")
+    assert all(plan[s][0] == "off" for s in ("fit", "evaluate", "report", "serve")), plan
+    assert plan["fit"][1] == "off: no `fit:` in the pipeline (extract only)"
+    with pytest.raises(PipelineError, match=r"neither `extract:` nor `fit:`"):
+        load_pipeline(_write(tmp_path / "empty", f"dataset: {small_dataset}\nstore: s\nregistry: r\n"))
+    with pytest.raises(PipelineError, match=r"line 6: serve.enabled: the serve stage serves the models of the fit"):
+        load_pipeline(_write(tmp_path / "serve", text + "serve: {enabled: true}\n"))

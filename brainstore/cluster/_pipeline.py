@@ -18,6 +18,9 @@ still there; otherwise it runs, and so does every stage downstream of it. A stag
 forgotten first (with its downstream), so a crash leaves it to be run again: a rerun resumes at
 the stage that failed (extraction itself resumes row by row, an adaptor from its last epoch).
 The stages' work (library calls, the stage folders under ``out``) is in :mod:`._stages`.
+
+A pipeline without ``fit:`` is an extract-only pipeline: fit and the stages that read it (evaluate,
+report, serve) are off.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ class PipelineSpec(_Strict):
     address: Optional[str] = None  # Ray cluster address (default: an embedded local Ray)
     storage_options: Optional[dict[str, Any]] = None  # object-store options, for the calls that take them
     extract: list[ExtractorEntry] = Field(default_factory=list)  # feature tables to make
-    fit: FitStage  # encoders and decoders to fit
+    fit: Optional[FitStage] = None  # encoders and decoders to fit (none: an extract-only pipeline)
     evaluate: EvaluateStage = Field(default_factory=EvaluateStage)
     report: ReportStage = Field(default_factory=ReportStage)
     serve: ServeStage = Field(default_factory=ServeStage)
@@ -208,7 +211,7 @@ class Pipeline:
 
     path: Path  # the pipeline file
     spec: PipelineSpec  # dataset, store, registry and out resolved against the file's folder
-    fit_spec: FitSpec  # the fit stage's spec, with the pipeline's dataset, store and registry
+    fit_spec: Optional[FitSpec]  # the fit stage's spec, with the pipeline's dataset, store and registry (None: no fit)
     extractors: list = field(default_factory=list)  # Extractor objects, one per extract entry
     tables: list[str] = field(default_factory=list)  # the table each extract entry makes
     delayed: list = field(default_factory=list)  # time series: the delayed table each entry makes beside it, or None
@@ -313,13 +316,24 @@ def load_pipeline(path: str | Path) -> Pipeline:
         tables.append(table)
         delayed_tables.append(delayed)
 
-    fit_spec = _fit_spec(spec, path, lines, notes)
-    if fit_spec.subjects != "all":
+    if spec.fit is None:  # an extract-only pipeline: the stages that read a fit have nothing to read
+        if not spec.extract:
+            raise PipelineError(f"{path}: the pipeline has neither `extract:` nor `fit:`, so it would do nothing; "
+                                "list extractors under `extract:` and/or give a fit spec under `fit:`")
+        if spec.serve.enabled:
+            raise PipelineError(f"{_where(path, lines, ('serve', 'enabled'))}: serve.enabled: the serve stage serves "
+                                "the models of the fit stage, and this pipeline has no `fit:`; add one, or turn "
+                                "serving off")
+        fit_spec = None
+    else:
+        fit_spec = _fit_spec(spec, path, lines, notes)
+    if fit_spec is not None and fit_spec.subjects != "all":
         bad = [s for s in fit_spec.subjects if s not in ds.subjects]
         if bad:
             raise PipelineError(f"{_where(path, lines, ('fit', 'subjects'))}: fit.subjects: {bad} are not in "
                                 f"{ds.root} (subjects: {', '.join(ds.subjects)})")
-    _check_tables(spec, fit_spec, tables + [d for d in delayed_tables if d], path, lines)
+    if fit_spec is not None:
+        _check_tables(spec, fit_spec, tables + [d for d in delayed_tables if d], path, lines)
 
     for what, key, p in (("pipeline folder", "out", spec.out), ("feature store", "store", spec.store),
                          ("model registry", "registry", spec.registry)):
@@ -553,6 +567,9 @@ def _enabled(stage: str, pipe: Pipeline) -> str | None:
     """None when the stage is on; else why it is off."""
     if stage == "extract" and not pipe.spec.extract:
         return "nothing to extract (`extract:` lists no extractor)"
+    if stage in ("fit", "evaluate", "report", "serve") and pipe.fit_spec is None:
+        return "off: no `fit:` in the pipeline (extract only)" if stage == "fit" else \
+            "off: no fit stage to read (extract only)"
     if stage == "report" and not pipe.spec.report.html:
         return "off (report.html: false)"
     if stage == "serve" and not pipe.spec.serve.enabled:
