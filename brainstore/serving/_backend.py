@@ -9,6 +9,8 @@ uvicorn, and the baseline of ``benchmarks/serve_load.py``).
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -19,9 +21,10 @@ import numpy as np
 from ..datasets import AlgonautsDataset, DatasetError, open_dataset
 from ..datasets._algonauts import HEMISPHERES
 from ..features import FeatureStore, MissingStimuliError
-from ..fitting import ModelRegistry, RegistryError
+from ..fitting import ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
 from ..fitting._registry import NON_ENCODER_KINDS
 from ._codec import ServingError
+from ._outage import outage
 
 __all__ = ["LocalBackend", "STIMULUS_ID"]
 
@@ -34,6 +37,35 @@ def _check_id(value, field: str) -> str:
         raise ServingError(422, f"{field}: {value!r} is not a stimulus id (letters, digits, '_', '-', '.', ':'; "
                                 "at most 128 characters, no '..' or '/')")
     return value
+
+
+def _served(fn):
+    """A backend method whose failures to reach the registry or a store (obstore, LanceDB, OS errors) are a
+    503 with Retry-After and a message of ours (``_outage``); refusals pass unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except ServingError:
+            raise
+        except Exception as e:
+            err = outage(e, registry=self.registry_uri, store=self.store_uri)
+            if err is None:
+                raise
+            raise err from None
+
+    return wrapper
+
+
+def _finite_score(v) -> float | None:
+    """A registry score as JSON can carry it: None for a missing, NaN or infinite one."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> ServingError:
+    rows = ", ".join(map(str, e.rows[:10])) + (f" and {len(e.rows) - 10} more" if len(e.rows) > 10 else "")
+    return ServingError(422, f"{field}: {what} gives non-finite values (overflow) for row(s) {rows or '?'}; {fix}")
 
 
 def _listing(names, limit: int = 20) -> str:
@@ -71,6 +103,7 @@ class LocalBackend:
         self._verified: set = set()  # (model, file stats) whose weights and features were checked
 
     # ------------------------------------------------------------------------------------------ catalog
+    @_served
     def catalog(self, refresh: bool = False) -> dict:
         """``{"encoders": {subject: {model: meta}}, "decoders": {model: {...}}}`` of the registry."""
         with self._lock:
@@ -94,10 +127,12 @@ class LocalBackend:
                 elif kind not in NON_ENCODER_KINDS and m.get("subject"):
                     enc.setdefault(m["subject"], {})[m["model"]] = {
                         "kind": kind, "features": list(m.get("features", [])), "dataset": m.get("dataset"),
-                        "val_score": m.get("val_score"), "hemispheres": list(m.get("hemispheres", HEMISPHERES))}
+                        "val_score": _finite_score(m.get("val_score")),
+                        "hemispheres": list(m.get("hemispheres", HEMISPHERES))}
             self._catalog, self._servable = {"encoders": enc, "decoders": dec}, servable
             return self._catalog
 
+    @_served
     def ready(self) -> dict:
         """Registry readable, every store the models name reachable, and every servable model loadable: its
         weights match the sha256 its model.json records and its feature tables are still the ones it was fit
@@ -112,7 +147,9 @@ class LocalBackend:
             try:
                 self._store(s).names()
             except Exception as e:
-                raise ServingError(503, f"feature store {s} unreachable: {e}") from None
+                err = outage(e, store=s)
+                raise err or ServingError(503, f"the feature store {s} cannot be opened ({type(e).__name__}); "
+                                               "check that it exists and the storage options") from None
         for r in records:
             self._check_loadable(r)
         return {"encoders": sum(len(v) for v in cat["encoders"].values()), "decoders": len(cat["decoders"]),
@@ -132,9 +169,13 @@ class LocalBackend:
             if isinstance(rec.meta.get("feature_versions"), dict) and rec.meta["feature_versions"] and uri:
                 self.reg.check_features(rec, self._store(uri))
         except RegistryError as e:
-            raise ServingError(503, str(e)) from None
+            raise self._unservable(e, str(e)) from None
         with self._lock:
             self._verified.add(key)
+
+    def _unservable(self, e: Exception, message: str) -> ServingError:
+        """503 for a model that cannot be served: an outage's message of ours, else ``message``."""
+        return outage(e, registry=self.registry_uri, store=self.store_uri) or ServingError(503, message)
 
     # ------------------------------------------------------------------------------------------ loading
     def _store(self, uri: str | None) -> FeatureStore:
@@ -172,13 +213,14 @@ class LocalBackend:
         return value
 
     def _encoder(self, subject: str, model: str | None):
-        from ..fitting import EncodingModel, best_model
+        from ..fitting import EncodingModel
 
         enc = self.catalog()["encoders"]
         if subject not in enc:
             raise ServingError(404, f"unknown subject {subject!r}; subjects with encoding models: {_listing(enc)}")
-        if model is None:
-            model = best_model(self.reg, subject)
+        if model is None:  # the best validation score, as best_model says, from the catalog (no registry read)
+            score = {m: e["val_score"] for m, e in enc[subject].items()}
+            model = max(sorted(score), key=lambda m: -math.inf if score[m] is None else score[m])
         elif model not in enc[subject]:
             raise ServingError(404, f"no encoding model {model!r} for {subject}; its models: {_listing(enc[subject])}")
         meta = enc[subject][model]
@@ -187,7 +229,7 @@ class LocalBackend:
             try:
                 return EncodingModel.load(self.reg, model, subject, self.store_uri)
             except RegistryError as e:
-                raise ServingError(503, f"model {model}/{subject} cannot be served: {e}") from None
+                raise self._unservable(e, f"model {model}/{subject} cannot be served: {e}") from None
 
         return model, meta, self._cached(("encoder", model, subject), load)
 
@@ -256,6 +298,7 @@ class LocalBackend:
                                         "an uploaded image cannot produce; send stimulus_id or embedding")
         return metas
 
+    @_served
     def image_tables(self, subject: str, model: str | None = None) -> dict:
         """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"store", "tables"}``
         (422 when a table is not made from images)."""
@@ -264,6 +307,7 @@ class LocalBackend:
         self._image_metas(em.store, tables)
         return {"model": model, "store": em.store.uri, "tables": tables}
 
+    @_served
     def embed_images(self, store: str, tables: list[str], images: list[bytes]) -> list:
         """Each image's ``{table: (1, dim)}`` embeddings, one batched forward per table, by the extractor that
         made the table (rebuilt from its recorded spec: the extraction pipeline's preprocessing). A bad
@@ -298,6 +342,7 @@ class LocalBackend:
                 out[i] = {**(out[i] or {}), t: E[j:j + 1]}
         return out
 
+    @_served
     def encode(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
                roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict:
         """Predicted responses: ``{"model", "subject", "responses": {hemi: (n, n_vertices)}, "vertices"}``."""
@@ -311,7 +356,17 @@ class LocalBackend:
         parts = self._table_embeddings(em, tables, stimulus_id=stimulus_id, embedding=embedding, image=image)
         n = len(next(iter(parts.values())))
         cache = {k: np.hstack([parts[t] for t in k]).astype(np.float32) for k in _feature_keys(em)}
-        pred = em.predict(["<request>"] * n, cache)
+        field = "stimulus_id" if stimulus_id is not None else "embedding" if embedding is not None else "image"
+        fix = {"embedding": "send embeddings on the scale of the model's feature tables (their stored values)",
+               "stimulus_id": "the stored embeddings of these stimuli overflow this model: serve another model",
+               "image": "this image's embedding overflows the model: serve another model"}[field]
+        try:
+            pred = em.predict(["<request>"] * n, cache)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the error below, not a warning
+                pred = {h: check_finite_output(np.asarray(pred[h], dtype=np.float32), model=model, field=field)
+                        for h in hemis}
+        except NonFiniteOutputError as e:
+            raise _overflow(e, field, f"{model} for {subject}", fix) from None
         out, vertices = {}, {}
         for h in hemis:
             P = pred[h]
@@ -325,9 +380,13 @@ class LocalBackend:
         return {"model": model, "subject": subject, "responses": out, "vertices": vertices or None}
 
     # ------------------------------------------------------------------------------------------ decode
-    def decode(self, subject: str, responses: np.ndarray, *, model: str | None = None, target: str | None = None,
+    @_served
+    def decode(self, subject: str, responses, *, model: str | None = None, target: str | None = None,
                top_k: int = 5, return_embedding: bool = False) -> dict:
-        """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings)."""
+        """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings).
+
+        ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
+        (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
         from ..fitting import Decoder
         from ..fitting._adaptor import AdaptorModel
 
@@ -349,22 +408,27 @@ class LocalBackend:
             raise ServingError(404, f"{model!r} decodes into {', '.join(info['targets'])}, not {target!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
             raise ServingError(422, f"top_k must be an integer from 1 to 100; got {top_k!r}")
-        R = np.array(np.atleast_2d(responses), dtype=np.float32)  # writable (arrays from handles are read-only)
         try:
             if info["kind"] == "decoder":
                 d = self._cached(("decoder", model, subject),
                                  lambda: Decoder.load(self.reg, f"{model}/{subject}", self.store_uri))
-                n_vox, fs = d.n_voxels, d.store
-                _check_voxels(R, n_vox, d.voxels, model, subject)
-                E = d.decode(R)
+                voxels, fs = d.voxels, d.store
             else:
                 am, fs = self._cached(("adaptor", model), lambda: (
                     AdaptorModel.load(self.reg, f"{model}/shared", self.store_uri),
                     self._store(self.reg.record(f"{model}/shared").meta.get("store"))))
-                _check_voxels(R, sum(len(v) for v in am.voxels[subject].values()), am.voxels[subject], model, subject)
-                E = am.decode(subject, R)[target]
+                voxels = am.voxels[subject]
+            R = self._response_rows(responses, voxels, model, subject, info.get("dataset"))
+            _check_voxels(R, sum(len(v) for v in voxels.values()), voxels, model, subject)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the error below, not a warning
+                E = d.decode(R) if info["kind"] == "decoder" else am.decode(subject, R)[target]
+                E = check_finite_output(np.asarray(E, dtype=np.float32), model=model, field="responses")
         except RegistryError as e:
-            raise ServingError(503, f"decoding model {model} cannot be served: {e}") from None
+            raise self._unservable(e, f"decoding model {model} cannot be served: {e}") from None
+        except NonFiniteOutputError as e:
+            raise _overflow(e, "responses", f"{model} for {subject}",
+                            "send responses on the scale the decoder was fitted on (z-scored or raw, as in its "
+                            "dataset)") from None
         ids, sims = self.index(fs, target).search(E, top_k)
         captions = self._captions(info.get("dataset"), {i for row in ids for i in row})
         out = {"model": model, "subject": subject, "target": target, "table_rows": fs.info(target).rows,
@@ -373,6 +437,41 @@ class LocalBackend:
         if return_embedding:
             out["embedding"] = E
         return out
+
+    def _response_rows(self, responses, voxels: dict, model: str, subject: str, dataset: str | None) -> np.ndarray:
+        """(n, n_voxels) float32 rows from one array or from ``{hemisphere: array}`` (see :meth:`decode`)."""
+        if not isinstance(responses, dict):
+            return np.array(np.atleast_2d(responses), dtype=np.float32)  # writable (handle arrays are read-only)
+        hemis = [h for h in voxels if len(voxels[h])]
+        unknown, missing = sorted(set(responses) - set(hemis)), [h for h in hemis if h not in responses]
+        if unknown or missing:
+            raise ServingError(422, f"responses: {model} for {subject} reads {' and '.join(hemis)}; "
+                                    + (f"unknown key(s) {', '.join(unknown)}; " if unknown else "")
+                                    + (f"missing {', '.join(missing)}" if missing else "")
+                                    + " (send {hemisphere: array} for each, or one array, lh then rh)")
+        parts, rows = [], set()
+        for h in hemis:
+            P = np.atleast_2d(np.asarray(responses[h], dtype=np.float32))
+            n_sel = len(voxels[h])
+            if P.ndim != 2 or P.shape[1] != n_sel:
+                n_all = self._hemisphere_size(dataset, subject, h)
+                if P.ndim != 2 or P.shape[1] != n_all:
+                    whole = f" or the whole hemisphere's {n_all} vertices" if n_all and n_all != n_sel else ""
+                    raise ServingError(422, f"responses.{h} has {P.shape[-1]} values per row; {model} for {subject} "
+                                            f"reads {n_sel} {h} voxels{whole}")
+                P = P[:, np.asarray(voxels[h], dtype=np.int64)]  # the whole hemisphere: the decoder's voxels of it
+            parts.append(P)
+            rows.add(len(P))
+        if len(rows) != 1:
+            raise ServingError(422, f"responses: the hemispheres' arrays have different row counts {sorted(rows)}")
+        return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+
+    def _hemisphere_size(self, dataset: str | None, subject: str, hemi: str) -> int | None:
+        """Vertices of ``subject``'s ``hemi`` in the model's dataset; None when the dataset cannot be read."""
+        try:
+            return int(self._dataset(dataset).n_vertices(subject, hemi))
+        except Exception:  # no dataset recorded, or unreadable here: only the selection's size is accepted
+            return None
 
     def index(self, fs: FeatureStore, table: str):
         """The candidate index of a store table (in memory up to ``max_memory_rows``; refreshed on new versions)."""
@@ -403,6 +502,7 @@ class LocalBackend:
         return {i: caps[i] for i in ids if i in caps}
 
     # ------------------------------------------------------------------------------------------ explain
+    @_served
     def explain(self, model: str, roi: str, *, subject: str | None = None, top: int = 20,
                 hemisphere: str | None = None) -> dict:
         """The stored stimuli whose predicted mean response in ``roi`` is highest (selectivity)."""
@@ -424,8 +524,11 @@ class LocalBackend:
                              hemisphere=hemisphere)
         except DatasetError as e:
             raise ServingError(404, str(e)) from None
+        except NonFiniteOutputError as e:
+            raise ServingError(422, f"model: {model} predicts non-finite values (overflow) for stored stimuli of its "
+                                    "feature tables; refit it, or ask another model") from None
         except RegistryError as e:
-            raise ServingError(503, str(e)) from None
+            raise self._unservable(e, str(e)) from None
         return {"model": model, "subject": ex.subject, "roi": roi, "n_vertices": ex.n_vertices,
                 "n_scored": ex.n_stimuli,
                 "top": [{"stimulus_id": s.stimulus_id, "score": float(s.score), "z": float(s.z), "caption": s.caption}

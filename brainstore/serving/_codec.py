@@ -44,11 +44,28 @@ def encode_array(a: np.ndarray, fmt: str = "b64") -> dict | list:
     return {"dtype": "float32", "shape": list(a.shape), "data_b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
+#: The largest float32: values beyond it would become infinite once read as float32.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _finite(a: np.ndarray, field: str) -> np.ndarray:
-    if a.size and not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).sum())
-        raise ServingError(422, f"{field}: {bad} value(s) are NaN or infinite; send finite numbers")
-    return np.array(a, dtype=np.float32)  # a writable copy (frombuffer views are read-only)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, not warned about
+        out = np.array(a, dtype=np.float32)  # a writable copy (frombuffer views are read-only)
+    if out.size and not np.isfinite(out).all():
+        nonfinite = int((~np.isfinite(np.asarray(a, dtype=np.float64))).sum())
+        beyond = int((~np.isfinite(out)).sum()) - nonfinite  # finite numbers too large for float32
+        what = " and ".join(([f"{nonfinite} value(s) are NaN or infinite"] if nonfinite else [])
+                            + ([f"{beyond} value(s) are beyond float32's range (+-{F32_MAX:.3g})"] if beyond else []))
+        raise ServingError(422, f"{field}: {what}; send finite numbers")
+    return out
+
+
+def _numbers(value: list) -> bool:
+    """A list of JSON numbers, or a list of lists of JSON numbers (``true``/``false`` and strings are not
+    numbers, although Python's bool is an int and numpy reads "1.5" as a float)."""
+    if all(type(x) in (int, float) for x in value):
+        return True
+    return all(type(row) is list and all(type(x) in (int, float) for x in row) for row in value)
 
 
 def decode_array(value, field: str, max_values: int) -> np.ndarray:
@@ -58,6 +75,10 @@ def decode_array(value, field: str, max_values: int) -> np.ndarray:
         if missing:
             raise ServingError(422, f"{field}: an encoded array needs dtype, shape and data_b64; missing "
                                     f"{', '.join(missing)}")
+        extra = sorted(set(value) - {"dtype", "shape", "data_b64"})
+        if extra:
+            raise ServingError(422, f"{field}: unknown key(s) {', '.join(map(str, extra))[:200]} in an encoded array; "
+                                    "its keys: dtype, shape, data_b64")
         dtype, shape = value["dtype"], value["shape"]
         if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ServingError(422, f"{field}.dtype must be one of float32, float64, float16, int32, int64; "
@@ -81,9 +102,12 @@ def decode_array(value, field: str, max_values: int) -> np.ndarray:
                                     f"{n * dt.itemsize}")
         return _finite(np.frombuffer(raw, dtype=dt).reshape(shape), field)
     if isinstance(value, list):
+        if not _numbers(value):
+            raise ServingError(422, f"{field} must be a list of numbers (or a list of equal-length lists of "
+                                    "numbers); true, false, strings and null are not numbers")
         try:
             a = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ServingError(422, f"{field} must be a list of numbers (or a list of equal-length lists of "
                                     "numbers)") from None
         if a.ndim not in (1, 2):

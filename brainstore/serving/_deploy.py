@@ -19,7 +19,7 @@ import copy
 
 from ray import serve
 
-from ._app import Limits, make_app
+from ._app import Limits, check_token, make_app
 from ._backend import LocalBackend
 from ._codec import ServingError
 
@@ -331,4 +331,5 @@ def app_builder(args: dict):
             raise ValueError(f"the brainstore app's token_env names ${args['token_env']}, which is empty or unset where "
                              "the app is built; set it on every node (e.g. from a Kubernetes Secret) or drop token_env "
                              "and bind 127.0.0.1")
+        check_token(token, f"${args['token_env']} (the brainstore app's token_env)")
     return build_app(args["registry"], args.get("store"), token=token, limits=args.get("limits"))
