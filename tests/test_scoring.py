@@ -134,3 +134,64 @@ def test_caption_metrics_hand_computed():
     assert same["bleu4"] == pytest.approx(100.0) and same["rougeL"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one reference per predicted caption"):
         caption_metrics(["a"], ["a", "b"])
+
+
+def _mindeye2_fwd_bwd(brain: np.ndarray, clip: np.ndarray) -> tuple[float, float]:
+    """MindEye2's evaluation, transcribed to numpy (its utils.batchwise_cosine_similarity returns the
+    transpose, and topk ranks along axis 1): ``fwd_sim = bcs(brain, clip)``, ``bwd_sim = bcs(clip, brain)``."""
+    def batchwise_cosine_similarity(Z, B):
+        B = B.T
+        Z_norm = np.linalg.norm(Z, axis=1, keepdims=True)
+        B_norm = np.linalg.norm(B, axis=0, keepdims=True)
+        return ((Z @ B) / (Z_norm @ B_norm)).T
+
+    def top1(similarities, labels):
+        return float(np.mean(np.argsort(similarities, axis=1)[:, -1] == labels))
+
+    labels = np.arange(len(brain))
+    return (top1(batchwise_cosine_similarity(brain, clip), labels),
+            top1(batchwise_cosine_similarity(clip, brain), labels))
+
+
+def test_mindeye_fwd_is_our_stimulus_to_brain_and_the_docs_say_so():
+    """On embeddings where the two directions differ, MindEye2's "fwd" equals our stimulus_to_brain and its
+    "bwd" our brain_to_stimulus; the docstring and the README map them so (they called brain_to_stimulus
+    MindEye's "forward"), and say the 95 % interval is the spread of the draws, not an interval of the mean."""
+    from pathlib import Path
+
+    import brainstore.scoring._retrieval as retrieval
+
+    rng = np.random.default_rng(0)
+    clip = rng.normal(size=(60, 12))
+    hub = rng.normal(size=12)
+    brain = clip + rng.normal(scale=1.5, size=clip.shape)
+    brain[:10] = 0.3 * brain[:10] + 2.0 * hub  # "hubs": decoded embeddings near one direction attract many images
+    clip = clip + 0.8 * hub
+    fwd, bwd = _mindeye2_fwd_bwd(brain, clip)
+    ours = retrieval_metrics(brain, clip, n_candidates=60, n_draws=1)
+    assert fwd != bwd  # the directions really differ here
+    assert ours["top1_stimulus_to_brain"] == pytest.approx(fwd)
+    assert ours["top1_brain_to_stimulus"] == pytest.approx(bwd)
+
+    doc = " ".join(retrieval.__doc__.split())
+    assert "MindEye's published \"forward\" (``fwd``) top-1 compares with our ``stimulus_to_brain``" in doc
+    assert "spread of the draws" in doc and "not an interval of the mean" in doc
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "MindEye's published \"fwd\" numbers compare with our `top1_stimulus_to_brain`" in readme
+    assert "MindEye's \"forward\")" not in readme and "spread of the draws" in readme
+
+
+def test_noise_ceilings_are_fractions_in_the_release_the_readers_and_the_docs(dataset_copy):
+    """The dataset stores noise ceilings as fractions in [0, 1], the reader refuses a file above 1, and the
+    score's docstring says so (it said the release stores [0, 100] and readers convert)."""
+    from brainstore.datasets import AlgonautsDataset, DatasetError
+
+    f = dataset_copy / "subj01" / "test_split" / "noise_ceiling" / "lh_noise_ceiling.npy"
+    stored = np.load(f)
+    assert 0.0 <= stored.min() and stored.max() <= 1.0
+    np.save(f, stored * 100)
+    with pytest.raises(DatasetError, match="divide a percent ceiling by 100"):
+        AlgonautsDataset(dataset_copy).noise_ceiling("subj01", "lh")
+    doc = " ".join(noise_normalized_score.__doc__.split())
+    assert "stores it in [0, 100]" not in doc and "readers convert" not in doc
+    assert "a fraction in [0, 1], as the dataset release stores it and the readers return it" in doc

@@ -425,8 +425,10 @@ def _section_retrieval(decoders: dict, dmodels: dict) -> str:
                          _ci(m, "top1_stimulus_to_brain"), _num(m["chance"], 4), _num(m.get("two_way"), 3),
                          _num(m.get("oracle_top1_brain_to_stimulus"), 3), store])
     parts = ['<p class="note">Top-1 retrieval among n test images (MindEye protocol: mean over random draws of n '
-             "candidates, 95 % interval of the draws). brain&rarr;stimulus: the decoded embedding picks its image; "
-             "stimulus&rarr;brain: the image&#x27;s embedding picks its response. Chance is 1/n; the oracle is the "
+             "candidates; the 95 % interval is the spread of the draws, not an interval of the mean as MindEye "
+             "reports). brain&rarr;stimulus: the decoded embedding picks its image; stimulus&rarr;brain: the "
+             "image&#x27;s embedding picks its response (MindEye&#x27;s &quot;fwd&quot; compares with "
+             "stimulus&rarr;brain, its &quot;bwd&quot; with brain&rarr;stimulus). Chance is 1/n; the oracle is the "
              "same method fitted and tested on noiseless responses (ridge decoders of a synthetic dataset).</p>",
              _table(head, body, numeric_from=4, cls="retrieval")]
     if scored:

@@ -85,7 +85,8 @@ def score_table(title: str, rows: Iterable[tuple[str, Mapping[str, float]]], col
 def decoder_table(metrics: Mapping, title: str) -> Table:
     """One row per decoder x subject: retrieval both ways with the 95 % interval, two-way, cosine,
     the oracle and chance."""
-    t = Table(title=f"{title}: top-1 retrieval among n test images (MindEye protocol, mean of draws [95 % interval])")
+    t = Table(title=f"{title}: top-1 retrieval among n test images (MindEye protocol: mean of draws [95 % spread of "
+                    "the draws]; MindEye's \"fwd\" is stimulus->brain)")
     for c in ("decoder", "subject", "n", "brain->stimulus", "stimulus->brain", "2-way", "cosine", "oracle b->s",
               "chance", "whole store top-1 / top-5", "alpha"):
         t.add_column(c)

@@ -169,8 +169,9 @@ def noise_normalized_score(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarr
     r : array of shape (n_vertices,)
         Pearson correlation per vertex.
     noise_ceiling : array of shape (n_vertices,)
-        Noise ceiling as a fraction in [0, 1] (the official release stores it in [0, 100];
-        readers convert). NC = 0 is replaced by 1e-14.
+        Noise ceiling as a fraction in [0, 1], as the dataset release stores it and the readers
+        return it (they refuse a file with values above 1: a ceiling in percent must be divided by
+        100 first, and so must one given here). NC = 0 is replaced by 1e-14.
 
     Returns
     -------

@@ -4,15 +4,24 @@ A decoder maps each test response to an embedding; retrieval asks whether the de
 finds its own stimulus among candidates (cosine similarity). The two directions differ and papers
 mix them up, so both are named by what is ranked:
 
-* ``brain_to_stimulus`` (MindEye's "forward"): for each decoded embedding (a row of the
-  similarity matrix), is its own stimulus the most similar of the candidate stimuli?
-* ``stimulus_to_brain`` ("backward"): for each stimulus (a column), is its own decoded embedding
-  the most similar of the candidate decoded embeddings?
+* ``brain_to_stimulus``: for each decoded embedding (a row of the similarity matrix), is its own
+  stimulus the most similar of the candidate stimuli?
+* ``stimulus_to_brain``: for each stimulus (a column), is its own decoded embedding the most
+  similar of the candidate decoded embeddings?
+
+**MindEye's names are the other way round from what they suggest.** MindEye2's evaluation computes
+``fwd_sim = batchwise_cosine_similarity(brain, clip)``, and that helper returns the *transpose* of
+``brain @ clip.T``: its rows are the images. ``topk(fwd_sim, labels, k=1)`` then ranks, for each
+image, the decoded brain embeddings. So MindEye's published "forward" (``fwd``) top-1 compares with
+our ``stimulus_to_brain``, and its "backward" (``bwd``) with our ``brain_to_stimulus``.
 
 Top-1 is taken among ``n_candidates`` test items drawn at random without replacement, ``n_draws``
-times, all from one similarity matrix computed once; the mean and a 95 % interval (2.5 and 97.5
-percentiles over draws) are reported, with chance = 1 / n_candidates. Two-way identification is
-the fraction of ordered pairs (i, j), i != j, with ``sim[i, i] > sim[i, j]`` (chance 0.5).
+times, all from one similarity matrix computed once; the mean over draws and a 95 % interval are
+reported, with chance = 1 / n_candidates. The interval is the **spread of the draws** (the 2.5 and
+97.5 percentiles of the per-draw top-1: where a single 300-way draw falls), not an interval of the
+mean as MindEye reports (that one is about sqrt(n_draws) times narrower): compare means with
+MindEye's, not interval widths. Two-way identification is the fraction of ordered pairs (i, j),
+i != j, with ``sim[i, i] > sim[i, j]`` (chance 0.5).
 """
 
 from __future__ import annotations
@@ -52,8 +61,9 @@ def retrieval_from_similarity(sim: np.ndarray, *, n_candidates: int = 300, n_dra
     Returns
     -------
     dict
-        ``top1_brain_to_stimulus``, ``top1_stimulus_to_brain`` (means over draws), their
-        ``..._ci95`` ([2.5, 97.5] percentiles over draws), ``two_way`` (over the whole matrix),
+        ``top1_brain_to_stimulus``, ``top1_stimulus_to_brain`` (means over draws; MindEye's "fwd" is
+        ``top1_stimulus_to_brain``, see the module docstring), their ``..._ci95`` ([2.5, 97.5]
+        percentiles of the draws: their spread, not an interval of the mean), ``two_way`` (over the whole matrix),
         ``n_candidates`` (capped at the number of items), ``n_draws``, ``chance``, ``n_items``.
     """
     sim = np.asarray(sim, dtype=np.float64)
