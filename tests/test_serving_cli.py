@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from brainstore.cluster.cli import app
 
-pytestmark = pytest.mark.slow
 BIN = [sys.executable, "-m", "brainstore.cluster.cli"]
+TOKEN = "serve-cli-test-token-0123456789"
 
 
+@pytest.mark.slow
 def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path, serving_models):
     from ray.serve.schema import ServeDeploySchema
 
@@ -73,19 +74,29 @@ def _run_until_ready(args: list[str], url: str, env: dict) -> subprocess.Popen:
         raise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("local", [True, False], ids=["uvicorn", "ray-serve"])
 def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
     from brainstore.serving import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BRAINSTORE_TOKEN": "tok"}
+    env = {**os.environ, "BRAINSTORE_TOKEN": TOKEN}
     args = ["serve", "--registry", serving_models["registry"], "--port", str(port)] + (["--local"] if local else [])
     p = _run_until_ready(args, url, env)
+    head: list[str] = []
     try:
         assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401  # the token in the env is required
-        cat = requests.get(f"{url}/v1/models", headers={"Authorization": "Bearer tok"}, timeout=30).json()
+        cat = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
         assert sorted(cat["encoders"]) == ["subj01", "subj02"]
+        head.append(p.stdout.readline())
+        while not head[-1].startswith("try: curl"):  # the start-up hint, pasted into a shell, gets the models
+            head.append(p.stdout.readline())
+            assert head[-1], f"serve printed no curl hint: {head}"
+        assert '-H "Authorization: Bearer $BRAINSTORE_TOKEN"' in head[-1], head[-1]  # double quotes: expanded
+        cmd = head[-1][len("try: "):].split("   (")[0] + " -w ' %{http_code}'"
+        got = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=60)
+        assert got.stdout.endswith(" 200") and '"encoders"' in got.stdout, (cmd, got.stdout[-300:], got.stderr)
     finally:
         p.send_signal(signal.SIGTERM if local else signal.SIGINT)
         try:
@@ -93,6 +104,7 @@ def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             raise
+    out = "".join(head) + out
     assert p.returncode == 0, (out, err)
     assert "stopped" in out and f"at {url}" in out
     noise = [line for line in err.splitlines() if line.strip()]
@@ -100,6 +112,31 @@ def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
     assert "(raylet)" not in out and "graceful_shutdown" not in out, out  # Ray relays some notices on stdout
 
 
+@pytest.mark.parametrize("write_config", [False, True], ids=["serve", "write-config"])
+def test_tokens_and_public_hosts_are_checked_before_anything_starts(tmp_path, write_config):
+    """A blank, short or unsendable $BRAINSTORE_TOKEN is refused in one line saying how to make one, with or
+    without --write-config; --host 0.0.0.0 without a token is refused by --write-config as by serve."""
+    out = tmp_path / "serve.yaml"
+    extra = ["--write-config", str(out)] if write_config else ["--local"]
+    base = ["serve", "--registry", str(tmp_path / "registry"), *extra]
+    for token, words in (("   ", "$BRAINSTORE_TOKEN is blank"), ("tok", "$BRAINSTORE_TOKEN has 3 characters, fewer "
+                                                                            "than 16"),
+                         ("a token with spaces inside", "cannot carry")):
+        r = CliRunner().invoke(app, base, env={"BRAINSTORE_TOKEN": token})
+        assert r.exit_code == 2 and words in r.output and "secrets.token_urlsafe(32)" in r.output, (token, r.output)
+    for unset in ({"BRAINSTORE_TOKEN": ""}, {"BRAINSTORE_TOKEN": None}):
+        r = CliRunner().invoke(app, [*base, "--host", "0.0.0.0"], env=unset)
+        assert r.exit_code == 2 and "--host 0.0.0.0" in r.output and "BRAINSTORE_TOKEN" in r.output, r.output
+    assert not out.exists()
+    if write_config:  # with a token it writes a config that asks for it
+        r = CliRunner().invoke(app, [*base, "--host", "0.0.0.0"], env={"BRAINSTORE_TOKEN": TOKEN})
+        assert r.exit_code == 0, r.output
+        cfg = yaml.safe_load(out.read_text())
+        assert cfg["http_options"]["host"] == "0.0.0.0" and cfg["applications"][0]["args"]["token_env"] == \
+            "BRAINSTORE_TOKEN"
+
+
+@pytest.mark.slow
 def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_path):
     """`brainstore serve --write-config` then Ray's `serve run FILE`, unchanged: the app comes up on 127.0.0.1
     (its own Ray), is ready (models loadable), answers an encode like the in-process backend, and stops on

@@ -826,12 +826,23 @@ def serve_cmd(
 
     from ._quiet import quiet_serve
 
-    from ..serving import Limits
+    from ..serving import MAKE_TOKEN, Limits, check_token
     from ..serving._config import (PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args, deployment_options,
                                    read_serve_config, serve_config)
     from ._report import console
 
+    def serve_token(host: str) -> str | None:  # $token_env checked; a public host never served without one
+        try:
+            token = check_token(os.environ.get(token_env) or None, f"${token_env}")
+        except ValueError as e:
+            _fail(str(e))
+        if host not in ("127.0.0.1", "localhost", "::1") and not token:
+            _fail(f"--host {host} exposes the service beyond this machine: set a bearer token in ${token_env} "
+                  f"(export {token_env}=$({MAKE_TOKEN})), or bind 127.0.0.1")
+        return token
+
     if write_config is not None:
+        serve_token(host or "127.0.0.1")
         cfg = serve_config(registry, store, host=host or "127.0.0.1", port=port or 8000,
                            token_env=token_env if os.environ.get(token_env) else None)
         import yaml
@@ -853,10 +864,7 @@ def serve_cmd(
     limits = Limits(**((app_args(cfg).get("limits") if cfg else None) or {}))  # checked by read_serve_config
     host = host or http.get("host", "127.0.0.1")
     port = port or http.get("port", 8000)
-    token = os.environ.get(token_env) or None
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        _fail(f"--host {host} exposes the service beyond this machine: set a bearer token in ${token_env} "
-              f"(e.g. `export {token_env}=$(openssl rand -hex 32)`), or bind 127.0.0.1")
+    token = serve_token(host)
     if not Path(registry).is_dir() and "://" not in registry:
         _fail(f"--registry {registry} does not exist; fit models first (`brainstore fit`) or pass --registry")
     url = f"http://{host}:{port}"
@@ -894,7 +902,7 @@ def serve_cmd(
         serve.run(build_app(registry, store, token=token, limits=vars(limits),
                             options=deployment_options(cfg) if cfg else None), name=APP_NAME, route_prefix="/")
         console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
-    auth = f" -H 'Authorization: Bearer ${token_env}'" if token else ""
+    auth = f' -H "Authorization: Bearer ${token_env}"' if token else ""  # double quotes: the shell expands it
     console.print(f"try: curl -s{auth} {url}/v1/models   (Ctrl-C stops)")
     try:
         while not stop["now"]:
