@@ -96,6 +96,15 @@ def test_refusals_keep_their_4xx_through_serve(serve_url):
                         "headers": {"Content-Type": "application/json"}}, 422, "NaN"),
         ("/v1/decode", {"data": b"{", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
         ("/v1/decode", {"data": b"0" * (33 << 20), "headers": {"Content-Type": "application/json"}}, 413, "limit"),
+        # issue 25: an overflowing answer, booleans, a text/plain body
+        ("/v1/encode", {"json": {"subject": "subj01", "model": "img", "embedding": [3e38] * 32, "format": "list"}},
+         422, "embedding: "),
+        ("/v1/encode", {"json": {"subject": "subj01", "model": "img", "embedding": _b64_list([3e38] * 32)}},
+         422, "embedding: "),
+        ("/v1/encode", {"json": {"subject": "subj01", "model": "img", "embedding": [True, False] * 16}}, 422,
+         "true, false"),
+        ("/v1/encode", {"data": '{"subject": "subj01", "stimulus_id": "x"}', "headers": {"Content-Type": "text/plain"}},
+         415, "send application/json or multipart/form-data"),
     ]
     for route, kw, status, words in cases:
         r = requests.post(f"{u}{route}", timeout=120, **kw)
@@ -111,6 +120,28 @@ def test_refusals_keep_their_4xx_through_serve(serve_url):
         r = requests.post(f"{u}{route}", data=json.dumps(body), headers={"Content-Type": "application/json"},
                           timeout=120)
         assert r.status_code < 500, (route, body, r.status_code, r.text[:300])
+
+
+def _b64_list(values) -> dict:
+    a = np.asarray(values, dtype="<f4")
+    return {"dtype": "float32", "shape": list(a.shape), "data_b64": base64.b64encode(a.tobytes()).decode()}
+
+
+def test_decode_takes_responses_per_hemisphere_through_serve(serve_url, serving_models):
+    """{"lh", "rh"} crosses the handle to the decoder replica: the same answer as one array, lh then rh."""
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.fitting import Decoder
+    from brainstore.fitting._decoding import response_matrix
+
+    model = f"decoder-ridge-{serving_models['txt']}"
+    dec = Decoder.load(serving_models["registry"], f"{model}/subj01")
+    R = response_matrix(AlgonautsDataset(serving_models["data"]), "subj01", "test", dec.voxels)[:2]
+    n_lh = len(dec.voxels["lh"])
+    whole = requests.post(f"{serve_url}/v1/decode", json={"subject": "subj01", "responses": R.tolist()}, timeout=120)
+    parts = requests.post(f"{serve_url}/v1/decode", json={"subject": "subj01", "responses": {
+        "lh": R[:, :n_lh].tolist(), "rh": R[:, n_lh:].tolist()}}, timeout=120)
+    assert whole.status_code == parts.status_code == 200, parts.text[:300]
+    assert parts.json()["results"] == whole.json()["results"]
 
 
 def _png_header(w: int, h: int) -> bytes:

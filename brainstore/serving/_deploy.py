@@ -22,6 +22,7 @@ from ray import serve
 from ._app import Limits, check_token, make_app
 from ._backend import LocalBackend
 from ._codec import ServingError
+from ._outage import outage
 
 __all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "HandleBackend", "APP_NAME"]
 
@@ -69,6 +70,8 @@ def _unwrap(e: BaseException) -> BaseException:
     cause = getattr(e, "cause", None)
     if isinstance(cause, ServingError):
         return ServingError(cause.status, cause.message, headers=cause.headers)
+    if isinstance(cause, BaseException) and outage(cause) is not None:  # a replica's store out of reach
+        return outage(cause)
     if isinstance(e, ServingError) and hasattr(e, "status"):
         return ServingError(e.status, e.message, headers=e.headers)
     if isinstance(e, BackPressureError):
@@ -89,15 +92,22 @@ class _Refusal:
 
 
 def _answers(fn):
-    """Deployment method wrapper: ServingErrors come back as :class:`_Refusal` values."""
+    """Deployment method wrapper: ServingErrors, and a registry or store out of reach (503, ``_outage``), come
+    back as :class:`_Refusal` values."""
     import functools
 
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except ServingError as e:
             return _Refusal(e)
+        except Exception as e:
+            backend = getattr(self, "backend", None)
+            err = outage(e, registry=getattr(backend, "registry_uri", None), store=getattr(backend, "store_uri", None))
+            if err is None:
+                raise
+            return _Refusal(err)
 
     return wrapper
 
