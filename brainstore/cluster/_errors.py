@@ -14,7 +14,7 @@ import re
 #: Our error types: their message is written for the user (what is wrong, where, the fix), so it is
 #: shown alone; any other exception is shown as ``Type: message``.
 _USER_ERRORS = ("DatasetError", "DatasetValidationError", "FeatureStoreError", "MissingStimuliError",
-                "WeightsNotFoundError", "ExtractionError", "RegistryError", "SpecError", "VideoDecodeError")
+                "WeightsNotFoundError", "WeightsPullError", "ExtractionError", "RegistryError", "SpecError", "VideoDecodeError")
 
 
 def root_cause(e: BaseException) -> tuple[BaseException, str | None]:

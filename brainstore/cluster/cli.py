@@ -351,6 +351,87 @@ def features_cmd(
         console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
 
 
+weights_app = typer.Typer(
+    help="Model weights: where each extractor spec's weights are looked for (offline), and fetching them once "
+         "into the cache every node reads (the only command that uses the network).",
+    no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+CacheOpt = typer.Option(None, "--cache", metavar="DIR",
+                        help="Cache root: HF_HOME=DIR/huggingface and BRAINSTORE_WEIGHTS_DIR=DIR/weights for this "
+                             "command (extraction reads the same variables; the cluster image sets them to "
+                             "/mnt/brainstore/cache). Default: the environment's.")
+
+
+def _use_cache(cache: Optional[Path], create: bool) -> None:
+    from .._paths import check_folder
+    from ..features._extractors._weights import use_cache
+
+    if cache is not None:
+        try:
+            check_folder(cache, "weights cache", "--cache", create=create, make=False,
+                         missing_hint="pull weights into it first (`brainstore weights pull --cache DIR SPEC`)")
+        except ValueError as e:
+            _fail(str(e))
+        use_cache(cache)
+
+
+@weights_app.command("list")
+def weights_list_cmd(
+    specs: Optional[list[str]] = typer.Argument(None, metavar="[SPEC]...", help="Extractor specs (default: each extractor's default: text, clip ViT-B/32 openai, sam vit_b, motion-energy)."),
+    cache: Optional[Path] = CacheOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """For each spec: whether its weights are here (offline), where they are or were looked for, and what
+    `weights pull` would fetch."""
+    from rich.table import Table
+
+    from ..features._extractors._weights import DEFAULT_SPECS, cache_locations, weights_status
+    from ._report import console
+
+    _use_cache(cache, create=False)
+    try:
+        status = [weights_status(s) for s in (specs or DEFAULT_SPECS)]
+    except (ValueError, KeyError) as e:
+        _fail(f"extractor spec: {e}")
+    if as_json:
+        print(json.dumps({"caches": cache_locations(), "specs": [st.as_dict() for st in status]}, indent=2))
+        return
+    t = Table(title="weights (" + "; ".join(f"{k}: {v}" for k, v in cache_locations().items()) + ")")
+    for c in ("spec", "offline", "found at / looked in", "`weights pull` fetches"):
+        t.add_column(c, overflow="fold")  # whole paths, wrapped
+    for st in status:
+        where = st.found if st.present else "; ".join(st.searched) or st.found
+        t.add_row(escape(st.spec), "[green]present[/]" if st.present else "[red]missing[/]", escape(where),
+                  escape("; ".join(src.describe() for src in st.sources) or "nothing (bundled, local or none)"))
+    console.print(t)
+
+
+@weights_app.command("pull")
+def weights_pull_cmd(
+    specs: list[str] = typer.Argument(..., metavar="SPEC...", help="Extractor specs whose weights to fetch, e.g. 'clip:arch=ViT-B-32,pretrained=openai'."),
+    cache: Optional[Path] = CacheOpt,
+) -> None:
+    """Download the weights the specs need into the cache (HF hub cache, brainstore's weights folder), once,
+    on a machine with network access; every other command stays offline and reads them from there."""
+    from .._paths import check_folder
+    from ..features._extractors import _hub
+    from ..features._extractors._util import weights_dir
+    from ..features._extractors._weights import WeightsPullError, pull_weights, weights_status
+    from ._report import console
+
+    _use_cache(cache, create=True)
+    try:
+        for what, p in (("HF hub cache", _hub.hf_cache_dir()), ("weights folder", str(weights_dir()))):
+            check_folder(p, what, "--cache (or $HF_HOME / $BRAINSTORE_WEIGHTS_DIR)", create=True, make=False)
+        for spec in specs:
+            got = pull_weights(spec)
+            found = weights_status(spec).found
+            console.print(f"[green]{escape(spec)}[/]: " + (f"fetched {escape(', '.join(got))}; " if got else
+                                                           "nothing to fetch; ") + f"offline now: {escape(found)}")
+    except (WeightsPullError, ValueError, KeyError) as e:
+        _fail(str(e))
+
+
 def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
     from ..fitting._report import row_families
     from ._report import console, score_table

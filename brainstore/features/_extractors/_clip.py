@@ -17,7 +17,7 @@ from ._clip_configs import (_PP_KEYS, OPENAI_MEAN, OPENAI_STD, _ensure_open_clip
 from ._imaging import clip_geometry, normalize_chw
 from ._registry import register
 from ..._provenance import sha256_file
-from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, text
+from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, text, weights_dir
 
 
 @register
@@ -136,9 +136,11 @@ class ClipExtractor(Extractor):
         if self._weights is not None:
             return self._weights
         o, cache = self.options, self.options["cache_dir"]
-        how = ("pass checkpoint=/path/to/open_clip_pytorch_model.bin (or .safetensors), pre-populate the HF cache "
-               "(e.g. `huggingface-cli download <repo>` elsewhere, then copy it and set HF_HOME/HF_HUB_CACHE or "
-               "cache_dir=), or use pretrained=none for an explicitly random-initialised baseline")
+        how = (f"run `brainstore weights pull {self.spec}` where the hub can be reached (it fills the cache "
+               "HF_HOME names; on a cluster, the shared one), or pass checkpoint=/path/to/open_clip_pytorch_model.bin "
+               "(or .safetensors), or pre-populate the HF cache (e.g. `huggingface-cli download <repo>` elsewhere, "
+               "then copy it and set HF_HOME/HF_HUB_CACHE or cache_dir=), or use pretrained=none for an explicitly "
+               "random-initialised baseline")
         if self._source == "random":
             self._weights = (None, f"random-init (torch seed {o['seed']})")
         elif self._source == "checkpoint":
@@ -180,11 +182,13 @@ class ClipExtractor(Extractor):
                     return hit, f"open_clip:{self._tag} (HF cache {hit})"
             searched.append(f"HF cache {_hub.repo_cache_path(repo, cache)} (files {alts + [fname]})")
             how = how.replace("<repo>", repo)
-        if cfg.get("url"):
-            p = os.path.join(os.path.expanduser(cache or "~/.cache/clip"), os.path.basename(cfg["url"]))
-            if os.path.isfile(p):
-                return p, f"open_clip:{self._tag} ({p})"
-            searched.append(f"open_clip URL cache {p} (from {cfg['url']})")
+        if cfg.get("url"):  # cache_dir=, else brainstore's weights folder (what `weights pull` fills), else open_clip's
+            dirs = [cache] if cache else [str(weights_dir() / "open_clip"), "~/.cache/clip"]
+            paths = [os.path.join(os.path.expanduser(d), os.path.basename(cfg["url"])) for d in dirs]
+            for p in paths:
+                if os.path.isfile(p):
+                    return p, f"open_clip:{self._tag} ({p})"
+            searched.append(f"open_clip URL cache {' or '.join(paths)} (from {cfg['url']})")
         raise WeightsNotFoundError(
             f"open_clip weights for arch={arch!r} pretrained={self._tag!r} are not available offline; looked in: "
             + "; ".join(searched) + f"\nTo fix: {how}", searched)
@@ -371,6 +375,7 @@ class ClipExtractor(Extractor):
             default_dim=int(cfg["embed_dim"]) if cfg else None,
             layers=f"final (projected embedding) | image-transformer {BLOCK_LAYERS}",
             poolings=("cls", "mean"), options=cls.option_docs(),
-            weights=("open_clip tags from the HF cache ($HF_HUB_CACHE / $HF_HOME/hub) or ~/.cache/clip; "
+            weights=("open_clip tags from the HF cache ($HF_HUB_CACHE / $HF_HOME/hub), $BRAINSTORE_WEIGHTS_DIR/"
+                     "open_clip or ~/.cache/clip (`brainstore weights pull` fills them); "
                      "checkpoint=<file>; pretrained=hf-hub:org/repo (cached) or an open_clip dir; pretrained=none"),
             offline=ok, offline_detail=detail, description=cls.DESCRIPTION)

@@ -35,8 +35,10 @@ def resolve_model_dir(model: str, cache_dir: str | None, marker: str = "config.j
         where = _hub.repo_cache_path(model, cache_dir)
         raise WeightsNotFoundError(
             f"model {model!r} is not in the HF cache (looked for {where}/snapshots/<rev>/{marker}; nothing is "
-            f"downloaded)\nTo fix: run `huggingface-cli download {model}` on a machine with internet and copy the "
-            "cache (set HF_HOME/HF_HUB_CACHE or cache_dir=), or pass model=/path/to/save_pretrained_dir", [where])
+            f"downloaded)\nTo fix: run `brainstore weights pull hf:model={model}` where the hub can be reached (it "
+            f"fills the cache HF_HOME names; on a cluster, the shared one), or `huggingface-cli download {model}` on a "
+            "machine with internet and copy the cache (set HF_HOME/HF_HUB_CACHE or cache_dir=), or pass "
+            "model=/path/to/save_pretrained_dir", [where])
     raise WeightsNotFoundError(f"model directory not found: {path}\nTo fix: pass model=<directory written by "
                                "save_pretrained()> or a repo id (org/name) present in the HF cache", [path])
 

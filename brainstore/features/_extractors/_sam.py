@@ -128,7 +128,8 @@ class SamExtractor(Extractor):
                 fname = OFFICIAL_FILES.get(o["variant"], "<tiny checkpoint>")
                 raise WeightsNotFoundError(
                     f"SAM {o['variant']} checkpoint not found; looked in: {', '.join(cands) or '(nothing)'}\n"
-                    f"To fix: download {OFFICIAL_URL}{fname} on a machine with internet, then pass "
+                    f"To fix: run `brainstore weights pull sam:variant={o['variant']}` where it can be reached, or "
+                    f"download {OFFICIAL_URL}{fname} on a machine with internet, then pass "
                     f"checkpoint=/path/to/{fname} or put it in {weights_dir() / 'sam'} ($BRAINSTORE_WEIGHTS_DIR); "
                     "pretrained=none gives an explicitly random-initialised encoder", cands)
             self._path = hit
