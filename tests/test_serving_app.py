@@ -583,11 +583,11 @@ class _Moto:
 
 
 @pytest.mark.slow
-def test_a_stopped_object_store_is_503_with_retry_after_and_the_service_recovers(served, monkeypatch):
-    """`serve --local --registry s3://...`: with the object store stopped, /readyz and an encode that needs the
-    registry are 503 + Retry-After with one line of ours (no library text), an encode of a model already in
-    memory is still answered; once the store is back (same port, same objects), the same server answers
-    200 again with no restart."""
+@pytest.mark.parametrize("remote", ["registry", "store"])
+def test_a_stopped_object_store_is_503_with_retry_after_and_the_service_recovers(served, monkeypatch, remote):
+    """`serve --local --registry s3://...` (or `--store s3://...`): with the object store stopped, /readyz and
+    an encode that needs the store are 503 + Retry-After with one line of ours naming it (no library text);
+    once the store is back (same port, same objects), the same server answers 200 again, no restart."""
     import time
     from pathlib import Path
 
@@ -596,21 +596,22 @@ def test_a_stopped_object_store_is_503_with_retry_after_and_the_service_recovers
     from brainstore.datasets import AlgonautsDataset
     from brainstore.serving import LocalBackend
 
-    root = Path(served["registry"])
+    root = Path(served[remote])
     files = [f for f in root.rglob("*") if f.is_file() and not f.relative_to(root).parts[0].startswith(("_", "."))]
 
     def upload(moto):
         for f in files:
-            moto.client.put_object(Bucket=moto.BUCKET, Key=f"models/{f.relative_to(root).as_posix()}",
+            moto.client.put_object(Bucket=moto.BUCKET, Key=f"{remote}/{f.relative_to(root).as_posix()}",
                                    Body=f.read_bytes())
 
     moto = _Moto(upload)
     moto.start()
-    registry = f"s3://{moto.BUCKET}/models"
+    uri = f"s3://{moto.BUCKET}/{remote}"
     monkeypatch.setenv(ENV, json.dumps(moto.options))
     server = None
     try:
-        server = _serve(LocalBackend(registry))
+        backend = LocalBackend(uri) if remote == "registry" else LocalBackend(served["registry"], store=uri)
+        server = _serve(backend)
         u = server.start()
         sid = AlgonautsDataset(served["data"]).stimuli().column("stimulus_id")[0].as_py()
 
@@ -618,16 +619,17 @@ def test_a_stopped_object_store_is_503_with_retry_after_and_the_service_recovers
             return requests.post(f"{u}/v1/encode", json={"subject": "subj01", "model": model, "stimulus_id": sid},
                                  timeout=120)
 
-        assert requests.get(f"{u}/readyz", timeout=120).status_code == 200
-        assert encode("img").status_code == 200  # loaded now, kept in memory
+        r = requests.get(f"{u}/readyz", timeout=120)
+        assert r.status_code == 200 and r.json()["models_checked"] == 6, r.text
+        assert encode("img").status_code == 200
 
         moto.stop()
-        for r in (requests.get(f"{u}/readyz", timeout=120), encode("both")):  # "both" must be read from the store
+        what = "model registry" if remote == "registry" else "feature store"
+        for r in (requests.get(f"{u}/readyz", timeout=120), encode("both")):  # "both" is not loaded yet
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, (r.status_code, r.text)
             msg = r.json()["error"]
-            assert msg.startswith(f"the model registry {registry} is unavailable (connection refused)"), msg
+            assert msg.startswith(f"the {what} {uri} is unavailable (connection refused); retry"), msg
             assert "\n" not in msg and ".rs" not in msg and "Debug" not in msg and "retry_timeout" not in msg, msg
-        assert encode("img").status_code == 200  # what is in memory is still served
         assert requests.get(f"{u}/healthz", timeout=30).status_code == 200
 
         moto.start()  # back on the same port, with the same objects
@@ -636,6 +638,7 @@ def test_a_stopped_object_store_is_503_with_retry_after_and_the_service_recovers
             assert time.time() - t0 < 60, "the service did not recover within 60 s of the store's return"
             time.sleep(1)
         assert encode("both").status_code == 200
+        assert encode("img").status_code == 200
     finally:
         if server is not None:
             server.stop()

@@ -90,11 +90,7 @@ def unavailable(e: BaseException) -> str | None:
     kinds = [k for k in map(_kind, links) if k]
     if not kinds:
         return None
-    for x in reversed(links):  # the root cause's words first
-        why = _why(str(x))
-        if why:
-            return why
-    return kinds[0]
+    return _why(" ".join(str(x) for x in links)) or kinds[0]  # the most specific words any link has
 
 
 def _which(e: BaseException) -> str | None:
