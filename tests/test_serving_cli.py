@@ -185,3 +185,14 @@ def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_pa
             os.killpg(p.pid, signal.SIGKILL)
             out, _ = p.communicate()
     assert p.returncode in (0, -signal.SIGINT, 130), out[-3000:]
+
+
+def test_a_serve_config_refuses_a_short_token_where_the_app_is_built(monkeypatch):
+    """`serve run` / `serve deploy` of a written config: the token its token_env names is checked as the CLI
+    checks it (a RayService's Secret holding a short token fails the deploy with the same one line)."""
+    from brainstore.serving._deploy import app_builder
+
+    monkeypatch.setenv("BRAINSTORE_TEST_TOKEN", "short")
+    with pytest.raises(ValueError, match=r"\$BRAINSTORE_TEST_TOKEN \(the brainstore app's token_env\) has 5 "
+                                         r"characters, fewer than 16; make one with"):
+        app_builder({"registry": "/nonexistent", "token_env": "BRAINSTORE_TEST_TOKEN"})
