@@ -32,13 +32,137 @@ def test_ray_config_passes_the_cluster_launchers_schema():
     assert any("g5" in t["node_config"]["InstanceType"] for t in types.values())  # GPU workers
     assert types[cfg["head_node_type"]]["max_workers"] == 0
     assert any("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"])
-    assert any("pip install" in c and "-e ." in c for c in cfg["setup_commands"])  # pyproject's pins
-    assert any(f"'{ray.__version__}'" in c for c in cfg["setup_commands"])
+    for name, cmds in _setup_commands(cfg).items():  # every node: pyproject's pins, Ray's version checked
+        assert any("pip install" in c and "-e ." in c for c in cmds), name
+        assert any(f"'{ray.__version__}'" in c for c in cmds), name
     for typo in (("max_worker", 3), ("available_node_types", {**types, "cpu_worker": {**types["cpu_worker"],
                                                                                      "min_worker": 0}})):
         bad = {**copy.deepcopy(cfg), typo[0]: typo[1]}
         with pytest.raises(ValidationError, match="Additional properties"):
             validate_config(prepare_config(bad))
+
+
+def _setup_commands(cfg: dict) -> dict[str, list[str]]:
+    """The commands each node type runs, in order, as the launcher composes them: the common
+    setup_commands, then the head's or the type's own worker_setup_commands (else the global ones)."""
+    out = {}
+    for name, t in cfg["available_node_types"].items():
+        own = cfg.get("head_setup_commands", []) if name == cfg["head_node_type"] else \
+            t.get("worker_setup_commands", cfg.get("worker_setup_commands", []))
+        out[name] = list(cfg.get("setup_commands", [])) + list(own)
+    return out
+
+
+def _pins() -> dict[str, str]:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {d.split("==")[0]: d.split("==")[1] for d in deps if d.split("==")[0] in ("torch", "torchvision")}
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CACHE = {"HF_HOME": "/mnt/brainstore/cache/huggingface", "BRAINSTORE_WEIGHTS_DIR": "/mnt/brainstore/cache/weights"}
+
+
+def test_cpu_nodes_install_the_cpu_torch_wheel_and_gpu_nodes_the_cuda_build():
+    """ray_config.yaml: the head and the CPU workers install torch from the CPU wheel index, at pyproject's
+    pins, before `pip install -e .` (which then finds torch satisfied); GPU workers take PyPI's (CUDA) wheel.
+    deploy/Dockerfile: the CPU wheel index by default, at the same pins, before `pip install .`."""
+    pins = _pins()
+    want = f"torch=={pins['torch']} torchvision=={pins['torchvision']}"
+    cfg = _ray_config()
+    for name, cmds in _setup_commands(cfg).items():
+        editable = next(i for i, c in enumerate(cmds) if "pip install" in c and "-e ." in c)
+        cpu = [i for i, c in enumerate(cmds) if CPU_INDEX in c]
+        if name == "gpu_worker":
+            assert not cpu, cmds
+        else:
+            assert cpu and cpu[0] < editable and want in cmds[cpu[0]], (name, cmds)
+    lines = _dockerfile()
+    arg = next(v for k, v in lines if k == "ARG" and v.startswith("TORCH_INDEX="))
+    assert arg == f"TORCH_INDEX={CPU_INDEX}"
+    run = next(v for k, v in lines if k == "RUN" and "pip install" in v and "TORCH_INDEX" in v)
+    assert "--index-url ${TORCH_INDEX} " + want in run
+    assert run.index("${TORCH_INDEX}") < run.index("pip install --no-cache-dir .")
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of deploy/Dockerfile, continuation lines joined, comments dropped."""
+    out, cur = [], ""
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        cur += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            k, _, v = cur.strip().partition(" ")
+            out.append((k.upper(), " ".join(v.split())))
+            cur = ""
+    return out
+
+
+def test_dockerfile_build_folder_belongs_to_ray_before_pip_install_runs_as_ray():
+    """Walked instruction by instruction: the folder WORKDIR names is made owned by ray (as root) before WORKDIR,
+    so no builder makes it root-owned; every COPY into it is --chown=ray; `pip install .` runs as ray in it."""
+    user, owned, workdir = "root", set(), None
+    for k, v in _dockerfile():
+        if k == "USER":
+            user = v.split(":")[0]
+        elif k == "RUN" and v.startswith("install -d") and "-o ray" in v:
+            assert user == "root"
+            owned.update(w for w in v.split() if w.startswith("/"))
+        elif k == "WORKDIR":
+            workdir = v
+            assert v in owned, f"WORKDIR {v} is not made owned by ray first (a root-owned folder on some builders)"
+        elif k == "COPY":
+            assert v.startswith("--chown=ray:"), v
+        elif k == "RUN" and "pip install --no-cache-dir ." in v:
+            assert user == "ray" and workdir in owned
+    assert workdir == "/home/ray/brainstore"
+
+
+def test_the_image_the_manifests_and_the_launcher_read_weights_from_one_shared_cache():
+    """HF_HOME and BRAINSTORE_WEIGHTS_DIR under the shared volume (/mnt/brainstore), the same in deploy/Dockerfile,
+    every container of raycluster.yaml and rayservice.yaml, and ray_config.yaml's environment; and the same
+    as `brainstore weights pull --cache /mnt/brainstore/cache` sets (so what it fills is what extraction reads)."""
+    import os
+
+    from brainstore.features._extractors._weights import use_cache
+
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "BRAINSTORE_WEIGHTS_DIR")}
+    try:
+        env = use_cache("/mnt/brainstore/cache")
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert {k: env[k] for k in CACHE} == CACHE
+    image = " ".join(v for k, v in _dockerfile() if k == "ENV")
+    for k, v in {**CACHE, "HF_HUB_OFFLINE": "1"}.items():
+        assert f"{k}={v}" in image, (k, image)
+    assert "brainstore weights pull" in (ROOT / "deploy" / "Dockerfile").read_text()
+    for f in ("raycluster.yaml", "rayservice.yaml"):
+        doc = yaml.safe_load((ROOT / "deploy" / "kuberay" / f).read_text())
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterConfig"]
+        for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            for c in g["template"]["spec"]["containers"]:
+                env = {e["name"]: e["value"] for e in c.get("env", [])}
+                assert {k: env.get(k) for k in CACHE} == CACHE and env.get("HF_HUB_OFFLINE") == "1", (f, c["name"])
+                assert any(m["mountPath"] == "/mnt/brainstore" for m in c["volumeMounts"])
+    assert "brainstore weights pull" in (ROOT / "deploy" / "kuberay" / "raycluster.yaml").read_text()
+    launcher = " ".join(_ray_config()["setup_commands"])
+    for k, v in CACHE.items():
+        assert f"{k}={v}" in launcher
+    text = (ROOT / "ray_config.yaml").read_text()
+    assert "brainstore weights pull" in text
+
+
+def test_laptop_access_goes_through_a_tunnel():
+    """The launcher opens only SSH: ray_config.yaml says how a laptop reaches the client port (a tunnel),
+    raycluster.yaml how (a port-forward); neither suggests ray://<head-ip>:10001 directly."""
+    text = (ROOT / "ray_config.yaml").read_text()
+    assert "-L 10001:localhost:10001" in text and "ray attach ray_config.yaml --port-forward 10001" in text
+    assert "ray://127.0.0.1:10001" in text and "ray://<head-ip>:10001" not in text
+    assert "kubectl port-forward svc/brainstore-head-svc 10001:10001" in (
+        ROOT / "deploy" / "kuberay" / "raycluster.yaml").read_text()
 
 
 def _render():
