@@ -521,3 +521,34 @@ def test_a_storage_error_no_store_translated_reaches_the_user_without_its_rust_d
     assert said.startswith("the object store or storage layer failed: lance error:") and "error sending request" in said
     assert ".rs:" not in said and ".cargo" not in said
     assert describe(ValueError("x")) == "ValueError: x"
+
+
+@pytest.mark.slow
+def test_registry_failures_are_one_line_naming_the_registry_cause_and_fix(stoppable_s3):
+    """The model registry on object storage says what the feature store says: a missing bucket, an endpoint
+    nobody answers on (the server stopped under a registry in use), and it works again when the server
+    returns; the library's error stays chained for --verbose and for the service's 503."""
+    from brainstore.fitting import ModelRegistry, RegistryError
+
+    srv = stoppable_s3
+    reg = ModelRegistry(f"s3://{BUCKET}/models", storage_options=srv.options())
+    reg.save("m/subj01", {"w": np.ones(3, np.float32)}, {"kind": "ridge"})
+
+    with pytest.raises(RegistryError) as ei:
+        ModelRegistry("s3://no-such-bucket/models", storage_options=srv.options(), create=False)
+    assert str(ei.value).startswith("model registry s3://no-such-bucket/models: bucket 'no-such-bucket' does not "
+                                    f"exist at {srv.endpoint}: create it")
+
+    srv.stop()
+    for call in (lambda: reg.load("m/subj01"), lambda: reg.list(),
+                 lambda: reg.save("m/subj02", {"w": np.ones(3, np.float32)}, {"kind": "ridge"})):
+        with pytest.raises(RegistryError) as ei:
+            call()
+        msg = str(ei.value)
+        assert msg.startswith(f"model registry s3://{BUCKET}/models unreachable (connection refused at "
+                              f"{srv.endpoint}): start the object store, or check --registry"), msg
+        assert "\n" not in msg and ".rs:" not in msg
+        assert type(ei.value.__cause__).__module__.startswith("obstore")
+    srv.start()
+    tensors, rec = reg.load("m/subj01")
+    assert np.array_equal(tensors["w"], np.ones(3, np.float32)) and [r.name for r in reg.list()] == ["m/subj01"]

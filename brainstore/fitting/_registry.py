@@ -30,6 +30,7 @@ model being deleted loses ``model.json`` first.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -215,7 +216,8 @@ class ModelRegistry:
             out = []
             for f in (WEIGHTS_FILE, META_FILE):
                 try:
-                    info = obstore.head(self._obj, f"{rec.name}/{f}")
+                    with self._reaching():
+                        info = obstore.head(self._obj, f"{rec.name}/{f}")
                 except (NotFoundError, FileNotFoundError):
                     raise FileNotFoundError(2, "missing", self._file(rec.path, f)) from None
                 out.append((info.get("e_tag"), info["size"], str(info["last_modified"])))
@@ -228,22 +230,40 @@ class ModelRegistry:
         import obstore
 
         keys: list[str] = []
-        try:
+        with self._reaching():
             for batch in obstore.list(self._obj, prefix=prefix or None):
                 keys += [o["path"] for o in batch]
                 if limit is not None and len(keys) >= limit:
                     break
-        except Exception as e:  # unreachable endpoint, bad credentials
-            raise RegistryError(f"model registry {self.root}: cannot list objects ({str(e).splitlines()[0]}); check "
-                                "the storage options (endpoint, credentials, allow_http)") from None
         return keys
+
+    @contextlib.contextmanager
+    def _reaching(self):
+        """Failures of the object store (unreachable, missing bucket, refused credentials) as one
+        :class:`RegistryError` line of ours naming the registry and the fix; the library's error is chained
+        (``__cause__``) for ``--verbose`` and for the service, which answers them 503."""
+        from .._storage import store_failure
+
+        from obstore.exceptions import NotFoundError
+
+        try:
+            yield
+        except (RegistryError, NotFoundError, FileNotFoundError):  # absent objects: the caller's business
+            raise
+        except Exception as e:
+            line = store_failure(e, what="model registry", uri=self.root, option="--registry",
+                                 options=self.storage_options)
+            if line is None:
+                raise
+            raise RegistryError(line) from e
 
     def _get(self, key: str) -> bytes | None:
         import obstore
         from obstore.exceptions import NotFoundError
 
         try:
-            return bytes(obstore.get(self._obj, key).bytes())
+            with self._reaching():
+                return bytes(obstore.get(self._obj, key).bytes())
         except (NotFoundError, FileNotFoundError):
             return None
 
@@ -260,7 +280,7 @@ class ModelRegistry:
 
         data = safetensors.numpy.save(arrays, metadata={"brainstore_model": name})
         parts = name.split("/")
-        with self._lock(name):
+        with self._reaching(), self._lock(name):
             for i in range(1, len(parts)):
                 if self._get(f"{'/'.join(parts[:i])}/{META_FILE}") is not None:
                     raise RegistryError(f"cannot save model {name!r}: {'/'.join(parts[:i])!r} is already a model and "
@@ -273,8 +293,9 @@ class ModelRegistry:
                                     "it or choose another name")
             doc = {**doc, "safetensors_sha256": sha256(bytes(data))}
             body = json_bytes(doc)
-            obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
-            obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
+            with self._reaching():
+                obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
+                obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
         return ModelRecord(name, self.path(name), doc)
 
     def _load_remote(self, name: str) -> tuple[bytes, dict]:
@@ -408,11 +429,12 @@ class ModelRegistry:
         if self.remote:
             import obstore
 
-            with self._lock(name):
+            with self._reaching(), self._lock(name):
                 if self._get(f"{name}/{META_FILE}") is None:
                     raise self._missing(name)
-                obstore.delete(self._obj, f"{name}/{META_FILE}")
-                obstore.delete(self._obj, f"{name}/{WEIGHTS_FILE}")
+                with self._reaching():
+                    obstore.delete(self._obj, f"{name}/{META_FILE}")
+                    obstore.delete(self._obj, f"{name}/{WEIGHTS_FILE}")
             return
         final = self.path(name)
         if not (final / META_FILE).is_file():
