@@ -4,6 +4,7 @@
 #   ./go test [ARGS]   set up (idempotent) and run the test suite (pytest ARGS)
 #   ./go setup         only set up the virtual environment (.venv)
 #   ./go bench NAME    set up and run benchmarks/NAME.py (without NAME: list the benchmarks)
+#   ./go docs [serve]  set up and build the documentation site into site/ (serve: on 127.0.0.1:8001)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${BRAINSTORE_VENV:-.venv}"
@@ -91,5 +92,12 @@ case "$cmd" in
     fi
     exit "$rc" ;;
   bench) bench "$@" ;;
-  *) sed -n '2,6p' "$0"; exit 1 ;;
+  docs)
+    setup
+    export NO_MKDOCS_2_WARNING=1
+    if [ "${1:-}" = "serve" ]; then
+      exec "$VENV/bin/mkdocs" serve --strict -a 127.0.0.1:8001
+    fi
+    exec "$VENV/bin/mkdocs" build --strict "$@" ;;
+  *) sed -n '2,7p' "$0"; exit 1 ;;
 esac
