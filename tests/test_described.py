@@ -720,10 +720,10 @@ def test_extract_fit_predict_equal_to_the_algonauts_folder(small_dataset, tmp_pa
     assert "| - |" in rep["markdown"]
 
 
-def test_readme_example_is_a_valid_description(tmp_path):
-    """The README's one complete example parses (every field it shows exists, with the values it shows)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("### Dataset description files", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+def test_docs_example_is_a_valid_description(tmp_path):
+    """The docs' one complete example parses (every field it shows exists, with the values it shows)."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    block = readme.split("## Dataset description files", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     ds = DescribedDataset(_write(tmp_path / "brainstore-dataset.yaml", block))
     assert ds.subjects == ["subj01", "subj02", "subj03"] and ds.name == "nsd-subset"
     assert ds._responses_spec("subj03").is_volume and ds._field("subj02", "noise_ceiling").lh == "subj02/lh_nc.npy"

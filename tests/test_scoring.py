@@ -176,7 +176,7 @@ def test_mindeye_fwd_is_our_stimulus_to_brain_and_the_docs_say_so():
     doc = " ".join(retrieval.__doc__.split())
     assert "MindEye's published \"forward\" (``fwd``) top-1 compares with our ``stimulus_to_brain``" in doc
     assert "spread of the draws" in doc and "not an interval of the mean" in doc
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).resolve().parents[1] / "docs" / "decoding.md").read_text().split())
     assert "MindEye's published \"fwd\" numbers compare with our `top1_stimulus_to_brain`" in readme
     assert "MindEye's \"forward\")" not in readme and "spread of the draws" in readme
 

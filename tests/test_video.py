@@ -205,16 +205,16 @@ def test_timeseries_inputs_refused_with_the_fix(tmp_path):
         derive_delays(str(tmp_path / "store"), "nope", root)
 
 
-def test_readme_video_example_is_a_valid_description(tmp_path):
-    """The README's video example parses, and its fields are those make-dataset --kind video writes."""
+def test_docs_video_example_is_a_valid_description(tmp_path):
+    """The docs' video example parses, and its fields are those make-dataset --kind video writes."""
     import yaml
     from pathlib import Path
 
     from brainstore.datasets import DescribedDataset
     from brainstore.datasets._video_synthetic import make_video_dataset
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("### Video fMRI: continuous runs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    block = readme.split("## Video fMRI: continuous runs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "brainstore-dataset.yaml").write_text(block)
     ds = DescribedDataset(tmp_path)
     assert ds.is_timeseries and ds.spec.timeseries.tr == 2.0 and ds.spec.zscore == "run"
