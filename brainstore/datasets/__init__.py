@@ -19,11 +19,14 @@ from ._algonauts import (
     AlgonautsDataset,
     stimulus_id_for,
 )
+from ._arrays import (ArrayRef, BrickError, BrickFileError, BrickFormatError, brick_info, parse_array_ref, range_error,
+                      read_array_refs)
 from ._base import DESCRIPTION_NAME, BrainDataset
 from ._errors import DatasetError, DatasetValidationError
 from ._images import MAX_PIXELS, decode_image, image_problem
 from ._manifest import MODALITIES, read_manifest
 from ._synthetic import make_dataset
+from ._timeseries import event_weights, frames_of_tr, lanczos_kernel, run_starts
 from ._video_synthetic import make_video_dataset
 
 __all__ = [
@@ -47,6 +50,20 @@ __all__ = [
     "decode_image",
     "image_problem",
     "MAX_PIXELS",
+    # image bricks (array references FILE.hdf5#KEY[INDEX] as stimulus paths)
+    "ArrayRef",
+    "parse_array_ref",
+    "read_array_refs",
+    "brick_info",
+    "range_error",
+    "BrickError",
+    "BrickFileError",
+    "BrickFormatError",
+    # time series (TR timing of frames and events, runs)
+    "frames_of_tr",
+    "event_weights",
+    "lanczos_kernel",
+    "run_starts",
     # errors
     "DatasetError",
     "DatasetValidationError",

@@ -27,8 +27,8 @@ import numpy as np
 from ._errors import DatasetError
 
 __all__ = ["ArrayRef", "array_ref", "parse_array_ref", "is_array_ref", "BrickError", "BrickFileError", "BrickInfo",
-           "BrickFormatError", "brick_info", "brick_problem", "ref_problem", "read_array_refs", "read_array_ref", "close_bricks",
-           "HDF5_SUFFIXES"]
+           "BrickFormatError", "brick_info", "brick_problem", "ref_problem", "range_error", "read_array_refs",
+           "read_array_ref", "close_bricks", "HDF5_SUFFIXES"]
 
 _REF = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|npy))#(?P<key>[^\[\]]*)\[(?P<index>\d+)\]$", re.IGNORECASE)
 
@@ -252,13 +252,28 @@ def ref_problem(path: str | ArrayRef) -> str | None:
     except BrickError as e:
         return str(e)
     if ref.index >= info.n:
-        return _range_message(ref, info.n)
+        return str(range_error(ref, info.n))
     return None
 
 
-def _range_message(ref: ArrayRef, n: int) -> str:
-    return (f"array reference {_describe_ref(*ref)}: index {ref.index} is out of range; the brick "
-            f"{_describe_ref(ref.file, ref.key)} holds {n} image(s) (indices 0..{n - 1}); fix the index")
+def range_error(ref: ArrayRef, n: int) -> BrickError:
+    """The error for a reference whose index lies past the end of its brick.
+
+    Parameters
+    ----------
+    ref : ArrayRef
+        The reference (``ref.index >= n``).
+    n : int
+        The number of images the brick holds (``brick_info(ref.file, ref.key).n``).
+
+    Returns
+    -------
+    BrickError
+        Naming the reference, the brick, its valid indices and the fix; returned, not raised, so
+        that a reader can put it in the reference's place (:func:`read_array_refs`).
+    """
+    return BrickError(f"array reference {_describe_ref(*ref)}: index {ref.index} is out of range; the brick "
+                      f"{_describe_ref(ref.file, ref.key)} holds {n} image(s) (indices 0..{n - 1}); fix the index")
 
 
 def _runs(indices: list[int], max_gap: int) -> list[tuple[int, int]]:
@@ -304,7 +319,7 @@ def read_array_refs(refs: list[ArrayRef], *, max_gap: int = MAX_GAP) -> list[np.
         wanted: dict[int, list[int]] = {}
         for p in positions:
             if refs[p].index >= info.n:
-                out[p] = BrickError(_range_message(refs[p], info.n))
+                out[p] = range_error(refs[p], info.n)
             else:
                 wanted.setdefault(refs[p].index, []).append(p)
         for start, stop in _runs(sorted(wanted), max_gap):

@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..datasets import decode_image, open_stimuli
-from ..datasets._arrays import (ArrayRef, BrickError, BrickFileError, BrickFormatError, _range_message, brick_info,
-                                parse_array_ref, read_array_refs)
+from ..datasets import (ArrayRef, BrickError, BrickFileError, BrickFormatError, brick_info, decode_image, open_stimuli,
+                        parse_array_ref, range_error, read_array_refs)
 from ._extractors._base import DTYPES
 from ._store import FeatureStore, StoreAccessError
 
@@ -535,7 +534,7 @@ def _check_array_refs(rows: pa.Table) -> dict[str, dict]:
                            for sid, path, _ in refs})
             continue
         failed.update({sid: {"stimulus_id": sid, "path": path,
-                             "error": _describe(BrickError(_range_message(ArrayRef(file, key, i), n)))}
+                             "error": _describe(range_error(ArrayRef(file, key, i), n))}
                        for sid, path, i in refs if i >= n})
     if unusable:
         what = unusable[0] if len(unusable) == 1 else \

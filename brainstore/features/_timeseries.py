@@ -55,8 +55,8 @@ _FRAME_BATCH = 64  # frames per forward pass of an image extractor
 # ----------------------------------------------------------------------------- pure functions
 def lanczos_weights(frame_times: np.ndarray, new_times: np.ndarray, cutoff: float, window: int = 3) -> np.ndarray:
     """Lanczos interpolation matrix ``(len(new_times), len(frame_times))``, rows summing to 1: the kernel
-    (:func:`~brainstore.datasets._timeseries.lanczos_kernel`) at ``cutoff * (t_new - t_frame)``."""
-    from ..datasets._timeseries import lanczos_kernel
+    (:func:`~brainstore.datasets.lanczos_kernel`) at ``cutoff * (t_new - t_frame)``."""
+    from ..datasets import lanczos_kernel
 
     w = lanczos_kernel(cutoff * (np.asarray(new_times, np.float64)[:, None]
                                  - np.asarray(frame_times, np.float64)[None, :]), window)
@@ -67,7 +67,7 @@ def lanczos_weights(frame_times: np.ndarray, new_times: np.ndarray, cutoff: floa
 def resample_to_trs(frames: np.ndarray, fps: float, tr: float, n_tr: int, method: str = "average",
                     window: int = 3) -> np.ndarray:
     """Per-frame features ``(n_frames, d)`` of one clip -> ``(n_tr, d)`` per TR (see the module docstring)."""
-    from ..datasets._timeseries import frames_of_tr
+    from ..datasets import frames_of_tr
 
     X = np.asarray(frames, dtype=np.float64)
     if method == "average":
@@ -107,7 +107,7 @@ def delay_rows(X: np.ndarray, delays) -> np.ndarray:
 # ----------------------------------------------------------------------------- extraction
 def _read_frames(path: str, key: str, a: int, b: int) -> np.ndarray:
     """Frames ``[a, b)`` of a brick (uint8 RGB)."""
-    from ..datasets._arrays import ArrayRef, read_array_refs
+    from ..datasets import ArrayRef, read_array_refs
 
     got = read_array_refs([ArrayRef(path, key, i) for i in range(a, b)])
     bad = next((g for g in got if isinstance(g, Exception)), None)
@@ -327,10 +327,10 @@ def _extract_events(ds, ts, ext, fs: FeatureStore, *, version, resample, window,
 def derive_event_timeseries(store: str | FeatureStore, source: str, dataset, *, resample: str = "average",
                             window: int = 3, name: str | None = None) -> str:
     """Per-TR features of an event time series from a per-stimulus table: each clip's events placed at
-    their onsets and taken to its TRs (:func:`~brainstore.datasets._timeseries.event_weights`:
+    their onsets and taken to its TRs (:func:`~brainstore.datasets.event_weights`:
     overlap-weighted mean, or Lanczos from the onsets), then z-scored over the clip. Rebuilt whole
     (a pure function of ``source``). Returns the table's name."""
-    from ..datasets._timeseries import event_weights
+    from ..datasets import event_weights
 
     if resample not in RESAMPLE_METHODS:
         raise ValueError(f"resample must be one of {list(RESAMPLE_METHODS)}, got {resample!r}")

@@ -52,8 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError, open_dataset
-from ..datasets._algonauts import HEMISPHERES
+from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore
 from ._decoding import _row_cosine, check_decoding_inputs, response_matrix, select_voxels
 from ._encoding import subject_stimuli

@@ -56,7 +56,7 @@ def group_folds(groups, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     ValueError
         Fewer groups than folds, or a group whose rows are not adjacent.
     """
-    from ..datasets._timeseries import run_starts
+    from ..datasets import run_starts
 
     g = np.asarray(groups, dtype=object)
     n = len(g)
