@@ -286,7 +286,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             raise PipelineError(f"{where}: extract[{i}]: extractor spec {e.spec!r} is invalid: {err}") from None
         delayed = None
         if ds.is_timeseries:
-            from ..features._timeseries import delayed_table, timeseries_extractor, timeseries_table
+            from ..features import delayed_table, timeseries_extractor, timeseries_table
 
             try:
                 if ds.timeseries.kind == "frames":

@@ -364,7 +364,7 @@ CacheOpt = typer.Option(None, "--cache", metavar="DIR",
 
 def _use_cache(cache: Optional[Path], create: bool) -> None:
     from .._paths import check_folder
-    from ..features._extractors._weights import use_cache
+    from ..features import use_cache
 
     if cache is not None:
         try:
@@ -385,7 +385,7 @@ def weights_list_cmd(
     `weights pull` would fetch."""
     from rich.table import Table
 
-    from ..features._extractors._weights import DEFAULT_SPECS, cache_locations, weights_status
+    from ..features import DEFAULT_SPECS, cache_locations, weights_status
     from ._report import console
 
     _use_cache(cache, create=False)
@@ -413,16 +413,12 @@ def weights_pull_cmd(
 ) -> None:
     """Download the weights the specs need into the cache (HF hub cache, brainstore's weights folder), once,
     on a machine with network access; every other command stays offline and reads them from there."""
-    from .._paths import check_folder
-    from ..features._extractors import _hub
-    from ..features._extractors._util import weights_dir
-    from ..features._extractors._weights import WeightsPullError, pull_weights, weights_status
+    from ..features import WeightsPullError, check_caches, pull_weights, weights_status
     from ._report import console
 
     _use_cache(cache, create=True)
     try:
-        for what, p in (("HF hub cache", _hub.hf_cache_dir()), ("weights folder", str(weights_dir()))):
-            check_folder(p, what, "--cache (or $HF_HOME / $BRAINSTORE_WEIGHTS_DIR)", create=True, make=False)
+        check_caches("--cache (or $HF_HOME / $BRAINSTORE_WEIGHTS_DIR)")
         for spec in specs:
             got = pull_weights(spec)
             found = weights_status(spec).found

@@ -112,7 +112,7 @@ def _positive(**kw: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- the LM
 def _missing_lm(path: Path, why: str, fix: str):
-    from ..features._extractors._base import WeightsNotFoundError
+    from ..features import WeightsNotFoundError
 
     return WeightsNotFoundError(f"caption LM {why}: {path}; {fix}", [str(path)])
 
@@ -138,7 +138,7 @@ def lm_info(lm: str | Path) -> dict[str, Any]:
         The directory, its config.json or its weight files are missing (the message names the path).
     """
     from .._provenance import sha256_files
-    from ..features._extractors._hub import hf_weight_files
+    from ..features import hf_weight_files
 
     p = Path(lm).expanduser()
     if not p.is_dir():
@@ -203,7 +203,7 @@ def _load_lm(lm_dir: str, device: str) -> tuple[Any, Any]:
     import torch
     import transformers as tf
 
-    from ..features._extractors._util import hub_offline
+    from ..features import hub_offline
 
     with hub_offline(), _quiet_transformers():
         try:

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError, open_dataset
-from ..datasets._algonauts import HEMISPHERES
+from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ._encoding import group_folds, subject_stimuli
 from ._errors import NonFiniteOutputError
@@ -114,8 +113,8 @@ def delay_responses(R: np.ndarray, delays, runs=None) -> np.ndarray:
     ``d`` (in TRs), within its run (``runs``: a label per row, adjacent rows of a run; None: one run),
     zeros past a run's end. A time-series decoder reads TR ``t``'s stimulus from the BOLD of the TRs
     its hemodynamic response reaches."""
-    from ..datasets._timeseries import run_starts
-    from ..features._timeseries import delay_rows
+    from ..datasets import run_starts
+    from ..features import delay_rows
 
     R = np.asarray(R, dtype=np.float32)
     if runs is None:

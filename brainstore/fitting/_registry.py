@@ -600,7 +600,7 @@ class ModelRegistry:
         RegistryError
             Naming the model, each feature version, the differing fields (old vs new) and the fix.
         """
-        from ..features._store import IDENTITY_KEYS, FeatureStore
+        from ..features import IDENTITY_KEYS, FeatureStore
 
         rec = name_or_record if isinstance(name_or_record, ModelRecord) else self.record(name_or_record)
         if isinstance(store, (str, Path)):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import AlgonautsDataset, DatasetError, open_dataset
-from ..datasets._algonauts import HEMISPHERES
+from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, MissingStimuliError
 from ..fitting import ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
 from ..fitting._registry import NON_ENCODER_KINDS
@@ -312,7 +311,7 @@ class LocalBackend:
         """Each image's ``{table: (1, dim)}`` embeddings, one batched forward per table, by the extractor that
         made the table (rebuilt from its recorded spec: the extraction pipeline's preprocessing). A bad
         image gives its own :class:`ServingError` in its slot; the others are embedded."""
-        from ..datasets._images import decode_image
+        from ..datasets import decode_image
         from ..features import get_extractor
 
         fs = self._store(store)

@@ -239,7 +239,7 @@ class Decoder:
 @serve.deployment(name="Extractor")
 class Extractor:
     def __init__(self, registry: str, store: str | None = None, clip_configs: dict | None = None):
-        from ..features._extractors._clip_configs import register_clip_config
+        from ..features import register_clip_config
 
         for name, cfg in (clip_configs or {}).items():  # architectures registered where the app was built
             register_clip_config(name, cfg)
@@ -314,12 +314,12 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
             renv = dict(rao.get("runtime_env") or {})
             renv["env_vars"] = {**(renv.get("env_vars") or {}), ENV: snapshot}
             o["ray_actor_options"] = {**rao, "runtime_env": renv}
-    from ..features._extractors._clip_configs import _EXTRA_CONFIGS
+    from ..features import registered_clip_configs
 
     registry, store = str(registry), str(store) if store else None
     enc = Encoder.options(**opts["Encoder"]).bind(registry, store)
     dec = Decoder.options(**opts["Decoder"]).bind(registry, store)
-    ext = Extractor.options(**opts["Extractor"]).bind(registry, store, dict(_EXTRA_CONFIGS))
+    ext = Extractor.options(**opts["Extractor"]).bind(registry, store, registered_clip_configs())
     return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits)
 
 

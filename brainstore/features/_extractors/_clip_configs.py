@@ -29,6 +29,18 @@ def register_clip_config(name: str, cfg: dict) -> None:
         _ensure_open_clip_config(name, cfg)
 
 
+def registered_clip_configs() -> dict[str, dict]:
+    """The architectures :func:`register_clip_config` made known in this process.
+
+    Returns
+    -------
+    dict
+        ``{name: config}`` (copies), to register the same ones in another process (a Serve replica,
+        a Ray worker) with :func:`register_clip_config`.
+    """
+    return copy.deepcopy(_EXTRA_CONFIGS)
+
+
 def _builtin_config_dir() -> Path | None:
     spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:

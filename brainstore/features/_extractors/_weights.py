@@ -30,8 +30,8 @@ from ._base import WeightsNotFoundError
 from ._registry import extractor_class, get_extractor, parse_spec
 from ._util import weights_dir
 
-__all__ = ["DEFAULT_SPECS", "WeightsPullError", "WeightsStatus", "cache_locations", "pull_weights", "use_cache",
-           "weights_status"]
+__all__ = ["DEFAULT_SPECS", "WeightsPullError", "WeightsStatus", "cache_locations", "check_caches", "pull_weights",
+           "use_cache", "weights_status"]
 
 #: What ``brainstore weights list`` reports without arguments: the default spec of every extractor that
 #: has weights (``hf`` needs a model= and has no default).
@@ -83,6 +83,26 @@ def cache_locations() -> dict[str, str]:
     """The caches extraction reads, as the environment sets them now."""
     return {"HF hub cache ($HF_HUB_CACHE or $HF_HOME/hub)": _hub.hf_cache_dir(),
             "brainstore weights ($BRAINSTORE_WEIGHTS_DIR: sam/, open_clip/)": str(weights_dir())}
+
+
+def check_caches(option: str) -> None:
+    """Check, before anything is fetched, that :func:`pull_weights` can write the caches.
+
+    Parameters
+    ----------
+    option : str
+        How the caller lets a user point the caches elsewhere, for the message (the CLI's ``--cache``).
+
+    Raises
+    ------
+    ValueError
+        One line naming the cache (``HF hub cache`` or ``weights folder``), its path, why it cannot be
+        written (a file, under a file, not writable) and ``option``; nothing is created.
+    """
+    from ..._paths import check_folder
+
+    for what, p in (("HF hub cache", _hub.hf_cache_dir()), ("weights folder", str(weights_dir()))):
+        check_folder(p, what, option, create=True, make=False)
 
 
 def use_cache(root: str | os.PathLike) -> dict[str, str]:
