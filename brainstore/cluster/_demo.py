@@ -43,8 +43,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     """
     from ..datasets import REPORT_FAMILIES, make_dataset, open_dataset
     from ..features import extract
-    from ..fitting import default_spec, fit_decoders, fit_encoding_models, write_report
-    from ..fitting._evaluate import score_submission
+    from ..fitting import default_spec, fit_decoders, fit_encoding_models, score_submission, write_report
     from ._quiet import drop_stderr_lines
     from ._ray import connect
 
@@ -111,7 +110,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
     console.print("      and one adaptor over all subjects (an adapter per subject into a shared latent, a residual-MLP "
                   "backbone, CLIP loss; Ray Train, 2 workers, 10 epochs)")
-    from ..fitting._adaptor import fit_adaptor
+    from ..fitting import fit_adaptor
 
     with drop_stderr_lines(enabled=quiet):
         arun = fit_adaptor(data, [captions], store=store, registry=registry, out=out / "adaptor",
@@ -166,8 +165,7 @@ def _serve_step(ds, registry: str, store: str, captions: str, *, keep_serving: b
     from rich.markup import escape
 
     from ..features import FeatureStore
-    from ..fitting import Decoder
-    from ..fitting._decoding import response_matrix
+    from ..fitting import Decoder, response_matrix
     from ..serving import LocalBackend, encode_array, free_port
     from ..serving._deploy import APP_NAME, build_app
     from ._quiet import quiet_serve
@@ -237,8 +235,7 @@ def _decoded_captions(ds, subject: str, store: str, table: str, decoded_file: Pa
     from rich.markup import escape
 
     from ..features import FeatureStore
-    from ..fitting import subject_stimuli
-    from ..fitting._decoding import retrieved_captions
+    from ..fitting import retrieved_captions, subject_stimuli
 
     train_ids, test_ids = subject_stimuli(ds, subject, "train"), subject_stimuli(ds, subject, "test")[:n]
     best, decoded = retrieved_captions(ds, subject, np.load(decoded_file)[:n],
@@ -264,6 +261,6 @@ def _dataset_params(data: Path) -> dict | None:
 
 def _mean_nc(ds, subject: str) -> dict[str, float]:
     from ..datasets import HEMISPHERES
-    from ..fitting._evaluate import pooled_roi_summary
+    from ..fitting import pooled_roi_summary
 
     return pooled_roi_summary(ds, subject, {h: ds.noise_ceiling(subject, h) * 100 for h in HEMISPHERES})

@@ -167,8 +167,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
         ``path`` lies under a file or in a folder that cannot be written, or ``provenance_extra`` is not a dict.
     """
     from .._paths import check_folder
-    from ..fitting import ModelRegistry, evaluate_registered
-    from ..fitting._decoding import decoding_models, evaluate_decoders
+    from ..fitting import ModelRegistry, decoding_models, evaluate_decoders, evaluate_registered
 
     out = Path(path).expanduser().absolute()
     if out.is_dir():
@@ -226,7 +225,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
 # ------------------------------------------------------------------------------------------ 1. per-ROI bars
 def _oracle(ds: AlgonautsDataset) -> tuple[dict, str]:
     """Per-subject per-ROI NNMC of the noiseless responses (``ground_truth/``), or ({}, why there is none)."""
-    from ..fitting._evaluate import score_submission
+    from ..fitting import score_submission
 
     gt = ds.ground_truth_dir()
     if gt is None:
@@ -261,7 +260,7 @@ def _model_scores(m: dict) -> tuple[dict[str, float], bool]:
 def _section_rois(ds, metrics: dict, kinds: dict, oracle: dict, oracle_note: str) -> str:
     if not metrics:
         return '<p class="note">No encoding model was evaluated (none fitted on this dataset, or only decoders were asked for).</p>'
-    from ..fitting._report import report_families
+    from ..fitting import report_families
 
     cols = ["all", *report_families(metrics)]
     subjects = sorted({s for by_s in metrics.values() for s in by_s})
@@ -335,7 +334,7 @@ def _uses_random(recs: list) -> bool:
 
 
 def _section_table1(metrics: dict, kinds: dict, by_model: dict, oracle: dict) -> str:
-    from ..fitting._report import comparison_rows
+    from ..fitting import comparison_rows
 
     if not metrics:
         return '<p class="note">No encoding model to compare.</p>'
@@ -440,8 +439,7 @@ def _section_retrieval(decoders: dict, dmodels: dict) -> str:
 # ------------------------------------------------------------------------------------------ 4. captions
 def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict) -> str:
     from ..features import FeatureStore, FeatureStoreError
-    from ..fitting import RegistryError, subject_stimuli
-    from ..fitting._decoding import decode_subject, retrieved_captions
+    from ..fitting import RegistryError, decode_subject, retrieved_captions, subject_stimuli
 
     if not decoders:
         return '<p class="note">No decoder: nothing decoded.</p>'
@@ -489,7 +487,7 @@ def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict)
 
 # ------------------------------------------------------------------------------------------ 5. split
 def _section_split(metrics: dict) -> str:
-    from ..fitting._report import _plot_split, row_families, split_rows
+    from ..fitting import row_families, split_rows, write_split_plot
 
     rows = split_rows(metrics)
     if not rows:
@@ -500,7 +498,7 @@ def _section_split(metrics: dict) -> str:
     return ('<p class="note">Banded ridge: each feature space&#x27;s share of the test Pearson r per ROI family, mean '
             "over subjects (the shares of a model add up to its test r).</p>"
             + _table(head, body, numeric_from=2, cls="split")
-            + _img(_saved_png(_plot_split, rows), "test r split between feature spaces"))
+            + _img(_saved_png(write_split_plot, rows), "test r split between feature spaces"))
 
 
 # ------------------------------------------------------------------------------------------ 6. provenance

@@ -37,7 +37,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key_message
-from ..fitting._spec import FitSpec
+from ..fitting import FitSpec
 
 __all__ = ["STAGES", "DEPENDS", "STATE_FILE", "PipelineError", "PipelineSpec", "ExtractorEntry", "FitStage",
            "EvaluateStage", "ReportStage", "ServeStage", "Pipeline", "Step", "load_pipeline", "plan_pipeline",

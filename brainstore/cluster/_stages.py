@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from ..fitting._spec import FitSpec
+from ..fitting import FitSpec
 from ._pipeline import STAGES, PipelineError, PipelineSpec, _Ctx, _file_sha, _record_identity, _title
 
 __all__ = ["RUNNERS"]
@@ -132,7 +132,7 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
 
     what = f"fit.decoders[{i}] ({dspec.method} into {dspec.target})"
     if dspec.method == "adaptor":
-        from ..fitting._adaptor import fit_adaptor
+        from ..fitting import fit_adaptor
 
         with drop_stderr_lines(enabled=quiet):
             arun = fit_adaptor(ds.root, [dspec.target], store=spec.store, registry=spec.registry, out=out,
@@ -159,9 +159,7 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
 
 def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
     from ..datasets import open_dataset
-    from ..fitting import evaluate_registered, write_report
-    from ..fitting._decoding import evaluate_decoders
-    from ..fitting._report import write_decoding_plot
+    from ..fitting import evaluate_decoders, evaluate_registered, write_decoding_plot, write_report
     from .cli import _print_comparison, _print_decoders, _print_named
     from ._report import console
 

@@ -429,7 +429,7 @@ def weights_pull_cmd(
 
 
 def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
-    from ..fitting._report import row_families
+    from ..fitting import row_families
     from ._report import console, score_table
 
     test = all("nnmc" in r for r in rows)
@@ -465,8 +465,7 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
     from .._paths import check_folder
     from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
-    from ..fitting import RegistryError
-    from ..fitting._spec import DecoderSpec
+    from ..fitting import DecoderSpec, RegistryError
     from ._ray import connect
 
     if dataset is None:
@@ -495,7 +494,7 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
     from ._report import console
 
     if spec.method == "adaptor":
-        from ..fitting._adaptor import fit_adaptor
+        from ..fitting import fit_adaptor
         from ._quiet import drop_stderr_lines
 
         with drop_stderr_lines(enabled=not VERBOSE["on"]):
@@ -533,8 +532,7 @@ def _add_store_retrieval(metrics: dict, dataset: Path, registry: str, store: str
     (``store_top1`` / ``store_top5`` of ``store_candidates``, LanceDB search over the whole target table)
     that fitting leaves to evaluation, so ``fit --decode`` prints and records it as ``evaluate`` does."""
     from ..datasets import open_dataset
-    from ..fitting import ModelRegistry
-    from ..fitting._decoding import evaluate_decoders
+    from ..fitting import ModelRegistry, evaluate_decoders
 
     ev = evaluate_decoders(ModelRegistry(registry, create=False), open_dataset(dataset), store=store,
                            models=list(metrics))
@@ -628,8 +626,7 @@ def _check_decoder_specs(spec, store: str) -> None:
     """Every decoder of a fit spec: target table holding each subject's stimuli, known ROIs (before any fit)."""
     from ..datasets import open_dataset
     from ..features import FeatureStore
-    from ..fitting import select_voxels
-    from ..fitting._decoding import check_decoding_inputs
+    from ..fitting import check_decoding_inputs, select_voxels
 
     ds, fs = open_dataset(spec.dataset), FeatureStore(store, create=False)
     subjects = None if spec.subjects == "all" else list(spec.subjects)
@@ -655,8 +652,7 @@ def evaluate_cmd(
     from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
-    from ..fitting._decoding import decoder_records, evaluate_decoders
-    from ..fitting._report import write_decoding_plot
+    from ..fitting import decoder_records, evaluate_decoders, write_decoding_plot
     from ._report import console
 
     if rois not in ("families", "named"):
@@ -745,7 +741,7 @@ def _check_encoder_name(reg, model: str, ds, dataset: Path, registry: str) -> No
     model fitted on ``ds`` for every one of its subjects."""
     import difflib
 
-    from ..fitting._registry import NON_ENCODER_KINDS
+    from ..fitting import NON_ENCODER_KINDS
 
     recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS
             and r.meta.get("dataset") == str(ds.root)]
@@ -775,7 +771,7 @@ def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str,
     from ..datasets import DatasetError, open_dataset
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, safe_name, subject_stimuli
-    from ..fitting._decoding import decode_subject, decoder_name, decoding_models, store_top_k
+    from ..fitting import decode_subject, decoder_name, decoding_models, store_top_k
     from ._report import console
 
     try:
@@ -1017,8 +1013,7 @@ def explain_cmd(
     from .._paths import check_folder
     from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
-    from ..fitting import RegistryError, run_dir, safe_name
-    from ..fitting._explain import explain_roi, write_contact_sheet
+    from ..fitting import RegistryError, explain_roi, run_dir, safe_name, write_contact_sheet
     from ._report import console
 
     verts = None

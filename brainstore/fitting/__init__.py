@@ -15,17 +15,21 @@ from ..scoring import (
     retrieval_metrics,
     roi_summary,
 )
+from ._adaptor import ADAPTOR_KIND, AdaptorModel, AdaptorRun, fit_adaptor
 from ._captioner import Captioner, make_tiny_lm, train_captioner
 from ._choice import validation_r
 from ._compose import compose
-from ._decoding import DECODER_KIND, DecodeRun, Decoder, evaluate_decoders, fit_decoders, select_voxels
+from ._decoding import (DECODER_KIND, DecodeRun, Decoder, check_decoding_inputs, decode_subject, decoder_name,
+                        decoder_records, decoding_models, evaluate_decoders, fit_decoders, response_matrix,
+                        retrieved_captions, select_voxels, store_top_k)
 from ._explain import ExplainedStimulus, Explanation, explain_roi, write_contact_sheet
 from ._errors import NonFiniteOutputError, check_finite_output
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
-from ._evaluate import score_submission, score_subject
+from ._evaluate import pooled_roi_summary, score_submission, score_subject
 from ._predict import EncodingModel, best_model, predict_model
-from ._registry import ModelRecord, ModelRegistry, RegistryError, safe_name
-from ._report import comparison_rows, evaluate_registered, write_predictions, write_report
+from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, safe_name
+from ._report import (comparison_rows, evaluate_registered, report_families, row_families, split_rows,
+                      write_decoding_plot, write_predictions, write_report, write_split_plot)
 from ._run import FitRun, covering_features, default_spec, fit_encoding_models
 from ._runfiles import run_dir
 from ._spec import AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
@@ -43,7 +47,7 @@ _LAZY = {
 __all__ = [
     # scoring
     "pearson_r", "noise_normalized_score", "nnmc", "roi_summary", "noise_ceiling_from_ncsnr",
-    "retrieval_metrics", "score_subject", "score_submission", "validation_r",
+    "retrieval_metrics", "score_subject", "score_submission", "validation_r", "pooled_roi_summary",
     # ridge and banded ridge solvers and estimators (lazy: torch)
     "solve_ridge_cv", "solve_ridge_cv_eigh", "solve_ridge_cv_svd", "RIDGE_SOLVERS", "RidgeCVResult",
     "predict_ridge", "kfold_indices", "RidgeCVEncoder", "MLPEncoder",
@@ -54,15 +58,20 @@ __all__ = [
     "validation_folds", "covering_features", "compose",
     # registered models
     "EncodingModel", "predict_model", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    "NON_ENCODER_KINDS",
     # decoders
     "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND", "DecoderSpec",
-    "AdaptorParams",
+    "check_decoding_inputs", "response_matrix", "decoder_name", "decoder_records", "decoding_models", "decode_subject",
+    "store_top_k", "retrieved_captions",
+    # adaptors (one network, an adapter per subject; Ray Train)
+    "fit_adaptor", "AdaptorModel", "AdaptorRun", "ADAPTOR_KIND", "AdaptorParams",
     # caption generation (prefix of a frozen causal LM)
     "train_captioner", "Captioner", "make_tiny_lm",
     # selectivity
     "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
+    "report_families", "row_families", "split_rows", "write_split_plot", "write_decoding_plot",
 ]
 
 

@@ -33,7 +33,7 @@ from ._registry import ModelRegistry, RegistryError, safe_name
 
 __all__ = ["delay_responses", "DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
            "DecodeRun", "Decoder", "decoder_name", "decoder_records", "evaluate_decoders", "store_top_k",
-           "decode_subject", "decoding_models"]
+           "decode_subject", "decoding_models", "check_decoding_inputs", "retrieved_captions"]
 
 #: ``kind`` of registered decoders (encoders are ridge, banded, mlp, per-roi, ensemble).
 DECODER_KIND = "decoder"
@@ -78,9 +78,28 @@ ORACLE_FILES = {"train": "{hemi}_train_noiseless.npy", "test": "{hemi}_pred_test
 
 def response_matrix(ds: AlgonautsDataset, subject: str, split: str, voxels: dict[str, np.ndarray],
                     *, oracle: bool = False) -> np.ndarray:
-    """(n_images, n_voxels) float32: the selected vertices, left hemisphere then right.
+    """A subject's responses at a voxel selection, left hemisphere then right.
 
-    ``oracle``: read the noiseless responses of a synthetic dataset instead (:data:`ORACLE_FILES`).
+    Parameters
+    ----------
+    ds : AlgonautsDataset
+        Any :class:`~brainstore.datasets.BrainDataset`.
+    subject, split : str
+        Whose responses, and which split (``train`` / ``test``).
+    voxels : dict
+        ``{hemi: vertex indices}`` (:func:`select_voxels`, or a decoder's ``voxels``).
+    oracle : bool
+        Read the noiseless responses of a synthetic dataset instead (:data:`ORACLE_FILES`).
+
+    Returns
+    -------
+    np.ndarray
+        (n_images, n_voxels) float32.
+
+    Raises
+    ------
+    DatasetError
+        A hemisphere has fewer vertices than the selection needs, or the responses hold NaN or inf.
     """
     parts = []
     for hemi in HEMISPHERES:
@@ -202,6 +221,22 @@ def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, 
 
     Only training stimuli are candidates: the test images' own captions are never retrieved, so
     the caption metrics measure what the decoder recovered, not a lookup of the answer.
+
+    Parameters
+    ----------
+    decoded : np.ndarray
+        (n, dim) decoded embeddings.
+    train_emb : np.ndarray
+        (n_train, dim) target-table embeddings of ``train_ids``, the candidates.
+    train_ids : list of str
+        The training stimulus ids, in the rows of ``train_emb``.
+
+    Returns
+    -------
+    best : list of int
+        Per decoded row, the row of ``train_emb`` nearest to it.
+    captions : list of str
+        The captions of those training stimuli (``""`` where a stimulus has none).
     """
     from ..scoring import cosine_similarity
 
@@ -417,9 +452,14 @@ def _adaptor_records(reg: ModelRegistry, dataset: str | Path) -> list:
 
 
 def decoding_models(reg: ModelRegistry, dataset: str | Path) -> dict[str, dict]:
-    """``{model: {"kind": "decoder"|"adaptor", "targets": [...], "subjects": [...]}}`` of the
-    decoding models fitted on ``dataset`` (ridge decoders are one record per subject, an adaptor one
-    shared record)."""
+    """The decoding models fitted on ``dataset``: ridge decoders and adaptors as one namespace.
+
+    Returns
+    -------
+    dict
+        ``{model: {"kind": "decoder"|"adaptor", "targets": [...], "subjects": [...]}}`` (ridge decoders
+        are one record per subject, an adaptor one shared record).
+    """
     out: dict[str, dict] = {}
     for r in decoder_records(reg, dataset):
         e = out.setdefault(r.meta["model"], {"kind": DECODER_KIND, "targets": [r.meta["target"]], "subjects": []})
@@ -434,10 +474,29 @@ def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDa
                    store: str | None = None, split: str = "test", cache: dict | None = None
                    ) -> tuple[np.ndarray, FeatureStore]:
     """Decode ``subject``'s ``split`` responses into ``target`` with the ridge decoder ``model/subject``
-    or the adaptor ``model/shared`` (drift-checked); returns the decoded embeddings and the store.
+    or the adaptor ``model/shared`` (drift-checked).
 
-    ``cache`` (a dict kept across calls for several subjects) holds the registry's decoding models
-    and a loaded adaptor, so an adaptor is loaded and drift-checked once, not once per subject.
+    Parameters
+    ----------
+    model : str
+        A decoding model of :func:`decoding_models`.
+    store : str, optional
+        The feature store holding ``target``; default: the one recorded in the model.
+    cache : dict, optional
+        Kept across calls for several subjects: holds the registry's decoding models and a loaded
+        adaptor, so an adaptor is loaded and drift-checked once, not once per subject.
+
+    Returns
+    -------
+    decoded : np.ndarray
+        (n_images, dim) embeddings decoded from the ``split`` responses.
+    store : FeatureStore
+        The store holding ``target``.
+
+    Raises
+    ------
+    RegistryError
+        No such decoding model on this dataset, or it has no decoder for ``subject`` or into ``target``.
     """
     cache = {} if cache is None else cache
     if "models" not in cache:
@@ -465,8 +524,20 @@ def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDa
 
 def store_top_k(fs: FeatureStore, table: str, decoded: np.ndarray, k: int = 10) -> tuple[list[list[str]], np.ndarray]:
     """The ``k`` stimuli of the WHOLE store table nearest (cosine) to each decoded embedding, searched
-    by LanceDB (exact search, or the table's vector index when one was built); ids and cosine
-    similarities (n, k), best first."""
+    by LanceDB (exact search, or the table's vector index when one was built).
+
+    Parameters
+    ----------
+    decoded : np.ndarray
+        (n, dim) decoded embeddings.
+
+    Returns
+    -------
+    ids : list of list of str
+        Per row, the ``k`` stimulus ids, best first.
+    similarities : np.ndarray
+        (n, k) float64 cosine similarities, best first (NaN past the end of a smaller table).
+    """
     if k < 1:
         raise ValueError(f"top-k must be at least 1, got {k}")
     hits = fs.search(table, np.asarray(decoded, np.float32), k=k, metric="cosine")

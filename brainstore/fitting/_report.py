@@ -16,7 +16,8 @@ from ._evaluate import pooled_split_scores, pooled_test_scores, score_test_split
 from ._registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
 from ._runfiles import RunLayout, write_array
 
-__all__ = ["comparison_rows", "named_rows", "report_families", "row_families", "write_report", "write_predictions", "evaluate_registered"]
+__all__ = ["comparison_rows", "named_rows", "report_families", "row_families", "split_rows", "write_report",
+           "write_predictions", "write_split_plot", "write_decoding_plot", "evaluate_registered"]
 
 SHORT = ROI_FAMILY_LABELS
 VAL = "val r"  # column label of the validation score (see fitting._choice)
@@ -180,8 +181,16 @@ def split_rows(metrics: dict) -> list[dict]:
     return rows
 
 
-def _plot_split(rows: list[dict], path: Path) -> None:
-    """Stacked bars: each feature space's share of the test r per ROI family, one panel per banded model."""
+def write_split_plot(rows: list[dict], path) -> None:
+    """Stacked bars: each feature space's share of the test r per ROI family, one panel per banded model.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`split_rows` of the metrics (one row per banded model and feature space).
+    path : Path or binary file object
+        Where the PNG goes (``split_scores.png`` of a report; a buffer for the HTML report).
+    """
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -268,7 +277,7 @@ def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: Alg
                                            f"{_named_markdown(names, nrows)}\n")
     _plot_roi_bars(rows, test, title, out / "roi_scores.png")
     if srows:
-        _plot_split(srows, out / "split_scores.png")
+        write_split_plot(srows, out / "split_scores.png")
     best = max(rows, key=lambda r: r.get("nnmc", r["val_r"]))["model"]
     subject = sorted(metrics[best])[0]
     if (best, subject) in test_preds and ds.has_test_responses(subject):

@@ -20,8 +20,7 @@ import numpy as np
 
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, MissingStimuliError
-from ..fitting import ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
-from ..fitting._registry import NON_ENCODER_KINDS
+from ..fitting import NON_ENCODER_KINDS, ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
 from ._codec import ServingError
 from ._outage import outage
 
@@ -386,8 +385,7 @@ class LocalBackend:
 
         ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
         (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
-        from ..fitting import Decoder
-        from ..fitting._adaptor import AdaptorModel
+        from ..fitting import AdaptorModel, Decoder
 
         dec = self.catalog()["decoders"]
         mine = {m: d for m, d in dec.items() if subject in d["subjects"]}

@@ -74,7 +74,7 @@ class CandidateIndex:
         self._refresh()
         Q = np.atleast_2d(np.asarray(Q, np.float32))
         if self.E is None:
-            from ..fitting._decoding import store_top_k
+            from ..fitting import store_top_k
 
             return store_top_k(self.fs, self.table, Q, k)
         k = min(k, len(self.E))
