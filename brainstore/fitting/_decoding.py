@@ -78,23 +78,14 @@ ORACLE_FILES = {"train": "{hemi}_train_noiseless.npy", "test": "{hemi}_pred_test
 
 def response_matrix(ds: AlgonautsDataset, subject: str, split: str, voxels: dict[str, np.ndarray],
                     *, oracle: bool = False) -> np.ndarray:
-    """A subject's responses at a voxel selection, left hemisphere then right.
+    """A subject's ``split`` responses at a voxel selection: (n_images, n_voxels) float32, lh then rh.
 
     Parameters
     ----------
-    ds : AlgonautsDataset
-        Any :class:`~brainstore.datasets.BrainDataset`.
-    subject, split : str
-        Whose responses, and which split (``train`` / ``test``).
     voxels : dict
         ``{hemi: vertex indices}`` (:func:`select_voxels`, or a decoder's ``voxels``).
     oracle : bool
         Read the noiseless responses of a synthetic dataset instead (:data:`ORACLE_FILES`).
-
-    Returns
-    -------
-    np.ndarray
-        (n_images, n_voxels) float32.
 
     Raises
     ------
@@ -222,21 +213,8 @@ def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, 
     Only training stimuli are candidates: the test images' own captions are never retrieved, so
     the caption metrics measure what the decoder recovered, not a lookup of the answer.
 
-    Parameters
-    ----------
-    decoded : np.ndarray
-        (n, dim) decoded embeddings.
-    train_emb : np.ndarray
-        (n_train, dim) target-table embeddings of ``train_ids``, the candidates.
-    train_ids : list of str
-        The training stimulus ids, in the rows of ``train_emb``.
-
-    Returns
-    -------
-    best : list of int
-        Per decoded row, the row of ``train_emb`` nearest to it.
-    captions : list of str
-        The captions of those training stimuli (``""`` where a stimulus has none).
+    ``decoded``: (n, dim); ``train_emb``: (n_train, dim), the target table's rows of ``train_ids``.
+    Returns, per decoded row, the nearest row of ``train_emb`` and its stimulus's caption (``""`` if none).
     """
     from ..scoring import cosine_similarity
 
@@ -452,14 +430,9 @@ def _adaptor_records(reg: ModelRegistry, dataset: str | Path) -> list:
 
 
 def decoding_models(reg: ModelRegistry, dataset: str | Path) -> dict[str, dict]:
-    """The decoding models fitted on ``dataset``: ridge decoders and adaptors as one namespace.
-
-    Returns
-    -------
-    dict
-        ``{model: {"kind": "decoder"|"adaptor", "targets": [...], "subjects": [...]}}`` (ridge decoders
-        are one record per subject, an adaptor one shared record).
-    """
+    """``{model: {"kind": "decoder"|"adaptor", "targets": [...], "subjects": [...]}}`` of the
+    decoding models fitted on ``dataset``: ridge decoders and adaptors as one namespace (ridge
+    decoders are one record per subject, an adaptor one shared record)."""
     out: dict[str, dict] = {}
     for r in decoder_records(reg, dataset):
         e = out.setdefault(r.meta["model"], {"kind": DECODER_KIND, "targets": [r.meta["target"]], "subjects": []})
@@ -476,15 +449,9 @@ def decode_subject(reg: ModelRegistry, model: str, subject: str, ds: AlgonautsDa
     """Decode ``subject``'s ``split`` responses into ``target`` with the ridge decoder ``model/subject``
     or the adaptor ``model/shared`` (drift-checked).
 
-    Parameters
-    ----------
-    model : str
-        A decoding model of :func:`decoding_models`.
-    store : str, optional
-        The feature store holding ``target``; default: the one recorded in the model.
-    cache : dict, optional
-        Kept across calls for several subjects: holds the registry's decoding models and a loaded
-        adaptor, so an adaptor is loaded and drift-checked once, not once per subject.
+    ``store``: the feature store holding ``target`` (default: the model's). ``cache`` (a dict kept
+    across calls for several subjects) holds the registry's decoding models and a loaded adaptor, so
+    an adaptor is loaded and drift-checked once, not once per subject.
 
     Returns
     -------
@@ -526,17 +493,8 @@ def store_top_k(fs: FeatureStore, table: str, decoded: np.ndarray, k: int = 10) 
     """The ``k`` stimuli of the WHOLE store table nearest (cosine) to each decoded embedding, searched
     by LanceDB (exact search, or the table's vector index when one was built).
 
-    Parameters
-    ----------
-    decoded : np.ndarray
-        (n, dim) decoded embeddings.
-
-    Returns
-    -------
-    ids : list of list of str
-        Per row, the ``k`` stimulus ids, best first.
-    similarities : np.ndarray
-        (n, k) float64 cosine similarities, best first (NaN past the end of a smaller table).
+    ``decoded``: (n, dim). Returns per row the ``k`` stimulus ids and the (n, k) float64 cosine
+    similarities, best first (NaN past the end of a table smaller than ``k``).
     """
     if k < 1:
         raise ValueError(f"top-k must be at least 1, got {k}")
