@@ -175,7 +175,7 @@ def _render():
 def test_kuberay_manifests_parse_and_embed_the_serve_config_brainstore_writes():
     from ray.serve.schema import ServeDeploySchema
 
-    from brainstore.serving._config import check_serve_config
+    from brainstore.serving import check_serve_config
 
     cluster = yaml.safe_load((ROOT / "deploy" / "kuberay" / "raycluster.yaml").read_text())
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
@@ -196,6 +196,7 @@ def test_kuberay_manifests_parse_and_embed_the_serve_config_brainstore_writes():
     assert serve_cfg["http_options"]["host"] == "0.0.0.0" and app["args"]["token_env"] == "BRAINSTORE_TOKEN"
     assert app["args"]["store"].startswith("s3://")
     assert app["args"]["registry"].startswith("s3://")  # models and tables on object storage
+    assert app["import_path"] == "brainstore.serving:app_builder"  # the public path, not a private module's
     spec = service["spec"]["rayClusterConfig"]
     for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:  # the token reaches the app wherever it is built
         for c in g["template"]["spec"]["containers"]:
@@ -206,8 +207,33 @@ def test_kuberay_manifests_parse_and_embed_the_serve_config_brainstore_writes():
 
 
 def test_a_config_that_names_a_token_variable_never_serves_without_it(monkeypatch):
-    from brainstore.serving._deploy import app_builder
+    from brainstore.serving import app_builder
 
     monkeypatch.delenv("BRAINSTORE_TEST_TOKEN", raising=False)
     with pytest.raises(ValueError, match=r"\$BRAINSTORE_TEST_TOKEN, which is empty or unset"):
         app_builder({"registry": "/nonexistent", "token_env": "BRAINSTORE_TEST_TOKEN"})
+
+
+@pytest.mark.parametrize("import_path", ["brainstore.serving:app_builder",  # what configs are written with
+                                         "brainstore.serving._deploy:app_builder"])  # configs of earlier versions
+def test_a_config_naming_the_public_or_the_old_import_path_builds_and_is_read(import_path, tmp_path):
+    """Serve resolves a config's import_path and calls the builder with its args as Ray does it
+    (``import_attr``, ``call_user_app_builder_with_args_if_necessary``); both paths give the brainstore
+    application, and ``brainstore serve --config`` reads a config naming either."""
+    from ray._common.utils import import_attr
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from brainstore.serving import app_args, deployment_options, read_serve_config, serve_config
+
+    cfg = serve_config(str(tmp_path / "registry"), request_timeout_s=12.0)
+    app = cfg["applications"][0]
+    assert app["import_path"] == "brainstore.serving:app_builder"
+    app["import_path"] = import_path
+    built = call_user_app_builder_with_args_if_necessary(import_attr(import_path), app["args"])
+    assert isinstance(built, Application)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    read = read_serve_config(path)
+    assert app_args(read) == app["args"] and app_args(read)["limits"] == {"request_timeout_s": 12.0}
+    assert set(deployment_options(read)) == {"Ingress", "Extractor", "Encoder", "Decoder"}

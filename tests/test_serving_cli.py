@@ -35,7 +35,7 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
     assert cfg["http_options"] == {"host": "127.0.0.1", "port": 8321, "request_timeout_s": 35.0}  # the proxy's
     assert cfg["applications"][0]["args"]["limits"] == {"request_timeout_s": 30.0}  # the app answers 503 first
     a = cfg["applications"][0]
-    assert a["import_path"] == "brainstore.serving._deploy:app_builder"
+    assert a["import_path"] == "brainstore.serving:app_builder"
     assert a["args"]["registry"] == str(Path(serving_models["registry"]).resolve())
     enc = next(d for d in a["deployments"] if d["name"] == "Encoder")
     assert enc["autoscaling_config"]["max_replicas"] == 2 and enc["ray_actor_options"]["num_cpus"] == 0.25
@@ -190,7 +190,7 @@ def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_pa
 def test_a_serve_config_refuses_a_short_token_where_the_app_is_built(monkeypatch):
     """`serve run` / `serve deploy` of a written config: the token its token_env names is checked as the CLI
     checks it (a RayService's Secret holding a short token fails the deploy with the same one line)."""
-    from brainstore.serving._deploy import app_builder
+    from brainstore.serving import app_builder
 
     monkeypatch.setenv("BRAINSTORE_TEST_TOKEN", "short")
     with pytest.raises(ValueError, match=r"\$BRAINSTORE_TEST_TOKEN \(the brainstore app's token_env\) has 5 "

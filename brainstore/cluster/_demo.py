@@ -166,8 +166,7 @@ def _serve_step(ds, registry: str, store: str, captions: str, *, keep_serving: b
 
     from ..features import FeatureStore
     from ..fitting import Decoder, response_matrix
-    from ..serving import LocalBackend, encode_array, free_port
-    from ..serving._deploy import APP_NAME, build_app
+    from ..serving import APP_NAME, LocalBackend, build_app, encode_array, free_port
     from ._quiet import quiet_serve
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)

@@ -228,8 +228,7 @@ def _run_serve(ctx: _Ctx, fp: str) -> dict:
     import requests
     from ray import serve
 
-    from ..serving import free_port
-    from ..serving._deploy import APP_NAME, build_app
+    from ..serving import APP_NAME, build_app, free_port
     from ._quiet import quiet_serve
     from ._report import console
 

@@ -899,9 +899,8 @@ def serve_cmd(
 
     from ._quiet import quiet_serve
 
-    from ..serving import MAKE_TOKEN, Limits, check_token
-    from ..serving._config import (PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args, deployment_options,
-                                   read_serve_config, serve_config)
+    from ..serving import (MAKE_TOKEN, PROXY_TIMEOUT_MARGIN_S, Limits, ServeConfigError, app_args, check_token,
+                           deployment_options, read_serve_config, serve_config)
     from ._report import console
 
     def serve_token(host: str) -> str | None:  # $token_env checked; a public host never served without one
@@ -920,7 +919,7 @@ def serve_cmd(
                            token_env=token_env if os.environ.get(token_env) else None)
         import yaml
 
-        from ..serving._config import check_serve_config
+        from ..serving import check_serve_config
 
         check_serve_config(cfg)
         write_config.parent.mkdir(parents=True, exist_ok=True)
@@ -959,7 +958,7 @@ def serve_cmd(
         from ray import serve
         from ray.serve.config import HTTPOptions
 
-        from ..serving._deploy import APP_NAME, build_app
+        from ..serving import APP_NAME, build_app
         from ._ray import connect
 
         res = connect(address)

@@ -1,15 +1,64 @@
 """brainstore.serving: the HTTP service of fitted encoding and decoding models.
 
 One FastAPI app (:func:`make_app`) around a backend: :class:`LocalBackend` serves the registry's
-models from this process (plain uvicorn, :class:`LocalServer`). Contract: ``ARCHITECTURE.md``
-(Serving).
+models from this process (plain uvicorn, :class:`LocalServer`). On Ray Serve the same app fronts
+deployments (:func:`build_app`); Serve config files (:func:`serve_config`) name the application
+builder by its public path ``brainstore.serving:app_builder``. The Ray Serve names (:func:`build_app`,
+:data:`APP_NAME`) are imported on first use, so ``import brainstore.serving`` does not import Ray.
+Contract: ``ARCHITECTURE.md`` (Serving).
 """
+
+import importlib
 
 from ._app import MAKE_TOKEN, TOKEN_MIN_LENGTH, Limits, check_token, make_app
 from ._backend import STIMULUS_ID, LocalBackend
 from ._codec import NPY, ServingError, array_from_npy, array_to_npy, decode_array, encode_array
+from ._config import (IMPORT_PATH, LEGACY_IMPORT_PATHS, PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args,
+                      check_serve_config, deployment_options, read_serve_config, serve_config)
 from ._local import LocalServer, free_port
+
+#: Public names whose module imports Ray (Serve deployments): loaded on first access (PEP 562).
+_LAZY = {"build_app": "._deploy", "APP_NAME": "._deploy"}
 
 __all__ = ["make_app", "Limits", "check_token", "TOKEN_MIN_LENGTH", "MAKE_TOKEN", "LocalBackend", "LocalServer",
            "free_port", "ServingError", "STIMULUS_ID", "NPY", "encode_array", "decode_array", "array_from_npy",
-           "array_to_npy"]
+           "array_to_npy",
+           # Ray Serve: the application (lazy: ray) and its config files
+           "app_builder", "build_app", "APP_NAME", "serve_config", "check_serve_config", "read_serve_config",
+           "app_args", "deployment_options", "ServeConfigError", "IMPORT_PATH", "LEGACY_IMPORT_PATHS",
+           "PROXY_TIMEOUT_MARGIN_S"]
+
+
+def app_builder(args: dict):
+    """The Ray Serve application builder that Serve config files name: ``import_path:
+    brainstore.serving:app_builder`` (what ``brainstore serve --write-config`` writes).
+
+    Parameters
+    ----------
+    args : dict
+        The application's ``args``: ``registry`` (the model registry folder or URI), and optionally
+        ``store`` (the feature store), ``token_env`` (the environment variable holding the bearer
+        token) and ``limits`` (:class:`Limits` fields).
+
+    Returns
+    -------
+    ray.serve.Application
+        The bound application (:func:`build_app`).
+
+    Raises
+    ------
+    ValueError
+        An unknown arg, no ``registry``, or a ``token_env`` naming a variable that is unset, empty or
+        holds a token too short (:func:`check_token`).
+    """
+    from ._deploy import app_builder as build  # imports Ray
+
+    return build(args)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,10 +8,13 @@ import copy
 from pathlib import Path
 
 __all__ = ["serve_config", "check_serve_config", "read_serve_config", "deployment_options", "app_args", "ServeConfigError",
-           "IMPORT_PATH", "PROXY_TIMEOUT_MARGIN_S"]
+           "IMPORT_PATH", "LEGACY_IMPORT_PATHS", "PROXY_TIMEOUT_MARGIN_S"]
 
 
-IMPORT_PATH = "brainstore.serving._deploy:app_builder"
+#: The application builder configs name (:func:`brainstore.serving.app_builder`).
+IMPORT_PATH = "brainstore.serving:app_builder"
+#: Import paths of the same builder that configs written by earlier versions name; still built and read.
+LEGACY_IMPORT_PATHS = ("brainstore.serving._deploy:app_builder",)
 #: Serve's proxy gives up this many seconds after the app's own request timeout (which answers 503 first).
 PROXY_TIMEOUT_MARGIN_S = 5.0
 
@@ -133,6 +136,25 @@ def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
 
 
 def read_serve_config(path: str | Path) -> dict:
+    """Read and check a Serve config file (``brainstore serve --config``).
+
+    Parameters
+    ----------
+    path : str or Path
+        A YAML file as ``brainstore serve --write-config`` writes it (its brainstore application may
+        name :data:`IMPORT_PATH` or one of :data:`LEGACY_IMPORT_PATHS`).
+
+    Returns
+    -------
+    dict
+        The config, checked by :func:`check_serve_config`.
+
+    Raises
+    ------
+    ServeConfigError
+        The file is missing or not YAML, or Serve would refuse or silently misread it (one line naming
+        the file and the key).
+    """
     import yaml
 
     p = Path(path)
@@ -146,7 +168,7 @@ def read_serve_config(path: str | Path) -> dict:
 
 
 def _brainstore_apps(cfg: dict) -> list[dict]:
-    return [a for a in cfg.get("applications", []) if a.get("import_path") == IMPORT_PATH]
+    return [a for a in cfg.get("applications", []) if a.get("import_path") in (IMPORT_PATH, *LEGACY_IMPORT_PATHS)]
 
 
 def app_args(cfg: dict) -> dict:

@@ -324,8 +324,11 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
 
 
 def app_builder(args: dict):
-    """``import_path: brainstore.serving._deploy:app_builder`` for ``serve run`` / ``serve deploy`` config files:
-    ``args: {registry, store?, token_env?, limits?}`` (the token is read from the environment variable named)."""
+    """The application builder of ``serve run`` / ``serve deploy`` config files: ``args: {registry, store?,
+    token_env?, limits?}`` (the token is read from the environment variable named).
+
+    Configs name it by its public path ``brainstore.serving:app_builder``; this module's path
+    (``brainstore.serving._deploy:app_builder``), which configs of earlier versions name, keeps working."""
     import os
 
     args = dict(args or {})

@@ -28,7 +28,7 @@ HEADER = """\
 
 
 def render(registry: str = REGISTRY, store: str = STORE) -> dict:
-    from brainstore.serving._config import check_serve_config, serve_config
+    from brainstore.serving import check_serve_config, serve_config
 
     serve = check_serve_config(serve_config(registry, store, host="0.0.0.0", port=8000, token_env="BRAINSTORE_TOKEN"))
     cluster = yaml.safe_load((HERE / "raycluster.yaml").read_text())
