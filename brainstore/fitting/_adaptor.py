@@ -425,9 +425,12 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     out : run folder (default ``<registry>/_runs/adaptor-TIME``); starting again on the same folder
         resumes from its last checkpoint.
 
-    The run's :class:`AdaptorRun` (and the registered meta) give ``n_params`` (the whole network) and
-    ``n_trainable`` (what this run trained); the meta records each subject's adapter
-    (``adapters: {subject: {"kind", "rank"}}``), ``adapt_subjects`` and ``domain_adaptation``.
+    Returns
+    -------
+    AdaptorRun
+        With the registered meta, ``n_params`` (the whole network) and ``n_trainable`` (what this run
+        trained); the meta records each subject's adapter (``adapters: {subject: {"kind", "rank"}}``),
+        ``adapt_subjects`` and ``domain_adaptation``.
     """
     import torch
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
