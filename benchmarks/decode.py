@@ -162,7 +162,7 @@ def main() -> None:
                  f"parameters trained): top-1 {few[label]['top1_brain_to_stimulus']:.3f}")
     from brainstore.fitting import ModelRegistry
 
-    st, _ = ModelRegistry(out / "registry").load("bench-fewshot-adaptor/shared")
+    st, _ = ModelRegistry(out / "registry").load_arrays("bench-fewshot-adaptor/shared")
     n_all = sum(v.size for k, v in st.items() if k.startswith("net."))
     n_adapter = sum(v.size for k, v in st.items() if k.startswith(f"net.adapters.{new}."))
     keys = ("top1_brain_to_stimulus", "top1_stimulus_to_brain", "two_way", "cosine", "oracle_top1_brain_to_stimulus",

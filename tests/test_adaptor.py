@@ -218,8 +218,8 @@ def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_tri
         fit_adaptor(small_dataset, [t], params={**P, "new_adapter_init": "mean"}, subjects=["subj02"],
                     out=tmp_path / "mean", register=False, **kw)
     reg = ModelRegistry(registry, create=False)
-    st0, rec0 = reg.load("pre/shared")
-    st1, rec1 = reg.load("tr/shared")
+    st0, rec0 = reg.load_arrays("pre/shared")
+    st1, rec1 = reg.load_arrays("tr/shared")
     m = rec1.meta
     assert m["adapters"] == {"subj01": {"kind": "linear", "rank": None}, "subj02": {"kind": "factored", "rank": rank}}
     assert rec0.meta["adapters"] == {"subj01": {"kind": "linear", "rank": None}}
@@ -285,15 +285,15 @@ def test_mean_adapter_init_starts_a_new_subject_from_the_pretrained_maps(tmp_pat
         fit_adaptor(data, [t], params={**still, **extra}, subjects=["subj03"], init_from="pre/shared",
                     trainable="adapter", out=tmp_path / name, name=name, **kw)
     reg = ModelRegistry(tmp_path / "reg", create=False)
-    pre, _ = reg.load("pre/shared")
+    pre, _ = reg.load_arrays("pre/shared")
     W = (pre["net.adapters.subj01.weight"] + pre["net.adapters.subj02.weight"]) / 2
     b = (pre["net.adapters.subj01.bias"] + pre["net.adapters.subj02.bias"]) / 2
     assert W.shape == (16, 120)
-    lin, rec = reg.load("lin/shared")
+    lin, rec = reg.load_arrays("lin/shared")
     assert rec.meta["params"]["new_adapter_init"] == "mean"
     np.testing.assert_allclose(lin["net.adapters.subj03.weight"], W, atol=1e-6)
     np.testing.assert_allclose(lin["net.adapters.subj03.bias"], b, atol=1e-6)
-    fac, _ = reg.load("fac/shared")
+    fac, _ = reg.load_arrays("fac/shared")
     U, S, Vt = np.linalg.svd(W.astype(np.float64))
     best3 = (U[:, :3] * S[:3]) @ Vt[:3]
     np.testing.assert_allclose(fac["net.adapters.subj03.up.weight"] @ fac["net.adapters.subj03.down.weight"], best3,

@@ -135,7 +135,7 @@ def test_domain_adaptation_trains_registers_and_records_its_settings(da):
     assert run.adapt_subjects == ["subj02", "subj03"]
     assert set(run.metrics[t]) == {"subj01", "subj02", "subj03"}  # the held-out subject is scored too
     assert run.n_trainable == run.n_params  # trainable="all": every adapter takes part
-    st, rec = ModelRegistry(da["kw"]["registry"], create=False).load("da/shared")
+    st, rec = ModelRegistry(da["kw"]["registry"], create=False).load_arrays("da/shared")
     m = rec.meta
     assert m["subjects"] == ["subj01", "subj02", "subj03"] and m["trained_subjects"] == ["subj01", "subj02"]
     assert m["adapt_subjects"] == ["subj02", "subj03"]

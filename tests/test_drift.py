@@ -69,7 +69,7 @@ def test_loading_an_ensemble_refuses_a_refitted_member(pca_fit, small_dataset, t
 
 def test_a_model_without_fingerprints_is_refused(pca_fit):
     reg = ModelRegistry(pca_fit["registry"])
-    tensors, rec = reg.load("txt/subj01")
+    tensors, rec = reg.load_arrays("txt/subj01")
     meta = {k: v for k, v in rec.meta.items() if k != "fingerprints"}
     reg.save("old/subj01", tensors, {**meta, "model": "old"})
     with pytest.raises(RegistryError, match="without feature fingerprints.*refit it"):

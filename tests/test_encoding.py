@@ -167,7 +167,7 @@ def test_ensemble_and_per_roi_choice_match_a_hand_computed_reference(fitted, sma
                                          + run.test_preds[(txt, "subj01")][h]) / 2, rtol=1e-5, atol=1e-6)
     # per-ROI best: per ROI family, the member with the highest mean validation r (mean of the two
     # halves' Pearson r, computed here with scipy), vertex by vertex from the members' files
-    tensors, rec = reg.load("per-roi-best/subj01")
+    tensors, rec = reg.load_arrays("per-roi-best/subj01")
     members = rec.meta["members"]
     n_fit = validation_folds(120, 5)[1]
     for h in ("lh", "rh"):

@@ -93,7 +93,7 @@ def test_ranking_matches_the_ridge_weights_by_hand(fitted):
     ex = explain_roi(fitted["registry"], "w", "subj01", roi="FFA-1", top=15, chunk=16)
     all_ids = sorted(fs.ids("words"))
     assert ex.n_stimuli == len(all_ids) == len(fitted["ids"]) + 1 and ex.stimulus_ids == all_ids
-    tensors, _ = ModelRegistry(fitted["registry"], create=False).load("w/subj01")
+    tensors, _ = ModelRegistry(fitted["registry"], create=False).load_arrays("w/subj01")
     X = fs.load("words", all_ids).astype(np.float64)
     pred = {h: ((X - tensors[f"{h}.x_mean_"]) / tensors[f"{h}.x_scale_"]) @ tensors[f"{h}.coef_"]
             + tensors[f"{h}.intercept_"] for h in ("lh", "rh")}

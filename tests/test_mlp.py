@@ -123,7 +123,7 @@ def test_registry_round_trip(tmp_path, data, fitted):
 
     reg = ModelRegistry(tmp_path)
     reg.save("mlp/s1", fitted.state_dict(), {"params": fitted.get_params()})
-    state, rec = reg.load("mlp/s1")
+    state, rec = reg.load_arrays("mlp/s1")
     m2 = MLPEncoder.from_state_dict(state, **rec.meta["params"])
     assert m2.get_params() == fitted.get_params()
     assert np.array_equal(m2.predict(data[2]), fitted.predict(data[2]))

@@ -317,7 +317,7 @@ def test_three_node_cluster_loses_a_node_in_extraction_and_in_fitting(small_data
         # the same models as the single-node run
         reg, ref_reg = ModelRegistry(multi / "reg", create=False), ModelRegistry(single / "reg", create=False)
         for name in ref.registered:
-            (a, _), (b, _) = reg.load(name), ref_reg.load(name)
+            (a, _), (b, _) = reg.load_arrays(name), ref_reg.load_arrays(name)
             assert sorted(a) == sorted(b), name
             for k in b:
                 np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-5, atol=1e-6,
@@ -387,7 +387,7 @@ def test_adaptor_training_loses_a_worker_and_resumes_from_its_last_checkpoint(sm
     assert len(run.resumes) == 1 and run.resumes[0] >= at + 1 > 0, run.resumes
     assert [h["epoch"] for h in run.history] == list(range(ADAPT["epochs"]))  # each epoch once, all of them
     # complete: registered with every epoch, scored on both subjects, loads and decodes
-    _, rec = ModelRegistry(tmp_path / "reg", create=False).load(f"{run.name}/shared")
+    _, rec = ModelRegistry(tmp_path / "reg", create=False).load_arrays(f"{run.name}/shared")
     assert rec.meta["epochs_trained"] == ADAPT["epochs"]
     assert sorted(run.metrics[single_node_text["feature"]]) == AlgonautsDataset(small_dataset).subjects
     model = AdaptorModel.load(tmp_path / "reg", f"{run.name}/shared")

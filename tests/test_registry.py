@@ -37,7 +37,7 @@ def test_round_trip(tmp_path):
     tensors = _tensors()
     rec = reg.save("clip-image+text/subj01", tensors, meta)
     assert isinstance(rec, ModelRecord) and rec.path == tmp_path / "models" / "clip-image+text" / "subj01"
-    out, rec2 = reg.load("clip-image+text/subj01")
+    out, rec2 = reg.load_arrays("clip-image+text/subj01")
     assert set(out) == set(tensors)
     for k, v in tensors.items():
         assert out[k].dtype == v.dtype and out[k].shape == v.shape and np.array_equal(out[k], v), k
@@ -66,7 +66,7 @@ def test_list_exists_delete(tmp_path):
     reg.delete("mlp/subj01")
     assert not reg.exists("mlp/subj01") and not (tmp_path / "mlp").exists()  # empty group folder removed
     with pytest.raises(RegistryError, match="ridge/subj01"):
-        reg.load("ridge/subj1")  # close name suggested
+        reg.load_arrays("ridge/subj1")  # close name suggested
     with pytest.raises(RegistryError, match="no model 'nope'"):
         reg.delete("nope")
     with pytest.raises(RegistryError, match="nested inside models"):
@@ -100,10 +100,10 @@ def test_tamper_detection(tmp_path):
     data[-1] ^= 0xFF  # flip the last byte of the last tensor
     f.write_bytes(bytes(data))
     with pytest.raises(RegistryError, match="changed since it was saved"):
-        reg.load("m")
+        reg.load_arrays("m")
     f.unlink()
     with pytest.raises(RegistryError, match="missing"):
-        reg.load("m")
+        reg.load_arrays("m")
 
 
 def test_overwrite(tmp_path, monkeypatch):
@@ -111,13 +111,13 @@ def test_overwrite(tmp_path, monkeypatch):
     reg.save("g/m", {"w": np.zeros(3)}, {"v": 1})
     with pytest.raises(RegistryError, match="overwrite=True"):
         reg.save("g/m", {"w": np.ones(3)}, {"v": 2}, overwrite=False)
-    assert reg.load("g/m")[1].meta["v"] == 1
+    assert reg.load_arrays("g/m")[1].meta["v"] == 1
     reg.save("g/m", {"w": np.ones(3)}, {"v": 2})
-    out, rec = reg.load("g/m")
+    out, rec = reg.load_arrays("g/m")
     assert rec.meta["v"] == 2 and np.array_equal(out["w"], np.ones(3))
     monkeypatch.setattr(_fileio, "exchange", lambda a, b: False)  # platforms without renameat2
     reg.save("g/m", {"w": np.full(3, 7.0)}, {"v": 3})
-    assert reg.load("g/m")[1].meta["v"] == 3
+    assert reg.load_arrays("g/m")[1].meta["v"] == 3
     assert _visible(tmp_path) == ["g", "g/m", "g/m/model.json", "g/m/model.safetensors"]
 
 
@@ -148,7 +148,7 @@ def test_atomic_failure(tmp_path, monkeypatch, where):
     assert _visible(tmp_path) == before  # no temporary or partial folder left behind
     assert not reg.exists("other/new") and reg.names() == ["grp/keep"]
     monkeypatch.undo()
-    out, rec = reg.load("grp/keep")
+    out, rec = reg.load_arrays("grp/keep")
     assert rec.meta["v"] == "old" and all(np.array_equal(out[k], old[k]) for k in old)
 
 
@@ -167,7 +167,7 @@ def test_no_pickle(tmp_path, monkeypatch):
 
     for attr in ("load", "loads", "dump", "dumps", "Unpickler", "Pickler"):
         monkeypatch.setattr(pickle, attr, forbidden)
-    out, _ = reg.load("m")
+    out, _ = reg.load_arrays("m")
     assert np.array_equal(out["coef_"], direct["coef_"])
     # the registry module itself must not import torch (nor pickle) at import time
     for mod in ("_registry.py", "_fileio.py"):
@@ -218,7 +218,7 @@ def test_ridge_state_dict_round_trip(tmp_path):
     est = RidgeCVEncoder(**params).fit(X[:45], Y[:45])
     reg = ModelRegistry(tmp_path)
     reg.save("ridge/s1", est.state_dict(), {"estimator": "RidgeCVEncoder", "params": est.get_params()})
-    state, rec = reg.load("ridge/s1")
+    state, rec = reg.load_arrays("ridge/s1")
     params2 = {**rec.meta["params"], "alphas": tuple(rec.meta["params"]["alphas"])}
     est2 = RidgeCVEncoder.from_state_dict(state, **params2)
     assert est2.get_params() == est.get_params()
@@ -268,3 +268,30 @@ def test_reading_never_creates_a_registry(tmp_path):
     for create in (True, False):
         with pytest.raises(RegistryError, match="is a file"):
             ModelRegistry(tmp_path / "file", create=create)
+
+
+@pytest.mark.slow
+def test_load_gives_a_model_that_predicts_whatever_its_kind(serving_models):
+    """``registry.load(name)`` returns the usable model of the record's kind (an encoder predicts responses to
+    stimulus ids exactly as predict_model does, a ridge decoder embeddings as its estimator does);
+    ``load_arrays`` still gives the raw arrays."""
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import Decoder, EncodingModel, ModelRegistry, predict_model
+
+    reg = ModelRegistry(serving_models["registry"], create=False)
+    enc = reg.load("both/subj01")
+    assert isinstance(enc, EncodingModel)
+    ids = sorted(FeatureStore(serving_models["store"], create=False).ids(serving_models["img"]))[:5]
+    want = predict_model(reg, "both", "subj01", None, ids)
+    got = enc.predict(ids)
+    assert set(got) == {"lh", "rh"} and all(np.array_equal(got[h], want[h]) for h in want)
+
+    name = f"decoder-ridge-{serving_models['txt']}/subj01"
+    dec = reg.load(name, store=serving_models["store"])
+    assert isinstance(dec, Decoder)
+    R = np.random.default_rng(0).normal(size=(3, dec.n_voxels)).astype(np.float32)
+    np.testing.assert_array_equal(dec.predict(R), dec.decode(R))
+    tensors, rec = reg.load_arrays(name)
+    assert rec.meta["kind"] == "decoder" and "coef_" in tensors
+    with pytest.raises(RegistryError, match="both/subj01"):  # a group, not a model: the message names its models
+        reg.load("both")

@@ -176,13 +176,13 @@ def test_an_old_model_with_a_near_constant_scale_is_refused_with_the_fix(tmp_pat
     scale[[3, 7]] = 7.8e-34
     reg = _save_old_style(tmp_path, scale)
     with pytest.raises(RegistryError, match=r"column\(s\) 3, 7 .*refit it"):
-        reg.load("old/subj01")
+        reg.load_arrays("old/subj01")
 
 
 def test_an_old_model_with_healthy_scales_still_loads(tmp_path):
     scale = np.linspace(0.01, 0.06, 10)
     scale[4] = 1.0  # a constant column, as the old rule saved it
-    tensors, rec = _save_old_style(tmp_path, scale).load("old/subj01")
+    tensors, rec = _save_old_style(tmp_path, scale).load_arrays("old/subj01")
     assert rec.meta["format_version"] == 1 and np.allclose(tensors["lh.x_scale_"], scale)
 
 

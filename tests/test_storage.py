@@ -112,7 +112,7 @@ def test_registry_on_s3_saves_loads_lists_and_deletes_like_a_folder(s3_server, t
         r.save("ridge/subj01", w, {"kind": "ridge", "subject": "subj01"})
         r.save("ridge/subj02", w, {"kind": "ridge", "subject": "subj02"})
     assert reg.names() == local.names() == ["ridge/subj01", "ridge/subj02"]
-    tensors, rec = reg.load("ridge/subj01")
+    tensors, rec = reg.load_arrays("ridge/subj01")
     np.testing.assert_array_equal(tensors["coef"], w["coef"])
     assert rec.meta["safetensors_sha256"] == local.record("ridge/subj01").meta["safetensors_sha256"]
     assert rec.path == f"s3://{BUCKET}/reg-basic/ridge/subj01"
@@ -130,17 +130,17 @@ def test_registry_on_s3_saves_loads_lists_and_deletes_like_a_folder(s3_server, t
         reg.save("ridge", w, {})
     st1 = reg.stamp(reg.record("ridge/subj01"))
     reg.save("ridge/subj01", {"coef": w["coef"] * 2}, {"kind": "ridge", "subject": "subj01"})  # overwrite
-    np.testing.assert_array_equal(reg.load("ridge/subj01")[0]["coef"], w["coef"] * 2)
+    np.testing.assert_array_equal(reg.load_arrays("ridge/subj01")[0]["coef"], w["coef"] * 2)
     assert reg.stamp(reg.record("ridge/subj01")) != st1
     # weights changed behind the registry's back: refused, naming the object
     client.put_object(Bucket=BUCKET, Key="reg-basic/ridge/subj02/model.safetensors",
                       Body=safetensors.numpy.save({"coef": np.zeros((5, 3), np.float32)}))
     with pytest.raises(RegistryError, match=r"reg-basic/ridge/subj02/model.safetensors changed since it was saved"):
-        reg.load("ridge/subj02")
+        reg.load_arrays("ridge/subj02")
     reg.delete("ridge/subj02")
     assert reg.names() == ["ridge/subj01"] and not reg.exists("ridge/subj02")
     with pytest.raises(RegistryError, match="no model 'ridge/subj02'.*did you mean 'ridge/subj01'"):
-        reg.load("ridge/subj02")
+        reg.load_arrays("ridge/subj02")
     # a reader never creates: an empty prefix is refused; unknown option keys are refused
     with pytest.raises(RegistryError, match="reg-nothing holds no model"):
         ModelRegistry(f"s3://{BUCKET}/reg-nothing", create=False, storage_options=s3_server["options"])
@@ -540,7 +540,7 @@ def test_registry_failures_are_one_line_naming_the_registry_cause_and_fix(stoppa
                                     f"exist at {srv.endpoint}: create it")
 
     srv.stop()
-    for call in (lambda: reg.load("m/subj01"), lambda: reg.list(),
+    for call in (lambda: reg.load_arrays("m/subj01"), lambda: reg.list(),
                  lambda: reg.save("m/subj02", {"w": np.ones(3, np.float32)}, {"kind": "ridge"})):
         with pytest.raises(RegistryError) as ei:
             call()
@@ -550,5 +550,5 @@ def test_registry_failures_are_one_line_naming_the_registry_cause_and_fix(stoppa
         assert "\n" not in msg and ".rs:" not in msg
         assert type(ei.value.__cause__).__module__.startswith("obstore")
     srv.start()
-    tensors, rec = reg.load("m/subj01")
+    tensors, rec = reg.load_arrays("m/subj01")
     assert np.array_equal(tensors["w"], np.ones(3, np.float32)) and [r.name for r in reg.list()] == ["m/subj01"]

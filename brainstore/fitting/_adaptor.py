@@ -58,7 +58,7 @@ from ._decoding import _row_cosine, check_decoding_inputs, response_matrix, sele
 from ._encoding import subject_stimuli
 from ._errors import NonFiniteOutputError
 from ._fingerprint import table_fingerprint
-from ._registry import ModelRegistry, RegistryError, safe_name
+from ._registry import ModelRegistry, RegistryError, register_loader, safe_name
 from ._scaling import input_eps, robust_scale
 from ._spec import AdaptorParams
 
@@ -470,7 +470,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
     rdir = check_folder(default_run_dir(out, reg.root, "adaptor"), "run folder", "--out", create=True, make=False)
     init_state, base, base_specs = None, None, {}
     if init_from:
-        st, rec = reg.load(init_from)
+        st, rec = reg.load_arrays(init_from)
         if rec.meta.get("kind") != ADAPTOR_KIND:
             raise RegistryError(f"--init-from {init_from!r} is a {rec.meta.get('kind')!r} model, not an adaptor")
         base = rec.meta
@@ -717,7 +717,7 @@ class AdaptorModel:
         import torch
 
         reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
-        state, rec = reg.load(name)
+        state, rec = reg.load_arrays(name)
         m = rec.meta
         if m.get("kind") != ADAPTOR_KIND:
             raise RegistryError(f"model {name!r} is a {m.get('kind')!r} model, not an adaptor")
@@ -736,6 +736,10 @@ class AdaptorModel:
             out.update({f"voxels.{s}.{h}": np.asarray(v, np.int64) for h, v in vox.items()})
             out.update({f"norm.{s}.{k}": np.asarray(self.norm[s][k], np.float32) for k in ("mean", "std")})
         return out
+
+    def predict(self, responses: np.ndarray, *, subject: str) -> dict[str, np.ndarray]:
+        """The registry's convention for :meth:`decode`: ``subject``'s ``(n, n_voxels)`` responses -> ``{target: (n, dim)}``."""
+        return self.decode(subject, responses)
 
     def decode(self, subject: str, responses: np.ndarray) -> dict[str, np.ndarray]:
         """(n, n_voxels of ``subject``) raw responses (lh then rh) -> {target: (n, dim)}."""
@@ -760,3 +764,8 @@ class AdaptorModel:
                 "far outside the range it was trained on (or overflow float32); send responses on the scale of the "
                 "dataset's", field="responses", rows=bad)
         return out
+
+
+@register_loader(ADAPTOR_KIND)
+def _load_adaptor(reg: ModelRegistry, name: str, store) -> AdaptorModel:
+    return AdaptorModel.load(reg, name, None if store is None else str(getattr(store, "uri", store)))

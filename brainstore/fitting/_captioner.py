@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._registry import ModelRecord, ModelRegistry, RegistryError
+from ._registry import ModelRecord, ModelRegistry, RegistryError, register_loader
 
 __all__ = ["CAPTIONER_KIND", "RANDOM_INIT_KEY", "TRAINED_ON_KEY", "Captioner", "train_captioner", "make_tiny_lm",
            "lm_info"]
@@ -312,6 +312,10 @@ class Captioner:
         x = torch.from_numpy(np.ascontiguousarray(E)).to(self.device)
         return self.projection(x).view(len(E), self.prefix_len, -1)
 
+    def predict(self, embeddings: np.ndarray, **kwargs) -> list[str]:
+        """The registry's convention for :meth:`generate`: ``(n, dim)`` decoded embeddings -> ``n`` captions."""
+        return self.generate(embeddings, **kwargs)
+
     def generate(self, embeddings: np.ndarray, max_new_tokens: int = 20, batch_size: int = 64) -> list[str]:
         """Greedy captions, one per embedding row (each stops at the LM's EOS or after ``max_new_tokens``)."""
         import torch
@@ -361,7 +365,7 @@ class Captioner:
         import torch
 
         reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
-        state, rec = reg.load(name)
+        state, rec = reg.load_arrays(name)
         meta = rec.meta
         if meta.get("kind") != CAPTIONER_KIND:
             raise RegistryError(f"model {name!r} is a {meta.get('kind')!r} model, not a captioner")
@@ -571,3 +575,8 @@ def _train_lm(model: Any, tok: Any, captions: list[str], steps: int, n_positions
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+
+@register_loader(CAPTIONER_KIND)
+def _load_captioner(reg: ModelRegistry, name: str, store) -> Captioner:
+    return Captioner.load(reg, name)

@@ -29,7 +29,7 @@ from ..features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ._encoding import group_folds, subject_stimuli
 from ._errors import NonFiniteOutputError
 from ._fingerprint import decode_ids, encode_ids, table_fingerprint
-from ._registry import ModelRegistry, RegistryError, safe_name
+from ._registry import ModelRegistry, RegistryError, register_loader, safe_name
 
 __all__ = ["delay_responses", "DECODER_KIND", "DECODER_ALPHAS", "select_voxels", "response_matrix", "fit_decoder", "fit_decoders",
            "DecodeRun", "Decoder", "decoder_name", "decoder_records", "evaluate_decoders", "store_top_k",
@@ -376,7 +376,7 @@ class Decoder:
         from ._fingerprint import check_fingerprint
 
         reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
-        state, rec = reg.load(name)
+        state, rec = reg.load_arrays(name)
         if rec.meta.get("kind") != DECODER_KIND:
             raise RegistryError(f"model {name!r} is a {rec.meta.get('kind')!r} model, not a decoder")
         fs = FeatureStore(store or rec.meta["store"], create=False)
@@ -394,6 +394,10 @@ class Decoder:
     def response_delays(self) -> list[int] | None:
         """A time-series decoder's delays (row ``t`` decoded from rows ``t + d``), or None."""
         return self.meta.get("response_delays")
+
+    def predict(self, responses: np.ndarray, runs=None) -> np.ndarray:
+        """The registry's convention for :meth:`decode`: ``(n, n_voxels)`` responses -> ``(n, dim)`` embeddings."""
+        return self.decode(responses, runs)
 
     def decode(self, responses: np.ndarray, runs=None) -> np.ndarray:
         """(n, n_voxels) responses of the decoder's voxel selection (lh then rh) -> (n, dim) embeddings.
@@ -416,6 +420,11 @@ class Decoder:
                 f"responses: decoder {self.meta.get('model')!r} ({self.meta.get('subject')}) gives non-finite values "
                 f"for row(s) {e.rows[:5]}: the responses are far outside the range it was fitted on (or overflow "
                 "float32); send responses on the scale of the dataset's", field="responses", rows=e.rows) from None
+
+
+@register_loader(DECODER_KIND)
+def _load_decoder(reg: ModelRegistry, name: str, store) -> "Decoder":
+    return Decoder.load(reg, name, None if store is None else str(getattr(store, "uri", store)))
 
 
 def decoder_records(reg: ModelRegistry, dataset: str | Path) -> list:

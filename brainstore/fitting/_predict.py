@@ -22,7 +22,7 @@ from ..features import FeatureStore
 from ._compose import compose
 from ._errors import NonFiniteOutputError
 from ._fingerprint import check_fingerprint, decode_ids
-from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError
+from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, register_loader
 
 __all__ = ["EncodingModel", "predict_model", "best_model"]
 
@@ -71,7 +71,7 @@ class EncodingModel:
         loaded = {} if _loaded is None else _loaded
         if (model, subject) in loaded:
             return loaded[(model, subject)]
-        tensors, rec = reg.load(f"{model}/{subject}")
+        tensors, rec = reg.load_arrays(f"{model}/{subject}")
         meta = rec.meta
         if meta.get("kind") in BASE_KINDS and "fingerprints" not in meta:
             raise RegistryError(f"model {rec.name!r} was registered by an older brainstore without feature "
@@ -152,6 +152,14 @@ class EncodingModel:
             raise ValueError(f"model {self.record.name!r} is {self.kind}; only banded models split by feature space")
         X = design_matrix(self.store, list(self.record.meta["features"]), stimulus_ids)
         return {h: np.asarray(self._estimator(h).predict_split(X)) for h in self.hemispheres}
+
+
+@register_loader(*BASE_KINDS, "per-roi", "ensemble")
+def _load_encoding_model(reg: ModelRegistry, name: str, store) -> EncodingModel:
+    model, _, subject = name.rpartition("/")
+    if not model:
+        raise RegistryError(f"an encoding model is registered per subject: load {name!r} as 'MODEL/SUBJECT'")
+    return EncodingModel.load(reg, model, subject, store)
 
 
 def _non_finite(model: str, stimulus_ids: list[str], rows: list[int]) -> NonFiniteOutputError:

@@ -24,7 +24,7 @@ model being deleted loses ``model.json`` first.
 
 >>> reg = ModelRegistry("models/")
 >>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
->>> state, record = reg.load("ridge/subj01")
+>>> state, record = reg.load_arrays("ridge/subj01")  # the arrays; reg.load(name) gives the model
 >>> reg.check_features(record, store)            # refuses features made differently
 """
 
@@ -48,7 +48,7 @@ import numpy as np
 from .._provenance import sha256
 from ._fileio import fsync, install_dir, json_bytes, jsonable, package_versions, write_json, write_safetensors
 
-__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS"]
+__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader"]
 
 #: ``kind`` of registered models that are not encoding models (ridge decoders, adaptors, captioners):
 #: encoder evaluation, best-model choice and selectivity skip them.
@@ -61,6 +61,20 @@ RESERVED_KEYS = ("name", "created", "safetensors_sha256", "tensors", "package_ve
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
 _SAFETENSORS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                        "float16", "float32", "float64"}
+
+
+#: kind -> ``loader(registry, name, store)`` returning the usable model; filled by the modules that define the
+#: model classes (encoding models, decoders, adaptors, captioners) through :func:`register_loader`.
+MODEL_LOADERS: dict = {}
+
+
+def register_loader(*kinds: str):
+    """Decorator: ``fn(registry, name, store)`` loads registered models of ``kinds`` for :meth:`ModelRegistry.load`."""
+    def deco(fn):
+        for k in kinds:
+            MODEL_LOADERS[k] = fn
+        return fn
+    return deco
 
 
 class RegistryError(ValueError):
@@ -470,7 +484,38 @@ class ModelRegistry:
             raise self._missing(name) from None
         return ModelRecord(name, final, self._parse(name, final / META_FILE, raw))
 
-    def load(self, name: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
+    def load(self, name: str, *, store=None):
+        """The registered model ``name``, verified and ready to use: an object with ``.predict(...)``.
+
+        Parameters
+        ----------
+        name : str
+            ``MODEL/SUBJECT`` for encoding models and ridge decoders (``"clip/subj01"``), ``MODEL/shared``
+            for adaptors, the captioner's name for captioners.
+        store : str or FeatureStore, optional
+            The feature store to read embeddings from (default: the one the model was fitted with).
+
+        Returns
+        -------
+        EncodingModel, Decoder, AdaptorModel or Captioner
+            By the model's ``kind``: ``EncodingModel.predict(stimulus_ids)`` gives ``{hemi: (n, n_vertices)}``,
+            ``Decoder.predict(responses)`` ``(n, dim)`` embeddings, ``AdaptorModel.predict(responses,
+            subject=...)`` ``{target: (n, dim)}``, ``Captioner.predict(embeddings)`` captions.
+
+        Raises
+        ------
+        RegistryError
+            When the model does not exist, its files changed since it was saved, or its inputs drifted
+            (each loader's checks: feature tables, members, fingerprints).
+        """
+        kind = self.record(name).meta.get("kind")
+        loader = MODEL_LOADERS.get(kind)
+        if loader is None:
+            raise RegistryError(f"model {name!r} is of kind {kind!r}, which no loader knows "
+                                f"(kinds: {', '.join(sorted(MODEL_LOADERS))}); use load_arrays({name!r}) for its arrays")
+        return loader(self, name, store)
+
+    def load_arrays(self, name: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
         """Read a model's arrays and record, verifying the safetensors file's sha256.
 
         Returns
