@@ -31,7 +31,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["ENV", "KNOWN_KEYS", "ObjectLock", "StorageOptionsError", "env_options", "is_remote", "merge_cli_options",
+__all__ = ["uri_of", "dataset_root", "ENV", "KNOWN_KEYS", "ObjectLock", "StorageOptionsError", "env_options", "is_remote", "merge_cli_options",
            "object_store", "storage_options", "store_failure", "use_options"]
 
 ENV = "BRAINSTORE_STORAGE_OPTIONS"
@@ -62,6 +62,23 @@ KNOWN_KEYS = frozenset({
 
 class StorageOptionsError(ValueError):
     """Storage options that cannot be used (unknown keys, unreadable source)."""
+
+
+def uri_of(x) -> str:
+    """The URI of a store or registry given as a URI, a path, a ``FeatureStore`` (``.uri``) or a
+    ``ModelRegistry`` (``.root``): every entry point accepts either form."""
+    if isinstance(x, (str, os.PathLike)):
+        return os.fspath(x)
+    for attr in ("uri", "root"):
+        v = getattr(x, attr, None)
+        if v is not None and not callable(v):
+            return str(v)
+    return str(x)
+
+
+def dataset_root(x) -> str:
+    """A dataset given as a path or as a dataset object (``.root``), as the path every stage reopens."""
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else str(x.root)
 
 
 def is_remote(uri) -> bool:

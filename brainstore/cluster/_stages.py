@@ -124,35 +124,27 @@ def _model_names(fit_spec: FitSpec) -> list[str]:
 
 
 def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, quiet: bool) -> tuple[str, list[str]]:
-    """One decoding model of the fit spec; its model name and registered names."""
-    from ..fitting import fit_decoders
-    from .cli import _add_store_retrieval, _print_decoders
+    """One decoding model of the fit spec (:func:`~brainstore.fitting.fit_decoder`); its model name and
+    registered names."""
+    from ..fitting import fit_decoder
+    from .cli import _print_decoders
     from ._quiet import drop_stderr_lines
     from ._report import console
 
     what = f"fit.decoders[{i}] ({dspec.method} into {dspec.target})"
+    with drop_stderr_lines(enabled=quiet and dspec.method == "adaptor"):
+        run = fit_decoder(dspec, dataset=ds.root, store=spec.store, registry=spec.registry, out=out,
+                          subjects=subjects)
     if dspec.method == "adaptor":
-        from ..fitting import fit_adaptor
-
-        with drop_stderr_lines(enabled=quiet):
-            arun = fit_adaptor(ds.root, [dspec.target], store=spec.store, registry=spec.registry, out=out,
-                               rois=dspec.rois, num_workers=dspec.workers, params=dspec.adaptor, name=dspec.name,
-                               subjects=subjects, init_from=dspec.init_from, trainable=dspec.trainable,
-                               fraction=dspec.fraction, adapt_subjects=dspec.adapt_subjects)
-        _add_store_retrieval({arun.name: arun.metrics[dspec.target]}, ds.root, spec.registry, spec.store)
-        _print_decoders({f"{arun.name} (adaptor)": arun.metrics[dspec.target]}, f"fitted adaptor ({what})")
-        resumed = f", resumed after epoch {arun.resumed_from_epoch}" if arun.resumed_from_epoch is not None else ""
-        console.print(f"  registered {arun.name}/shared: {len(arun.history)} epochs{resumed} ({arun.seconds:.1f} s)")
-        return arun.name, [f"{arun.name}/shared"]
-    run = fit_decoders(ds.root, dspec.target, store=spec.store, registry=spec.registry, out=out, rois=dspec.rois,
-                       name=dspec.name, alphas=tuple(dspec.alphas) if dspec.alphas else None, subjects=subjects,
-                       response_delays=dspec.response_delays)
+        _print_decoders({f"{run.name} (adaptor)": run.metrics[dspec.target]}, f"fitted adaptor ({what})")
+        resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
+        console.print(f"  registered {run.name}/shared: {len(run.history)} epochs{resumed} ({run.seconds:.1f} s)")
+        return run.name, [f"{run.name}/shared"]
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['model']}: {escape(f['error'])}")
     if run.failures or not run.metrics:
         raise PipelineError(f"fit: {what}: {len(run.failures)} subject(s) failed (listed above); fix the cause and "
                             "run again")
-    _add_store_retrieval(run.metrics, ds.root, spec.registry, spec.store)
     _print_decoders(run.metrics, f"fitted decoders ({what})")
     return next(iter(run.metrics)), list(run.registered)
 

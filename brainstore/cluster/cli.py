@@ -486,59 +486,37 @@ def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str],
         raise typer.Exit(code=1)
 
 
-def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[Path],
-                 subjects: Optional[list[str]] = None) -> bool:
-    """Fit one decoding model of a :class:`~brainstore.fitting._spec.DecoderSpec`, print its figures;
-    False when a subject failed."""
-    from ..fitting import fit_decoders
+def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[Path]) -> bool:
+    """Fit one decoding model of a :class:`~brainstore.fitting.DecoderSpec` (:func:`~brainstore.fitting.fit_decoder`)
+    and print its figures; False when a subject failed."""
+    from ..fitting import fit_decoder
+    from ._quiet import drop_stderr_lines
+
+    with drop_stderr_lines(enabled=spec.method == "adaptor" and not VERBOSE["on"]):
+        run = fit_decoder(spec, dataset=dataset, store=store, registry=registry, out=out)
+    return _print_decoder_run(spec, run, registry)
+
+
+def _print_decoder_run(spec, run, registry: str) -> bool:
+    """A decoding model's figures and where it went; False when a subject failed (or none could be fitted)."""
     from ._report import console
 
     if spec.method == "adaptor":
-        from ..fitting import fit_adaptor
-        from ._quiet import drop_stderr_lines
-
-        with drop_stderr_lines(enabled=not VERBOSE["on"]):
-            arun = fit_adaptor(dataset, [spec.target], store=store, registry=registry, out=out, rois=spec.rois,
-                               num_workers=spec.workers, params=spec.adaptor, name=spec.name, subjects=subjects,
-                               init_from=spec.init_from, trainable=spec.trainable, fraction=spec.fraction,
-                               adapt_subjects=spec.adapt_subjects)
-        _add_store_retrieval({arun.name: arun.metrics[spec.target]}, dataset, registry, store)
-        (arun.run_dir / "metrics.json").write_text(json.dumps({"decoders": {arun.name: arun.metrics[spec.target]},
-                                                               "history": arun.history}, indent=2))
-        _print_decoders({f"{arun.name} (adaptor)": arun.metrics[spec.target]}, "fitted adaptor")
-        last = arun.history[-1]
-        resumed = f", resumed after epoch {arun.resumed_from_epoch}" if arun.resumed_from_epoch is not None else ""
-        console.print(f"registered {arun.name}/shared in {registry}: {len(arun.history)} epochs{resumed}, last train "
+        _print_decoders({f"{run.name} (adaptor)": run.metrics[spec.target]}, "fitted adaptor")
+        last = run.history[-1]
+        resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
+        console.print(f"registered {run.name}/shared in {registry}: {len(run.history)} epochs{resumed}, last train "
                       f"loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
-                      f"metrics.json in {arun.run_dir} ({arun.seconds:.1f} s)")
+                      f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
         return True
-    run = fit_decoders(dataset, spec.target, store=store, registry=registry, out=out, rois=spec.rois, name=spec.name,
-                       alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects,
-                       response_delays=spec.response_delays)
     for f in run.failures:
         console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:
         _fail("no decoder could be fitted")
-    _add_store_retrieval(run.metrics, dataset, registry, store)
-    (run.run_dir / "metrics.json").write_text(json.dumps({"decoders": run.metrics}, indent=2))
     _print_decoders(run.metrics, "fitted decoders")
     console.print(f"registered {len(run.registered)} decoder(s) in {registry}; decoded test embeddings and "
                   f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
     return not run.failures
-
-
-def _add_store_retrieval(metrics: dict, dataset: Path, registry: str, store: str) -> None:
-    """Add to a fit's decoder figures (``{model: {subject: figures}}``) the whole-store retrieval
-    (``store_top1`` / ``store_top5`` of ``store_candidates``, LanceDB search over the whole target table)
-    that fitting leaves to evaluation, so ``fit --decode`` prints and records it as ``evaluate`` does."""
-    from ..datasets import open_dataset
-    from ..fitting import ModelRegistry, evaluate_decoders
-
-    ev = evaluate_decoders(ModelRegistry(registry, create=False), open_dataset(dataset), store=store,
-                           models=list(metrics))
-    for model, by_subject in metrics.items():
-        for s, m in by_subject.items():
-            m.update({k: v for k, v in ev.get(model, {}).get(s, {}).items() if k.startswith("store_")})
 
 
 @app.command("fit")
@@ -569,9 +547,10 @@ def fit_cmd(
     if rois is not None:
         _fail("--rois goes with --decode (encoders take ROI rules in a fit spec)")
     from .._paths import check_folder
-    from ..datasets import DatasetError, open_dataset
+    from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
-    from ..fitting import RegistryError, SpecError, default_spec, fit_encoding_models, load_spec, write_report
+    from ..fitting import RegistryError, SpecError, as_fit_spec, fit, load_spec
+    from ._quiet import drop_stderr_lines
     from ._ray import connect
     from ._report import console
 
@@ -591,51 +570,27 @@ def fit_cmd(
             check_folder(out, "run folder", "--out", create=True)
         connect(address)  # before any store is opened: Ray's processes start from a Lance-free driver
         if spec is None:
-            spec = default_spec(dataset, store, registry, include_random=include_random, notes=notes)
+            spec = as_fit_spec(dataset, store=store, registry=registry, include_random=include_random, notes=notes)
         for n in notes:
             console.print(f"[yellow]note:[/] {n}")
-        if spec.decoders:  # decoder targets and ROIs are checked before any model is fitted
-            _check_decoder_specs(spec, spec.store or store)
-        run = fit_encoding_models(spec, store=spec.store or store, registry=reg, out=out) if spec.models else None
+        adaptors = any(d.method == "adaptor" for d in spec.decoders)
+        with drop_stderr_lines(enabled=adaptors and not VERBOSE["on"]):
+            result = fit(spec, store=spec.store or store, registry=reg, out=out)
     except (SpecError, DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
         _fail(str(e))
-    ok = True
+    run = result.encoders
     if run is not None:
         for f in run.failures:
             console.print(f"[red]failed[/] {escape(f['subject'])} {f['hemi']} {escape(f['model'])}: "
                           f"{escape(f['error'])}")
         if not run.metrics:
             _fail("no model could be fitted")
-        rep = write_report(run.metrics, run.kinds, run.test_preds, open_dataset(spec.dataset), run.run_dir)
-        _print_comparison(rep["rows"], "fitted models")
-        console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in {rep['dir']} "
-                      f"({run.seconds:.1f} s)")
-        ok = not run.failures
-    subjects = None if spec.subjects == "all" else list(spec.subjects)
-    for i, d in enumerate(spec.decoders):
-        sub_out = (out / f"decoder-{i + 1}-{d.method}") if out is not None else None
-        try:
-            ok = _run_decoder(d, Path(spec.dataset), spec.store or store, reg, sub_out, subjects) and ok
-        except (DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
-            _fail(f"decoders[{i}] ({d.method} into {d.target}): {e}")
-    if not ok:
+        _print_comparison(result.report["rows"], "fitted models")
+        console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in "
+                      f"{result.report['dir']} ({run.seconds:.1f} s)")
+    ok = all(_print_decoder_run(d, r, reg) for d, r in zip(spec.decoders, result.decoders))
+    if result.failures or not ok:
         raise typer.Exit(code=1)
-
-
-def _check_decoder_specs(spec, store: str) -> None:
-    """Every decoder of a fit spec: target table holding each subject's stimuli, known ROIs (before any fit)."""
-    from ..datasets import open_dataset
-    from ..features import FeatureStore
-    from ..fitting import check_decoding_inputs, select_voxels
-
-    ds, fs = open_dataset(spec.dataset), FeatureStore(store, create=False)
-    subjects = None if spec.subjects == "all" else list(spec.subjects)
-    for i, d in enumerate(spec.decoders):
-        try:
-            for s in check_decoding_inputs(ds, fs, [d.target], subjects):
-                select_voxels(ds, s, d.rois)
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"decoders[{i}] ({d.method} into {d.target}): {e}") from None
 
 
 @app.command("evaluate")

@@ -16,6 +16,8 @@ from ..scoring import (
     roi_summary,
 )
 from ._adaptor import ADAPTOR_KIND, AdaptorModel, AdaptorRun, fit_adaptor
+from ._fit import FitResult, as_fit_spec, fit
+from ._fit_decoder import add_store_retrieval, check_decoder_specs, fit_decoder
 from ._captioner import Captioner, make_tiny_lm, train_captioner
 from ._choice import validation_r
 from ._compose import compose
@@ -54,12 +56,13 @@ __all__ = [
     "solve_banded_ridge_cv", "BandedRidgeCVResult", "BandedRidgeCVEncoder", "banded_candidates", "predict_banded_split",
     # encoding models
     "FitSpec", "ModelSpec", "PerRoiSpec", "EnsembleSpec", "MLPParams", "BandedParams", "SpecError", "load_spec",
-    "default_spec", "fit_encoding_models", "FitRun", "fit_base", "design_matrix", "subject_stimuli",
+    "fit", "FitResult", "as_fit_spec", "default_spec", "fit_encoding_models", "FitRun", "fit_base", "design_matrix", "subject_stimuli",
     "validation_folds", "covering_features", "compose",
     # registered models
     "EncodingModel", "predict_model", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
     "NON_ENCODER_KINDS",
     # decoders
+    "fit_decoder", "add_store_retrieval", "check_decoder_specs",
     "fit_decoders", "evaluate_decoders", "Decoder", "DecodeRun", "select_voxels", "DECODER_KIND", "DecoderSpec",
     "check_decoding_inputs", "response_matrix", "decoder_name", "decoder_records", "decoding_models", "decode_subject",
     "store_top_k", "retrieved_captions",
