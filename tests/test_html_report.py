@@ -1,4 +1,4 @@
-"""The self-contained HTML report (``brainstore.cluster._html``): numbers checked against the metrics
+"""The self-contained HTML report (``brainstore.fitting._html``): numbers checked against the metrics
 computed independently, captions against the dataset, escaping, and a real headless Chromium that
 renders it with no console error, no request leaving the file and every image loaded."""
 
@@ -172,7 +172,7 @@ def test_evaluate_writes_a_report_whose_numbers_are_the_metrics(evaluated):
     assert section(doc, "retrieval").find_all("img")
 
     # captions: the true captions are the dataset's, for the first test images of each subject
-    from brainstore.cluster._html import N_CAPTIONS
+    from brainstore.fitting._html import N_CAPTIONS
     from brainstore.fitting import subject_stimuli
 
     caps = section(doc, "captions").find("table", "captions")
@@ -237,7 +237,7 @@ def test_report_is_self_contained(evaluated):
 
 
 def test_escape_helper():
-    from brainstore.cluster._html import _esc
+    from brainstore.fitting._html import _esc
 
     assert _esc("<script>alert('x')</script> & \"q\"") == \
         "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;q&quot;"
@@ -247,7 +247,7 @@ def test_escape_helper():
 @pytest.mark.slow
 def test_captions_and_extras_from_data_are_escaped(evaluated, tmp_path):
     """Metrics computed by the writer itself (none given), on a dataset whose captions hold markup."""
-    from brainstore.cluster._html import write_html_report
+    from brainstore.fitting._html import write_html_report
     from brainstore.datasets import AlgonautsDataset
 
     ds = AlgonautsDataset(evaluated["data"])
@@ -271,7 +271,7 @@ def test_captions_and_extras_from_data_are_escaped(evaluated, tmp_path):
 @pytest.mark.slow
 def test_report_from_metrics_json(evaluated, tmp_path):
     """As the pipeline's report stage calls it: metrics, kinds and decoders read back from metrics.json."""
-    from brainstore.cluster._html import write_html_report
+    from brainstore.fitting._html import write_html_report
 
     doc = evaluated["doc"]
     path = write_html_report(tmp_path / "r.html", dataset=evaluated["data"], registry=evaluated["registry"],

@@ -4,10 +4,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -157,14 +154,16 @@ def test_fit_spec_file_is_checked_with_its_own_lines(tmp_path, small_dataset):
 
 
 def test_report_stage_calls_write_html_report(tmp_path, small_dataset, monkeypatch):
-    """The report stage hands the evaluate stage's metrics to brainstore.cluster._html.write_html_report."""
+    """The report stage hands the evaluate stage's metrics to brainstore.fitting.write_html_report."""
     calls = []
 
     def fake(path, **kw):
         calls.append((Path(path), kw))
         Path(path).write_text("<html>report</html>")
 
-    monkeypatch.setitem(sys.modules, "brainstore.cluster._html", types.SimpleNamespace(write_html_report=fake))
+    import brainstore.fitting
+
+    monkeypatch.setattr(brainstore.fitting, "write_html_report", fake)
     pipe = load_pipeline(_write(tmp_path, _pipeline_text(small_dataset)))
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"metrics": {"img": {"subj01": {}}}, "kinds": {"img": "ridge"},
@@ -183,18 +182,6 @@ def test_report_stage_calls_write_html_report(tmp_path, small_dataset, monkeypat
 
 
 # ----------------------------------------------------------------------------- (b) end to end
-def _html_report(monkeypatch) -> bool:
-    """The real HTML report writer when it exists; else a stand-in (True when the real one is used)."""
-    if importlib.util.find_spec("brainstore.cluster._html") is not None:
-        return True
-
-    def stand_in(path, **kw):
-        Path(path).write_text(f"<html><title>{kw['title']}</title></html>")
-
-    monkeypatch.setitem(sys.modules, "brainstore.cluster._html", types.SimpleNamespace(write_html_report=stand_in))
-    return False
-
-
 @pytest.fixture(scope="module")
 def pipe_env(small_dataset, tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("pipeline")
@@ -212,7 +199,6 @@ def test_pipeline_end_to_end_skips_current_stages_and_resumes_after_a_crash(pipe
     from brainstore.datasets import AlgonautsDataset
     from brainstore.fitting import FitSpec, ModelRegistry, fit_encoding_models, predict_model, subject_stimuli
 
-    real_html = _html_report(monkeypatch)
     path = pipe_env["path"]
     first = run_pipeline(path)
     assert first["ran"] == ["extract", "fit", "evaluate", "report"]
@@ -224,8 +210,8 @@ def test_pipeline_end_to_end_skips_current_stages_and_resumes_after_a_crash(pipe
     assert set(metrics["metrics"]) == {"img", "both"} and set(metrics["decoders"]) == {f"decoder-ridge-{TXT_TABLE}"}
     html = (out / "report" / "report.html").read_text()
     assert "<title>brainstore pipeline pipeline</title>" in html
-    if real_html:  # the real report shows the decoder and the pipeline's provenance
-        assert f"decoder-ridge-{TXT_TABLE}" in html and "evaluate_dir" in html
+    # the real report shows the decoder and the pipeline's provenance
+    assert f"decoder-ridge-{TXT_TABLE}" in html and "evaluate_dir" in html
 
     # the registered models predict what the library's own fit of the same spec predicts (independent reference)
     ds = AlgonautsDataset(pipe_env["data"])
@@ -276,13 +262,10 @@ def test_pipeline_end_to_end_skips_current_stages_and_resumes_after_a_crash(pipe
     assert calls["n"] == 1 and resumed["ran"] == ["evaluate", "report"]
     assert acts["extract"][1] == acts["fit"][1] == "current, skipped"
     assert acts["evaluate"] == ("run", "did not finish last time")
-    if not real_html:
-        pytest.xfail("brainstore.cluster._html is not there yet: the report stage ran with a stand-in writer")
 
 
 @pytest.mark.slow
 def test_only_from_and_dry_run(pipe_env, monkeypatch):
-    _html_report(monkeypatch)
     path = pipe_env["path"]
     path.write_text(pipe_env["text"])
     run_pipeline(path)  # current (or made so)

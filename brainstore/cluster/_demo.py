@@ -43,7 +43,8 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     """
     from ..datasets import REPORT_FAMILIES, make_dataset, open_dataset
     from ..features import extract
-    from ..fitting import default_spec, fit_decoders, fit_encoding_models, score_submission, write_report
+    from ..fitting import (default_spec, fit_decoders, fit_encoding_models, mean_noise_ceiling, score_submission,
+                           write_report)
     from ._quiet import drop_stderr_lines
     from ._ray import connect
 
@@ -97,7 +98,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                                                   **run.metrics[m][s]["both"]["test_nnmc_roi"]})
                 for m in run.models if s in run.metrics.get(m, {})]
         rows.append(("oracle: noiseless responses", oracle[s]["both"]["roi"]))
-        nc = _mean_nc(ds, s)
+        nc = mean_noise_ceiling(ds, s)
         rows.append(("noise ceiling (mean NC, %)", nc))
         console.print(score_table(f"{s}: test NNMC per ROI (100 = at the noise ceiling)", rows, cols))
     console.print(f"report: {rep['dir']}/comparison.md, roi_scores.png, pred_vs_measured.png; "
@@ -126,7 +127,7 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
                   f"{captions}` the top-k stimuli of the whole store table")
     console.print("[6/7] the HTML report: per-ROI scores against the noise ceiling and the oracle, the Algonauts "
                   "Table 1 comparison, retrieval both ways, decoded captions, feature-space split, provenance")
-    from ._html import write_html_report
+    from ..fitting import write_html_report
 
     t_html = time.time()
     html_path = write_html_report(
@@ -256,10 +257,3 @@ def _dataset_params(data: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return {k: made.get(k) for k in ("n_subjects", "n_train", "n_test", "n_vertices", "seed")}
-
-
-def _mean_nc(ds, subject: str) -> dict[str, float]:
-    from ..datasets import HEMISPHERES
-    from ..fitting import pooled_roi_summary
-
-    return pooled_roi_summary(ds, subject, {h: ds.noise_ceiling(subject, h) * 100 for h in HEMISPHERES})

@@ -186,15 +186,9 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
 
 def _run_report(ctx: _Ctx, fp: str) -> dict:
     from ..datasets import open_dataset
+    from ..fitting import write_html_report
     from ._report import console
 
-    try:
-        from ._html import write_html_report  # (imported when the stage runs)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}._html":
-            raise
-        raise PipelineError(f"report: this brainstore has no HTML report writer ({e.name}); set `report: {{html: "
-                            f"false}}` in {ctx.pipe.path} to run without the report stage") from None
     ev = ctx.outputs("evaluate")
     doc = json.loads(Path(ev["metrics"]).read_text())
     provenance = {"pipeline": str(ctx.pipe.path), "out": str(ctx.pipe.out),

@@ -603,58 +603,27 @@ def evaluate_cmd(
     registry: str = RegistryOpt,
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
-    from .._paths import check_folder
-    from ..datasets import DatasetError, open_dataset
+    from ..datasets import DatasetError
     from ..features import FeatureStoreError
-    from ..fitting import RegistryError, evaluate_registered, run_dir, write_report
-    from ..fitting import decoder_records, evaluate_decoders, write_decoding_plot
+    from ..fitting import RegistryError, evaluate
     from ._report import console
 
     if rois not in ("families", "named"):
         _fail(f"--rois must be 'families' or 'named', not {rois!r}")
     try:
-        ds = open_dataset(dataset)
         reg = _open_registry(registry)
-        report_dir = check_folder(run_dir(out, registry, "evaluate"), "report folder", "--out", create=True, make=False)
-        names = models.split(",") if models else None
-        dec_names = {r.meta["model"] for r in decoder_records(reg, ds.root)}
-        enc_names = [m for m in names if m not in dec_names] if names else None
-        metrics, kinds, preds = ({}, {}, {}) if names and not enc_names else evaluate_registered(
-            reg, ds, store=store, models=enc_names)
-        decoders = evaluate_decoders(reg, ds, store=store, models=[m for m in names if m in dec_names] if names else None)
+        ev = evaluate(dataset, registry=reg, store=store, out=out, models=models.split(",") if models else None,
+                      provenance={"command": "brainstore evaluate", "rois": rois})
     except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
-    if not metrics and not decoders:
-        _fail(f"no registered model was fitted on {ds.root}; run `brainstore fit --dataset {dataset}` first")
-    files = []
-    if metrics:
-        rep = write_report(metrics, kinds, preds, ds, report_dir)
-        _print_comparison(rep["rows"], "evaluation")
+    if ev.report:
+        _print_comparison(ev.report["rows"], "evaluation")
         if rois == "named":
-            _print_named(rep["named"], "evaluation")
-        files += ["comparison.md", "named_rois.md", "roi_scores.png", "pred_vs_measured.png"]
-        files += ["split_scores.png"] if rep["split"] else []
-        files += ["predictions/"]
-    if decoders:
-        report_dir.mkdir(parents=True, exist_ok=True)
-        doc = json.loads((report_dir / "metrics.json").read_text()) if metrics else {}
-        doc["decoders"] = decoders
-        (report_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
-        write_decoding_plot(decoders, report_dir / "decoding_top1.png")
-        _print_decoders(decoders, "evaluation")
-        files += ["decoding_top1.png"]
-    from ._html import write_html_report
-
-    try:  # the same metrics in one self-contained file (plots inline, no script, nothing fetched)
-        html = write_html_report(report_dir / "report.html", dataset=ds, registry=reg, store=store, metrics=metrics,
-                                 kinds=kinds, decoders=decoders, title=f"brainstore evaluate: {ds.name}",
-                                 provenance_extra={"command": "brainstore evaluate", "models": models or "all",
-                                                   "rois": rois, "store": store or "each model's own",
-                                                   "report folder": str(report_dir)})
-    except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
-        _fail(f"HTML report {report_dir / 'report.html'}: {e}")
-    console.print(f"report: {report_dir} (metrics.json, {', '.join(files)}, report.html)")
-    console.print(f"HTML report: {html}")
+            _print_named(ev.report["named"], "evaluation")
+    if ev.decoders:
+        _print_decoders(ev.decoders, "evaluation")
+    console.print(f"report: {ev.report_dir} ({', '.join(ev.files)})")
+    console.print(f"HTML report: {ev.html}")
 
 
 @app.command("predict")

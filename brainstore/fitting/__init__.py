@@ -27,7 +27,9 @@ from ._decoding import (DECODER_KIND, DecodeRun, Decoder, check_decoding_inputs,
 from ._explain import ExplainedStimulus, Explanation, explain_roi, write_contact_sheet
 from ._errors import NonFiniteOutputError, check_finite_output
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
-from ._evaluate import pooled_roi_summary, score_submission, score_subject
+from ._evaluate import mean_noise_ceiling, pooled_roi_summary, score_submission, score_subject
+from ._evaluation import Evaluation, evaluate
+from ._html import write_html_report
 from ._predict import EncodingModel, best_model, predict_model
 from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, safe_name
 from ._report import (comparison_rows, evaluate_registered, report_families, row_families, split_rows,
@@ -73,6 +75,7 @@ __all__ = [
     # selectivity
     "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports
+    "evaluate", "Evaluation", "write_html_report", "mean_noise_ceiling",
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
     "report_families", "row_families", "split_rows", "write_split_plot", "write_decoding_plot",
 ]

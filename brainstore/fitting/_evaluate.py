@@ -10,7 +10,7 @@ import numpy as np
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ..scoring import noise_normalized_score, pearson_r, roi_summary
 
-__all__ = ["score_subject", "score_submission", "pooled_roi_summary", "pooled_test_scores", "pooled_split_scores",
+__all__ = ["score_subject", "score_submission", "mean_noise_ceiling", "pooled_roi_summary", "pooled_test_scores", "pooled_split_scores",
            "score_test_split"]
 
 
@@ -108,3 +108,8 @@ def score_submission(ds: AlgonautsDataset, pred_dir: str | Path) -> dict[str, di
             preds[h] = np.load(f, mmap_mode="r")
         out[s] = score_subject(ds, s, preds)
     return out
+
+
+def mean_noise_ceiling(ds: AlgonautsDataset, subject: str) -> dict[str, float]:
+    """Mean noise ceiling (%) of ``subject`` per ROI family and named ROI, hemispheres pooled (as reports show it)."""
+    return pooled_roi_summary(ds, subject, {h: ds.noise_ceiling(subject, h) * 100 for h in HEMISPHERES})

@@ -167,7 +167,9 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
         ``path`` lies under a file or in a folder that cannot be written, or ``provenance_extra`` is not a dict.
     """
     from .._paths import check_folder
-    from ..fitting import ModelRegistry, decoding_models, evaluate_decoders, evaluate_registered
+    from ._decoding import decoding_models, evaluate_decoders
+    from ._registry import ModelRegistry
+    from ._report import evaluate_registered
 
     out = Path(path).expanduser().absolute()
     if out.is_dir():
@@ -225,7 +227,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
 # ------------------------------------------------------------------------------------------ 1. per-ROI bars
 def _oracle(ds: AlgonautsDataset) -> tuple[dict, str]:
     """Per-subject per-ROI NNMC of the noiseless responses (``ground_truth/``), or ({}, why there is none)."""
-    from ..fitting import score_submission
+    from ._evaluate import score_submission
 
     gt = ds.ground_truth_dir()
     if gt is None:
@@ -239,12 +241,12 @@ def _oracle(ds: AlgonautsDataset) -> tuple[dict, str]:
 
 def _noise_ceiling(ds: AlgonautsDataset, subject: str) -> dict[str, float] | None:
     """Mean noise ceiling (%) per ROI, hemispheres pooled (as the demo prints it); None without one."""
-    from ._demo import _mean_nc
+    from ._evaluate import mean_noise_ceiling
 
     try:
         if any(ds.noise_ceiling(subject, h) is None for h in HEMISPHERES):
             return None
-        return _mean_nc(ds, subject)
+        return mean_noise_ceiling(ds, subject)
     except DatasetError:
         return None
 
@@ -260,7 +262,7 @@ def _model_scores(m: dict) -> tuple[dict[str, float], bool]:
 def _section_rois(ds, metrics: dict, kinds: dict, oracle: dict, oracle_note: str) -> str:
     if not metrics:
         return '<p class="note">No encoding model was evaluated (none fitted on this dataset, or only decoders were asked for).</p>'
-    from ..fitting import report_families
+    from ._report import report_families
 
     cols = ["all", *report_families(metrics)]
     subjects = sorted({s for by_s in metrics.values() for s in by_s})
@@ -334,7 +336,7 @@ def _uses_random(recs: list) -> bool:
 
 
 def _section_table1(metrics: dict, kinds: dict, by_model: dict, oracle: dict) -> str:
-    from ..fitting import comparison_rows
+    from ._report import comparison_rows
 
     if not metrics:
         return '<p class="note">No encoding model to compare.</p>'
@@ -439,7 +441,9 @@ def _section_retrieval(decoders: dict, dmodels: dict) -> str:
 # ------------------------------------------------------------------------------------------ 4. captions
 def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict) -> str:
     from ..features import FeatureStore, FeatureStoreError
-    from ..fitting import RegistryError, decode_subject, retrieved_captions, subject_stimuli
+    from ._decoding import decode_subject, retrieved_captions
+    from ._encoding import subject_stimuli
+    from ._registry import RegistryError
 
     if not decoders:
         return '<p class="note">No decoder: nothing decoded.</p>'
@@ -487,7 +491,7 @@ def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict)
 
 # ------------------------------------------------------------------------------------------ 5. split
 def _section_split(metrics: dict) -> str:
-    from ..fitting import row_families, split_rows, write_split_plot
+    from ._report import row_families, split_rows, write_split_plot
 
     rows = split_rows(metrics)
     if not rows:
