@@ -637,105 +637,21 @@ def predict_cmd(
     registry: str = RegistryOpt,
 ) -> None:
     """Write Algonauts submission files for the test images of every subject (or, with --decode, decoded embeddings)."""
-    if decode is not None:
-        return _predict_decode(dataset, out, model, decode, top_k, store, registry)
-    from .._paths import check_folder
-    from ..datasets import DatasetError, open_dataset
+    from ..datasets import DatasetError
     from ..features import FeatureStoreError
-    from ..fitting import RegistryError, best_model, predict_model, subject_stimuli, write_predictions
+    from ..fitting import RegistryError, decode_test, predict
     from ._report import console
 
     try:
-        ds = open_dataset(dataset)
         reg = _open_registry(registry)
-        check_folder(out, "output folder", "--out", create=True, make=False)
-        if model is not None:
-            _check_encoder_name(reg, model, ds, dataset, registry)
-        for s in ds.subjects:
-            name = model or best_model(reg, s, str(ds.root))
-            preds = predict_model(reg, name, s, store, subject_stimuli(ds, s, "test"))
-            paths = write_predictions({s: preds}, out)
-            console.print(f"{s}: {name} -> {', '.join(str(p) for p in paths)}")
-    except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
-        _fail(str(e))
-
-
-def _check_encoder_name(reg, model: str, ds, dataset: Path, registry: str) -> None:
-    """Fail, naming the encoding models there are and `brainstore fit`, unless ``model`` is an encoding
-    model fitted on ``ds`` for every one of its subjects."""
-    import difflib
-
-    from ..fitting import NON_ENCODER_KINDS
-
-    recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS
-            and r.meta.get("dataset") == str(ds.root)]
-    names = sorted({r.meta.get("model") for r in recs if r.meta.get("model")})
-    if model not in names:
-        close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-        _fail(f"no encoding model {model!r} was fitted on {ds.root} in registry {registry}; {hint}"
-              + (f"encoding models there: {shown} (`brainstore models` lists them); " if names else
-                 "it holds no encoding model for this dataset; ")
-              + f"fit one with `brainstore fit --dataset {dataset}`, or leave --model out for each subject's best")
-    fitted = {r.meta.get("subject") for r in recs if r.meta.get("model") == model}
-    lacking = [s for s in ds.subjects if s not in fitted]
-    if lacking:
-        _fail(f"encoding model {model!r} has no fit for {', '.join(lacking)} (fitted for: "
-              f"{', '.join(sorted(x for x in fitted if x))}); fit it for them with `brainstore fit --dataset "
-              f"{dataset}`, or leave --model out for each subject's best")
-
-
-def _predict_decode(dataset: Path, out: Path, model: Optional[str], target: str, top_k: int, store: Optional[str],
-                    registry: str) -> None:
-    """``predict --decode TABLE``: decoded test embeddings (npy) and the top-k stimuli of the whole table."""
-    import numpy as np
-
-    from .._paths import check_folder
-    from ..datasets import DatasetError, open_dataset
-    from ..features import FeatureStoreError
-    from ..fitting import RegistryError, safe_name, subject_stimuli
-    from ..fitting import decode_subject, decoder_name, decoding_models, store_top_k
-    from ._report import console
-
-    try:
-        ds = open_dataset(dataset)
-        reg = _open_registry(registry)
-        check_folder(out, "output folder", "--out", create=True, make=False)
-        models = decoding_models(reg, ds.root)
-        if model is None:
-            into = [m for m, i in sorted(models.items()) if target in i["targets"]]
-            model = decoder_name(target) if decoder_name(target) in into else (into[0] if len(into) == 1 else None)
-            if model is None:
-                _fail(f"no single decoding model into {target!r} was fitted on {ds.root}"
-                      + (f"; choose one with --model: {', '.join(into)}" if into else
-                         f"; run `brainstore fit --dataset {dataset} --decode {target}` first"))
-        elif model not in models:
-            _fail(f"no decoder or adaptor named {model!r} was fitted on {ds.root}; decoding models: "
-                  f"{', '.join(sorted(models)) or 'none'}")
-        subjects = [s for s in ds.subjects if s in models[model]["subjects"] and ds.has_test_responses(s)]
-        if not subjects:
-            _fail(f"{model!r} decodes none of the subjects with test responses in {ds.root}")
-        tag, cache = safe_name(target), {"models": models}
-        for s in subjects:
-            D, fs = decode_subject(reg, model, s, ds, target, store, cache=cache)
-            ids, sims = store_top_k(fs, target, D, top_k)
-            n_stored = len(fs.ids(target))
-            truth = subject_stimuli(ds, s, "test")
-            sdir = out / s
-            sdir.mkdir(parents=True, exist_ok=True)
-            np.save(sdir / f"decoded_{tag}.npy", D.astype(np.float32))
-            rows = [{"test_row": i, "stimulus_id": t, "top": [{"stimulus_id": a, "cosine": round(float(b), 6)}
-                                                               for a, b in zip(row, sim)]}
-                    for i, (t, row, sim) in enumerate(zip(truth, ids, sims))]
-            (sdir / f"top{top_k}_{tag}.json").write_text(json.dumps({
-                "model": model, "subject": s, "target": target, "k": top_k, "candidates": n_stored,
-                "search": "LanceDB, cosine, whole table", "rows": rows}, indent=1))
-            hit1 = float(np.mean([t == row[0] for t, row in zip(truth, ids)]))
-            hitk = float(np.mean([t in row for t, row in zip(truth, ids)]))
-            console.print(f"{s}: {model} -> {sdir / f'decoded_{tag}.npy'} ({D.shape[0]} x {D.shape[1]}), "
-                          f"top-{top_k} of {n_stored} stored stimuli in top{top_k}_{tag}.json; true "
-                          f"stimulus first {hit1:.1%}, in top-{top_k} {hitk:.1%}")
+        if decode is not None:
+            for d in decode_test(dataset, decode, registry=reg, out=out, model=model, store=store, top_k=top_k):
+                console.print(f"{d.subject}: {d.model} -> {d.decoded} ({d.n_test} x {d.dim}), top-{d.k} of "
+                              f"{d.candidates} stored stimuli in {d.top.name}; true stimulus first {d.top1:.1%}, "
+                              f"in top-{d.k} {d.topk:.1%}")
+            return
+        for s, done in predict(dataset, registry=reg, out=out, model=model, store=store).items():
+            console.print(f"{s}: {done['model']} -> {', '.join(str(p) for p in done['files'])}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         _fail(str(e))
 

@@ -29,6 +29,7 @@ from ._errors import NonFiniteOutputError, check_finite_output
 from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
 from ._evaluate import mean_noise_ceiling, pooled_roi_summary, score_submission, score_subject
 from ._evaluation import Evaluation, evaluate
+from ._submission import DecodedSubject, check_encoder_name, decode_test, predict
 from ._html import write_html_report
 from ._predict import EncodingModel, best_model, predict_model
 from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, safe_name
@@ -75,7 +76,8 @@ __all__ = [
     # selectivity
     "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports
-    "evaluate", "Evaluation", "write_html_report", "mean_noise_ceiling",
+    "evaluate", "Evaluation", "write_html_report", "mean_noise_ceiling", "predict", "decode_test", "DecodedSubject",
+    "check_encoder_name",
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
     "report_families", "row_families", "split_rows", "write_split_plot", "write_decoding_plot",
 ]
