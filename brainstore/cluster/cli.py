@@ -739,7 +739,7 @@ def serve_cmd(
 
     from ._quiet import quiet_serve
 
-    from ..serving import (MAKE_TOKEN, PROXY_TIMEOUT_MARGIN_S, Limits, ServeConfigError, app_args, check_token,
+    from ..serving import (LOOPBACK_HOSTS, MAKE_TOKEN, Limits, ServeConfigError, app_args, check_token,
                            deployment_options, read_serve_config, serve_config)
     from ._report import console
 
@@ -748,7 +748,7 @@ def serve_cmd(
             token = check_token(os.environ.get(token_env) or None, f"${token_env}")
         except ValueError as e:
             _fail(str(e))
-        if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        if host not in LOOPBACK_HOSTS and not token:
             _fail(f"--host {host} exposes the service beyond this machine: set a bearer token in ${token_env} "
                   f"(export {token_env}=$({MAKE_TOKEN})), or bind 127.0.0.1")
         return token
@@ -787,32 +787,26 @@ def serve_cmd(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *a: stop.update(now=True))
 
-    if local:
-        from ..serving import LocalBackend, LocalServer, make_app
+    from ..serving import serve
 
+    service = serve(registry, store, local=local, host=host, port=port, token=token, limits=limits,
+                    options=deployment_options(cfg) if cfg else None, http_options=http)
+    if local:
         on_signal()
-        server = LocalServer(make_app(LocalBackend(registry, store), token=token, limits=limits), host=host, port=port)
-        server.start()
+        service.start()
         console.print(f"serving {registry} at {url} (plain uvicorn, models in this process); docs: {url}/docs")
     else:
-        from ray import serve
-        from ray.serve.config import HTTPOptions
-
-        from ..serving import APP_NAME, build_app
         from ._ray import connect
 
         res = connect(address)
         on_signal()  # a stop asked for while the app deploys takes effect once it is up
         console.print(f"Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
+        import ray.serve  # noqa: F401  (its import sets up the "ray.serve" logger: quieten it after)
+
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not "Started Serve", "... is ready" per run
         quiet = quiet_serve()  # Ray Serve's notices on every start and shutdown
         quiet.__enter__()
-        outer = {"request_timeout_s": limits.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}  # the app answers first
-        serve.start(http_options=HTTPOptions(host=host, port=port, **{**outer, **{k: v for k, v in http.items()
-                                                                               if k not in ("host", "port")}}),
-                    logging_config={"log_level": "WARNING"})
-        serve.run(build_app(registry, store, token=token, limits=vars(limits),
-                            options=deployment_options(cfg) if cfg else None), name=APP_NAME, route_prefix="/")
+        service.start()
         console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
     auth = f' -H "Authorization: Bearer ${token_env}"' if token else ""  # double quotes: the shell expands it
     console.print(f"try: curl -s{auth} {url}/v1/models   (Ctrl-C stops)")
@@ -822,12 +816,8 @@ def serve_cmd(
     except KeyboardInterrupt:
         pass
     finally:
-        if local:
-            server.stop()
-        else:
-            serve.shutdown()
-            time.sleep(1.0)  # Ray's log monitor relays the controller's exit notice late: still filtered
-            quiet.__exit__(None, None, None)
+        service.stop()  # (Ray Serve: its exit notices, relayed late, are still filtered)
+        quiet.__exit__(None, None, None)
         console.print("stopped")
 
 

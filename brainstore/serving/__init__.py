@@ -16,11 +16,12 @@ from ._codec import NPY, ServingError, array_from_npy, array_to_npy, decode_arra
 from ._config import (IMPORT_PATH, LEGACY_IMPORT_PATHS, PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args,
                       check_serve_config, deployment_options, read_serve_config, serve_config)
 from ._local import LocalServer, free_port
+from ._service import LOOPBACK_HOSTS, Service, serve
 
 #: Public names whose module imports Ray (Serve deployments): loaded on first access (PEP 562).
 _LAZY = {"build_app": "._deploy", "APP_NAME": "._deploy"}
 
-__all__ = ["make_app", "Limits", "check_token", "TOKEN_MIN_LENGTH", "MAKE_TOKEN", "LocalBackend", "LocalServer",
+__all__ = ["serve", "Service", "LOOPBACK_HOSTS", "make_app", "Limits", "check_token", "TOKEN_MIN_LENGTH", "MAKE_TOKEN", "LocalBackend", "LocalServer",
            "free_port", "ServingError", "STIMULUS_ID", "NPY", "encode_array", "decode_array", "array_from_npy",
            "array_to_npy",
            # Ray Serve: the application (lazy: ray) and its config files
