@@ -66,9 +66,13 @@ class StorageOptionsError(ValueError):
 
 def uri_of(x) -> str:
     """The URI of a store or registry given as a URI, a path, a ``FeatureStore`` (``.uri``) or a
-    ``ModelRegistry`` (``.root``): every entry point accepts either form."""
+    ``ModelRegistry`` (``.root``): every entry point accepts either form. A local path is made absolute (Ray
+    tasks, which reopen stores and registries from their URI, run in other working directories)."""
     if isinstance(x, (str, os.PathLike)):
-        return os.fspath(x)
+        s = os.fspath(x)
+        if "://" in s:
+            return s
+        return os.path.abspath(os.path.expanduser(s))
     for attr in ("uri", "root"):
         v = getattr(x, attr, None)
         if v is not None and not callable(v):

@@ -155,7 +155,9 @@ class FeatureStore:
 
         from .._paths import check_folder
 
-        self.uri = str(uri)
+        from .._storage import uri_of
+
+        self.uri = uri_of(uri)  # a local folder made absolute: Ray tasks of another working directory reopen it
         self.lock_timeout = lock_timeout
         if "://" not in self.uri:
             check_folder(self.uri, "feature store", "--store", create=create, error=FeatureStoreError,

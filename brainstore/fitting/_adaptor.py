@@ -464,6 +464,7 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         raise DatasetError(f"adapt subject(s) {', '.join(unknown)} not in {ds.root}; known subjects: "
                            f"{', '.join(ds.subjects)}")
     fs, reg = FeatureStore(store, create=False), ModelRegistry(registry)
+    store, registry = fs.uri, str(reg.root)  # absolute: the workers reopen them in their own working directory
     targets = list(targets)
     subjects = check_decoding_inputs(ds, fs, targets, subjects)
     # checked before any work, made once the inputs are read (a bad response file leaves nothing behind)

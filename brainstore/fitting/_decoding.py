@@ -318,6 +318,7 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
 
     t0 = time.time()
     ds, fs, reg = open_dataset(dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    store, registry = fs.uri, str(reg.root)  # absolute: the tasks reopen them in their own working directory
     if response_delays is not None:
         if not ds.is_timeseries:
             raise ValueError(f"response_delays are for time-series datasets; {ds.root} has one row per stimulus")

@@ -248,6 +248,7 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
 
     t0 = time.time()
     ds, fs, reg = open_dataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
+    store, registry = fs.uri, str(reg.root)  # absolute: the tasks reopen them in their own working directory
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
     lacking = missing_stimuli(spec, ds, fs, subjects)

@@ -15,15 +15,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python_blocks(page: Path, section: str) -> list[str]:
-    """The ```python blocks of ``page`` under the heading ``section`` (up to the next heading of its level)."""
-    text = page.read_text()
-    m = re.search(rf"^(#+) {re.escape(section)}\s*$", text, re.M)
-    assert m, f"{page.name} has no heading {section!r}"
-    level = len(m.group(1))
-    rest = text[m.end():]
-    nxt = re.search(rf"^#{{1,{level}}} ", rest, re.M)
-    body = rest[: nxt.start()] if nxt else rest
-    return re.findall(r"```python\n(.*?)```", body, re.S)
+    """The ```python blocks of ``page`` under the heading ``section``, up to the next heading of its level or
+    above (lines inside code fences are not headings)."""
+    lines, out, inside, level, fence = page.read_text().splitlines(), [], False, None, None
+    for line in lines:
+        if line.startswith("```"):
+            if fence is None:
+                fence = [] if (inside and line.strip() == "```python") else False
+            else:
+                if fence is not False:
+                    out.append("\n".join(fence) + "\n")
+                fence = None
+            continue
+        if fence is not None:
+            if fence is not False:
+                fence.append(line)
+            continue
+        m = re.match(r"^(#+) (.*)$", line)
+        if m and inside and len(m.group(1)) <= level:
+            break
+        if m and m.group(2).strip() == section:
+            inside, level = True, len(m.group(1))
+    assert level is not None, f"{page.name} has no heading {section!r}"
+    return out
 
 
 @pytest.mark.slow
