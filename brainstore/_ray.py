@@ -92,9 +92,7 @@ def cluster_runtime_env() -> dict:
 
     env: dict = {}
     if os.environ.get(SHIP_ENV, "1") != "0":
-        import brainstore
-
-        env["py_modules"] = [os.path.dirname(os.path.abspath(brainstore.__file__))]
+        env["py_modules"] = [os.path.dirname(os.path.abspath(__file__))]  # the brainstore package folder
     if os.environ.get(ENV):
         env["env_vars"] = {ENV: json.dumps(env_options()[0])}
     return env
