@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ._report import console, dataset_table, decoder_table, score_table
+from ._console import console, dataset_table, decoder_table, score_table
 
 # CLIP ViT-B/32 with OpenAI weights when they are in the local cache; otherwise the same
 # architecture with random weights (recorded as such in the feature table's metadata).

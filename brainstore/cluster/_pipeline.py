@@ -766,7 +766,7 @@ def run_pipeline(path: str | Path | Pipeline, *, from_stage: str | None = None, 
     """
     from filelock import FileLock, Timeout
 
-    from ._report import console
+    from ._console import console
     from ._stages import RUNNERS
 
     pipe = path if isinstance(path, Pipeline) else load_pipeline(path)
@@ -832,7 +832,7 @@ def run_pipeline(path: str | Path | Pipeline, *, from_stage: str | None = None, 
 
 def _connect(address: str | None) -> None:
     from ._ray import connect
-    from ._report import console
+    from ._console import console
 
     import ray
 
@@ -845,7 +845,7 @@ def _print_plan(steps: list[Step], pipe: Pipeline, dry_run: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ._report import console
+    from ._console import console
 
     t = Table(title=f"pipeline {pipe.path} (out: {pipe.out}){' - dry run, nothing runs' if dry_run else ''}")
     for c in ("stage", "action", "why"):

@@ -44,7 +44,7 @@ def _stage_folder(ctx: _Ctx, stage: str, fp: str):
 def _run_extract(ctx: _Ctx, fp: str) -> dict:
     from ..features import extract
     from ._quiet import drop_stderr_lines
-    from ._report import console
+    from ._console import console
 
     spec = ctx.spec
     fs = ctx.store(create=True)
@@ -87,8 +87,8 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
 def _run_fit(ctx: _Ctx, fp: str) -> dict:
     from ..datasets import open_dataset
     from ..fitting import fit_encoding_models, write_report
-    from .cli import _check_decoder_specs, _print_comparison
-    from ._report import console
+    from ..fitting import check_decoder_specs
+    from ._console import console, print_comparison
 
     spec, fit_spec = ctx.spec, ctx.pipe.fit_spec
     ds = open_dataset(spec.dataset)
@@ -97,7 +97,7 @@ def _run_fit(ctx: _Ctx, fp: str) -> dict:
     with _stage_folder(ctx, "fit", fp) as d:
         ctx.registry(create=True)
         if fit_spec.decoders:  # targets and ROIs checked before any model is fitted
-            _check_decoder_specs(fit_spec, spec.store)
+            check_decoder_specs(fit_spec, spec.store)
         if fit_spec.models:
             run = fit_encoding_models(fit_spec, store=spec.store, registry=spec.registry, out=d / "encoders")
             for f in run.failures:
@@ -106,7 +106,7 @@ def _run_fit(ctx: _Ctx, fp: str) -> dict:
                 raise PipelineError(f"fit: {len(run.failures)} encoding fit(s) failed (listed above); fix the cause "
                                     "and run again (extract stays current)")
             rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir)
-            _print_comparison(rep["rows"], "fitted models")
+            print_comparison(rep["rows"], "fitted models")
             records.update({n: None for n in run.registered})
         subjects = None if fit_spec.subjects == "all" else list(fit_spec.subjects)
         for i, dspec in enumerate(fit_spec.decoders):
@@ -127,16 +127,15 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
     """One decoding model of the fit spec (:func:`~brainstore.fitting.fit_decoder`); its model name and
     registered names."""
     from ..fitting import fit_decoder
-    from .cli import _print_decoders
+    from ._console import console, print_decoders
     from ._quiet import drop_stderr_lines
-    from ._report import console
 
     what = f"fit.decoders[{i}] ({dspec.method} into {dspec.target})"
     with drop_stderr_lines(enabled=quiet and dspec.method == "adaptor"):
         run = fit_decoder(dspec, dataset=ds.root, store=spec.store, registry=spec.registry, out=out,
                           subjects=subjects)
     if dspec.method == "adaptor":
-        _print_decoders({f"{run.name} (adaptor)": run.metrics[dspec.target]}, f"fitted adaptor ({what})")
+        print_decoders({f"{run.name} (adaptor)": run.metrics[dspec.target]}, f"fitted adaptor ({what})")
         resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
         console.print(f"  registered {run.name}/shared: {len(run.history)} epochs{resumed} ({run.seconds:.1f} s)")
         return run.name, [f"{run.name}/shared"]
@@ -145,15 +144,14 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
     if run.failures or not run.metrics:
         raise PipelineError(f"fit: {what}: {len(run.failures)} subject(s) failed (listed above); fix the cause and "
                             "run again")
-    _print_decoders(run.metrics, f"fitted decoders ({what})")
+    print_decoders(run.metrics, f"fitted decoders ({what})")
     return next(iter(run.metrics)), list(run.registered)
 
 
 def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
     from ..datasets import open_dataset
     from ..fitting import evaluate_decoders, evaluate_registered, write_decoding_plot, write_report
-    from .cli import _print_comparison, _print_decoders, _print_named
-    from ._report import console
+    from ._console import console, print_comparison, print_decoders, print_named
 
     fit_out = ctx.outputs("fit")
     ds = open_dataset(ctx.spec.dataset)
@@ -165,14 +163,14 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
         doc: dict = {}
         if metrics:
             rep = write_report(metrics, kinds, preds, ds, d, title="pipeline encoding models")
-            _print_comparison(rep["rows"], "evaluation")
+            print_comparison(rep["rows"], "evaluation")
             if ctx.spec.evaluate.rois == "named":
-                _print_named(rep["named"], "evaluation")
+                print_named(rep["named"], "evaluation")
             doc = json.loads((d / "metrics.json").read_text())
         if decoders:
             doc["decoders"] = decoders
             write_decoding_plot(decoders, d / "decoding_top1.png")
-            _print_decoders(decoders, "evaluation")
+            print_decoders(decoders, "evaluation")
         if not metrics and not decoders:
             raise PipelineError(f"evaluate: no model of the fit stage is registered in {ctx.spec.registry} for "
                                 f"{ds.root}; run the fit stage again (`--from fit`)")
@@ -187,7 +185,7 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
 def _run_report(ctx: _Ctx, fp: str) -> dict:
     from ..datasets import open_dataset
     from ..fitting import write_html_report
-    from ._report import console
+    from ._console import console
 
     ev = ctx.outputs("evaluate")
     doc = json.loads(Path(ev["metrics"]).read_text())
@@ -216,7 +214,7 @@ def _run_serve(ctx: _Ctx, fp: str) -> dict:
 
     from ..serving import APP_NAME, build_app, free_port
     from ._quiet import quiet_serve
-    from ._report import console
+    from ._console import console
 
     cfg = ctx.spec.serve
     port = cfg.port

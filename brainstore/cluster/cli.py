@@ -79,7 +79,7 @@ def _fail(msg: str) -> None:
 
     from rich.markup import escape
 
-    from ._report import console
+    from ._console import console
 
     if VERBOSE["on"] and sys.exc_info()[0] is not None:
         import traceback
@@ -113,7 +113,7 @@ def make_dataset_cmd(
     """Write a synthetic benchmark dataset (stimuli, fMRI, ROIs, noise ceilings, oracle): images in the
     Algonauts layout, or --kind video: a described time-series dataset."""
     from ..datasets import make_dataset, make_video_dataset, open_dataset
-    from ._report import console, dataset_table
+    from ._console import console, dataset_table
 
     if kind not in ("image", "video"):
         _fail(f"--kind {kind!r} is not one of image, video")
@@ -138,7 +138,7 @@ def info_cmd(
 ) -> None:
     """Summarize a dataset: subjects, image counts, vertices, ROIs, noise ceilings; list every problem (exit 1)."""
     from ..datasets import DatasetError, DatasetValidationError, is_description, open_dataset, read_manifest
-    from ._report import console, dataset_table, named_roi_table
+    from ._console import console, dataset_table, named_roi_table
 
     try:
         if dataset.is_file() and not is_description(dataset):
@@ -214,7 +214,7 @@ def extract_cmd(
     from ..features import (DTYPES, STORAGE_DTYPES, ExtractionError, FeatureStoreError, WeightsNotFoundError,
                             extract, get_extractor, with_layer)
     from ._ray import connect
-    from ._report import console
+    from ._console import console
 
     if (dataset is None) == (manifest is None):
         _fail("give exactly one of --dataset DIR or --manifest FILE")
@@ -294,7 +294,7 @@ def features_cmd(
     """List feature tables with their metadata (or extractors with --list); derive PCA; build indices."""
     from rich.table import Table
 
-    from ._report import console
+    from ._console import console
 
     if list_extractors_:
         from ..features import list_extractors
@@ -386,7 +386,7 @@ def weights_list_cmd(
     from rich.table import Table
 
     from ..features import DEFAULT_SPECS, cache_locations, weights_status
-    from ._report import console
+    from ._console import console
 
     _use_cache(cache, create=False)
     try:
@@ -414,7 +414,7 @@ def weights_pull_cmd(
     """Download the weights the specs need into the cache (HF hub cache, brainstore's weights folder), once,
     on a machine with network access; every other command stays offline and reads them from there."""
     from ..features import WeightsPullError, check_caches, pull_weights, weights_status
-    from ._report import console
+    from ._console import console
 
     _use_cache(cache, create=True)
     try:
@@ -426,36 +426,6 @@ def weights_pull_cmd(
                                                            "nothing to fetch; ") + f"offline now: {escape(found)}")
     except (WeightsPullError, ValueError, KeyError) as e:
         _fail(str(e))
-
-
-def _print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
-    from ..fitting import row_families
-    from ._report import console, score_table
-
-    test = all("nnmc" in r for r in rows)
-    key = "nnmc" if test else "val_r"
-    fams = row_families(rows)
-    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in fams}, "val r": r["val_r"]})
-                  for r in rows]
-    table_rows += list(extra_rows)
-    console.print(score_table(f"{title}: {'test NNMC' if test else 'validation Pearson r'} per ROI (mean over subjects)",
-                              table_rows, ["all", *fams, "val r"]))
-
-
-def _print_named(named: tuple[list[str], list[dict]], title: str) -> None:
-    from ._report import console, score_table
-
-    names, rows = named
-    if rows:  # one row per named ROI, one column per model (models are fewer than ROIs)
-        console.print(score_table(f"{title}: test NNMC per named ROI (mean over subjects)",
-                                  [(n, {r["model"][:24]: r.get(n, float("nan")) for r in rows}) for n in names],
-                                  [r["model"][:24] for r in rows]))
-
-
-def _print_decoders(metrics: dict, title: str) -> None:
-    from ._report import console, decoder_table
-
-    console.print(decoder_table(metrics, title))
 
 
 def _fit_decoders_cmd(dataset: Optional[Path], target: str, rois: Optional[str], out: Optional[Path], store: str,
@@ -499,10 +469,10 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
 
 def _print_decoder_run(spec, run, registry: str) -> bool:
     """A decoding model's figures and where it went; False when a subject failed (or none could be fitted)."""
-    from ._report import console
+    from ._console import console, print_decoders
 
     if spec.method == "adaptor":
-        _print_decoders({f"{run.name} (adaptor)": run.metrics[spec.target]}, "fitted adaptor")
+        print_decoders({f"{run.name} (adaptor)": run.metrics[spec.target]}, "fitted adaptor")
         last = run.history[-1]
         resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
         console.print(f"registered {run.name}/shared in {registry}: {len(run.history)} epochs{resumed}, last train "
@@ -513,7 +483,7 @@ def _print_decoder_run(spec, run, registry: str) -> bool:
         console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:
         _fail("no decoder could be fitted")
-    _print_decoders(run.metrics, "fitted decoders")
+    print_decoders(run.metrics, "fitted decoders")
     console.print(f"registered {len(run.registered)} decoder(s) in {registry}; decoded test embeddings and "
                   f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
     return not run.failures
@@ -552,7 +522,7 @@ def fit_cmd(
     from ..fitting import RegistryError, SpecError, as_fit_spec, fit, load_spec
     from ._quiet import drop_stderr_lines
     from ._ray import connect
-    from ._report import console
+    from ._console import console, print_comparison
 
     notes: list[str] = []
     if config is None and dataset is None:
@@ -585,7 +555,7 @@ def fit_cmd(
                           f"{escape(f['error'])}")
         if not run.metrics:
             _fail("no model could be fitted")
-        _print_comparison(result.report["rows"], "fitted models")
+        print_comparison(result.report["rows"], "fitted models")
         console.print(f"registered {len(run.registered)} model(s) in {reg}; predictions and report in "
                       f"{result.report['dir']} ({run.seconds:.1f} s)")
     ok = all(_print_decoder_run(d, r, reg) for d, r in zip(spec.decoders, result.decoders))
@@ -606,7 +576,7 @@ def evaluate_cmd(
     from ..datasets import DatasetError
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, evaluate
-    from ._report import console
+    from ._console import console, print_comparison, print_named, print_decoders
 
     if rois not in ("families", "named"):
         _fail(f"--rois must be 'families' or 'named', not {rois!r}")
@@ -617,11 +587,11 @@ def evaluate_cmd(
     except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         _fail(str(e))
     if ev.report:
-        _print_comparison(ev.report["rows"], "evaluation")
+        print_comparison(ev.report["rows"], "evaluation")
         if rois == "named":
-            _print_named(ev.report["named"], "evaluation")
+            print_named(ev.report["named"], "evaluation")
     if ev.decoders:
-        _print_decoders(ev.decoders, "evaluation")
+        print_decoders(ev.decoders, "evaluation")
     console.print(f"report: {ev.report_dir} ({', '.join(ev.files)})")
     console.print(f"HTML report: {ev.html}")
 
@@ -640,7 +610,7 @@ def predict_cmd(
     from ..datasets import DatasetError
     from ..features import FeatureStoreError
     from ..fitting import RegistryError, decode_test, predict
-    from ._report import console
+    from ._console import console
 
     try:
         reg = _open_registry(registry)
@@ -672,7 +642,7 @@ def models_cmd(
     from rich.table import Table
 
     from ..fitting import RegistryError
-    from ._report import console
+    from ._console import console
 
     try:
         recs = _open_registry(registry).list()
@@ -741,7 +711,7 @@ def serve_cmd(
 
     from ..serving import (LOOPBACK_HOSTS, MAKE_TOKEN, Limits, ServeConfigError, app_args, check_token,
                            deployment_options, read_serve_config, serve_config)
-    from ._report import console
+    from ._console import console
 
     def serve_token(host: str) -> str | None:  # $token_env checked; a public host never served without one
         try:
@@ -843,7 +813,7 @@ def explain_cmd(
     from ..datasets import DatasetError
     from ..features import FeatureStoreError, MissingStimuliError
     from ..fitting import RegistryError, explain_roi, run_dir, safe_name, write_contact_sheet
-    from ._report import console
+    from ._console import console
 
     verts = None
     if vertices is not None:

@@ -1,4 +1,5 @@
-"""Tables printed by the CLI (rich), built from plain dicts so libraries stay free of rich."""
+"""What the CLI, the pipeline and the demo print (rich): the console, tables built from plain dicts (so
+libraries stay free of rich), and the score, named-ROI and decoder tables all three print."""
 
 from __future__ import annotations
 
@@ -107,3 +108,30 @@ def decoder_table(metrics: Mapping, title: str) -> Table:
                       else "-", alpha)
     return t
 
+
+def print_comparison(rows: list[dict], title: str, extra_rows: list[tuple[str, dict]] = ()) -> None:
+    """The models' scores per ROI family (test NNMC when every row has it, else validation r)."""
+    from ..fitting import row_families
+
+    test = all("nnmc" in r for r in rows)
+    key = "nnmc" if test else "val_r"
+    fams = row_families(rows)
+    table_rows = [(f"{r['model'][:60]} ({r['method']})", {"all": r[key], **{f: r[f] for f in fams}, "val r": r["val_r"]})
+                  for r in rows]
+    table_rows += list(extra_rows)
+    console.print(score_table(f"{title}: {'test NNMC' if test else 'validation Pearson r'} per ROI (mean over subjects)",
+                              table_rows, ["all", *fams, "val r"]))
+
+
+def print_named(named: tuple[list[str], list[dict]], title: str) -> None:
+    """Test NNMC per named ROI: one row per ROI, one column per model."""
+    names, rows = named
+    if rows:  # one row per named ROI, one column per model (models are fewer than ROIs)
+        console.print(score_table(f"{title}: test NNMC per named ROI (mean over subjects)",
+                                  [(n, {r["model"][:24]: r.get(n, float("nan")) for r in rows}) for n in names],
+                                  [r["model"][:24] for r in rows]))
+
+
+def print_decoders(metrics: dict, title: str) -> None:
+    """The decoders' retrieval figures (:func:`decoder_table`)."""
+    console.print(decoder_table(metrics, title))
