@@ -1,0 +1,6 @@
+"""``python -m brainstore.cluster.cli``: the ``brainstore`` command."""
+
+from . import main
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
