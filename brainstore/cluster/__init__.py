@@ -8,11 +8,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers and the API reference (imported lazily at run time)
-    from ._pipeline import Pipeline, PipelineError, load_pipeline, run_pipeline
+    from .pipeline import Pipeline, PipelineError, load_pipeline, run_pipeline
 
 #: Public names, loaded on first access (PEP 562).
-_LAZY = {"run_pipeline": "._pipeline", "load_pipeline": "._pipeline", "Pipeline": "._pipeline",
-         "PipelineError": "._pipeline"}
+_LAZY = {"run_pipeline": ".pipeline", "load_pipeline": ".pipeline", "Pipeline": ".pipeline",
+         "PipelineError": ".pipeline"}
 
 __all__ = list(_LAZY)
 

@@ -21,7 +21,7 @@ def run_cmd(
     from ...datasets import DatasetError
     from ...features import ExtractionError, FeatureStoreError, MissingStimuliError, WeightsNotFoundError
     from ...fitting import RegistryError, SpecError
-    from .._pipeline import PipelineError, run_pipeline
+    from ..pipeline import PipelineError, run_pipeline
 
     need(pipeline, False, "pipeline file", "`brainstore run` takes a pipeline YAML file")
     try:

@@ -1,4 +1,4 @@
-"""The stages of ``brainstore run`` (:mod:`._pipeline`): each runner does its stage's work with the library
+"""The stages of ``brainstore run`` (:mod:`._run`): each runner does its stage's work with the library
 functions the CLI verbs use and returns the stage's outputs, recorded in the state file.
 
 ``RUNNERS[stage](ctx, fingerprint) -> outputs``; a runner raises (``PipelineError`` for a failure it
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from ..fitting import FitSpec
-from ._pipeline import STAGES, PipelineError, PipelineSpec, _Ctx, _file_sha, _record_identity, _title
+from ...fitting import FitSpec
+from ._identity import _file_sha, _record_identity
+from ._spec import STAGES, PipelineError, PipelineSpec, _title
+from ._state import _Ctx
 
 __all__ = ["RUNNERS"]
 
@@ -42,14 +44,14 @@ def _stage_folder(ctx: _Ctx, stage: str, fp: str):
 
 
 def _run_extract(ctx: _Ctx, fp: str) -> dict:
-    from ..features import extract
-    from ._quiet import drop_stderr_lines
-    from ._console import console
+    from ...features import extract
+    from .._quiet import drop_stderr_lines
+    from .._console import console
 
     spec = ctx.spec
     fs = ctx.store(create=True)
     tables = {}
-    from ..datasets import open_dataset
+    from ...datasets import open_dataset
 
     is_ts = open_dataset(spec.dataset).is_timeseries
     for e, ext, table, delayed in zip(spec.extract, ctx.pipe.extractors, ctx.pipe.tables, ctx.pipe.delayed):
@@ -58,7 +60,7 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
                           "model; recorded as random_init in the table's metadata")
         with drop_stderr_lines(enabled=ctx.quiet):  # Ray's per-run actor-restart notice (ray#53727)
             if is_ts:
-                from ..features import extract_timeseries
+                from ...features import extract_timeseries
 
                 rep = extract_timeseries(spec.dataset, ext, fs, version=table, resample=e.resample,
                                          concurrency=e.concurrency, dtype=e.dtype)
@@ -76,7 +78,7 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
                                 "again (extraction resumes), or set `allow_failures: true` on that extractor")
         tables[table] = fs.version(table)
         if delayed is not None:
-            from ..features import derive_delays
+            from ...features import derive_delays
 
             derive_delays(fs, table, spec.dataset, e.delays, name=delayed)
             console.print(f"  [green]{delayed}[/]: delayed by {','.join(map(str, e.delays))} TRs within each clip")
@@ -85,10 +87,10 @@ def _run_extract(ctx: _Ctx, fp: str) -> dict:
 
 
 def _run_fit(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import open_dataset
-    from ..fitting import fit_encoding_models, write_report
-    from ..fitting import check_decoder_specs
-    from ._console import console, print_comparison
+    from ...datasets import open_dataset
+    from ...fitting import fit_encoding_models, write_report
+    from ...fitting import check_decoder_specs
+    from .._console import console, print_comparison
 
     spec, fit_spec = ctx.spec, ctx.pipe.fit_spec
     ds = open_dataset(spec.dataset)
@@ -126,9 +128,9 @@ def _model_names(fit_spec: FitSpec) -> list[str]:
 def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, quiet: bool) -> tuple[str, list[str]]:
     """One decoding model of the fit spec (:func:`~brainstore.fitting.fit_decoder`); its model name and
     registered names."""
-    from ..fitting import fit_decoder
-    from ._console import console, print_decoders
-    from ._quiet import drop_stderr_lines
+    from ...fitting import fit_decoder
+    from .._console import console, print_decoders
+    from .._quiet import drop_stderr_lines
 
     what = f"fit.decoders[{i}] ({dspec.method} into {dspec.target})"
     with drop_stderr_lines(enabled=quiet and dspec.method == "adaptor"):
@@ -149,9 +151,9 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
 
 
 def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import open_dataset
-    from ..fitting import evaluate_decoders, evaluate_registered, write_decoding_plot, write_report
-    from ._console import console, print_comparison, print_decoders, print_named
+    from ...datasets import open_dataset
+    from ...fitting import evaluate_decoders, evaluate_registered, write_decoding_plot, write_report
+    from .._console import console, print_comparison, print_decoders, print_named
 
     fit_out = ctx.outputs("fit")
     ds = open_dataset(ctx.spec.dataset)
@@ -183,9 +185,9 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
 
 
 def _run_report(ctx: _Ctx, fp: str) -> dict:
-    from ..datasets import open_dataset
-    from ..fitting import write_html_report
-    from ._console import console
+    from ...datasets import open_dataset
+    from ...fitting import write_html_report
+    from .._console import console
 
     ev = ctx.outputs("evaluate")
     doc = json.loads(Path(ev["metrics"]).read_text())
@@ -212,9 +214,9 @@ def _run_serve(ctx: _Ctx, fp: str) -> dict:
     import requests
     from ray import serve
 
-    from ..serving import APP_NAME, build_app, free_port
-    from ._quiet import quiet_serve
-    from ._console import console
+    from ...serving import APP_NAME, build_app, free_port
+    from .._quiet import quiet_serve
+    from .._console import console
 
     cfg = ctx.spec.serve
     port = cfg.port
