@@ -126,7 +126,7 @@ def as_array_refs(rows, brick: Path, key: str = "imgBrick"):
     """``rows`` (one per image, in brick order) with each path replaced by its array reference."""
     import pyarrow as pa
 
-    from brainstore.datasets._arrays import array_ref
+    from brainstore.datasets import array_ref
 
     refs = [array_ref(brick, key, i) for i in range(rows.num_rows)]
     return rows.set_column(rows.schema.get_field_index("path"), "path", pa.array(refs, pa.string()))
@@ -134,8 +134,7 @@ def as_array_refs(rows, brick: Path, key: str = "imgBrick"):
 
 def input_only(files: list[str], brick: Path, batch_size: int, limit: int = 2000) -> dict:
     """Input cost alone in this process: ``decode_image`` of PNGs vs ``read_array_refs`` from the brick."""
-    from brainstore.datasets import decode_image
-    from brainstore.datasets._arrays import array_ref, close_bricks, parse_array_ref, read_array_refs
+    from brainstore.datasets import array_ref, close_bricks, decode_image, parse_array_ref, read_array_refs
 
     files = files[:limit]
     refs = [parse_array_ref(array_ref(brick, "imgBrick", i)) for i in range(len(files))]

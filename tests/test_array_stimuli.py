@@ -1,26 +1,23 @@
 """Stimuli from a pixel array: HDF5 / npy image bricks named by array references in ``path``.
 
-The small dataset's PNGs are written into an HDF5 brick and an npy brick; extraction from array
+The small dataset's PNGs are written into an HDF5 brick and an npy brick (the ``bricks`` fixture of
+``tests/datasets/test_arrays.py``, which tests the bricks themselves); extraction from array
 references must give the PNG route's embeddings (same pixels, same preprocessing), bad references
 are bad stimuli named by their reference, an unusable brick is one error before any Ray work.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from brainstore.datasets import AlgonautsDataset, DatasetValidationError, decode_image, image_problem, read_manifest
-from brainstore.datasets._arrays import (BrickError, BrickFileError, BrickFormatError, _runs, array_ref, brick_info,
-                                         parse_array_ref,
-                                         read_array_refs, ref_problem)
+from brainstore.datasets import BrickError, BrickFileError, array_ref, decode_image
 from brainstore.features import FeatureStore, extract, select_stimuli
+from tests.datasets.test_arrays import bricks  # noqa: F401 (the fixture: the small dataset's images as bricks)
 
 TINY_CLIP_SPEC = "clip:arch=brainstore-tiny-clip,pretrained=none"
 MOTION_SPEC = "motion-energy"
@@ -33,72 +30,11 @@ def _tiny():
     register_tiny_models()
 
 
-@pytest.fixture(scope="module")
-def bricks(small_dataset, tmp_path_factory) -> dict:
-    """The small dataset's unique images as an HDF5 brick (``imgBrick``) and an npy brick, plus the PNG paths."""
-    import h5py
-
-    root = tmp_path_factory.mktemp("bricks")
-    stimuli = AlgonautsDataset(small_dataset).stimuli()
-    unique = select_stimuli(stimuli, "image")
-    pngs = unique.column("path").to_pylist()
-    pixels = np.stack([np.asarray(decode_image(p)) for p in pngs])  # the PNG route's decoded pixels
-    h5, npy = root / "stimuli.hdf5", root / "stimuli.npy"
-    with h5py.File(h5, "w") as f:
-        f.create_dataset("imgBrick", data=pixels, chunks=(4, *pixels.shape[1:]))  # chunked, like a real brick
-        f.create_dataset("floats", data=pixels.astype(np.float32) / 255)
-    np.save(npy, pixels)
-    index = {s: i for i, s in enumerate(unique.column("stimulus_id").to_pylist())}  # stimulus id -> brick index
-    return {"root": root, "h5": h5, "npy": npy, "pixels": pixels, "stimuli": stimuli, "unique": unique,
-            "index": index, "ids": unique.column("stimulus_id").to_pylist()}
-
-
-def _ref(file, key, i):
-    return parse_array_ref(array_ref(file, key, i))
-
-
 def _with_refs(stimuli: pa.Table, index: dict, file: Path, key: str, keep_files=()) -> pa.Table:
     """``stimuli`` with each image's path replaced by its reference into the brick (but the ``keep_files`` ids)."""
     paths = [p if s in keep_files or s not in index else array_ref(file, key, index[s])
              for s, p in zip(stimuli.column("stimulus_id").to_pylist(), stimuli.column("path").to_pylist())]
     return stimuli.set_column(stimuli.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
-
-
-# ----------------------------------------------------------------------------- reading, no Ray
-def test_refs_read_the_png_pixels_in_sorted_runs(bricks, monkeypatch):
-    import h5py
-
-    n = len(bricks["pixels"])
-    order = np.random.default_rng(0).permutation(n)[:40].tolist() + [5, 5]  # shuffled, with a duplicate
-    slices = []
-    real = h5py.Dataset.__getitem__
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, k: (slices.append(k), real(self, k))[1])
-    for file, key in ((bricks["h5"], "imgBrick"), (bricks["npy"], "")):
-        slices.clear()
-        refs = [_ref(file, key, i) for i in order]
-        got = read_array_refs(refs)
-        for i, g in zip(order, got):
-            assert g.dtype == np.uint8 and g.flags.c_contiguous
-            np.testing.assert_array_equal(g, bricks["pixels"][i])
-        if key:  # one slice per run of indices at most MAX_GAP apart, in index order
-            assert slices == [slice(a, b) for a, b in _runs(sorted(set(order)), 8)]
-    assert _runs([1, 2, 3, 9, 30], 8) == [(1, 10), (30, 31)]
-    # decode_image accepts a reference: the brick's pixels as a PIL RGB image
-    ref = array_ref(bricks["h5"], "imgBrick", 3)
-    png = bricks["unique"]["path"][3].as_py()
-    np.testing.assert_array_equal(np.asarray(decode_image(ref)), np.asarray(decode_image(png)))
-    assert image_problem(ref) is None and brick_info(str(bricks["h5"]), "imgBrick").n == n
-
-
-def test_grayscale_brick_equals_a_grayscale_png(tmp_path):
-    from PIL import Image
-
-    gray = np.random.default_rng(1).integers(0, 256, (3, 20, 30), dtype=np.uint8)
-    np.save(tmp_path / "gray.npy", gray)
-    Image.fromarray(gray[2]).save(tmp_path / "g.png")
-    from_brick = decode_image(array_ref(tmp_path / "gray.npy", "", 2))
-    assert from_brick.mode == "RGB"
-    np.testing.assert_array_equal(np.asarray(from_brick), np.asarray(decode_image(tmp_path / "g.png")))
 
 
 def test_every_image_extractor_prepares_a_reference_like_its_png(bricks, tmp_path):
@@ -126,59 +62,6 @@ def test_every_image_extractor_prepares_a_reference_like_its_png(bricks, tmp_pat
             assert list(out["error"]) == [""] * 6, (spec, list(out["error"]))
             assert list(out["shape"]) == list(want["shape"]) and list(out["dtype"]) == list(want["dtype"])
             assert list(out["data"]) == list(want["data"]), spec  # byte for byte
-
-
-def test_bad_references_and_unusable_bricks_say_what_and_how_to_fix(bricks, tmp_path):
-    h5, npy = str(bricks["h5"]), str(bricks["npy"])
-    n = len(bricks["pixels"])
-    assert "out of range" in ref_problem(f"{h5}#imgBrick[{n}]") and f"0..{n - 1}" in ref_problem(f"{h5}#imgBrick[{n}]")
-    assert "no dataset 'nope'" in ref_problem(f"{h5}#nope[0]") and "imgBrick" in ref_problem(f"{h5}#nope[0]")
-    assert "names no dataset" in ref_problem(f"{h5}#[0]")
-    assert "no dataset key" in ref_problem(f"{npy}#k[0]")
-    with pytest.raises(BrickFormatError, match="float32.*not N x H x W x 3 uint8"):
-        brick_info(h5, "floats")
-    with pytest.raises(BrickFileError, match="does not exist"):
-        brick_info(str(tmp_path / "gone.hdf5"), "imgBrick")
-    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
-    with pytest.raises(BrickFileError, match="not a readable HDF5 file"):
-        brick_info(str(tmp_path / "junk.h5"), "x")
-    np.save(tmp_path / "chw.npy", np.zeros((2, 3, 8, 8), np.uint8))
-    with pytest.raises(BrickFormatError, match="transpose"):
-        brick_info(str(tmp_path / "chw.npy"))
-    # reading never raises: each reference gets its own error
-    got = read_array_refs([_ref(h5, "imgBrick", n), _ref(str(tmp_path / "gone.npy"), "", 0),
-                           _ref(h5, "imgBrick", 0)])
-    assert isinstance(got[0], BrickError) and isinstance(got[1], BrickFileError) and isinstance(got[2], np.ndarray)
-
-
-def test_manifest_with_array_references(bricks, tmp_path):
-    pngs = bricks["unique"].column("path").to_pylist()
-    ids = bricks["ids"]
-    folder = tmp_path / "m"
-    folder.mkdir()
-    rel = Path(os.path.relpath(bricks["npy"], folder))  # relative to the manifest's folder
-    paths = [f"{rel}#[{i}]" for i in range(5)] + pngs[5:8]  # mixed: references and files
-    man = folder / "manifest.csv"
-    pcsv.write_csv(pa.table({"stimulus_id": ids[:8], "path": paths, "modality": ["image"] * 8}), man)
-    t = read_manifest(man)
-    assert t.column("path").to_pylist()[:5] == [array_ref(bricks["npy"], "", i) for i in range(5)]
-    assert t.column("path").to_pylist()[5:] == pngs[5:8]
-    n = len(bricks["pixels"])
-    bad = folder / "bad.csv"
-    pcsv.write_csv(pa.table({
-        "stimulus_id": ["a", "b", "c", "d", "e"],
-        "path": [f"{rel}#[{n}]", f"{bricks['h5']}#nokey[0]", str(folder / "gone.hdf5#imgBrick[0]"),
-                 str(folder / "gone.hdf5#imgBrick[1]"), f"{bricks['h5']}#floats[0]"],
-        "modality": ["image"] * 5}), bad)
-    with pytest.raises(DatasetValidationError) as ei:
-        read_manifest(bad)
-    probs = ei.value.problems
-    assert len(probs) == 4, probs  # the missing brick is listed once, with its two rows
-    assert any("row 2 (a)" in p and "out of range" in p for p in probs)
-    assert any("row 3 (b)" in p and "no dataset 'nokey'" in p for p in probs)
-    assert any("row 4 (c) and 1 more row(s)" in p and "gone.hdf5 does not exist" in p for p in probs)
-    assert any("row 6 (e)" in p and "float32" in p for p in probs)
-    assert read_manifest(bad, check_files=False).num_rows == 5
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -6,28 +6,24 @@ from a dataset description file; :func:`open_dataset` picks the reader. Both imp
 :class:`BrainDataset`. Any other stimulus collection (images, video clips, text) comes in through a
 manifest (:func:`read_manifest`). All give a stimulus table with the columns of
 :data:`STIMULUS_SCHEMA`.
+
+Rooms: the shared names and pieces at the top (``_layout``: hemispheres, splits, ROI families, the
+stimulus schema; ``_base``: the interface; ``_errors``; ``_arrays`` and ``_images``: image bricks and
+decoding; ``_manifest``; ``_timeseries``: TR timing; ``_open``), one subpackage per reader
+(``algonauts``, ``described``: imported when first used) and ``synthetic`` (the generators).
 """
 
-from pathlib import Path
-
-from ._algonauts import (
-    HEMISPHERES,
-    REPORT_FAMILIES,
-    ROI_FAMILIES,
-    ROI_FAMILY_LABELS,
-    STIMULUS_SCHEMA,
-    AlgonautsDataset,
-    stimulus_id_for,
-)
-from ._arrays import (ArrayRef, BrickError, BrickFileError, BrickFormatError, brick_info, parse_array_ref, range_error,
-                      read_array_refs)
+from ._arrays import (MAX_PIXELS, ArrayRef, BrickError, BrickFileError, BrickFormatError, array_ref, brick_info,
+                      close_bricks, parse_array_ref, range_error, read_array_refs)
 from ._base import DESCRIPTION_NAME, BrainDataset
 from ._errors import DatasetError, DatasetValidationError
-from ._images import MAX_PIXELS, decode_image, image_problem
+from ._images import decode_image, image_problem
+from ._layout import HEMISPHERES, REPORT_FAMILIES, ROI_FAMILIES, ROI_FAMILY_LABELS, STIMULUS_SCHEMA, stimulus_id_for
 from ._manifest import MODALITIES, read_manifest
-from ._synthetic import make_dataset
-from ._timeseries import event_weights, frames_of_tr, lanczos_kernel, run_starts
-from ._video_synthetic import make_video_dataset
+from ._open import is_description, open_dataset, open_stimuli
+from ._timeseries import event_weights, frames_of_tr, lanczos_kernel, n_trs, run_starts, split_tr_id, tr_id
+from .algonauts import AlgonautsDataset
+from .synthetic import make_dataset, make_video_dataset
 
 __all__ = [
     # readers
@@ -52,6 +48,7 @@ __all__ = [
     "MAX_PIXELS",
     # image bricks (array references FILE.hdf5#KEY[INDEX] as stimulus paths)
     "ArrayRef",
+    "array_ref",
     "parse_array_ref",
     "read_array_refs",
     "brick_info",
@@ -59,7 +56,11 @@ __all__ = [
     "BrickError",
     "BrickFileError",
     "BrickFormatError",
+    "close_bricks",
     # time series (TR timing of frames and events, runs)
+    "tr_id",
+    "split_tr_id",
+    "n_trs",
     "frames_of_tr",
     "event_weights",
     "lanczos_kernel",
@@ -73,60 +74,10 @@ __all__ = [
     "make_video_dataset",
 ]
 
-_DESCRIPTION_SUFFIXES = (".yaml", ".yml")
-
 
 def __getattr__(name: str):  # the described reader (pydantic, yaml) is imported when first used
-    if name == "DescribedDataset":
-        from ._described import DescribedDataset
+    if name in ("DescribedDataset", "DescriptionError"):
+        from . import described
 
-        return DescribedDataset
-    if name == "DescriptionError":
-        from ._description import DescriptionError
-
-        return DescriptionError
+        return getattr(described, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def is_description(path: str | Path) -> bool:
-    """True for a description file (.yaml / .yml) or a folder holding ``brainstore-dataset.yaml``."""
-    p = Path(path).expanduser()
-    return (p.is_file() and p.suffix.lower() in _DESCRIPTION_SUFFIXES) or (p / DESCRIPTION_NAME).is_file()
-
-
-def open_dataset(path: "str | Path | BrainDataset") -> BrainDataset:
-    """The dataset at ``path``: a description file (.yaml / .yml) or a folder holding
-    ``brainstore-dataset.yaml`` -> :class:`DescribedDataset`; any other folder ->
-    :class:`AlgonautsDataset`. A dataset object is returned as it is.
-
-    ``str(open_dataset(p).root)`` is the dataset's identity (recorded in models) and reopens it.
-    """
-    if isinstance(path, BrainDataset):
-        return path
-    p = Path(path).expanduser()
-    if is_description(p):
-        from ._described import DescribedDataset
-
-        return DescribedDataset(p)
-    if p.is_file():
-        raise DatasetError(f"dataset {p} is a file but not a dataset description (.yaml / .yml); give a dataset "
-                           "folder (Algonauts layout) or a description file")
-    if not p.exists():
-        raise DatasetError(f"dataset {p} does not exist; give a dataset folder (Algonauts layout) or a dataset "
-                           "description file (.yaml)")
-    try:
-        return AlgonautsDataset(p)
-    except DatasetError as e:
-        found = sorted(q.name for q in p.glob("*.y*ml") if q.suffix.lower() in _DESCRIPTION_SUFFIXES) if p.is_dir() else []
-        if not found:
-            raise
-        raise DatasetError(f"{e}; or pass its description file ({', '.join(found)}), or name it "
-                           f"{DESCRIPTION_NAME}") from None
-
-
-def open_stimuli(source: str | Path):
-    """Stimulus table of a dataset folder (Algonauts layout), a description file or a manifest file (.parquet/.csv)."""
-    p = Path(source)
-    if p.is_dir() or is_description(p):
-        return open_dataset(p).stimuli()
-    return read_manifest(p)

@@ -28,7 +28,7 @@ from ._errors import DatasetError
 
 __all__ = ["ArrayRef", "array_ref", "parse_array_ref", "is_array_ref", "BrickError", "BrickFileError", "BrickInfo",
            "BrickFormatError", "brick_info", "brick_problem", "ref_problem", "range_error", "read_array_refs",
-           "read_array_ref", "close_bricks", "HDF5_SUFFIXES"]
+           "read_array_ref", "close_bricks", "HDF5_SUFFIXES", "MAX_PIXELS"]
 
 _REF = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|npy))#(?P<key>[^\[\]]*)\[(?P<index>\d+)\]$", re.IGNORECASE)
 
@@ -68,6 +68,9 @@ def is_array_ref(path: str) -> bool:
 # when the file changes), so a Ray worker opens a brick once for all the tasks it runs.
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+#: Largest image accepted (pixels): 8,192 x 8,192, in a brick as in a file (:mod:`._images`). NSD images
+#: are 425 x 425; anything far larger is almost certainly a mistake or a decompression bomb.
+MAX_PIXELS = 8192 * 8192
 #: Indices at most this far apart are read in one slice (the images between are read and dropped):
 #: one large read beats several small ones on HDF5 and on disk.
 MAX_GAP = 8
@@ -210,8 +213,6 @@ def _dataset(file: str, key: str):
         raise BrickFormatError(f"image brick {where} is {' x '.join(map(str, shape)) or 'a scalar'} {dtype}, "
                                f"not {_LAYOUT}; convert it (e.g. numpy: (x * 255).round().clip(0, 255)"
                                ".astype('uint8') for floats in 0..1, x.transpose(0, 2, 3, 1) for N x 3 x H x W)")
-    from ._images import MAX_PIXELS
-
     if shape[1] * shape[2] > MAX_PIXELS or shape[1] == 0 or shape[2] == 0:
         raise BrickFormatError(f"image brick {where} holds {shape[1]} x {shape[2]} images, outside 1 .. "
                                f"{MAX_PIXELS:,} pixels; {_LAYOUT}")

@@ -1,8 +1,8 @@
 """The interface every response dataset offers the later stages (extraction, fitting, decoders,
 evaluation, serving): :class:`BrainDataset`.
 
-Two implementations: :class:`~._algonauts.AlgonautsDataset` (the Algonauts 2023 folders) and
-:class:`~._described.DescribedDataset` (any layout, read through a dataset description file).
+Two implementations: :class:`~.algonauts.AlgonautsDataset` (the Algonauts 2023 folders) and
+:class:`~.described.DescribedDataset` (any layout, read through a dataset description file).
 ``str(ds.root)`` is the dataset's identity (recorded in models; Ray tasks reopen the dataset from it
 with :func:`brainstore.datasets.open_dataset`).
 """
@@ -14,6 +14,9 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+
+from ._errors import DatasetValidationError
+from ._layout import REPORT_FAMILIES
 
 __all__ = ["BrainDataset", "DESCRIPTION_NAME"]
 
@@ -38,7 +41,7 @@ class BrainDataset:
     Methods
     -------
     stimuli(subjects, splits) -> pyarrow.Table
-        :data:`~._algonauts.STIMULUS_SCHEMA`; ``index`` = the row in the subject's response matrix.
+        :data:`~._layout.STIMULUS_SCHEMA`; ``index`` = the row in the subject's response matrix.
     responses(subject, hemi, split) -> float32 (rows x vertices), memory-mapped, rows in ``index`` order.
     n_images(subject, split), n_vertices(subject, hemi), has_test_responses(subject)
     noise_ceiling(subject, hemi) -> fraction in [0, 1] per vertex, or None
@@ -89,14 +92,12 @@ class BrainDataset:
     # ------------------------------------------------------------------ shared
     #: Continuous runs, one response row per TR (``DescribedDataset`` with ``timeseries:``).
     is_timeseries: bool = False
-    #: The clips of a time-series dataset (:class:`~._timeseries.TimeSeries`), else None.
+    #: The clips of a time-series dataset (:class:`~.described.TimeSeries`), else None.
     timeseries = None
 
     def report_families(self, subject: str) -> list[str]:
         """The ROI families reports score by default: Algonauts' ``REPORT_FAMILIES`` (a described
         dataset: every family it describes)."""
-        from ._algonauts import REPORT_FAMILIES
-
         return list(REPORT_FAMILIES)
 
     def cv_groups(self, subject: str, split: str = "train") -> np.ndarray | None:
@@ -155,8 +156,6 @@ class BrainDataset:
 
     def check(self, *, check_images: bool = True):
         """Validate and raise :class:`DatasetValidationError` listing every problem found."""
-        from ._errors import DatasetValidationError
-
         problems = self.validate(check_images=check_images)
         if problems:
             raise DatasetValidationError(str(self.root), problems)

@@ -18,13 +18,9 @@ try:  # libpng/zlib-ng PNG decoder, ~1.8x faster than PIL's on NSD-size images, 
 except ImportError:  # pragma: no cover - optional speed-up
     _png_decode = None
 
-from ._arrays import parse_array_ref, read_array_ref, ref_problem
+from ._arrays import MAX_PIXELS, parse_array_ref, read_array_ref, ref_problem
 
 __all__ = ["MAX_PIXELS", "decode_image", "image_problem"]
-
-# Largest image accepted (pixels): 8,192 x 8,192. NSD images are 425 x 425; anything far larger is
-# almost certainly a mistake or a decompression bomb.
-MAX_PIXELS = 8192 * 8192
 
 
 def decode_image(data: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ._algonauts import STIMULUS_SCHEMA
 from ._arrays import array_ref, brick_problem, parse_array_ref, ref_problem
 from ._errors import DatasetError, DatasetValidationError
 from ._images import image_problem
+from ._layout import STIMULUS_SCHEMA
 
 __all__ = ["read_manifest", "MODALITIES"]
 

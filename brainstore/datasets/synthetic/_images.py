@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scoring import noise_ceiling_from_ncsnr
-from ._algonauts import HEMISPHERES
+from ...scoring import noise_ceiling_from_ncsnr
+from .._layout import HEMISPHERES
 from ._scenes import SEMANTIC_NAMES, low_level_energy, render, sample_scene
 
 __all__ = ["make_dataset", "build_folder", "ROI_DEFS"]

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._errors import DatasetError
+from .._errors import DatasetError
 
 #: Largest block read from a source at once (bytes of the source's own slice).
 BLOCK_BYTES = 256 * 2 ** 20

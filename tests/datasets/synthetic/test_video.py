@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from brainstore.datasets import _video_synthetic as vs
-from brainstore.datasets._video_synthetic import hrf, make_video_dataset
+from brainstore.datasets.synthetic import _video as vs
+from brainstore.datasets.synthetic._video import hrf, make_video_dataset
 
 _TINY = dict(n_train_runs=2, trs_per_run=10, n_test_repeats=2, fps=2, frame_size=32, n_vertices=100, progress=False)
 _ROIS = {"visual": {1: "V1", 2: "V2"}, "motion": {1: "MT"}, "categories": {1: "FFA", 2: "EBA", 3: "cars", 4: "animals"},

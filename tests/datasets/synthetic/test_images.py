@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from brainstore.datasets import AlgonautsDataset, make_dataset
-from brainstore.fitting._evaluate import score_submission
+from brainstore.fitting import score_submission
 from brainstore.scoring import nnmc, pearson_r
 
 

@@ -1,25 +1,23 @@
 """Whole-dataset validation of a :class:`~._described.DescribedDataset` (every problem, each naming
-its file and the description field) and the list of files it reads (for identities)."""
+its file and the description field) and the list of files it reads (for identities): the
+:class:`ChecksMixin` the dataset is made of, over its stimuli, responses and ROIs."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from ._algonauts import HEMISPHERES
-from ._arrays import parse_array_ref
-from ._errors import DatasetError
-from ._images import image_problem
-
-if TYPE_CHECKING:
-    from ._described import DescribedDataset
+from .._arrays import parse_array_ref
+from .._errors import DatasetError
+from .._images import image_problem
+from .._layout import HEMISPHERES
+from ._rois import RoisMixin
+from ._stimuli import StimuliMixin
 
 _CHUNK_ROWS = 1024
 
 
-def _brick_length(ds: "DescribedDataset") -> tuple[int | None, str | None]:
+def _brick_length(ds: "ChecksMixin") -> tuple[int | None, str | None]:
     """Images in the stimulus brick (or a time series' frame brick; axis 0), or (None, the problem)."""
     st = ds.spec.stimuli if ds.spec.stimuli is not None else ds.spec.timeseries.frames
     path = ds._path(None, st.array)
@@ -62,8 +60,19 @@ def _finite_problem(ds, subject: str, hemi: str, raw: np.ndarray, rows: np.ndarr
     return None
 
 
-def validate_described(ds: "DescribedDataset", *, check_images: bool = True,
+def validate_described(ds: "ChecksMixin", *, check_images: bool = True,
                        subjects: list[str] | None = None) -> list[str]:
+    """Every problem of the dataset (of ``subjects``, default all), each once, in the order found."""
+    problems, table, stimuli_ok, brick_len = _stimulus_problems(ds)
+    checked: set[str] = set()  # stimulus files already checked (subjects share stimuli)
+    for s in subjects or ds.subjects:
+        problems += _subject_problems(ds, s, table, stimuli_ok, brick_len, check_images, checked)
+    return list(dict.fromkeys(problems))
+
+
+def _stimulus_problems(ds: "ChecksMixin") -> tuple[list[str], dict | None, bool, int | None]:
+    """Problems of the stimulus table, captions, brick and clips; the stimulus table, whether it read
+    without problems, and the brick's length (None without a brick or when unreadable)."""
     problems: list[str] = []
     table, probs = ds._stimulus_table()
     problems += probs
@@ -92,69 +101,82 @@ def validate_described(ds: "DescribedDataset", *, check_images: bool = True,
                 problems.append(f"clip {c.name} ({ts.clips_table}): frames {c.first_frame} to "
                                 f"{c.first_frame + c.n_frames - 1} run past the {brick_len} frames of {ts.frames} "
                                 f"({ds._where(None, ('timeseries', 'frames'))})")
-    checked: set[str] = set()
-    for s in subjects or ds.subjects:
-        ds._check_subject(s)
-        t, t_probs = ds._trials_result(s)
-        src, s_probs = ds._sources_result(s)
-        problems += t_probs + s_probs
-        if t is not None and not t_probs and not probs:
-            ids = list(dict.fromkeys(t.ids))
-            if table is not None:
-                unknown = [i for i in ids if i not in table]
-                if unknown:
-                    try:
-                        ds._resolve_stimuli(s, unknown)
-                    except DatasetError as e:  # names the trial table, the stimulus table and the ids
-                        problems.append(str(e))
-                    ids = [i for i in ids if i in table]
+    return problems, table, not probs, brick_len
+
+
+def _subject_problems(ds: "ChecksMixin", s: str, table: dict | None, stimuli_ok: bool, brick_len: int | None,
+                      check_images: bool, checked: set[str]) -> list[str]:
+    """A subject's problems: trial table, stimulus files, response files, rows, noise ceilings, ROIs."""
+    ds._check_subject(s)
+    t, t_probs = ds._trials_result(s)
+    src, s_probs = ds._sources_result(s)
+    problems = t_probs + s_probs
+    if t is not None and not t_probs and stimuli_ok:
+        problems += _stimulus_file_problems(ds, s, t, table, brick_len, check_images, checked)
+    if src is None or s_probs:
+        return problems
+    row_probs = ds._row_problems(s, t, src) if t is not None and not t_probs else ["(trial table)"]
+    problems += [p for p in row_probs if p != "(trial table)"]
+    assembled = False
+    if not row_probs:
+        try:
+            raw = ds._raw(s)
+            bad = [p for p in (_finite_problem(ds, s, h, raw[h], t.row, src) for h in HEMISPHERES) if p]
+            problems += bad
+            if not bad:
+                for split in ("train", "test"):
+                    if ds.n_images(s, split):
+                        for h in HEMISPHERES:
+                            ds.responses(s, h, split)  # assembles (and caches) the matrices now
+                assembled = True
+        except DatasetError as e:
+            problems.append(str(e))
+    for h in HEMISPHERES:
+        problems += _noise_ceiling_problems(ds, s, h, src.n_vertices[h], assembled)
+        problems += _roi_problems(ds, s, h, src.n_vertices[h])
+    return problems
+
+
+def _stimulus_file_problems(ds: "ChecksMixin", s: str, t, table: dict | None, brick_len: int | None,
+                            check_images: bool, checked: set[str]) -> list[str]:
+    """Stimuli of a subject's trials: unknown ids, missing or empty files, undecodable images, brick
+    indices past the brick's end (each file checked once, ``checked``)."""
+    problems: list[str] = []
+    ids = list(dict.fromkeys(t.ids))
+    if table is not None:
+        unknown = [i for i in ids if i not in table]
+        if unknown:
             try:
-                resolved = ds._resolve_stimuli(s, ids)
-            except DatasetError as e:
+                ds._resolve_stimuli(s, unknown)
+            except DatasetError as e:  # names the trial table, the stimulus table and the ids
                 problems.append(str(e))
-                resolved = []
-            for sid, (ref, _, _, modality) in zip(ids, resolved):
-                if ref in checked:
-                    continue
-                checked.add(ref)
-                arr = parse_array_ref(ref)
-                if arr is not None:
-                    if brick_len is not None and arr.index >= brick_len:
-                        problems.append(f"stimulus {sid} of {s}: brick index {arr.index} is past the {brick_len} images "
-                                        f"of {arr.file} ({ds._where(None, ('stimuli', 'array'))})")
-                    continue
-                f = Path(ref)
-                if not f.exists():
-                    problems.append(f"stimulus {sid} ({s}): file {f} does not exist (stimulus table "
-                                    f"{ds._path(None, ds.spec.stimuli.table)})")
-                elif f.stat().st_size == 0:
-                    problems.append(f"stimulus {sid} ({s}): file {f} is empty (0 bytes)")
-                elif check_images and modality == "image":
-                    p = image_problem(f)
-                    if p:
-                        problems.append(p)
-        if src is None or s_probs:
+            ids = [i for i in ids if i in table]
+    try:
+        resolved = ds._resolve_stimuli(s, ids)
+    except DatasetError as e:
+        problems.append(str(e))
+        resolved = []
+    for sid, (ref, _, _, modality) in zip(ids, resolved):
+        if ref in checked:
             continue
-        row_probs = ds._row_problems(s, t, src) if t is not None and not t_probs else ["(trial table)"]
-        problems += [p for p in row_probs if p != "(trial table)"]
-        assembled = False
-        if not row_probs:
-            try:
-                raw = ds._raw(s)
-                bad = [p for p in (_finite_problem(ds, s, h, raw[h], t.row, src) for h in HEMISPHERES) if p]
-                problems += bad
-                if not bad:
-                    for split in ("train", "test"):
-                        if ds.n_images(s, split):
-                            for h in HEMISPHERES:
-                                ds.responses(s, h, split)  # assembles (and caches) the matrices now
-                    assembled = True
-            except DatasetError as e:
-                problems.append(str(e))
-        for h in HEMISPHERES:
-            problems += _noise_ceiling_problems(ds, s, h, src.n_vertices[h], assembled)
-            problems += _roi_problems(ds, s, h, src.n_vertices[h])
-    return list(dict.fromkeys(problems))
+        checked.add(ref)
+        arr = parse_array_ref(ref)
+        if arr is not None:
+            if brick_len is not None and arr.index >= brick_len:
+                problems.append(f"stimulus {sid} of {s}: brick index {arr.index} is past the {brick_len} images "
+                                f"of {arr.file} ({ds._where(None, ('stimuli', 'array'))})")
+            continue
+        f = Path(ref)
+        if not f.exists():
+            problems.append(f"stimulus {sid} ({s}): file {f} does not exist (stimulus table "
+                            f"{ds._path(None, ds.spec.stimuli.table)})")
+        elif f.stat().st_size == 0:
+            problems.append(f"stimulus {sid} ({s}): file {f} is empty (0 bytes)")
+        elif check_images and modality == "image":
+            p = image_problem(f)
+            if p:
+                problems.append(p)
+    return problems
 
 
 def _noise_ceiling_problems(ds, s: str, h: str, n_vert: int, assembled: bool) -> list[str]:
@@ -192,8 +214,8 @@ def _roi_problems(ds, s: str, h: str, n_vert: int) -> list[str]:
     return out
 
 
-def input_files(ds: "DescribedDataset", kind: str) -> list[Path]:
-    """Existing files the dataset reads (see :meth:`DescribedDataset.input_files`)."""
+def input_files(ds: "ChecksMixin", kind: str) -> list[Path]:
+    """Existing files the dataset reads (see :meth:`ChecksMixin.input_files`)."""
     if kind not in ("stimuli", "responses"):
         raise ValueError(f"kind must be 'stimuli' or 'responses', not {kind!r}")
     st, ts = ds.spec.stimuli, ds.spec.timeseries
@@ -229,3 +251,17 @@ def input_files(ds: "DescribedDataset", kind: str) -> list[Path]:
             if nc is not None and nc != "from_repeats":
                 out += [ds._path(s, v) for v in (nc.lh, nc.rh, nc.volume) if v]
     return [p for p in dict.fromkeys(out) if p.is_file()]
+
+
+class ChecksMixin(StimuliMixin, RoisMixin):
+    """``validate`` and ``input_files`` over the stimuli, responses and ROIs."""
+
+    def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:
+        """Every problem found (each naming its file and the description field), empty when valid."""
+        return validate_described(self, check_images=check_images, subjects=subjects)
+
+    def input_files(self, kind: str = "responses") -> list[Path]:
+        """The files the dataset reads, for identities (sizes and mtimes): ``"stimuli"`` (description,
+        stimulus table, captions, brick, every stimulus file) or ``"responses"`` (description, trial
+        tables, response files, masks, ROI and noise-ceiling files)."""
+        return input_files(self, kind)

@@ -12,8 +12,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key_message
-from ._errors import DatasetError, DatasetValidationError
+from ..._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_key_message
+from .._errors import DatasetError, DatasetValidationError
 
 __all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
            "StimuliSpec", "TimeSeriesSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]

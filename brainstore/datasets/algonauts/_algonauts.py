@@ -1,9 +1,7 @@
-"""Reader and validator for the Algonauts 2023 challenge layout (see ARCHITECTURE.md)."""
+"""Reader of the Algonauts 2023 challenge layout (see ARCHITECTURE.md, "datasets")."""
 
 from __future__ import annotations
 
-import json
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable
@@ -11,57 +9,12 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from ._base import BrainDataset
-from ._errors import DatasetError, DatasetValidationError
+from .._base import BrainDataset
+from .._errors import DatasetError, DatasetValidationError
+from .._layout import HEMISPHERES, ROI_FAMILIES, STIMULUS_SCHEMA, check_hemi, check_split, stimulus_id_for
+from ._files import SPLIT_DIRS, load_npy, read_captions, read_mapping
 
-__all__ = [
-    "AlgonautsDataset",
-    "HEMISPHERES",
-    "ROI_FAMILIES",
-    "STIMULUS_SCHEMA",
-    "stimulus_id_for",
-]
-
-HEMISPHERES = ("lh", "rh")
-ROI_FAMILIES = (
-    "prf-visualrois",
-    "floc-bodies",
-    "floc-faces",
-    "floc-places",
-    "floc-words",
-    "streams",
-)
-# ROI families reported in per-ROI tables (streams overlaps all of them, so it is left out).
-REPORT_FAMILIES = ROI_FAMILIES[:5]
-# Short column labels for ROI families in tables and plots.
-ROI_FAMILY_LABELS = {"prf-visualrois": "early (prf)", "floc-bodies": "bodies", "floc-faces": "faces",
-                     "floc-places": "places", "floc-words": "words"}
-
-_TRAIN_RE = re.compile(r"^train-(\d{4,})_nsd-(\d{5})\.png$")
-_TEST_RE = re.compile(r"^test-(\d{4,})_nsd-(\d{5})\.png$")
-_SPLIT_DIRS = {
-    "train": ("training_split", "training_images", _TRAIN_RE),
-    "test": ("test_split", "test_images", _TEST_RE),
-}
-
-STIMULUS_SCHEMA = pa.schema(
-    [
-        pa.field("stimulus_id", pa.string(), nullable=False),
-        pa.field("subject", pa.string()),
-        pa.field("split", pa.string()),
-        pa.field("path", pa.string()),
-        pa.field("nsd_id", pa.int64()),
-        pa.field("caption", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("index", pa.int32()),  # row of this stimulus in the subject's response matrix
-        pa.field("dataset", pa.string()),
-    ]
-)
-
-
-def stimulus_id_for(nsd_id: int) -> str:
-    """The stimulus id of an NSD image: shared by every subject who saw it."""
-    return f"nsd-{int(nsd_id):05d}"
+__all__ = ["AlgonautsDataset"]
 
 
 class AlgonautsDataset(BrainDataset):
@@ -106,7 +59,7 @@ class AlgonautsDataset(BrainDataset):
 
     def image_files(self, subject: str, split: str) -> list[Path]:
         """Image files of a subject's split, in the sorted order of their names (= fMRI row order)."""
-        top, sub, _ = _SPLIT_DIRS[_check_split(split)]
+        top, sub, _ = SPLIT_DIRS[check_split(split)]
         folder = self._subject_dir(subject) / top / sub
         if not folder.is_dir():
             raise DatasetError(f"missing folder {folder}; every subject needs {top}/{sub}/")
@@ -128,7 +81,7 @@ class AlgonautsDataset(BrainDataset):
         for fname in ("captions.parquet", "captions.csv"):
             path = self.root / fname
             if path.exists():
-                return _read_captions(path)
+                return read_captions(path)
         return {}
 
     # ------------------------------------------------------------------ stimuli
@@ -143,7 +96,7 @@ class AlgonautsDataset(BrainDataset):
         caps = self.captions
         for subject in subjects or self.subjects:
             for split in splits:
-                regex = _SPLIT_DIRS[_check_split(split)][2]
+                regex = SPLIT_DIRS[check_split(split)][2]
                 seen: dict[int, str] = {}
                 for i, path in enumerate(self.image_files(subject, split)):
                     m = regex.match(path.name)
@@ -172,8 +125,8 @@ class AlgonautsDataset(BrainDataset):
 
     # ------------------------------------------------------------------ responses
     def _fmri_path(self, subject: str, hemi: str, split: str) -> Path:
-        hemi = _check_hemi(hemi)
-        if _check_split(split) == "train":
+        hemi = check_hemi(hemi)
+        if check_split(split) == "train":
             return self._subject_dir(subject) / "training_split" / "training_fmri" / f"{hemi}_training_fmri.npy"
         return self._subject_dir(subject) / "test_split" / "test_fmri" / f"{hemi}_test_fmri.npy"
 
@@ -190,7 +143,7 @@ class AlgonautsDataset(BrainDataset):
                 else f"every subject needs training_split/training_fmri/{hemi}_training_fmri.npy"
             )
             raise DatasetError(f"missing response file {path}; {hint}")
-        arr = _load_npy(path)
+        arr = load_npy(path)
         if arr.ndim != 2:
             raise DatasetError(f"{path} has shape {arr.shape}; expected (n_images, n_vertices)")
         return arr
@@ -200,10 +153,10 @@ class AlgonautsDataset(BrainDataset):
 
     def noise_ceiling(self, subject: str, hemi: str) -> np.ndarray | None:
         """Noise ceiling per vertex as a fraction in [0, 1], or None when the file is absent."""
-        path = self._subject_dir(subject) / "test_split" / "noise_ceiling" / f"{_check_hemi(hemi)}_noise_ceiling.npy"
+        path = self._subject_dir(subject) / "test_split" / "noise_ceiling" / f"{check_hemi(hemi)}_noise_ceiling.npy"
         if not path.exists():
             return None
-        nc = np.asarray(_load_npy(path), dtype=np.float64)
+        nc = np.asarray(load_npy(path), dtype=np.float64)
         if nc.size and (np.nanmax(nc) > 1.0 + 1e-6 or np.nanmin(nc) < 0):
             raise DatasetError(
                 f"{path} has values outside [0, 1] (max {np.nanmax(nc):.3g}); noise ceilings are stored as "
@@ -217,11 +170,11 @@ class AlgonautsDataset(BrainDataset):
         if family not in ROI_FAMILIES:
             raise DatasetError(f"unknown ROI family {family!r}; families: {', '.join(ROI_FAMILIES)}")
         folder = self._subject_dir(subject) / "roi_masks"
-        path = folder / f"{_check_hemi(hemi)}.{family}_challenge_space.npy"
+        path = folder / f"{check_hemi(hemi)}.{family}_challenge_space.npy"
         if not path.exists():
             raise DatasetError(f"missing ROI mask {path}")
-        labels = np.asarray(_load_npy(path)).astype(np.int64)
-        return labels, _read_mapping(folder, family)
+        labels = np.asarray(load_npy(path)).astype(np.int64)
+        return labels, read_mapping(folder, family)
 
     def roi_families(self, subject: str) -> list[str]:
         """The six families of the challenge layout (``streams`` included), which every subject has."""
@@ -262,75 +215,3 @@ class AlgonautsDataset(BrainDataset):
                 entry["hemispheres"][h] = hemi
             out["subjects"][s] = entry
         return out
-
-
-def _check_split(split: str) -> str:
-    if split not in _SPLIT_DIRS:
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    return split
-
-
-def _check_hemi(hemi: str) -> str:
-    if hemi not in HEMISPHERES:
-        raise ValueError(f"hemisphere must be 'lh' or 'rh', not {hemi!r}")
-    return hemi
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path} is empty (0 bytes); regenerate or re-download it")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise DatasetError(f"{path} is not a plain numeric .npy array ({e})") from e
-
-
-def _read_mapping(folder: Path, family: str) -> dict[int, str]:
-    """ROI label -> name, from ``mapping_{family}.json`` or the release's pickled-dict ``.npy``."""
-    js = folder / f"mapping_{family}.json"
-    npy = folder / f"mapping_{family}.npy"
-    if js.exists():
-        raw = json.loads(js.read_text())
-    elif npy.exists():
-        # The official release stores a dict with np.save; pickles are allowed for this file only.
-        obj = np.load(npy, allow_pickle=True)
-        raw = obj.item() if obj.dtype == object and obj.shape == () else None
-        if not isinstance(raw, dict):
-            raise DatasetError(f"{npy} does not hold a label -> ROI name dict; save one with np.save or as JSON")
-    else:
-        raise DatasetError(f"missing ROI name mapping {js.name} or {npy.name} in {folder}")
-    try:
-        return {int(k): str(v) for k, v in raw.items()}
-    except (TypeError, ValueError) as e:
-        raise DatasetError(f"ROI mapping for {family} in {folder} has a non-integer label ({e})") from e
-
-
-def _read_captions(path: Path) -> dict[str, str] | dict[int, str]:
-    """Captions keyed by image file name or by NSD id (see :attr:`AlgonautsDataset.captions`)."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
-    except Exception as e:  # pyarrow raises several types for unreadable files
-        raise DatasetError(f"cannot read captions file {path}: {e}") from e
-    key = next((k for k in ("image", "nsd_id") if k in table.column_names), None)
-    if key is None or "caption" not in table.column_names:
-        raise DatasetError(f"captions file {path} has columns {table.column_names}; it needs 'image' and 'caption' "
-                           "(image file names) or 'nsd_id' and 'caption' (NSD ids, COCO-caption style)")
-    out: dict = {}
-    for k, caption in zip(table.column(key).to_pylist(), table.column("caption").to_pylist()):
-        if caption and str(caption).strip():
-            out.setdefault(k if key == "image" else _nsd_id(k, path), caption)  # the first caption of a key
-    return out
-
-
-def _nsd_id(value, path: Path) -> int:
-    """An ``nsd_id`` cell as ``int`` (integers, integral floats or digit strings)."""
-    try:
-        as_float = float(value)
-        if as_float.is_integer():
-            return int(as_float)
-    except (TypeError, ValueError):
-        pass
-    raise DatasetError(f"captions file {path}: nsd_id {value!r} is not an integer NSD id")

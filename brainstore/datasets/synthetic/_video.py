@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._algonauts import HEMISPHERES
-from ._synthetic import build_folder
-from ._timeseries import frames_of_tr
+from .._layout import HEMISPHERES
+from .._timeseries import frames_of_tr
+from ._images import build_folder
 
 __all__ = ["make_video_dataset", "hrf", "CATEGORIES", "PLACES", "ROI_DEFS"]
 
