@@ -4,7 +4,7 @@ from the Secret ``brainstore-token`` is required), on the cluster spec of rayclu
 
     python deploy/kuberay/render.py --registry s3://BUCKET/registry --store s3://BUCKET/features
 
-tests/test_deploy_configs.py checks that the committed file is what this script renders.
+tests/cluster/test_deploy_configs.py checks that the committed file is what this script renders.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The CLI: fast --help without heavy imports, make-dataset / info / demo."""
+"""What every verb of the CLI shares (``cluster/cli/__init__.py``, ``_common.py``): a fast --help without heavy
+imports; every folder a command writes checked before any work, one error line."""
 
-import json
 import subprocess
 import sys
 
@@ -23,26 +23,6 @@ def test_help_does_not_import_heavy_libraries():
     assert out.stdout.strip() == "[]"
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0 and "make-dataset" in r.output
-
-
-def test_make_dataset_and_info(tmp_path):
-    out = tmp_path / "d"
-    r = runner.invoke(app, ["make-dataset", str(out), "--subjects", "1", "--train", "20", "--test", "5",
-                            "--vertices", "60", "--image-size", "32"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["info", str(out), "--json"])
-    assert r.exit_code == 0, r.output
-    info = json.loads(r.output)
-    assert info["subjects"]["subj01"]["train_images"] == 20 and info["problems"] == []
-    # an existing folder is refused with a clear message
-    r = runner.invoke(app, ["make-dataset", str(out), "--subjects", "1", "--train", "20", "--test", "5"])
-    assert r.exit_code == 2 and "not empty" in r.output
-
-
-def test_info_reports_problems(dataset_copy):
-    (dataset_copy / "subj01" / "roi_masks" / "rh.floc-faces_challenge_space.npy").unlink()
-    r = runner.invoke(app, ["info", str(dataset_copy)])
-    assert r.exit_code == 1 and "rh.floc-faces_challenge_space.npy" in r.output
 
 
 #: A folder no command can create, even as root: the kernel's /proc takes no new entry (mkdir: ENOENT).
@@ -82,19 +62,3 @@ def test_output_paths_that_cannot_be_created_are_refused_before_any_work(serving
         assert "cannot create" in flat and UNCREATABLE in flat, (args, r.output)
         assert took < 10, (args, took)
     assert not (tmp_path / "pstore").exists() and not (tmp_path / "preg").exists()  # the run made nothing
-
-
-@pytest.mark.slow
-def test_predict_with_an_unknown_model_names_the_models_there_and_brainstore_fit(serving_models, tmp_path):
-    """A CLI user is told which encoding models exist and to run `brainstore fit`, not to call a Python
-    method; nothing is written."""
-    data, reg = str(serving_models["data"]), serving_models["registry"]
-    out = tmp_path / "pred"
-    r = runner.invoke(app, ["predict", "--dataset", data, "--registry", reg, "--out", str(out), "--model", "bothh"])
-    flat = " ".join(r.output.split())
-    assert r.exit_code == 2, r.output
-    assert "no encoding model 'bothh'" in flat and "did you mean 'both'" in flat, flat
-    assert "encoding models there: both, img" in flat and "brainstore fit --dataset" in flat, flat
-    assert "ModelRegistry" not in flat and not out.exists()
-    r = runner.invoke(app, ["predict", "--dataset", data, "--registry", reg, "--out", str(out), "--model", "both"])
-    assert r.exit_code == 0, r.output  # the control: a model that is there predicts

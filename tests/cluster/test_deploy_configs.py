@@ -14,7 +14,7 @@ import pytest
 import ray
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ray_config() -> dict:

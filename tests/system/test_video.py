@@ -213,7 +213,7 @@ def test_docs_video_example_is_a_valid_description(tmp_path):
     from brainstore.datasets import DescribedDataset
     from brainstore.datasets._video_synthetic import make_video_dataset
 
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     block = readme.split("## Video fMRI: continuous runs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "brainstore-dataset.yaml").write_text(block)
     ds = DescribedDataset(tmp_path)
@@ -231,7 +231,7 @@ def test_pipeline_on_the_video_dataset_makes_delayed_tables_and_fits_them(video,
     them; the scores equal the library fit's of the same spec."""
     import json
 
-    from brainstore.cluster._pipeline import load_pipeline, run_pipeline
+    from brainstore.cluster.pipeline import load_pipeline, run_pipeline
     from brainstore.features import FeatureStore
 
     me, me_d = video["tables"]["me"], video["tables"]["me_d"]
