@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._console import console, dataset_table, decoder_table, score_table
@@ -34,6 +35,27 @@ def _image_spec(requested: str | None) -> str:
         return IMAGE_FALLBACK
 
 
+@dataclass
+class _Demo:
+    """One demo run: where it writes, the synthetic dataset's parameters, and whether Ray's notices are dropped."""
+
+    out: Path  # the run folder
+    params: dict  # make_dataset's arguments
+    quiet: bool = True
+
+    @property
+    def data(self) -> Path:
+        return self.out / "dataset"
+
+    @property
+    def store(self) -> str:
+        return str(self.out / "store")
+
+    @property
+    def registry(self) -> str:
+        return str(self.out / "registry")
+
+
 def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertices: int, seed: int,
              address: str | None = None, image_extractor: str | None = None, quiet: bool = True,
              keep_serving: bool = False, port: int = 8000) -> dict:
@@ -41,18 +63,32 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
 
     ``quiet`` drops Ray's per-extraction actor-restart notice from stderr (see :mod:`._quiet`).
     """
-    from ..datasets import REPORT_FAMILIES, make_dataset, open_dataset
-    from ..features import extract
-    from ..fitting import (default_spec, fit_decoders, fit_encoding_models, mean_noise_ceiling, score_submission,
-                           write_report)
-    from ._quiet import drop_stderr_lines
-    from ._ray import connect
-
     t0 = time.time()
-    out = Path(out).resolve()
-    data, store, registry = out / "dataset", str(out / "store"), str(out / "registry")
+    demo = _Demo(Path(out).resolve(), dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test,
+                                           n_vertices=n_vertices, seed=seed), quiet)
     console.rule("[bold]brainstore demo")
-    params = dict(n_subjects=n_subjects, n_train=n_train, n_test=n_test, n_vertices=n_vertices, seed=seed)
+    ds = _dataset_step(demo)
+    tables = _extract_step(demo, address, image_extractor)
+    run = _fit_step(demo, ds)
+    rep, oracle = _evaluate_step(demo, ds, run)
+    captions = tables[TEXT_SPEC]
+    _decode_step(demo, ds, captions)
+    html_path = _html_step(demo, ds, run, tables)
+    console.print("[7/7] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
+                  "multiplexed per subject, decoder)")
+    served = _serve_step(ds, demo.registry, demo.store, captions, keep_serving=keep_serving, quiet=quiet, port=port)
+    console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {demo.out}")
+    console.print(f"[bold]report: {html_path}[/] (tables and plots also in {demo.out / 'report'})")
+    return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()},
+            "report": str(html_path), "seconds": time.time() - t0}
+
+
+def _dataset_step(demo: _Demo):
+    """[1/7] The synthetic dataset, reused when it was made with these parameters (else remade, and what was
+    built from it cleared)."""
+    from ..datasets import make_dataset, open_dataset
+
+    data, params = demo.data, demo.params
     made_with = _dataset_params(data)
     if made_with == params:
         console.print(f"[1/7] reusing synthetic dataset {data}")
@@ -60,38 +96,59 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         if made_with is not None:
             console.print(f"[yellow]{data} was made with {made_with}, not {params}: remaking it, and clearing the "
                           f"demo's store, registry and report built from it[/]")
-            for d in (out / "store", out / "registry", out / "report"):
+            for d in (demo.out / "store", demo.out / "registry", demo.out / "report"):
                 shutil.rmtree(d, ignore_errors=True)
         console.print(f"[1/7] making synthetic dataset in {data}")
         make_dataset(data, overwrite=True, **params)
     ds = open_dataset(data).check(check_images=False)
     console.print(dataset_table(ds.summary()))
+    return ds
 
-    console.print(f"[2/7] extracting features into {store} (Ray Data -> LanceDB; resumable)")
+
+def _extract_step(demo: _Demo, address: str | None, image_extractor: str | None) -> dict:
+    """[2/7] CLIP (or ``image_extractor``), caption and motion-energy features: ``{spec: table}``."""
+    from ..features import extract
+    from ._quiet import drop_stderr_lines
+    from ._ray import connect
+
+    console.print(f"[2/7] extracting features into {demo.store} (Ray Data -> LanceDB; resumable)")
     res = connect(address)
     console.print(f"      Ray: {int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU")
     tables = {}
     for spec in (_image_spec(image_extractor), TEXT_SPEC, MOTION_SPEC):
-        with drop_stderr_lines(enabled=quiet):
-            rep = extract(data, spec, store, batch_size=32, commit_every=128)
+        with drop_stderr_lines(enabled=demo.quiet):
+            rep = extract(demo.data, spec, demo.store, batch_size=32, commit_every=128)
         tables[spec] = rep.feature
         console.print(f"      {rep.feature}: {rep.written} new, {rep.already_stored} already stored, "
                       f"{len(rep.failed)} failed ({rep.seconds:.1f} s)")
+    return tables
+
+
+def _fit_step(demo: _Demo, ds):
+    """[3/7] The default spec's encoding models (random-weight tables included)."""
+    from ..fitting import default_spec, fit_encoding_models
 
     console.print(f"[3/7] fitting encoding models (ridge per feature table, banded ridge on their union, per-ROI "
                   f"choice, ensemble) for {len(ds.subjects)} subjects x 2 hemispheres")
     notes: list[str] = []
-    fspec = default_spec(data, store, registry, include_random=True, notes=notes)
+    fspec = default_spec(demo.data, demo.store, demo.registry, include_random=True, notes=notes)
     console.print("      the demo fits with --include-random: tables made with random weights take part, and say so")
     for n in notes:
         console.print(f"      [yellow]note:[/] {n}")
-    run = fit_encoding_models(fspec, store=store, registry=registry, out=out / "report")
+    run = fit_encoding_models(fspec, store=demo.store, registry=demo.registry, out=demo.out / "report")
     for f in run.failures:
         console.print(f"[red]failed[/] {f['subject']} {f['hemi']} {f['model']}: {f['error']}")
+    return run
+
+
+def _evaluate_step(demo: _Demo, ds, run) -> tuple[dict, dict]:
+    """[4/7] Test NNMC per ROI beside the oracle and the noise ceiling: the report and the oracle's scores."""
+    from ..datasets import REPORT_FAMILIES
+    from ..fitting import mean_noise_ceiling, score_submission, write_report
 
     console.print("[4/7] evaluating on the test split")
     rep = write_report(run.metrics, run.kinds, run.test_preds, ds, run.run_dir, title="demo encoding models")
-    oracle = score_submission(ds, data / "ground_truth")
+    oracle = score_submission(ds, demo.data / "ground_truth")
     cols = ["all", *REPORT_FAMILIES]
     for s in ds.subjects:
         rows = [(f"{m[:58]} ({run.kinds[m]})", {"all": run.metrics[m][s]["both"]["test_nnmc"],
@@ -102,18 +159,23 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
         rows.append(("noise ceiling (mean NC, %)", nc))
         console.print(score_table(f"{s}: test NNMC per ROI (100 = at the noise ceiling)", rows, cols))
     console.print(f"report: {rep['dir']}/comparison.md, roi_scores.png, pred_vs_measured.png; "
-                  f"models: `brainstore models --registry {registry}`")
+                  f"models: `brainstore models --registry {demo.registry}`")
+    return rep, oracle
 
-    captions = tables[TEXT_SPEC]
+
+def _decode_step(demo: _Demo, ds, captions: str) -> None:
+    """[5/7] A ridge decoder per subject and one adaptor over all subjects into the caption table."""
+    from ..fitting import fit_adaptor, fit_decoders
+    from ._quiet import drop_stderr_lines
+
+    data, store, registry, out = demo.data, demo.store, demo.registry, demo.out
     console.print(f"[5/7] decoding: a ridge decoder per subject from all vertices to the caption embeddings ({captions})")
     drun = fit_decoders(data, captions, store=store, registry=registry, out=out / "decode")
     for f in drun.failures:
         console.print(f"[red]failed[/] decoder {f['subject']}: {f['error']}")
     console.print("      and one adaptor over all subjects (an adapter per subject into a shared latent, a residual-MLP "
                   "backbone, CLIP loss; Ray Train, 2 workers, 10 epochs)")
-    from ..fitting import fit_adaptor
-
-    with drop_stderr_lines(enabled=quiet):
+    with drop_stderr_lines(enabled=demo.quiet):
         arun = fit_adaptor(data, [captions], store=store, registry=registry, out=out / "adaptor",
                            params={"epochs": 10, "latent": 256}, num_workers=2)
     dmetrics = {**drun.metrics, f"{arun.name} (adaptor)": arun.metrics[captions]}
@@ -125,26 +187,24 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     console.print(f"decoders: {drun.run_dir}/decoded/ (test embeddings), adaptor checkpoints in {arun.run_dir}; "
                   "`brainstore evaluate` writes metrics.json and decoding_top1.png, `brainstore predict --decode "
                   f"{captions}` the top-k stimuli of the whole store table")
-    console.print("[6/7] the HTML report: per-ROI scores against the noise ceiling and the oracle, the Algonauts "
-                  "Table 1 comparison, retrieval both ways, decoded captions, feature-space split, provenance")
+
+
+def _html_step(demo: _Demo, ds, run, tables: dict) -> Path:
+    """[6/7] The HTML report; its path."""
     from ..fitting import write_html_report
 
+    console.print("[6/7] the HTML report: per-ROI scores against the noise ceiling and the oracle, the Algonauts "
+                  "Table 1 comparison, retrieval both ways, decoded captions, feature-space split, provenance")
     t_html = time.time()
     html_path = write_html_report(
-        out / "report" / "report.html", dataset=ds, registry=registry, store=store, metrics=run.metrics,
-        kinds=run.kinds, title="brainstore demo",
-        provenance_extra={"command": "brainstore demo", "dataset parameters": params,
+        demo.out / "report" / "report.html", dataset=ds, registry=demo.registry, store=demo.store,
+        metrics=run.metrics, kinds=run.kinds, title="brainstore demo",
+        provenance_extra={"command": "brainstore demo", "dataset parameters": demo.params,
                           "feature tables": {spec: t for spec, t in tables.items()},
                           "image extractor": tables_image(tables)})
     console.print(f"      {html_path} ({html_path.stat().st_size / 1e6:.1f} MB, {time.time() - t_html:.1f} s; one file, "
                   "opens offline in any browser)")
-    console.print("[7/7] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
-                  "multiplexed per subject, decoder)")
-    served = _serve_step(ds, registry, store, captions, keep_serving=keep_serving, quiet=quiet, port=port)
-    console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {out}")
-    console.print(f"[bold]report: {html_path}[/] (tables and plots also in {out / 'report'})")
-    return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()},
-            "report": str(html_path), "seconds": time.time() - t0}
+    return html_path
 
 
 def tables_image(tables: dict) -> str:
