@@ -34,18 +34,19 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ...scoring import noise_ceiling_from_ncsnr
 from .._layout import HEMISPHERES
+from ._folder import build_folder
 from ._scenes import SEMANTIC_NAMES, low_level_energy, render, sample_scene
 
-__all__ = ["make_dataset", "build_folder", "ROI_DEFS"]
+__all__ = ["make_dataset", "ImageDatasetSpec", "ROI_DEFS"]
 
 _GRID = 32  # low-level energy map resolution (grid x grid)
 _N_REPEATS = 3
@@ -63,6 +64,27 @@ _STREAMS = {0: "Unknown", 1: "early", 2: "midventral", 3: "midlateral", 4: "midp
 _PREFERRED = {"floc-faces": "face", "floc-bodies": "body", "floc-places": "place", "floc-words": "text"}
 # pRF size range (fraction of the image) per visual area label.
 _PRF_SIGMA = {1: (0.03, 0.06), 2: (0.03, 0.06), 3: (0.05, 0.09), 4: (0.05, 0.09), 5: (0.07, 0.13), 6: (0.07, 0.13), 7: (0.1, 0.2)}
+
+
+@dataclass(frozen=True)
+class ImageDatasetSpec:
+    """What :func:`make_dataset` generates (its arguments of the same names, checked on construction);
+    ``synthetic.json`` records it."""
+
+    n_subjects: int
+    n_train: int  # training images per subject
+    n_test: int  # test images, shared by all subjects
+    n_vertices: int  # typical vertices per hemisphere (+-10 % per subject and hemisphere)
+    seed: int
+    image_size: int  # side of the square PNGs
+    shared_train_fraction: float  # of each subject's training images, seen by every subject
+    alignment: float  # 0: native vertex spaces; in (0, 1]: one template space
+
+    def __post_init__(self):
+        if self.n_subjects < 1 or self.n_train < 10 or self.n_test < 2 or self.n_vertices < 50:
+            raise ValueError("need n_subjects >= 1, n_train >= 10, n_test >= 2 and n_vertices >= 50")
+        if not 0.0 <= self.alignment <= 1.0:
+            raise ValueError(f"alignment must be in [0, 1] (0: native spaces, 1: identical tuning), got {self.alignment}")
 
 
 def make_dataset(
@@ -103,48 +125,18 @@ def make_dataset(
     workers : int, optional
         Processes used to render images (default: up to 4, one per core).
     """
-    if n_subjects < 1 or n_train < 10 or n_test < 2 or n_vertices < 50:
-        raise ValueError("need n_subjects >= 1, n_train >= 10, n_test >= 2 and n_vertices >= 50")
-    if not 0.0 <= alignment <= 1.0:
-        raise ValueError(f"alignment must be in [0, 1] (0: native spaces, 1: identical tuning), got {alignment}")
+    spec = ImageDatasetSpec(n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, alignment)
+
     def fill(tmp: Path) -> None:
         t0 = time.time()
-        _generate(tmp, n_subjects, n_train, n_test, n_vertices, seed, image_size, shared_train_fraction, workers, progress,
-                  alignment)
+        _generate(tmp, spec, workers, progress)
+        fields = asdict(spec)
         (tmp / "synthetic.json").write_text(json.dumps({
-            "generator": "brainstore.datasets.make_dataset", "seed": seed, "n_subjects": n_subjects,
-            "n_train": n_train, "n_test": n_test, "n_vertices": n_vertices, "image_size": image_size,
-            "shared_train_fraction": shared_train_fraction, "alignment": alignment, "repeats": _N_REPEATS,
-            "seconds": round(time.time() - t0, 2),
+            "generator": "brainstore.datasets.make_dataset", "seed": fields.pop("seed"), **fields,
+            "repeats": _N_REPEATS, "seconds": round(time.time() - t0, 2),
         }, indent=2))
 
     return build_folder(root, overwrite, fill)
-
-
-def build_folder(root: str | Path, overwrite: bool, fill) -> Path:
-    """Make the folder ``root`` with ``fill(tmp)`` writing into a temporary sibling that is renamed into
-    place at the end, so an interrupted build leaves nothing half written under ``root``.
-
-    Raises
-    ------
-    FileExistsError
-        ``root`` exists and is not an empty folder, and not ``overwrite``.
-    """
-    root = Path(root).expanduser().resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not overwrite:
-        raise FileExistsError(f"{root} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-        if root.exists():
-            shutil.rmtree(root) if root.is_dir() else root.unlink()
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
 
 
 def _render_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray, np.ndarray, str]:
@@ -157,14 +149,56 @@ def _render_one(args: tuple[int, int, int]) -> tuple[bytes, np.ndarray, np.ndarr
     return buf.getvalue(), low_level_energy(img, _GRID), scene.semantics(), scene.caption()
 
 
-def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, seed: int, size: int,
-              shared_frac: float, workers: int | None, progress: bool, alignment: float = 0.0) -> None:
-    from tqdm.auto import tqdm
+def _generate(root: Path, spec: ImageDatasetSpec, workers: int | None, progress: bool) -> None:
+    n_subj, n_test, seed = spec.n_subjects, spec.n_test, spec.seed
+    test_ids, train_ids = _choose_images(spec)
+    all_ids = np.unique(np.concatenate([test_ids, *train_ids]))
+    pos = {int(n): i for i, n in enumerate(all_ids)}
+    pngs, energy, sem, captions = _render_all(all_ids, seed, spec.image_size, workers, progress)
+    sem_z = (sem - sem.mean(0)) / np.maximum(sem.std(0), 1e-6)
 
-    rng = np.random.default_rng(seed)
-    n_shared = int(round(n_train * shared_frac))
-    n_unique = n_train - n_shared
-    total = n_test + n_shared + n_subj * n_unique
+    # aligned subjects: one template per hemisphere (vertices, ROIs, pRF centres and sizes, semantic weights)
+    templates = {h: _template(spec.n_vertices, len(SEMANTIC_NAMES), np.random.default_rng([seed, 2000 + i]))
+                 for i, h in enumerate(HEMISPHERES)} if spec.alignment > 0 else {}
+    cap_rows = []
+    for k in range(n_subj):
+        subj = f"subj{k + 1:02d}"
+        sdir = root / subj
+        for split, split_ids, top, sub, prefix in (
+            ("train", train_ids[k], "training_split", "training_images", "train"),
+            ("test", test_ids, "test_split", "test_images", "test"),
+        ):
+            folder = sdir / top / sub
+            folder.mkdir(parents=True)
+            for i, n in enumerate(split_ids):
+                name = f"{prefix}-{i + 1:04d}_nsd-{int(n):05d}.png"
+                (folder / name).write_bytes(pngs[pos[int(n)]])
+                cap_rows.append((name, captions[pos[int(n)]]))
+        srng = np.random.default_rng([seed, 1000 + k])
+        features = _Features(energy, sem_z, np.array([pos[int(n)] for n in train_ids[k]]),
+                             np.array([pos[int(n)] for n in test_ids]))
+        for hemi in HEMISPHERES:
+            nv = int(round(spec.n_vertices * srng.uniform(0.9, 1.1)))
+            if templates:
+                nv = spec.n_vertices
+            _write_hemisphere(sdir, hemi, nv, srng, features, templates.get(hemi), spec.alignment)
+
+    # Captions keyed by file name (names embed the NSD id, so one name = one image).
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    uniq = dict(cap_rows)
+    pcsv.write_csv(pa.table({"image": list(uniq), "caption": list(uniq.values())}), root / "captions.csv")
+
+
+def _choose_images(spec: ImageDatasetSpec) -> tuple[np.ndarray, list[np.ndarray]]:
+    """NSD ids of the test images (shared by all subjects) and of each subject's training images (a
+    ``shared_train_fraction`` of them shared), sorted."""
+    rng = np.random.default_rng(spec.seed)
+    n_test = spec.n_test
+    n_shared = int(round(spec.n_train * spec.shared_train_fraction))
+    n_unique = spec.n_train - n_shared
+    total = n_test + n_shared + spec.n_subjects * n_unique
     if total > 73000:
         raise ValueError(f"{total} distinct images requested; NSD ids stop at 73,000")
     ids = rng.choice(73000, size=total, replace=False)
@@ -172,12 +206,15 @@ def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, s
     shared_ids = ids[n_test : n_test + n_shared]
     train_ids = [
         np.sort(np.concatenate([shared_ids, ids[n_test + n_shared + k * n_unique : n_test + n_shared + (k + 1) * n_unique]]))
-        for k in range(n_subj)
+        for k in range(spec.n_subjects)
     ]
-    all_ids = np.unique(np.concatenate([test_ids, *train_ids]))
-    pos = {int(n): i for i, n in enumerate(all_ids)}
+    return test_ids, train_ids
 
-    # Render each distinct image once.
+
+def _render_all(all_ids: np.ndarray, seed: int, size: int, workers: int | None, progress: bool):
+    """Render each distinct image once: PNG bytes, low-level energy, semantic features, captions."""
+    from tqdm.auto import tqdm
+
     energy = np.zeros((len(all_ids), _GRID * _GRID), np.float32)
     sem = np.zeros((len(all_ids), len(SEMANTIC_NAMES)), np.float32)
     pngs: list[bytes] = [b""] * len(all_ids)
@@ -196,41 +233,7 @@ def _generate(root: Path, n_subj: int, n_train: int, n_test: int, n_vert: int, s
             pngs[i], energy[i], sem[i], captions[i] = _render_one(job)
             bar.update()
     bar.close()
-    sem_z = (sem - sem.mean(0)) / np.maximum(sem.std(0), 1e-6)
-
-    # aligned subjects: one template per hemisphere (vertices, ROIs, pRF centres and sizes, semantic weights)
-    templates = {h: _template(n_vert, len(SEMANTIC_NAMES), np.random.default_rng([seed, 2000 + i]))
-                 for i, h in enumerate(HEMISPHERES)} if alignment > 0 else {}
-    cap_rows = []
-    for k in range(n_subj):
-        subj = f"subj{k + 1:02d}"
-        sdir = root / subj
-        for split, split_ids, top, sub, prefix in (
-            ("train", train_ids[k], "training_split", "training_images", "train"),
-            ("test", test_ids, "test_split", "test_images", "test"),
-        ):
-            folder = sdir / top / sub
-            folder.mkdir(parents=True)
-            for i, n in enumerate(split_ids):
-                name = f"{prefix}-{i + 1:04d}_nsd-{int(n):05d}.png"
-                (folder / name).write_bytes(pngs[pos[int(n)]])
-                cap_rows.append((name, captions[pos[int(n)]]))
-        srng = np.random.default_rng([seed, 1000 + k])
-        rows_train = np.array([pos[int(n)] for n in train_ids[k]])
-        rows_test = np.array([pos[int(n)] for n in test_ids])
-        for hemi in HEMISPHERES:
-            nv = int(round(n_vert * srng.uniform(0.9, 1.1)))
-            if templates:
-                nv = n_vert
-            _write_hemisphere(sdir, subj, hemi, nv, srng, energy, sem_z, rows_train, rows_test, progress,
-                              templates.get(hemi), alignment)
-
-    # Captions keyed by file name (names embed the NSD id, so one name = one image).
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    uniq = dict(cap_rows)
-    pcsv.write_csv(pa.table({"image": list(uniq), "caption": list(uniq.values())}), root / "captions.csv")
+    return pngs, energy, sem, captions
 
 
 def _assign_rois(nv: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -276,80 +279,30 @@ def _template(nv: int, n_sem: int, rng: np.random.Generator) -> dict:
     return {"labels": labels, "streams": streams, "cx": cx, "cy": cy, "sigma": sigma, "W_sem": W_sem}
 
 
-def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, energy: np.ndarray,
-                      sem_z: np.ndarray, rows_train: np.ndarray, rows_test: np.ndarray, progress: bool,
-                      template: dict | None = None, alignment: float = 0.0) -> None:
-    n_sem = sem_z.shape[1]
-    if template is None:
-        labels, streams = _assign_rois(nv, rng)
-        cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
-    else:  # the template's vertices and ROIs; tuning = shared + individual
-        labels, streams = template["labels"], template["streams"]
-        _, _, _, W_own = _raw_tuning(nv, n_sem, rng, labels)
-        jitter = 0.1 * (1.0 - alignment)
-        cx = np.clip(template["cx"] + rng.normal(0, jitter, nv), 0.02, 0.98)
-        cy = np.clip(template["cy"] + rng.normal(0, jitter, nv), 0.02, 0.98)
-        sigma = template["sigma"]
-        W_sem = (alignment * template["W_sem"] + np.sqrt(1.0 - alignment**2) * W_own).astype(np.float32)
-    roi_dir = sdir / "roi_masks"
-    roi_dir.mkdir(exist_ok=True)
-    for fam, (_, mapping) in ROI_DEFS.items():
-        np.save(roi_dir / f"{hemi}.{fam}_challenge_space.npy", labels[fam])
-        np.save(roi_dir / f"mapping_{fam}.npy", np.array(mapping, dtype=object), allow_pickle=True)
-    np.save(roi_dir / f"{hemi}.streams_challenge_space.npy", streams)
-    np.save(roi_dir / "mapping_streams.npy", np.array(_STREAMS, dtype=object), allow_pickle=True)
+@dataclass(frozen=True)
+class _Features:
+    """What a subject's responses are made of: the images' low-level energy and z-scored semantic
+    features (rows: distinct images), and the rows of the subject's training and test images."""
 
-    prf = labels["prf-visualrois"]
+    energy: np.ndarray  # (images, grid**2) float32
+    sem_z: np.ndarray  # (images, semantic features) float32
+    rows_train: np.ndarray
+    rows_test: np.ndarray
+
+
+def _write_hemisphere(sdir: Path, hemi: str, nv: int, rng: np.random.Generator, features: _Features,
+                      template: dict | None = None, alignment: float = 0.0) -> None:
+    """ROI masks, responses (training, test), the oracle and the noise ceiling of one hemisphere."""
+    labels, streams, cx, cy, sigma, W_sem = _vertex_tuning(nv, features.sem_z.shape[1], rng, template, alignment)
+    _write_roi_masks(sdir / "roi_masks", hemi, labels, streams)
     # Tuning: low-level pRF weights (pixels x vertices) and semantic weights (features x vertices).
     yy, xx = np.mgrid[0:_GRID, 0:_GRID]
     centres = (np.stack([xx.ravel(), yy.ravel()], 1) + 0.5) / _GRID
     d2 = (centres[:, :1] - cx[None]) ** 2 + (centres[:, 1:] - cy[None]) ** 2
     W_low = np.exp(-d2 / (2 * sigma[None] ** 2)).astype(np.float32)
     W_low /= W_low.sum(0, keepdims=True)
-    low_gain = np.full(nv, 0.6, np.float32)
-    sem_gain = np.ones(nv, np.float32)
-    early = prf > 0
-    low_gain[early], sem_gain[early] = 1.0, 0.15
-    log_mu = np.full(nv, np.log(0.35))
-    log_mu[early] = np.log(0.9)
-    for fam, feat in _PREFERRED.items():
-        m = labels[fam] > 0
-        W_sem[:, m] *= 0.4
-        W_sem[SEMANTIC_NAMES.index(feat), m] = rng.uniform(0.8, 1.4, m.sum())
-        low_gain[m] = 0.25
-        log_mu[m] = np.log(0.75)
-    ncsnr = np.exp(rng.normal(log_mu, 0.55))
-    ncsnr[rng.random(nv) < 0.05] = rng.uniform(0.0, 0.05)  # a few vertices carry (almost) no signal
-    ncsnr = np.clip(ncsnr, 0.0, 3.0)
-
-    def signal(rows: np.ndarray) -> np.ndarray:
-        low = np.sqrt(energy[rows] @ W_low)  # compressive spatial summation
-        low = (low - low_mu) / low_sd
-        sem = sem_z[rows] @ W_sem
-        sem = np.log1p(np.exp(sem))  # softplus: responses rectify
-        sem = (sem - sem_mu) / sem_sd
-        return low_gain * low + sem_gain * sem
-
-    # Normalization statistics over this subject's images (train + test), in chunks.
-    all_rows = np.concatenate([rows_train, rows_test])
-    acc = np.zeros((4, nv))
-    for start in range(0, len(all_rows), 1024):
-        r = all_rows[start : start + 1024]
-        low = np.sqrt(energy[r] @ W_low)
-        sem = np.log1p(np.exp(sem_z[r] @ W_sem))
-        acc += [low.sum(0), (low.astype(np.float64) ** 2).sum(0), sem.sum(0), (sem.astype(np.float64) ** 2).sum(0)]
-    n = len(all_rows)
-    low_mu, sem_mu = acc[0] / n, acc[2] / n
-    low_sd = np.sqrt(np.maximum(acc[1] / n - low_mu**2, 1e-12))
-    sem_sd = np.sqrt(np.maximum(acc[3] / n - sem_mu**2, 1e-12))
-    low_mu, low_sd, sem_mu, sem_sd = (a.astype(np.float32) for a in (low_mu, low_sd, sem_mu, sem_sd))
-    # The combined signal is rescaled to unit variance so that ncsnr = 1 / noise sd.
-    acc2 = np.zeros((2, nv))
-    for start in range(0, len(all_rows), 1024):
-        s = signal(all_rows[start : start + 1024]).astype(np.float64)
-        acc2 += [s.sum(0), (s**2).sum(0)]
-    s_mu = (acc2[0] / n).astype(np.float32)
-    s_sd = np.sqrt(np.maximum(acc2[1] / n - (acc2[0] / n) ** 2, 1e-12)).astype(np.float32)
+    low_gain, sem_gain, ncsnr = _gains_and_snr(nv, rng, labels, W_sem)
+    signal, s_mu, s_sd = _signal(features, W_low, W_sem, low_gain, sem_gain)
     # Single-trial responses have unit variance (as NSD's z-scored betas): signal amplitude a and
     # noise sd b with a / b = ncsnr and a**2 + b**2 = 1.
     amp = (ncsnr / np.sqrt(1 + ncsnr**2)).astype(np.float32)
@@ -357,10 +310,11 @@ def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.
 
     from numpy.lib.format import open_memmap
 
+    rows_train, rows_test = features.rows_train, features.rows_test
     train_dir = sdir / "training_split" / "training_fmri"
     test_dir = sdir / "test_split" / "test_fmri"
     nc_dir = sdir / "test_split" / "noise_ceiling"
-    gt_dir = sdir.parent / "ground_truth" / subj
+    gt_dir = sdir.parent / "ground_truth" / sdir.name
     for d in (train_dir, test_dir, nc_dir, gt_dir):
         d.mkdir(parents=True, exist_ok=True)
     out_train = open_memmap(train_dir / f"{hemi}_training_fmri.npy", mode="w+", dtype=np.float32, shape=(len(rows_train), nv))
@@ -379,3 +333,89 @@ def _write_hemisphere(sdir: Path, subj: str, hemi: str, nv: int, rng: np.random.
     del out_train, out_test, out_gt, out_gt_train
     nc = noise_ceiling_from_ncsnr(ncsnr, n_three=len(rows_test))
     np.save(nc_dir / f"{hemi}_noise_ceiling.npy", nc.astype(np.float32))
+
+
+def _vertex_tuning(nv: int, n_sem: int, rng: np.random.Generator, template: dict | None, alignment: float):
+    """ROI labels, streams, pRF centres and sizes and semantic weights of a hemisphere: its own, or the
+    template's vertices and ROIs with tuning shared by ``alignment`` (see the module docstring)."""
+    if template is None:
+        labels, streams = _assign_rois(nv, rng)
+        cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
+    else:  # the template's vertices and ROIs; tuning = shared + individual
+        labels, streams = template["labels"], template["streams"]
+        _, _, _, W_own = _raw_tuning(nv, n_sem, rng, labels)
+        jitter = 0.1 * (1.0 - alignment)
+        cx = np.clip(template["cx"] + rng.normal(0, jitter, nv), 0.02, 0.98)
+        cy = np.clip(template["cy"] + rng.normal(0, jitter, nv), 0.02, 0.98)
+        sigma = template["sigma"]
+        W_sem = (alignment * template["W_sem"] + np.sqrt(1.0 - alignment**2) * W_own).astype(np.float32)
+    return labels, streams, cx, cy, sigma, W_sem
+
+
+def _write_roi_masks(roi_dir: Path, hemi: str, labels: dict[str, np.ndarray], streams: np.ndarray) -> None:
+    """The release's ROI files: labels per vertex and the pickled label -> name mappings."""
+    roi_dir.mkdir(exist_ok=True)
+    for fam, (_, mapping) in ROI_DEFS.items():
+        np.save(roi_dir / f"{hemi}.{fam}_challenge_space.npy", labels[fam])
+        np.save(roi_dir / f"mapping_{fam}.npy", np.array(mapping, dtype=object), allow_pickle=True)
+    np.save(roi_dir / f"{hemi}.streams_challenge_space.npy", streams)
+    np.save(roi_dir / "mapping_streams.npy", np.array(_STREAMS, dtype=object), allow_pickle=True)
+
+
+def _gains_and_snr(nv: int, rng: np.random.Generator, labels: dict[str, np.ndarray], W_sem: np.ndarray):
+    """Low-level and semantic gains per vertex (early visual: low-level; category ROIs: their category,
+    set in ``W_sem`` in place) and the noise-ceiling SNR per vertex."""
+    prf = labels["prf-visualrois"]
+    low_gain = np.full(nv, 0.6, np.float32)
+    sem_gain = np.ones(nv, np.float32)
+    early = prf > 0
+    low_gain[early], sem_gain[early] = 1.0, 0.15
+    log_mu = np.full(nv, np.log(0.35))
+    log_mu[early] = np.log(0.9)
+    for fam, feat in _PREFERRED.items():
+        m = labels[fam] > 0
+        W_sem[:, m] *= 0.4
+        W_sem[SEMANTIC_NAMES.index(feat), m] = rng.uniform(0.8, 1.4, m.sum())
+        low_gain[m] = 0.25
+        log_mu[m] = np.log(0.75)
+    ncsnr = np.exp(rng.normal(log_mu, 0.55))
+    ncsnr[rng.random(nv) < 0.05] = rng.uniform(0.0, 0.05)  # a few vertices carry (almost) no signal
+    ncsnr = np.clip(ncsnr, 0.0, 3.0)
+    return low_gain, sem_gain, ncsnr
+
+
+def _signal(features: _Features, W_low: np.ndarray, W_sem: np.ndarray, low_gain: np.ndarray, sem_gain: np.ndarray):
+    """``signal(rows)`` (images x vertices: the compressive low-level and the rectified semantic drive, each
+    normalized over the subject's images) and its mean and standard deviation over those images."""
+    energy, sem_z = features.energy, features.sem_z
+
+    def signal(rows: np.ndarray) -> np.ndarray:
+        low = np.sqrt(energy[rows] @ W_low)  # compressive spatial summation
+        low = (low - low_mu) / low_sd
+        sem = sem_z[rows] @ W_sem
+        sem = np.log1p(np.exp(sem))  # softplus: responses rectify
+        sem = (sem - sem_mu) / sem_sd
+        return low_gain * low + sem_gain * sem
+
+    nv = W_low.shape[1]
+    # Normalization statistics over this subject's images (train + test), in chunks.
+    all_rows = np.concatenate([features.rows_train, features.rows_test])
+    acc = np.zeros((4, nv))
+    for start in range(0, len(all_rows), 1024):
+        r = all_rows[start : start + 1024]
+        low = np.sqrt(energy[r] @ W_low)
+        sem = np.log1p(np.exp(sem_z[r] @ W_sem))
+        acc += [low.sum(0), (low.astype(np.float64) ** 2).sum(0), sem.sum(0), (sem.astype(np.float64) ** 2).sum(0)]
+    n = len(all_rows)
+    low_mu, sem_mu = acc[0] / n, acc[2] / n
+    low_sd = np.sqrt(np.maximum(acc[1] / n - low_mu**2, 1e-12))
+    sem_sd = np.sqrt(np.maximum(acc[3] / n - sem_mu**2, 1e-12))
+    low_mu, low_sd, sem_mu, sem_sd = (a.astype(np.float32) for a in (low_mu, low_sd, sem_mu, sem_sd))
+    # The combined signal is rescaled to unit variance so that ncsnr = 1 / noise sd.
+    acc2 = np.zeros((2, nv))
+    for start in range(0, len(all_rows), 1024):
+        s = signal(all_rows[start : start + 1024]).astype(np.float64)
+        acc2 += [s.sum(0), (s**2).sum(0)]
+    s_mu = (acc2[0] / n).astype(np.float32)
+    s_sd = np.sqrt(np.maximum(acc2[1] / n - (acc2[0] / n) ** 2, 1e-12)).astype(np.float32)
+    return signal, s_mu, s_sd

@@ -212,7 +212,7 @@ def _draw_object(d: ImageDraw.ImageDraw, o: SceneObject, s: int, rng: np.random.
     elif o.category == "sign":
         d.rectangle([cx - r, cy - r * 0.5, cx + r, cy + r * 0.5], fill=col, outline=(0, 0, 0))
         ink = (255, 255, 255) if sum(col) < 380 else (0, 0, 0)
-        font = _font(max(6, int(r * 0.55)))
+        font = load_font(max(6, int(r * 0.55)))
         d.text((cx, cy), o.word, fill=ink, font=font, anchor="mm")
     else:  # pragma: no cover - categories are closed
         raise ValueError(f"unknown category {o.category!r}")
@@ -221,7 +221,7 @@ def _draw_object(d: ImageDraw.ImageDraw, o: SceneObject, s: int, rng: np.random.
 _FONTS: dict[int, ImageFont.ImageFont] = {}
 
 
-def _font(px: int):
+def load_font(px: int):
     if px not in _FONTS:
         try:
             _FONTS[px] = ImageFont.load_default(size=px)

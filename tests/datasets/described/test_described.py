@@ -114,7 +114,7 @@ def test_extract_fit_predict_equal_to_the_algonauts_folder(small_dataset, tmp_pa
     from brainstore.features import extract
     from brainstore.features._extractors._testing import register_tiny_models
     from brainstore.fitting import FitSpec, ModelRegistry, fit_encoding_models, predict_model, subject_stimuli
-    from brainstore.fitting._report import comparison_rows, write_report
+    from brainstore.fitting import comparison_rows, write_report
 
     register_tiny_models()
     desc = describe_algonauts(small_dataset, tmp_path / "described", subjects=["subj01"])

@@ -11,7 +11,7 @@ from tests.datasets.described.helpers import GOOD, _csv, _write
 
 def test_single_trial_rows_keep_repeats_in_one_fold(tmp_path):
     """The documented bound: with contiguous K folds, at most K - 1 stimuli have repeats in two folds."""
-    from brainstore.fitting._encoding import validation_folds
+    from brainstore.fitting import validation_folds
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in rng.integers(0, 40, size=150)]  # 150 trials of 40 stimuli, repeats anywhere

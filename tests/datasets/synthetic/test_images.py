@@ -91,7 +91,7 @@ def test_test_split_scoring_with_and_without_noise_ceiling(dataset_copy):
     from scipy import stats
 
     from brainstore.datasets import DatasetError
-    from brainstore.fitting._evaluate import score_test_split
+    from brainstore.fitting import score_test_split
 
     ds = AlgonautsDataset(dataset_copy)
     pred = np.load(dataset_copy / "ground_truth" / "subj01" / "lh_pred_test.npy")
