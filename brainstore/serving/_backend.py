@@ -22,6 +22,7 @@ from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, MissingStimuliError
 from ..fitting import NON_ENCODER_KINDS, ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
 from ._codec import ServingError
+from ._inputs import check_voxels, response_rows, table_arrays
 from ._outage import outage
 
 __all__ = ["LocalBackend", "STIMULUS_ID"]
@@ -255,31 +256,7 @@ class LocalBackend:
                                             f"of {fs.uri}") from None
             return out
         if embedding is not None:
-            if isinstance(embedding, dict):
-                unknown = sorted(set(embedding) - set(tables))
-                missing = [t for t in tables if t not in embedding]
-                if unknown or missing:
-                    raise ServingError(422, f"embedding: the model reads {', '.join(tables)}; "
-                                            + (f"unknown {', '.join(unknown)}; " if unknown else "")
-                                            + (f"missing {', '.join(missing)}" if missing else ""))
-                parts = {t: np.atleast_2d(embedding[t]) for t in tables}
-            else:
-                E = np.atleast_2d(embedding)
-                total = sum(dims.values())
-                if E.shape[1] != total:
-                    raise ServingError(422, f"embedding has {E.shape[1]} values per stimulus; the model reads "
-                                            + " + ".join(f"{t} ({d})" for t, d in dims.items())
-                                            + f" = {total} (send one array, or {{table: array}})")
-                cuts = np.cumsum([0] + list(dims.values()))
-                parts = {t: E[:, cuts[i]:cuts[i + 1]] for i, t in enumerate(tables)}
-            for t, E in parts.items():
-                if E.shape[1] != dims[t]:
-                    raise ServingError(422, f"embedding[{t!r}] has {E.shape[1]} values per stimulus, the table's "
-                                            f"dimension is {dims[t]}")
-            n = {len(E) for E in parts.values()}
-            if len(n) != 1:
-                raise ServingError(422, f"embedding: the tables' arrays have different row counts {sorted(n)}")
-            return {t: E.astype(np.float32) for t, E in parts.items()}
+            return table_arrays(embedding, dims)
         return self._embed_image(fs, tables, image)
 
     def _embed_image(self, fs: FeatureStore, tables: list[str], image: bytes) -> dict[str, np.ndarray]:
@@ -416,7 +393,7 @@ class LocalBackend:
                     self._store(self.reg.record(f"{model}/shared").meta.get("store"))))
                 voxels = am.voxels[subject]
             R = self._response_rows(responses, voxels, model, subject, info.get("dataset"))
-            _check_voxels(R, sum(len(v) for v in voxels.values()), voxels, model, subject)
+            check_voxels(R, sum(len(v) for v in voxels.values()), voxels, model, subject)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the error below, not a warning
                 E = d.decode(R) if info["kind"] == "decoder" else am.decode(subject, R)[target]
                 E = check_finite_output(np.asarray(E, dtype=np.float32), model=model, field="responses")
@@ -437,31 +414,7 @@ class LocalBackend:
 
     def _response_rows(self, responses, voxels: dict, model: str, subject: str, dataset: str | None) -> np.ndarray:
         """(n, n_voxels) float32 rows from one array or from ``{hemisphere: array}`` (see :meth:`decode`)."""
-        if not isinstance(responses, dict):
-            return np.array(np.atleast_2d(responses), dtype=np.float32)  # writable (handle arrays are read-only)
-        hemis = [h for h in voxels if len(voxels[h])]
-        unknown, missing = sorted(set(responses) - set(hemis)), [h for h in hemis if h not in responses]
-        if unknown or missing:
-            raise ServingError(422, f"responses: {model} for {subject} reads {' and '.join(hemis)}; "
-                                    + (f"unknown key(s) {', '.join(unknown)}; " if unknown else "")
-                                    + (f"missing {', '.join(missing)}" if missing else "")
-                                    + " (send {hemisphere: array} for each, or one array, lh then rh)")
-        parts, rows = [], set()
-        for h in hemis:
-            P = np.atleast_2d(np.asarray(responses[h], dtype=np.float32))
-            n_sel = len(voxels[h])
-            if P.ndim != 2 or P.shape[1] != n_sel:
-                n_all = self._hemisphere_size(dataset, subject, h)
-                if P.ndim != 2 or P.shape[1] != n_all:
-                    whole = f" or the whole hemisphere's {n_all} vertices" if n_all and n_all != n_sel else ""
-                    raise ServingError(422, f"responses.{h} has {P.shape[-1]} values per row; {model} for {subject} "
-                                            f"reads {n_sel} {h} voxels{whole}")
-                P = P[:, np.asarray(voxels[h], dtype=np.int64)]  # the whole hemisphere: the decoder's voxels of it
-            parts.append(P)
-            rows.add(len(P))
-        if len(rows) != 1:
-            raise ServingError(422, f"responses: the hemispheres' arrays have different row counts {sorted(rows)}")
-        return np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+        return response_rows(responses, voxels, model, subject, lambda h: self._hemisphere_size(dataset, subject, h))
 
     def _hemisphere_size(self, dataset: str | None, subject: str, hemi: str) -> int | None:
         """Vertices of ``subject``'s ``hemi`` in the model's dataset; None when the dataset cannot be read."""
@@ -537,11 +490,3 @@ def _feature_keys(em) -> list[tuple[str, ...]]:
     if em.members:
         return list(dict.fromkeys(k for m in em.members for k in _feature_keys(m)))
     return [tuple(em.record.meta["features"])]
-
-
-def _check_voxels(R: np.ndarray, n: int, voxels: dict, model: str, subject: str) -> None:
-    if R.ndim != 2 or R.shape[1] != n:
-        per = ", ".join(f"{h}: {len(v)}" for h, v in voxels.items())
-        raise ServingError(422, f"responses have {R.shape[-1]} values per row; {model} for {subject} expects {n} "
-                                f"({per}, lh then rh, in the order of its voxel selection)")
-
