@@ -1,7 +1,7 @@
 """YAML read with the line of every key, for errors that name the file, the line and the field.
 
 Used by the dataset description files (``datasets.described._description``) and the pipeline files
-(``cluster._pipeline``): the document is composed as well as loaded, so each mapping key and list
+(``cluster.pipeline._load``): the document is composed as well as loaded, so each mapping key and list
 item has its line; a key given twice in one mapping (which ``yaml.safe_load`` silently resolves to
 the last one) is reported. :func:`known_keys` walks a pydantic model to the model at a location,
 for "did you mean" hints on unknown keys.
