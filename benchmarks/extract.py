@@ -350,7 +350,7 @@ def main() -> None:
 
     import ray
 
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
 
     register_tiny_models()
     tmp = Path(tempfile.mkdtemp(prefix="bs-extract-bench-"))

@@ -145,7 +145,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
     logging.getLogger("ray").setLevel(logging.WARNING)
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
 
     register_tiny_models(with_open_clip=False)
     ds = make_data(data, args)

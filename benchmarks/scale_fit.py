@@ -59,7 +59,7 @@ def prepare(data: Path, subjects: int, size: dict) -> None:
     from brainstore._ray import connect
     from brainstore.datasets import make_dataset
     from brainstore.features import extract
-    from brainstore.features._extractors import register_clip_config
+    from brainstore.features import register_clip_config
 
     ds_dir, store = data / "dataset", str(data / "store")
     if not (ds_dir / "synthetic.json").exists():

@@ -55,7 +55,7 @@ def serving_models(small_dataset, tmp_path_factory, ray_local) -> dict:
     """A registry to serve: encoders "img" (tiny CLIP image table, random weights) and "both" (image + caption
     tables) for both subjects of the small dataset, and a ridge decoder per subject into the caption table."""
     from brainstore.features import extract
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
     from brainstore.fitting import FitSpec, fit_decoders, fit_encoding_models
 
     register_tiny_models()

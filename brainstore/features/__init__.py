@@ -1,29 +1,43 @@
-"""brainstore.features: extractor registry and the LanceDB feature store, filled by Ray Data.
+"""brainstore.features: extractors, the LanceDB feature store, and the Ray Data extraction that fills it.
 
 >>> from brainstore.features import FeatureStore, extract, list_extractors
 >>> report = extract("data/synth", "text", "store/")          # captions -> sentence embeddings
 >>> X = FeatureStore("store/").load(report.feature, ["nsd-00012", "nsd-00007"])
+
+Files by role: ``extractors/`` (the public subpackage: spec strings -> extractors, their weights),
+``_extract`` (:func:`extract`, the entry point), ``_job`` (:class:`ExtractSpec`, :class:`ExtractReport`,
+:class:`ExtractionError`, the plumbing every extraction shares), ``_stimuli`` (a stimulus table's
+extraction), ``_stages`` (its Ray Data stages), ``_timeseries`` (one row per TR, delays), ``_store``
+(:class:`FeatureStore`), ``_derived`` (PCA tables).
 """
 
 from ._derived import derive_pca
-from ._extractors import (
+from .extractors import (
+    DEFAULT_SPECS,
     DTYPES,
     Extractor,
     ExtractorInfo,
     WeightsNotFoundError,
+    WeightsPullError,
+    WeightsStatus,
+    cache_locations,
+    check_caches,
     get_extractor,
+    hf_weight_files,
+    hub_offline,
     list_extractors,
     parse_spec,
+    pull_weights,
     register,
     register_clip_config,
     registered_clip_configs,
+    use_cache,
+    weights_status,
     with_layer,
 )
-from ._extractors._hub import hf_weight_files
-from ._extractors._util import hub_offline
-from ._extractors._weights import (DEFAULT_SPECS, WeightsPullError, WeightsStatus, cache_locations, check_caches,
-                                   pull_weights, use_cache, weights_status)
-from ._pipeline import ExtractionError, ExtractReport, extract, select_stimuli
+from ._job import ExtractionError, ExtractReport, ExtractSpec
+from ._extract import extract
+from ._stimuli import select_stimuli
 from ._timeseries import (RESAMPLE_METHODS, delay_rows, delayed_table, derive_delays, derive_event_timeseries,
                           extract_timeseries, timeseries_extractor, timeseries_table)
 from ._store import (IDENTITY_KEYS, STORAGE_DTYPES, FeatureStore, FeatureStoreError, FeatureTableInfo,
@@ -53,8 +67,9 @@ __all__ = [
     "DEFAULT_SPECS",
     "hub_offline",
     "hf_weight_files",
-    # pipeline
+    # extraction
     "extract",
+    "ExtractSpec",
     "ExtractReport",
     "ExtractionError",
     "select_stimuli",

@@ -40,8 +40,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ._pipeline import ExtractionError, ExtractReport, _connect, _describe, _drop_if_empty
+from ._job import ExtractionError, ExtractReport, ExtractSpec, connect, describe, drop_if_empty
+from ._stimuli import extract_table
 from ._store import FeatureStore, FeatureStoreError
+from .extractors import get_extractor
 
 __all__ = ["extract_timeseries", "derive_delays", "derive_event_timeseries", "timeseries_extractor", "timeseries_table", "delayed_table", "resample_to_trs", "lanczos_weights", "zscore_columns",
            "delay_rows", "RESAMPLE_METHODS"]
@@ -154,7 +156,7 @@ class _ClipEmbedder:
             except Exception as e:  # noqa: BLE001 - reported with its clip; the driver stops the job
                 data.append(b"")
                 shapes.append("")
-                errors.append(_describe(e))
+                errors.append(describe(e))
         return {"clip": batch["clip"], "data": np.array(data, dtype=object), "shape": np.array(shapes, dtype=object),
                 "error": np.array(errors, dtype=object)}
 
@@ -172,8 +174,6 @@ def _timeseries_dataset(dataset):
 def timeseries_extractor(ext, fps: float):
     """The extractor to run on frames: image extractors as they are; motion energy over the clip at
     the dataset's frame rate."""
-    from ._extractors import get_extractor
-
     if ext.modality == "image":
         return ext
     if ext.name == "motion-energy" and ext.modality == "video":
@@ -234,10 +234,6 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
     FeatureStoreError
         The table exists and was made differently (another extractor, resampling, TR or frame rate).
     """
-    import ray
-
-    from ._extractors import get_extractor
-
     t0 = time.time()
     if resample not in RESAMPLE_METHODS:
         raise ValueError(f"resample must be one of {list(RESAMPLE_METHODS)}, got {resample!r}")
@@ -250,16 +246,40 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
         return _extract_events(ds, ts, ext, fs, version=version, resample=resample, window=window,
                                concurrency=concurrency, dtype=dtype, num_gpus=num_gpus, progress=progress, t0=t0)
     ext = timeseries_extractor(get_extractor(extractor) if isinstance(extractor, str) else extractor, ts.fps)
-    how = resample if resample == "average" else f"lanczos{window}"
     feature = version or timeseries_table(ext, ts, resample, window)
     splits = _tr_splits(ds)
     clips = [c for c in ts.clips if any(i in splits for i in c.ids())]
-    n_cpus, n_gpus = _connect()
+    n_cpus, n_gpus = connect()
     use_gpu = (num_gpus if num_gpus is not None else (1 if n_gpus else 0)) > 0
     if use_gpu and n_gpus == 0:
         raise ValueError(f"num_gpus={num_gpus} per actor was asked for, but the Ray cluster has no GPUs")
     device = "cuda" if use_gpu else "cpu"
     dtype = dtype or ("bfloat16" if use_gpu else "float32")
+    meta = _timeseries_metadata(ext, ds, ts, resample, window, dtype, device)
+    created = not fs.exists(feature)
+    fs.ensure_table(feature, int(ext.dim), meta)
+    report = None
+    try:
+        stored = set(fs.ids(feature))
+        todo = [c for c in clips if not all(i in stored for i in c.ids() if i in splits)]
+        n_rows = sum(sum(i in splits for i in c.ids()) for c in clips)
+        report = ExtractReport(feature=feature, store=fs.uri, requested=n_rows,
+                               already_stored=n_rows - sum(sum(i in splits for i in c.ids()) for c in todo),
+                               written=0, dim=int(ext.dim))
+        if todo:
+            pipe = _clip_pipeline(todo, ext, ts, resample, device, dtype, concurrency, n_cpus, n_gpus)
+            _commit(pipe, fs, feature, ts, splits, ds.name, ext, report, progress)
+    finally:
+        drop_if_empty(fs, feature, created)
+    if report.written:
+        fs.compact(feature)
+    report.seconds = time.time() - t0
+    return report
+
+
+def _timeseries_metadata(ext, ds, ts, resample: str, window: int, dtype: str, device: str) -> dict[str, str]:
+    """The per-TR table's metadata: the frame extractor's, with how its features were taken to the TRs."""
+    how = resample if resample == "average" else f"lanczos{window}"
     meta = dict(ext.metadata())
     meta_pool = meta.get("pooling", "")
     meta.update({
@@ -273,45 +293,35 @@ def extract_timeseries(dataset, extractor, store: str | FeatureStore, *, version
                                   "frames": "per frame" if ext.modality == "image" else "motion energy over the clip",
                                   "dataset": str(ds.root), "clips_table": str(ts.clips_table)}, sort_keys=True),
     })
-    created = not fs.exists(feature)
-    fs.ensure_table(feature, int(ext.dim), meta)
-    report = None
-    try:
-        stored = set(fs.ids(feature))
-        todo = [c for c in clips if not all(i in stored for i in c.ids() if i in splits)]
-        n_rows = sum(sum(i in splits for i in c.ids()) for c in clips)
-        report = ExtractReport(feature=feature, store=fs.uri, requested=n_rows,
-                               already_stored=n_rows - sum(sum(i in splits for i in c.ids()) for c in todo),
-                               written=0, dim=int(ext.dim))
-        if todo:
-            n_actors = max(1, min(len(todo), concurrency or (int(n_gpus) if use_gpu else max(1, n_cpus // 4))))
-            threads = None if use_gpu else max(1, n_cpus // n_actors)
-            items = ray.data.from_items([{"clip": c.name, "first_frame": c.first_frame, "n_frames": c.n_frames,
-                                          "n_trs": c.n_trs} for c in todo], override_num_blocks=len(todo))
-            pipe = items.map_batches(
-                _ClipEmbedder, batch_size=1, batch_format="numpy",
-                fn_constructor_kwargs=dict(ext=ext, device=device, dtype=dtype, threads=threads, frames=str(ts.frames),
-                                           key=ts.key, fps=ts.fps, tr=ts.tr, resample=resample),
-                compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=1 if use_gpu else 0,
-                num_cpus=1 if use_gpu else max(1, threads // 2))
-            _commit(pipe, fs, feature, ts, splits, ds.name, ext, report, progress)
-    finally:
-        _drop_if_empty(fs, feature, created)
-    if report.written:
-        fs.compact(feature)
-    report.seconds = time.time() - t0
-    return report
+    return meta
+
+
+def _clip_pipeline(todo: list, ext, ts, resample: str, device: str, dtype: str, concurrency: int | None,
+                   n_cpus: int, n_gpus: float):
+    """The Ray Data plan over clips: one item per clip, embedded by an actor pool (the model loaded once per
+    actor: one per GPU, else one per 4 CPUs, at most one per clip)."""
+    import ray
+
+    use_gpu = device != "cpu"
+    n_actors = max(1, min(len(todo), concurrency or (int(n_gpus) if use_gpu else max(1, n_cpus // 4))))
+    threads = None if use_gpu else max(1, n_cpus // n_actors)
+    items = ray.data.from_items([{"clip": c.name, "first_frame": c.first_frame, "n_frames": c.n_frames,
+                                  "n_trs": c.n_trs} for c in todo], override_num_blocks=len(todo))
+    return items.map_batches(
+        _ClipEmbedder, batch_size=1, batch_format="numpy",
+        fn_constructor_kwargs=dict(ext=ext, device=device, dtype=dtype, threads=threads, frames=str(ts.frames),
+                                   key=ts.key, fps=ts.fps, tr=ts.tr, resample=resample),
+        compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=1 if use_gpu else 0,
+        num_cpus=1 if use_gpu else max(1, threads // 2))
 
 
 def _extract_events(ds, ts, ext, fs: FeatureStore, *, version, resample, window, concurrency, dtype, num_gpus,
                     progress, t0) -> ExtractReport:
-    """An event time series: the presented stimuli through :func:`~._pipeline.extract` (resumable, one
-    row per stimulus), then their features placed at their onsets and taken to the TRs
-    (:func:`derive_event_timeseries`)."""
-    from ._pipeline import extract
-
-    per = extract(ds.event_stimuli(), ext, fs, concurrency=concurrency, dtype=dtype, num_gpus=num_gpus,
-                  progress=progress)
+    """An event time series: the presented stimuli extracted as a stimulus table (resumable, one row per
+    stimulus: :func:`~._stimuli.extract_table`, as :func:`~._extract.extract` does), then their features
+    placed at their onsets and taken to the TRs (:func:`derive_event_timeseries`)."""
+    per = extract_table(ds.event_stimuli(), ext, fs, ExtractSpec(concurrency=concurrency, dtype=dtype,
+                                                                 num_gpus=num_gpus, progress=progress))
     if per.failed:
         raise ExtractionError(f"{len(per.failed)} presented stimulus(i) of {ts.events_table} failed to extract (first: "
                               f"{per.failed[0]['stimulus_id']} {per.failed[0]['path']}: {per.failed[0]['error']}); the "

@@ -126,7 +126,7 @@ def test_the_image_the_manifests_and_the_launcher_read_weights_from_one_shared_c
     as `brainstore weights pull --cache /mnt/brainstore/cache` sets (so what it fills is what extraction reads)."""
     import os
 
-    from brainstore.features._extractors._weights import use_cache
+    from brainstore.features import use_cache
 
     saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "BRAINSTORE_WEIGHTS_DIR")}
     try:

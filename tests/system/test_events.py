@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import zscore
 
-from tests.test_timeseries import lanczosfun
+from tests._references import lanczosfun
 
 TR = 2.0
 N_TR = 15

@@ -1,7 +1,7 @@
 """The synthetic video dataset end to end: extract (motion energy over clips, CLIP over frames) ->
 delays -> fit with folds by run -> evaluate -> predict, checked against independent references:
 pymoten's ``project_stimulus`` over a clip's frames, the voxelwise tutorials' ``Delayer`` (rewritten
-in tests/test_timeseries.py) applied per run, and himalaya's ``RidgeCV`` with leave-one-run-out folds.
+in tests/_references.py) applied per run, and himalaya's ``RidgeCV`` with leave-one-run-out folds.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.test_timeseries import TutorialDelayer
+from tests._references import TutorialDelayer
 
 ME_SPEC = "motion-energy:modality=video,size=32,sf=[0,2,4,8],tf=[0,2,4]"
 CLIP_SPEC = "clip:arch=brainstore-tiny-clip,pretrained=none"
@@ -26,7 +26,7 @@ def video(tmp_path_factory, ray_local):
     from brainstore.datasets import open_dataset
     from brainstore.datasets._video_synthetic import make_video_dataset
     from brainstore.features import derive_delays, extract
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
     from brainstore.fitting import FitSpec, fit_encoding_models
 
     register_tiny_models()

@@ -38,7 +38,7 @@ report:
 
 def _img_table() -> str:
     from brainstore.features import get_extractor
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
 
     register_tiny_models(with_open_clip=False)
     return get_extractor(IMG).version

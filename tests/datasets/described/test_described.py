@@ -112,7 +112,7 @@ def test_extract_fit_predict_equal_to_the_algonauts_folder(small_dataset, tmp_pa
     """The same fit on the Algonauts folder and on its described copy (subj01) gives the same predictions and
     scores (the described copy lacks floc-words: reported as NaN, no warning)."""
     from brainstore.features import extract
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
     from brainstore.fitting import FitSpec, ModelRegistry, fit_encoding_models, predict_model, subject_stimuli
     from brainstore.fitting import comparison_rows, write_report
 

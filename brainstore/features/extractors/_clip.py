@@ -17,7 +17,8 @@ from ._clip_configs import (_PP_KEYS, OPENAI_MEAN, OPENAI_STD, _ensure_open_clip
 from ._imaging import clip_geometry, normalize_chw
 from ._registry import register
 from ..._provenance import sha256_file
-from ._util import Option, boolean, check_pil_image, choice, hub_offline, int_range, layer_or, text, weights_dir
+from ._spec import Option, boolean, choice, int_range, layer_or, text
+from ._util import check_pil_image, hub_offline, weights_dir
 
 
 @register

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Extractor
-from ._util import Option, int_range, text
+from ._spec import Option, int_range, text
 
 TINY_CLIP = "brainstore-tiny-clip"
 TINY_CLIP_CONFIG = {

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..._provenance import package_versions
-from ._util import Option, slugify
+from ._spec import Option, format_value
+from ._util import slugify
 
 MODALITIES = ("image", "text", "video")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -120,8 +121,6 @@ class Extractor:
     @property
     def spec(self) -> str:
         """Canonical spec string (explicit options only, in schema order)."""
-        from ._registry import format_value
-
         parts = [f"{k}={format_value(self.options[k])}" for k in self.OPTIONS if k in self.explicit]
         return self.name + (":" + ",".join(parts) if parts else "")
 
@@ -290,8 +289,6 @@ class Extractor:
     @classmethod
     def option_docs(cls) -> dict[str, str]:
         """``{key: 'default=...; doc'}`` for every option."""
-        from ._registry import format_value
-
         return {k: f"default={format_value(o.default)}; {o.doc}" for k, o in cls.OPTIONS.items()}
 
     @classmethod

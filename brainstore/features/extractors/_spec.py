@@ -1,14 +1,20 @@
-"""Option parsers and small helpers shared by the extractors (no torch imports)."""
+"""What an extractor spec is made of: the string grammar, the option schema and its value parsers.
+
+Grammar::
+
+    spec  := name | name ":" pairs
+    pairs := key "=" value ("," key "=" value)*
+    value := text without top-level "," | "[" anything with balanced brackets "]"
+
+Brackets let a value hold commas, colons or a whole nested spec, e.g.
+``video:image=[clip:arch=ViT-B-32,layer=6],frames=8``. Which names and keys are valid is the
+registry's business (:func:`~._registry.parse_spec`); nothing here knows an extractor class.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 
 # ----------------------------------------------------------------------------- options
@@ -94,58 +100,50 @@ def layer_or(*words: str) -> Callable[[str], int | str]:
     return _parse
 
 
-# ----------------------------------------------------------------------------- helpers
-def slugify(*parts: Any, max_len: int = 120) -> str:
-    """Filesystem/table-safe name: lowercase ``[a-z0-9._-]`` joined by ``-``.
-
-    Names longer than ``max_len`` are truncated and suffixed with a short hash
-    of the full name, so distinct settings never collide.
-    """
-    raw = "-".join(str(p) for p in parts if p is not None and str(p) != "")
-    s = re.sub(r"[^a-z0-9.]+", "-", raw.lower()).strip("-.")
-    s = re.sub(r"-{2,}", "-", s)
-    if len(s) > max_len:
-        h = hashlib.sha1(s.encode()).hexdigest()[:10]
-        s = s[: max_len - 11].rstrip("-.") + "-" + h
-    return s
-
-
-def weights_dir() -> Path:
-    """Directory searched for local weights: ``$BRAINSTORE_WEIGHTS_DIR`` or ``~/.cache/brainstore/weights``."""
-    env = os.environ.get("BRAINSTORE_WEIGHTS_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "brainstore" / "weights"
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Force Hugging Face hub offline mode so no network request is ever attempted."""
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
-    old_env = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    consts = None
-    try:
-        import huggingface_hub.constants as consts  # light import, no torch
-
-        old_const = consts.HF_HUB_OFFLINE
-        consts.HF_HUB_OFFLINE = True
-    except Exception:  # pragma: no cover - huggingface_hub always installed here
-        consts = None
-    try:
-        yield
-    finally:
-        if consts is not None:
-            consts.HF_HUB_OFFLINE = old_const
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+# ----------------------------------------------------------------------------- grammar
+def split_top_level(s: str, sep: str) -> list[str]:
+    """Split ``s`` on ``sep`` outside brackets; raise on unbalanced brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in s:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in spec {s!r}")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise ValueError(f"unbalanced '[' in spec {s!r}")
+    parts.append("".join(cur))
+    return parts
 
 
-def check_pil_image(item: Any, who: str) -> Any:
-    """Return ``item`` converted to RGB, or raise ``TypeError`` if it is not a PIL image."""
-    from PIL import Image
+def unbracket(v: str) -> str:
+    """Remove one pair of enclosing brackets when the first '[' closes at the end."""
+    v = v.strip()
+    if not (v.startswith("[") and v.endswith("]")):
+        return v
+    depth = 0
+    for i, ch in enumerate(v):
+        depth += ch == "["
+        depth -= ch == "]"
+        if depth == 0 and i < len(v) - 1:
+            return v  # e.g. "[a]x[b]": the first pair does not enclose everything
+    return v[1:-1].strip()
 
-    if not isinstance(item, Image.Image):
-        raise TypeError(f"{who}: expected a PIL.Image.Image, got {type(item).__name__}")
-    return item if item.mode == "RGB" else item.convert("RGB")
+
+def format_value(v: Any) -> str:
+    """String form of an option value for a spec (bracketed when it needs it); an extractor gives its spec."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        s = "true" if v else "false"
+    elif isinstance(getattr(v, "spec", None), str):  # an extractor (a nested spec)
+        s = v.spec
+    else:
+        s = str(v)
+    return f"[{s}]" if any(c in s for c in ",[]=") else s

@@ -10,7 +10,8 @@ import numpy as np
 
 from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
 from ..._provenance import sha256_file
-from ._util import Option, check_pil_image, choice, int_range, text, weights_dir
+from ._spec import Option, choice, int_range, text
+from ._util import check_pil_image, weights_dir
 from ._imaging import sam_preprocess
 from ._registry import register
 

@@ -12,7 +12,8 @@ import numpy as np
 from . import _hub
 from ._base import BLOCK_LAYERS, Extractor, ExtractorInfo, WeightsNotFoundError
 from ..._provenance import sha256_files
-from ._util import Option, check_pil_image, choice, hub_offline, int_range, layer_or, text
+from ._spec import Option, choice, int_range, layer_or, text
+from ._util import check_pil_image, hub_offline
 from ._registry import register
 
 VIDEO_TYPES = {"videomae", "vivit", "timesformer", "vjepa2"}

@@ -1,13 +1,7 @@
-"""Extractor registry and the spec-string grammar.
+"""The extractor registry: names -> classes, spec strings -> extractors.
 
-Grammar::
-
-    spec  := name | name ":" pairs
-    pairs := key "=" value ("," key "=" value)*
-    value := text without top-level "," | "[" anything with balanced brackets "]"
-
-Brackets let a value hold commas, colons or a whole nested spec, e.g.
-``video:image=[clip:arch=ViT-B-32,layer=6],frames=8``.
+The spec grammar (``name:key=value,...``, brackets for nested specs) is in :mod:`._spec`;
+here a spec is checked against the registered class's options and built.
 """
 
 from __future__ import annotations
@@ -15,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import Extractor, ExtractorInfo
+from ._spec import split_top_level, unbracket
 
 _REGISTRY: dict[str, type[Extractor]] = {}
 
@@ -33,41 +28,6 @@ def extractor_class(name: str) -> type[Extractor]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown extractor {name!r}; valid extractors: {sorted(_REGISTRY)}") from None
-
-
-def _split_top_level(s: str, sep: str) -> list[str]:
-    """Split ``s`` on ``sep`` outside brackets; raise on unbalanced brackets."""
-    parts, depth, cur = [], 0, []
-    for ch in s:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ']' in spec {s!r}")
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth != 0:
-        raise ValueError(f"unbalanced '[' in spec {s!r}")
-    parts.append("".join(cur))
-    return parts
-
-
-def _unbracket(v: str) -> str:
-    """Remove one pair of enclosing brackets when the first '[' closes at the end."""
-    v = v.strip()
-    if not (v.startswith("[") and v.endswith("]")):
-        return v
-    depth = 0
-    for i, ch in enumerate(v):
-        depth += ch == "["
-        depth -= ch == "]"
-        if depth == 0 and i < len(v) - 1:
-            return v  # e.g. "[a]x[b]": the first pair does not enclose everything
-    return v[1:-1].strip()
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -97,7 +57,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     cls = extractor_class(name)
     options: dict[str, str] = {}
     if rest.strip():
-        pairs = _split_top_level(rest, ",")
+        pairs = split_top_level(rest, ",")
         for k, pair in enumerate(pairs):
             if not pair.strip():
                 if k == len(pairs) - 1:
@@ -117,23 +77,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 raise ValueError(f"option {key!r} has an empty value in extractor spec {spec!r}; give {key}=VALUE "
                                  f"({cls.option_docs().get(key, 'see `brainstore features --list`')}) or leave "
                                  f"{key} out for its default")
-            value = _unbracket(value)
+            value = unbracket(value)
             cls.parse_option(key, value)  # validates key and value
             options[key] = value
     return name, options
-
-
-def format_value(v: Any) -> str:
-    """String form of an option value for a spec (bracketed when it needs it)."""
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        s = "true" if v else "false"
-    elif isinstance(v, Extractor):
-        s = v.spec
-    else:
-        s = str(v)
-    return f"[{s}]" if any(c in s for c in ",[]=") else s
 
 
 def get_extractor(spec: str | Extractor, **overrides: Any) -> Extractor:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Extractor, ExtractorInfo
-from ._util import Option, choice, int_range, text
+from ._spec import Option, choice, int_range, text
 from ._registry import get_extractor, register
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from . import _hub
 from ._base import Extractor, ExtractorInfo, WeightsNotFoundError
 from ..._provenance import sha256_files
-from ._util import Option, hub_offline, text
+from ._spec import Option, text
+from ._util import hub_offline
 from ._hf import resolve_model_dir
 from ._registry import register
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from ._base import Extractor, ExtractorInfo
 from ._registry import register
-from ._util import Option, check_pil_image, choice, int_range
+from ._spec import Option, choice, int_range
+from ._util import check_pil_image
 from ._video import VideoDecodeError, open_video, read_frames
 
 #: Spatial frequencies by modality when ``sf=auto`` (chosen on the synthetic dataset, see README).
