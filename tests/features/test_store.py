@@ -1,4 +1,4 @@
-"""The LanceDB feature store (real LanceDB on disk): ordering, idempotence, refusals, PCA, index."""
+"""The LanceDB feature store (real LanceDB on disk): ordering, idempotence, refusals, index."""
 
 import multiprocessing as mp
 import time
@@ -6,20 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from brainstore.features import FeatureStore, FeatureStoreError, MissingStimuliError, derive_pca
-
-META = {"extractor": "test", "architecture": "toy", "pretrained": "none", "layer": "final", "pooling": "cls",
-        "preprocessing": "none", "dtype": "float32"}
-
-
-def _fill(fs, name="f", n=50, dim=8, seed=0, splits=None):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, dim)).astype(np.float32)
-    ids = [f"s{i:03d}" for i in range(n)]
-    fs.ensure_table(name, dim, META)
-    fs.write(name, ids, X, dataset="d", split=splits or "train")
-    return ids, X
-
+from brainstore.features import FeatureStore, FeatureStoreError, MissingStimuliError
+from tests.features.helpers import META, _fill
 
 def test_load_in_requested_order_and_missing_named(tmp_path):
     fs = FeatureStore(tmp_path / "store")
@@ -122,25 +110,6 @@ def test_float16_storage(tmp_path):
     X = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
     fs.write("h", ["a", "b", "c"], X)
     np.testing.assert_allclose(fs.load("h", ["c", "a"]), X[[2, 0]], rtol=1e-3)
-
-
-def test_pca_fitted_on_train_split_only(tmp_path):
-    from sklearn.decomposition import PCA
-
-    fs = FeatureStore(tmp_path / "store")
-    n = 60
-    splits = ["train"] * 40 + ["test"] * 10 + ["test,train"] * 10
-    ids, X = _fill(fs, n=n, dim=12, splits=splits)
-    name = derive_pca(fs, "f", 3)
-    assert name == "f-pca3"
-    m = fs.metadata(name)
-    assert m["derived_from"] == "f" and m["fit_split"] == "train" and m["n_fit"] == 40
-    ref = PCA(3).fit(X[:40])
-    Z = fs.load(name, ids)
-    # components are defined up to sign
-    for j in range(3):
-        a, b = Z[:, j], ref.transform(X)[:, j]
-        assert np.allclose(a, b, atol=1e-4) or np.allclose(a, -b, atol=1e-4)
 
 
 def test_vector_index_and_search(tmp_path):

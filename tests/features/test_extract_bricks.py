@@ -25,7 +25,7 @@ MOTION_SPEC = "motion-energy"
 
 @pytest.fixture(scope="module", autouse=True)
 def _tiny():
-    from brainstore.features._extractors._testing import register_tiny_models
+    from brainstore.features.extractors.testing import register_tiny_models
 
     register_tiny_models()
 
@@ -40,8 +40,8 @@ def _with_refs(stimuli: pa.Table, index: dict, file: Path, key: str, keep_files=
 def test_every_image_extractor_prepares_a_reference_like_its_png(bricks, tmp_path):
     """The CPU stage itself (no Ray), on a batch mixing PNG files and references to the same images."""
     from brainstore.features import get_extractor
-    from brainstore.features._extractors._testing import make_tiny_hf_models
-    from brainstore.features._pipeline import _prepare_batch
+    from brainstore.features.extractors.testing import make_tiny_hf_models
+    from brainstore.features._stages import _prepare_batch
 
     vit = make_tiny_hf_models(tmp_path / "hf")["vit"]
     pngs = bricks["unique"].column("path").to_pylist()[:6]
@@ -135,9 +135,9 @@ def test_bad_references_are_bad_stimuli_never_written(bricks, tmp_path, ray_loca
 
 
 def test_an_unusable_brick_is_one_error_before_any_work(bricks, tmp_path, monkeypatch):
-    import brainstore.features._pipeline as pipeline
+    import brainstore.features._stimuli as pipeline
 
-    monkeypatch.setattr(pipeline, "_connect", lambda: pytest.fail("Ray was started for an unusable brick"))
+    monkeypatch.setattr(pipeline, "connect", lambda: pytest.fail("Ray was started for an unusable brick"))
     table = _with_refs(bricks["stimuli"], bricks["index"], tmp_path / "missing.hdf5", "imgBrick")
     store = tmp_path / "store"
     with pytest.raises(BrickFileError, match=r"missing\.hdf5 does not exist; fix the path.*stimuli reference it"):

@@ -148,7 +148,7 @@ def test_weights_pull_fetches_despite_hf_hub_offline_and_extraction_then_finds_t
     """`weights pull` with HF_HUB_OFFLINE=1 in its environment (as in the image) lifts it for itself and fills
     --cache from the hub; afterwards, offline again, `weights list` reports them present and the `hf`
     extractor built from the cached repository embeds exactly as the same model loaded from its folder."""
-    from brainstore.features._extractors import _testing, get_extractor
+    from brainstore.features.extractors import get_extractor, testing as _testing
 
     vit = Path(_testing.make_tiny_hf_models(tmp_path / "models")["vit"])
     served = {"brainstore-test/tiny-vit": {p.name: p.read_bytes() for p in vit.iterdir() if p.is_file()},
@@ -171,7 +171,7 @@ def test_weights_pull_fetches_despite_hf_hub_offline_and_extraction_then_finds_t
 
     from PIL import Image
 
-    from brainstore.features._extractors._weights import use_cache
+    from brainstore.features.extractors import use_cache
 
     old = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "BRAINSTORE_WEIGHTS_DIR")}
     use_cache(cache)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainstore.features._extractors import REQUIRED_METADATA_KEYS, get_extractor, parse_spec
-from brainstore.features._extractors._registry import extractor_class
+from brainstore.features.extractors import REQUIRED_METADATA_KEYS, get_extractor, parse_spec
+from brainstore.features.extractors import extractor_class
 
 moten = pytest.importorskip("moten")
 
@@ -43,7 +43,7 @@ def _decode_all(path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    from brainstore.features._extractors._testing import write_tiny_video
+    from brainstore.features.extractors.testing import write_tiny_video
 
     root = tmp_path_factory.mktemp("motion-clips")
     return [write_tiny_video(root / "a.mp4", n_frames=16, fps=8),
@@ -252,7 +252,7 @@ def test_clips_of_different_lengths_through_the_pipeline(clips, tmp_path, ray_lo
     import pyarrow.csv as pcsv
 
     from brainstore.features import FeatureStore, extract
-    from brainstore.features._extractors._testing import write_tiny_video
+    from brainstore.features.extractors.testing import write_tiny_video
 
     long = write_tiny_video(tmp_path / "long.mp4", n_frames=40, fps=8)  # 40 > max_frames=24
     pcsv.write_csv(pa.table({"stimulus_id": ["a", "b", "long"], "path": [*clips, long], "modality": ["video"] * 3,
