@@ -44,29 +44,8 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
         files, text rows without caption, duplicate (subject, stimulus_id) rows, one stimulus id
         pointing at two different files.
     """
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
     path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise DatasetError(f"manifest {path} does not exist")
-    try:
-        if path.suffix == ".parquet":
-            raw = pq.read_table(path)
-        elif path.suffix == ".csv":
-            # every column is text: ids such as 00012 keep their leading zeros, subjects stay "01"
-            text = {c: pa.string() for c in (*_REQUIRED, "caption", "split", "subject")}
-            raw = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True, column_types=text))
-        else:
-            raise DatasetError(f"manifest {path} must be .parquet or .csv")
-    except DatasetError:
-        raise
-    except Exception as e:
-        raise DatasetError(f"cannot read manifest {path}: {e}") from e
-    missing = [c for c in _REQUIRED if c not in raw.column_names]
-    if missing:
-        raise DatasetError(f"manifest {path} lacks required column(s) {missing}; columns needed: {list(_REQUIRED)}")
-    rows = raw.to_pylist()
+    rows = _read_rows(path)
     problems: list[str] = []
     seen_keys: dict[tuple, int] = {}
     sid_path: dict[str, str] = {}
@@ -84,40 +63,14 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
             problems.append(f"{where} ({sid}): modality {mod!r} is not one of {MODALITIES}")
             continue
         caption = r.get("caption")
-        p = r.get("path")
         resolved = ""
         if mod == "text":
             if not caption:
                 problems.append(f"{where} ({sid}): a text stimulus needs a non-empty caption")
         else:
-            if not p:
-                problems.append(f"{where} ({sid}): an {mod} stimulus needs a path")
+            resolved = _resolved_path(r.get("path"), mod, f"{where} ({sid})", path, check_files, bricks, problems)
+            if resolved is None:
                 continue
-            ref = parse_array_ref(str(p)) if mod == "image" else None
-            if ref is not None:  # an image of a brick: FILE.hdf5#KEY[INDEX] / FILE.npy#[INDEX], FILE relative or not
-                file = ref.file if Path(ref.file).is_absolute() else str((path.parent / ref.file).resolve())
-                resolved = array_ref(file, ref.key, ref.index)
-                if check_files:  # a brick's own problem is listed once, with its rows; an index per row
-                    brick = (file, ref.key)
-                    if brick not in bricks:
-                        bricks[brick] = [brick_problem(*brick), f"{where} ({sid})", 0]
-                    bricks[brick][2] += 1
-                    if bricks[brick][0] is None:
-                        prob = ref_problem(resolved)
-                        if prob:
-                            problems.append(f"{where} ({sid}): {prob}")
-            else:
-                resolved = str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p)
-            if check_files and ref is None:
-                f = Path(resolved)
-                if not f.exists():
-                    problems.append(f"{where} ({sid}): file {resolved} does not exist")
-                elif f.stat().st_size == 0:
-                    problems.append(f"{where} ({sid}): file {resolved} is empty (0 bytes)")
-                elif mod == "image":
-                    prob = image_problem(f)
-                    if prob:
-                        problems.append(f"{where} ({sid}): {prob}")
         subject = r.get("subject")
         key = (subject, r.get("split"), sid)
         if key in seen_keys:
@@ -143,3 +96,65 @@ def read_manifest(path: str | Path, *, check_files: bool = True, name: str | Non
     if problems:
         raise DatasetValidationError(str(path), problems)
     return pa.table(out, schema=STIMULUS_SCHEMA)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The manifest's rows (every CSV column read as text), its required columns checked."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DatasetError(f"manifest {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            raw = pq.read_table(path)
+        elif path.suffix == ".csv":
+            # every column is text: ids such as 00012 keep their leading zeros, subjects stay "01"
+            text = {c: pa.string() for c in (*_REQUIRED, "caption", "split", "subject")}
+            raw = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(strings_can_be_null=True, column_types=text))
+        else:
+            raise DatasetError(f"manifest {path} must be .parquet or .csv")
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"cannot read manifest {path}: {e}") from e
+    missing = [c for c in _REQUIRED if c not in raw.column_names]
+    if missing:
+        raise DatasetError(f"manifest {path} lacks required column(s) {missing}; columns needed: {list(_REQUIRED)}")
+    return raw.to_pylist()
+
+
+def _resolved_path(p, mod: str, where: str, path: Path, check_files: bool, bricks: dict,
+                   problems: list[str]) -> str | None:
+    """The absolute path (or array reference) of an image / video row, None when it has none; with
+    ``check_files``, its file's (or brick's and index's) problems go to ``problems`` (a brick's own
+    problem once, counted in ``bricks``)."""
+    if not p:
+        problems.append(f"{where}: an {mod} stimulus needs a path")
+        return None
+    ref = parse_array_ref(str(p)) if mod == "image" else None
+    if ref is not None:  # an image of a brick: FILE.hdf5#KEY[INDEX] / FILE.npy#[INDEX], FILE relative or not
+        file = ref.file if Path(ref.file).is_absolute() else str((path.parent / ref.file).resolve())
+        resolved = array_ref(file, ref.key, ref.index)
+        if check_files:  # a brick's own problem is listed once, with its rows; an index per row
+            brick = (file, ref.key)
+            if brick not in bricks:
+                bricks[brick] = [brick_problem(*brick), where, 0]
+            bricks[brick][2] += 1
+            if bricks[brick][0] is None:
+                prob = ref_problem(resolved)
+                if prob:
+                    problems.append(f"{where}: {prob}")
+        return resolved
+    resolved = str((path.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p)
+    if check_files:
+        f = Path(resolved)
+        if not f.exists():
+            problems.append(f"{where}: file {resolved} does not exist")
+        elif f.stat().st_size == 0:
+            problems.append(f"{where}: file {resolved} is empty (0 bytes)")
+        elif mod == "image":
+            prob = image_problem(f)
+            if prob:
+                problems.append(f"{where}: {prob}")
+    return resolved
