@@ -1,8 +1,8 @@
 """Feature time series of a video fMRI dataset: per-frame features -> one row per TR, per clip.
 
-A time-series dataset (:mod:`brainstore.datasets._timeseries`) has clips of frames at ``fps`` and
-one response row per TR. :func:`extract_timeseries` makes a feature table with one row per TR
-stimulus (``{clip}/tr{k:04d}``):
+A time-series dataset (``DescribedDataset.timeseries``; TR timing in :mod:`brainstore.datasets`) has
+clips of frames at ``fps`` and one response row per TR. :func:`extract_timeseries` makes a feature
+table with one row per TR stimulus (``{clip}/tr{k:04d}``):
 
 1. **Frames -> features.** An image extractor (``clip``, ``hf``, ``sam``, ``motion-energy`` with
    ``modality=image``) embeds every frame; ``motion-energy`` with ``modality=video`` filters the

@@ -157,7 +157,7 @@ def _png_header(w: int, h: int) -> bytes:
 
 
 def test_an_image_over_the_pixel_limit_is_413(serve_url):
-    from brainstore.datasets._images import MAX_PIXELS
+    from brainstore.datasets import MAX_PIXELS
 
     assert 9000 * 9000 > MAX_PIXELS
     r = requests.post(f"{serve_url}/v1/encode", data={"subject": "subj01", "model": "img"},

@@ -24,7 +24,7 @@ N_RUNS, TRS = 6, 40
 def video(tmp_path_factory, ray_local):
     """The dataset, its per-TR and delayed tables, and one fit with folds = runs (leave one run out)."""
     from brainstore.datasets import open_dataset
-    from brainstore.datasets._video_synthetic import make_video_dataset
+    from brainstore.datasets import make_video_dataset
     from brainstore.features import derive_delays, extract
     from brainstore.features.extractors.testing import register_tiny_models
     from brainstore.fitting import FitSpec, fit_encoding_models
@@ -184,7 +184,7 @@ def test_reruns_resume_by_clip_and_predict_serves_trs(video):
 
 def test_timeseries_inputs_refused_with_the_fix(tmp_path):
     from brainstore.datasets import open_dataset
-    from brainstore.datasets._video_synthetic import make_video_dataset
+    from brainstore.datasets import make_video_dataset
     from brainstore.features import derive_delays
     from brainstore.features._timeseries import timeseries_extractor
     from brainstore.features import get_extractor
@@ -211,7 +211,7 @@ def test_docs_video_example_is_a_valid_description(tmp_path):
     from pathlib import Path
 
     from brainstore.datasets import DescribedDataset
-    from brainstore.datasets._video_synthetic import make_video_dataset
+    from brainstore.datasets import make_video_dataset
 
     readme = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     block = readme.split("## Video fMRI: continuous runs", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
@@ -298,7 +298,7 @@ def test_ridge_decoder_on_the_video_dataset(video, tmp_path, small_dataset):
     assert d["cv_r2"] > 0.05 and d["two_way"] > 0.8 and d["top1_brain_to_stimulus"] > 5 / TRS, d
     assert d["oracle_two_way"] >= d["two_way"] - 0.05
     # the registered decoder applies its delays itself: the dataset's test responses decode to the fit's output
-    from brainstore.datasets._timeseries import split_tr_id
+    from brainstore.datasets import split_tr_id
     from brainstore.fitting import Decoder, ModelRegistry
     from brainstore.fitting._decoding import response_matrix
 
