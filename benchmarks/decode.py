@@ -110,7 +110,7 @@ def main() -> None:
             _say(line)
 
     # adaptor over all subjects; then few-shot transfer to the last subject (10 % of its images)
-    from brainstore.fitting._adaptor import fit_adaptor
+    from brainstore.fitting import fit_adaptor
 
     subjects = sorted(by_s)
     new, others = subjects[-1], subjects[:-1]

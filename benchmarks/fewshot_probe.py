@@ -110,9 +110,8 @@ def main() -> None:
 
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features import FeatureStore
-    from brainstore.fitting._adaptor_net import AdaptorNet, clip_loss, regression_loss
-    from brainstore.fitting._decoding import response_matrix, select_voxels
-    from brainstore.fitting._encoding import subject_stimuli
+    from brainstore.fitting import response_matrix, select_voxels, subject_stimuli
+    from brainstore.fitting.decoding import AdaptorNet, clip_loss, regression_loss
     from brainstore.scoring import retrieval_metrics
 
     torch.set_num_threads(1)

@@ -39,8 +39,7 @@ import time
 import numpy as np
 import torch
 
-from brainstore.fitting._banded import banded_candidates, solve_banded_ridge_cv
-from brainstore.fitting._solvers import kfold_indices, solve_ridge_cv
+from brainstore.fitting import banded_candidates, kfold_indices, solve_banded_ridge_cv, solve_ridge_cv
 
 ALPHAS = np.logspace(0, 6, 10)
 N_FOLDS = 5

@@ -82,8 +82,7 @@ def himalaya_side_by_side(data: Path) -> dict:
 
     from brainstore.datasets import AlgonautsDataset
     from brainstore.features import FeatureStore
-    from brainstore.fitting import RidgeCVEncoder, design_matrix, subject_stimuli
-    from brainstore.fitting._spec import FitSpec
+    from brainstore.fitting import FitSpec, RidgeCVEncoder, design_matrix, subject_stimuli
 
     ds, fs = AlgonautsDataset(data / "dataset"), FeatureStore(data / "store")
     table = next(n for n in fs.names() if n.startswith("clip-"))

@@ -62,7 +62,7 @@ def build(out: Path, n_train: int) -> dict:
         assert not drun.failures, drun.failures
     ds = AlgonautsDataset(data)
     from brainstore.fitting import Decoder
-    from brainstore.fitting._decoding import response_matrix
+    from brainstore.fitting import response_matrix
 
     dec = Decoder.load(registry, f"decoder-ridge-{txt}/subj01")
     R = response_matrix(ds, "subj01", "test", dec.voxels)

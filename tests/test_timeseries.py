@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainstore.fitting._encoding import group_folds, validation_folds
+from brainstore.fitting.encoding import group_folds, validation_folds
 
 
 # ----------------------------------------------------------------------------- folds by run

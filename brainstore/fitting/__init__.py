@@ -15,44 +15,33 @@ from ..scoring import (
     retrieval_metrics,
     roi_summary,
 )
-from ._adaptor import ADAPTOR_KIND, AdaptorModel, AdaptorRun, fit_adaptor
-from ._fit import FitResult, as_fit_spec, fit
-from ._fit_decoder import add_store_retrieval, check_decoder_specs, fit_decoder
-from ._captioner import Captioner, make_tiny_lm, train_captioner
-from ._choice import validation_r
-from ._compose import compose
-from ._decoding import (DECODER_KIND, DecodeRun, Decoder, check_decoding_inputs, decode_subject, decoder_name,
-                        decoder_records, decoding_models, evaluate_decoders, fit_decoders, response_matrix,
-                        retrieved_captions, select_voxels, store_top_k)
-from ._explain import ExplainedStimulus, Explanation, explain_roi, write_contact_sheet
 from ._errors import NonFiniteOutputError, check_finite_output
-from ._encoding import design_matrix, fit_base, subject_stimuli, validation_folds
-from ._evaluate import mean_noise_ceiling, pooled_roi_summary, score_submission, score_subject
-from ._evaluation import Evaluation, evaluate
-from ._submission import DecodedSubject, check_encoder_name, decode_test, predict
-from ._html import write_html_report
-from ._predict import EncodingModel, best_model, predict_model
-from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, safe_name
-from ._report import (comparison_rows, evaluate_registered, report_families, row_families, split_rows,
-                      write_decoding_plot, write_predictions, write_report, write_split_plot)
-from ._run import FitRun, covering_features, default_spec, fit_encoding_models
-from ._runfiles import run_dir
-from ._spec import AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec, SpecError, load_spec
+from ._fit import FitResult, as_fit_spec, fit
+from ._spec import (AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec,
+                    SpecError, load_spec)
+from .decoding import (ADAPTOR_KIND, DECODER_KIND, AdaptorModel, AdaptorRun, Captioner, DecodeRun, Decoder,
+                       add_store_retrieval, check_decoder_specs, check_decoding_inputs, decode_subject, decoder_name,
+                       decoder_records, decoding_models, evaluate_decoders, fit_adaptor, fit_decoder, fit_decoders,
+                       make_tiny_lm, response_matrix, retrieved_captions, select_voxels, store_top_k, train_captioner)
+from .encoding import (EncodingModel, FitRun, best_model, compose, covering_features, default_spec, design_matrix,
+                       fit_base, fit_encoding_models, pooled_roi_summary, predict_model, score_test_split,
+                       subject_stimuli, validation_folds, validation_r)
+from .registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, run_dir, safe_name
+from .reports import (DecodedSubject, Evaluation, ExplainedStimulus, Explanation, check_encoder_name, comparison_rows,
+                      decode_test, evaluate, evaluate_registered, explain_roi, mean_noise_ceiling, predict,
+                      report_families, row_families, score_submission, score_subject, split_rows, write_contact_sheet,
+                      write_decoding_plot, write_html_report, write_predictions, write_report, write_split_plot)
 
-#: Public names whose modules import torch: loaded on first access (PEP 562).
-_LAZY = {
-    "RIDGE_SOLVERS": "._solvers", "RidgeCVResult": "._solvers", "kfold_indices": "._solvers",
-    "predict_ridge": "._solvers", "solve_ridge_cv": "._solvers", "solve_ridge_cv_eigh": "._solvers",
-    "solve_ridge_cv_svd": "._solvers",
-    "RidgeCVEncoder": "._ridge", "MLPEncoder": "._mlp",
-    "solve_banded_ridge_cv": "._banded", "BandedRidgeCVResult": "._banded", "BandedRidgeCVEncoder": "._banded",
-    "banded_candidates": "._banded", "predict_banded_split": "._banded",
-}
+#: Public names whose modules import torch: loaded on first access (PEP 562) from :mod:`.ridge`.
+_LAZY = {name: ".ridge" for name in (
+    "RIDGE_SOLVERS", "RidgeCVResult", "kfold_indices", "predict_ridge", "solve_ridge_cv", "solve_ridge_cv_eigh",
+    "solve_ridge_cv_svd", "RidgeCVEncoder", "MLPEncoder", "solve_banded_ridge_cv", "BandedRidgeCVResult",
+    "BandedRidgeCVEncoder", "banded_candidates", "predict_banded_split")}
 
 __all__ = [
     # scoring
     "pearson_r", "noise_normalized_score", "nnmc", "roi_summary", "noise_ceiling_from_ncsnr",
-    "retrieval_metrics", "score_subject", "score_submission", "validation_r", "pooled_roi_summary",
+    "retrieval_metrics", "score_subject", "score_submission", "score_test_split", "validation_r", "pooled_roi_summary",
     # ridge and banded ridge solvers and estimators (lazy: torch)
     "solve_ridge_cv", "solve_ridge_cv_eigh", "solve_ridge_cv_svd", "RIDGE_SOLVERS", "RidgeCVResult",
     "predict_ridge", "kfold_indices", "RidgeCVEncoder", "MLPEncoder",

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._storage import dataset_root, uri_of
-from ._fit_decoder import check_decoder_specs, fit_decoder
-from ._run import FitRun, default_spec, fit_encoding_models
 from ._spec import FitSpec, load_spec
+from .decoding import check_decoder_specs, fit_decoder
+from .encoding import FitRun, default_spec, fit_encoding_models
 
 __all__ = ["fit", "FitResult", "as_fit_spec"]
 
@@ -99,7 +99,7 @@ def fit(what, *, store, registry, out: str | Path | None = None, include_random:
     result = FitResult(spec, notes=notes)
     if spec.models:
         from ..datasets import open_dataset
-        from ._report import write_report
+        from .reports import write_report
 
         run = fit_encoding_models(spec, store=store_uri, registry=reg_uri, out=out, progress=progress)
         result.encoders = run

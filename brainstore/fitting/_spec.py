@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._candidates import check_gammas
+from .ridge import check_gammas
 
 __all__ = ["AdaptorParams", "DomainAdaptationParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 

@@ -1,0 +1,53 @@
+"""Figures of decoded embeddings beside retrieval (:mod:`brainstore.scoring`): row-wise cosine, and the
+captions of the nearest training stimuli scored against the true test captions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...datasets import AlgonautsDataset
+
+__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics"]
+
+
+def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,
+                       train_ids: list[str]) -> tuple[list[int], list[str]]:
+    """For each decoded embedding, the nearest (cosine) training stimulus and its caption.
+
+    Only training stimuli are candidates: the test images' own captions are never retrieved, so
+    the caption metrics measure what the decoder recovered, not a lookup of the answer.
+
+    ``decoded``: (n, dim); ``train_emb``: (n_train, dim), the target table's rows of ``train_ids``.
+    Returns, per decoded row, the nearest row of ``train_emb`` and its stimulus's caption (``""`` if none).
+    """
+    from ...scoring import cosine_similarity
+
+    t = ds.stimuli([subject], splits=("train",))
+    caption = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    best = cosine_similarity(decoded, train_emb).argmax(1).tolist()
+    return best, [caption.get(train_ids[b]) or "" for b in best]
+
+
+def retrieved_caption_metrics(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,
+                              test_emb: np.ndarray, train_ids: list[str], test_ids: list[str]) -> dict:
+    """``caption_bleu1..4``, ``caption_rougeL`` of the retrieved training captions against the true test
+    captions, and ``caption_cosine`` between their embeddings; {} when the dataset has no captions."""
+    from ...scoring import caption_metrics
+
+    t = ds.stimuli([subject], splits=("test",))
+    truth = dict(zip(t.column("stimulus_id").to_pylist(), t.column("caption").to_pylist()))
+    refs = [truth.get(i) for i in test_ids]
+    if not all(refs):
+        return {}
+    best, pred = retrieved_captions(ds, subject, decoded, train_emb, train_ids)
+    out = {f"caption_{k}": v for k, v in caption_metrics(pred, refs).items()}
+    out["caption_cosine"] = float(row_cosine(train_emb[best], test_emb).mean())
+    return out
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` (n, d) with the same row of ``b`` (n, d): (n,) float64."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return (a * b).sum(1) / den

@@ -1,0 +1,16 @@
+"""brainstore.fitting.registry: where fitted models and runs are kept.
+
+The model registry (:class:`ModelRegistry`: ``<name>/model.safetensors`` + ``model.json`` in a folder or
+on object storage, never pickle; a loader per model kind, :func:`register_loader`), the fingerprints
+that tie a model to the embeddings it was fitted on, and the run folders fits and evaluations write.
+"""
+
+from ._fingerprint import check_fingerprint, decode_ids, encode_ids, table_fingerprint
+from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, register_loader, safe_name
+from ._runfiles import RunLayout, new_array, open_array, remove_partial, run_dir, write_array, write_state
+
+__all__ = [
+    "ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader",
+    "table_fingerprint", "check_fingerprint", "encode_ids", "decode_ids",
+    "RunLayout", "run_dir", "remove_partial", "write_array", "write_state", "new_array", "open_array",
+]
