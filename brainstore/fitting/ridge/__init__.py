@@ -19,7 +19,7 @@ _LAZY = {
     "predict_ridge": "._solvers", "solve_ridge_cv": "._solvers", "solve_ridge_cv_eigh": "._solvers",
     "solve_ridge_cv_svd": "._solvers",
     "RidgeCVEncoder": "._ridge", "DEFAULT_ALPHAS": "._ridge", "MLPEncoder": "._mlp",
-    "solve_banded_ridge_cv": "._banded", "BandedRidgeCVResult": "._banded", "BandedRidgeCVEncoder": "._banded",
+    "solve_banded_ridge_cv": "._banded", "BandedRidgeCVResult": "._banded", "BandedRidgeCVEncoder": "._ridge",
     "predict_banded_split": "._banded",
 }
 

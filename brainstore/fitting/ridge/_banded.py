@@ -1,8 +1,8 @@
 """Banded ridge regression: one regularization per feature space and per target.
 
 Pure functions over torch tensors beside :mod:`._solvers`, whose machinery
-they reuse, in the style of ``himalaya.ridge.solve_group_ridge_random_search``,
-and a thin scikit-learn estimator.
+they reuse, in the style of ``himalaya.ridge.solve_group_ridge_random_search``;
+the scikit-learn estimator is :class:`~._ridge.BandedRidgeCVEncoder`.
 
 ``X`` is the concatenation of feature spaces ("bands"). Banded ridge solves,
 for each target ``y``::
@@ -40,21 +40,18 @@ batches: ``n_candidates * (n_folds + 1) * 2 p^2`` numbers in ``dtype``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .._errors import check_finite_output
+from ._batches import _auto_batch, _batch_cross, _cross_scores, _fold_cross, _full_cross, _load_batch, _refit
 from ._candidates import banded_candidates, check_gammas
-from ._ridge import DEFAULT_ALPHAS, RidgeCVEncoder, _resolve_device
-from ._solvers import (SCORES, Array, FoldList, _auto_batch, _basis_eigh, _fold_gram, _FoldGram,
-                       _batch_cross, _Basis, _cross_scores, _fold_cross,
-                       _full_cross, _grams, _inv_shifts, _lapack_threads,
-                       _load_batch, _Problem, _refit, _Scaling, _setup, predict_ridge)
+from ._fold_bases import _Basis, _basis_eigh, _fold_gram, _FoldGram, _grams, _inv_shifts, _lapack_threads
+from ._problem import Array, FoldList, _Problem, _Scaling, _setup
+from ._solvers import predict_ridge
 
 __all__ = [
-    "BandedRidgeCVEncoder",
     "BandedRidgeCVResult",
     "banded_candidates",
     "predict_banded_split",
@@ -380,10 +377,29 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
     """
     pb = _setup(X, Y, alphas, n_folds, folds, score, device, dtype,
                 target_batch_size, fit_intercept, random_state)
-    n, p, t = pb.shape
-    dtype = pb.dtype
-    band_idx = _check_bands(bands, p)
+    band_idx = _check_bands(bands, pb.shape[1])
     candidates = check_gammas(gammas, len(band_idx))
+    cands = _candidate_bases(pb, band_idx, candidates, standardize, fit_intercept)
+    coef, intercept, cand_scores, best_cand, best_alpha = _solve_banded_batches(pb, cands, target_batch_size,
+                                                                                fit_intercept)
+    alpha_grid = pb.alpha_grid.to(pb.dtype)
+    cand_t = torch.as_tensor(candidates, dtype=pb.dtype)
+    sel_alphas, sel_gammas = alpha_grid[best_alpha], cand_t[best_cand]
+    full = cands[0].full
+    return BandedRidgeCVResult(
+        coef=coef, intercept=intercept,
+        x_mean=(pb.x_gmean + full.center).to(pb.dtype).cpu(),
+        x_scale=full.scale.to(pb.dtype).cpu(), alphas=sel_alphas, gammas=sel_gammas,
+        band_alphas=sel_alphas[:, None] / sel_gammas,  # alpha / 0 = inf
+        best_scores=cand_scores.gather(0, best_cand[None, :])[0],
+        candidate_scores=cand_scores, candidates=cand_t, alpha_grid=alpha_grid,
+        bands=[_band_out(i) for i in band_idx], score=score)
+
+
+def _candidate_bases(pb: _Problem, band_idx: list[np.ndarray], candidates: np.ndarray, standardize: bool,
+                     fit_intercept: bool) -> list[_Candidate]:
+    """The bases of every candidate band weighting, for every fold and all samples."""
+    n, p, _ = pb.shape
     gram, gram_vals = _grams(pb)
     # standardization and standardized Grams depend on the fold only, not on the band weighting
     scaling = pb.scaling(standardize)
@@ -391,9 +407,15 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
                   for f, g in zip([*pb.folds, None], [*gram_vals, None])]
     del gram, gram_vals
     with _lapack_threads(pb.device, min(n, p)):
-        cands = [_candidate(pb, _feature_scale(g, band_idx, p, pb.device), fold_grams,
-                            fit_intercept, scaling) for g in candidates]
-    del fold_grams
+        return [_candidate(pb, _feature_scale(g, band_idx, p, pb.device), fold_grams, fit_intercept, scaling)
+                for g in candidates]
+
+
+def _solve_banded_batches(pb: _Problem, cands: list[_Candidate], target_batch_size: int | None,
+                          fit_intercept: bool) -> tuple[torch.Tensor, ...]:
+    """Cross-validate and refit every target batch: ``(coef, intercept, candidate_scores, best_cand, best_alpha)``."""
+    n, p, t = pb.shape
+    dtype = pb.dtype
     q = max(b.V.shape[1] for c in cands for b in c.bases)
     # centered train and validation cross-products of every fold are kept: 2 * n_folds
     step = target_batch_size or _auto_batch(
@@ -414,162 +436,4 @@ def solve_banded_ridge_cv(X: Array, Y: Array, bands: Sequence, alphas: Array,
         cand_scores[:, cols] = cs.cpu()
         best_cand[cols] = bcand.cpu()
         best_alpha[cols] = balpha.cpu()
-
-    alpha_grid = pb.alpha_grid.to(dtype)
-    cand_t = torch.as_tensor(candidates, dtype=dtype)
-    sel_alphas, sel_gammas = alpha_grid[best_alpha], cand_t[best_cand]
-    full = cands[0].full
-    return BandedRidgeCVResult(
-        coef=coef, intercept=intercept,
-        x_mean=(pb.x_gmean + full.center).to(dtype).cpu(),
-        x_scale=full.scale.to(dtype).cpu(), alphas=sel_alphas, gammas=sel_gammas,
-        band_alphas=sel_alphas[:, None] / sel_gammas,  # alpha / 0 = inf
-        best_scores=cand_scores.gather(0, best_cand[None, :])[0],
-        candidate_scores=cand_scores, candidates=cand_t, alpha_grid=alpha_grid,
-        bands=[_band_out(i) for i in band_idx], score=score)
-
-
-# --------------------------------------------------------------------------
-# Estimator
-# --------------------------------------------------------------------------
-
-#: Fitted attributes saved by :meth:`BandedRidgeCVEncoder.state_dict`.
-_STATE_KEYS = ("coef_", "intercept_", "alpha_", "gamma_", "band_alphas_",
-               "best_scores_", "candidate_scores_", "candidates_", "x_mean_",
-               "x_scale_", "alphas_", "band_labels_")
-
-
-def _band_labels(bands: Sequence[Band], n_features: int) -> np.ndarray:
-    """Band number of each feature, int64 of shape (n_features,)."""
-    labels = np.empty(n_features, dtype=np.int64)
-    for k, band in enumerate(bands):
-        labels[_band_index(band)] = k
-    return labels
-
-
-class BandedRidgeCVEncoder(RidgeCVEncoder):
-    """Voxelwise banded ridge encoding model: per target, a band weighting and an alpha by K-fold CV.
-
-    Thin wrapper of :func:`solve_banded_ridge_cv`; prediction, scoring and
-    ``state_dict`` / ``from_state_dict`` are :class:`~._ridge.RidgeCVEncoder`'s.
-
-    Parameters
-    ----------
-    bands : list or None
-        Band sizes (``[512, 384]``), or slices / index arrays, covering the
-        columns of ``X``; None: one band (plain ridge).
-    alphas : array of shape (n_alphas,)
-        Positive regularization strengths.
-    gammas : array of shape (n_candidates, n_bands), int or None
-        Candidate band weightings (rows on the simplex), or a number of
-        default candidates (None: 5 for 2 bands, ``4 * n_bands + 1`` for
-        more); see :func:`banded_candidates`.
-    n_folds : int
-        Number of contiguous K-fold splits.
-    scoring : {"pearson", "r2"}
-        Validation score used to select the hyperparameters.
-    device : {"auto", "cpu", "cuda", ...}
-    dtype : {"float32", "float64"}
-    target_batch_size : int or None
-    standardize : bool
-    fit_intercept : bool
-
-    Attributes
-    ----------
-    coef_ : ndarray of shape (n_features, n_targets)
-        Weights on standardized features.
-    intercept_ : ndarray of shape (n_targets,)
-    alpha_ : ndarray of shape (n_targets,)
-        Chosen alpha of each target.
-    gamma_ : ndarray of shape (n_targets, n_bands)
-        Chosen band weighting of each target.
-    band_alphas_ : ndarray of shape (n_targets, n_bands)
-        ``alpha_ / gamma_`` (inf where gamma is 0).
-    best_scores_ : ndarray of shape (n_targets,)
-    candidate_scores_ : ndarray of shape (n_candidates, n_targets)
-    candidates_ : ndarray of shape (n_candidates, n_bands)
-    x_mean_, x_scale_ : ndarrays of shape (n_features,)
-    alphas_ : ndarray of shape (n_alphas,)
-    band_labels_ : ndarray of shape (n_features,), int64
-        Band of each feature.
-    n_features_in_ : int
-    """
-
-    _STATE_KEYS = _STATE_KEYS
-
-    def __init__(self, bands: Any = None, alphas: Any = DEFAULT_ALPHAS,
-                 gammas: Any = None, n_folds: int = 5, scoring: str = "pearson",
-                 device: str = "auto", dtype: str = "float32",
-                 target_batch_size: int | None = None, standardize: bool = True,
-                 fit_intercept: bool = True):
-        self.bands = bands
-        self.alphas = alphas
-        self.gammas = gammas
-        self.n_folds = n_folds
-        self.scoring = scoring
-        self.device = device
-        self.dtype = dtype
-        self.target_batch_size = target_batch_size
-        self.standardize = standardize
-        self.fit_intercept = fit_intercept
-
-    def fit(self, X: np.ndarray, Y: np.ndarray, folds=None) -> "BandedRidgeCVEncoder":
-        """Select per-target band weightings and alphas by cross-validation, then refit.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
-        folds : list of (train, val) index arrays, optional
-
-        Returns
-        -------
-        self : BandedRidgeCVEncoder
-        """
-        if self.scoring not in SCORES:
-            raise ValueError(f"scoring must be one of {SCORES}, got {self.scoring!r}.")
-        X, Y = np.asarray(X), np.asarray(Y)
-        self._y_1d = Y.ndim == 1
-        bands = [X.shape[1]] if self.bands is None else list(self.bands)
-        gammas = self.gammas if self.gammas is None or isinstance(
-            self.gammas, (int, np.integer)) else np.asarray(self.gammas, dtype=np.float64)
-        res = solve_banded_ridge_cv(
-            X, Y[:, None] if self._y_1d else Y, bands, self.alphas, gammas,
-            self.n_folds, folds=folds, score=self.scoring,
-            device=_resolve_device(self.device), dtype=self.dtype,
-            target_batch_size=self.target_batch_size,
-            standardize=self.standardize, fit_intercept=self.fit_intercept)
-        for key, value in (("coef_", res.coef), ("intercept_", res.intercept),
-                           ("alpha_", res.alphas), ("gamma_", res.gammas),
-                           ("band_alphas_", res.band_alphas),
-                           ("best_scores_", res.best_scores),
-                           ("candidate_scores_", res.candidate_scores),
-                           ("candidates_", res.candidates), ("x_mean_", res.x_mean),
-                           ("x_scale_", res.x_scale), ("alphas_", res.alpha_grid)):
-            setattr(self, key, value.numpy())
-        self.band_labels_ = _band_labels(res.bands, X.shape[1])
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def _bands(self) -> list[Band]:
-        """Columns of each band, from ``band_labels_``."""
-        return [_band_out(np.flatnonzero(self.band_labels_ == k))
-                for k in range(int(self.band_labels_.max()) + 1)]
-
-    def predict_split(self, X: np.ndarray) -> np.ndarray:
-        """Per-band contributions; their sum over bands plus ``intercept_`` is :meth:`predict`.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-
-        Returns
-        -------
-        Y_split : ndarray of shape (n_bands, n_samples, n_targets), or
-            (n_bands, n_samples) when fit on a 1-D ``Y``.
-        """
-        Y = predict_banded_split(self._check_X(X), torch.from_numpy(self.coef_),
-                                 self.x_mean_, self.x_scale_, self._bands(),
-                                 device=_resolve_device(self.device)).numpy()
-        check_finite_output(Y.sum(0), model=type(self).__name__, field="X")
-        return Y[..., 0] if getattr(self, "_y_1d", False) else Y
+    return coef, intercept, cand_scores, best_cand, best_alpha

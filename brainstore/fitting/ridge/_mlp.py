@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ...scoring import pearson_r
 from .._errors import check_finite_output
-from ._ridge import _resolve_device
+from ._estimator import EncoderBase, resolve_device
 from ._scaling import input_eps, robust_scale
 
 __all__ = ["MLPEncoder"]
@@ -77,7 +75,7 @@ def _mean_r(pred: torch.Tensor, true: torch.Tensor) -> float:
     return float(r.mean())
 
 
-class MLPEncoder(RegressorMixin, BaseEstimator):
+class MLPEncoder(EncoderBase):
     """Encoding model with an MLP projector, trained with MSE + cosine-distance loss.
 
     Parameters
@@ -197,7 +195,7 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
         self.y_scale_ = np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
         self.n_features_in_, self.n_targets_ = X.shape[1], Y.shape[1]
 
-        dev = _resolve_device(self.device)
+        dev = resolve_device(self.device)
         Xs = torch.from_numpy((X - self.x_mean_) / self.x_scale_).to(dev)
         Ys = torch.from_numpy((Y - self.y_mean_) / self.y_scale_).to(dev)
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
@@ -270,25 +268,14 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
                 out[start:start + 8192] = self.net_(xb).cpu().numpy()
         out = out * self.y_scale_ + self.y_mean_
         check_finite_output(out, model=type(self).__name__, field="X")
-        return out[:, 0] if getattr(self, "_y_1d", False) else out
+        return self._as_fitted(out)
 
-    def score(self, X: np.ndarray, Y: np.ndarray) -> float:
-        """Mean over targets of the Pearson r between predictions and ``Y`` (constant columns count as 0).
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
-
-        Returns
-        -------
-        score : float
-        """
-        P = self.predict(X).reshape(len(X), -1)
+    def _score_targets(self, Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """``Y`` checked as :meth:`fit` checks it, with one column per fitted target."""
         Y = _as_float(Y, "Y", (1, 2)).reshape(len(Y), -1)
         if Y.shape != P.shape:
             raise ValueError(f"Y has shape {Y.shape}; expected {P.shape} (one column per fitted target)")
-        return float(pearson_r(P, Y).mean())
+        return Y
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Weights (``layers.{i}.weight`` of shape (out, in), ``layers.{i}.bias``), standardization
@@ -303,7 +290,7 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
             out[f"layers.{i}.bias"] = lin.bias.detach().cpu().numpy().copy()
         for k in _STATS:
             out[k] = np.ascontiguousarray(getattr(self, k))
-        out["y_1d"] = np.asarray([int(getattr(self, "_y_1d", False))], dtype=np.int64)
+        out["y_1d"] = self._y_1d_state()
         return out
 
     @classmethod
@@ -336,10 +323,10 @@ class MLPEncoder(RegressorMixin, BaseEstimator):
                     raise ValueError(f"layers.{i}.weight has shape {weights[i].shape}; expected {tuple(lin.weight.shape)}")
                 lin.weight.copy_(torch.from_numpy(weights[i]))
                 lin.bias.copy_(torch.from_numpy(np.asarray(state[f"layers.{i}.bias"], dtype=np.float32)))
-        est.net_ = net.to(_resolve_device(est.device)).eval()
+        est.net_ = net.to(resolve_device(est.device)).eval()
         for k in _STATS:
             setattr(est, k, np.asarray(state[k], dtype=np.float32))
         est.n_features_in_, est.n_targets_ = n_in, n_out
-        est._y_1d = bool(np.asarray(state.get("y_1d", [0])).reshape(-1)[0])
+        est._y_1d = cls._read_y_1d(state)
         est.loss_curve_, est.val_scores_, est.best_epoch_ = [], [], -1
         return est

@@ -1,19 +1,21 @@
-"""Scikit-learn estimator around :func:`~brainstore.fitting._solvers.solve_ridge_cv`."""
+"""Scikit-learn estimators around the ridge solvers: :class:`RidgeCVEncoder` (:func:`~._solvers.solve_ridge_cv`)
+and its subclass :class:`BandedRidgeCVEncoder` (:func:`~._banded.solve_banded_ridge_cv`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ...scoring import pearson_r
 from .._errors import check_finite_output
-from ._solvers import RIDGE_SOLVERS, SCORES, predict_ridge, solve_ridge_cv
+from ._banded import Band, _band_index, _band_out, predict_banded_split, solve_banded_ridge_cv
+from ._estimator import EncoderBase, resolve_device
+from ._problem import SCORES
+from ._solvers import RIDGE_SOLVERS, predict_ridge, solve_ridge_cv
 
-__all__ = ["RidgeCVEncoder"]
+__all__ = ["RidgeCVEncoder", "BandedRidgeCVEncoder", "DEFAULT_ALPHAS"]
 
 #: Default alpha grid, ``np.logspace(0, 6, 10)`` as a tuple (arrays as
 #: defaults break scikit-learn's estimator repr).
@@ -24,14 +26,7 @@ _STATE_KEYS = ("coef_", "intercept_", "alpha_", "cv_scores_", "best_scores_",
                "x_mean_", "x_scale_", "alphas_")
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' picks CUDA when available, else CPU."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-class RidgeCVEncoder(RegressorMixin, BaseEstimator):
+class RidgeCVEncoder(EncoderBase):
     """Voxelwise ridge encoding model with one alpha per target, chosen by K-fold CV.
 
     Features are standardized inside each training fold (and on all samples
@@ -129,7 +124,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         res = solve_ridge_cv(
             X, Y[:, None] if self._y_1d else Y, self.alphas, self.n_folds,
             folds=folds, solver=self.solver, score=self.scoring,
-            device=_resolve_device(self.device), dtype=self.dtype,
+            device=resolve_device(self.device), dtype=self.dtype,
             target_batch_size=self.target_batch_size,
             standardize=self.standardize, fit_intercept=self.fit_intercept,
             alpha_per_target=self.alpha_per_target)
@@ -158,10 +153,10 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         """
         Y = predict_ridge(self._check_X(X), torch.from_numpy(self.coef_), self.intercept_,
                           self.x_mean_, self.x_scale_,
-                          device=_resolve_device(self.device),
+                          device=resolve_device(self.device),
                           target_batch_size=self.target_batch_size).numpy()
         check_finite_output(Y, model=type(self).__name__, field="X")
-        return Y[:, 0] if getattr(self, "_y_1d", False) else Y
+        return self._as_fitted(Y)
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         """``X`` as an array of shape (n_samples, n_features_in_), once fitted."""
@@ -179,26 +174,6 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
                              "send finite features")
         return X
 
-    def score(self, X: np.ndarray, Y: np.ndarray) -> float:
-        """Mean over targets of the Pearson correlation between predictions and ``Y``.
-
-        This overrides ``RegressorMixin.score`` (R^2): encoding models are
-        conventionally evaluated by correlation. A target that is constant in
-        ``Y`` or predicted as a constant counts as r = 0.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
-
-        Returns
-        -------
-        score : float
-        """
-        P = self.predict(X).reshape(len(X), -1)
-        Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
-        return float(pearson_r(P, Y).mean())
-
     def state_dict(self) -> dict[str, np.ndarray]:
         """Fitted arrays by name (numpy), e.g. for ``safetensors.numpy.save_file``.
 
@@ -206,7 +181,7 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self, "coef_")
         out = {k: np.ascontiguousarray(getattr(self, k)) for k in self._STATE_KEYS}
-        out["y_1d"] = np.asarray([int(getattr(self, "_y_1d", False))], dtype=np.int64)
+        out["y_1d"] = self._y_1d_state()
         return out
 
     @classmethod
@@ -232,5 +207,147 @@ class RidgeCVEncoder(RegressorMixin, BaseEstimator):
         for k in cls._STATE_KEYS:
             setattr(est, k, np.asarray(state[k]))
         est.n_features_in_ = est.coef_.shape[0]
-        est._y_1d = bool(np.asarray(state.get("y_1d", [0]))[0])
+        est._y_1d = cls._read_y_1d(state)
         return est
+
+
+#: Fitted attributes saved by :meth:`BandedRidgeCVEncoder.state_dict`.
+_BANDED_STATE_KEYS = ("coef_", "intercept_", "alpha_", "gamma_", "band_alphas_",
+               "best_scores_", "candidate_scores_", "candidates_", "x_mean_",
+               "x_scale_", "alphas_", "band_labels_")
+
+
+def _band_labels(bands: Sequence[Band], n_features: int) -> np.ndarray:
+    """Band number of each feature, int64 of shape (n_features,)."""
+    labels = np.empty(n_features, dtype=np.int64)
+    for k, band in enumerate(bands):
+        labels[_band_index(band)] = k
+    return labels
+
+
+class BandedRidgeCVEncoder(RidgeCVEncoder):
+    """Voxelwise banded ridge encoding model: per target, a band weighting and an alpha by K-fold CV.
+
+    Thin wrapper of :func:`solve_banded_ridge_cv`; prediction, scoring and
+    ``state_dict`` / ``from_state_dict`` are :class:`RidgeCVEncoder`'s.
+
+    Parameters
+    ----------
+    bands : list or None
+        Band sizes (``[512, 384]``), or slices / index arrays, covering the
+        columns of ``X``; None: one band (plain ridge).
+    alphas : array of shape (n_alphas,)
+        Positive regularization strengths.
+    gammas : array of shape (n_candidates, n_bands), int or None
+        Candidate band weightings (rows on the simplex), or a number of
+        default candidates (None: 5 for 2 bands, ``4 * n_bands + 1`` for
+        more); see :func:`banded_candidates`.
+    n_folds : int
+        Number of contiguous K-fold splits.
+    scoring : {"pearson", "r2"}
+        Validation score used to select the hyperparameters.
+    device : {"auto", "cpu", "cuda", ...}
+    dtype : {"float32", "float64"}
+    target_batch_size : int or None
+    standardize : bool
+    fit_intercept : bool
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features, n_targets)
+        Weights on standardized features.
+    intercept_ : ndarray of shape (n_targets,)
+    alpha_ : ndarray of shape (n_targets,)
+        Chosen alpha of each target.
+    gamma_ : ndarray of shape (n_targets, n_bands)
+        Chosen band weighting of each target.
+    band_alphas_ : ndarray of shape (n_targets, n_bands)
+        ``alpha_ / gamma_`` (inf where gamma is 0).
+    best_scores_ : ndarray of shape (n_targets,)
+    candidate_scores_ : ndarray of shape (n_candidates, n_targets)
+    candidates_ : ndarray of shape (n_candidates, n_bands)
+    x_mean_, x_scale_ : ndarrays of shape (n_features,)
+    alphas_ : ndarray of shape (n_alphas,)
+    band_labels_ : ndarray of shape (n_features,), int64
+        Band of each feature.
+    n_features_in_ : int
+    """
+
+    _STATE_KEYS = _BANDED_STATE_KEYS
+
+    def __init__(self, bands: Any = None, alphas: Any = DEFAULT_ALPHAS,
+                 gammas: Any = None, n_folds: int = 5, scoring: str = "pearson",
+                 device: str = "auto", dtype: str = "float32",
+                 target_batch_size: int | None = None, standardize: bool = True,
+                 fit_intercept: bool = True):
+        self.bands = bands
+        self.alphas = alphas
+        self.gammas = gammas
+        self.n_folds = n_folds
+        self.scoring = scoring
+        self.device = device
+        self.dtype = dtype
+        self.target_batch_size = target_batch_size
+        self.standardize = standardize
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, folds=None) -> "BandedRidgeCVEncoder":
+        """Select per-target band weightings and alphas by cross-validation, then refit.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features)
+        Y : array of shape (n_samples, n_targets) or (n_samples,)
+        folds : list of (train, val) index arrays, optional
+
+        Returns
+        -------
+        self : BandedRidgeCVEncoder
+        """
+        if self.scoring not in SCORES:
+            raise ValueError(f"scoring must be one of {SCORES}, got {self.scoring!r}.")
+        X, Y = np.asarray(X), np.asarray(Y)
+        self._y_1d = Y.ndim == 1
+        bands = [X.shape[1]] if self.bands is None else list(self.bands)
+        gammas = self.gammas if self.gammas is None or isinstance(
+            self.gammas, (int, np.integer)) else np.asarray(self.gammas, dtype=np.float64)
+        res = solve_banded_ridge_cv(
+            X, Y[:, None] if self._y_1d else Y, bands, self.alphas, gammas,
+            self.n_folds, folds=folds, score=self.scoring,
+            device=resolve_device(self.device), dtype=self.dtype,
+            target_batch_size=self.target_batch_size,
+            standardize=self.standardize, fit_intercept=self.fit_intercept)
+        for key, value in (("coef_", res.coef), ("intercept_", res.intercept),
+                           ("alpha_", res.alphas), ("gamma_", res.gammas),
+                           ("band_alphas_", res.band_alphas),
+                           ("best_scores_", res.best_scores),
+                           ("candidate_scores_", res.candidate_scores),
+                           ("candidates_", res.candidates), ("x_mean_", res.x_mean),
+                           ("x_scale_", res.x_scale), ("alphas_", res.alpha_grid)):
+            setattr(self, key, value.numpy())
+        self.band_labels_ = _band_labels(res.bands, X.shape[1])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _bands(self) -> list[Band]:
+        """Columns of each band, from ``band_labels_``."""
+        return [_band_out(np.flatnonzero(self.band_labels_ == k))
+                for k in range(int(self.band_labels_.max()) + 1)]
+
+    def predict_split(self, X: np.ndarray) -> np.ndarray:
+        """Per-band contributions; their sum over bands plus ``intercept_`` is :meth:`predict`.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features)
+
+        Returns
+        -------
+        Y_split : ndarray of shape (n_bands, n_samples, n_targets), or
+            (n_bands, n_samples) when fit on a 1-D ``Y``.
+        """
+        Y = predict_banded_split(self._check_X(X), torch.from_numpy(self.coef_),
+                                 self.x_mean_, self.x_scale_, self._bands(),
+                                 device=resolve_device(self.device)).numpy()
+        check_finite_output(Y.sum(0), model=type(self).__name__, field="X")
+        return self._as_fitted(Y)

@@ -22,8 +22,8 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 
-from brainstore.fitting.ridge._banded import (BandedRidgeCVEncoder, banded_candidates,
-                                              solve_banded_ridge_cv)
+from brainstore.fitting.ridge._banded import banded_candidates, solve_banded_ridge_cv
+from brainstore.fitting.ridge._ridge import BandedRidgeCVEncoder
 from brainstore.fitting.ridge._solvers import kfold_indices, solve_ridge_cv
 from brainstore.scoring import correlation_split, pearson_r, r2_split
 
