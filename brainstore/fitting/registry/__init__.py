@@ -6,7 +6,8 @@ that tie a model to the embeddings it was fitted on, and the run folders fits an
 """
 
 from ._fingerprint import check_fingerprint, decode_ids, encode_ids, table_fingerprint
-from ._registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, register_loader, safe_name
+from ._records import NON_ENCODER_KINDS, ModelRecord, RegistryError, register_loader, safe_name
+from ._registry import ModelRegistry
 from ._runfiles import RunLayout, new_array, open_array, remove_partial, run_dir, write_array, write_state
 
 __all__ = [

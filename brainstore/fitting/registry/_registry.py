@@ -14,13 +14,10 @@ old. Loads verify the sha256 recorded at save time. Permissions follow the umask
 both files: ``0666 & ~umask`` for files and ``0777 & ~umask`` for model folders (0644 / 0755
 under the usual 022), so a registry shared by a lab is readable by its members.
 
-On object storage (``s3://``, ``gs://``, ``az://``; options as for the feature store, see
-``brainstore._storage``) the layout is the same, so a local registry copied there (``aws s3 sync``)
-is a registry. Object stores have no folder rename, so a write there goes: take the model's lock
-(``_locks/<name>.lock``, created with a conditional PUT: concurrent writers of one model wait for
-each other), put the weights, then put ``model.json``, the commit marker. A reader that meets new
-weights under an old ``model.json`` sees the sha256 disagree, re-reads ``model.json`` and retries; a
-model being deleted loses ``model.json`` first.
+On object storage (``s3://``, ``gs://``, ``az://``) the layout is the same, so a local registry copied
+there (``aws s3 sync``) is a registry; how writes and reads stay consistent there is in
+:mod:`._object_store`. Names, records, the file layout and the checks of what is saved and read are in
+:mod:`._records`.
 
 >>> reg = ModelRegistry("models/")
 >>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
@@ -30,94 +27,24 @@ model being deleted loses ``model.json`` first.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import os
-import re
 import shutil
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..._provenance import sha256
-from ._fileio import fsync, install_dir, json_bytes, jsonable, package_versions, write_json, write_safetensors
+from ._fileio import fsync, install_dir, jsonable, package_versions, write_json, write_safetensors
+from ._object_store import ObjectStoreBackend
+from ._records import (FORMAT_VERSION, META_FILE, MODEL_LOADERS, NON_ENCODER_KINDS, WEIGHTS_FILE, ModelRecord,
+                       RegistryError, check_name, check_scales, check_tensors, parse_meta, register_loader, safe_name)
 
 __all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader"]
-
-#: ``kind`` of registered models that are not encoding models (ridge decoders, adaptors, captioners):
-#: encoder evaluation, best-model choice and selectivity skip them.
-NON_ENCODER_KINDS = ("decoder", "adaptor", "captioner")
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-FORMAT_VERSION = 2  # 2: near-constant features dropped (see ._scaling); models of 1 are checked for them on load
-#: Keys of model.json written by the registry (they override the same keys in ``meta``).
-RESERVED_KEYS = ("name", "created", "safetensors_sha256", "tensors", "package_versions", "format_version")
-_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
-_SAFETENSORS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                       "float16", "float32", "float64"}
-
-
-#: kind -> ``loader(registry, name, store)`` returning the usable model; filled by the modules that define the
-#: model classes (encoding models, decoders, adaptors, captioners) through :func:`register_loader`.
-MODEL_LOADERS: dict = {}
-
-
-def register_loader(*kinds: str):
-    """Decorator: ``fn(registry, name, store)`` loads registered models of ``kinds`` for :meth:`ModelRegistry.load`."""
-    def deco(fn):
-        for k in kinds:
-            MODEL_LOADERS[k] = fn
-        return fn
-    return deco
-
-
-class RegistryError(ValueError):
-    """A registry operation was refused (the message names the model, the file or field, and the fix)."""
-
-
-@dataclass
-class ModelRecord:
-    """One saved model: its name, its folder (a ``Path``; on object storage its URI, a string) and its
-    parsed ``model.json``."""
-
-    name: str
-    path: Path | str
-    meta: dict = field(repr=False)
-
-    @property
-    def feature_versions(self) -> dict:
-        """``meta["feature_versions"]``: feature version -> store metadata at fit time."""
-        return dict(self.meta.get("feature_versions") or {})
-
-
-def safe_name(s: str) -> str:
-    """Turn any string into one valid name component (no ``/``), e.g. ``"CLIP ViT-B/32"`` -> ``"CLIP-ViT-B-32"``.
-
-    Characters outside ``A-Z a-z 0-9 . _ + = @ -`` become ``-``; runs of ``-`` collapse; leading
-    dots and dashes are stripped (hidden names are reserved for temporary folders).
-    """
-    out = re.sub(r"[^A-Za-z0-9._+=@-]+", "-", str(s))
-    out = re.sub(r"-{2,}", "-", out).lstrip(".-_").rstrip("-")
-    return out or "model"
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise RegistryError(f"model name must be a non-empty string, got {name!r}")
-    parts = name.strip("/").split("/")
-    bad = [p for p in parts if not _COMPONENT.match(p)]
-    if bad or name != name.strip("/"):
-        raise RegistryError(
-            f"invalid model name {name!r}: each '/'-separated part must start with a letter or digit and use only "
-            f"A-Z a-z 0-9 . _ + = @ - (bad part(s): {bad or [name]}); use safe_name() on each part")
-    return name
-
 
 #: A temporary model folder older than this (seconds) was left by a killed writer: the next write
 #: into its folder removes it (a model write takes seconds, so live ones are never this old).
@@ -157,7 +84,7 @@ def _remove_stale_tmp(parent: Path) -> None:
             pass
 
 
-class ModelRegistry:
+class ModelRegistry(ObjectStoreBackend):
     """Fitted models in a local folder or under an object-store URI, as ``<name>/model.safetensors`` +
     ``<name>/model.json``.
 
@@ -178,23 +105,13 @@ class ModelRegistry:
     def __init__(self, uri: str | Path, *, create: bool = True, storage_options: dict | None = None,
                  lock_timeout: float = 120.0):
         from ..._paths import check_folder
-        from ..._storage import StorageOptionsError, is_remote, object_store
-        from ..._storage import storage_options as resolve
+        from ..._storage import is_remote
 
         s = str(uri)
         self.remote = is_remote(s)
         self.lock_timeout = lock_timeout
         if self.remote:
-            self.root = s.rstrip("/")
-            try:
-                self.storage_options = resolve(s, storage_options)
-                self._obj = object_store(s, self.storage_options)
-            except StorageOptionsError as e:
-                raise RegistryError(f"model registry {s}: {e}") from None
-            if not create and not self._remote_keys(limit=1):
-                raise RegistryError(f"model registry {s} holds no model (nothing under that prefix, or the object "
-                                    "store is unreachable with these options); fit models into it first "
-                                    "(`brainstore fit --registry ...`)")
+            self._init_remote(s, storage_options, create)
             return
         self.storage_options = None
         self.root = check_folder(s[len("file://"):] if s.startswith("file://") else s, "model registry",
@@ -207,8 +124,8 @@ class ModelRegistry:
     def path(self, name: str) -> Path | str:
         """The folder of model ``name`` (whether or not it exists); on object storage its URI."""
         if self.remote:
-            return f"{self.root}/{_check_name(name)}"
-        return self.root.joinpath(*_check_name(name).split("/"))
+            return f"{self.root}/{check_name(name)}"
+        return self.root.joinpath(*check_name(name).split("/"))
 
     @staticmethod
     def _file(folder: Path | str, fname: str) -> Path | str:
@@ -224,119 +141,9 @@ class ModelRegistry:
             When one of the model's files is missing (its ``filename`` names it).
         """
         if self.remote:
-            import obstore
-            from obstore.exceptions import NotFoundError
-
-            out = []
-            for f in (WEIGHTS_FILE, META_FILE):
-                try:
-                    with self._reaching():
-                        info = obstore.head(self._obj, f"{rec.name}/{f}")
-                except (NotFoundError, FileNotFoundError):
-                    raise FileNotFoundError(2, "missing", self._file(rec.path, f)) from None
-                out.append((info.get("e_tag"), info["size"], str(info["last_modified"])))
-            return (rec.name, *out)
+            return self._stamp_remote(rec)
         return (rec.name, *((st.st_mtime_ns, st.st_size, st.st_ino) for st in
                             (Path(self._file(rec.path, f)).stat() for f in (WEIGHTS_FILE, META_FILE))))
-
-    # ------------------------------------------------------------------ object storage
-    def _remote_keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
-        import obstore
-
-        keys: list[str] = []
-        with self._reaching():
-            for batch in obstore.list(self._obj, prefix=prefix or None):
-                keys += [o["path"] for o in batch]
-                if limit is not None and len(keys) >= limit:
-                    break
-        return keys
-
-    @contextlib.contextmanager
-    def _reaching(self):
-        """Failures of the object store (unreachable, missing bucket, refused credentials) as one
-        :class:`RegistryError` line of ours naming the registry and the fix; the library's error is chained
-        (``__cause__``) for ``--verbose`` and for the service, which answers them 503."""
-        from ..._storage import store_failure
-
-        from obstore.exceptions import NotFoundError
-
-        try:
-            yield
-        except (RegistryError, NotFoundError, FileNotFoundError):  # absent objects: the caller's business
-            raise
-        except Exception as e:
-            line = store_failure(e, what="model registry", uri=self.root, option="--registry",
-                                 options=self.storage_options)
-            if line is None:
-                raise
-            raise RegistryError(line) from e
-
-    def _get(self, key: str) -> bytes | None:
-        import obstore
-        from obstore.exceptions import NotFoundError
-
-        try:
-            with self._reaching():
-                return bytes(obstore.get(self._obj, key).bytes())
-        except (NotFoundError, FileNotFoundError):
-            return None
-
-    def _lock(self, name: str):
-        from ..._storage import ObjectLock
-
-        key = f"_locks/{name}.lock"
-        return ObjectLock(self._obj, key, what=f"model {name!r} in registry {self.root}", timeout=self.lock_timeout,
-                          error=RegistryError, where=f"{self.root}/{key}")
-
-    def _save_remote(self, name: str, arrays: dict, doc: dict, overwrite: bool) -> ModelRecord:
-        import obstore
-        import safetensors.numpy
-
-        data = safetensors.numpy.save(arrays, metadata={"brainstore_model": name})
-        parts = name.split("/")
-        with self._reaching(), self._lock(name):
-            for i in range(1, len(parts)):
-                if self._get(f"{'/'.join(parts[:i])}/{META_FILE}") is not None:
-                    raise RegistryError(f"cannot save model {name!r}: {'/'.join(parts[:i])!r} is already a model and "
-                                        "models cannot be nested inside models; choose another name")
-            inside = [k for k in self._remote_keys(f"{name}/") if k.endswith(f"/{META_FILE}") and k != f"{name}/{META_FILE}"]
-            if inside:
-                raise RegistryError(f"cannot save model {name!r}: {self.path(name)} holds other models; choose another name")
-            if not overwrite and self._get(f"{name}/{META_FILE}") is not None:
-                raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
-                                    "it or choose another name")
-            doc = {**doc, "safetensors_sha256": sha256(bytes(data))}
-            body = json_bytes(doc)
-            with self._reaching():
-                obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
-                obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
-        return ModelRecord(name, self.path(name), doc)
-
-    def _load_remote(self, name: str) -> tuple[bytes, dict]:
-        import time as _time
-
-        final = self.path(name)
-        raw = self._get(f"{name}/{META_FILE}")
-        for attempt in range(8):  # a writer between its two puts, or an overwrite racing this read
-            if raw is None:
-                raise self._missing(name)
-            data = self._get(f"{name}/{WEIGHTS_FILE}")
-            meta = self._parse(name, self._file(final, META_FILE), raw)
-            if data is not None and meta.get("safetensors_sha256") == sha256(data):
-                return data, meta
-            _time.sleep(0.05 * 2 ** min(attempt, 4))
-            again = self._get(f"{name}/{META_FILE}")
-            if again != raw:
-                raw = again
-                continue
-            if data is None and attempt >= 2:
-                raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is missing; the model is "
-                                    f"incomplete (re-save it, or delete it with ModelRegistry.delete({name!r}))")
-        got = sha256(data) if data is not None else "missing"
-        raise RegistryError(
-            f"model {name!r}: {self._file(final, WEIGHTS_FILE)} changed since it was saved (sha256 {got[:12]}..., "
-            f"model.json records {str(meta.get('safetensors_sha256'))[:12]}...); the weights cannot be trusted: "
-            "re-save or refit the model")
 
     # ------------------------------------------------------------------ write
     def save(self, name: str, tensors: dict[str, np.ndarray], meta: dict, *, overwrite: bool = True) -> ModelRecord:
@@ -366,7 +173,7 @@ class ModelRegistry:
             doc = jsonable(meta, "", RegistryError)
         except RegistryError as e:
             raise RegistryError(f"model {name!r}: {e}") from None
-        arrays = self._check_tensors(name, tensors)
+        arrays = check_tensors(name, tensors)
         doc.update({  # the registry's own keys (safetensors_sha256 follows once the weights are written)
             "name": name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -409,23 +216,6 @@ class ModelRegistry:
             raise
         return ModelRecord(name, final, doc)
 
-    def _check_tensors(self, name: str, tensors: dict) -> dict[str, np.ndarray]:
-        if not isinstance(tensors, dict) or not tensors:
-            raise RegistryError(f"tensors for model {name!r} must be a non-empty dict of name -> numpy array")
-        out = {}
-        for k, v in tensors.items():
-            if not isinstance(k, str) or not k:
-                raise RegistryError(f"tensor key {k!r} of model {name!r} must be a non-empty string")
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            a = np.asarray(v)
-            a = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
-            if a.dtype.name not in _SAFETENSORS_DTYPES:
-                raise RegistryError(f"tensor {k!r} of model {name!r} has dtype {a.dtype}; safetensors stores only "
-                                    f"{sorted(_SAFETENSORS_DTYPES)} (convert it, or put strings in meta)")
-            out[k] = a
-        return out
-
     def _check_placement(self, name: str, final: Path) -> None:
         """Refuse names nested inside another model, or naming a folder that holds models."""
         for p in final.parents:
@@ -441,15 +231,7 @@ class ModelRegistry:
     def delete(self, name: str) -> None:
         """Remove a model (its folder leaves the registry in one rename; on object storage model.json goes first)."""
         if self.remote:
-            import obstore
-
-            with self._reaching(), self._lock(name):
-                if self._get(f"{name}/{META_FILE}") is None:
-                    raise self._missing(name)
-                with self._reaching():
-                    obstore.delete(self._obj, f"{name}/{META_FILE}")
-                    obstore.delete(self._obj, f"{name}/{WEIGHTS_FILE}")
-            return
+            return self._delete_remote(name)
         final = self.path(name)
         if not (final / META_FILE).is_file():
             raise self._missing(name)
@@ -467,22 +249,19 @@ class ModelRegistry:
     # ------------------------------------------------------------------ read
     def exists(self, name: str) -> bool:
         if self.remote:
-            return self._get(f"{_check_name(name)}/{META_FILE}") is not None
+            return self._exists_remote(name)
         return (self.path(name) / META_FILE).is_file()
 
     def record(self, name: str) -> ModelRecord:
         """The :class:`ModelRecord` of ``name`` (reads model.json only, not the weights)."""
-        final = self.path(name)
         if self.remote:
-            raw = self._get(f"{name}/{META_FILE}")
-            if raw is None:
-                raise self._missing(name)
-            return ModelRecord(name, final, self._parse(name, self._file(final, META_FILE), raw))
+            return self._record_remote(name)
+        final = self.path(name)
         try:
             raw = (final / META_FILE).read_bytes()
         except FileNotFoundError:
             raise self._missing(name) from None
-        return ModelRecord(name, final, self._parse(name, final / META_FILE, raw))
+        return ModelRecord(name, final, parse_meta(name, final / META_FILE, raw))
 
     def load(self, name: str, *, store=None):
         """The registered model ``name``, verified and ready to use: an object with ``.predict(...)``.
@@ -554,7 +333,7 @@ class ModelRegistry:
                                     f"(re-save it, or delete it with ModelRegistry.delete({name!r}))") from None
             finally:
                 os.close(dfd)
-            meta = self._parse(name, final / META_FILE, raw)
+            meta = parse_meta(name, final / META_FILE, raw)
             want, got = meta.get("safetensors_sha256"), sha256(data)
             if want == got:
                 break
@@ -569,28 +348,14 @@ class ModelRegistry:
             raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is not a readable safetensors file ({e}); "
                                 "re-save or refit the model") from e
         if int(meta.get("format_version", 1)) < 2:
-            _check_scales(name, tensors)
+            check_scales(name, tensors)
         return tensors, ModelRecord(name, final, meta)
 
     def list(self, prefix: str = "") -> list[ModelRecord]:
         """Every saved model whose name starts with ``prefix``, sorted by name."""
         out = []
         if self.remote:
-            for key in self._remote_keys():
-                parts = key.split("/")
-                if parts[-1] != META_FILE or len(parts) < 2 or any(p.startswith((".", "_")) for p in parts[:-1]):
-                    continue
-                name = "/".join(parts[:-1])
-                if not name.startswith(prefix):
-                    continue
-                raw = self._get(key)
-                if raw is None:  # deleted meanwhile
-                    continue
-                try:
-                    out.append(ModelRecord(name, self.path(name), self._parse(name, f"{self.root}/{key}", raw)))
-                except RegistryError as e:
-                    warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
-            return sorted(out, key=lambda r: r.name)
+            return sorted(self._list_remote(prefix), key=lambda r: r.name)
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]  # temporaries, run folders
             if META_FILE not in filenames or Path(dirpath) == self.root:
@@ -601,7 +366,7 @@ class ModelRegistry:
             if not name.startswith(prefix):
                 continue
             try:
-                out.append(ModelRecord(name, p, self._parse(name, p / META_FILE, (p / META_FILE).read_bytes())))
+                out.append(ModelRecord(name, p, parse_meta(name, p / META_FILE, (p / META_FILE).read_bytes())))
             except (RegistryError, OSError) as e:
                 warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
         return sorted(out, key=lambda r: r.name)
@@ -609,15 +374,6 @@ class ModelRegistry:
     def names(self, prefix: str = "") -> list[str]:
         """Names of the saved models (see :meth:`list`)."""
         return [r.name for r in self.list(prefix)]
-
-    def _parse(self, name: str, path: Path, raw: bytes) -> dict:
-        try:
-            meta = json.loads(raw)
-        except ValueError as e:
-            raise RegistryError(f"model {name!r}: {path} is not valid JSON ({e}); re-save the model") from None
-        if not isinstance(meta, dict):
-            raise RegistryError(f"model {name!r}: {path} must hold a JSON object; re-save the model")
-        return meta
 
     def _missing(self, name: str) -> RegistryError:
         known = self.names()
@@ -673,25 +429,3 @@ class ModelRegistry:
                 f"model {rec.name!r} cannot use these features: " + " | ".join(problems)
                 + ". Re-extract the features with the extractor settings the model was fit on, "
                   "or refit the model on the current features")
-
-
-def _check_scales(name: str, tensors: dict[str, np.ndarray]) -> None:
-    """Refuse a model saved before near-constant features were dropped when it has such a feature.
-
-    Such a model divides a near-constant input column by its tiny std (MiniLM's dead dimensions: 1e-33),
-    so any input off the stored rows is amplified up to 1e30 times. Its coefficients on those columns were
-    fitted to rounding noise, so the model cannot be repaired in place: it must be refitted.
-    """
-    from ..ridge import unstable_scales
-
-    for key, v in tensors.items():
-        if not (key.endswith("x_scale_") or (key.startswith("norm.") and key.endswith(".std"))):
-            continue
-        bad = unstable_scales(v)
-        if bad.size:
-            cols = ", ".join(map(str, bad[:5].tolist())) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
-            raise RegistryError(
-                f"model {name!r} was saved by an older brainstore that standardized near-constant inputs: its input "
-                f"column(s) {cols} ({key}) have a scale of {float(np.min(v[bad])):.2g}, so inputs not in the store "
-                f"would be amplified up to {float(np.median(v)) / max(float(np.min(v[bad])), 1e-300):.0e} times; "
-                "refit it (`brainstore fit`, or `brainstore fit --decode` for a decoder)")
