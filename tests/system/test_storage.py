@@ -227,7 +227,7 @@ def test_extract_fit_predict_and_serve_on_s3_equal_local_disk(s3_server, small_d
     reg_s, reg_l = ModelRegistry(s_reg, create=False), ModelRegistry(l_reg, create=False)
     assert reg_s.names() == reg_l.names()
     for name in reg_l.names():
-        ws, wl = reg_s.load(name)[0], reg_l.load(name)[0]
+        ws, wl = reg_s.load_arrays(name)[0], reg_l.load_arrays(name)[0]
         assert ws.keys() == wl.keys()
         for k in wl:
             np.testing.assert_allclose(ws[k], wl[k], rtol=1e-5, atol=1e-6, err_msg=f"{name} {k}")
