@@ -100,7 +100,7 @@ def test_encode_equals_offline_predict_for_ids_embeddings_and_uploads(served):
 def test_decode_equals_the_offline_decoder_and_whole_store_search(served):
     from brainstore.datasets import AlgonautsDataset
     from brainstore.fitting import Decoder
-    from brainstore.fitting._decoding import response_matrix, store_top_k
+    from brainstore.fitting import response_matrix, store_top_k
 
     u, txt = served["url"], served["txt"]
     ds = AlgonautsDataset(served["data"])
@@ -517,7 +517,7 @@ def test_decode_takes_responses_per_hemisphere(served):
     count expected."""
     from brainstore.datasets import AlgonautsDataset
     from brainstore.fitting import Decoder
-    from brainstore.fitting._decoding import response_matrix
+    from brainstore.fitting import response_matrix
 
     u, txt = served["url"], served["txt"]
     dec = Decoder.load(served["registry"], f"decoder-ridge-{txt}/subj02")

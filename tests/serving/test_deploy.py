@@ -44,7 +44,7 @@ def test_served_answers_equal_the_in_process_ones(serve_url, serving_models):
     from ray import serve
 
     from brainstore.datasets import AlgonautsDataset
-    from brainstore.fitting._decoding import response_matrix
+    from brainstore.fitting import response_matrix
     from brainstore.serving import LocalBackend
 
     local = LocalBackend(serving_models["registry"])
@@ -131,7 +131,7 @@ def test_decode_takes_responses_per_hemisphere_through_serve(serve_url, serving_
     """{"lh", "rh"} crosses the handle to the decoder replica: the same answer as one array, lh then rh."""
     from brainstore.datasets import AlgonautsDataset
     from brainstore.fitting import Decoder
-    from brainstore.fitting._decoding import response_matrix
+    from brainstore.fitting import response_matrix
 
     model = f"decoder-ridge-{serving_models['txt']}"
     dec = Decoder.load(serving_models["registry"], f"{model}/subj01")

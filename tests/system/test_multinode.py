@@ -343,7 +343,7 @@ def test_adaptor_training_loses_a_worker_and_resumes_from_its_last_checkpoint(sm
     from ray._private import ray_constants
 
     from brainstore.fitting import ModelRegistry
-    from brainstore.fitting._adaptor import AdaptorModel, fit_adaptor
+    from brainstore.fitting import AdaptorModel, fit_adaptor
 
     ray = _single_node()
     raylet = ray._private.worker.global_worker.node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid

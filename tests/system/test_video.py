@@ -125,7 +125,7 @@ def test_delayed_ridge_agrees_with_himalaya_tutorial_pipeline(video):
 
     from brainstore.features import FeatureStore
     from brainstore.fitting import EncodingModel, ModelRegistry
-    from brainstore.fitting._encoding import subject_stimuli
+    from brainstore.fitting import subject_stimuli
     from brainstore.scoring import pearson_r
 
     set_backend("numpy")
@@ -300,7 +300,7 @@ def test_ridge_decoder_on_the_video_dataset(video, tmp_path, small_dataset):
     # the registered decoder applies its delays itself: the dataset's test responses decode to the fit's output
     from brainstore.datasets import split_tr_id
     from brainstore.fitting import Decoder, ModelRegistry
-    from brainstore.fitting._decoding import response_matrix
+    from brainstore.fitting import response_matrix
 
     dec = Decoder.load(ModelRegistry(video["registry"], create=False), "dec-delayed/subj01")
     assert dec.response_delays == DELAYS
