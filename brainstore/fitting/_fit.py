@@ -23,7 +23,7 @@ class FitResult:
     ----------
     spec : the fit spec that ran (the default one when a dataset was given).
     encoders : the encoding models' run (None when the spec has no ``models``).
-    report : :func:`~._report.write_report`'s summary of the encoders (rows, files), or None.
+    report : :func:`~.reports.write_report`'s summary of the encoders (rows, files), or None.
     decoders : one run per decoding model of the spec, in order (``DecodeRun`` or ``AdaptorRun``).
     notes : why the default spec left tables out (empty for a given spec).
     """

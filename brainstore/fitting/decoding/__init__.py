@@ -10,12 +10,13 @@ import importlib
 
 from ._adaptor import AdaptorRun, fit_adaptor, train_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel
-from ._captioner import CAPTIONER_KIND, Captioner, lm_info, make_tiny_lm, train_captioner
+from ._captioner import CAPTIONER_KIND, Captioner, lm_info, train_captioner
 from ._fit_decoder import add_store_retrieval, check_decoder_specs, fit_decoder
 from ._inputs import check_decoding_inputs, delay_responses, response_matrix, select_voxels
 from ._outputs import decode_subject, decoder_records, decoding_models, evaluate_decoders, store_top_k
 from ._ridge_decoders import DECODER_ALPHAS, DECODER_KIND, DecodeRun, Decoder, decoder_name, fit_decoders
 from ._scores import retrieved_caption_metrics, retrieved_captions, row_cosine
+from ._tiny_lm import make_tiny_lm
 
 __all__ = [
     "fit_decoder", "add_store_retrieval", "check_decoder_specs",

@@ -1,12 +1,13 @@
 """Adaptor decoders trained with Ray Train: every subject's responses -> shared latent -> target embeddings.
 
-One model for all subjects (:class:`~._adaptor_net.AdaptorNet`, registered as :class:`~._adaptor_model.AdaptorModel`): a per-subject adapter, a shared
-residual-MLP backbone, one head per target table. A Ray Train ``TorchTrainer`` runs the training
-loop on ``num_workers`` workers (DDP; GPUs when the cluster has them). Each worker reads the
-responses (z-scored per voxel with the subject's training statistics, computed on the driver) and
-the target embeddings from the store, and takes its share of every subject's training images each
-epoch; each step passes one batch per subject through that subject's adapter, so every adapter
-takes part in every step (what DDP needs) and contrastive negatives never mix subjects.
+One model for all subjects (:class:`~._adaptor_net.AdaptorNet`, registered as
+:class:`~._adaptor_model.AdaptorModel`): a per-subject adapter, a shared residual-MLP backbone, one
+head per target table. A Ray Train ``TorchTrainer`` runs the training loop on ``num_workers``
+workers (DDP; GPUs when the cluster has them). Each worker reads the responses (z-scored per voxel
+with the subject's training statistics, computed on the driver) and the target embeddings from the
+store, and takes its share of every subject's training images each epoch; each step passes one batch
+per subject through that subject's adapter, so every adapter takes part in every step (what DDP
+needs) and contrastive negatives never mix subjects.
 
 Loss: ``beta * contrastive + (1 - beta) * (MSE + l1 * L1)`` per subject and target, contrastive
 being CLIP's symmetric InfoNCE with a learned temperature, MindEye's SoftCLIP, or BiMixCo (mixup

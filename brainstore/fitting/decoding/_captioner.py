@@ -1,8 +1,8 @@
 """Caption generation from (decoded) embeddings: a ClipCap-style prefix for a frozen local causal LM.
 
 An embedding (a caption's sentence embedding, a CLIP embedding, or one decoded from fMRI
-responses by :mod:`._decoding`) is L2-normalized (decoded and true embeddings live at different
-scales; only the direction is used) and mapped by ClipCap's MLP mapping (``d -> hidden -> prefix_len
+responses by :mod:`._ridge_decoders` or :mod:`._adaptor`) is L2-normalized (decoded and true
+embeddings live at different scales; only the direction is used) and mapped by ClipCap's MLP mapping (``d -> hidden -> prefix_len
 * n_embd``, tanh between) to ``prefix_len`` input embeddings of a causal language model, which
 continues that prefix with a caption (greedy decoding, up to EOS).
 
@@ -40,8 +40,7 @@ import numpy as np
 
 from ..registry import ModelRecord, ModelRegistry, RegistryError, register_loader
 
-__all__ = ["CAPTIONER_KIND", "RANDOM_INIT_KEY", "TRAINED_ON_KEY", "Captioner", "train_captioner", "make_tiny_lm",
-           "lm_info"]
+__all__ = ["CAPTIONER_KIND", "RANDOM_INIT_KEY", "TRAINED_ON_KEY", "Captioner", "train_captioner", "lm_info"]
 
 #: ``kind`` of registered captioners.
 CAPTIONER_KIND = "captioner"
@@ -49,8 +48,6 @@ CAPTIONER_KIND = "captioner"
 RANDOM_INIT_KEY = "brainstore_random_init"
 #: config.json key: number of captions :func:`make_tiny_lm` trained the LM on (0: not trained).
 TRAINED_ON_KEY = "brainstore_trained_on"
-#: Special tokens of :func:`make_tiny_lm`'s tokenizer, in id order.
-TINY_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 _PROJ = "proj."
 
 
@@ -432,7 +429,6 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
     _announce_random(info)
 
     import torch
-    from tqdm.auto import tqdm
 
     from ..._provenance import package_versions
 
@@ -440,6 +436,34 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
     device = _default_device(device)
     model, tok = _load_lm(info["lm_dir"], device)
     eos, n_embd = _eos_id(tok, model), _n_embd(model)
+    tokens, mask, labels = _caption_tokens(tok, model, captions, max_tokens, eos, prefix_len)
+    hidden = int(hidden or max(1, prefix_len * n_embd // 2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        proj = _projection(E.shape[1], hidden, prefix_len * n_embd).to(device)
+    history = _train_prefix(proj, model, torch.from_numpy(E), tokens, mask, labels, prefix_len=prefix_len,
+                            n_embd=n_embd, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                            progress=progress)
+    meta = {
+        "kind": CAPTIONER_KIND, "method": "clipcap-mlp-prefix", **info,
+        "prefix_len": int(prefix_len), "embed_dim": int(E.shape[1]), "hidden": hidden, "n_embd": n_embd,
+        "embedding_normalization": "l2 (each row divided by its norm before the projection)",
+        "lm_frozen": True, "eos_token_id": eos,
+        "training": {"n_captions": len(captions), "epochs": int(epochs), "batch_size": int(batch_size),
+                     "lr": float(lr), "optimizer": "AdamW", "max_tokens": int(max_tokens), "seed": int(seed),
+                     "loss": "cross-entropy on caption tokens + EOS (teacher forcing)",
+                     "loss_per_epoch": history, "final_loss": history[-1], "device": device,
+                     "seconds": round(time.time() - t0, 3)},
+        "library_versions": package_versions("torch", "transformers", "tokenizers"),
+    }
+    return Captioner(proj, model, tok, meta, device)
+
+
+def _caption_tokens(tok: Any, model: Any, captions: Sequence[str], max_tokens: int, eos: int, prefix_len: int):
+    """The captions as token ids (cut to ``max_tokens``, then EOS; padded with EOS), their attention mask and
+    their labels (-100 on padding): three ``(n, longest)`` long tensors."""
+    import torch
+
     ids = [t[:max_tokens] + [eos] for t in tok(captions, add_special_tokens=False)["input_ids"]]
     longest = max(map(len, ids))
     n_pos = _max_positions(model)
@@ -451,14 +475,18 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
     for i, t in enumerate(ids):
         tokens[i, :len(t)] = torch.tensor(t)
         mask[i, :len(t)] = 1
-    lengths = mask.sum(1)
-    labels = tokens.masked_fill(mask == 0, -100)
-    X = torch.from_numpy(E)
+    return tokens, mask, tokens.masked_fill(mask == 0, -100)
 
-    hidden = int(hidden or max(1, prefix_len * n_embd // 2))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        proj = _projection(E.shape[1], hidden, prefix_len * n_embd).to(device)
+
+def _train_prefix(proj: Any, model: Any, X: Any, tokens: Any, mask: Any, labels: Any, *, prefix_len: int,
+                  n_embd: int, epochs: int, batch_size: int, lr: float, seed: int, device: str,
+                  progress: bool) -> list[float]:
+    """Teacher-forced AdamW epochs of the projection only (the LM frozen), batches reshuffled every epoch
+    (seeded); the mean loss per caption token of each epoch."""
+    import torch
+    from tqdm.auto import tqdm
+
+    lengths = mask.sum(1)
     opt = torch.optim.AdamW(proj.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     wte = model.get_input_embeddings()
@@ -467,7 +495,7 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
     proj.train()
     for _ in bar:
         total, count = 0.0, 0
-        for b in torch.randperm(len(ids), generator=gen).split(batch_size):
+        for b in torch.randperm(len(tokens), generator=gen).split(batch_size):
             T = int(lengths[b].max())
             tk, mk, lb = tokens[b, :T].to(device), mask[b, :T].to(device), labels[b, :T].to(device)
             pre = proj(X[b].to(device)).view(len(b), prefix_len, n_embd)
@@ -486,95 +514,7 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[str], *, lm: str 
         bar.set_postfix(loss=f"{history[-1]:.3f}")
     bar.close()
     proj.eval()
-    meta = {
-        "kind": CAPTIONER_KIND, "method": "clipcap-mlp-prefix", **info,
-        "prefix_len": int(prefix_len), "embed_dim": int(E.shape[1]), "hidden": hidden, "n_embd": n_embd,
-        "embedding_normalization": "l2 (each row divided by its norm before the projection)",
-        "lm_frozen": True, "eos_token_id": eos,
-        "training": {"n_captions": len(captions), "epochs": int(epochs), "batch_size": int(batch_size),
-                     "lr": float(lr), "optimizer": "AdamW", "max_tokens": int(max_tokens), "seed": int(seed),
-                     "loss": "cross-entropy on caption tokens + EOS (teacher forcing)",
-                     "loss_per_epoch": history, "final_loss": history[-1], "device": device,
-                     "seconds": round(time.time() - t0, 3)},
-        "library_versions": package_versions("torch", "transformers", "tokenizers"),
-    }
-    return Captioner(proj, model, tok, meta, device)
-
-
-# ---------------------------------------------------------------------------------------------- tiny LM
-def make_tiny_lm(directory: str | Path, captions: Sequence[str], *, trained_steps: int = 0, seed: int = 0,
-                 n_layer: int = 2, n_head: int = 2, n_embd: int = 64, n_positions: int = 64,
-                 batch_size: int = 32, lr: float = 3e-3, overwrite: bool = False) -> Path:
-    """Write a tiny GPT-2 and a word-level tokenizer trained on ``captions`` to ``directory``.
-
-    The tokenizer (``tokenizers`` WordLevel: NFKC + lowercase, whitespace/punctuation split,
-    special tokens ``<pad> <bos> <eos> <unk>``) is saved as a ``PreTrainedTokenizerFast``, so
-    ``AutoTokenizer.from_pretrained(directory)`` loads it. With ``trained_steps=0`` the LM keeps its
-    random initialization and config.json says ``"brainstore_random_init": true``; otherwise it is
-    trained as a language model on ``[<bos>] caption [<eos>]`` for ``trained_steps`` AdamW steps and
-    config.json records ``brainstore_trained_on`` (the number of captions) and
-    ``brainstore_trained_steps``. Returns the directory.
-    """
-    import torch
-    import transformers as tf
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    captions = _check_captions(captions)
-    if isinstance(trained_steps, bool) or not isinstance(trained_steps, int) or trained_steps < 0:
-        raise ValueError(f"trained_steps must be an int >= 0; got {trained_steps!r}")
-    d = Path(directory).expanduser()
-    if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not overwrite)):
-        raise ValueError(f"{d} exists and is {'not a folder' if not d.is_dir() else 'not empty'}; choose a new "
-                         "directory" + ("" if not d.is_dir() else " or pass overwrite=True"))
-    bt = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    bt.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    bt.pre_tokenizer = pre_tokenizers.Whitespace()
-    bt.train_from_iterator(captions, trainers.WordLevelTrainer(special_tokens=list(TINY_SPECIAL_TOKENS)))
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=bt, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                     unk_token="<unk>", model_max_length=n_positions)
-    cfg = tf.GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
-                        vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    setattr(cfg, RANDOM_INIT_KEY, trained_steps == 0)
-    setattr(cfg, TRAINED_ON_KEY, len(captions) if trained_steps else 0)
-    cfg.brainstore_trained_steps = trained_steps
-    cfg.brainstore_tokenizer_trained_on = len(captions)
-    with torch.random.fork_rng(devices=[]):  # seeded init and dropout, the caller's RNG untouched
-        torch.manual_seed(seed)
-        model = tf.GPT2LMHeadModel(cfg)
-        if trained_steps:
-            _train_lm(model, tok, captions, trained_steps, n_positions, batch_size, lr, seed)
-    model.eval()
-    d.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    return d
-
-
-def _train_lm(model: Any, tok: Any, captions: list[str], steps: int, n_positions: int, batch_size: int,
-              lr: float, seed: int) -> None:
-    """Language-model training of :func:`make_tiny_lm`'s GPT-2 on ``<bos> caption <eos>``."""
-    import torch
-
-    bos, eos = tok.bos_token_id, tok.eos_token_id
-    toks = [t[:(n_positions - 3) // 2] for t in tok(captions, add_special_tokens=False)["input_ids"]]
-    seqs = [[bos] + t + [eos] for t in toks] + [[bos] + t + [eos] + t + [eos] for t in toks]
-    T = max(map(len, seqs))
-    ids = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-    attn = (torch.arange(T)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
-    labels = ids.masked_fill(attn == 0, -100)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        b = torch.randint(len(seqs), (min(batch_size, len(toks)),), generator=gen)
-        loss = _next_token_loss(model(input_ids=ids[b], attention_mask=attn[b], use_cache=False).logits, labels[b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    return history
 
 
 @register_loader(CAPTIONER_KIND)

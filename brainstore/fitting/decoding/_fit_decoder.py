@@ -1,6 +1,7 @@
-"""One entry point for decoding models: :func:`fit_decoder` fits what a :class:`~brainstore.fitting.DecoderSpec` says
-(a ridge decoder per subject, or one adaptor over all subjects) and adds the whole-store retrieval that
-fitting leaves to evaluation, so the CLI, pipelines and notebooks get the same figures."""
+"""One entry point for decoding models: :func:`fit_decoder` fits what a
+:class:`~brainstore.fitting.DecoderSpec` says (a ridge decoder per subject, or one adaptor over all
+subjects) and adds the whole-store retrieval that fitting leaves to evaluation, so the CLI, pipelines
+and notebooks get the same figures."""
 
 from __future__ import annotations
 

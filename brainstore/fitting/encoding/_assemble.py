@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from ...datasets import REPORT_FAMILIES, AlgonautsDataset, open_dataset
+from ...datasets import AlgonautsDataset, open_dataset
 from ...features import FeatureStore
 from ...scoring import roi_summary
 from .._spec import FitSpec, PerRoiSpec

@@ -239,17 +239,11 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     progress : show a progress bar.
     register : save the models in the registry.
     """
-    import ray
-    from tqdm.auto import tqdm
-
     from ..._paths import check_folder
     from ..._ray import ensure_connected
-    from ._assemble import assemble_subject
-    from ._encoding import fit_base
 
     t0 = time.time()
     ds, fs, reg = open_dataset(spec.dataset), FeatureStore(store, create=False), ModelRegistry(registry)
-    store, registry = fs.uri, str(reg.root)  # absolute: the tasks reopen them in their own working directory
     subjects = ds.subjects if spec.subjects == "all" else list(spec.subjects)
     check_inputs(spec, ds, fs, subjects)
     lacking = missing_stimuli(spec, ds, fs, subjects)
@@ -262,75 +256,114 @@ def fit_encoding_models(spec: FitSpec, *, store: str, registry: str, out: str | 
     check_responses(ds, subjects)
     run_dir.mkdir(parents=True, exist_ok=True)
     use_gpu = res.get("GPU", 0) > 0 and spec.device != "cpu"
-    # subject by subject (its assembly overlaps the next subject's fits), costliest model first (no long
-    # fit left alone at the end while the other CPUs idle)
-    dims = {f: fs.info(f).dim for f in {f for m in spec.models for f in m.features}}
-    by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
-    jobs = [{"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "run_dir": str(run_dir),
-             "subject": s, "hemi": h, "model": m.name, "method": m.method, "features": m.features,
-             "alphas": spec.alphas, "folds": spec.folds, "scoring": spec.scoring,
-             "device": "cuda" if use_gpu else "cpu", "params": m.params()}
-            for s in subjects for m in by_cost for h in spec.hemispheres if (s, m.name) not in lacking]
-    cpus = plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu)
-    fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3, retry_exceptions=False)(fit_base)
-    assemble_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(assemble_subject)
+    jobs = _fit_jobs(spec, ds, fs, subjects, lacking, run_dir, use_gpu)
     names, kinds = _model_order(spec)
     run = FitRun(spec=spec, run_dir=run_dir, models=names, kinds=kinds)
-    pending = {fit_task.remote({**j, "threads": cpus}): j for j in jobs}
-    left = {s: sum(j["subject"] == s for j in jobs) for s in subjects}
-    infos: dict[str, dict] = {s: {} for s in subjects}
-    failed: dict[str, set] = {s: set() for s in subjects}
-    for (s, model), err in lacking.items():  # failed on the driver, before any task
-        failed[s].add(model)
-        for h in spec.hemispheres:
-            run.failures.append({"subject": s, "hemi": h, "model": model, "error": str(err)})
-        log.error("fit skipped for %s %s: %s", s, model, err)
-    bar = tqdm(total=len(jobs) + len(subjects), desc="fit subject x hemisphere x model", unit="task",
-               disable=not progress)
-    for s in subjects:
-        if left[s] == 0:  # every model of this subject lacks stimuli: no task, no assembly
-            bar.update()
-    while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        j = pending.pop(ref)
-        if "hemi" in j:  # a base fit
-            s = j["subject"]
-            try:
-                summary = ray.get(ref)
-                infos[s].setdefault(j["model"], {})[j["hemi"]] = summary["info"]
-                run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, summary["info"]["peak_rss_gb"])
-            except Exception as e:  # a failing subject is reported; the others still finish
-                msg = task_error_text(e)
-                failed[s].add(j["model"])
-                run.failures.append({"subject": s, "hemi": j["hemi"], "model": j["model"], "error": msg})
-                log.error("fit failed for %s %s %s: %s", s, j["hemi"], j["model"], msg)
-            left[s] -= 1
-            if left[s] == 0:
-                fitted = [m.name for m in spec.models if m.name not in failed[s]]
-                if fitted:
-                    aj = {"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "registry": str(reg.root),
-                          "registry_options": reg.storage_options, "run_dir": str(run_dir),
-                          "subject": s, "spec": spec.model_dump(), "fitted": fitted, "infos": infos[s],
-                          "register": register}
-                    pending[assemble_task.remote(aj)] = {"subject": s}
-                else:
-                    bar.update()
-        else:  # a subject's assembly
-            s = j["subject"]
-            try:
-                out_s = ray.get(ref)
-                for name, m in out_s["metrics"].items():
-                    run.metrics.setdefault(name, {})[s] = m
-                run.failures += out_s["failures"]
-                run.registered += out_s["registered"]
-                run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, out_s["peak_rss_gb"])
-            except Exception as e:
-                run.failures.append({"subject": s, "hemi": "both", "model": "(assembly)", "error": task_error_text(e)})
-                log.error("assembly failed for %s: %s", s, task_error_text(e))
-        bar.update()
-    bar.close()
+    driver = _FitDriver(spec, ds, fs, reg, run, subjects, register)
+    driver.drive(jobs, lacking, plan_fit_cpus(res.get("CPU", 1), len(jobs), use_gpu), use_gpu, progress)
     remove_partial(run_dir)  # every task is done: what tasks killed mid-write (a lost node) left behind goes
     run.metrics = {m: run.metrics[m] for m in names if m in run.metrics}  # spec order
     run.seconds = time.time() - t0
     return run
 
+
+def _fit_jobs(spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, subjects: list[str], lacking: dict,
+              run_dir: Path, use_gpu: bool) -> list[dict]:
+    """One base-fit job per subject x model x hemisphere (those lacking stimuli left out): subject by subject
+    (its assembly overlaps the next subject's fits), costliest model first (no long fit left alone at the end
+    while the other CPUs idle). Store and registry are absolute: the tasks reopen them in their own working
+    directory."""
+    dims = {f: fs.info(f).dim for f in {f for m in spec.models for f in m.features}}
+    by_cost = sorted(spec.models, key=lambda m: -_fit_cost(m, dims))
+    return [{"dataset": str(ds.root), "store": fs.uri, "store_options": fs.options, "run_dir": str(run_dir),
+             "subject": s, "hemi": h, "model": m.name, "method": m.method, "features": m.features,
+             "alphas": spec.alphas, "folds": spec.folds, "scoring": spec.scoring,
+             "device": "cuda" if use_gpu else "cpu", "params": m.params()}
+            for s in subjects for m in by_cost for h in spec.hemispheres if (s, m.name) not in lacking]
+
+
+class _FitDriver:
+    """The driver's loop over Ray tasks: base fits, then each subject's assembly once its fits are done. It keeps
+    summaries only (fit infos, metrics, failures), never arrays."""
+
+    def __init__(self, spec: FitSpec, ds: AlgonautsDataset, fs: FeatureStore, reg: ModelRegistry, run: FitRun,
+                 subjects: list[str], register: bool):
+        self.spec, self.ds, self.fs, self.reg, self.run, self.register = spec, ds, fs, reg, run, register
+        self.subjects = subjects
+        self.infos: dict[str, dict] = {s: {} for s in subjects}
+        self.failed: dict[str, set] = {s: set() for s in subjects}
+
+    def drive(self, jobs: list[dict], lacking: dict, cpus: int, use_gpu: bool, progress: bool) -> None:
+        """Submit every base fit, collect each task as it ends, submit each subject's assembly."""
+        import ray
+        from tqdm.auto import tqdm
+
+        from ._assemble import assemble_subject
+        from ._encoding import fit_base
+
+        fit_task = ray.remote(num_cpus=cpus, num_gpus=1 if use_gpu else 0, max_retries=3,
+                              retry_exceptions=False)(fit_base)
+        self.assemble_task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(assemble_subject)
+        self.pending = {fit_task.remote({**j, "threads": cpus}): j for j in jobs}
+        self.left = {s: sum(j["subject"] == s for j in jobs) for s in self.subjects}
+        for (s, model), err in lacking.items():  # failed on the driver, before any task
+            self.failed[s].add(model)
+            for h in self.spec.hemispheres:
+                self.run.failures.append({"subject": s, "hemi": h, "model": model, "error": str(err)})
+            log.error("fit skipped for %s %s: %s", s, model, err)
+        self.bar = tqdm(total=len(jobs) + len(self.subjects), desc="fit subject x hemisphere x model", unit="task",
+                        disable=not progress)
+        for s in self.subjects:
+            if self.left[s] == 0:  # every model of this subject lacks stimuli: no task, no assembly
+                self.bar.update()
+        while self.pending:
+            [ref], _ = ray.wait(list(self.pending), num_returns=1)
+            j = self.pending.pop(ref)
+            if "hemi" in j:
+                self._fit_done(ref, j)
+            else:
+                self._assembly_done(ref, j["subject"])
+            self.bar.update()
+        self.bar.close()
+
+    def _fit_done(self, ref, j: dict) -> None:
+        """A base fit ended: its summary (or failure); once the subject's fits are all done, its assembly."""
+        import ray
+
+        s, run = j["subject"], self.run
+        try:
+            summary = ray.get(ref)
+            self.infos[s].setdefault(j["model"], {})[j["hemi"]] = summary["info"]
+            run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, summary["info"]["peak_rss_gb"])
+        except Exception as e:  # a failing subject is reported; the others still finish
+            msg = task_error_text(e)
+            self.failed[s].add(j["model"])
+            run.failures.append({"subject": s, "hemi": j["hemi"], "model": j["model"], "error": msg})
+            log.error("fit failed for %s %s %s: %s", s, j["hemi"], j["model"], msg)
+        self.left[s] -= 1
+        if self.left[s] == 0:
+            fitted = [m.name for m in self.spec.models if m.name not in self.failed[s]]
+            if fitted:
+                aj = {"dataset": str(self.ds.root), "store": self.fs.uri, "store_options": self.fs.options,
+                      "registry": str(self.reg.root), "registry_options": self.reg.storage_options,
+                      "run_dir": str(run.run_dir), "subject": s, "spec": self.spec.model_dump(), "fitted": fitted,
+                      "infos": self.infos[s], "register": self.register}
+                self.pending[self.assemble_task.remote(aj)] = {"subject": s}
+            else:
+                self.bar.update()
+
+    def _assembly_done(self, ref, s: str) -> None:
+        """A subject's assembly ended: its metrics, failures and registered models (or its failure)."""
+        import ray
+
+        run = self.run
+        try:
+            out_s = ray.get(ref)
+            for name, m in out_s["metrics"].items():
+                run.metrics.setdefault(name, {})[s] = m
+            run.failures += out_s["failures"]
+            run.registered += out_s["registered"]
+            run.worker_peak_rss_gb = max(run.worker_peak_rss_gb, out_s["peak_rss_gb"])
+        except Exception as e:
+            run.failures.append({"subject": s, "hemi": "both", "model": "(assembly)", "error": task_error_text(e)})
+            log.error("assembly failed for %s: %s", s, task_error_text(e))

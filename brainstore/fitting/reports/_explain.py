@@ -270,12 +270,7 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
     """
     from ..encoding import EncodingModel
 
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-        raise ValueError(f"top must be a whole number >= 1 (how many stimuli to show), got {top!r}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValueError(f"chunk must be a whole number >= 1 (stimuli predicted at once), got {chunk!r}")
-    if hemisphere is not None and hemisphere not in HEMISPHERES:
-        raise ValueError(f"hemisphere must be one of {', '.join(HEMISPHERES)}, not {hemisphere!r}")
+    _check_counts(top, chunk, hemisphere)
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
     model, subject = _resolve_model(reg, model, subject)
     # the ROI is checked from model.json before the weights and features are read
@@ -291,12 +286,38 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
                            "pass the dataset the model was fitted on (--dataset)")
     n_vert = _model_vertices(rec, ds, subject, hemis)
     sel, label = _roi_vertices(ds, subject, hemis, n_vert, roi, vertices, hemisphere)
-    n_sel = int(sum(len(v) for v in sel.values()))
     em = EncodingModel.load(reg, model, subject, store)
-
-    # every stimulus held in all of the model's tables, each table read once
     bases = _base_models(em)
     tables = list(dict.fromkeys(t for b in bases for t in b.record.meta["features"]))
+    ids = _scored_ids(em, tables, table_ids)
+    scores = _roi_scores(em, ids, tables, bases, sel, n_vert, chunk)
+    n_sel = int(sum(len(v) for v in sel.values()))
+    mu, sd = float(scores.mean()), float(scores.std())
+    z = (scores - mu) / sd if sd > 0 else np.zeros_like(scores)
+    order = np.argsort(-scores, kind="stable")[: int(top)]
+    info = _stimulus_info(ds, [ids[i] for i in order])
+    best = [ExplainedStimulus(rank=r + 1, stimulus_id=ids[i], score=float(scores[i]), z=float(z[i]),
+                              caption=info.get(ids[i], (None, None))[0], image=info.get(ids[i], (None, None))[1])
+            for r, i in enumerate(order)]
+    return Explanation(model=model, subject=subject, roi=label, hemispheres=[h for h in hemis if len(sel[h])],
+                       n_vertices=n_sel, n_stimuli=len(ids), tables=tables, store=em.store.uri,
+                       dataset=str(ds.root) if ds is not None else None, top=best, score_mean=mu, score_std=sd,
+                       stimulus_ids=ids, scores=scores)
+
+
+def _check_counts(top, chunk, hemisphere) -> None:
+    """``top`` and ``chunk`` whole numbers >= 1 (chunk may be None), ``hemisphere`` None or a hemisphere."""
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be a whole number >= 1 (how many stimuli to show), got {top!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ValueError(f"chunk must be a whole number >= 1 (stimuli predicted at once), got {chunk!r}")
+    if hemisphere is not None and hemisphere not in HEMISPHERES:
+        raise ValueError(f"hemisphere must be one of {', '.join(HEMISPHERES)}, not {hemisphere!r}")
+
+
+def _scored_ids(em, tables: list[str], table_ids: Sequence[str] | None) -> list[str]:
+    """The stimuli to score, sorted: ``table_ids`` (refused unless every table holds them), else every stimulus
+    held in all of the model's tables."""
     fs = em.store
     common = set(fs.ids(tables[0]))
     for t in tables[1:]:
@@ -313,10 +334,17 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
     if not ids:
         raise ValueError(f"no stimulus is held in all of {em.record.name!r}'s feature tables ({', '.join(tables)}) "
                          f"in store {fs.uri}; run `brainstore extract` for them")
+    return ids
+
+
+def _roi_scores(em, ids: list[str], tables: list[str], bases: list, sel: dict[str, np.ndarray],
+                n_vert: dict[str, int], chunk: int | None) -> np.ndarray:
+    """The mean predicted response over the selected vertices of every stimulus (n_ids,) float64: predictions
+    chunk by chunk through the model's own predict path (each table read once); only the ROI sums are kept."""
+    fs = em.store
     feats = {t: fs.load(t, ids) for t in tables}
     keys = list(dict.fromkeys(tuple(b.record.meta["features"]) for b in bases))
-
-    # predictions chunk by chunk through the model's own predict path; only the ROI sums are kept
+    n_sel = int(sum(len(v) for v in sel.values()))
     per_row = sum(n_vert.values()) * (len(bases) + 1)
     step = int(chunk) if chunk else int(max(16, min(8192, _CHUNK_VALUES // max(1, per_row))))
     scores = np.empty(len(ids), dtype=np.float64)
@@ -334,19 +362,7 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
                 acc += np.asarray(pred[h][:, v], dtype=np.float64).sum(1)
         scores[rows] = acc / n_sel
         del pred, cache
-    del feats
-
-    mu, sd = float(scores.mean()), float(scores.std())
-    z = (scores - mu) / sd if sd > 0 else np.zeros_like(scores)
-    order = np.argsort(-scores, kind="stable")[: int(top)]
-    info = _stimulus_info(ds, [ids[i] for i in order])
-    best = [ExplainedStimulus(rank=r + 1, stimulus_id=ids[i], score=float(scores[i]), z=float(z[i]),
-                              caption=info.get(ids[i], (None, None))[0], image=info.get(ids[i], (None, None))[1])
-            for r, i in enumerate(order)]
-    return Explanation(model=model, subject=subject, roi=label, hemispheres=[h for h in hemis if len(sel[h])],
-                       n_vertices=n_sel, n_stimuli=len(ids), tables=tables, store=fs.uri,
-                       dataset=str(ds.root) if ds is not None else None, top=best, score_mean=mu, score_std=sd,
-                       stimulus_ids=ids, scores=scores)
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------- contact sheet

@@ -209,19 +209,23 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
             ("provenance", "Run provenance", _section_provenance(ds, reg, store, metrics, decoders, by_model, dmodels,
                                                                  created, provenance_extra)),
         ]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(_page(title, ds, metrics, decoders, sections, created), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _page(title: str, ds: AlgonautsDataset, metrics: dict, decoders: dict, sections: list, created: str) -> str:
+    """The whole HTML document: header (dataset, model and subject counts, creation time), navigation, sections."""
     nav = "".join(f'<a href="#{sid}">{_esc(name)}</a>' for sid, name, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{_esc(name)}</h2>{content}</section>' for sid, name, content in sections)
     n_subj = len({s for by_s in metrics.values() for s in by_s})
-    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-           f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
-           f"<header><h1>{_esc(title)}</h1><p>dataset {_esc(ds.root)} &middot; {len(metrics)} encoding model(s), "
-           f"{len(decoders)} decoding model(s), {n_subj or len(ds.subjects)} subject(s) &middot; created {_esc(created)}"
-           f"</p><nav>{nav}</nav></header><main>{body}</main></body></html>\n")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<header><h1>{_esc(title)}</h1><p>dataset {_esc(ds.root)} &middot; {len(metrics)} encoding model(s), "
+            f"{len(decoders)} decoding model(s), {n_subj or len(ds.subjects)} subject(s) &middot; created {_esc(created)}"
+            f"</p><nav>{nav}</nav></header><main>{body}</main></body></html>\n")
 
 
 # ------------------------------------------------------------------------------------------ 1. per-ROI bars
@@ -440,7 +444,7 @@ def _section_retrieval(decoders: dict, dmodels: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ 4. captions
 def _section_captions(ds, reg, store: str | None, decoders: dict, dmodels: dict) -> str:
-    from ...features import FeatureStore, FeatureStoreError
+    from ...features import FeatureStoreError
     from ..decoding import decode_subject, retrieved_captions
     from ..encoding import subject_stimuli
     from ..registry import RegistryError

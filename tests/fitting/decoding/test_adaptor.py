@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from brainstore.fitting.decoding._adaptor_net import AdaptorNet, FactoredAdapter
+
 
 # ---------------------------------------------------------------------------- Ray Train, end to end
 

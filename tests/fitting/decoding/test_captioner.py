@@ -61,7 +61,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, data, torch_one_thread):
-    from brainstore.fitting.decoding._captioner import make_tiny_lm
+    from brainstore.fitting.decoding._tiny_lm import make_tiny_lm
 
     return make_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny-gpt2", data["train"][0], trained_steps=300, seed=0)
 
@@ -184,7 +184,8 @@ def test_registry_round_trip(trained, data, tiny_lm, tmp_path):
 
 def test_random_init_lm_is_recorded_and_said_once(tmp_path, data, tiny_lm, capfd, torch_one_thread):
     from brainstore.fitting import ModelRegistry
-    from brainstore.fitting.decoding._captioner import Captioner, make_tiny_lm, train_captioner
+    from brainstore.fitting.decoding._captioner import Captioner, train_captioner
+    from brainstore.fitting.decoding._tiny_lm import make_tiny_lm
 
     captions, E = data["train"]
     rnd = make_tiny_lm(tmp_path / "random-lm", captions[:50], trained_steps=0, seed=1)
