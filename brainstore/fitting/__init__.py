@@ -5,7 +5,7 @@ need torch; they are imported on first use (``from brainstore.fitting import sol
 so ``import brainstore.fitting`` itself does not import torch.
 """
 
-import importlib
+from .._lazy import lazy_names
 
 from ..scoring import (
     nnmc,
@@ -72,9 +72,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())

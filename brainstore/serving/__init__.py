@@ -8,7 +8,7 @@ builder by its public path ``brainstore.serving:app_builder``. The Ray Serve nam
 Contract: ``ARCHITECTURE.md`` (Serving).
 """
 
-import importlib
+from .._lazy import lazy_names
 
 from ._app import MAKE_TOKEN, TOKEN_MIN_LENGTH, Limits, check_token, make_app
 from ._backend import STIMULUS_ID, LocalBackend
@@ -57,9 +57,4 @@ def app_builder(args: dict):
     return build(args)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())

@@ -6,7 +6,7 @@ whole-table top-k, retrieval scores), the captioner, and :func:`fit_decoder`, th
 that fits what a :class:`~brainstore.fitting.DecoderSpec` says.
 """
 
-import importlib
+from ..._lazy import lazy_names
 
 from ._adaptor import AdaptorRun, fit_adaptor, train_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel
@@ -41,9 +41,4 @@ _LAZY = {name: "._adaptor_net" for name in (
     "entropy_separation_loss")}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())

@@ -8,7 +8,7 @@ The solvers and estimators need torch and are imported on first use (PEP 562); t
 fit drivers use them without torch.
 """
 
-import importlib
+from ..._lazy import lazy_names
 
 from ._candidates import banded_candidates, check_gammas, default_n_candidates
 from ._scaling import CONSTANT_EPS_MULT, NEAR_CONSTANT_RTOL, input_eps, robust_scale, unstable_scales
@@ -35,9 +35,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
