@@ -135,6 +135,7 @@ def array_from_npy(body: bytes, field: str, max_values: int) -> np.ndarray:
 
 
 def array_to_npy(a: np.ndarray) -> bytes:
+    """``a`` as the bytes of a ``.npy`` file (little-endian float32, no pickle): an ``application/x-npy`` answer."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a, dtype="<f4"), allow_pickle=False)
     return buf.getvalue()

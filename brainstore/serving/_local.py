@@ -11,6 +11,7 @@ __all__ = ["LocalServer", "free_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the OS picks it; another process may take it before it is bound)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
