@@ -99,14 +99,24 @@ def _which(e: BaseException) -> str | None:
 
     if any(isinstance(x, StoreAccessError) for x in _chain(e)):
         return "store"
+    registry_code, store_code = _code_folders()
     for x in reversed(list(_chain(e))):  # the root cause first
         for frame in reversed(traceback.extract_tb(x.__traceback__)):  # its innermost frame first
             f = frame.filename.replace("\\", "/")
-            if f.endswith("/fitting/_registry.py") or "/obstore/" in f:
+            if f.startswith(registry_code) or "/obstore/" in f:
                 return "registry"
-            if f.endswith("/features/_store.py") or "/lancedb/" in f or "/lance/" in f:
+            if f.startswith(store_code) or "/lancedb/" in f or "/lance/" in f:
                 return "store"
     return None
+
+
+def _code_folders() -> tuple[str, str]:
+    """The folders of the registry's and the feature store's code, from the packages themselves (so that
+    moving a file inside them cannot silently break the attribution)."""
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent  # brainstore/, as the frames name it (the path it was imported by)
+    return ((root / "fitting" / "registry").as_posix() + "/", (root / "features").as_posix() + "/")
 
 
 def outage(e: BaseException, *, registry: str | None = None, store: str | None = None) -> ServingError | None:
