@@ -105,6 +105,11 @@ class BrainDataset:
         clips), or None: contiguous folds."""
         return None
 
+    def cortex(self, subject: str):
+        """Where ``subject``'s response columns sit (:class:`brainstore.maps.Cortex`: the space, the vertex
+        of every column, ROI labels on the whole space for outlines), or None when the dataset does not say."""
+        return None
+
     def ground_truth_dir(self) -> Path | None:
         """The folder of noiseless responses (``<subject>/{lh,rh}_pred_test.npy``: the oracle), or None."""
         p = Path(self.root) / "ground_truth"
