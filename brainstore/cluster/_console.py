@@ -37,7 +37,8 @@ def dataset_table(summary: Mapping) -> Table:
         for h in s["hemispheres"].values():
             fams += [f for f in h.get("rois", {}) if f not in fams]
     t = Table(title=f"dataset {summary['root']} ({summary['captions']} captions)")
-    for c in ["subject", "hemi", "train", "test", "test fMRI", "vertices", *[SHORT.get(f, f) for f in fams], "NC mean"]:
+    for c in ["subject", "hemi", "train", "test", "test fMRI", "vertices", "space", *[SHORT.get(f, f) for f in fams],
+              "NC mean"]:
         t.add_column(c, justify="right" if c not in ("subject", "hemi") else "left")
     for name, s in subjects.items():
         for hemi, h in s["hemispheres"].items():
@@ -45,10 +46,17 @@ def dataset_table(summary: Mapping) -> Table:
             # problems listed under the table say which and why
             readable = h["vertices"] is not None
             t.add_row(name, hemi, _count(s["train_images"]), _count(s["test_images"]),
-                      "yes" if s["test_responses"] else "no", _count(h["vertices"]),
+                      "yes" if s["test_responses"] else "no", _count(h["vertices"]), _space(s.get("space")),
                       *[str(h.get("rois", {}).get(f, 0)) if readable else "-" for f in fams],
                       _fmt(h.get("noise_ceiling_mean", float("nan"))))
     return t
+
+
+def _space(text: str | None) -> str:
+    """The space column: the space's name (``fsaverage``, ``volume`` ...), "unreadable" (validate says why), "-"."""
+    if not text:
+        return "-"
+    return "unreadable" if text.startswith("unreadable") else text.split(" (")[0].replace(" surface", "")
 
 
 def named_roi_table(summary: Mapping) -> Table:

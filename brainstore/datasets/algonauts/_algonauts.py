@@ -180,6 +180,22 @@ class AlgonautsDataset(BrainDataset):
         """The six families of the challenge layout (``streams`` included), which every subject has."""
         return list(ROI_FAMILIES)
 
+    # ------------------------------------------------------------------ the cortex
+    def cortex(self, subject: str):
+        """Where the subject's columns sit on fsaverage (:class:`brainstore.maps.Cortex`), from the release's
+        ``roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy`` (1 where a challenge-space vertex sits; columns
+        in ascending vertex order), with the ROI labels on fsaverage (``{hemi}.{family}_fsaverage_space.npy``,
+        else the challenge-space labels laid through the mask) for outlines; None when the files are absent."""
+        from ._space import read_cortex
+
+        if subject not in self._cortices:
+            self._cortices[subject] = read_cortex(self, subject)
+        return self._cortices[subject]
+
+    @cached_property
+    def _cortices(self) -> dict:
+        return {}
+
     # ------------------------------------------------------------------ validation
     def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:
         """Check the whole dataset (or only ``subjects``); returns a list of problems (empty when valid)."""
@@ -195,11 +211,16 @@ class AlgonautsDataset(BrainDataset):
         return self
 
     def summary(self) -> dict:
-        """Counts per subject: images, vertices, ROI sizes and noise-ceiling statistics."""
+        """Counts per subject: images, vertices, where they sit (``space``), ROI sizes and noise-ceiling statistics."""
         out = {"root": str(self.root), "name": self.name, "captions": len(self.captions), "subjects": {}}
         for s in self.subjects:
             entry = {"train_images": self.n_images(s, "train"), "test_images": self.n_images(s, "test"),
                      "test_responses": self.has_test_responses(s), "hemispheres": {}}
+            try:
+                cortex = self.cortex(s)
+                entry["space"] = cortex.space.describe() if cortex else None
+            except DatasetError as e:
+                entry["space"] = f"unreadable: {e}"
             for h in HEMISPHERES:
                 hemi = {"vertices": self.n_vertices(s, h)}
                 try:

@@ -9,6 +9,7 @@ from .._errors import DatasetError
 from .._images import image_problem
 from .._layout import HEMISPHERES, ROI_FAMILIES
 from ._files import SPLIT_DIRS
+from ._space import space_problems
 
 _CHUNK_ROWS = 2048
 
@@ -53,6 +54,8 @@ def validate_algonauts(ds: "AlgonautsDataset", *, check_images: bool = True,
                 problems.append(f"missing folder {roi_dir}")
                 continue
             problems += _roi_problems(ds, s, h, n_vert)
+        if (sdir / "roi_masks").is_dir():
+            problems += space_problems(ds, s)
     return problems
 
 

@@ -11,7 +11,7 @@ from .._arrays import parse_array_ref
 from .._errors import DatasetError
 from .._images import image_problem
 from .._layout import HEMISPHERES
-from ._rois import RoisMixin
+from ._cortex import CortexMixin
 from ._stimuli import StimuliMixin
 
 _CHUNK_ROWS = 1024
@@ -134,7 +134,7 @@ def _subject_problems(ds: "ChecksMixin", s: str, table: dict | None, stimuli_ok:
     for h in HEMISPHERES:
         problems += _noise_ceiling_problems(ds, s, h, src.n_vertices[h], assembled)
         problems += _roi_problems(ds, s, h, src.n_vertices[h])
-    return problems
+    return problems + ds.space_problems(s)
 
 
 def _stimulus_file_problems(ds: "ChecksMixin", s: str, t, table: dict | None, brick_len: int | None,
@@ -253,7 +253,7 @@ def input_files(ds: "ChecksMixin", kind: str) -> list[Path]:
     return [p for p in dict.fromkeys(out) if p.is_file()]
 
 
-class ChecksMixin(StimuliMixin, RoisMixin):
+class ChecksMixin(StimuliMixin, CortexMixin):
     """``validate`` and ``input_files`` over the stimuli, responses and ROIs."""
 
     def validate(self, *, check_images: bool = True, subjects: list[str] | None = None) -> list[str]:

@@ -75,7 +75,13 @@ class DescribedDataset(ChecksMixin):
                 "clips": None if ts is None else len(ts.clips),
                 "trs": None if ts is None else sum(c.n_trs for c in ts.clips)}
         for s in self.subjects:
-            entry: dict = {"train_images": None, "test_images": None, "test_responses": False, "hemispheres": {}}
+            entry: dict = {"train_images": None, "test_images": None, "test_responses": False, "hemispheres": {},
+                           "space": None}
+            try:
+                cortex = self.cortex(s)
+                entry["space"] = cortex.space.describe() if cortex else None
+            except DatasetError as e:
+                entry["space"] = f"unreadable: {e}"
             try:
                 t = self._trials(s)
                 entry.update(train_images=self.n_images(s, "train"), test_images=self.n_images(s, "test"),

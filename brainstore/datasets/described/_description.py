@@ -16,13 +16,13 @@ from ..._yamllines import dotted, line_of, read_text, read_yaml_text, unknown_ke
 from .._errors import DatasetError, DatasetValidationError
 
 __all__ = ["Description", "SubjectSpec", "ResponsesSpec", "HemiSource", "RoiFamily", "NoiseCeilingFiles",
-           "StimuliSpec", "TimeSeriesSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]
+           "SpaceSpec", "StimuliSpec", "TimeSeriesSpec", "DescriptionError", "load_description", "RESPONSE_FORMATS", "SUBJECT_FIELDS"]
 
 #: Formats of per-hemisphere response files, by file name ending (NIfTI volumes go under ``volume``).
 RESPONSE_FORMATS = {".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".gii": "gifti",
                     ".mgh": "mgh", ".mgz": "mgh"}
 #: Fields a subject may set, each defaulting to the top-level field of the same name.
-SUBJECT_FIELDS = ("trials", "responses", "rois", "noise_ceiling")
+SUBJECT_FIELDS = ("trials", "responses", "rois", "noise_ceiling", "space")
 _AT = "\x00"  # a model validator's message may start with a field to report it at: _AT + field + _AT
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -240,6 +240,40 @@ class TimeSeriesSpec(_Model):
         return self
 
 
+class HemiMeshes(_Model):
+    """A subject's own surface files of one hemisphere (GIfTI or FreeSurfer geometry; sulc: GIfTI or curv)."""
+
+    inflated: str
+    flat: Optional[str] = None
+    pial: Optional[str] = None
+    sulc: Optional[str] = None
+
+
+class SpaceSpec(_Model):
+    """Where the response columns sit, for maps on the cortex: a surface (an fsaverage resolution, or the
+    subject's own ``native`` surface with its ``meshes``) and the vertex of every column (``vertices``: per
+    hemisphere an .npy of the vertex index of every column, or a release-style 0/1 mask over the surface;
+    omitted when the columns are the whole surface in order). A volume's space is its brain mask's grid:
+    nothing to write."""
+
+    surface: Literal["fsaverage", "fsaverage6", "fsaverage5", "native"]
+    vertices: Optional[dict[Literal["lh", "rh"], str]] = None
+    meshes: Optional[dict[Literal["lh", "rh"], HemiMeshes]] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.vertices is not None and set(self.vertices) != {"lh", "rh"}:
+            raise ValueError(f"{_AT}vertices{_AT}give both lh and rh vertex files")
+        if self.surface == "native":
+            if self.meshes is None or set(self.meshes) != {"lh", "rh"}:
+                raise ValueError(f"{_AT}meshes{_AT}a native surface needs its meshes: {{lh: {{inflated: FILE}}, "
+                                 "rh: {inflated: FILE}}} (flat, pial, sulc optional)")
+        elif self.meshes is not None:
+            raise ValueError(f"{_AT}meshes{_AT}{self.surface}'s meshes come bundled (or from --meshes); meshes: is "
+                             "for surface: native")
+        return self
+
+
 class SubjectSpec(_Model):
     """What one subject overrides of the top-level defaults (each field replaces the default whole)."""
 
@@ -247,6 +281,7 @@ class SubjectSpec(_Model):
     responses: Optional[ResponsesSpec] = None
     rois: Optional[dict[str, RoiFamily]] = None
     noise_ceiling: Optional[NoiseCeiling] = None
+    space: Optional[SpaceSpec] = None
 
     _nc = field_validator("noise_ceiling", mode="before")(classmethod(lambda cls, v: _noise_ceiling(v)))
 
@@ -267,6 +302,7 @@ class Description(_Model):
     responses: Optional[ResponsesSpec] = None
     rois: dict[str, RoiFamily] = {}
     noise_ceiling: Optional[NoiseCeiling] = None
+    space: Optional[SpaceSpec] = None  # where the columns sit on a surface (maps on the cortex)
     subjects: Union[list[str], dict[str, Optional[SubjectSpec]]]
 
     _nc = field_validator("noise_ceiling", mode="before")(classmethod(lambda cls, v: _noise_ceiling(v)))
@@ -321,7 +357,7 @@ def where(path: Path, lines: dict, loc: tuple) -> str:
 
 _BRANCH = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*|union\[.*\])$")
 _MODEL_NAMES = {"HemiSource", "ResponsesSpec", "RoiFamily", "NoiseCeilingFiles", "StimuliSpec", "SubjectSpec",
-                "FramesSpec", "TimeSeriesSpec"}
+                "FramesSpec", "TimeSeriesSpec", "SpaceSpec", "HemiMeshes"}
 
 
 def _clean_loc(loc: tuple) -> tuple:
