@@ -63,7 +63,7 @@ def test_every_public_callable_has_a_docstring():
     import inspect
 
     missing = []
-    for pkg in ("brainstore", "brainstore.datasets", "brainstore.scoring", "brainstore.features",
+    for pkg in ("brainstore", "brainstore.datasets", "brainstore.scoring", "brainstore.maps", "brainstore.features",
                 "brainstore.features.extractors", "brainstore.fitting", "brainstore.serving", "brainstore.cluster"):
         mod = importlib.import_module(pkg)
         for name in mod.__all__:

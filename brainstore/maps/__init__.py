@@ -12,9 +12,10 @@ build the placements, ``evaluate`` and ``plot`` write and draw the maps.
 from ._files import read_map, write_gifti, write_nifti
 from ._interactive import surface_view_html
 from ._meshes import MESHES_ENV, Meshes, find_fsaverage, load_meshes
+from ._plot import plot_map, read_plot_inputs
 from ._render import color_scale, render_surface_map, render_volume_map
 from ._spaces import FSAVERAGE_VERTICES, Cortex, Space, SpaceError, indices_from_mask
 
 __all__ = ["Space", "Cortex", "SpaceError", "FSAVERAGE_VERTICES", "indices_from_mask", "Meshes", "load_meshes",
-           "find_fsaverage", "MESHES_ENV", "write_gifti", "write_nifti", "read_map",
+           "find_fsaverage", "MESHES_ENV", "write_gifti", "write_nifti", "read_map", "read_plot_inputs", "plot_map",
            "render_surface_map", "render_volume_map", "color_scale", "surface_view_html"]
