@@ -15,14 +15,15 @@ from ._spaces import FSAVERAGE_VERTICES, HEMIS, Space, SpaceError
 
 __all__ = ["render_surface_map", "render_volume_map", "color_scale", "PANELS", "panel_boxes"]
 
-#: The columns of a surface picture: (title, mesh kind, view per hemisphere). The flat map is seen from
-#: above (nilearn's flat fsaverage5 lies in the x-y plane), the inflated views as nilearn names them.
+#: The columns of a surface picture: (title, mesh kind, (elevation, azimuth) per hemisphere). The flat map
+#: is seen from above (nilearn's flat fsaverage5 lies in the x-y plane), the inflated views as nilearn's
+#: lateral, medial and ventral.
 PANELS = (("flat map", "flat", {"lh": (90, 270), "rh": (90, 270)}),
-          ("lateral", "inflated", {"lh": "lateral", "rh": "lateral"}),
-          ("medial", "inflated", {"lh": "medial", "rh": "medial"}),
-          ("ventral", "inflated", {"lh": "ventral", "rh": "ventral"}))
+          ("lateral", "inflated", {"lh": (0, 180), "rh": (0, 0)}),
+          ("medial", "inflated", {"lh": (0, 0), "rh": (0, 180)}),
+          ("ventral", "inflated", {"lh": (270, 0), "rh": (270, 0)}))
 #: Outline colours of the ROI families, in the order the families come.
-ROI_COLORS = ("#00e000", "#00b0ff", "#ff30ff", "#ffe000", "#ff7000", "#ffffff", "#000000")
+ROI_COLORS = ("#00e000", "#00b0ff", "#ff30ff", "#ffe000", "#ff7000", "#00ffd0", "#000000")
 _NILEARN_HEMI = {"lh": "left", "rh": "right"}
 _HEMI_TITLE = {"lh": "left hemisphere", "rh": "right hemisphere"}
 # figure geometry (inches): panel size, margins for row labels, the title and the colour bar
@@ -94,6 +95,30 @@ def _outline(ax, fig, mesh, labels: np.ndarray, color: str, hemi: str) -> bool:
     return True
 
 
+def _unit(sulc) -> np.ndarray | None:
+    """Sulcal depth scaled to [0, 1] over the whole hemisphere: nilearn then draws it as it is, the same grey
+    for the same depth in every view (it would rescale each view's faces to their own range)."""
+    if sulc is None:
+        return None
+    sulc = np.asarray(sulc, dtype=np.float64)
+    lo, hi = np.nanmin(sulc), np.nanmax(sulc)
+    return (sulc - lo) / (hi - lo) if hi > lo else np.full(sulc.shape, 0.5)
+
+
+def _facing(mesh, view: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A closed mesh less the faces turned away from the camera at ``view`` (elevation, azimuth): they are
+    hidden by the others, and matplotlib then draws half the polygons (the picture is the same)."""
+    coords, faces = np.asarray(mesh[0], dtype=np.float64), np.asarray(mesh[1])
+    elev, azim = np.radians(view)
+    eye = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+    v0 = coords[faces[:, 0]]
+    normals = np.cross(coords[faces[:, 1]] - v0, coords[faces[:, 2]] - v0)
+    if np.einsum("ij,ij->", v0 - coords.mean(axis=0), normals) < 0:  # faces wound inward: turn the normals out
+        normals = -normals
+    keep = normals @ eye >= -0.05 * np.linalg.norm(normals, axis=1)
+    return coords, faces[keep]
+
+
 def _draw_panel(fig, box, mesh, values, sulc, hemi, view, scale, rois) -> set:
     """One view of one hemisphere: the map over the sulcal depth, then the ROI outlines; the families drawn."""
     from nilearn import plotting
@@ -150,6 +175,7 @@ def render_surface_map(maps: dict, space: Space, path: str | Path, *, title: str
     outlines = {h: {f: (_on_mesh(lab, space, meshes.n_vertices, f"ROI {f} ({h})"), m)
                     for f, (lab, m) in ((rois or {}).get(h) or {}).items()} for h in hemis}
     scale = color_scale([values[h] for h in hemis], cmap, vmin, vmax)
+    sulc = {h: _unit(meshes.sulc.get(h)) for h in hemis}
     panels = [p for p in PANELS if meshes.has(p[1])]
     size, boxes = panel_boxes(len(hemis), len(panels))
     fig = plt.figure(figsize=size)
@@ -157,8 +183,9 @@ def render_surface_map(maps: dict, space: Space, path: str | Path, *, title: str
         drawn: set = set()
         for r, h in enumerate(hemis):
             for c, (name, kind, view) in enumerate(panels):
-                drawn |= _draw_panel(fig, boxes[r][c], meshes.surfaces[h][kind], values[h], meshes.sulc.get(h), h,
-                                     view[h], scale, outlines[h])
+                mesh = meshes.surfaces[h][kind]
+                mesh = mesh if kind == "flat" else _facing(mesh, view[h])
+                drawn |= _draw_panel(fig, boxes[r][c], mesh, values[h], sulc[h], h, view[h], scale, outlines[h])
                 if r == 0:
                     fig.text(boxes[0][c][0] + boxes[0][c][2] / 2, boxes[0][c][1] + boxes[0][c][3], name, ha="center",
                              va="bottom", fontsize=10)
