@@ -22,6 +22,8 @@ PANELS = (("flat map", "flat", {"lh": (90, 270), "rh": (90, 270)}),
           ("lateral", "inflated", {"lh": (0, 180), "rh": (0, 0)}),
           ("medial", "inflated", {"lh": (0, 0), "rh": (0, 180)}),
           ("ventral", "inflated", {"lh": (270, 0), "rh": (270, 0)}))
+#: The fewest faces of the drawn mesh a labelled region covers for its outline to be drawn.
+MIN_REGION_FACES = 8
 #: Outline colours of the ROI families, in the order the families come.
 ROI_COLORS = ("#00e000", "#00b0ff", "#ff30ff", "#ffe000", "#ff7000", "#00ffd0", "#000000")
 _NILEARN_HEMI = {"lh": "left", "rh": "right"}
@@ -75,15 +77,19 @@ def _on_mesh(values, space: Space, n_mesh: int, what: str) -> np.ndarray:
 
 
 def _outline(ax, fig, mesh, labels: np.ndarray, color: str, hemi: str) -> bool:
-    """Outline every label of one ROI family (not 0) that forms a region on the mesh; False when none does."""
+    """Outline every label of one ROI family (not 0) that covers a region of the mesh as drawn: at least
+    ``MIN_REGION_FACES`` faces, and more inside it than along its edge (the outline of specks would hide the
+    values it surrounds); False when none does."""
     from nilearn import plotting
 
-    faces = np.asarray(mesh[1])
+    on_faces = np.asarray(labels)[np.asarray(mesh[1])]
     levels = []
-    for lab in np.unique(labels):
+    for lab in np.unique(on_faces):
         if lab == 0 or not np.isfinite(lab):
             continue
-        if (np.isin(faces, np.flatnonzero(labels == lab)).sum(axis=1) >= 2).any():  # forms a region
+        hit = on_faces == lab
+        inside, ring = int(hit.all(axis=1).sum()), int((hit.any(axis=1) & ~hit.all(axis=1)).sum())
+        if inside >= max(MIN_REGION_FACES, ring):  # a region, not specks the outline would cover
             levels.append(lab)
     if not levels:
         return False
@@ -119,7 +125,7 @@ def _facing(mesh, view: tuple) -> tuple[np.ndarray, np.ndarray]:
     return coords, faces[keep]
 
 
-def _draw_panel(fig, box, mesh, values, sulc, hemi, view, scale, rois) -> set:
+def _draw_panel(fig, box, mesh, values, sulc, hemi, view, scale, rois, colors) -> set:
     """One view of one hemisphere: the map over the sulcal depth, then the ROI outlines; the families drawn."""
     from nilearn import plotting
 
@@ -131,8 +137,8 @@ def _draw_panel(fig, box, mesh, values, sulc, hemi, view, scale, rois) -> set:
                                     engine="matplotlib", axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=lo,
                                     vmax=hi, symmetric_cbar=False, threshold=None)
     drawn = set()
-    for k, (family, (labels, _)) in enumerate(rois.items()):
-        if _outline(ax, fig, mesh, labels, ROI_COLORS[k % len(ROI_COLORS)], hemi):
+    for family, (labels, _) in rois.items():
+        if _outline(ax, fig, mesh, labels, colors[family], hemi):
             drawn.add(family)
     return drawn
 
@@ -176,6 +182,7 @@ def render_surface_map(maps: dict, space: Space, path: str | Path, *, title: str
                     for f, (lab, m) in ((rois or {}).get(h) or {}).items()} for h in hemis}
     scale = color_scale([values[h] for h in hemis], cmap, vmin, vmax)
     sulc = {h: _unit(meshes.sulc.get(h)) for h in hemis}
+    colors = {f: ROI_COLORS[k % len(ROI_COLORS)] for k, f in enumerate(_families(outlines))}
     panels = [p for p in PANELS if meshes.has(p[1])]
     size, boxes = panel_boxes(len(hemis), len(panels))
     fig = plt.figure(figsize=size)
@@ -185,13 +192,14 @@ def render_surface_map(maps: dict, space: Space, path: str | Path, *, title: str
             for c, (name, kind, view) in enumerate(panels):
                 mesh = meshes.surfaces[h][kind]
                 mesh = mesh if kind == "flat" else _facing(mesh, view[h])
-                drawn |= _draw_panel(fig, boxes[r][c], mesh, values[h], sulc[h], h, view[h], scale, outlines[h])
+                drawn |= _draw_panel(fig, boxes[r][c], mesh, values[h], sulc[h], h, view[h], scale, outlines[h],
+                                     colors)
                 if r == 0:
                     fig.text(boxes[0][c][0] + boxes[0][c][2] / 2, boxes[0][c][1] + boxes[0][c][3], name, ha="center",
                              va="bottom", fontsize=10)
             fig.text(0.1 / size[0], boxes[r][0][1] + boxes[r][0][3] / 2, _HEMI_TITLE[h], rotation=90, ha="left",
                      va="center", fontsize=10)
-        _decorate(fig, size, scale, label, f"{title}\non {meshes.name}", [f for f in _families(outlines) if f in drawn])
+        _decorate(fig, size, scale, label, f"{title}\non {meshes.name}", {f: c for f, c in colors.items() if f in drawn})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100, format="png")
@@ -204,7 +212,7 @@ def _families(outlines: dict) -> list[str]:
     return list(dict.fromkeys(f for by_f in outlines.values() for f in by_f))
 
 
-def _decorate(fig, size, scale, label: str, title: str, families: list[str]) -> None:
+def _decorate(fig, size, scale, label: str, title: str, families: dict) -> None:
     """The title, the one colour bar (bottom centre) and the legend of the outlined ROI families."""
     from matplotlib.colorbar import ColorbarBase
     from matplotlib.colors import Normalize
@@ -218,8 +226,7 @@ def _decorate(fig, size, scale, label: str, title: str, families: list[str]) -> 
     bar.set_label(label, fontsize=9)
     bar.ax.tick_params(labelsize=8)
     if families:
-        handles = [Line2D([], [], color=ROI_COLORS[k % len(ROI_COLORS)], lw=3, label=f)
-                   for k, f in enumerate(families)]
+        handles = [Line2D([], [], color=c, lw=3, label=f) for f, c in families.items()]
         fig.legend(handles=handles, loc="lower right", fontsize=7, ncol=min(3, len(handles)), frameon=False,
                    title="ROI outlines", title_fontsize=7)
 
