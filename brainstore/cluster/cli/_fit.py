@@ -154,9 +154,10 @@ def evaluate_cmd(
     rois: str = typer.Option("families", "--rois", help="'families' (the five ROI families) or 'named' (also every named ROI: V1v ... VWFA-2)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <registry>/_runs/evaluate-TIME)."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store each model was fitted with)."),
+    meshes: Optional[Path] = typer.Option(None, "--meshes", help="FreeSurfer fsaverage folder to draw the maps on (default: $BRAINSTORE_FSAVERAGE, $SUBJECTS_DIR, $FREESURFER_HOME, else nilearn's fsaverage5)."),
     registry: str = RegistryOpt,
 ) -> None:
-    """Score registered models on the test split (NNMC per ROI), write tables, plots and predictions."""
+    """Score registered models on the test split (NNMC per ROI), write tables, plots, predictions and maps on the cortex."""
     from ...datasets import DatasetError
     from ...features import FeatureStoreError
     from ...fitting import RegistryError, evaluate
@@ -167,7 +168,7 @@ def evaluate_cmd(
     try:
         reg = open_registry(registry)
         ev = evaluate(dataset, registry=reg, store=store, out=out, models=models.split(",") if models else None,
-                      provenance={"command": "brainstore evaluate", "rois": rois})
+                      provenance={"command": "brainstore evaluate", "rois": rois}, meshes=meshes)
     except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         fail(str(e))
     if ev.report:

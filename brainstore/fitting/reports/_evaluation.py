@@ -1,7 +1,8 @@
 """One entry point for scoring what a registry holds: :func:`evaluate` predicts the test split with every
 registered encoder of a dataset (test NNMC per ROI) and decodes it with every decoder and adaptor
-(retrieval), and writes the report folder: metrics.json, tables, plots, predictions and the
-self-contained report.html. ``brainstore evaluate`` is a thin layer over it."""
+(retrieval), and writes the report folder: metrics.json, tables, plots, predictions, the maps on the
+cortex (``maps/``, see :mod:`._maps`) and the self-contained report.html. ``brainstore evaluate`` is a
+thin layer over it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from ..._storage import dataset_root, uri_of
 from ..decoding import decoder_records, evaluate_decoders
 from ..registry import ModelRegistry, run_dir
+from ._maps import CortexMaps, write_cortex_maps
 from ._report import evaluate_registered, write_decoding_plot, write_report
 
 __all__ = ["evaluate", "Evaluation"]
@@ -31,6 +33,10 @@ class Evaluation:
         test NNMC per ROI family; ``named``: per named ROI), or None without encoders.
     files : the files written, relative to ``report_dir``.
     html : the report.html file.
+    maps : the map files written (GIfTI / NIfTI and PNG under ``maps/``), relative to ``report_dir``;
+        empty when the dataset places no response column (``maps_info.notes`` says why).
+    maps_info : :class:`~._maps.CortexMaps`, what the maps are (pictures, spaces, notes), or None
+        without encoders.
     """
 
     report_dir: Path
@@ -40,6 +46,8 @@ class Evaluation:
     report: dict | None = None
     files: list[str] = field(default_factory=list)
     html: Path | None = None
+    maps: list[str] = field(default_factory=list)
+    maps_info: CortexMaps | None = None
 
     def summary(self) -> str:
         """The encoders' comparison table (Markdown: test NNMC per ROI family, mean over subjects) and the
@@ -56,7 +64,8 @@ class Evaluation:
 
 
 def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, models: list[str] | None = None,
-             title: str | None = None, provenance: dict | None = None) -> Evaluation:
+             title: str | None = None, provenance: dict | None = None, meshes: str | Path | None = None,
+             progress: bool = True) -> Evaluation:
     """Score the registered encoders and decoders fitted on ``dataset`` on its test split and write the report.
 
     Parameters
@@ -76,6 +85,11 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
         The HTML report's title.
     provenance : dict, optional
         Extra rows for the report's provenance table (the command that ran, say).
+    meshes : path, optional
+        A FreeSurfer fsaverage folder to draw the maps on, checked before any work (default: one found by
+        ``$BRAINSTORE_FSAVERAGE``, ``$SUBJECTS_DIR``, ``$FREESURFER_HOME``, else the fsaverage5 nilearn bundles).
+    progress : bool
+        Show a progress bar while the maps are written.
 
     Returns
     -------
@@ -89,6 +103,7 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     """
     from ..._paths import check_folder
     from ...datasets import open_dataset
+    from ...maps import find_fsaverage
     from ._html import write_html_report
     from ..registry import RegistryError
 
@@ -96,6 +111,8 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(uri_of(registry), create=False)
     store = None if store is None else uri_of(store)
     report_dir = check_folder(run_dir(out, reg.root, "evaluate"), "report folder", "--out", create=True, make=False)
+    if meshes is not None:
+        find_fsaverage(meshes)  # a folder that holds no fsaverage: refused now, not after the predictions
     dec_names = {r.meta["model"] for r in decoder_records(reg, ds.root)}
     enc_names = [m for m in models if m not in dec_names] if models else None
     ev = Evaluation(Path(report_dir))
@@ -106,10 +123,7 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
         raise RegistryError(f"no registered model was fitted on {ds.root} in {reg.root}; run `brainstore fit "
                             f"--dataset {ds.root}` first")
     if ev.metrics:
-        ev.report = write_report(ev.metrics, ev.kinds, preds, ds, ev.report_dir)
-        ev.files += ["metrics.json", "comparison.md", "named_rois.md", "roi_scores.png", "pred_vs_measured.png"]
-        ev.files += ["split_scores.png"] if ev.report["split"] else []
-        ev.files += ["predictions/"]
+        _encoder_outputs(ev, ds, preds, meshes, progress)
     if ev.decoders:
         ev.report_dir.mkdir(parents=True, exist_ok=True)
         path = ev.report_dir / "metrics.json"
@@ -122,6 +136,18 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
              "report folder": str(ev.report_dir), **(provenance or {})}
     ev.html = Path(write_html_report(ev.report_dir / "report.html", dataset=ds, registry=reg, store=store,
                                      metrics=ev.metrics, kinds=ev.kinds, decoders=ev.decoders,
-                                     title=title or f"brainstore evaluate: {ds.name}", provenance_extra=extra))
+                                     title=title or f"brainstore evaluate: {ds.name}", provenance_extra=extra,
+                                     maps=ev.maps_info))
     ev.files.append("report.html")
     return ev
+
+
+def _encoder_outputs(ev: Evaluation, ds, preds: dict, meshes, progress: bool) -> None:
+    """The encoders' report files (tables, plots, predictions) and their maps on the cortex."""
+    ev.report = write_report(ev.metrics, ev.kinds, preds, ds, ev.report_dir)
+    ev.files += ["metrics.json", "comparison.md", "named_rois.md", "roi_scores.png", "pred_vs_measured.png"]
+    ev.files += ["split_scores.png"] if ev.report["split"] else []
+    ev.files += ["predictions/"]
+    ev.maps_info = write_cortex_maps(ds, preds, ev.report_dir / "maps", meshes=meshes, progress=progress)
+    ev.maps = sorted(str(p.relative_to(ev.report_dir)) for p in ev.maps_info.files)
+    ev.files += ["maps/"] if ev.maps else []

@@ -1,16 +1,16 @@
 """The self-contained HTML report of a registry's models on one dataset.
 
 :func:`write_html_report` writes ONE file: inline CSS, the plots as base64 PNG data URIs drawn
-with matplotlib's Agg backend, no script, no external URL, font or asset (it opens offline and
-can be mailed or archived as it is). Every string that comes from data (model and table names,
-captions, metadata, ``provenance_extra``) is HTML-escaped.
+with matplotlib's Agg backend, no script but the maps' 3-D view (inline, in a sandboxed iframe), no external
+URL, font or asset (it opens offline and can be mailed or archived as it is). Every string that comes from
+data (model and table names, captions, metadata, ``provenance_extra``) is HTML-escaped.
 
 Sections, each computed from the dataset, the registry and the metrics:
 
 1. per-ROI test NNMC per subject for every encoding model, beside the mean noise ceiling (%)
    and the oracle (the dataset's noiseless responses, ``ground_truth/``, when it has them);
 2. the comparison in the shape of Table 1 of the Algonauts 2023 report ("Features and Methods" |
-   "NNMC score", mean over subjects, best in bold);
+   "NNMC score", mean over subjects, best in bold); then the maps on the cortex (``_html_maps``);
 3. retrieval top-1 both ways (brain -> stimulus, stimulus -> brain) with 95 % intervals and chance,
    per subject and decoding model (ridge decoders and adaptors): a table and a plot;
 4. decoded captions beside the true ones for a few test images (decoders into a caption table);
@@ -144,7 +144,7 @@ def _roi_label(col: str) -> str:
 def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | str | os.PathLike,
                       registry: Any, store: str | None = None, metrics: dict | None = None,
                       kinds: dict | None = None, decoders: dict | None = None, title: str = "brainstore report",
-                      provenance_extra: Mapping | None = None) -> Path:
+                      provenance_extra: Mapping | None = None, maps=None) -> Path:
     """Write the self-contained HTML report of the models fitted on ``dataset`` and return its path.
 
     Parameters
@@ -160,6 +160,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
         computed when the registry holds decoders or adaptors of the dataset. ``{}``: none.
     title : the report's title.
     provenance_extra : a dict shown as a table in the provenance section (nested dicts as nested tables).
+    maps : the maps on the cortex that ``evaluate`` wrote (``Evaluation.maps_info``); None: a note says where.
 
     Raises
     ------
@@ -169,6 +170,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
     from ..._paths import check_folder
     from ..decoding import decoding_models, evaluate_decoders
     from ..registry import ModelRegistry
+    from ._html_maps import section_maps
     from ._report import evaluate_registered
 
     out = Path(path).expanduser().absolute()
@@ -196,13 +198,13 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
         decoders = evaluate_decoders(reg, ds, store=store) if dmodels else {}
 
     import matplotlib
-
     matplotlib.use("Agg")
     with matplotlib.rc_context({"savefig.format": "png", "figure.max_open_warning": 0}):
         oracle, oracle_note = _oracle(ds)
         sections = [
             ("encoding", "Per-ROI encoding scores", _section_rois(ds, metrics, kinds, oracle, oracle_note)),
             ("table1", "Comparison (Algonauts 2023 Table 1 shape)", _section_table1(metrics, kinds, by_model, oracle)),
+            ("maps", "Maps on the cortex", section_maps(maps, metrics, kinds)),
             ("retrieval", "Retrieval from decoded embeddings", _section_retrieval(decoders, dmodels)),
             ("captions", "Decoded captions", _section_captions(ds, reg, store, decoders, dmodels)),
             ("split", "Feature-space contributions (banded models)", _section_split(metrics)),

@@ -218,11 +218,18 @@ def test_evaluate_writes_a_report_whose_numbers_are_the_metrics(evaluated):
     assert "brainstore evaluate" in prov.find("table", "extra").text()
 
 
+def _without_frames(html: str) -> str:
+    """The report less the maps' 3-D view (an iframe whose srcdoc holds its own page, scripts included)."""
+    import re
+
+    return re.sub(r'srcdoc="[^"]*"', 'srcdoc=""', html)
+
+
 @pytest.mark.slow
 def test_report_is_self_contained(evaluated):
     html = evaluated["html"]
     doc = parse(html)
-    lower = html.lower()
+    lower = _without_frames(html).lower()
     assert "<script" not in lower and "@import" not in lower and "url(" not in lower
     for node in doc.find_all():
         for attr in ("src", "href", "srcset", "action", "data", "poster"):
@@ -230,8 +237,11 @@ def test_report_is_self_contained(evaluated):
             if v is not None:
                 assert v.startswith("#") or v.startswith("data:image/png;base64,"), (node.tag, attr, v[:60])
         assert not any(a.startswith("on") for a in node.attrs), node.attrs  # no event handlers
+    for frame in doc.find_all("iframe"):  # the maps' 3-D view: sandboxed, its page inline, nothing fetched
+        assert frame.attrs["sandbox"] == "allow-scripts" and "<script src" not in frame.attrs["srcdoc"].lower()
     imgs = doc.find_all("img")
-    assert len(imgs) == 4  # ROI bars of the 2 subjects, retrieval, split: all PNGs
+    maps = section(doc, "maps").find_all("img")
+    assert len(imgs) - len(maps) == 4  # ROI bars of the 2 subjects, retrieval, split (and the maps): all PNGs
     for img in imgs:
         assert base64.b64decode(img.attrs["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -256,7 +266,7 @@ def test_captions_and_extras_from_data_are_escaped(evaluated, tmp_path):
     path = write_html_report(tmp_path / "sub" / "r.html", dataset=ds, registry=evaluated["registry"],
                              title="<i>title</i>", provenance_extra={"<img src=x>": {"nested": "<script>"}})
     html = path.read_text(encoding="utf-8")
-    assert "<script" not in html.lower() and "<img src=x" not in html and "<i>title" not in html
+    assert "<script" not in _without_frames(html).lower() and "<img src=x" not in html and "<i>title" not in html
     doc = parse(html)
     true = [s for s in doc.find_all("span", "caption-true")]
     assert true and all(s.text().endswith(evil) for s in true)  # escaped in the file, the text itself once parsed
@@ -285,8 +295,9 @@ def test_report_from_metrics_json(evaluated, tmp_path):
     assert rows(extra)[0][0].text() == "stages" and "f" * 64 in extra.find("table", "nested").text()
 
 
-@pytest.mark.slow
-def test_report_renders_in_chromium(evaluated):
+def _in_chromium(path: Path, probe) -> tuple[dict, list, list, list]:
+    """Open ``path`` in headless Chromium with every request but the file itself refused; ``probe(page)``
+    reads what it needs. Returns (what it read, console errors, refused requests, failed requests)."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`, as root; "
                     "`./go test` does it) for the headless-browser test", pytrace=False)
@@ -295,7 +306,6 @@ def test_report_renders_in_chromium(evaluated):
     except ImportError:
         pytest.fail("the playwright package is missing: `pip install playwright==1.65.2` (in the dev extras; "
                     "`./go setup` installs it)", pytrace=False)
-    path = evaluated["out"] / "report.html"
     url = path.as_uri()
     errors, outside, failed = [], [], []
     with sync_playwright() as p:
@@ -315,16 +325,55 @@ def test_report_renders_in_chromium(evaluated):
 
             page.route("**/*", route)
             page.goto(url, wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
-            title = page.title()
-            sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
-            width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            got = probe(page)
         finally:
             browser.close()
+    return got, errors, outside, failed
+
+
+def _page_facts(page) -> dict:
+    return {"images": page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])"),
+            "title": page.title(),
+            "sections": page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)"),
+            "width": page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")}
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(evaluated):
+    got, errors, outside, failed = _in_chromium(evaluated["out"] / "report.html", _page_facts)
     assert not errors, errors
     assert not outside, outside
     assert not failed, failed
+    images, width = got["images"], got["width"]
     assert images and all(done and w > 0 for done, w in images), images
-    assert title.startswith("brainstore evaluate")
-    assert sections == ["encoding", "table1", "retrieval", "captions", "split", "provenance"]
+    assert got["title"].startswith("brainstore evaluate")
+    assert got["sections"] == ["encoding", "table1", "maps", "retrieval", "captions", "split", "provenance"]
     assert width[0] <= width[1], f"the page is wider than the window: {width}"
+
+
+@pytest.mark.slow
+def test_maps_render_in_chromium(mapped):
+    """The maps section of a dataset with a cortex: every picture decodes, the 3-D view's plotly graph is
+    drawn in its sandboxed frame (no console error, nothing fetched: data: and about: only)."""
+    def probe(page):
+        facts = _page_facts(page)
+        facts["maps"] = page.evaluate("Array.from(document.querySelectorAll('#maps img')).map(i => i.naturalWidth)")
+        (frame,) = [f for f in page.frames if f.url == "about:srcdoc"]
+        frame.wait_for_selector(".js-plotly-plot", timeout=30_000)
+        frame.wait_for_function("document.querySelector('.js-plotly-plot canvas, .js-plotly-plot svg') !== null",
+                                timeout=30_000)
+        facts["graph"] = frame.evaluate("[document.querySelectorAll('.js-plotly-plot').length, "
+                                        "document.querySelectorAll('.js-plotly-plot canvas').length, "
+                                        "document.querySelectorAll('.js-plotly-plot svg').length]")
+        page.wait_for_timeout(500)  # (errors a late draw would report)
+        return facts
+
+    got, errors, outside, failed = _in_chromium(mapped["ev"].html, probe)
+    assert not errors, errors
+    assert not outside, outside
+    assert not failed, failed
+    assert len(got["maps"]) == 7 and all(w > 1000 for w in got["maps"]), got["maps"]  # 2 subjects, average, NC
+    assert all(done and w > 0 for done, w in got["images"]), got["images"]
+    n_graphs, n_canvas, n_svg = got["graph"]
+    assert n_graphs == 1 and n_canvas + n_svg > 0, got["graph"]
+    assert "maps" in got["sections"]
