@@ -19,6 +19,15 @@ The generator is a fair, fully known stand-in for NSD:
 * noise: per-vertex noise-ceiling SNR drawn from a spread (some vertices near zero), single
   trials of unit variance as NSD's z-scored betas; training responses are the mean of 3 repeats, test images are shown 3 times and their mean is stored;
   noise ceilings follow the ncsnr formula with A = n_test, B = C = 0;
+* vertices on the cortex (:mod:`._cortex`): every hemisphere's vertices sit on distinct fsaverage vertices
+  (among fsaverage5's, the first 10,242), written as the release does (``roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy``,
+  1 where a vertex sits, and ``{lh,rh}.{family}_fsaverage_space.npy``, the ROI labels on all 163,842 vertices),
+  with the response columns in ascending fsaverage order. Early visual ROIs lie along the calcarine sulcus
+  and their pRF centres follow from position (eccentricity from the occipital pole, polar angle across the
+  bands, the contralateral hemifield; sizes grow with eccentricity); category ROIs are compact patches where
+  they usually are. Aligned subjects share the template's placement. Datasets of more than 10,242 vertices
+  per hemisphere (``n_vertices`` above 9,311, or above 10,242 aligned) do not fit: they stay in the subjects'
+  native spaces and write no fsaverage files;
 * ``ground_truth/subjNN/{lh,rh}_pred_test.npy`` holds the noiseless test responses (the oracle)
   in the submission layout, so scoring it gives NNMC ~ 100; ``{lh,rh}_train_noiseless.npy`` the
   noiseless training responses (oracle decoders are fitted on them).
@@ -43,6 +52,7 @@ import numpy as np
 
 from ...scoring import noise_ceiling_from_ncsnr
 from .._layout import HEMISPHERES
+from ._cortex import FSAVERAGE_VERTICES, Placement, fits, place, position_of
 from ._folder import build_folder
 from ._scenes import SEMANTIC_NAMES, low_level_energy, render, sample_scene
 
@@ -111,7 +121,9 @@ def make_dataset(
     n_subjects, n_train, n_test : int
         Subjects, training images per subject and test images (shared by all subjects).
     n_vertices : int
-        Typical vertices per hemisphere; each subject/hemisphere varies by +-10 %.
+        Typical vertices per hemisphere; each subject/hemisphere varies by +-10 %. Up to 9,311 (aligned:
+        10,242) the vertices sit on fsaverage and the fsaverage files are written; above, the dataset stays
+        in native space (no fsaverage files).
     seed : int
         Everything (scenes, ROIs, tuning, noise) is a deterministic function of the seed.
     image_size : int
@@ -157,8 +169,11 @@ def _generate(root: Path, spec: ImageDatasetSpec, workers: int | None, progress:
     pngs, energy, sem, captions = _render_all(all_ids, seed, spec.image_size, workers, progress)
     sem_z = (sem - sem.mean(0)) / np.maximum(sem.std(0), 1e-6)
 
+    # on the cortex unless the largest hemisphere (+10 %; aligned: exactly n_vertices) does not fit fsaverage5
+    on_cortex = fits(spec.n_vertices if spec.alignment > 0 else int(round(spec.n_vertices * 1.1)))
     # aligned subjects: one template per hemisphere (vertices, ROIs, pRF centres and sizes, semantic weights)
-    templates = {h: _template(spec.n_vertices, len(SEMANTIC_NAMES), np.random.default_rng([seed, 2000 + i]))
+    templates = {h: _template(spec.n_vertices, len(SEMANTIC_NAMES), np.random.default_rng([seed, 2000 + i]),
+                              h if on_cortex else None)
                  for i, h in enumerate(HEMISPHERES)} if spec.alignment > 0 else {}
     cap_rows = []
     for k in range(n_subj):
@@ -181,7 +196,7 @@ def _generate(root: Path, spec: ImageDatasetSpec, workers: int | None, progress:
             nv = int(round(spec.n_vertices * srng.uniform(0.9, 1.1)))
             if templates:
                 nv = spec.n_vertices
-            _write_hemisphere(sdir, hemi, nv, srng, features, templates.get(hemi), spec.alignment)
+            _write_hemisphere(sdir, hemi, nv, srng, features, templates.get(hemi), spec.alignment, on_cortex)
 
     # Captions keyed by file name (names embed the NSD id, so one name = one image).
     import pyarrow as pa
@@ -260,23 +275,55 @@ def _assign_rois(nv: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarra
     return labels, streams
 
 
-def _raw_tuning(nv: int, n_sem: int, rng: np.random.Generator, labels: dict[str, np.ndarray]):
-    """pRF centres and sizes, and sparse semantic weights (before the category ROIs' preferences)."""
+def _rois_on_cortex(nv: int, rng: np.random.Generator, hemi: str | None):
+    """ROI labels and streams (:func:`_assign_rois`) and, with ``hemi``, the vertices placed on fsaverage
+    (:func:`._cortex.place`) and put in ascending fsaverage order: the streams of vertices outside the
+    category ROIs then follow position (a third each, as drawn: the lowest midlateral, the others midparietal
+    if posterior, else parietal). Without ``hemi`` (native space) the placement is None."""
+    labels, streams = _assign_rois(nv, rng)
+    if hemi is None:
+        return labels, streams, None
+    regions = {name: np.flatnonzero(labels[fam] == lab)
+               for fam, (_, mapping) in ROI_DEFS.items() for lab, name in mapping.items() if lab}
+    p = place(hemi, regions, nv, rng)
+    order = np.argsort(p.vertex)
+    labels = {fam: lab[order] for fam, lab in labels.items()}
+    streams = streams[order]
+    p = Placement(p.vertex[order], p.cx[order], p.cy[order], p.ecc[order])
+    rest = np.flatnonzero(np.isin(streams, (3, 4, 7)))
+    pos = position_of(hemi, p.vertex[rest])
+    by_z = rest[np.argsort(pos[:, 2], kind="stable")]
+    low, high = by_z[: len(rest) // 3], by_z[len(rest) // 3 :]
+    streams[low] = 3
+    by_y = high[np.argsort(position_of(hemi, p.vertex[high])[:, 1], kind="stable")]
+    streams[by_y[: len(high) // 2]], streams[by_y[len(high) // 2 :]] = 4, 7
+    return labels, streams, p
+
+
+def _raw_tuning(nv: int, n_sem: int, rng: np.random.Generator, labels: dict[str, np.ndarray],
+                placed: Placement | None = None):
+    """pRF centres and sizes, and sparse semantic weights (before the category ROIs' preferences). On the
+    cortex, early visual pRF centres come from position and sizes grow with eccentricity (in each area's range)."""
     prf = labels["prf-visualrois"]
     cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
     sigma = rng.uniform(0.15, 0.35, nv)  # coarse low-level tuning outside early visual cortex
     for lab, (lo, hi) in _PRF_SIGMA.items():
         m = prf == lab
         sigma[m] = rng.uniform(lo, hi, m.sum())
+        if placed is not None:  # 70 % eccentricity, 30 % the draw
+            sigma[m] = lo + (hi - lo) * (0.7 * placed.ecc[m] + 0.3 * (sigma[m] - lo) / (hi - lo))
+    if placed is not None:
+        ev = np.isfinite(placed.cx)
+        cx[ev], cy[ev] = placed.cx[ev], placed.cy[ev]
     W_sem = (rng.normal(0, 0.35, (n_sem, nv)) * (rng.random((n_sem, nv)) < 0.5)).astype(np.float32)
     return cx, cy, sigma, W_sem
 
 
-def _template(nv: int, n_sem: int, rng: np.random.Generator) -> dict:
-    """The shared vertex space of aligned subjects: ROI labels and raw tuning."""
-    labels, streams = _assign_rois(nv, rng)
-    cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
-    return {"labels": labels, "streams": streams, "cx": cx, "cy": cy, "sigma": sigma, "W_sem": W_sem}
+def _template(nv: int, n_sem: int, rng: np.random.Generator, hemi: str | None) -> dict:
+    """The shared vertex space of aligned subjects: ROI labels, placement (``hemi``: on the cortex) and raw tuning."""
+    labels, streams, placed = _rois_on_cortex(nv, rng, hemi)
+    cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels, placed)
+    return {"labels": labels, "streams": streams, "placed": placed, "cx": cx, "cy": cy, "sigma": sigma, "W_sem": W_sem}
 
 
 @dataclass(frozen=True)
@@ -291,10 +338,12 @@ class _Features:
 
 
 def _write_hemisphere(sdir: Path, hemi: str, nv: int, rng: np.random.Generator, features: _Features,
-                      template: dict | None = None, alignment: float = 0.0) -> None:
-    """ROI masks, responses (training, test), the oracle and the noise ceiling of one hemisphere."""
-    labels, streams, cx, cy, sigma, W_sem = _vertex_tuning(nv, features.sem_z.shape[1], rng, template, alignment)
-    _write_roi_masks(sdir / "roi_masks", hemi, labels, streams)
+                      template: dict | None = None, alignment: float = 0.0, on_cortex: bool = False) -> None:
+    """ROI masks (with ``on_cortex`` also on fsaverage), responses (training, test), the oracle and the noise
+    ceiling of one hemisphere."""
+    labels, streams, placed, cx, cy, sigma, W_sem = _vertex_tuning(nv, features.sem_z.shape[1], rng, template,
+                                                                   alignment, hemi if on_cortex else None)
+    _write_roi_masks(sdir / "roi_masks", hemi, labels, streams, placed)
     # Tuning: low-level pRF weights (pixels x vertices) and semantic weights (features x vertices).
     yy, xx = np.mgrid[0:_GRID, 0:_GRID]
     centres = (np.stack([xx.ravel(), yy.ravel()], 1) + 0.5) / _GRID
@@ -335,31 +384,42 @@ def _write_hemisphere(sdir: Path, hemi: str, nv: int, rng: np.random.Generator, 
     np.save(nc_dir / f"{hemi}_noise_ceiling.npy", nc.astype(np.float32))
 
 
-def _vertex_tuning(nv: int, n_sem: int, rng: np.random.Generator, template: dict | None, alignment: float):
-    """ROI labels, streams, pRF centres and sizes and semantic weights of a hemisphere: its own, or the
-    template's vertices and ROIs with tuning shared by ``alignment`` (see the module docstring)."""
+def _vertex_tuning(nv: int, n_sem: int, rng: np.random.Generator, template: dict | None, alignment: float,
+                   hemi: str | None = None):
+    """ROI labels, streams, placement (``hemi``: on the cortex, else None), pRF centres and sizes and semantic
+    weights of a hemisphere: its own, or the template's vertices, ROIs and placement with tuning shared by
+    ``alignment`` (see the module docstring)."""
     if template is None:
-        labels, streams = _assign_rois(nv, rng)
-        cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels)
+        labels, streams, placed = _rois_on_cortex(nv, rng, hemi)
+        cx, cy, sigma, W_sem = _raw_tuning(nv, n_sem, rng, labels, placed)
     else:  # the template's vertices and ROIs; tuning = shared + individual
-        labels, streams = template["labels"], template["streams"]
+        labels, streams, placed = template["labels"], template["streams"], template["placed"]
         _, _, _, W_own = _raw_tuning(nv, n_sem, rng, labels)
         jitter = 0.1 * (1.0 - alignment)
         cx = np.clip(template["cx"] + rng.normal(0, jitter, nv), 0.02, 0.98)
         cy = np.clip(template["cy"] + rng.normal(0, jitter, nv), 0.02, 0.98)
         sigma = template["sigma"]
         W_sem = (alignment * template["W_sem"] + np.sqrt(1.0 - alignment**2) * W_own).astype(np.float32)
-    return labels, streams, cx, cy, sigma, W_sem
+    return labels, streams, placed, cx, cy, sigma, W_sem
 
 
-def _write_roi_masks(roi_dir: Path, hemi: str, labels: dict[str, np.ndarray], streams: np.ndarray) -> None:
-    """The release's ROI files: labels per vertex and the pickled label -> name mappings."""
+def _write_roi_masks(roi_dir: Path, hemi: str, labels: dict[str, np.ndarray], streams: np.ndarray,
+                     placed: Placement | None = None) -> None:
+    """The release's ROI files: labels per vertex and the pickled label -> name mappings; with a placement,
+    the vertices' mask and the labels on fsaverage (``fsaverage[vertex] = label``, 0 elsewhere; uint8, the
+    labels being small, so that 163,842 values weigh 160 kB a file)."""
     roi_dir.mkdir(exist_ok=True)
-    for fam, (_, mapping) in ROI_DEFS.items():
-        np.save(roi_dir / f"{hemi}.{fam}_challenge_space.npy", labels[fam])
+    for fam, lab, mapping in [(f, labels[f], m) for f, (_, m) in ROI_DEFS.items()] + [("streams", streams, _STREAMS)]:
+        np.save(roi_dir / f"{hemi}.{fam}_challenge_space.npy", lab)
         np.save(roi_dir / f"mapping_{fam}.npy", np.array(mapping, dtype=object), allow_pickle=True)
-    np.save(roi_dir / f"{hemi}.streams_challenge_space.npy", streams)
-    np.save(roi_dir / "mapping_streams.npy", np.array(_STREAMS, dtype=object), allow_pickle=True)
+        if placed is not None:
+            full = np.zeros(FSAVERAGE_VERTICES, np.uint8)
+            full[placed.vertex] = lab
+            np.save(roi_dir / f"{hemi}.{fam}_fsaverage_space.npy", full)
+    if placed is not None:
+        mask = np.zeros(FSAVERAGE_VERTICES, np.uint8)
+        mask[placed.vertex] = 1
+        np.save(roi_dir / f"{hemi}.all-vertices_fsaverage_space.npy", mask)
 
 
 def _gains_and_snr(nv: int, rng: np.random.Generator, labels: dict[str, np.ndarray], W_sem: np.ndarray):

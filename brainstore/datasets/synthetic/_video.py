@@ -26,7 +26,13 @@ The generator is a fully known stand-in for a natural-movie experiment:
   and ``{lh,rh}_train_noiseless.npy`` the noiseless training BOLD in trial order.
 
 Every subject watches the same clips, with its own vertices (``n_vertices`` +-10 %), ROI layout, tuning
-and noise. Everything is a deterministic function of the seed. The dataset is built in a temporary
+and noise. The vertices sit on the cortex (:mod:`._cortex`): each hemisphere's on distinct fsaverage vertices
+among fsaverage5's (the first 10,242), ``space/{subject}/{hemi}.vertices.npy`` holding the fsaverage vertex of
+every response column (columns in ascending vertex order) and the description declaring ``space:``; V1 and
+V2 lie along the calcarine sulcus with pRF centres from position (eccentricity from the occipital pole, polar
+angle across the areas, the contralateral hemifield; sizes grow with eccentricity), MT, the category areas
+and PPA are compact patches where they usually are. With ``n_vertices`` above 9,311 (a hemisphere may then
+exceed 10,242) the dataset stays in native space: no vertex files, no ``space:``. Everything is a deterministic function of the seed. The dataset is built in a temporary
 sibling folder and renamed into place at the end: an interrupted run leaves nothing half written.
 """
 
@@ -42,6 +48,8 @@ import numpy as np
 
 from .._layout import HEMISPHERES
 from .._timeseries import frames_of_tr
+from ._cortex import Placement, fits
+from ._cortex import place as place_vertices
 from ._folder import build_folder
 from ._movie import CATEGORIES, GRID, PIXEL_NOISE, PLACES, render_clip
 
@@ -209,16 +217,17 @@ def _generate(root: Path, spec: VideoDatasetSpec, progress: bool) -> dict:
     run_clip = np.array([clips.index(clip) for clip, _, _ in runs])
     h = hrf(tr) * tr  # Riemann weights: BOLD[k] = sum_j h(j tr) tr drive[k - j]
     subjects = [f"subj{k + 1:02d}" for k in range(spec.n_subjects)]
+    on_cortex = fits(int(round(spec.n_vertices * 1.1)))  # the largest hemisphere fits fsaverage5
     bar = tqdm(total=spec.n_subjects * len(HEMISPHERES), desc="subjects", unit="hemi", disable=not progress)
     for k, subj in enumerate(subjects):
         _write_csv(root / "trials" / f"{subj}.csv", trials)
         srng = np.random.default_rng([spec.seed, 1, k])
         for hemi in HEMISPHERES:
             nv = int(round(spec.n_vertices * srng.uniform(0.9, 1.1)))
-            _write_hemisphere(root, subj, hemi, nv, srng, lat_all, len(clips), trs_per_run, run_clip, h)
+            _write_hemisphere(root, subj, hemi, nv, srng, lat_all, len(clips), trs_per_run, run_clip, h, on_cortex)
             bar.update()
     bar.close()
-    (root / "brainstore-dataset.yaml").write_text(_description(tr, spec.fps, subjects))
+    (root / "brainstore-dataset.yaml").write_text(_description(tr, spec.fps, subjects, on_cortex))
     return {"frames_per_clip": n_frames, "total_frames": len(clips) * n_frames, "n_trials": len(runs) * trs_per_run,
             "roi_fractions": {f: frac * (len(m)) for f, (frac, m) in ROI_DEFS.items()}}
 
@@ -265,7 +274,7 @@ def _write_csv(path: Path, columns: dict[str, list]) -> None:
     pcsv.write_csv(pa.table(columns), path)
 
 
-def _description(tr: float, fps: float, subjects: list[str]) -> str:
+def _description(tr: float, fps: float, subjects: list[str], on_cortex: bool = False) -> str:
     def fam(f: str) -> str:
         mapping = ", ".join(f"{k}: {v}" for k, v in ROI_DEFS[f][1].items())
         # (quoted: a "{" inside a flow mapping's plain scalar is not YAML)
@@ -285,6 +294,10 @@ def _description(tr: float, fps: float, subjects: list[str]) -> str:
             "  rh: responses/{subject}/rh.npy\n"
             "rois:\n" + "".join(fam(f) for f in ROI_DEFS) +
             "noise_ceiling: from_repeats\n"
+            + ("space:\n"
+               "  surface: fsaverage\n"
+               '  vertices: {lh: "space/{subject}/lh.vertices.npy", rh: "space/{subject}/rh.vertices.npy"}\n'
+               if on_cortex else "") +
             "ground_truth: ground_truth\n"
             f"subjects: [{', '.join(subjects)}]\n")
 
@@ -305,26 +318,55 @@ def _assign_rois(nv: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return labels
 
 
-def _write_hemisphere(root: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, lat: np.ndarray,
-                      n_clips: int, trs: int, run_clip: np.ndarray, h: np.ndarray) -> None:
-    """ROIs, tuning, noiseless BOLD per clip and noisy responses per acquisition run of one hemisphere."""
-    labels = _assign_rois(nv, rng)
-    rdir = root / "rois" / subj
-    rdir.mkdir(parents=True, exist_ok=True)
+def _rois_on_cortex(root: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, on_cortex: bool):
+    """ROI labels (:func:`_assign_rois`), written; with ``on_cortex`` the vertices placed on fsaverage
+    (:func:`._cortex.place`), put in ascending vertex order and their vertices written too. Returns the labels
+    and the placement (None in native space)."""
+    labels, placed = _assign_rois(nv, rng), None
+    if on_cortex:
+        regions = {name: np.flatnonzero(labels[fam] == lab) for fam, (_, m) in ROI_DEFS.items() for lab, name in m.items()}
+        placed = place_vertices(hemi, regions, nv, rng)
+        order = np.argsort(placed.vertex)
+        labels = {fam: lab[order] for fam, lab in labels.items()}
+        placed = Placement(placed.vertex[order], placed.cx[order], placed.cy[order], placed.ecc[order])
+        (root / "space" / subj).mkdir(parents=True, exist_ok=True)
+        np.save(root / "space" / subj / f"{hemi}.vertices.npy", placed.vertex.astype(np.int64))
+    (root / "rois" / subj).mkdir(parents=True, exist_ok=True)
     for fam, lab in labels.items():
-        np.save(rdir / f"{hemi}.{fam}.npy", lab)
+        np.save(root / "rois" / subj / f"{hemi}.{fam}.npy", lab)
+    return labels, placed
+
+
+def _prfs(nv: int, rng: np.random.Generator, labels: dict[str, np.ndarray], placed: Placement | None) -> tuple:
+    """pRF centres and sizes on the cell grid (frame widths): small in V1, larger in V2, large in MT and
+    elsewhere; on the cortex V1 and V2 centres come from position and their sizes grow with eccentricity."""
+    vis, mt = labels["visual"], labels["motion"] > 0
+    cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
+    sigma = rng.uniform(0.2, 0.4, nv)
+    for lab, (lo, hi) in ((1, (0.06, 0.12)), (2, (0.1, 0.18))):
+        m = vis == lab
+        sigma[m] = rng.uniform(lo, hi, m.sum())
+        if placed is not None:  # 70 % eccentricity, 30 % the draw
+            sigma[m] = lo + (hi - lo) * (0.7 * placed.ecc[m] + 0.3 * (sigma[m] - lo) / (hi - lo))
+    sigma[mt] = rng.uniform(0.25, 0.45, mt.sum())
+    if placed is not None:
+        ev = np.isfinite(placed.cx)
+        cx[ev], cy[ev] = placed.cx[ev], placed.cy[ev]
+    return cx, cy, sigma
+
+
+def _write_hemisphere(root: Path, subj: str, hemi: str, nv: int, rng: np.random.Generator, lat: np.ndarray,
+                      n_clips: int, trs: int, run_clip: np.ndarray, h: np.ndarray, on_cortex: bool = False) -> None:
+    """ROIs (and with ``on_cortex`` the vertices on fsaverage), tuning, noiseless BOLD per clip and noisy
+    responses per acquisition run of one hemisphere."""
+    labels, placed = _rois_on_cortex(root, subj, hemi, nv, rng, on_cortex)
     nc, npl, G2 = len(CATEGORIES), len(PLACES), GRID * GRID
     cat, place = lat[:, :nc], lat[:, nc : nc + npl]
     speed, vx, vy = (lat[:, nc + npl + i] for i in range(3))
     ce, me = lat[:, nc + npl + 3 : nc + npl + 3 + G2], lat[:, nc + npl + 3 + G2 :]
     vis, mt, cats, ppa = labels["visual"], labels["motion"] > 0, labels["categories"], labels["places"] > 0
 
-    # pRFs on the cell grid (centres and sizes in frame widths): small in V1, larger in V2, large in MT and elsewhere.
-    cx, cy = rng.uniform(0.05, 0.95, nv), rng.uniform(0.05, 0.95, nv)
-    sigma = rng.uniform(0.2, 0.4, nv)
-    sigma[vis == 1] = rng.uniform(0.06, 0.12, (vis == 1).sum())
-    sigma[vis == 2] = rng.uniform(0.1, 0.18, (vis == 2).sum())
-    sigma[mt] = rng.uniform(0.25, 0.45, mt.sum())
+    cx, cy, sigma = _prfs(nv, rng, labels, placed)
     g = (np.arange(GRID) + 0.5) / GRID
     gx, gy = np.meshgrid(g, g)
     d2 = (gx.ravel()[:, None] - cx[None]) ** 2 + (gy.ravel()[:, None] - cy[None]) ** 2

@@ -13,7 +13,10 @@ N_FS = 163842
 
 def _place(root, subject="subj01", seed=0):
     """Release-style files for ``subject``: a random set of fsaverage vertices per hemisphere (as many as the
-    response columns), ascending = challenge order; the faces family's labels on fsaverage."""
+    response columns), ascending = challenge order; the faces family's labels on fsaverage (the synthetic
+    dataset's own fsaverage files removed first: only these are there)."""
+    for f in (root / subject / "roi_masks").glob("*_fsaverage_space.npy"):
+        f.unlink()
     ds = AlgonautsDataset(root)
     rng = np.random.default_rng(seed)
     out = {}

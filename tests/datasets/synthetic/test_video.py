@@ -106,8 +106,10 @@ def test_layout_and_shapes(video):
         assert d["rois"][fam] == {"lh": f"rois/{{subject}}/lh.{fam}.npy", "rh": f"rois/{{subject}}/rh.{fam}.npy",
                                   "mapping": mapping}
         assert (video / d["rois"][fam]["rh"].format(subject="subj02")).is_file()
+    assert d["space"] == {"surface": "fsaverage",
+                          "vertices": {"lh": "space/{subject}/lh.vertices.npy", "rh": "space/{subject}/rh.vertices.npy"}}
     assert set(p.name for p in video.iterdir()) == {"brainstore-dataset.yaml", "synthetic.json", "stimuli", "clips.csv",
-                                                    "truth", "trials", "responses", "rois", "ground_truth"}
+                                                    "truth", "trials", "responses", "rois", "space", "ground_truth"}
     assert not list(video.parent.glob(".*tmp-*"))
 
 
