@@ -70,17 +70,19 @@ def run_demo(out: Path, *, n_subjects: int, n_train: int, n_test: int, n_vertice
     ds = _dataset_step(demo)
     tables = _extract_step(demo, address, image_extractor)
     run = _fit_step(demo, ds)
-    rep, oracle = _evaluate_step(demo, ds, run)
+    rep, oracle, maps = _evaluate_step(demo, ds, run)
     captions = tables[TEXT_SPEC]
     _decode_step(demo, ds, captions)
-    html_path = _html_step(demo, ds, run, tables)
+    html_path = _html_step(demo, ds, run, tables, maps)
     console.print("[7/7] serving: the fitted models behind Ray Serve on 127.0.0.1 (ingress, extractor, encoder "
                   "multiplexed per subject, decoder)")
     served = _serve_step(ds, demo.registry, demo.store, captions, keep_serving=keep_serving, quiet=quiet, port=port)
     console.print(f"[green]demo finished in {time.time() - t0:.1f} s[/]; run folder: {demo.out}")
     console.print(f"[bold]report: {html_path}[/] (tables and plots also in {demo.out / 'report'})")
+    if maps.files:
+        console.print(f"[bold]maps on the cortex: {maps.root}[/] (GIfTI and pictures per model and subject)")
     return {"served": served, "rows": rep["rows"], "oracle": {s: r["both"]["roi"] for s, r in oracle.items()},
-            "report": str(html_path), "seconds": time.time() - t0}
+            "report": str(html_path), "maps": str(maps.root) if maps.files else None, "seconds": time.time() - t0}
 
 
 def _dataset_step(demo: _Demo):
@@ -141,8 +143,9 @@ def _fit_step(demo: _Demo, ds):
     return run
 
 
-def _evaluate_step(demo: _Demo, ds, run) -> tuple[dict, dict]:
-    """[4/7] Test NNMC per ROI beside the oracle and the noise ceiling: the report and the oracle's scores."""
+def _evaluate_step(demo: _Demo, ds, run) -> tuple:
+    """[4/7] Test NNMC per ROI beside the oracle and the noise ceiling, and the maps on the cortex: the report,
+    the oracle's scores and the maps (:class:`~brainstore.fitting.CortexMaps`)."""
     from ..datasets import REPORT_FAMILIES
     from ..fitting import mean_noise_ceiling, score_submission, write_report
 
@@ -160,7 +163,25 @@ def _evaluate_step(demo: _Demo, ds, run) -> tuple[dict, dict]:
         console.print(score_table(f"{s}: test NNMC per ROI (100 = at the noise ceiling)", rows, cols))
     console.print(f"report: {rep['dir']}/comparison.md, roi_scores.png, pred_vs_measured.png; "
                   f"models: `brainstore models --registry {demo.registry}`")
-    return rep, oracle
+    return rep, oracle, _maps_step(demo, ds, run)
+
+
+def _maps_step(demo: _Demo, ds, run):
+    """Per vertex on the synthetic cortex, every model's test r and NNMC and the noise ceiling:
+    ``report/maps/`` (GIfTI and pictures)."""
+    from rich.markup import escape
+
+    from ..fitting import write_cortex_maps
+
+    console.print("      maps on the cortex: per vertex, each model's test r and NNMC and the noise ceiling (GIfTI "
+                  "and pictures with the ROI outlines)")
+    maps = write_cortex_maps(ds, run.test_preds, demo.out / "report" / "maps")
+    for note in maps.notes:
+        console.print(f"      [yellow]note:[/] {escape(note)}")
+    if maps.files:
+        console.print(f"maps: {maps.root}/MODEL/SUBJECT/{{lh,rh}}.{{test_r,nnmc}}.func.gii and .png, the noise ceiling "
+                      f"under _data/, the subject average under average/ ({len(maps.files)} files, {maps.seconds:.1f} s)")
+    return maps
 
 
 def _decode_step(demo: _Demo, ds, captions: str) -> None:
@@ -189,19 +210,20 @@ def _decode_step(demo: _Demo, ds, captions: str) -> None:
                   f"{captions}` the top-k stimuli of the whole store table")
 
 
-def _html_step(demo: _Demo, ds, run, tables: dict) -> Path:
-    """[6/7] The HTML report; its path."""
+def _html_step(demo: _Demo, ds, run, tables: dict, maps) -> Path:
+    """[6/7] The HTML report (with the maps on the cortex); its path."""
     from ..fitting import write_html_report
 
     console.print("[6/7] the HTML report: per-ROI scores against the noise ceiling and the oracle, the Algonauts "
-                  "Table 1 comparison, retrieval both ways, decoded captions, feature-space split, provenance")
+                  "Table 1 comparison, the maps on the cortex, retrieval both ways, decoded captions, feature-space "
+                  "split, provenance")
     t_html = time.time()
     html_path = write_html_report(
         demo.out / "report" / "report.html", dataset=ds, registry=demo.registry, store=demo.store,
         metrics=run.metrics, kinds=run.kinds, title="brainstore demo",
         provenance_extra={"command": "brainstore demo", "dataset parameters": demo.params,
                           "feature tables": {spec: t for spec, t in tables.items()},
-                          "image extractor": tables_image(tables)})
+                          "image extractor": tables_image(tables)}, maps=maps)
     console.print(f"      {html_path} ({html_path.stat().st_size / 1e6:.1f} MB, {time.time() - t_html:.1f} s; one file, "
                   "opens offline in any browser)")
     return html_path

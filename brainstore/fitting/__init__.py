@@ -27,10 +27,11 @@ from .encoding import (EncodingModel, FitRun, best_model, compose, covering_feat
                        fit_base, fit_encoding_models, pooled_roi_summary, predict_model, score_test_split,
                        subject_stimuli, validation_folds, validation_r)
 from .registry import NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, run_dir, safe_name
-from .reports import (DecodedSubject, Evaluation, ExplainedStimulus, Explanation, check_encoder_name, comparison_rows,
-                      decode_test, evaluate, evaluate_registered, explain_roi, mean_noise_ceiling, predict,
-                      report_families, row_families, score_submission, score_subject, split_rows, write_contact_sheet,
-                      write_decoding_plot, write_html_report, write_predictions, write_report, write_split_plot)
+from .reports import (CortexMaps, DecodedSubject, Evaluation, ExplainedStimulus, Explanation, check_encoder_name,
+                      comparison_rows, decode_test, evaluate, evaluate_registered, explain_roi, mean_noise_ceiling,
+                      predict, read_cortex_maps, report_families, row_families, score_submission, score_subject,
+                      split_rows, write_contact_sheet, write_cortex_maps, write_decoding_plot, write_html_report,
+                      write_predictions, write_report, write_split_plot)
 
 #: Public names whose modules import torch: loaded on first access (PEP 562) from :mod:`.ridge`.
 _LAZY = {name: ".ridge" for name in (
@@ -65,7 +66,8 @@ __all__ = [
     # selectivity
     "explain_roi", "write_contact_sheet", "Explanation", "ExplainedStimulus",
     # reports
-    "evaluate", "Evaluation", "write_html_report", "mean_noise_ceiling", "predict", "decode_test", "DecodedSubject",
+    "evaluate", "Evaluation", "write_html_report", "write_cortex_maps", "read_cortex_maps", "CortexMaps",
+    "mean_noise_ceiling", "predict", "decode_test", "DecodedSubject",
     "check_encoder_name",
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
     "report_families", "row_families", "split_rows", "write_split_plot", "write_decoding_plot",

@@ -61,9 +61,17 @@ def test_the_readme_is_a_tour_not_a_manual():
 
 @pytest.mark.slow
 def test_the_tour_runs_as_written(tmp_path, monkeypatch, ray_local):
+    """The tour's Python, as written, but for evaluate's maps on the cortex (tests/fitting/reports/test_maps.py
+    checks them; here they would only cost time)."""
+    import functools
+
+    import brainstore
+    import brainstore.fitting
+
     blocks = _python_blocks(ROOT / "docs" / "getting-started.md", "As Python")
     assert blocks, "the tour has no Python"
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(brainstore, "evaluate", functools.partial(brainstore.fitting.evaluate, maps=False))
     scope: dict = {"__name__": "__tour__"}
     for code in blocks:
         exec(compile(code, "docs/getting-started.md (tour)", "exec"), scope)

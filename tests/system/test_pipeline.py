@@ -70,6 +70,9 @@ def test_pipeline_end_to_end_skips_current_stages_and_resumes_after_a_crash(pipe
     assert second["ran"] == []
     assert all(r == "current, skipped" for a, r in _actions(second).values() if a != "off")
 
+    _maps_turned_on(path, pipe_env["text"], out, ds)
+
+
     # the fit config changes: fit and downstream run again, extract is skipped
     path.write_text(pipe_env["text"].replace("  alphas: [1, 100, 10000]\n  folds", "  alphas: [1, 1000, 100000]\n  folds"))
     third = run_pipeline(path)
@@ -98,6 +101,31 @@ def test_pipeline_end_to_end_skips_current_stages_and_resumes_after_a_crash(pipe
     assert calls["n"] == 1 and resumed["ran"] == ["evaluate", "report"]
     assert acts["extract"][1] == acts["fit"][1] == "current, skipped"
     assert acts["evaluate"] == ("run", "did not finish last time")
+
+
+def _maps_turned_on(path, text: str, out, ds) -> None:
+    """`evaluate: {maps: true}`: the evaluate stage runs again (`maps` is part of its identity) and writes the
+    maps, the report stage shows them; a map file gone makes evaluate not current."""
+    from tests.fitting.reports.test_html import parse, section
+
+    path.write_text(text.replace("  maps: false\n", "  maps: true\n"))
+    on = run_pipeline(path)
+    assert on["ran"] == ["evaluate", "report"] and _actions(on)["evaluate"] == ("run", "config changed (maps)")
+    maps = out / "evaluate" / "maps"
+    for folder, subjects, metrics in (("img", [*ds.subjects, "average"], ("test_r", "nnmc")),
+                                      ("_data", [*ds.subjects, "average"], ("noise_ceiling",))):
+        for s in subjects:
+            for m in metrics:
+                assert (maps / folder / s / f"{m}.png").is_file() and (maps / folder / s / f"lh.{m}.func.gii").is_file()
+    sec = section(parse((out / "report" / "report.html").read_text(encoding="utf-8")), "maps")
+    alts = [img.attrs["alt"] for img in sec.find_all("img")]
+    assert len(alts) == 2 * (len(ds.subjects) + 1) + 1 and alts[-1] == "noise ceiling average"
+    assert len(sec.find_all("iframe")) == 1
+    (maps / "img" / ds.subjects[0] / "test_r.png").unlink()
+    plan = {s.stage: s for s in plan_pipeline(load_pipeline(path))}
+    assert plan["evaluate"].action == "run"
+    why = plan["evaluate"].reason
+    assert why.startswith("outputs changed: 1 of its map files missing (") and why.endswith(f"/img/{ds.subjects[0]}/test_r.png)")
 
 
 @pytest.mark.slow

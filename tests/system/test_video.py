@@ -248,6 +248,8 @@ fit:
   models:
     - name: me
       features: [{me_d}]
+evaluate:
+  maps: false
 report:
   html: false
 """)

@@ -155,6 +155,7 @@ def evaluate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <registry>/_runs/evaluate-TIME)."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store each model was fitted with)."),
     meshes: Optional[Path] = typer.Option(None, "--meshes", help="FreeSurfer fsaverage folder to draw the maps on (default: $BRAINSTORE_FSAVERAGE, $SUBJECTS_DIR, $FREESURFER_HOME, else nilearn's fsaverage5)."),
+    maps: bool = typer.Option(True, "--maps/--no-maps", help="Write the maps on the cortex (OUT/maps/: GIfTI and pictures of every encoder and subject, about a second per picture; the report shows the best model's). --no-maps skips them, to score many models fast."),
     registry: str = RegistryOpt,
 ) -> None:
     """Score registered models on the test split (NNMC per ROI), write tables, plots, predictions and maps on the cortex."""
@@ -168,7 +169,7 @@ def evaluate_cmd(
     try:
         reg = open_registry(registry)
         ev = evaluate(dataset, registry=reg, store=store, out=out, models=models.split(",") if models else None,
-                      provenance={"command": "brainstore evaluate", "rois": rois}, meshes=meshes)
+                      provenance={"command": "brainstore evaluate", "rois": rois}, meshes=meshes, maps=maps)
     except (RegistryError, DatasetError, FeatureStoreError, ValueError) as e:
         fail(str(e))
     if ev.report:
@@ -178,6 +179,10 @@ def evaluate_cmd(
     if ev.decoders:
         print_decoders(ev.decoders, "evaluation")
     console.print(f"report: {ev.report_dir} ({', '.join(ev.files)})")
+    if ev.maps:
+        console.print(f"maps on the cortex: {ev.maps_info.root} ({len(ev.maps)} files, {ev.maps_info.seconds:.1f} s)")
+    for note in ev.maps_info.notes if ev.maps_info else ():
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"HTML report: {ev.html}")
 
 

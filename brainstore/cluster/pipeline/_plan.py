@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ...fitting import FitSpec
+from ...fitting import FitSpec, read_cortex_maps
 from ._identity import (_canonical, _dataset_identity, _digest, _file_sha, _fingerprint, _own, _record_identity,
                         _stimuli_identity, _table_identity)
 from ._spec import DEPENDS, STAGES, Pipeline, PipelineError, _title
@@ -23,7 +23,8 @@ __all__ = ["Step", "plan_pipeline", "PART_NAMES"]
 #: Names of a fingerprint's parts, for the reasons the plan gives.
 PART_NAMES = {"config": "config", "stimuli": "stimuli (images, captions)",
               "dataset": "dataset (responses, ROIs, noise ceilings)", "tables": "feature tables",
-              "records": "registered models", "upstream": "an upstream stage", "metrics": "metrics.json"}
+              "records": "registered models", "upstream": "an upstream stage", "metrics": "metrics.json",
+              "maps": "the maps (maps.json)"}
 
 
 @dataclass
@@ -149,7 +150,7 @@ def _inputs(stage: str, ctx: _Ctx) -> tuple[dict, dict]:
         ev = ctx.outputs("evaluate")
         return ({**spec.report.model_dump(), "title": _title(pipe)},
                 {"metrics": _file_sha(Path(ev["metrics"])) if ev.get("metrics") else None, "records": records,
-                 "upstream": up})
+                 "upstream": up, "maps": _file_sha(Path(ev["maps"])) if ev.get("maps") else None})
     return spec.serve.model_dump(), {"upstream": up}
 
 
@@ -171,11 +172,24 @@ def _missing_outputs(stage: str, ctx: _Ctx) -> str | None:
         return None
     if stage == "evaluate":
         p = Path(out.get("metrics", ""))
-        return None if p.is_file() and _file_sha(p) == out.get("metrics_sha256") else f"{p} missing or changed"
+        if not (p.is_file() and _file_sha(p) == out.get("metrics_sha256")):
+            return f"{p} missing or changed"
+        return _missing_maps(out)
     if stage == "report":
         p = Path(out.get("html", ""))
         return None if p.is_file() else f"{p} missing"
     return None
+
+
+def _missing_maps(out: dict) -> str | None:
+    """Why the maps the evaluate stage wrote are no longer there (None when they are, or when it wrote none)."""
+    if not out.get("maps"):
+        return None
+    p = Path(out["maps"])
+    if not p.is_file() or _file_sha(p) != out.get("maps_sha256"):
+        return f"{p} missing or changed"
+    gone = [f for f in read_cortex_maps(p).files if not f.is_file()]
+    return f"{len(gone)} of its map files missing ({gone[0]}{' ...' if len(gone) > 1 else ''})" if gone else None
 
 
 def _why(rec: dict | None, config: dict, digests: dict, ctx: _Ctx, stage: str) -> str | None:

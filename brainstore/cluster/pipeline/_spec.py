@@ -92,6 +92,7 @@ class EvaluateStage(_Strict):
     """The evaluate stage: the fitted models scored on the test split (``brainstore evaluate``)."""
 
     rois: Literal["families", "named"] = "families"  # tables per ROI family, or also per named ROI
+    maps: bool = True  # the maps on the cortex (evaluate/maps/, shown by the report); false: none (faster)
 
 
 class ReportStage(_Strict):

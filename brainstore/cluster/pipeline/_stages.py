@@ -163,12 +163,14 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
         metrics, kinds, preds = evaluate_registered(reg, ds, models=enc) if enc else ({}, {}, {})
         decoders = evaluate_decoders(reg, ds, models=dec) if dec else {}
         doc: dict = {}
+        maps = None
         if metrics:
             rep = write_report(metrics, kinds, preds, ds, d, title="pipeline encoding models")
             print_comparison(rep["rows"], "evaluation")
             if ctx.spec.evaluate.rois == "named":
                 print_named(rep["named"], "evaluation")
             doc = json.loads((d / "metrics.json").read_text())
+            maps = _evaluate_maps(ctx, ds, preds, d)
         if decoders:
             doc["decoders"] = decoders
             write_decoding_plot(decoders, d / "decoding_top1.png")
@@ -181,12 +183,30 @@ def _run_evaluate(ctx: _Ctx, fp: str) -> dict:
         tmp.write_text(json.dumps(doc, indent=2))
         os.replace(tmp, path)
     console.print(f"  report: {d} (metrics.json, comparison.md, roi_scores.png, predictions/ ...)")
-    return {"dir": str(d), "metrics": str(path), "metrics_sha256": _file_sha(path)}
+    return {"dir": str(d), "metrics": str(path), "metrics_sha256": _file_sha(path),
+            **({"maps": str(maps), "maps_sha256": _file_sha(maps)} if maps else {})}
+
+
+def _evaluate_maps(ctx: _Ctx, ds, preds: dict, d: Path) -> Path:
+    """The maps on the cortex under ``d/maps/`` (none with ``evaluate: {maps: false}``, a note says so), and
+    ``d/maps.json``, what they are, for the report stage (:func:`~brainstore.fitting.read_cortex_maps`)."""
+    from ...fitting import CortexMaps, write_cortex_maps
+    from .._console import console
+
+    if ctx.spec.evaluate.maps:
+        maps = write_cortex_maps(ds, preds, d / "maps")
+        if maps.files:
+            console.print(f"  maps on the cortex: {maps.root} ({len(maps.files)} files, {maps.seconds:.1f} s)")
+    else:
+        maps = CortexMaps(d / "maps", notes=[f"no maps: `evaluate: {{maps: false}}` in {ctx.pipe.path}"])
+    for note in maps.notes:
+        console.print(f"  [yellow]note:[/] {escape(note)}")
+    return maps.save(d / "maps.json")
 
 
 def _run_report(ctx: _Ctx, fp: str) -> dict:
     from ...datasets import open_dataset
-    from ...fitting import write_html_report
+    from ...fitting import read_cortex_maps, write_html_report
     from .._console import console
 
     ev = ctx.outputs("evaluate")
@@ -195,11 +215,13 @@ def _run_report(ctx: _Ctx, fp: str) -> dict:
                   "stages": {s: ctx.state["stages"].get(s, {}).get("fingerprint") for s in STAGES
                              if s in ctx.state["stages"]},
                   "fit_run": ctx.outputs("fit").get("run_dir"), "evaluate_dir": ev.get("dir")}
+    maps = read_cortex_maps(ev["maps"]) if ev.get("maps") else None  # (None: no encoder, no maps)
     with _stage_folder(ctx, "report", fp) as d:
         path = d / "report.html"
         write_html_report(path, dataset=open_dataset(ctx.spec.dataset), registry=ctx.spec.registry,
                           store=ctx.spec.store, metrics=doc.get("metrics", {}), kinds=doc.get("kinds", {}),
-                          decoders=doc.get("decoders", {}), title=_title(ctx.pipe), provenance_extra=provenance)
+                          decoders=doc.get("decoders", {}), title=_title(ctx.pipe), provenance_extra=provenance,
+                          maps=maps)
     if not path.is_file():
         raise PipelineError(f"report: write_html_report did not write {path}")
     console.print(f"  report: {path}")

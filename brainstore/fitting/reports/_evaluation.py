@@ -18,6 +18,9 @@ from ._report import evaluate_registered, write_decoding_plot, write_report
 
 __all__ = ["evaluate", "Evaluation"]
 
+#: What the report says when the maps were skipped.
+NO_MAPS_NOTE = "no maps: skipped on request (evaluate(maps=False), `brainstore evaluate --no-maps`)"
+
 
 @dataclass
 class Evaluation:
@@ -36,7 +39,7 @@ class Evaluation:
     maps : the map files written (GIfTI / NIfTI and PNG under ``maps/``), relative to ``report_dir``;
         empty when the dataset places no response column (``maps_info.notes`` says why).
     maps_info : :class:`~._maps.CortexMaps`, what the maps are (pictures, spaces, notes), or None
-        without encoders.
+        without encoders; with ``maps=False``, no files and a note saying they were skipped.
     """
 
     report_dir: Path
@@ -65,7 +68,7 @@ class Evaluation:
 
 def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, models: list[str] | None = None,
              title: str | None = None, provenance: dict | None = None, meshes: str | Path | None = None,
-             progress: bool = True) -> Evaluation:
+             maps: bool = True, progress: bool = True) -> Evaluation:
     """Score the registered encoders and decoders fitted on ``dataset`` on its test split and write the report.
 
     Parameters
@@ -88,6 +91,9 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     meshes : path, optional
         A FreeSurfer fsaverage folder to draw the maps on, checked before any work (default: one found by
         ``$BRAINSTORE_FSAVERAGE``, ``$SUBJECTS_DIR``, ``$FREESURFER_HOME``, else the fsaverage5 nilearn bundles).
+    maps : bool
+        Write the maps on the cortex (default). They take about a second per picture (two per encoder and
+        subject, and the averages); False skips them (``brainstore evaluate --no-maps``): the report says so.
     progress : bool
         Show a progress bar while the maps are written.
 
@@ -111,7 +117,7 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(uri_of(registry), create=False)
     store = None if store is None else uri_of(store)
     report_dir = check_folder(run_dir(out, reg.root, "evaluate"), "report folder", "--out", create=True, make=False)
-    if meshes is not None:
+    if maps and meshes is not None:
         find_fsaverage(meshes)  # a folder that holds no fsaverage: refused now, not after the predictions
     dec_names = {r.meta["model"] for r in decoder_records(reg, ds.root)}
     enc_names = [m for m in models if m not in dec_names] if models else None
@@ -123,7 +129,7 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
         raise RegistryError(f"no registered model was fitted on {ds.root} in {reg.root}; run `brainstore fit "
                             f"--dataset {ds.root}` first")
     if ev.metrics:
-        _encoder_outputs(ev, ds, preds, meshes, progress)
+        _encoder_outputs(ev, ds, preds, meshes, progress, maps=maps)
     if ev.decoders:
         ev.report_dir.mkdir(parents=True, exist_ok=True)
         path = ev.report_dir / "metrics.json"
@@ -142,12 +148,16 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     return ev
 
 
-def _encoder_outputs(ev: Evaluation, ds, preds: dict, meshes, progress: bool) -> None:
-    """The encoders' report files (tables, plots, predictions) and their maps on the cortex."""
+def _encoder_outputs(ev: Evaluation, ds, preds: dict, meshes, progress: bool, *, maps: bool) -> None:
+    """The encoders' report files (tables, plots, predictions) and their maps on the cortex (``maps`` False:
+    none, and a note why)."""
     ev.report = write_report(ev.metrics, ev.kinds, preds, ds, ev.report_dir)
     ev.files += ["metrics.json", "comparison.md", "named_rois.md", "roi_scores.png", "pred_vs_measured.png"]
     ev.files += ["split_scores.png"] if ev.report["split"] else []
     ev.files += ["predictions/"]
+    if not maps:
+        ev.maps_info = CortexMaps(ev.report_dir / "maps", notes=[NO_MAPS_NOTE])
+        return
     ev.maps_info = write_cortex_maps(ds, preds, ev.report_dir / "maps", meshes=meshes, progress=progress)
     ev.maps = sorted(str(p.relative_to(ev.report_dir)) for p in ev.maps_info.files)
     ev.files += ["maps/"] if ev.maps else []

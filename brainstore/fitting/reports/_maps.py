@@ -15,10 +15,14 @@ Layout, under the report folder::
     volume datasets: maps/MODEL/SUBJECT/{test_r,nnmc}.nii.gz (+ .png), maps/_data/SUBJECT/noise_ceiling.nii.gz
 
 Model names cannot start with ``_`` (the registry refuses them), so ``_data`` is no model's folder.
+
+:meth:`CortexMaps.save` writes what the maps are (pictures, spaces, notes) as JSON and
+:func:`read_cortex_maps` reads it back: the pipeline's report stage draws the maps its evaluate stage wrote.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from ...datasets import HEMISPHERES, DatasetError
 from ...maps import Space, SpaceError, load_meshes, render_surface_map, render_volume_map, write_gifti, write_nifti
 from ..encoding import score_test_split
 
-__all__ = ["CortexMaps", "write_cortex_maps", "METRICS", "DATA", "AVERAGE"]
+__all__ = ["CortexMaps", "write_cortex_maps", "read_cortex_maps", "METRICS", "DATA", "AVERAGE"]
 
 #: The maps, file stem -> colour bar label.
 METRICS = {"test_r": "test r", "nnmc": "NNMC (%)", "noise_ceiling": "noise ceiling (%)"}
@@ -75,6 +79,50 @@ class CortexMaps:
         if key not in self.loaded:
             self.loaded[key] = load_meshes(space, self.meshes)
         return self.loaded[key]
+
+    def save(self, path: str | Path) -> Path:
+        """Write what the maps are to ``path`` (JSON: files and pictures relative to :attr:`root`, the spaces,
+        the notes), for :func:`read_cortex_maps`; the maps themselves stay where they are."""
+        root = self.root.resolve()
+        doc = {"root": str(root), "files": [_rel(p, root) for p in self.files],
+               "pictures": {f: {s: {m: _rel(p, root) for m, p in by_m.items()} for s, by_m in by_s.items()}
+                            for f, by_s in self.pictures.items()},
+               "spaces": {s: _space_doc(sp) for s, sp in self.spaces.items()},
+               "meshes": None if self.meshes is None else str(self.meshes), "notes": self.notes,
+               "seconds": self.seconds}
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(path)
+        return path
+
+
+def read_cortex_maps(path: str | Path) -> CortexMaps:
+    """The :class:`CortexMaps` that :meth:`CortexMaps.save` wrote to ``path``."""
+    doc = json.loads(Path(path).read_text())
+    root = Path(doc["root"])
+    return CortexMaps(root, files=[root / f for f in doc["files"]],
+                      pictures={f: {s: {m: root / p for m, p in by_m.items()} for s, by_m in by_s.items()}
+                                for f, by_s in doc["pictures"].items()},
+                      spaces={s: _space_from(d) for s, d in doc["spaces"].items()}, meshes=doc["meshes"],
+                      notes=list(doc["notes"]), seconds=float(doc["seconds"]))
+
+
+def _rel(p: Path, root: Path) -> str:
+    return Path(p).resolve().relative_to(root).as_posix()
+
+
+def _space_doc(space: Space) -> dict:
+    return {"kind": space.kind, "name": space.name, "n_vertices": space.n_vertices,
+            "meshes": {h: {k: str(v) for k, v in m.items()} for h, m in space.meshes.items()},
+            "shape": None if space.shape is None else list(space.shape),
+            "affine": None if space.affine is None else np.asarray(space.affine).tolist()}
+
+
+def _space_from(doc: dict) -> Space:
+    return Space(doc["kind"], doc["name"], n_vertices=doc["n_vertices"], meshes=doc["meshes"],
+                 shape=None if doc["shape"] is None else tuple(doc["shape"]),
+                 affine=None if doc["affine"] is None else np.asarray(doc["affine"], dtype=np.float64))
 
 
 class _Average:

@@ -1,5 +1,6 @@
 """The pipeline files the pipeline tests write: a tiny pipeline over the session's small dataset (a text and
-a tiny random-weight CLIP table, two encoders and a ridge decoder)."""
+a tiny random-weight CLIP table, two encoders and a ridge decoder; no maps on the cortex, which one test turns
+on)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ fit:
       alphas: [1, 100, 10000]
 evaluate:
   rois: families
+  maps: false
 report:
   html: true
 """

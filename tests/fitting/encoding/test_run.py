@@ -306,12 +306,15 @@ def test_cli_fit_evaluate_predict_models(fitted, small_dataset, tmp_path):
     # a mistyped registry is an error, and nothing is created
     r = runner.invoke(app, ["models", "--registry", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "does not exist" in r.output and not (tmp_path / "nope").exists()
-    # evaluate without --store reads each model's own store; without --out the report goes under the registry
-    r = runner.invoke(app, ["evaluate", "--dataset", str(small_dataset), "--registry", R, "--rois", "named"],
-                      catch_exceptions=False)
+    # evaluate without --store reads each model's own store; without --out the report goes under the registry;
+    # --no-maps: no maps on the cortex (tests/fitting/reports/test_maps.py checks them), the report says so
+    r = runner.invoke(app, ["evaluate", "--dataset", str(small_dataset), "--registry", R, "--rois", "named",
+                            "--no-maps"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "per named ROI" in r.output and "FFA-1" in r.output
+    assert "note: no maps: skipped on request" in " ".join(r.output.split())
     out = max((Path(R) / "_runs").glob("evaluate-*"))
+    assert not (out / "maps").exists() and "no maps: skipped on request" in (out / "report.html").read_text()
     for f in ("comparison.md", "comparison.csv", "named_rois.md", "roi_scores.png", "pred_vs_measured.png",
               "split_scores.png", "metrics.json"):
         assert (out / f).stat().st_size > 0, f
