@@ -200,6 +200,17 @@ def render_surface_map(maps: dict, space: Space, path: str | Path, *, title: str
             fig.text(0.1 / size[0], boxes[r][0][1] + boxes[r][0][3] / 2, _HEMI_TITLE[h], rotation=90, ha="left",
                      va="center", fontsize=10)
         _decorate(fig, size, scale, label, f"{title}\non {meshes.name}", {f: c for f, c in colors.items() if f in drawn})
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    """Write the figure as a PNG (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100, format="png")
@@ -258,9 +269,7 @@ def render_volume_map(volume: np.ndarray, affine: np.ndarray, path: str | Path, 
             plotting.plot_glass_brain(img, display_mode="lyrz", plot_abs=False, threshold=1e-6,
                                       axes=(0.0, 0.02, 1.0, 0.44), title="glass brain (maximum projection)", **common)
         fig.suptitle(title, fontsize=11)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, format="png")
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return _save(fig, path)
