@@ -20,9 +20,10 @@ The generator is a fair, fully known stand-in for NSD:
   trials of unit variance as NSD's z-scored betas; training responses are the mean of 3 repeats, test images are shown 3 times and their mean is stored;
   noise ceilings follow the ncsnr formula with A = n_test, B = C = 0;
 * vertices on the cortex (:mod:`._cortex`): every hemisphere's vertices sit on distinct fsaverage vertices
-  (among fsaverage5's, the first 10,242), written as the release does (``roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy``,
-  1 where a vertex sits, and ``{lh,rh}.{family}_fsaverage_space.npy``, the ROI labels on all 163,842 vertices),
-  with the response columns in ascending fsaverage order. Early visual ROIs lie along the calcarine sulcus
+  (among fsaverage5's, the first 10,242), written as the release does
+  (``roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy``, 1 where a vertex sits, and
+  ``{lh,rh}.{family}_fsaverage_space.npy``, the ROI labels on all 163,842 vertices), with the response
+  columns in ascending fsaverage order. Early visual ROIs lie along the calcarine sulcus
   and their pRF centres follow from position (eccentricity from the occipital pole, polar angle across the
   bands, the contralateral hemifield; sizes grow with eccentricity); category ROIs are compact patches where
   they usually are. Aligned subjects share the template's placement. Datasets of more than 10,242 vertices

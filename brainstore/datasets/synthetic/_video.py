@@ -32,8 +32,9 @@ every response column (columns in ascending vertex order) and the description de
 V2 lie along the calcarine sulcus with pRF centres from position (eccentricity from the occipital pole, polar
 angle across the areas, the contralateral hemifield; sizes grow with eccentricity), MT, the category areas
 and PPA are compact patches where they usually are. With ``n_vertices`` above 9,311 (a hemisphere may then
-exceed 10,242) the dataset stays in native space: no vertex files, no ``space:``. Everything is a deterministic function of the seed. The dataset is built in a temporary
-sibling folder and renamed into place at the end: an interrupted run leaves nothing half written.
+exceed 10,242) the dataset stays in native space: no vertex files, no ``space:``. Everything is a
+deterministic function of the seed. The dataset is built in a temporary sibling folder and renamed into
+place at the end: an interrupted run leaves nothing half written.
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ def _rois_on_cortex(root: Path, subj: str, hemi: str, nv: int, rng: np.random.Ge
     and the placement (None in native space)."""
     labels, placed = _assign_rois(nv, rng), None
     if on_cortex:
-        regions = {name: np.flatnonzero(labels[fam] == lab) for fam, (_, m) in ROI_DEFS.items() for lab, name in m.items()}
+        regions = {name: np.flatnonzero(labels[fam] == lab)
+                   for fam, (_, m) in ROI_DEFS.items() for lab, name in m.items()}
         placed = place_vertices(hemi, regions, nv, rng)
         order = np.argsort(placed.vertex)
         labels = {fam: lab[order] for fam, lab in labels.items()}

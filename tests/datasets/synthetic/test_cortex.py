@@ -213,8 +213,8 @@ def test_video_dataset_declares_its_vertices(tmp_path, mesh):
     root = make_video_dataset(tmp_path / "v", n_subjects=2, n_train_runs=2, trs_per_run=10, n_test_repeats=2, fps=2,
                               frame_size=32, n_vertices=400, seed=3, progress=False)
     d = yaml.safe_load((root / "brainstore-dataset.yaml").read_text())
-    assert d["space"] == {"surface": "fsaverage",
-                          "vertices": {"lh": "space/{subject}/lh.vertices.npy", "rh": "space/{subject}/rh.vertices.npy"}}
+    files = {h: f"space/{{subject}}/{h}.vertices.npy" for h in ("lh", "rh")}
+    assert d["space"] == {"surface": "fsaverage", "vertices": files}
     ds = open_dataset(root)
     for s in ("subj01", "subj02"):
         cortex = ds.cortex(s)
