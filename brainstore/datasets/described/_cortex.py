@@ -31,15 +31,15 @@ class CortexMixin(RoisMixin):
         return []
 
     def _read_cortex(self, subject: str) -> Cortex | None:
-        src = self._sources(subject)
         spec = self._field(subject, "space")
+        if spec is None and not self._responses_spec(subject).is_volume:
+            return None  # a surface dataset that does not say where its columns sit
+        src = self._sources(subject)
         if src.volume:
             g = src.geometry
             flat = np.flatnonzero(g.mask.ravel())  # C order, as the columns are
             return Cortex(Space.volume(g.shape, g.affine), {h: flat[g.hemi_index[h]] for h in HEMISPHERES},
                           source=str(g.mask_path))
-        if spec is None:
-            return None
         where = self._where(subject, self._loc(subject, "space"))
         if spec.surface == "native":
             space = self._native_space(subject, spec)
