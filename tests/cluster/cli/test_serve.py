@@ -153,8 +153,8 @@ def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_pa
     r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--write-config", str(cfg),
                                  "--port", str(port)])
     assert r.exit_code == 0, r.output
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    # RAY_ADDRESS=local: its own Ray, never a cluster the test session (or a test before it) left on this machine
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
     serve_bin = Path(sys.executable).with_name("serve")
     p = subprocess.Popen([str(serve_bin), "run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          env=env, text=True, cwd=tmp_path, start_new_session=True)
