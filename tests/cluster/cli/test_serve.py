@@ -156,8 +156,17 @@ def test_the_written_config_runs_under_rays_own_serve_run(serving_models, tmp_pa
     # RAY_ADDRESS=local: its own Ray, never a cluster the test session (or a test before it) left on this machine
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
     serve_bin = Path(sys.executable).with_name("serve")
-    p = subprocess.Popen([str(serve_bin), "run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         env=env, text=True, cwd=tmp_path, start_new_session=True)
+    # Ctrl-C must reach it: a test run started in the background of a shell without job control ignores SIGINT,
+    # and an ignored signal is inherited across exec (a handled one is reset to the default)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen([str(serve_bin), "run", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env=env, text=True, cwd=tmp_path, start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     url = f"http://127.0.0.1:{port}"
     try:
         t0, ready = time.time(), None
