@@ -153,15 +153,19 @@ class Cortex:
         return flat.reshape(self.space.shape)
 
 
-def indices_from_mask(mask: np.ndarray, n_vertices: int, path: str | Path, hemi: str) -> np.ndarray:
+def indices_from_mask(mask: np.ndarray, n_vertices: int, path: str | Path, hemi: str, *,
+                      size: int | None = None) -> np.ndarray:
     """The measured vertices of a release-style ``{hemi}.all-vertices_fsaverage_space.npy``: 1 where a
     challenge-space vertex sits, in challenge order (= ascending index); checked against the response
-    columns ``n_vertices``."""
+    columns ``n_vertices``. ``size``: the surface's vertex count when it is not an fsaverage mesh (a
+    subject's own surface); by default the mask must cover an fsaverage mesh."""
     mask = np.asarray(mask)
     if mask.ndim != 1:
-        raise SpaceError(f"{path} has shape {mask.shape}; it holds one value per fsaverage vertex")
-    known = {v: k for k, v in FSAVERAGE_VERTICES.items()}
-    if mask.size not in known:
+        raise SpaceError(f"{path} has shape {mask.shape}; it holds one value per "
+                         f"{'fsaverage' if size is None else 'surface'} vertex")
+    if size is not None and mask.size != size:
+        raise SpaceError(f"{path} has {mask.size:,} values; the {hemi} surface has {size:,} vertices")
+    if size is None and mask.size not in FSAVERAGE_VERTICES.values():
         raise SpaceError(f"{path} has {mask.size:,} values; an fsaverage mask has one per vertex "
                          f"({', '.join(f'{k}: {v:,}' for k, v in FSAVERAGE_VERTICES.items())})")
     if not np.isin(mask, (0, 1)).all():

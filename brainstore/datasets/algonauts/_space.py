@@ -27,11 +27,12 @@ def read_cortex(ds: "AlgonautsDataset", subject: str) -> Cortex | None:
                            "hemisphere: add it, or remove both to use the dataset without maps")
     vertices, sizes = {}, set()
     for h, f in files.items():
+        mask = load_npy(f)
         try:
-            vertices[h] = indices_from_mask(load_npy(f), ds.n_vertices(subject, h), f, h)
+            vertices[h] = indices_from_mask(mask, ds.n_vertices(subject, h), f, h)
         except SpaceError as e:
             raise DatasetError(str(e)) from None
-        sizes.add(np.load(f, mmap_mode="r").shape[0])
+        sizes.add(mask.shape[0])
     if len(sizes) != 1:
         raise DatasetError(f"{files['lh']} and {files['rh'].name} cover different meshes ({sorted(sizes)} vertices)")
     name = next(k for k, v in FSAVERAGE_VERTICES.items() if v == sizes.pop())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...maps import FSAVERAGE_VERTICES, Cortex, Space, SpaceError, indices_from_mask
+from ...maps import Cortex, Space, SpaceError, indices_from_mask
 from .._errors import DatasetError
 from .._layout import HEMISPHERES
 from ._rois import RoisMixin
@@ -93,8 +93,7 @@ class CortexMixin(RoisMixin):
             return np.arange(size)  # a mask marking the whole surface
         if a.ndim == 1 and a.size == size and a.size != n_columns and np.isin(a, (0, 1)).all():
             try:  # a release-style mask: 1 where a column sits, columns in ascending vertex order
-                return indices_from_mask(a, n_columns, f"{what}: {path}", hemi) if size in FSAVERAGE_VERTICES.values() \
-                    else _mask_indices(a, n_columns, f"{what}: {path}", hemi)
+                return indices_from_mask(a, n_columns, f"{what}: {path}", hemi, size=size)
             except SpaceError as e:
                 raise DatasetError(str(e)) from None
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
@@ -124,9 +123,3 @@ class CortexMixin(RoisMixin):
                 out[h][fam] = (full, mapping)
         return out
 
-
-def _mask_indices(mask: np.ndarray, n_columns: int, what: str, hemi: str) -> np.ndarray:
-    idx = np.flatnonzero(mask)
-    if idx.size != n_columns:
-        raise SpaceError(f"{what} marks {idx.size:,} vertices but {hemi} has {n_columns:,} response columns")
-    return idx
