@@ -22,9 +22,7 @@ Sections, each computed from the dataset, the registry and the metrics:
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
 import io
 import json
 import math
@@ -36,6 +34,7 @@ import numpy as np
 
 from ...datasets import (HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset, BrainDataset, DatasetError,
                         open_dataset)
+from ._markup import esc as _esc, img as _img
 
 __all__ = ["write_html_report"]
 
@@ -77,11 +76,6 @@ details{margin:4px 0}summary{cursor:pointer;color:#1f4f9a}
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _esc(value: Any) -> str:
-    """HTML-escape any value for text and attribute positions (``& < > " '``)."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _num(v: Any, digits: int = 2) -> str:
     """A number for a table cell ('-' for missing or NaN)."""
     if v is None:
@@ -115,10 +109,6 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return _img(buf.getvalue(), "plot")
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _saved_png(draw, *args) -> bytes:

@@ -5,13 +5,10 @@ from the report, and nothing is fetched."""
 
 from __future__ import annotations
 
-import base64
-import html
-from typing import Any
-
 import numpy as np
 
 from ._maps import AVERAGE, DATA, METRICS, CortexMaps
+from ._markup import esc as _esc, img as _img
 
 __all__ = ["section_maps"]
 
@@ -19,13 +16,8 @@ __all__ = ["section_maps"]
 VIEW_HEIGHT = 560
 
 
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _picture(path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img class="map" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+    return _img(path.read_bytes(), alt, "map")
 
 
 def _best(pictures: dict, metrics: dict, kinds: dict) -> str:
