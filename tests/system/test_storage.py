@@ -115,27 +115,38 @@ def test_registry_on_s3_saves_loads_lists_and_deletes_like_a_folder(s3_server, t
     tensors, rec = reg.load_arrays("ridge/subj01")
     np.testing.assert_array_equal(tensors["coef"], w["coef"])
     assert rec.meta["safetensors_sha256"] == local.record("ridge/subj01").meta["safetensors_sha256"]
-    assert rec.path == f"s3://{BUCKET}/reg-basic/ridge/subj01"
+    assert rec.path == f"s3://{BUCKET}/reg-basic/ridge/subj01/@1" and rec.version == 1
     # the objects are there, in the local layout, and the weights read back with safetensors alone
     client = s3_server["client"]
-    body = client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/model.safetensors")["Body"].read()
+    body = client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/@1/model.safetensors")["Body"].read()
     np.testing.assert_array_equal(safetensors.numpy.load(body)["coef"], w["coef"])
-    assert json.loads(client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/model.json")["Body"].read())[
+    assert json.loads(client.get_object(Bucket=BUCKET, Key="reg-basic/ridge/subj01/@1/model.json")["Body"].read())[
         "subject"] == "subj01"
     with pytest.raises(RegistryError, match="already exists"):
-        reg.save("ridge/subj01", w, {}, overwrite=False)
+        reg.save("ridge/subj01", w, {}, new_version=False)
     with pytest.raises(RegistryError, match="cannot be nested"):
         reg.save("ridge/subj01/inner", w, {})
     with pytest.raises(RegistryError, match="holds other models"):
         reg.save("ridge", w, {})
     st1 = reg.stamp(reg.record("ridge/subj01"))
-    reg.save("ridge/subj01", {"coef": w["coef"] * 2}, {"kind": "ridge", "subject": "subj01"})  # overwrite
+    v1_objects = {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+                  for k in ("reg-basic/ridge/subj01/@1/model.json", "reg-basic/ridge/subj01/@1/model.safetensors")}
+    assert reg.save("ridge/subj01", {"coef": w["coef"] * 2}, {"kind": "ridge", "subject": "subj01"}).version == 2
     np.testing.assert_array_equal(reg.load_arrays("ridge/subj01")[0]["coef"], w["coef"] * 2)
+    np.testing.assert_array_equal(reg.load_arrays("ridge/subj01@1")[0]["coef"], w["coef"])
+    assert {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in v1_objects} == v1_objects  # immutable
     assert reg.stamp(reg.record("ridge/subj01")) != st1
+    # aliases on object storage: the bare name follows champion; a stale compare-and-swap is refused
+    reg.set_alias("ridge/subj01", "champion", 1, expect=None)
+    assert reg.record("ridge/subj01").version == 1 and reg.record("ridge/subj01@latest").version == 2
+    with pytest.raises(RegistryError, match="moved concurrently"):
+        reg.set_alias("ridge/subj01", "champion", 2, expect=None)
+    assert local.save("ridge/subj01", {"coef": w["coef"] * 2}, {"kind": "ridge", "subject": "subj01"}).version == 2
+    assert [r.version for r in reg.versions("ridge/subj01")] == [r.version for r in local.versions("ridge/subj01")]
     # weights changed behind the registry's back: refused, naming the object
-    client.put_object(Bucket=BUCKET, Key="reg-basic/ridge/subj02/model.safetensors",
+    client.put_object(Bucket=BUCKET, Key="reg-basic/ridge/subj02/@1/model.safetensors",
                       Body=safetensors.numpy.save({"coef": np.zeros((5, 3), np.float32)}))
-    with pytest.raises(RegistryError, match=r"reg-basic/ridge/subj02/model.safetensors changed since it was saved"):
+    with pytest.raises(RegistryError, match=r"reg-basic/ridge/subj02/@1/model.safetensors changed since it was saved"):
         reg.load_arrays("ridge/subj02")
     reg.delete("ridge/subj02")
     assert reg.names() == ["ridge/subj01"] and not reg.exists("ridge/subj02")
@@ -221,7 +232,7 @@ def test_extract_fit_predict_and_serve_on_s3_equal_local_disk(s3_server, small_d
         runs[where] = (store, registry, txt, run, drun)
     assert str(runs["s3"][3].run_dir).startswith(str(tmp_path / "home" / "runs"))  # run folders stay local
     keys = [o["Key"] for o in s3_server["client"].list_objects_v2(Bucket=BUCKET, Prefix="e2e/models/")["Contents"]]
-    assert "e2e/models/txt/subj01/model.safetensors" in keys
+    assert "e2e/models/txt/subj01/@1/model.safetensors" in keys
 
     (s_store, s_reg, txt, s_run, s_drun), (l_store, l_reg, _, l_run, l_drun) = runs["s3"], runs["local"]
     reg_s, reg_l = ModelRegistry(s_reg, create=False), ModelRegistry(l_reg, create=False)

@@ -1,11 +1,11 @@
 """The registry on object storage (``s3://``, ``gs://``, ``az://``; options as for the feature store, see
-``brainstore._storage``): the same layout as a local registry, so a local registry copied there is a
-registry. Object stores have no folder rename, so a write goes: take the model's lock
-(``_locks/<name>.lock``, created with a conditional PUT: concurrent writers of one model wait for each
-other), put the weights, then put ``model.json``, the commit marker. A reader that meets new weights
-under an old ``model.json`` sees the sha256 disagree, re-reads ``model.json`` and retries; a model being
-deleted loses ``model.json`` first. Failures of the store are one :class:`RegistryError` line naming the
-registry, the cause and the fix.
+``brainstore._storage``): the same layout as a local registry (``<name>/@<version>/...``,
+``<name>/@aliases.json``), so a local registry copied there is a registry. Object stores have no folder
+rename, so a write goes: take the name's lock (``_locks/<name>.lock``, created with a conditional PUT:
+concurrent writers of one name wait for each other), put the weights, then put ``model.json``, the commit
+marker, both as conditional creates, so no object of a version is ever replaced. Aliases are replaced
+under the same lock: a compare-and-swap. A version being deleted loses ``model.json`` first. Failures of
+the store are one :class:`RegistryError` line naming the registry, the cause and the fix.
 
 :class:`ObjectStoreBackend` holds these operations; :class:`~._registry.ModelRegistry` inherits them and
 calls them when its URI is remote.
@@ -14,11 +14,11 @@ calls them when its URI is remote.
 from __future__ import annotations
 
 import contextlib
-import warnings
 
-from ..._provenance import sha256
-from ._fileio import json_bytes
-from ._records import META_FILE, WEIGHTS_FILE, ModelRecord, RegistryError, check_name, parse_meta
+import json
+
+from ._records import (ALIASES_FILE, META_FILE, WEIGHTS_FILE, ModelRecord, RegistryError, folder_version,
+                       parse_aliases, version_folder)
 
 __all__ = ["ObjectStoreBackend"]
 
@@ -43,6 +43,11 @@ class ObjectStoreBackend:
                                 "store is unreachable with these options); fit models into it first "
                                 "(`brainstore fit --registry ...`)")
 
+    def _remote_key(self, name: str, version: int, fname: str) -> str:
+        if version == 1 and self._get(f"{name}/{META_FILE}") is not None:  # saved before versions existed
+            return f"{name}/{fname}"
+        return f"{name}/{version_folder(version)}/{fname}"
+
     def _stamp_remote(self, rec: ModelRecord) -> tuple:
         """The objects' ETags, sizes and modification times (see :meth:`~._registry.ModelRegistry.stamp`)."""
         import obstore
@@ -52,11 +57,11 @@ class ObjectStoreBackend:
         for f in (WEIGHTS_FILE, META_FILE):
             try:
                 with self._reaching():
-                    info = obstore.head(self._obj, f"{rec.name}/{f}")
+                    info = obstore.head(self._obj, self._remote_key(rec.name, rec.version, f))
             except (NotFoundError, FileNotFoundError):
                 raise FileNotFoundError(2, "missing", self._file(rec.path, f)) from None
             out.append((info.get("e_tag"), info["size"], str(info["last_modified"])))
-        return (rec.name, *out)
+        return tuple(out)
 
     def _remote_keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         import obstore
@@ -99,99 +104,86 @@ class ObjectStoreBackend:
         except (NotFoundError, FileNotFoundError):
             return None
 
-    def _lock(self, name: str):
+    def _remote_lock(self, name: str):
         from ..._storage import ObjectLock
 
         key = f"_locks/{name}.lock"
         return ObjectLock(self._obj, key, what=f"model {name!r} in registry {self.root}", timeout=self.lock_timeout,
                           error=RegistryError, where=f"{self.root}/{key}")
 
-    def _save_remote(self, name: str, arrays: dict, doc: dict, overwrite: bool) -> ModelRecord:
+    def _remote_versions(self, name: str) -> list[int]:
+        return self._remote_models(name, exact=True).get(name, [])
+
+    def _remote_read(self, name: str, version: int, fname: str) -> bytes | None:
+        return self._get(self._remote_key(name, version, fname))
+
+    def _remote_put_version(self, name: str, version: int, weights: bytes, meta: bytes) -> str:
+        """Put a version's objects as conditional creates (the caller holds the name's lock); FileExistsError
+        when its model.json exists. Weights a killed writer left without their model.json are replaced."""
         import obstore
-        import safetensors.numpy
+        from obstore.exceptions import AlreadyExistsError
 
-        data = safetensors.numpy.save(arrays, metadata={"brainstore_model": name})
-        parts = name.split("/")
-        with self._reaching(), self._lock(name):
-            for i in range(1, len(parts)):
-                if self._get(f"{'/'.join(parts[:i])}/{META_FILE}") is not None:
-                    raise RegistryError(f"cannot save model {name!r}: {'/'.join(parts[:i])!r} is already a model and "
-                                        "models cannot be nested inside models; choose another name")
-            inside = [k for k in self._remote_keys(f"{name}/") if k.endswith(f"/{META_FILE}") and k != f"{name}/{META_FILE}"]
-            if inside:
-                raise RegistryError(f"cannot save model {name!r}: {self.path(name)} holds other models; choose another name")
-            if not overwrite and self._get(f"{name}/{META_FILE}") is not None:
-                raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
-                                    "it or choose another name")
-            doc = {**doc, "safetensors_sha256": sha256(bytes(data))}
-            body = json_bytes(doc)
-            with self._reaching():
-                obstore.put(self._obj, f"{name}/{WEIGHTS_FILE}", bytes(data))
-                obstore.put(self._obj, f"{name}/{META_FILE}", body)  # the commit marker, last
-        return ModelRecord(name, self.path(name), doc)
-
-    def _load_remote(self, name: str) -> tuple[bytes, dict]:
-        import time as _time
-
-        final = self.path(name)
-        raw = self._get(f"{name}/{META_FILE}")
-        for attempt in range(8):  # a writer between its two puts, or an overwrite racing this read
-            if raw is None:
-                raise self._missing(name)
-            data = self._get(f"{name}/{WEIGHTS_FILE}")
-            meta = parse_meta(name, self._file(final, META_FILE), raw)
-            if data is not None and meta.get("safetensors_sha256") == sha256(data):
-                return data, meta
-            _time.sleep(0.05 * 2 ** min(attempt, 4))
-            again = self._get(f"{name}/{META_FILE}")
-            if again != raw:
-                raw = again
-                continue
-            if data is None and attempt >= 2:
-                raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is missing; the model is "
-                                    f"incomplete (re-save it, or delete it with ModelRegistry.delete({name!r}))")
-        got = sha256(data) if data is not None else "missing"
-        raise RegistryError(
-            f"model {name!r}: {self._file(final, WEIGHTS_FILE)} changed since it was saved (sha256 {got[:12]}..., "
-            f"model.json records {str(meta.get('safetensors_sha256'))[:12]}...); the weights cannot be trusted: "
-            "re-save or refit the model")
-
-    def _delete_remote(self, name: str) -> None:
-        """Remove a model under its lock, ``model.json`` first."""
-        import obstore
-
-        with self._reaching(), self._lock(name):
-            if self._get(f"{name}/{META_FILE}") is None:
-                raise self._missing(name)
-            with self._reaching():
-                obstore.delete(self._obj, f"{name}/{META_FILE}")
-                obstore.delete(self._obj, f"{name}/{WEIGHTS_FILE}")
-
-    def _exists_remote(self, name: str) -> bool:
-        return self._get(f"{check_name(name)}/{META_FILE}") is not None
-
-    def _record_remote(self, name: str) -> ModelRecord:
-        final = self.path(name)
-        raw = self._get(f"{name}/{META_FILE}")
-        if raw is None:
-            raise self._missing(name)
-        return ModelRecord(name, final, parse_meta(name, self._file(final, META_FILE), raw))
-
-    def _list_remote(self, prefix: str) -> list[ModelRecord]:
-        """Every model under the prefix whose name starts with ``prefix`` (unreadable ones skipped with a warning)."""
-        out = []
-        for key in self._remote_keys():
-            parts = key.split("/")
-            if parts[-1] != META_FILE or len(parts) < 2 or any(p.startswith((".", "_")) for p in parts[:-1]):
-                continue
-            name = "/".join(parts[:-1])
-            if not name.startswith(prefix):
-                continue
-            raw = self._get(key)
-            if raw is None:  # deleted meanwhile
-                continue
+        base = f"{name}/{version_folder(version)}"
+        if self._get(f"{base}/{META_FILE}") is not None:
+            raise FileExistsError(17, "exists", f"{self.root}/{base}")
+        with self._reaching():
+            obstore.delete(self._obj, f"{base}/{WEIGHTS_FILE}")  # a crashed writer's orphan, if any
             try:
-                out.append(ModelRecord(name, self.path(name), parse_meta(name, f"{self.root}/{key}", raw)))
-            except RegistryError as e:
-                warnings.warn(f"skipping model {name!r}: {e}", stacklevel=3)
-        return out
+                obstore.put(self._obj, f"{base}/{WEIGHTS_FILE}", weights, mode="create")
+                obstore.put(self._obj, f"{base}/{META_FILE}", meta, mode="create")  # the commit marker, last
+            except (AlreadyExistsError, FileExistsError):
+                raise FileExistsError(17, "exists", f"{self.root}/{base}") from None
+        return f"{self.root}/{base}"
+
+    def _remote_aliases(self, name: str) -> dict:
+        raw = self._get(f"{name}/{ALIASES_FILE}")
+        return {} if raw is None else parse_aliases(name, f"{self.root}/{name}/{ALIASES_FILE}", raw)
+
+    def _remote_put_aliases(self, name: str, aliases: dict) -> None:
+        import obstore
+
+        with self._reaching():
+            obstore.put(self._obj, f"{name}/{ALIASES_FILE}", json.dumps(aliases, sort_keys=True, indent=1).encode())
+
+    def _remote_remove_version(self, name: str, version: int) -> None:
+        import obstore
+
+        meta, weights = (self._remote_key(name, version, f) for f in (META_FILE, WEIGHTS_FILE))
+        with self._reaching():
+            obstore.delete(self._obj, meta)  # model.json first: the version is gone for readers at once
+            obstore.delete(self._obj, weights)
+
+    def _remote_remove_name(self, name: str) -> None:
+        import obstore
+
+        keys = self._remote_keys(f"{name}/")
+        keys.sort(key=lambda k: not k.endswith(META_FILE))  # every model.json first
+        with self._reaching():
+            for k in keys:
+                obstore.delete(self._obj, k)
+
+    def _remote_models(self, prefix: str, exact: bool = False) -> dict[str, list[int]]:
+        """``{name: versions}`` of every model whose name starts with ``prefix`` (``exact``: is ``prefix``)."""
+        out: dict[str, set] = {}
+        for key in self._remote_keys(f"{prefix}/" if exact else ""):
+            parts = key.split("/")
+            if parts[-1] != META_FILE or len(parts) < 2:
+                continue
+            v = folder_version(parts[-2])
+            name_parts = parts[:-2] if v is not None else parts[:-1]
+            if not name_parts or any(p.startswith((".", "_", "@")) for p in name_parts):
+                continue
+            name = "/".join(name_parts)
+            if (name == prefix) if exact else name.startswith(prefix):
+                out.setdefault(name, set()).add(1 if v is None else v)
+        return {n: sorted(v) for n, v in out.items()}
+
+    def _remote_check_placement(self, name: str) -> None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            if self._remote_versions("/".join(parts[:i])):
+                raise RegistryError(f"cannot save model {name!r}: {'/'.join(parts[:i])!r} is already a model and "
+                                    "models cannot be nested inside models; choose another name")
+        inside = [n for n in self._remote_models(f"{name}/") if n != name]
+        if inside:
+            raise RegistryError(f"cannot save model {name!r}: {self.path(name)} holds other models; choose another name")

@@ -1,6 +1,7 @@
-"""What the registry keeps and checks, whatever the storage: model names, records, the file layout
-(``<name>/model.safetensors`` + ``<name>/model.json``), the tensors safetensors can hold, the parsed
-``model.json``, refusal of old models with unstable scales, and the loaders of model kinds."""
+"""What the registry keeps and checks, whatever the storage: model names, versions, aliases and references
+(``NAME``, ``NAME@3``, ``NAME@champion``), records, the file layout (``<name>/@<version>/model.safetensors``
++ ``model.json``; ``<name>/@aliases.json``), the tensors safetensors can hold, the parsed ``model.json``,
+refusal of old models with unstable scales, and the loaders of model kinds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader", "MODEL_LOADERS",
-           "WEIGHTS_FILE", "META_FILE", "FORMAT_VERSION"]
+           "WEIGHTS_FILE", "META_FILE", "FORMAT_VERSION", "ALIASES_FILE", "DEFAULT_ALIAS", "parse_ref", "model_ref",
+           "check_alias", "version_folder", "folder_version", "parse_aliases"]
 
 #: ``kind`` of registered models that are not encoding models (ridge decoders, adaptors, captioners):
 #: encoder evaluation, best-model choice and selectivity skip them.
@@ -21,8 +23,13 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT_VERSION = 2  # 2: near-constant features dropped (see ..ridge._scaling); models of 1 are checked for them on load
 #: Keys of model.json written by the registry (they override the same keys in ``meta``).
-RESERVED_KEYS = ("name", "created", "safetensors_sha256", "tensors", "package_versions", "format_version")
-_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+RESERVED_KEYS = ("name", "version", "created", "safetensors_sha256", "tensors", "package_versions", "format_version")
+#: ``<name>/@aliases.json``: ``{alias: version}`` of one model name.
+ALIASES_FILE = "@aliases.json"
+#: The alias a bare ``NAME`` resolves to when it is set (else the latest version).
+DEFAULT_ALIAS = "champion"
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 _SAFETENSORS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                        "float16", "float32", "float64"}
 
@@ -47,12 +54,19 @@ class RegistryError(ValueError):
 
 @dataclass
 class ModelRecord:
-    """One saved model: its name, its folder (a ``Path``; on object storage its URI, a string) and its
-    parsed ``model.json``."""
+    """One saved version of a model: its name, its folder (a ``Path``; on object storage its URI, a string),
+    its parsed ``model.json``, its version number and the aliases that point at it."""
 
     name: str
     path: Path | str
     meta: dict = field(repr=False)
+    version: int = 1
+    aliases: tuple = ()
+
+    @property
+    def ref(self) -> str:
+        """``NAME@VERSION``: the reference that always loads exactly this version."""
+        return f"{self.name}@{self.version}"
 
     @property
     def feature_versions(self) -> dict:
@@ -63,10 +77,10 @@ class ModelRecord:
 def safe_name(s: str) -> str:
     """Turn any string into one valid name component (no ``/``), e.g. ``"CLIP ViT-B/32"`` -> ``"CLIP-ViT-B-32"``.
 
-    Characters outside ``A-Z a-z 0-9 . _ + = @ -`` become ``-``; runs of ``-`` collapse; leading
+    Characters outside ``A-Z a-z 0-9 . _ + = -`` become ``-``; runs of ``-`` collapse; leading
     dots and dashes are stripped (hidden names are reserved for temporary folders).
     """
-    out = re.sub(r"[^A-Za-z0-9._+=@-]+", "-", str(s))
+    out = re.sub(r"[^A-Za-z0-9._+=-]+", "-", str(s))
     out = re.sub(r"-{2,}", "-", out).lstrip(".-_").rstrip("-")
     return out or "model"
 
@@ -79,8 +93,54 @@ def check_name(name: str) -> str:
     if bad or name != name.strip("/"):
         raise RegistryError(
             f"invalid model name {name!r}: each '/'-separated part must start with a letter or digit and use only "
-            f"A-Z a-z 0-9 . _ + = @ - (bad part(s): {bad or [name]}); use safe_name() on each part")
+            f"A-Z a-z 0-9 . _ + = - (bad part(s): {bad or [name]}; '@' separates a version or alias: NAME@3, "
+            "NAME@champion); use safe_name() on each part")
     return name
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` if it can name a version (a letter, then letters, digits, ``. _ -``; not ``latest``)."""
+    if not isinstance(alias, str) or not _ALIAS.match(alias) or alias == "latest":
+        raise RegistryError(f"invalid alias {alias!r}: an alias starts with a letter and uses only A-Z a-z 0-9 . _ - "
+                            "(at most 64 characters; 'latest' is reserved), e.g. 'champion' or 'staging'")
+    return alias
+
+
+def parse_ref(ref: str) -> tuple[str, int | str | None]:
+    """``"NAME"`` -> (NAME, None); ``"NAME@3"`` -> (NAME, 3); ``"NAME@champion"`` -> (NAME, "champion")."""
+    if not isinstance(ref, str) or not ref:
+        raise RegistryError(f"model reference must be a non-empty string like 'clip/subj01' or 'clip/subj01@3', "
+                            f"got {ref!r}")
+    name, at, sel = ref.rpartition("@")
+    if not at or "/" in sel:  # an '@' inside a name component, not a selector
+        return check_name(ref), None
+    check_name(name)
+    if sel.isdigit():
+        if int(sel) < 1:
+            raise RegistryError(f"model reference {ref!r}: versions are numbered from 1")
+        return name, int(sel)
+    if sel == "latest":
+        return name, "latest"
+    return name, check_alias(sel)
+
+
+def model_ref(model: str, subject: str) -> str:
+    """The registry reference of ``model``'s fit for ``subject``: ``("clip@3", "subj01")`` -> ``"clip/subj01@3"``
+    (a version or alias given for a model applies to each subject's record)."""
+    base, at, sel = model.rpartition("@")
+    if not at or "/" in sel:
+        return f"{model}/{subject}"
+    return f"{base}/{subject}@{sel}"
+
+
+def version_folder(version: int) -> str:
+    """The folder of a version inside its model's folder: ``@3``."""
+    return f"@{int(version)}"
+
+
+def folder_version(part: str) -> int | None:
+    """Inverse of :func:`version_folder`; None for any other folder name."""
+    return int(part[1:]) if part.startswith("@") and part[1:].isdigit() else None
 
 
 def check_tensors(name: str, tensors: dict) -> dict[str, np.ndarray]:
@@ -133,3 +193,16 @@ def check_scales(name: str, tensors: dict[str, np.ndarray]) -> None:
                 f"column(s) {cols} ({key}) have a scale of {float(np.min(v[bad])):.2g}, so inputs not in the store "
                 f"would be amplified up to {float(np.median(v)) / max(float(np.min(v[bad])), 1e-300):.0e} times; "
                 "refit it (`brainstore fit`, or `brainstore fit --decode` for a decoder)")
+
+
+def parse_aliases(name: str, where, raw: bytes) -> dict:
+    """The ``{alias: version}`` object of an ``@aliases.json`` read from ``where``, or a RegistryError naming it."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise RegistryError(f"model {name!r}: {where} is not valid JSON ({e}); remove it and set the aliases again "
+                            "(`brainstore models alias`)") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in doc.values()):
+        raise RegistryError(f"model {name!r}: {where} must map alias names to version numbers; remove it and set the "
+                            "aliases again (`brainstore models alias`)")
+    return doc

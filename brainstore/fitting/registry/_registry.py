@@ -1,92 +1,57 @@
-"""The model registry: fitted encoding models as safetensors + JSON on disk, never pickle.
+"""The model registry: fitted models as immutable, numbered versions of safetensors + JSON, never pickle.
 
-Layout: ``<uri>/<name>/model.safetensors`` (the arrays) and ``<uri>/<name>/model.json`` (how the
-model was made: the caller's metadata plus name, creation time, the safetensors file's sha256,
-tensor shapes/dtypes and package versions). Names may contain ``/`` to group models
-(``"clip-image+text/subj01"``). Folders starting with ``_`` (``_runs/``: fit and evaluation run
-folders) or ``.`` (temporaries) are never models.
+Layout: ``<uri>/<name>/@<version>/model.safetensors`` (the arrays) and ``.../model.json`` (how the
+model was made: the caller's metadata plus name, version, creation time, the safetensors file's sha256,
+tensor shapes/dtypes and package versions), and ``<uri>/<name>/@aliases.json`` (``{alias: version}``).
+Names may contain ``/`` to group models (``"clip-image+text/subj01"``). Folders starting with ``_``
+(``_runs/``: fit and evaluation run folders; ``_locks/``) or ``.`` (temporaries) are never models.
 
-Writes are atomic: both files are written and fsynced in a hidden temporary sibling folder
-which is then renamed into place (an existing model is swapped out with one ``renameat2``
-exchange on Linux), so a crash never leaves a half-written model visible; a temporary folder
-that a killed writer left behind is removed by the next write into its folder once it is an hour
-old. Loads verify the sha256 recorded at save time. Permissions follow the umask, the same for
-both files: ``0666 & ~umask`` for files and ``0777 & ~umask`` for model folders (0644 / 0755
-under the usual 022), so a registry shared by a lab is readable by its members.
-
-On object storage (``s3://``, ``gs://``, ``az://``) the layout is the same, so a local registry copied
-there (``aws s3 sync``) is a registry; how writes and reads stay consistent there is in
-:mod:`._object_store`. Names, records, the file layout and the checks of what is saved and read are in
-:mod:`._records`.
+Saving under an existing name adds version n+1; a version is never rewritten (saving the same weights
+and metadata again returns the existing version, so a resumed job adds none). A reference names what to
+load: ``NAME`` (its ``champion`` alias when set, else its latest version), ``NAME@3`` (version 3),
+``NAME@latest`` or ``NAME@staging`` (an alias). Aliases move under the name's lock with an optional
+compare-and-swap (``expect=``). Loads verify the sha256 recorded at save time. How versions are written
+atomically is in :mod:`._local` (a folder) and :mod:`._object_store` (``s3://``, ``gs://``, ``az://``; a
+local registry copied there is a registry); names, references and records in :mod:`._records`.
 
 >>> reg = ModelRegistry("models/")
->>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}})
->>> state, record = reg.load_arrays("ridge/subj01")  # the arrays; reg.load(name) gives the model
+>>> reg.save("ridge/subj01", est.state_dict(), {"feature_versions": {fv: store.metadata(fv)}}).version
+2
+>>> reg.set_alias("ridge/subj01", "champion", 1)
+>>> state, record = reg.load_arrays("ridge/subj01@1")  # the arrays; reg.load(ref) gives the model
 >>> reg.check_features(record, store)            # refuses features made differently
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import os
-import shutil
 import time
-import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..._provenance import sha256
-from ._fileio import fsync, install_dir, jsonable, package_versions, write_json, write_safetensors
+from ._fileio import json_bytes, jsonable, package_versions
+from ._local import STALE_TMP_S, LocalFiles
 from ._object_store import ObjectStoreBackend
-from ._records import (FORMAT_VERSION, META_FILE, MODEL_LOADERS, NON_ENCODER_KINDS, WEIGHTS_FILE, ModelRecord,
-                       RegistryError, check_name, check_scales, check_tensors, parse_meta, register_loader, safe_name)
+from ._records import (DEFAULT_ALIAS, FORMAT_VERSION, META_FILE, MODEL_LOADERS, NON_ENCODER_KINDS, WEIGHTS_FILE,
+                       ModelRecord, RegistryError, check_alias, check_name, check_scales, check_tensors, parse_meta,
+                       parse_ref, register_loader, safe_name)
 
-__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader"]
+__all__ = ["ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader",
+           "STALE_TMP_S"]
 
-#: A temporary model folder older than this (seconds) was left by a killed writer: the next write
-#: into its folder removes it (a model write takes seconds, so live ones are never this old).
-STALE_TMP_S = 3600.0
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux exposes it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+#: model.json keys that differ between two saves of the same model (not part of what was saved).
+_VOLATILE = ("created", "package_versions", "version")
+_ANY = object()
 
 
-def _set_modes(folder: Path, files: Sequence[str]) -> None:
-    """Registry permissions: files ``0666 & ~umask``, folders ``0777 & ~umask`` (0644 / 0755 under the
-    usual umask 022), the same for weights and JSON whichever library wrote them."""
-    mask = _umask()
-    for f in files:
-        os.chmod(folder / f, 0o666 & ~mask)
-    os.chmod(folder, 0o777 & ~mask)
-
-
-def _remove_stale_tmp(parent: Path) -> None:
-    """Remove temporary model folders a killed writer left in ``parent`` (older than :data:`STALE_TMP_S`)."""
-    now = time.time()
-    for p in parent.glob(".*.tmp-*"):
-        try:
-            if p.is_dir() and now - p.stat().st_mtime > STALE_TMP_S:
-                shutil.rmtree(p, ignore_errors=True)
-        except FileNotFoundError:  # removed by a concurrent writer
-            pass
-
-
-class ModelRegistry(ObjectStoreBackend):
-    """Fitted models in a local folder or under an object-store URI, as ``<name>/model.safetensors`` +
-    ``<name>/model.json``.
+class ModelRegistry(LocalFiles, ObjectStoreBackend):
+    """Fitted models in a local folder or under an object-store URI, each name a series of immutable
+    versions (``<name>/@<version>/model.safetensors`` + ``model.json``) with aliases.
 
     Parameters
     ----------
@@ -99,7 +64,7 @@ class ModelRegistry(ObjectStoreBackend):
     storage_options : dict, optional
         Object-store options over those of ``$BRAINSTORE_STORAGE_OPTIONS``; unknown keys are an error.
     lock_timeout : float
-        Object storage: seconds a write waits for another writer of the same model.
+        Seconds a write waits for another writer of the same name.
     """
 
     def __init__(self, uri: str | Path, *, create: bool = True, storage_options: dict | None = None,
@@ -122,17 +87,46 @@ class ModelRegistry(ObjectStoreBackend):
         return f"ModelRegistry({str(self.root)!r})"
 
     def path(self, name: str) -> Path | str:
-        """The folder of model ``name`` (whether or not it exists); on object storage its URI."""
+        """The folder of model ``name`` holding its versions (whether or not it exists); on object storage its URI."""
         if self.remote:
             return f"{self.root}/{check_name(name)}"
-        return self.root.joinpath(*check_name(name).split("/"))
+        return self._name_dir(check_name(name))
 
     @staticmethod
     def _file(folder: Path | str, fname: str) -> Path | str:
         return f"{folder}/{fname}" if isinstance(folder, str) else folder / fname
 
+    # ------------------------------------------------------------------ storage primitives
+    def _versions_of(self, name: str) -> list[int]:
+        return self._remote_versions(name) if self.remote else self._local_versions(name)
+
+    def _read(self, name: str, version: int, fname: str) -> bytes | None:
+        return self._remote_read(name, version, fname) if self.remote else self._local_read(name, version, fname)
+
+    def _aliases_of(self, name: str) -> dict:
+        return self._remote_aliases(name) if self.remote else self._local_aliases(name)
+
+    def _version_path(self, name: str, version: int) -> Path | str:
+        if self.remote:
+            key = self._remote_key(name, version, META_FILE)
+            return f"{self.root}/{key.rpartition('/')[0]}"
+        return self._local_version_dir(name, version)
+
+    @contextlib.contextmanager
+    def _name_lock(self, name: str):
+        """Exclusive hold on ``name`` for writers (new versions, aliases, deletions)."""
+        if self.remote:
+            with self._reaching(), self._remote_lock(name):
+                yield
+        else:
+            with self._local_lock(name):
+                yield
+
+    def _models(self, prefix: str = "") -> dict[str, list[int]]:
+        return self._remote_models(prefix) if self.remote else self._local_models(prefix)
+
     def stamp(self, rec: ModelRecord) -> tuple:
-        """A token that changes whenever the model's files change (mtimes, sizes, inodes; on object
+        """A token that changes whenever the version's files change (mtimes, sizes, inodes; on object
         storage the objects' ETags), for caches of verified models.
 
         Raises
@@ -141,13 +135,15 @@ class ModelRegistry(ObjectStoreBackend):
             When one of the model's files is missing (its ``filename`` names it).
         """
         if self.remote:
-            return self._stamp_remote(rec)
-        return (rec.name, *((st.st_mtime_ns, st.st_size, st.st_ino) for st in
-                            (Path(self._file(rec.path, f)).stat() for f in (WEIGHTS_FILE, META_FILE))))
+            return (rec.name, rec.version, *self._stamp_remote(rec))
+        try:
+            return (rec.name, rec.version, *self._local_stamp(rec.name, rec.version))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(2, "missing", e.filename) from None
 
     # ------------------------------------------------------------------ write
-    def save(self, name: str, tensors: dict[str, np.ndarray], meta: dict, *, overwrite: bool = True) -> ModelRecord:
-        """Write a model atomically.
+    def save(self, name: str, tensors: dict[str, np.ndarray], meta: dict, *, new_version: bool = True) -> ModelRecord:
+        """Save ``tensors`` and ``meta`` as the next version of ``name`` (version 1 for a new name).
 
         Parameters
         ----------
@@ -159,14 +155,18 @@ class ModelRegistry(ObjectStoreBackend):
             JSON-serializable description (numpy scalars/arrays are converted). Put the fit's
             feature metadata under ``"feature_versions"`` ({feature_version: store metadata}) so
             that :meth:`check_features` can verify it later.
-        overwrite : bool
-            Replace an existing model of that name (atomically); else refuse.
+        new_version : bool
+            When ``name`` exists, add a version (the default); False refuses instead.
 
         Returns
         -------
         ModelRecord
+            The saved version; when the latest version already holds the same weights and metadata, that
+            version (nothing is written).
         """
-        final = self.path(name)
+        import safetensors.numpy
+
+        check_name(name)
         if not isinstance(meta, dict):
             raise RegistryError(f"meta for model {name!r} must be a dict, got {type(meta).__name__}")
         try:
@@ -174,103 +174,178 @@ class ModelRegistry(ObjectStoreBackend):
         except RegistryError as e:
             raise RegistryError(f"model {name!r}: {e}") from None
         arrays = check_tensors(name, tensors)
-        doc.update({  # the registry's own keys (safetensors_sha256 follows once the weights are written)
+        data = safetensors.numpy.save(arrays, metadata={"brainstore_model": name})
+        doc.update({  # the registry's own keys
             "name": name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
             "package_versions": package_versions(),
             "format_version": FORMAT_VERSION,
+            "safetensors_sha256": sha256(data),
         })
-        if self.remote:
-            return self._save_remote(name, arrays, doc, overwrite)
-        self._check_placement(name, final)
-        if (final / META_FILE).is_file() and not overwrite:
-            raise RegistryError(f"model {name!r} already exists in {self.root}; pass overwrite=True to replace "
-                                "it or choose another name")
-        created_dirs = [p for p in reversed(final.parents) if self.root in p.parents and not p.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(final.parent)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
-        tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would hide the model from other users)
-        try:
-            write_safetensors(tmp / WEIGHTS_FILE, arrays, {"brainstore_model": name})
-            fsync(tmp / WEIGHTS_FILE)
-            doc["safetensors_sha256"] = sha256(tmp / WEIGHTS_FILE)
-            write_json(tmp / META_FILE, doc)
-            _set_modes(tmp, (WEIGHTS_FILE, META_FILE))
-            fsync(tmp / META_FILE)
-            fsync(tmp)
+        with self._name_lock(name):
+            self._remote_check_placement(name) if self.remote else self._local_check_placement(name)
+            versions = self._versions_of(name)
+            if versions and not new_version:
+                raise RegistryError(f"model {name!r} already exists in {self.root} (versions {_span(versions)}); pass "
+                                    "new_version=True to add a version or choose another name")
+            if versions:
+                last = self._record_at(name, versions[-1])
+                if _content(last.meta) == _content(doc):
+                    return last
+            doc["version"] = version = (versions[-1] if versions else 0) + 1
             try:
-                install_dir(tmp, final, overwrite)
+                if self.remote:
+                    self._remote_put_version(name, version, data, json_bytes(doc))
+                else:
+                    self._local_put_version(name, version, data, json_bytes(doc))
             except FileExistsError:
-                raise RegistryError(f"model {name!r} was created concurrently in {self.root}; "
-                                    "pass overwrite=True to replace it") from None
-            fsync(final.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for d in reversed(created_dirs):  # deepest first; only the empty ones we made
-                try:
-                    d.rmdir()
-                except OSError:
-                    pass
-            raise
-        return ModelRecord(name, final, doc)
+                raise RegistryError(f"model {name!r}: version {version} was created by another writer that ignored "
+                                    f"the lock of {self.root}; save again") from None
+        return ModelRecord(name, self._version_path(name, version), doc, version, ())
 
-    def _check_placement(self, name: str, final: Path) -> None:
-        """Refuse names nested inside another model, or naming a folder that holds models."""
-        for p in final.parents:
-            if p == self.root or self.root not in p.parents:
-                break
-            if (p / META_FILE).is_file():
-                raise RegistryError(f"cannot save model {name!r}: {p.relative_to(self.root).as_posix()!r} is already a "
-                                    "model and models cannot be nested inside models; choose another name")
-        if final.is_dir() and not (final / META_FILE).is_file() and any(
-                not c.name.startswith(".") for c in final.iterdir()):
-            raise RegistryError(f"cannot save model {name!r}: {final} is a folder of other models; choose another name")
+    def set_alias(self, name: str, alias: str, version: int, *, expect: Any = _ANY) -> int | None:
+        """Point ``alias`` of model ``name`` at ``version``; returns the version it pointed at before (or None).
 
-    def delete(self, name: str) -> None:
-        """Remove a model (its folder leaves the registry in one rename; on object storage model.json goes first)."""
-        if self.remote:
-            return self._delete_remote(name)
-        final = self.path(name)
-        if not (final / META_FILE).is_file():
-            raise self._missing(name)
-        trash = final.with_name(f".{final.name}.del-{uuid.uuid4().hex[:8]}")
-        os.rename(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        for p in final.parents:  # drop group folders left empty
-            if p == self.root or self.root not in p.parents:
-                break
-            try:
-                p.rmdir()
-            except OSError:
-                break
+        ``expect`` (a version, or None for "unset") makes it a compare-and-swap: the alias moves only if it
+        still points there, else a :class:`RegistryError` says where it points now.
+        """
+        check_alias(alias)
+        name = check_name(name)
+        with self._name_lock(name):
+            versions = self._versions_of(name)
+            if not versions:
+                raise self._missing(name)
+            if version not in versions:
+                raise RegistryError(f"model {name!r} has no version {version} (versions {_span(versions)}); "
+                                    f"`brainstore models {name}` lists them")
+            aliases = self._aliases_of(name)
+            before = aliases.get(alias)
+            if expect is not _ANY and before != expect:
+                raise RegistryError(f"alias {name}@{alias} points at version {before} now, not {expect}: it was moved "
+                                    "concurrently; read it again and retry")
+            aliases[alias] = int(version)
+            self._remote_put_aliases(name, aliases) if self.remote else self._local_put_aliases(name, aliases)
+        return before
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` of model ``name``; returns the version it pointed at."""
+        check_alias(alias)
+        with self._name_lock(check_name(name)):
+            aliases = self._aliases_of(name)
+            if alias not in aliases:
+                raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {_shown(aliases)})")
+            before = aliases.pop(alias)
+            self._remote_put_aliases(name, aliases) if self.remote else self._local_put_aliases(name, aliases)
+        return before
+
+    def delete(self, ref: str) -> None:
+        """Remove ``NAME`` (every version and its aliases) or one version ``NAME@3``; a version an alias points at
+        is refused (move or remove the alias first). Nothing is half removed: model.json leaves first."""
+        name, sel = parse_ref(ref)
+        with self._name_lock(name):
+            versions = self._versions_of(name)
+            if not versions:
+                raise self._missing(name)
+            if sel is None:
+                self._remote_remove_name(name) if self.remote else self._local_remove_name(name)
+                return
+            version = self._select(name, sel, versions, self._aliases_of(name))
+            if len(versions) == 1:
+                self._remote_remove_name(name) if self.remote else self._local_remove_name(name)
+                return
+            if version == versions[-1]:
+                raise RegistryError(f"cannot delete {name}@{version} alone: it is the latest version, whose number the next "
+                                    f"save would reuse; delete the whole model ({name!r}) or older versions only")
+            held = sorted(a for a, v in self._aliases_of(name).items() if v == version)
+            if held:
+                raise RegistryError(f"cannot delete {name}@{version}: alias(es) {', '.join(held)} point at it; move "
+                                    f"them first (`brainstore models alias {name}@{held[0]} VERSION`)")
+            self._remote_remove_version(name, version) if self.remote else self._local_remove_version(name, version)
 
     # ------------------------------------------------------------------ read
-    def exists(self, name: str) -> bool:
-        if self.remote:
-            return self._exists_remote(name)
-        return (self.path(name) / META_FILE).is_file()
-
-    def record(self, name: str) -> ModelRecord:
-        """The :class:`ModelRecord` of ``name`` (reads model.json only, not the weights)."""
-        if self.remote:
-            return self._record_remote(name)
-        final = self.path(name)
+    def exists(self, ref: str) -> bool:
+        """Whether ``ref`` (``NAME``, ``NAME@3``, ``NAME@alias``) names a saved version."""
         try:
-            raw = (final / META_FILE).read_bytes()
-        except FileNotFoundError:
-            raise self._missing(name) from None
-        return ModelRecord(name, final, parse_meta(name, final / META_FILE, raw))
+            self.resolve(ref)
+        except RegistryError as e:
+            if "invalid" in str(e) or "must be" in str(e):
+                raise
+            return False
+        return True
 
-    def load(self, name: str, *, store=None):
-        """The registered model ``name``, verified and ready to use: an object with ``.predict(...)``.
+    def _select(self, name: str, sel, versions: list[int], aliases: dict) -> int:
+        if sel is None:
+            v = aliases.get(DEFAULT_ALIAS)
+            return v if v in versions else versions[-1]
+        if sel == "latest":
+            return versions[-1]
+        if isinstance(sel, int):
+            if sel not in versions:
+                raise RegistryError(f"model {name!r} has no version {sel} (versions {_span(versions)}); "
+                                    f"`brainstore models {name}` lists them")
+            return sel
+        if sel not in aliases:
+            raise RegistryError(f"model {name!r} has no alias {sel!r} (aliases: {_shown(aliases)}); set it with "
+                                f"`brainstore models alias {name}@{sel} VERSION`")
+        if aliases[sel] not in versions:
+            raise RegistryError(f"alias {name}@{sel} points at version {aliases[sel]}, which no longer exists; move it "
+                                f"(`brainstore models alias {name}@{sel} VERSION`)")
+        return aliases[sel]
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """``(name, version)`` that ``ref`` names now: ``NAME`` -> its ``champion`` alias when set, else its latest
+        version; ``NAME@3``; ``NAME@latest``; ``NAME@alias``.
+
+        Raises
+        ------
+        RegistryError
+            Naming the model and its versions or aliases when ``ref`` names none.
+        """
+        name, sel = parse_ref(ref)
+        versions = self._versions_of(name)
+        if not versions:
+            raise self._missing(name)
+        return name, self._select(name, sel, versions, self._aliases_of(name) if sel != "latest" and
+                                  not isinstance(sel, int) else {})
+
+    def _record_at(self, name: str, version: int, aliases: dict | None = None) -> ModelRecord:
+        path = self._version_path(name, version)
+        raw = self._read(name, version, META_FILE)
+        if raw is None:
+            raise RegistryError(f"model {name!r} has no version {version} any more (removed meanwhile); "
+                                f"`brainstore models {name}` lists its versions")
+        aliases = self._aliases_of(name) if aliases is None else aliases
+        return ModelRecord(name, path, parse_meta(name, self._file(path, META_FILE), raw), version,
+                           tuple(sorted(a for a, v in aliases.items() if v == version)))
+
+    def record(self, ref: str) -> ModelRecord:
+        """The :class:`ModelRecord` of the version ``ref`` names (reads model.json only, not the weights)."""
+        return self._record_at(*self.resolve(ref))
+
+    def versions(self, name: str) -> list[ModelRecord]:
+        """Every version of model ``name``, oldest first, each with the aliases pointing at it."""
+        name = check_name(name)
+        versions = self._versions_of(name)
+        if not versions:
+            raise self._missing(name)
+        aliases = self._aliases_of(name)
+        return [self._record_at(name, v, aliases) for v in versions]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """``{alias: version}`` of model ``name``."""
+        if not self._versions_of(check_name(name)):
+            raise self._missing(name)
+        return dict(self._aliases_of(name))
+
+    def load(self, ref: str, *, store=None):
+        """The registered model ``ref`` names, verified and ready to use: an object with ``.predict(...)``.
 
         Parameters
         ----------
-        name : str
+        ref : str
             ``MODEL/SUBJECT`` for encoding models and ridge decoders (``"clip/subj01"``), ``MODEL/shared``
-            for adaptors, the captioner's name for captioners.
+            for adaptors, the captioner's name for captioners; ``@3`` or ``@champion`` picks a version.
         store : str or FeatureStore, optional
             The feature store to read embeddings from (default: the one the model was fitted with).
 
@@ -287,15 +362,16 @@ class ModelRegistry(ObjectStoreBackend):
             When the model does not exist, its files changed since it was saved, or its inputs drifted
             (each loader's checks: feature tables, members, fingerprints).
         """
-        kind = self.record(name).meta.get("kind")
+        rec = self.record(ref)
+        kind = rec.meta.get("kind")
         loader = MODEL_LOADERS.get(kind)
         if loader is None:
-            raise RegistryError(f"model {name!r} is of kind {kind!r}, which no loader knows "
-                                f"(kinds: {', '.join(sorted(MODEL_LOADERS))}); use load_arrays({name!r}) for its arrays")
-        return loader(self, name, store)
+            raise RegistryError(f"model {rec.name!r} is of kind {kind!r}, which no loader knows "
+                                f"(kinds: {', '.join(sorted(MODEL_LOADERS))}); use load_arrays({ref!r}) for its arrays")
+        return loader(self, rec.ref, store)
 
-    def load_arrays(self, name: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
-        """Read a model's arrays and record, verifying the safetensors file's sha256.
+    def load_arrays(self, ref: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
+        """Read the arrays and record of the version ``ref`` names, verifying the safetensors file's sha256.
 
         Returns
         -------
@@ -310,70 +386,52 @@ class ModelRegistry(ObjectStoreBackend):
         """
         import safetensors.numpy
 
-        final = self.path(name)
-        if self.remote:
-            data, meta = self._load_remote(name)
-        for attempt in range(0 if self.remote else 3):  # retry when a concurrent overwrite swaps the folder mid-read
-            try:
-                dfd = os.open(final, os.O_RDONLY)
-            except (FileNotFoundError, NotADirectoryError):
-                raise self._missing(name) from None
-            try:
-                opener = lambda p, flags: os.open(p, flags, dir_fd=dfd)  # noqa: E731
-                with open(META_FILE, "rb", opener=opener) as f:
-                    raw = f.read()
-                with open(WEIGHTS_FILE, "rb", opener=opener) as f:
-                    data = f.read()
-            except FileNotFoundError as e:
-                if attempt < 2 and self.exists(name):
-                    continue
-                if e.filename == META_FILE or not self.exists(name):
-                    raise self._missing(name) from None
-                raise RegistryError(f"model {name!r}: {final / WEIGHTS_FILE} is missing; the model is incomplete "
-                                    f"(re-save it, or delete it with ModelRegistry.delete({name!r}))") from None
-            finally:
-                os.close(dfd)
-            meta = parse_meta(name, final / META_FILE, raw)
-            want, got = meta.get("safetensors_sha256"), sha256(data)
-            if want == got:
-                break
-            if attempt < 2 and (final / META_FILE).is_file() and (final / META_FILE).read_bytes() != raw:
-                continue
+        rec = self.record(ref)
+        where = self._file(rec.path, WEIGHTS_FILE)
+        data = self._read(rec.name, rec.version, WEIGHTS_FILE)
+        if data is None:
+            raise RegistryError(f"model {rec.ref!r}: {where} is missing; the model is incomplete (re-save it, or "
+                                f"delete it with ModelRegistry.delete({rec.ref!r}))")
+        want, got = rec.meta.get("safetensors_sha256"), sha256(data)
+        if want != got:
             raise RegistryError(
-                f"model {name!r}: {final / WEIGHTS_FILE} changed since it was saved (sha256 {got[:12]}..., "
-                f"model.json records {str(want)[:12]}...); the weights cannot be trusted: re-save or refit the model")
+                f"model {rec.ref!r}: {where} changed since it was saved (sha256 {got[:12]}..., model.json records "
+                f"{str(want)[:12]}...); the weights cannot be trusted: re-save or refit the model")
         try:
             tensors = safetensors.numpy.load(data)
         except Exception as e:
-            raise RegistryError(f"model {name!r}: {self._file(final, WEIGHTS_FILE)} is not a readable safetensors file ({e}); "
+            raise RegistryError(f"model {rec.ref!r}: {where} is not a readable safetensors file ({e}); "
                                 "re-save or refit the model") from e
-        if int(meta.get("format_version", 1)) < 2:
-            check_scales(name, tensors)
-        return tensors, ModelRecord(name, final, meta)
+        if int(rec.meta.get("format_version", 1)) < 2:
+            check_scales(rec.name, tensors)
+        return tensors, rec
 
     def list(self, prefix: str = "") -> list[ModelRecord]:
-        """Every saved model whose name starts with ``prefix``, sorted by name."""
+        """What each model name whose name starts with ``prefix`` loads by default (its ``champion`` alias when
+        set, else its latest version), sorted by name; unreadable ones are skipped with a warning."""
         out = []
-        if self.remote:
-            return sorted(self._list_remote(prefix), key=lambda r: r.name)
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]  # temporaries, run folders
-            if META_FILE not in filenames or Path(dirpath) == self.root:
-                continue
-            dirnames[:] = []  # models are not nested
-            p = Path(dirpath)
-            name = p.relative_to(self.root).as_posix()
-            if not name.startswith(prefix):
-                continue
+        for name, versions in sorted(self._models(prefix).items()):
             try:
-                out.append(ModelRecord(name, p, parse_meta(name, p / META_FILE, (p / META_FILE).read_bytes())))
-            except (RegistryError, OSError) as e:
+                aliases = self._aliases_of(name)
+                out.append(self._record_at(name, self._select(name, None, versions, aliases), aliases))
+            except RegistryError as e:
                 warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
-        return sorted(out, key=lambda r: r.name)
+        return out
+
+    def all_versions(self, prefix: str = "") -> list[ModelRecord]:
+        """Every version of every model whose name starts with ``prefix``, by name then version."""
+        out = []
+        for name, versions in sorted(self._models(prefix).items()):
+            try:
+                aliases = self._aliases_of(name)
+                out += [self._record_at(name, v, aliases) for v in versions]
+            except RegistryError as e:
+                warnings.warn(f"skipping model {name!r}: {e}", stacklevel=2)
+        return out
 
     def names(self, prefix: str = "") -> list[str]:
         """Names of the saved models (see :meth:`list`)."""
-        return [r.name for r in self.list(prefix)]
+        return sorted(self._models(prefix))
 
     def _missing(self, name: str) -> RegistryError:
         known = self.names()
@@ -429,3 +487,17 @@ class ModelRegistry(ObjectStoreBackend):
                 f"model {rec.name!r} cannot use these features: " + " | ".join(problems)
                 + ". Re-extract the features with the extractor settings the model was fit on, "
                   "or refit the model on the current features")
+
+
+def _content(meta: dict) -> dict:
+    """What a save holds, without the keys that differ between two saves of the same thing."""
+    return {k: v for k, v in meta.items() if k not in _VOLATILE}
+
+
+def _span(versions: list[int]) -> str:
+    return f"{versions[0]}-{versions[-1]}" if len(versions) > 2 and versions == list(range(versions[0], versions[-1] + 1)) \
+        else ", ".join(map(str, versions))
+
+
+def _shown(aliases: dict) -> str:
+    return ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"

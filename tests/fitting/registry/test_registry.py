@@ -12,7 +12,7 @@ import pytest
 import safetensors.numpy
 
 from brainstore.features import FeatureStore
-from brainstore.fitting.registry import _fileio, _registry
+from brainstore.fitting.registry import _local, _registry
 from brainstore.fitting.registry._registry import ModelRecord, ModelRegistry, RegistryError, safe_name
 
 PKG = Path(_registry.__file__).parent
@@ -26,8 +26,9 @@ def _tensors(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _visible(root: Path) -> list[str]:
-    """Every path under root (relative), hidden ones included."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    """Every path under root (relative), hidden ones included; the writers' lock files (``_locks/``) aside."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.relative_to(root).as_posix()
+                  .startswith("_locks"))
 
 
 def test_round_trip(tmp_path):
@@ -36,7 +37,8 @@ def test_round_trip(tmp_path):
             "params": {"n_folds": 5, "device": None, "grid": (1, 2)}, "ok": np.bool_(True)}
     tensors = _tensors()
     rec = reg.save("clip-image+text/subj01", tensors, meta)
-    assert isinstance(rec, ModelRecord) and rec.path == tmp_path / "models" / "clip-image+text" / "subj01"
+    assert isinstance(rec, ModelRecord) and rec.path == tmp_path / "models" / "clip-image+text" / "subj01" / "@1"
+    assert rec.version == 1 and rec.ref == "clip-image+text/subj01@1" and rec.aliases == ()
     out, rec2 = reg.load_arrays("clip-image+text/subj01")
     assert set(out) == set(tensors)
     for k, v in tensors.items():
@@ -45,7 +47,7 @@ def test_round_trip(tmp_path):
     assert m == rec.meta
     assert m["kind"] == "ridge" and m["score"] == 0.25 and m["n"] == 3 and m["ok"] is True
     assert m["alphas"] == [1.0, 10.0, 100.0] and m["params"] == {"n_folds": 5, "device": None, "grid": [1, 2]}
-    assert m["name"] == "clip-image+text/subj01" and m["created"].endswith("Z")
+    assert m["name"] == "clip-image+text/subj01" and m["version"] == 1 and m["created"].endswith("Z")
     assert m["tensors"]["coef_"] == {"shape": [5, 7], "dtype": "float32"}
     assert m["tensors"]["scalar"] == {"shape": [], "dtype": "float64"}
     assert set(m["package_versions"]) == {"brainstore", "numpy", "torch", "scikit-learn", "safetensors", "lancedb"}
@@ -106,19 +108,105 @@ def test_tamper_detection(tmp_path):
         reg.load_arrays("m")
 
 
-def test_overwrite(tmp_path, monkeypatch):
+def test_saving_again_adds_a_version_and_never_rewrites_one(tmp_path):
     reg = ModelRegistry(tmp_path)
-    reg.save("g/m", {"w": np.zeros(3)}, {"v": 1})
-    with pytest.raises(RegistryError, match="overwrite=True"):
-        reg.save("g/m", {"w": np.ones(3)}, {"v": 2}, overwrite=False)
-    assert reg.load_arrays("g/m")[1].meta["v"] == 1
-    reg.save("g/m", {"w": np.ones(3)}, {"v": 2})
-    out, rec = reg.load_arrays("g/m")
-    assert rec.meta["v"] == 2 and np.array_equal(out["w"], np.ones(3))
-    monkeypatch.setattr(_fileio, "exchange", lambda a, b: False)  # platforms without renameat2
-    reg.save("g/m", {"w": np.full(3, 7.0)}, {"v": 3})
-    assert reg.load_arrays("g/m")[1].meta["v"] == 3
-    assert _visible(tmp_path) == ["g", "g/m", "g/m/model.json", "g/m/model.safetensors"]
+    r1 = reg.save("g/m", {"w": np.zeros(3)}, {"v": 1})
+    files1 = {p: p.read_bytes() for p in r1.path.iterdir()}
+    with pytest.raises(RegistryError, match="already exists.*versions 1.*new_version=True"):
+        reg.save("g/m", {"w": np.ones(3)}, {"v": 2}, new_version=False)
+    r2 = reg.save("g/m", {"w": np.ones(3)}, {"v": 2})
+    assert (r1.version, r2.version) == (1, 2) and r2.path == tmp_path / "g" / "m" / "@2"
+    assert {p: p.read_bytes() for p in r1.path.iterdir()} == files1  # version 1 untouched
+    out, rec = reg.load_arrays("g/m")  # the latest
+    assert rec.version == 2 and rec.meta["v"] == 2 and np.array_equal(out["w"], np.ones(3))
+    out, rec = reg.load_arrays("g/m@1")
+    assert rec.version == 1 and rec.meta["v"] == 1 and np.array_equal(out["w"], np.zeros(3))
+    assert reg.save("g/m", {"w": np.ones(3)}, {"v": 2}).version == 2  # the same save again (a resumed job): no new version
+    assert reg.save("g/m", {"w": np.ones(3)}, {"v": 3}).version == 3  # other metadata: a new version
+    assert [r.version for r in reg.versions("g/m")] == [1, 2, 3] and reg.names() == ["g/m"]
+    assert [(r.name, r.version) for r in reg.all_versions()] == [("g/m", 1), ("g/m", 2), ("g/m", 3)]
+    assert _visible(tmp_path) == ["g", "g/m", "g/m/@1", "g/m/@1/model.json", "g/m/@1/model.safetensors", "g/m/@2",
+                                  "g/m/@2/model.json", "g/m/@2/model.safetensors", "g/m/@3", "g/m/@3/model.json",
+                                  "g/m/@3/model.safetensors"]
+    with pytest.raises(RegistryError, match=r"no version 7 \(versions 1-3\)"):
+        reg.load_arrays("g/m@7")
+    for bad in ("g/m@0", "g/m@", "g/m@9x", "g/m@latest2!", "a@b/c"):
+        with pytest.raises(RegistryError, match="version|alias|model name"):
+            reg.record(bad)
+
+
+def test_aliases_resolve_move_with_compare_and_swap_and_guard_deletion(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    for v in range(3):
+        reg.save("clip/subj01", {"w": np.full(2, float(v))}, {"v": v})
+    assert reg.record("clip/subj01").version == 3  # no champion: the latest
+    assert reg.set_alias("clip/subj01", "champion", 1) is None
+    assert reg.record("clip/subj01").version == 1 and reg.record("clip/subj01@latest").version == 3
+    assert reg.record("clip/subj01@champion").aliases == ("champion",)
+    assert reg.list()[0].version == 1  # what the bare name loads
+    with pytest.raises(RegistryError, match="points at version 1 now, not 2: it was moved concurrently"):
+        reg.set_alias("clip/subj01", "champion", 3, expect=2)
+    assert reg.set_alias("clip/subj01", "champion", 2, expect=1) == 1
+    assert reg.set_alias("clip/subj01", "staging", 3, expect=None) is None
+    assert reg.aliases("clip/subj01") == {"champion": 2, "staging": 3}
+    assert [r.aliases for r in reg.versions("clip/subj01")] == [(), ("champion",), ("staging",)]
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.set_alias("clip/subj01", "champion", 9)
+    for bad in ("latest", "3", "-x", "has space", ""):
+        with pytest.raises(RegistryError, match="invalid alias"):
+            reg.set_alias("clip/subj01", bad, 1)
+    with pytest.raises(RegistryError, match=r"no alias 'prod' \(aliases: champion -> 2, staging -> 3\)"):
+        reg.record("clip/subj01@prod")
+    with pytest.raises(RegistryError, match="alias.*champion point at it"):
+        reg.delete("clip/subj01@2")
+    with pytest.raises(RegistryError, match="latest version"):
+        reg.delete("clip/subj01@3")
+    reg.delete("clip/subj01@1")
+    assert [r.version for r in reg.versions("clip/subj01")] == [2, 3]
+    assert reg.remove_alias("clip/subj01", "champion") == 2
+    assert reg.record("clip/subj01").version == 3
+    assert json.loads((tmp_path / "clip" / "subj01" / "@aliases.json").read_text()) == {"staging": 3}
+    reg.delete("clip/subj01")
+    assert reg.names() == [] and not (tmp_path / "clip").exists()
+
+
+def test_a_model_saved_before_versions_is_read_as_version_1(tmp_path):
+    """The layout of older brainstore registries (``<name>/model.json`` + weights) reads as version 1; saving
+    again adds ``@2`` beside it and leaves the old files as they were."""
+    reg = ModelRegistry(tmp_path)
+    folder = tmp_path / "ridge" / "subj01"
+    folder.mkdir(parents=True)
+    safetensors.numpy.save_file({"w": np.arange(3.0)}, str(folder / "model.safetensors"))
+    sha = __import__("hashlib").sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps({"name": "ridge/subj01", "safetensors_sha256": sha, "v": "old",
+                                                   "format_version": 2}))
+    assert reg.names() == ["ridge/subj01"] and reg.record("ridge/subj01").version == 1
+    assert reg.record("ridge/subj01").path == folder
+    rec = reg.save("ridge/subj01", {"w": np.ones(3)}, {"v": "new"})
+    assert rec.version == 2 and rec.path == folder / "@2"
+    out, r1 = reg.load_arrays("ridge/subj01@1")
+    assert r1.meta["v"] == "old" and np.array_equal(out["w"], np.arange(3.0))
+    assert [r.version for r in reg.all_versions()] == [1, 2]
+
+
+def _save_many(root: str, tag: int) -> list[int]:
+    reg = ModelRegistry(root)
+    return [reg.save("race/m", {"w": np.full(4, tag * 100.0 + i)}, {"writer": tag, "i": i}).version for i in range(5)]
+
+
+def test_concurrent_writers_of_one_name_get_distinct_versions(tmp_path):
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
+        got = [v for vs in ex.map(_save_many, [str(tmp_path)] * 2, [1, 2]) for v in vs]
+    assert sorted(got) == list(range(1, 11))
+    reg = ModelRegistry(tmp_path)
+    seen = {(r.meta["writer"], r.meta["i"]) for r in reg.versions("race/m")}
+    assert seen == {(w, i) for w in (1, 2) for i in range(5)}
+    for r in reg.versions("race/m"):  # every version holds its own writer's weights
+        out, _ = reg.load_arrays(r.ref)
+        assert out["w"][0] == r.meta["writer"] * 100.0 + r.meta["i"]
 
 
 @pytest.mark.parametrize("where", ["safetensors", "json", "install"])
@@ -128,25 +216,28 @@ def test_atomic_failure(tmp_path, monkeypatch, where):
     reg.save("grp/keep", old, {"v": "old"})
     before = _visible(tmp_path)
 
-    def partial_safetensors(tensors, path, metadata=None):
-        Path(path).write_bytes(b"half-written")
-        raise OSError("disk full")
+    real_write = _local._write_file
+
+    def failing_write(path, data):  # the weights (first) or model.json (second) half written, then the disk is full
+        if Path(path).name == ("model.safetensors" if where == "safetensors" else "model.json"):
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise OSError("disk full")
+        real_write(path, data)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    if where == "safetensors":
-        monkeypatch.setattr(safetensors.numpy, "save_file", partial_safetensors)
-    elif where == "json":
-        monkeypatch.setattr(_registry, "write_json", boom)
+    if where == "install":
+        monkeypatch.setattr(_local, "install_dir", boom)
     else:
-        monkeypatch.setattr(_registry, "install_dir", boom)
+        monkeypatch.setattr(_local, "_write_file", failing_write)
     with pytest.raises(OSError, match="disk full"):
-        reg.save("grp/keep", _tensors(2), {"v": "new"})  # overwrite of an existing model
+        reg.save("grp/keep", _tensors(2), {"v": "new"})  # a new version of an existing model
     with pytest.raises(OSError, match="disk full"):
         reg.save("other/new", _tensors(2), {"v": "new"})  # a new model in a new group folder
     assert _visible(tmp_path) == before  # no temporary or partial folder left behind
     assert not reg.exists("other/new") and reg.names() == ["grp/keep"]
+    assert [r.version for r in reg.versions("grp/keep")] == [1]
     monkeypatch.undo()
     out, rec = reg.load_arrays("grp/keep")
     assert rec.meta["v"] == "old" and all(np.array_equal(out[k], old[k]) for k in old)
@@ -230,18 +321,18 @@ def test_stale_temporary_folders_are_removed_by_the_next_write(tmp_path):
     import time
 
     reg = ModelRegistry(tmp_path / "reg")
-    group = tmp_path / "reg" / "ridge"
-    group.mkdir()
-    stale = group / ".subj01.tmp-deadbeef0000"  # what a writer killed mid-save leaves
+    reg.save("ridge/subj03", _tensors(), {"kind": "test"})
+    folder = tmp_path / "reg" / "ridge" / "subj03"
+    stale = folder / ".@2.tmp-deadbeef0000"  # what a writer killed mid-save leaves
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
     old = time.time() - _registry.STALE_TMP_S - 60
     os.utime(stale, (old, old))
-    live = group / ".subj02.tmp-0123456789ab"  # a concurrent writer's, seconds old: kept
+    live = folder / ".@3.tmp-0123456789ab"  # a concurrent writer's, seconds old: kept
     live.mkdir()
-    reg.save("ridge/subj03", _tensors(), {"kind": "test"})
+    assert reg.save("ridge/subj03", _tensors(1), {"kind": "test"}).version == 2
     assert not stale.exists() and live.exists()
-    assert [r.name for r in reg.list()] == ["ridge/subj03"]
+    assert [(r.name, r.version) for r in reg.list()] == [("ridge/subj03", 2)]
 
 
 def test_weights_and_json_get_the_same_umask_permissions(tmp_path):
@@ -254,7 +345,7 @@ def test_weights_and_json_get_the_same_umask_permissions(tmp_path):
         reg.save("m/subj01", _tensors(), {"kind": "test"})
     finally:
         os.umask(old)
-    folder = tmp_path / "reg" / "m" / "subj01"
+    folder = tmp_path / "reg" / "m" / "subj01" / "@1"
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
     assert modes == {"model.safetensors": 0o640, "model.json": 0o640}
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750
