@@ -8,7 +8,8 @@ Files by role: ``extractors/`` (the public subpackage: spec strings -> extractor
 ``_extract`` (:func:`extract`, the entry point), ``_job`` (:class:`ExtractSpec`, :class:`ExtractReport`,
 :class:`ExtractionError`, the plumbing every extraction shares), ``_stimuli`` (a stimulus table's
 extraction), ``_stages`` (its Ray Data stages), ``_timeseries`` (one row per TR, delays), ``_store``
-(:class:`FeatureStore`), ``_derived`` (PCA tables).
+(:class:`FeatureStore`), ``_versions`` (its table versions: reading one, pinning, cleanup, compaction),
+``_store_errors`` (the store's errors), ``_derived`` (PCA tables).
 """
 
 from ._derived import derive_pca

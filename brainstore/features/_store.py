@@ -8,12 +8,13 @@ package versions, created time).
 
 Writes go through ``merge_insert`` on ``stimulus_id`` (insert when not matched), so reruns and
 concurrent writers never duplicate a row, and every committed chunk survives a killed job.
+Every commit is a version of the table; ``load``, ``ids`` and ``read`` read any kept version
+(``version=``), and models pin the versions they were fitted on (:mod:`._versions`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from ._store_errors import FeatureStoreError, MissingStimuliError, StoreAccessError, _io
+from ._versions import TableVersions
 
 __all__ = ["FeatureStore", "FeatureStoreError", "StoreAccessError", "MissingStimuliError", "FeatureTableInfo",
            "IDENTITY_KEYS"]
@@ -38,57 +42,6 @@ LOCK_TIMEOUT_S = 600.0
 # Lance's v1 ("legacy") file format reads fixed-size-list embeddings ~4x faster than v2.x on
 # this workload (10,000 x 1,024 float32: 11 ms vs 45-50 ms, measured with pylance 4.0.2).
 _STORAGE_VERSION = "legacy"
-
-
-class FeatureStoreError(ValueError):
-    """A store operation was refused (the message names the table, the field and the fix)."""
-
-
-class StoreAccessError(FeatureStoreError):
-    """The store could not be read or written: its object store unreachable, its bucket missing, its
-    credentials refused, or another failure of the storage layer. The message is one line naming the
-    store, the cause and the fix (:func:`brainstore._storage.store_failure`); the library's own error,
-    with its Rust debug dump, is only the ``__cause__``."""
-
-
-def _io(method):
-    """Turn the storage layer's errors raised by ``method`` (LanceDB, Lance, obstore) into :class:`StoreAccessError`."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (FeatureStoreError, MissingStimuliError):
-            raise
-        except Exception as e:
-            from .._storage import store_failure
-
-            msg = store_failure(e, what="feature store", uri=self.uri, option="--store",
-                                options=getattr(self, "_storage_options", None))
-            if msg is None:
-                raise
-            raise StoreAccessError(msg) from e
-
-    return wrapper
-
-
-class MissingStimuliError(KeyError):
-    """Some requested stimulus ids are not in a feature table."""
-
-    def __init__(self, feature: str, missing: Sequence[str]):
-        self.feature = feature
-        self.missing = list(missing)
-        shown = ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
-        super().__init__(
-            f"{len(self.missing)} stimulus id(s) missing from feature table {feature!r}: {shown}; "
-            "run `brainstore extract` for them (or check the id spelling)"
-        )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-    def __reduce__(self):  # rebuilt from its fields after pickling (Ray returns task errors pickled)
-        return type(self), (self.feature, self.missing)
 
 
 @dataclass(frozen=True)
@@ -131,7 +84,7 @@ def embeddings_to_arrow(emb: np.ndarray, storage_dtype: str = "float32") -> pa.F
     return pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
 
 
-class FeatureStore:
+class FeatureStore(TableVersions):
     """A LanceDB-backed feature store chosen by URI (a local folder, ``s3://...``, ``memory://``).
 
     Parameters
@@ -324,18 +277,21 @@ class FeatureStore:
             lock.release()
 
     @_io
-    def ids(self, feature: str) -> list[str]:
-        """Stimulus ids stored in a feature table."""
+    def ids(self, feature: str, *, version: int | None = None) -> list[str]:
+        """Stimulus ids stored in a feature table (at ``version``: see :meth:`load`)."""
         if not self.exists(feature):
             return []
-        return self._open(feature).to_lance().to_table(columns=["stimulus_id"]).column("stimulus_id").to_pylist()
+        return self._dataset(feature, version).to_table(columns=["stimulus_id"]).column("stimulus_id").to_pylist()
 
     @_io
-    def read(self, feature: str, columns: Sequence[str] = ("stimulus_id", "embedding", "dataset", "split")) -> pa.Table:
-        return self._open(feature).to_lance().to_table(columns=list(columns))
+    def read(self, feature: str, columns: Sequence[str] = ("stimulus_id", "embedding", "dataset", "split"), *,
+             version: int | None = None) -> pa.Table:
+        """The table's ``columns`` (at ``version``: see :meth:`load`)."""
+        return self._dataset(feature, version).to_table(columns=list(columns))
 
     @_io
-    def load(self, feature: str, stimulus_ids: Iterable[str] | None = None, *, dtype=np.float32) -> np.ndarray:
+    def load(self, feature: str, stimulus_ids: Iterable[str] | None = None, *, dtype=np.float32,
+             version: int | None = None) -> np.ndarray:
         """Embeddings for ``stimulus_ids`` in the order asked, shape (n_ids, dim).
 
         Parameters
@@ -343,15 +299,20 @@ class FeatureStore:
         feature : feature version (table name).
         stimulus_ids : iterable of str, optional
             Default: every row, in table order (see :meth:`ids`).
+        version : int, optional
+            Read the table as it was at this version (:meth:`versions`; a model's pinned version); default the
+            latest.
 
         Raises
         ------
         MissingStimuliError
             Naming every id that is not stored.
+        FeatureStoreError
+            When ``version`` is not (or no longer) a version of the table.
         """
         import pyarrow.compute as pc
 
-        tbl = self.read(feature, ("stimulus_id", "embedding"))
+        tbl = self.read(feature, ("stimulus_id", "embedding"), version=version)
         chunks = tbl.column("embedding").chunks
         dim = tbl.schema.field("embedding").type.list_size
         # Zero-copy numpy views of each Arrow chunk (no concatenation of the whole column).
@@ -363,7 +324,7 @@ class FeatureStore:
         pos = pc.index_in(want, value_set=tbl.column("stimulus_id"))
         if pos.null_count:
             missing = want.filter(pc.is_null(pos)).to_pylist()
-            raise MissingStimuliError(feature, missing)
+            raise MissingStimuliError(feature, missing, version)
         pos = pos.to_numpy(zero_copy_only=False)
         if len(views) == 1:
             return views[0][pos].astype(dtype, copy=False)
@@ -379,15 +340,6 @@ class FeatureStore:
     def drop(self, feature: str) -> None:
         self._open(feature)
         self._db.drop_table(feature)
-
-    @_io
-    def compact(self, feature: str) -> None:
-        """Merge the small fragments left by chunked commits (faster reads)."""
-        t = self._open(feature)
-        try:
-            t.optimize()
-        except Exception:  # optimize also prunes old versions; a concurrent reader may hold one
-            t.to_lance().optimize.compact_files()
 
     # ------------------------------------------------------------------ bad stimuli
     @_io
