@@ -215,36 +215,6 @@ def predict_cmd(
         fail(str(e))
 
 
-def models_cmd(
-    registry: str = RegistryOpt,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """List registered models with their kind, subject, validation score and test NNMC."""
-    from rich.table import Table
-
-    from ...fitting import RegistryError
-    from .._console import console
-
-    try:
-        recs = open_registry(registry).list()
-    except RegistryError as e:
-        fail(str(e))
-    keys = ("kind", "model", "subject", "val_score", "features", "members", "store", "created")
-    if as_json:
-        print(json.dumps([{"name": r.name, **{k: r.meta.get(k) for k in keys}} for r in recs], indent=2))
-        return
-    t = Table(title=f"models in {registry}")
-    for c in ("name", "kind", "subject", "val r", "test NNMC", "features / members", "created"):
-        t.add_column(c)
-    for r in recs:
-        m = r.meta
-        nn = m.get("metrics", {}).get("both", {}).get("test_nnmc")
-        t.add_row(r.name, m.get("kind", ""), m.get("subject", ""), f"{m.get('val_score', float('nan')):.3f}",
-                  "-" if nn is None else f"{nn:.2f}", ", ".join(m.get("features") or m.get("members") or [])[:60],
-                  str(m.get("created", "")))
-    console.print(t)
-
-
 def explain_cmd(
     model: str = typer.Option(..., "--model", help="Encoding model name (`brainstore models`); 'MODEL/subjNN' also works."),
     roi: Optional[str] = typer.Option(None, "--roi", help="Named ROI (FFA-1) or ROI family (floc-faces); comma-separated: their union."),

@@ -110,8 +110,8 @@ def fit_subject_decoder(job: dict) -> dict:
             "metrics": metrics, "val_score": metrics["cv_r2"]}
     if delays:
         meta["response_delays"] = [int(d) for d in delays]
-    reg.save(f"{name}/{s}", tensors, meta)
-    return {"name": name, "subject": s, "metrics": metrics, "seconds": time.time() - t0,
+    saved = reg.save(f"{name}/{s}", tensors, meta)
+    return {"name": name, "subject": s, "ref": saved.ref, "metrics": metrics, "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 @dataclass
@@ -184,7 +184,7 @@ def fit_decoders(dataset: str | Path, target: str, *, store: str, registry: str,
         try:
             out_s = ray.get(ref)
             run.metrics.setdefault(name, {})[s] = out_s["metrics"]
-            run.registered.append(f"{name}/{s}")
+            run.registered.append(out_s["ref"])
         except Exception as e:  # one subject's failure is reported; the others finish
             run.failures.append({"subject": s, "model": name, "error": task_error_text(e)})
         bar.update()
@@ -218,6 +218,7 @@ class Decoder:
         fs = FeatureStore(store or rec.meta["store"], create=False)
         reg.check_features(rec, fs)
         dec = cls(state, rec.meta)
+        dec.record = rec
         check_fingerprint(name, rec.meta["fingerprints"][rec.meta["target"]], fs, dec.train_ids)
         dec.store = fs
         return dec

@@ -173,6 +173,7 @@ def _register_subject(reg, fs, spec: FitSpec, ds, layout, subject: str, ready: l
                                          f"contiguous folds)"}}
     fingerprints: dict[str, dict] = {}
     shas: dict[str, str] = {}
+    versions: dict[str, int] = {}
     names = []
     for m in spec.models:
         if m.name not in ready:
@@ -190,8 +191,9 @@ def _register_subject(reg, fs, spec: FitSpec, ds, layout, subject: str, ready: l
                 "metrics": metrics[m.name], "val_score": metrics[m.name]["both"]["val_r_mean"],
                 "n_vertices": {h: int(infos[m.name][h]["n_vertices"]) for h in hemis},
                 "info": {h: infos[m.name][h] for h in hemis}}
-        shas[m.name] = reg.save(f"{m.name}/{subject}", tensors, meta).meta["safetensors_sha256"]
-        names.append(f"{m.name}/{subject}")
+        saved = reg.save(f"{m.name}/{subject}", tensors, meta)
+        shas[m.name], versions[m.name] = saved.meta["safetensors_sha256"], saved.version
+        names.append(saved.ref)
     specs = {**{p.name: p for p in spec.per_roi}, **{e.name: e for e in spec.ensembles}}
     for name, d in derived.items():
         members = d["members"]
@@ -200,10 +202,11 @@ def _register_subject(reg, fs, spec: FitSpec, ds, layout, subject: str, ready: l
         else:
             tensors = {"weights": d["weights"]}
         meta = {**common, "kind": d["kind"], "model": name, "members": members, "spec": specs[name].model_dump(),
-                "member_sha256": {x: shas[x] for x in members},
+                "member_sha256": {x: shas[x] for x in members}, "member_versions": {x: versions[x] for x in members},
                 "feature_versions": {f: fs.metadata(f) for m in spec.models if m.name in members for f in m.features},
                 "metrics": metrics[name], "val_score": metrics[name]["both"]["val_r_mean"],
                 "n_vertices": {h: int(open_array(layout.test_pred(name, subject, h)).shape[1]) for h in hemis}}
-        shas[name] = reg.save(f"{name}/{subject}", tensors, meta).meta["safetensors_sha256"]
-        names.append(f"{name}/{subject}")
+        saved = reg.save(f"{name}/{subject}", tensors, meta)
+        shas[name], versions[name] = saved.meta["safetensors_sha256"], saved.version
+        names.append(saved.ref)
     return names

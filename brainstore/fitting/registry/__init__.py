@@ -6,6 +6,7 @@ The model registry (:class:`ModelRegistry`: immutable numbered versions ``<name>
 that tie a model to the embeddings it was fitted on, and the run folders fits and evaluations write.
 """
 
+from ._gc import GcReport, collect_garbage
 from ._fingerprint import check_fingerprint, decode_ids, encode_ids, table_fingerprint
 from ._records import (DEFAULT_ALIAS, NON_ENCODER_KINDS, ModelRecord, RegistryError, model_ref, parse_ref,
                        register_loader, safe_name)
@@ -14,7 +15,7 @@ from ._runfiles import RunLayout, new_array, open_array, remove_partial, run_dir
 
 __all__ = [
     "ModelRegistry", "ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader",
-    "DEFAULT_ALIAS", "model_ref", "parse_ref",
+    "DEFAULT_ALIAS", "model_ref", "parse_ref", "GcReport", "collect_garbage",
     "table_fingerprint", "check_fingerprint", "encode_ids", "decode_ids",
     "RunLayout", "run_dir", "remove_partial", "write_array", "write_state", "new_array", "open_array",
 ]

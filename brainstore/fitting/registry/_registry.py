@@ -433,6 +433,17 @@ class ModelRegistry(LocalFiles, ObjectStoreBackend):
         """Names of the saved models (see :meth:`list`)."""
         return sorted(self._models(prefix))
 
+    def names_of(self, model: str) -> list[str]:
+        """``[model]`` when it is a registered name, else the names of model ``model``'s fits (``"clip"`` ->
+        ``["clip/subj01", "clip/subj02"]``); a RegistryError naming close names when there are none."""
+        name = check_name(model)
+        if self._versions_of(name):
+            return [name]
+        under = self.names(f"{name}/")
+        if not under:
+            raise self._missing(name)
+        return under
+
     def _missing(self, name: str) -> RegistryError:
         known = self.names()
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
