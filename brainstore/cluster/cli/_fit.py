@@ -189,7 +189,7 @@ def evaluate_cmd(
 def predict_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder (its test images are predicted)."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (default: each subject's best by validation score; with --decode the ridge decoder into TABLE, else its adaptor)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name, or NAME@VERSION / NAME@ALIAS for a version (default: each subject's best by validation score; with --decode the ridge decoder into TABLE, else its adaptor)."),
     decode: Optional[str] = typer.Option(None, "--decode", help="Decode the test responses into this store table instead: OUT/subjNN/decoded_TABLE.npy and the top-k stimuli of the whole table (LanceDB search)."),
     top_k: int = typer.Option(10, "--top-k", min=1, help="With --decode: stimuli listed per test response."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store the model was fitted with)."),
@@ -210,7 +210,7 @@ def predict_cmd(
                               f"in top-{d.k} {d.topk:.1%}")
             return
         for s, done in predict(dataset, registry=reg, out=out, model=model, store=store).items():
-            console.print(f"{s}: {done['model']} -> {', '.join(str(p) for p in done['files'])}")
+            console.print(f"{s}: {done['version']} -> {', '.join(str(p) for p in done['files'])}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         fail(str(e))
 

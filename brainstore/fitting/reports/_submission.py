@@ -13,8 +13,8 @@ import numpy as np
 
 from ..._storage import dataset_root, uri_of
 from ..decoding import decode_subject, decoder_name, decoding_models, store_top_k
-from ..encoding import best_model, predict_model, subject_stimuli
-from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, safe_name
+from ..encoding import EncodingModel, best_model, subject_stimuli
+from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_ref, parse_ref, safe_name
 from ._report import write_predictions
 
 __all__ = ["predict", "decode_test", "DecodedSubject"]
@@ -39,14 +39,15 @@ def predict(dataset, *, registry, out: str | Path, model: str | None = None, sto
     out : path
         The output folder (refused before any work when it cannot be created).
     model : str, optional
-        The encoding model (default: each subject's best by validation score).
+        The encoding model (default: each subject's best by validation score): ``clip`` (its champion alias
+        when set, else its latest version), ``clip@3`` (version 3 of every subject's fit) or ``clip@staging``.
     store : URI or FeatureStore, optional
         The feature store to read embeddings from (default: the one each model was fitted with).
 
     Returns
     -------
     dict
-        ``{subject: {"model": name, "files": [paths]}}``.
+        ``{subject: {"model": name, "version": "NAME/SUBJECT@V", "files": [paths]}}``.
 
     Raises
     ------
@@ -63,8 +64,9 @@ def predict(dataset, *, registry, out: str | Path, model: str | None = None, sto
     done = {}
     for s in ds.subjects:
         name = model or best_model(reg, s, str(ds.root))
-        preds = predict_model(reg, name, s, None if store is None else uri_of(store), subject_stimuli(ds, s, "test"))
-        done[s] = {"model": name, "files": write_predictions({s: preds}, Path(out))}
+        em = EncodingModel.load(reg, name, s, None if store is None else uri_of(store))
+        preds = em.predict(subject_stimuli(ds, s, "test"))
+        done[s] = {"model": name, "version": em.record.ref, "files": write_predictions({s: preds}, Path(out))}
     return done
 
 
@@ -74,6 +76,7 @@ def check_encoder_name(reg: ModelRegistry, model: str, ds) -> None:
     recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS
             and r.meta.get("dataset") == str(ds.root)]
     names = sorted({r.meta.get("model") for r in recs if r.meta.get("model")})
+    selected, model = model, parse_ref(model)[0] if "@" in model else model  # clip@3: clip, each subject's version 3
     if model not in names:
         close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
@@ -90,6 +93,8 @@ def check_encoder_name(reg: ModelRegistry, model: str, ds) -> None:
             f"encoding model {model!r} has no fit for {', '.join(lacking)} (fitted for: "
             f"{', '.join(sorted(x for x in fitted if x))}); fit it for them with `brainstore fit --dataset "
             f"{ds.root}`, or leave --model out for each subject's best")
+    for s in ds.subjects:  # the version or alias exists for every subject (the message names those there are)
+        reg.resolve(model_ref(selected, s))
 
 
 @dataclass
