@@ -109,6 +109,10 @@ def test_gc_removes_what_nothing_needs_and_never_breaks_a_kept_model(refitted):
     assert [r.version for r in reg.versions("txt/subj01")] == [1, 3]
     pinned = {r.meta["fingerprints"][t]["table_version"] for r in reg.all_versions()}
     assert set(fs.pinned(t)) == pinned  # the kept models' table versions stay pinned, the others do not
+    row = next(x for x in rep["tables"] if x["table"] == t)
+    assert row["pinned"] == sorted(pinned) and row["cleaned"]  # the extraction's chunk commits went
+    kept = {v["version"] for v in fs.versions(t)}
+    assert pinned <= kept and fs.version(t) in kept and not kept & set(row["cleaned"])
     for v in (1, 3):
         predict(refitted["data"], registry=reg, out=root / f"a{v}", model=f"txt@{v}")
         got = _preds(root / f"a{v}")

@@ -110,7 +110,7 @@ def _clean_tables(kept: list[ModelRecord], gone: list[ModelRecord], stores: list
             if not dry_run:
                 for v in unpin:
                     fs.unpin(table, v)
-                row["cleaned"] = list(fs.cleanup(table, older_than_s))
+                row["cleaned"] = fs.cleanup(table, older_than_s)["removed"]
             out.append(row)
     return out
 
