@@ -233,11 +233,11 @@ class LocalBackend:
         return model, meta, self._cached(("encoder", model, subject), load)
 
     # ------------------------------------------------------------------------------------------ encode
-    def _table_embeddings(self, em, tables: list[str], *, stimulus_id=None, embedding=None,
-                          image: bytes | None = None) -> dict[str, np.ndarray]:
-        """{table: (n, dim)} for the request's stimulus: store rows, given embeddings, or an uploaded image."""
+    def _designs(self, em, tables: list[str], *, stimulus_id=None, embedding=None,
+                 image: bytes | None = None) -> dict[tuple, np.ndarray]:
+        """The request's design matrices, keyed as the model's predict cache (``em.designs``): a store id's rows
+        at the model's pinned table versions, given embeddings, or an uploaded image's."""
         fs = em.store
-        dims = {t: fs.info(t).dim for t in tables}
         given = [x is not None for x in (stimulus_id, embedding, image)]
         if sum(given) != 1:
             raise ServingError(422, "give exactly one stimulus: stimulus_id (a store id), embedding, or an "
@@ -247,17 +247,16 @@ class LocalBackend:
             if not isinstance(ids, list) or not ids or len(ids) > 1024:
                 raise ServingError(422, "stimulus_id must be an id or a list of 1 to 1024 ids")
             ids = [_check_id(i, "stimulus_id") for i in ids]
-            out = {}
-            for t in tables:
-                try:
-                    out[t] = self.index(fs, t).load(ids)  # the table held in memory (refreshed on new versions)
-                except MissingStimuliError as e:
-                    raise ServingError(404, f"stimulus id(s) {_listing(e.missing, 5)} not in the feature table {t} "
-                                            f"of {fs.uri}") from None
-            return out
+            try:
+                return em.designs(ids)  # the rows the model was fitted with, held in memory (its pinned versions)
+            except MissingStimuliError as e:
+                raise ServingError(404, f"stimulus id(s) {_listing(e.missing, 5)} not in the feature table "
+                                        f"{e.feature} of {fs.uri}") from None
+            except RegistryError as e:  # a stimulus added after the fit while the fitted rows changed
+                raise ServingError(422, f"stimulus_id: {e}") from None
         if embedding is not None:
-            return table_arrays(embedding, dims)
-        return self._embed_image(fs, tables, image)
+            return em.designs(rows=table_arrays(embedding, {t: fs.info(t).dim for t in tables}))
+        return em.designs(rows=self._embed_image(fs, tables, image))
 
     def _embed_image(self, fs: FeatureStore, tables: list[str], image: bytes) -> dict[str, np.ndarray]:
         out = self.embed_images(fs.uri, tables, [image])[0]
@@ -278,7 +277,7 @@ class LocalBackend:
         """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"store", "tables"}``
         (422 when a table is not made from images)."""
         model, _, em = self._encoder(subject, model)
-        tables = sorted({t for k in _feature_keys(em) for t in k})
+        tables = sorted(em.table_names())
         self._image_metas(em.store, tables)
         return {"model": model, "store": em.store.uri, "tables": tables}
 
@@ -327,10 +326,9 @@ class LocalBackend:
             if hemisphere not in hemis:
                 raise ServingError(422, f"hemisphere must be one of {', '.join(hemis)}; got {hemisphere!r}")
             hemis = [hemisphere]
-        tables = sorted({t for k in _feature_keys(em) for t in k})
-        parts = self._table_embeddings(em, tables, stimulus_id=stimulus_id, embedding=embedding, image=image)
-        n = len(next(iter(parts.values())))
-        cache = {k: np.hstack([parts[t] for t in k]).astype(np.float32) for k in _feature_keys(em)}
+        tables = sorted(em.table_names())
+        cache = self._designs(em, tables, stimulus_id=stimulus_id, embedding=embedding, image=image)
+        n = len(next(iter(cache.values())))
         field = "stimulus_id" if stimulus_id is not None else "embedding" if embedding is not None else "image"
         fix = {"embedding": "send embeddings on the scale of the model's feature tables (their stored values)",
                "stimulus_id": "the stored embeddings of these stimuli overflow this model: serve another model",
@@ -484,9 +482,3 @@ class LocalBackend:
                 "top": [{"stimulus_id": s.stimulus_id, "score": float(s.score), "z": float(s.z), "caption": s.caption}
                         for s in ex.top]}
 
-
-def _feature_keys(em) -> list[tuple[str, ...]]:
-    """The feature-table tuples an encoding model (and its members) reads."""
-    if em.members:
-        return list(dict.fromkeys(k for m in em.members for k in _feature_keys(m)))
-    return [tuple(em.record.meta["features"])]

@@ -57,18 +57,6 @@ class CandidateIndex:
             self.version, self.rows = version, rows
             self.loads += 1
 
-    def load(self, stimulus_ids: list[str]) -> np.ndarray:
-        """The stored embeddings of ``stimulus_ids`` (from memory when held; else read from the store)."""
-        self._refresh()
-        if self.E is None:
-            return self.fs.load(self.table, stimulus_ids)
-        missing = [i for i in stimulus_ids if i not in self.row]
-        if missing:
-            from ..features import MissingStimuliError
-
-            raise MissingStimuliError(self.table, missing)
-        return self.E[[self.row[i] for i in stimulus_ids]]
-
     def search(self, Q: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The ``k`` nearest stimuli (cosine) to each row of ``Q``: ids and similarities, best first."""
         self._refresh()

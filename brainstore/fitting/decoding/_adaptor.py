@@ -60,7 +60,7 @@ from ...datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_datase
 from ...features import FeatureStore
 from .._spec import AdaptorParams, DecoderSpec
 from ..encoding import subject_stimuli
-from ..registry import ModelRegistry, safe_name, table_fingerprint
+from ..registry import ModelRegistry, encode_ids, safe_name, table_fingerprint
 from ..ridge import input_eps, robust_scale
 from ._adaptor_init import Pretrained, _mean_adapter_init, adapter_specs, load_pretrained
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
@@ -194,7 +194,8 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
     run.history, run.resumes = saved["history"], list(saved.get("resumes", []))
     _score_test(run, model, prep, n_candidates, n_draws)
     if register:
-        prep.reg.save(f"{name}/shared", model.tensors(), _registered_meta(prep, spec, run, name, saved))
+        tensors = {**model.tensors(), "fit_ids": encode_ids(_fit_ids(prep))}  # the rows its fingerprints hash
+        prep.reg.save(f"{name}/shared", tensors, _registered_meta(prep, spec, run, name, saved))
     run.seconds = time.time() - t0
     return run
 
@@ -424,7 +425,7 @@ def _registered_meta(prep: _Prepared, spec: DecoderSpec, run: AdaptorRun, name: 
     """``model.json`` of the trained adaptor: how it was made (settings, adapters, transfer, domain adaptation),
     its targets' feature versions and fingerprints, and its test metrics."""
     p, da, fs, targets = prep.p, prep.p.domain_adaptation, prep.fs, prep.targets
-    ids = sorted({i for s in prep.subjects for i in subject_stimuli(prep.ds, s, "train")})
+    ids = _fit_ids(prep)
     da_meta = None
     if da:
         da_meta = {**da.model_dump(), "rho": da.resolved_rho(),
@@ -442,6 +443,11 @@ def _registered_meta(prep: _Prepared, spec: DecoderSpec, run: AdaptorRun, name: 
             "feature_versions": {t: fs.metadata(t) for t in targets},
             "fingerprints": {t: table_fingerprint(fs, t, ids) for t in targets},
             "metrics": run.metrics, "epochs_trained": int(saved["epoch"]) + 1}
+
+
+def _fit_ids(prep: _Prepared) -> list[str]:
+    """The stimuli whose target rows the adaptor's fingerprints hash: every trained subject's training images."""
+    return sorted({i for s in prep.subjects for i in subject_stimuli(prep.ds, s, "train")})
 
 
 def _voxel_stats(R: np.ndarray) -> dict[str, list[float]]:

@@ -10,7 +10,7 @@ from ...datasets import HEMISPHERES
 from ...features import FeatureStore
 from .._errors import NonFiniteOutputError
 from .._spec import AdaptorParams
-from ..registry import ModelRegistry, RegistryError, register_loader
+from ..registry import ModelRegistry, RegistryError, check_fingerprint, decode_ids, register_loader
 
 __all__ = ["ADAPTOR_KIND", "AdaptorModel"]
 
@@ -64,7 +64,12 @@ class AdaptorModel:
         m = rec.meta
         if m.get("kind") != ADAPTOR_KIND:
             raise RegistryError(f"model {name!r} is a {m.get('kind')!r} model, not an adaptor")
-        reg.check_features(rec, FeatureStore(store or m["store"], create=False))
+        fs = FeatureStore(store or m["store"], create=False)
+        reg.check_features(rec, fs)
+        if "fit_ids" in state:  # each target's fitted rows, at its pinned version (registrations before: no ids)
+            ids = decode_ids(state["fit_ids"])
+            for fp in (m.get("fingerprints") or {}).values():
+                check_fingerprint(name, fp, fs, ids)
         # per-subject adapters as registered (older registrations: all of the params' kind)
         net = _build_net(m["n_voxels"], m["target_dims"], AdaptorParams(**m["params"]), _registered_adapters(m))
         net.load_state_dict({k[4:]: torch.from_numpy(np.asarray(v)) for k, v in state.items() if k.startswith("net.")})

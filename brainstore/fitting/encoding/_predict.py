@@ -4,7 +4,10 @@
 naming what changed and the fix:
 
 * a base model's feature tables must be made the same way (store metadata) and hold the same
-  embeddings for the stimuli it was fitted on (:mod:`._fingerprint`);
+  embeddings for the stimuli it was fitted on at the version it pinned (or, that version gone, at the
+  latest); the model then reads its embeddings at that version (``registry.PinnedTable``), so it keeps
+  giving its fit-time predictions after the table changes, and reads stimuli added later from the
+  latest version only while the rows it was fitted on are unchanged there;
 * a per-ROI model or ensemble records the sha256 of every member's weights; a member refitted
   since then is refused (the composition would mix models that were never chosen together).
 
@@ -26,8 +29,9 @@ from ._compose import compose
 
 __all__ = ["EncodingModel", "predict_model", "best_model"]
 
-#: Key of the load memo (``_loaded``) holding the fingerprints already verified in this session:
-#: (store, table, recorded rows sha256, fitted ids). Model entries are keyed by (model, subject) tuples.
+#: Key of the load memo (``_loaded``) holding the tables already verified in this session, {(store, table,
+#: recorded version, rows sha256, fitted ids): PinnedTable}, shared by the models that read them. Model
+#: entries are keyed by (model, subject) tuples.
 _VERIFIED = "verified fingerprints"
 
 BASE_KINDS = ("ridge", "mlp", "banded")
@@ -43,12 +47,14 @@ class EncodingModel:
     tensors : the saved arrays.
     store : the feature store it reads embeddings from.
     members : for per-ROI models and ensembles, the loaded members in order.
+    tables : for base models, {table: PinnedTable}: where the embeddings are read (at the pinned version).
     """
 
     record: ModelRecord
     tensors: dict[str, np.ndarray]
     store: FeatureStore
     members: list["EncodingModel"] = field(default_factory=list)
+    tables: dict = field(default_factory=dict)
     _estimators: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -85,13 +91,14 @@ class EncodingModel:
         if self.kind in BASE_KINDS:
             reg.check_features(rec, fs)
             ids = decode_ids(tensors["fit_ids"])
-            # Models of one subject share their fitted rows: verify each table's rows once per load session.
-            verified = loaded.setdefault(_VERIFIED, set())
-            for fp in meta["fingerprints"].values():
-                key = (fs.uri, fp["table"], fp["rows_sha256"], tensors["fit_ids"].tobytes())
+            # Models of one subject share their fitted rows: verify (and read) each table once per load session.
+            verified = loaded.setdefault(_VERIFIED, {})
+            for f in meta["features"]:
+                fp = meta["fingerprints"][f]
+                key = (fs.uri, fp["table"], fp.get("table_version"), fp["rows_sha256"], tensors["fit_ids"].tobytes())
                 if key not in verified:
-                    check_fingerprint(rec.name, fp, fs, ids)
-                    verified.add(key)
+                    verified[key] = check_fingerprint(rec.name, fp, fs, ids)
+                self.tables[f] = verified[key]
         else:
             for x in meta["members"]:  # every member's weights first (cheap: model.json only)
                 want, got = meta["member_sha256"][x], reg.record(f"{x}/{subject}").meta["safetensors_sha256"]
@@ -130,13 +137,43 @@ class EncodingModel:
         raise _non_finite(self.record.name, stimulus_ids, rows)
 
     def _predict(self, stimulus_ids: list[str], cache: dict) -> dict[str, np.ndarray]:
-        from ._encoding import design_matrix
-
         if self.kind in BASE_KINDS:
-            key = tuple(self.record.meta["features"])
+            key = self.design_key()
             if key not in cache:
-                cache[key] = design_matrix(self.store, list(key), stimulus_ids)
+                cache[key] = self._design(stimulus_ids)
             return {h: np.asarray(self._estimator(h).predict(cache[key]), dtype=np.float32) for h in self.hemispheres}
+    # ------------------------------------------------------------------------------- the features it reads
+    def bases(self) -> list["EncodingModel"]:
+        """The base models whose predictions this model composes (itself for a base model), each once."""
+        if not self.members:
+            return [self]
+        return list({id(b): b for m in self.members for b in m.bases()}.values())
+
+    def design_key(self) -> tuple:
+        """A base model's key of its design matrix in :meth:`predict`'s cache: ((table, PinnedTable serial), ...),
+        so models reading a table at different versions never share a matrix."""
+        return tuple((f, self.tables[f].serial) for f in self.record.meta["features"])
+
+    def _design(self, stimulus_ids: list[str]) -> np.ndarray:
+        return np.hstack([self.tables[f].load(stimulus_ids) for f in self.record.meta["features"]]).astype(
+            np.float32, copy=False)
+
+    def designs(self, stimulus_ids: list[str] | None = None, *, rows: dict[str, np.ndarray] | None = None) -> dict:
+        """The design matrix of every base model, keyed as :meth:`predict`'s ``_features`` cache: the stored
+        embeddings of ``stimulus_ids`` (read at each table's pinned version), or ``rows`` given per table
+        ({table: (n, dim)}: embeddings sent to a server)."""
+        out = {}
+        for b in self.bases():
+            k = b.design_key()
+            if k not in out:
+                out[k] = b._design(stimulus_ids) if rows is None else np.hstack(
+                    [rows[t] for t, _ in k]).astype(np.float32, copy=False)
+        return out
+
+    def table_names(self) -> list[str]:
+        """Every feature table the model reads, in first-use order."""
+        return list(dict.fromkeys(f for b in self.bases() for f in b.record.meta["features"]))
+
         preds = [m._predict(stimulus_ids, cache) for m in self.members]
         if self.kind == "per-roi":
             return {h: compose("per-roi", [p[h] for p in preds], choice=self.tensors[f"{h}.choice"])
@@ -146,11 +183,9 @@ class EncodingModel:
 
     def predict_split(self, stimulus_ids: list[str]) -> dict[str, np.ndarray]:
         """Banded ridge: per-feature-space contributions, {hemi: (n_spaces, n_stimuli, n_vertices)}."""
-        from ._encoding import design_matrix
-
         if self.kind != "banded":
             raise ValueError(f"model {self.record.name!r} is {self.kind}; only banded models split by feature space")
-        X = design_matrix(self.store, list(self.record.meta["features"]), stimulus_ids)
+        X = self._design(stimulus_ids)
         return {h: np.asarray(self._estimator(h).predict_split(X)) for h in self.hemispheres}
 
 

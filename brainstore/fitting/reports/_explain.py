@@ -290,7 +290,7 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
     bases = _base_models(em)
     tables = list(dict.fromkeys(t for b in bases for t in b.record.meta["features"]))
     ids = _scored_ids(em, tables, table_ids)
-    scores = _roi_scores(em, ids, tables, bases, sel, n_vert, chunk)
+    scores = _roi_scores(em, ids, bases, sel, n_vert, chunk)
     n_sel = int(sum(len(v) for v in sel.values()))
     mu, sd = float(scores.mean()), float(scores.std())
     z = (scores - mu) / sd if sd > 0 else np.zeros_like(scores)
@@ -337,20 +337,18 @@ def _scored_ids(em, tables: list[str], table_ids: Sequence[str] | None) -> list[
     return ids
 
 
-def _roi_scores(em, ids: list[str], tables: list[str], bases: list, sel: dict[str, np.ndarray],
+def _roi_scores(em, ids: list[str], bases: list, sel: dict[str, np.ndarray],
                 n_vert: dict[str, int], chunk: int | None) -> np.ndarray:
     """The mean predicted response over the selected vertices of every stimulus (n_ids,) float64: predictions
-    chunk by chunk through the model's own predict path (each table read once); only the ROI sums are kept."""
-    fs = em.store
-    feats = {t: fs.load(t, ids) for t in tables}
-    keys = list(dict.fromkeys(tuple(b.record.meta["features"]) for b in bases))
+    chunk by chunk through the model's own predict path (its tables held in memory at their pinned versions);
+    only the ROI sums are kept."""
     n_sel = int(sum(len(v) for v in sel.values()))
     per_row = sum(n_vert.values()) * (len(bases) + 1)
     step = int(chunk) if chunk else int(max(16, min(8192, _CHUNK_VALUES // max(1, per_row))))
     scores = np.empty(len(ids), dtype=np.float64)
     for start in range(0, len(ids), step):
         rows = slice(start, start + step)
-        cache = {k: np.hstack([feats[t][rows] for t in k]).astype(np.float32, copy=False) for k in keys}
+        cache = em.designs(ids[rows])
         pred = em.predict(ids[rows], cache)
         for h in sel:
             if pred[h].shape[1] != n_vert[h]:
