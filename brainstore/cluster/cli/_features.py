@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ._common import VERBOSE, AddressOpt, StoreOpt, fail, need, need_dataset
+from ._common import VERBOSE, AddressOpt, RegistryOpt, StoreOpt, fail, need, need_dataset
 
 
 def extract_cmd(
@@ -135,6 +135,9 @@ def _print_extraction(rep, delayed: str | None, delay_list: list[int] | None) ->
 
 
 def features_cmd(
+    table: Optional[str] = typer.Argument(None, metavar="[TABLE]", help="A feature table (with --versions)."),
+    versions: bool = typer.Option(False, "--versions", help="List TABLE's versions (time, rows, tags) and the registered models pinning each."),
+    registry: str = RegistryOpt,
     list_extractors_: bool = typer.Option(False, "--list", help="List the registered extractors instead of tables."),
     pca: Optional[str] = typer.Option(None, "--pca", help="Derive a PCA version of this table (fitted on the train split)."),
     components: int = typer.Option(256, "--components", help="PCA components (with --pca)."),
@@ -143,11 +146,18 @@ def features_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     store: str = StoreOpt,
 ) -> None:
-    """List feature tables with their metadata (or extractors with --list); derive PCA; build indices."""
+    """List feature tables with their metadata (or extractors with --list); derive PCA; build indices; with
+    TABLE --versions, the table's versions and which registered models pin each (models read the version
+    they were fitted on; pinned versions survive compaction and cleanup)."""
     from rich.table import Table
 
     from .._console import console
 
+    if versions or table is not None:
+        if table is None or not versions:
+            fail("give a table and --versions: `brainstore features TABLE --versions` lists the table's versions")
+        _print_versions(store, table, registry, as_json)
+        return
     if list_extractors_:
         from ...features import list_extractors
 
@@ -201,6 +211,69 @@ def features_cmd(
     bad = fs.bad_stimuli()
     if bad:
         console.print(f"[yellow]{len(bad)} bad stimuli recorded[/] (first: {bad[0]['stimulus_id']} {bad[0]['path']}: {bad[0]['error']})")
+
+
+def _print_versions(store: str, table: str, registry: str, as_json: bool) -> None:
+    """``features TABLE --versions``: every kept version of ``table`` with its tags and the models pinning it."""
+    from rich.table import Table
+
+    from ...features import FeatureStore, FeatureStoreError
+    from .._console import console
+
+    try:
+        fs = FeatureStore(store, create=False)
+        if not fs.exists(table):
+            fail(f"no feature table {table!r} in store {fs.uri} (tables: {', '.join(fs.names()) or 'none yet'})")
+        rows = fs.versions(table)
+        created = fs.metadata(table).get("created")
+    except FeatureStoreError as e:
+        fail(str(e))
+    pins, note = _pinning_models(fs.uri, table, created, registry)
+    kept = {r["version"] for r in rows}
+    for r in rows:
+        r["models"] = pins.pop(r["version"], [])
+    gone = {v: m for v, m in pins.items() if v not in kept and v != "earlier"}
+    if as_json:
+        print(json.dumps({"store": fs.uri, "table": table, "registry": registry, "versions": rows,
+                          "models_on_versions_gone": {str(v): m for v, m in sorted(gone.items())},
+                          "models_on_an_earlier_table": pins.get("earlier", []), "note": note}, indent=2))
+        return
+    t = Table(title=f"versions of {table} in {fs.uri}")
+    for c in ("version", "time (UTC)", "rows", "tags", "pinned by models"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(str(r["version"]), r["timestamp"][:19].replace("T", " "), str(r["rows"]), escape(", ".join(r["tags"])),
+                  escape(", ".join(r["models"])))
+    console.print(t)
+    for v, models in sorted(gone.items()):
+        console.print(f"[yellow]version {v} is gone[/] (cleaned up): {escape(', '.join(models))} read the latest "
+                      "version while it holds their fitted rows unchanged, else they are refused; refit them")
+    if pins.get("earlier"):
+        console.print(f"[yellow]fitted on an earlier table of this name[/] (dropped and re-created since): "
+                      f"{escape(', '.join(pins['earlier']))}")
+    if note:
+        console.print(note)
+
+
+def _pinning_models(uri: str, table: str, created, registry: str) -> tuple[dict, str | None]:
+    """{version: [model refs]} of the registered models (every version) fitted on ``table`` of the store ``uri``;
+    models fitted on an earlier table of the same name (another creation time) under "earlier"."""
+    from ..._storage import uri_of
+    from ...fitting import ModelRegistry
+
+    try:
+        reg = ModelRegistry(registry, create=False)
+        records = (getattr(reg, "all_versions", None) or reg.list)()
+    except Exception as e:  # noqa: BLE001  (the versions are shown either way; the models column says why it is empty)
+        return {}, f"models: registry {registry} not read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    pins: dict = {}
+    for rec in records:
+        fp = (rec.meta.get("fingerprints") or {}).get(table)
+        if not fp or not rec.meta.get("store") or uri_of(rec.meta["store"]) != uri:
+            continue
+        key = "earlier" if created and fp.get("created") and fp["created"] != created else fp.get("table_version")
+        pins.setdefault(key, []).append(getattr(rec, "ref", rec.name))
+    return pins, None
 
 
 CacheOpt = typer.Option(None, "--cache", metavar="DIR",
