@@ -28,7 +28,8 @@ from ...datasets import HEMISPHERES, open_dataset
 from ...features import FeatureStore
 from .._errors import NonFiniteOutputError
 from ..encoding import group_folds, subject_stimuli
-from ..registry import ModelRegistry, RegistryError, decode_ids, encode_ids, register_loader, safe_name, table_fingerprint
+from ..registry import (ModelRegistry, RegistryError, dataset_digest, decode_ids, encode_ids, register_loader,
+                        safe_name, stimuli_digest, table_fingerprint)
 from ._inputs import _oracle_dir, check_decoding_inputs, delay_responses, response_matrix, select_voxels
 from ._scores import retrieved_caption_metrics, row_cosine
 
@@ -104,7 +105,9 @@ def fit_subject_decoder(job: dict) -> dict:
     tensors.update({f"voxels_{h}": v for h, v in voxels.items()})
     tensors["train_ids"] = encode_ids(train_ids)
     meta = {"kind": DECODER_KIND, "method": "ridge", "model": name, "subject": s, "dataset": str(ds.root),
-            "store": fs.uri, "target": target, "rois": job.get("rois"), "features": [target],
+            "dataset_digest": dataset_digest(ds, [s]), "stimuli_sha256": stimuli_digest(ds, [s]),
+            "run": str(job["run_dir"]), "store": fs.uri, "target": target, "rois": job.get("rois"),
+            "features": [target],
             "feature_versions": {target: fs.metadata(target)},
             "fingerprints": {target: table_fingerprint(fs, target, train_ids)},
             "metrics": metrics, "val_score": metrics["cv_r2"]}

@@ -21,7 +21,8 @@ from ...datasets import AlgonautsDataset, open_dataset
 from ...features import FeatureStore
 from ...scoring import roi_summary
 from .._spec import FitSpec, PerRoiSpec
-from ..registry import ModelRegistry, RunLayout, encode_ids, new_array, open_array, table_fingerprint
+from ..registry import (ModelRegistry, RunLayout, dataset_digest, encode_ids, new_array, open_array, stimuli_digest,
+                        table_fingerprint)
 from ._choice import cross_fitted_choices, resolve_regions, rule_choice, validation_halves, validation_r
 from ._compose import compose, normalized_weights
 from ._encoding import subject_stimuli, validation_folds
@@ -165,9 +166,12 @@ def assemble_subject(job: dict) -> dict:
 
 def _register_subject(reg, fs, spec: FitSpec, ds, layout, subject: str, ready: list[str], derived: dict,
                       metrics: dict, infos: dict, train_ids: list[str], n_fit: int) -> list[str]:
-    """Register base models (arrays, fitted ids, fingerprints) then derived ones (member sha256)."""
+    """Register base models (arrays, fitted ids, fingerprints) then derived ones (member sha256), each with the
+    provenance its lineage reads: the run folder and the digests of the subject's dataset inputs."""
     hemis = list(spec.hemispheres)
     common = {"subject": subject, "dataset": str(ds.root), "store": fs.uri, "hemispheres": hemis,
+              "dataset_digest": dataset_digest(ds, [subject], hemis), "stimuli_sha256": stimuli_digest(ds, [subject]),
+              "run": str(layout.root),
               "fit": {"alphas": spec.alphas, "folds": spec.folds, "scoring": spec.scoring,
                       "validation_fold": f"training rows {n_fit}-{len(train_ids) - 1} (the last of {spec.folds} "
                                          f"contiguous folds)"}}
