@@ -264,3 +264,38 @@ def test_evaluate_and_predict_cover_adaptors(trained, small_dataset, tmp_path):
         doc = json.loads((out / s / f"top5_{safe_name(t)}.json").read_text())
         assert doc["model"] == run.name and [[h["stimulus_id"] for h in row["top"]] for row in doc["rows"]] == top
         np.testing.assert_allclose(np.load(out / s / f"decoded_{safe_name(t)}.npy"), D, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_adaptor_checks_its_targets_fitted_rows_at_their_pinned_version(trained, small_dataset, tmp_path):
+    """The registration records the training stimuli (fit_ids) and pins the target's version: a target row
+    rewritten in place still loads (the pinned version holds the fitted rows); a target table re-created with
+    one training stimulus re-embedded is refused."""
+    import shutil
+
+    import lancedb
+
+    from brainstore.datasets import AlgonautsDataset
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import ModelRegistry, RegistryError, subject_stimuli
+    from brainstore.fitting.decoding._adaptor_model import AdaptorModel
+    from brainstore.fitting.registry import decode_ids
+
+    run, t = trained["run"], trained["target"]
+    ds = AlgonautsDataset(small_dataset)
+    tensors, rec = ModelRegistry(trained["registry"], create=False).load_arrays(f"{run.name}/shared")
+    fitted = sorted({i for s in run.metrics[t] for i in subject_stimuli(ds, s, "train")})
+    assert decode_ids(tensors["fit_ids"]) == fitted and rec.meta["fingerprints"][t]["n_rows"] == len(fitted)
+    store = tmp_path / "store"
+    shutil.copytree(trained["store"], store)
+    fs = FeatureStore(store)
+    assert fs.pinned(t) == [rec.meta["fingerprints"][t]["table_version"]]
+    lancedb.connect(str(store)).open_table(t).update(where=f"stimulus_id='{fitted[0]}'",
+                                                     values={"embedding": (fs.load(t, [fitted[0]])[0] * 2).tolist()})
+    AdaptorModel.load(trained["registry"], f"{run.name}/shared", str(store))
+    ids, emb, meta = fs.ids(t), fs.load(t), fs.metadata(t)
+    fs.drop(t)
+    fs.ensure_table(t, emb.shape[1], {k: v for k, v in meta.items() if k not in ("feature_version", "dim")})
+    fs.write(t, ids, emb)  # the rewritten row is now the only content there is
+    with pytest.raises(RegistryError, match=f"embeddings of the {len(fitted)} stimuli it was fitted on differ"):
+        AdaptorModel.load(trained["registry"], f"{run.name}/shared", str(store))

@@ -98,6 +98,36 @@ def test_a_changed_target_table_is_refused(decoded, small_dataset, tmp_path):
         Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))
 
 
+def test_a_target_row_rewritten_in_place_keeps_the_decoder_at_its_pinned_version(decoded, small_dataset, tmp_path):
+    """A fitted target row changed through LanceDB (a new version of the table): the decoder's fitted rows are
+    verified at the version it pinned, so it loads; once that version is unpinned and cleaned up, the latest
+    must hold the fitted rows, and does not."""
+    import shutil
+    import time
+
+    import lancedb
+
+    store = tmp_path / "store"
+    shutil.copytree(decoded["store"], store)
+    fs = FeatureStore(store)
+    name = next(iter(decoded["run"].metrics))
+    t = decoded["target"]
+    first = subject_stimuli(AlgonautsDataset(small_dataset), "subj01", "train")[0]
+    dec = Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))
+    pinned = dec.meta["fingerprints"][t]["table_version"]
+    assert fs.pinned(t) == [pinned]
+    lancedb.connect(str(store)).open_table(t).update(where=f"stimulus_id='{first}'",
+                                                     values={"embedding": (fs.load(t, [first])[0] * 2).tolist()})
+    assert fs.version(t) > pinned
+    Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))  # verified at the pinned version
+    fs.unpin(t, pinned)
+    time.sleep(0.05)
+    assert pinned in fs.cleanup(t, 0)["removed"]
+    with pytest.raises(RegistryError, match=f"embeddings of the 120 stimuli it was fitted on differ.*table version "
+                                            f"{pinned} at fit time"):
+        Decoder.load(decoded["registry"], f"{name}/subj01", store=str(store))
+
+
 def test_evaluate_decoders_writes_metrics_and_plot(decoded, small_dataset, tmp_path):
     """Evaluation re-decodes the test responses (same figures as the fit) and plots them; with fewer test
     images than candidates every draw is the whole set, a zero-width interval."""
