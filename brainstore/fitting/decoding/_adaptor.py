@@ -60,7 +60,7 @@ from ...datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_datase
 from ...features import FeatureStore
 from .._spec import AdaptorParams, DecoderSpec
 from ..encoding import subject_stimuli
-from ..registry import ModelRegistry, encode_ids, safe_name, table_fingerprint
+from ..registry import ModelRegistry, dataset_digest, encode_ids, safe_name, stimuli_digest, table_fingerprint
 from ..ridge import input_eps, robust_scale
 from ._adaptor_init import Pretrained, _mean_adapter_init, adapter_specs, load_pretrained
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
@@ -422,8 +422,9 @@ def _score_test(run: AdaptorRun, model: AdaptorModel, prep: _Prepared, n_candida
 
 
 def _registered_meta(prep: _Prepared, spec: DecoderSpec, run: AdaptorRun, name: str, saved: dict) -> dict:
-    """``model.json`` of the trained adaptor: how it was made (settings, adapters, transfer, domain adaptation),
-    its targets' feature versions and fingerprints, and its test metrics."""
+    """``model.json`` of the trained adaptor: how it was made (settings, adapters, transfer, domain adaptation, the
+    run folder), the digests of the responses it read (trained and adapt subjects), its targets' feature versions
+    and fingerprints, and its test metrics."""
     p, da, fs, targets = prep.p, prep.p.domain_adaptation, prep.fs, prep.targets
     ids = _fit_ids(prep)
     da_meta = None
@@ -435,7 +436,8 @@ def _registered_meta(prep: _Prepared, spec: DecoderSpec, run: AdaptorRun, name: 
                                  for s in prep.adapt}}
     return {"kind": ADAPTOR_KIND, "method": "adaptor", "model": name, "subject": "shared",
             "subjects": sorted(prep.all_subjects), "trained_subjects": prep.subjects, "dataset": str(prep.ds.root),
-            "store": fs.uri, "targets": targets, "features": targets, "params": p.model_dump(),
+            "dataset_digest": dataset_digest(prep.ds, prep.adapted),
+            "stimuli_sha256": stimuli_digest(prep.ds, prep.adapted), "run": str(prep.rdir), "store": fs.uri, "targets": targets, "features": targets, "params": p.model_dump(),
             "n_voxels": prep.all_subjects, "target_dims": prep.dims, "fraction": spec.fraction,
             "trainable": spec.trainable, "init_from": spec.init_from, "rois": spec.rois, "adapters": prep.adapters,
             "n_params": run.n_params, "n_trainable": run.n_trainable,
