@@ -159,6 +159,22 @@ def test_registry_on_s3_saves_loads_lists_and_deletes_like_a_folder(s3_server, t
         ModelRegistry(f"s3://{BUCKET}/reg-basic", storage_options={"aws_endpiont": "http://127.0.0.1:9"})
 
 
+def test_service_announcements_on_s3_are_listed_while_fresh(s3_server, monkeypatch):
+    """Services announce themselves under _services/ of an S3 registry as in a folder: listed while fresh, not
+    models, gone when withdrawn."""
+    monkeypatch.delenv(ENV, raising=False)
+    reg = _s3_registry(s3_server, "reg-services")
+    reg.save("ridge/subj01", {"w": np.zeros(3, np.float32)}, {"kind": "ridge", "subject": "subj01"})
+    reg.announce("svc-1", {"url": "http://127.0.0.1:8000", "models": ["ridge/subj01@1"]})
+    keys = [o["Key"] for o in s3_server["client"].list_objects_v2(Bucket=BUCKET, Prefix="reg-services/_services/")
+            .get("Contents", [])]
+    assert keys == ["reg-services/_services/svc-1.json"]
+    [svc] = _s3_registry(s3_server, "reg-services").services()
+    assert svc["models"] == ["ridge/subj01@1"] and svc["age_s"] < 30 and reg.names() == ["ridge/subj01"]
+    assert reg.services(now=time.time() + 60) == []
+    assert reg.withdraw("svc-1") and reg.services(max_age_s=None) == []
+
+
 def test_concurrent_writers_of_one_s3_table_and_one_s3_model_are_serialized(s3_server, monkeypatch):
     """Two writers adding overlapping ids to one table on S3 at once: every id stored exactly once (the
     table lock is an object created with a conditional PUT); a lock held by another writer times out

@@ -4,7 +4,8 @@ The model registry (:class:`ModelRegistry`: immutable numbered versions ``<name>
 ``model.json`` and aliases, in a folder or on object storage, never pickle; references ``NAME``, ``NAME@3``,
 ``NAME@champion``; a loader per model kind, :func:`register_loader`), the fingerprints
 that tie a model to the embeddings it was fitted on, the digests of the dataset inputs it was fitted on
-(:func:`dataset_digest`, :func:`stimuli_digest`), and the run folders fits and evaluations write.
+(:func:`dataset_digest`, :func:`stimuli_digest`), the run folders fits and evaluations write, and the
+announcements of the services that serve its models (``ModelRegistry.announce`` / ``services``, ``_services.py``).
 """
 
 from ._digests import dataset_digest, stimuli_digest

@@ -37,6 +37,7 @@ from ..._provenance import sha256
 from ._fileio import json_bytes, jsonable, package_versions
 from ._local import STALE_TMP_S, LocalFiles
 from ._object_store import ObjectStoreBackend
+from ._services import ServiceAnnouncements
 from ._records import (DEFAULT_ALIAS, FORMAT_VERSION, META_FILE, MODEL_LOADERS, NON_ENCODER_KINDS, WEIGHTS_FILE,
                        ModelRecord, RegistryError, check_alias, check_name, check_scales, check_tensors, parse_meta,
                        parse_ref, register_loader, safe_name)
@@ -49,7 +50,7 @@ _VOLATILE = ("created", "package_versions", "version")
 _ANY = object()
 
 
-class ModelRegistry(LocalFiles, ObjectStoreBackend):
+class ModelRegistry(LocalFiles, ObjectStoreBackend, ServiceAnnouncements):
     """Fitted models in a local folder or under an object-store URI, each name a series of immutable
     versions (``<name>/@<version>/model.safetensors`` + ``model.json``) with aliases.
 
