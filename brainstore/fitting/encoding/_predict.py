@@ -24,7 +24,7 @@ from ...datasets import HEMISPHERES
 from ...features import FeatureStore
 from .._errors import NonFiniteOutputError
 from ..registry import (NON_ENCODER_KINDS, ModelRecord, ModelRegistry, RegistryError, check_fingerprint, decode_ids,
-                        register_loader)
+                        model_ref, register_loader)
 from ._compose import compose
 
 __all__ = ["EncodingModel", "predict_model", "best_model"]
@@ -77,7 +77,7 @@ class EncodingModel:
         loaded = {} if _loaded is None else _loaded
         if (model, subject) in loaded:
             return loaded[(model, subject)]
-        tensors, rec = reg.load_arrays(f"{model}/{subject}")
+        tensors, rec = reg.load_arrays(model_ref(model, subject))
         meta = rec.meta
         if meta.get("kind") in BASE_KINDS and "fingerprints" not in meta:
             raise RegistryError(f"model {rec.name!r} was registered by an older brainstore without feature "
@@ -100,15 +100,8 @@ class EncodingModel:
                     verified[key] = check_fingerprint(rec.name, fp, fs, ids)
                 self.tables[f] = verified[key]
         else:
-            for x in meta["members"]:  # every member's weights first (cheap: model.json only)
-                want, got = meta["member_sha256"][x], reg.record(f"{x}/{subject}").meta["safetensors_sha256"]
-                if want != got:
-                    raise RegistryError(
-                        f"model {rec.name!r} cannot be used: its member '{x}/{subject}' was refitted after "
-                        f"{rec.name!r} was made (member weights sha256 {want[:12]}... then, {got[:12]}... now), so "
-                        f"its {'choice per ROI' if self.kind == 'per-roi' else 'weights'} no longer match. Refit "
-                        f"{model!r} together with its members (`brainstore fit`)")
-            self.members = [cls.load(reg, x, subject, fs, loaded) for x in meta["members"]]
+            members = [f"{x}@{_member_version(reg, rec, x, subject)}" for x in meta["members"]]  # model.json only
+            self.members = [cls.load(reg, x, subject, fs, loaded) for x in members]
         loaded[(model, subject)] = self
         return self
 
@@ -142,6 +135,13 @@ class EncodingModel:
             if key not in cache:
                 cache[key] = self._design(stimulus_ids)
             return {h: np.asarray(self._estimator(h).predict(cache[key]), dtype=np.float32) for h in self.hemispheres}
+        preds = [m._predict(stimulus_ids, cache) for m in self.members]
+        if self.kind == "per-roi":
+            return {h: compose("per-roi", [p[h] for p in preds], choice=self.tensors[f"{h}.choice"])
+                    for h in self.hemispheres}
+        return {h: compose("ensemble", [p[h] for p in preds], weights=self.tensors["weights"])
+                for h in self.hemispheres}
+
     # ------------------------------------------------------------------------------- the features it reads
     def bases(self) -> list["EncodingModel"]:
         """The base models whose predictions this model composes (itself for a base model), each once."""
@@ -174,13 +174,6 @@ class EncodingModel:
         """Every feature table the model reads, in first-use order."""
         return list(dict.fromkeys(f for b in self.bases() for f in b.record.meta["features"]))
 
-        preds = [m._predict(stimulus_ids, cache) for m in self.members]
-        if self.kind == "per-roi":
-            return {h: compose("per-roi", [p[h] for p in preds], choice=self.tensors[f"{h}.choice"])
-                    for h in self.hemispheres}
-        return {h: compose("ensemble", [p[h] for p in preds], weights=self.tensors["weights"])
-                for h in self.hemispheres}
-
     def predict_split(self, stimulus_ids: list[str]) -> dict[str, np.ndarray]:
         """Banded ridge: per-feature-space contributions, {hemi: (n_spaces, n_stimuli, n_vertices)}."""
         if self.kind != "banded":
@@ -191,10 +184,29 @@ class EncodingModel:
 
 @register_loader(*BASE_KINDS, "per-roi", "ensemble")
 def _load_encoding_model(reg: ModelRegistry, name: str, store) -> EncodingModel:
-    model, _, subject = name.rpartition("/")
+    rec = reg.record(name)  # name@version: the model "MODEL@version" of its subject
+    model, _, subject = rec.name.rpartition("/")
+    model = f"{model}@{rec.version}" if model else model
     if not model:
         raise RegistryError(f"an encoding model is registered per subject: load {name!r} as 'MODEL/SUBJECT'")
     return EncodingModel.load(reg, model, subject, store)
+
+
+def _member_version(reg: ModelRegistry, rec: ModelRecord, member: str, subject: str) -> int:
+    """The version of ``member`` (of ``subject``) that the composite ``rec`` was made from: the one it records
+    (models saved before versions: the one whose weights sha256 it records), its weights unchanged."""
+    want = rec.meta["member_sha256"][member]
+    pinned = (rec.meta.get("member_versions") or {}).get(member)
+    found = [r for r in reg.versions(f"{member}/{subject}") if r.meta.get("safetensors_sha256") == want
+             and (pinned is None or r.version == pinned)]
+    if found:
+        return found[-1].version
+    what = f"version {pinned}" if pinned is not None else f"the version with weights sha256 {want[:12]}..."
+    raise RegistryError(
+        f"model {rec.ref!r} cannot be used: {what} of its member '{member}/{subject}', which its "
+        f"{'choice per ROI' if rec.meta.get('kind') == 'per-roi' else 'weights'} were fitted with, is no longer in the "
+        f"registry (removed, or its weights changed). Refit {rec.meta.get('model', rec.name)!r} together with its "
+        "members (`brainstore fit`)")
 
 
 def _non_finite(model: str, stimulus_ids: list[str], rows: list[int]) -> NonFiniteOutputError:

@@ -52,19 +52,33 @@ def test_predict_refuses_a_pca_table_re_derived_on_more_rows(pca_fit, small_data
     assert predict_model(reg, "txt", "subj01", None, ids)["lh"].shape[0] == len(ids)
 
 
-def test_loading_an_ensemble_refuses_a_refitted_member(pca_fit, small_dataset, tmp_path):
-    reg = ModelRegistry(pca_fit["registry"])
-    old = reg.record("txt/subj01").meta["safetensors_sha256"]
-    # refit the member alone (other alphas) into the same registry
+def test_an_ensemble_keeps_the_member_versions_it_was_made_from(pca_fit, small_dataset, tmp_path):
+    """A member refitted alone adds a version; the ensemble still loads the member version it was fitted with
+    (its predictions unchanged, bit for bit), and is refused, naming that version, once it is deleted."""
+    txt, registry = pca_fit["txt"], str(tmp_path / "registry")  # (the module's PCA table is re-derived above)
+    spec = FitSpec(dataset=str(small_dataset), alphas=ALPHAS, subjects=["subj01"], folds=4,
+                   models=[{"name": "txt", "features": [txt]}, {"name": "txt-b", "features": [txt]}],
+                   ensembles=[{"name": "ens", "members": ["txt", "txt-b"]}])
+    assert not fit_encoding_models(spec, store=pca_fit["store"], registry=registry, out=tmp_path / "run1",
+                                   progress=False).failures
+    reg = ModelRegistry(registry)
+    ids = subject_stimuli(AlgonautsDataset(small_dataset), "subj01", "test")
+    before = predict_model(reg, "ens", "subj01", None, ids)
+    old = reg.record("txt/subj01")
     spec = FitSpec(dataset=str(small_dataset), alphas=[10.0, 1000.0], subjects=["subj01"], folds=4,
-                   models=[{"name": "txt", "features": [pca_fit["txt"]]}])
-    fit_encoding_models(spec, store=pca_fit["store"], registry=pca_fit["registry"], out=tmp_path / "run",
-                        progress=False)
-    assert reg.record("txt/subj01").meta["safetensors_sha256"] != old
-    with pytest.raises(RegistryError, match=r"member 'txt/subj01' was refitted after 'ens/subj01' was made"):
+                   models=[{"name": "txt", "features": [txt]}])
+    fit_encoding_models(spec, store=pca_fit["store"], registry=registry, out=tmp_path / "run2", progress=False)
+    new = reg.record("txt/subj01")
+    assert new.version == old.version + 1 and new.meta["safetensors_sha256"] != old.meta["safetensors_sha256"]
+    ens = EncodingModel.load(reg, "ens", "subj01")
+    assert ens.members[0].record.ref == old.ref
+    after = predict_model(reg, "ens", "subj01", None, ids)
+    assert all(np.array_equal(after[h], before[h]) for h in before)
+    reg.delete(old.ref)
+    with pytest.raises(RegistryError, match=rf"version {old.version} of its member 'txt/subj01'.*no longer in the registry"):
         EncodingModel.load(reg, "ens", "subj01")
     with pytest.raises(RegistryError, match="Refit 'ens' together with its members"):
-        predict_model(reg, "ens", "subj01", None, subject_stimuli(AlgonautsDataset(small_dataset), "subj01", "test"))
+        predict_model(reg, "ens", "subj01", None, ids)
 
 
 def test_a_model_without_fingerprints_is_refused(pca_fit):
