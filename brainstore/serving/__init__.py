@@ -16,6 +16,7 @@ from ._codec import NPY, ServingError, array_from_npy, array_to_npy, decode_arra
 from ._config import (IMPORT_PATH, LEGACY_IMPORT_PATHS, PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args,
                       check_serve_config, deployment_options, read_serve_config, serve_config)
 from ._local import LocalServer, free_port
+from ._routing import DEFAULT_REFRESH_S
 from ._service import LOOPBACK_HOSTS, Service, serve
 
 #: Public names whose module imports Ray (Serve deployments): loaded on first access (PEP 562).
@@ -27,7 +28,7 @@ __all__ = ["serve", "Service", "LOOPBACK_HOSTS", "make_app", "Limits", "check_to
            # Ray Serve: the application (lazy: ray) and its config files
            "app_builder", "build_app", "APP_NAME", "serve_config", "check_serve_config", "read_serve_config",
            "app_args", "deployment_options", "ServeConfigError", "IMPORT_PATH", "LEGACY_IMPORT_PATHS",
-           "PROXY_TIMEOUT_MARGIN_S"]
+           "PROXY_TIMEOUT_MARGIN_S", "DEFAULT_REFRESH_S"]
 
 
 def app_builder(args: dict):
@@ -39,7 +40,8 @@ def app_builder(args: dict):
     args : dict
         The application's ``args``: ``registry`` (the model registry folder or URI), and optionally
         ``store`` (the feature store), ``token_env`` (the environment variable holding the bearer
-        token) and ``limits`` (:class:`Limits` fields).
+        token), ``limits`` (:class:`Limits` fields) and ``refresh_s`` (seconds between two resolutions of
+        model names and aliases; default :data:`DEFAULT_REFRESH_S`).
 
     Returns
     -------

@@ -13,6 +13,7 @@ import functools
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,10 +21,13 @@ import numpy as np
 
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, MissingStimuliError
-from ..fitting import NON_ENCODER_KINDS, ModelRegistry, NonFiniteOutputError, RegistryError, check_finite_output
+from ..fitting import (NON_ENCODER_KINDS, ModelRecord, ModelRegistry, NonFiniteOutputError, RegistryError,
+                       check_finite_output, model_ref, parse_ref)
+from ._catalog import catalog_of, servable, versions_of
 from ._codec import ServingError
 from ._inputs import check_voxels, response_rows, table_arrays
 from ._outage import outage
+from ._routing import DEFAULT_REFRESH_S, Routes
 
 __all__ = ["LocalBackend", "STIMULUS_ID"]
 
@@ -57,14 +61,15 @@ def _served(fn):
     return wrapper
 
 
-def _finite_score(v) -> float | None:
-    """A registry score as JSON can carry it: None for a missing, NaN or infinite one."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
 def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> ServingError:
     rows = ", ".join(map(str, e.rows[:10])) + (f" and {len(e.rows) - 10} more" if len(e.rows) > 10 else "")
     return ServingError(422, f"{field}: {what} gives non-finite values (overflow) for row(s) {rows or '?'}; {fix}")
+
+
+def _base(model: str) -> str:
+    """A model's name without its version or alias (``clip@3`` -> ``clip``)."""
+    base, at, sel = model.rpartition("@")
+    return base if at and "/" not in sel else model
 
 
 def _listing(names, limit: int = 20) -> str:
@@ -80,14 +85,18 @@ class LocalBackend:
     ----------
     registry : the model registry (folder).
     store : feature store to read embeddings from (default: each model's own).
-    max_models : loaded models kept (least recently used dropped first).
+    max_models : loaded models kept (least recently used dropped first), by name and version.
     max_memory_rows : decoding candidates searched in memory up to this many rows (else by LanceDB).
+    refresh_s : seconds between two resolutions of bare model names and aliases (``_routing.Routes``): moving
+        ``champion``, or saving a new version of a model served by its name, switches the answers within
+        about this time, without a restart and without failing a request.
     """
 
     def __init__(self, registry: str | Path, store: str | None = None, *, max_models: int = 16,
-                 max_memory_rows: int = 100_000):
+                 max_memory_rows: int = 100_000, refresh_s: float = DEFAULT_REFRESH_S):
         self.registry_uri, self.store_uri = str(registry), store
         self.reg = ModelRegistry(registry, create=False)
+        self.routes = Routes(self.reg, refresh_s, self._prepare)
         self.max_models, self.max_memory_rows = int(max_models), int(max_memory_rows)
         self._indexes: dict = {}
         self._caption_maps: dict[str, dict[str, str]] = {}
@@ -98,49 +107,53 @@ class LocalBackend:
         self._datasets: dict[str, AlgonautsDataset] = {}
         self._extractors: dict[str, object] = {}
         self._catalog: dict | None = None
-        self._servable: list = []  # the registry records behind the catalog
+        self._catalog_gen: int | None = None  # the routes' generation the catalog was made from
+        self._versions: tuple | None = None  # (time, routes' generation, /v1/models' "models" section)
         self._verified: set = set()  # (model, file stats) whose weights and features were checked
 
     # ------------------------------------------------------------------------------------------ catalog
     @_served
     def catalog(self, refresh: bool = False) -> dict:
-        """``{"encoders": {subject: {model: meta}}, "decoders": {model: {...}}}`` of the registry."""
+        """``{"encoders": {subject: {model: meta}}, "decoders": {model: {...}}, "models": {name: ...}}``: what the
+        bare names serve now (``_catalog.catalog_of``) and every served name's versions and aliases
+        (``_catalog.versions_of``); resolved again first when older than ``refresh_s`` (or ``refresh``)."""
+        self.routes.refresh(force=refresh)
+        out = self._snapshot()
+        now, gen = time.monotonic(), self.routes.generation
         with self._lock:
-            if self._catalog is not None and not refresh:
+            cached = self._versions
+        if refresh or cached is None or cached[1] != gen or now - cached[0] >= self.routes.refresh_s:
+            serving = {r.name: r for r in self.routes.listing() if servable(r)}
+            cached = (now, gen, versions_of(self.reg.all_versions(), serving, self.routes.held_back()))
+            with self._lock:
+                self._versions = cached
+        return {**out, "models": cached[2]}
+
+    def _snapshot(self) -> dict:
+        """The encoders and decoders the bare names serve now (resolved again, in the background, when older
+        than ``refresh_s``): cheap enough for every request."""
+        self.routes.maybe_refresh()
+        gen = self.routes.generation
+        with self._lock:
+            if self._catalog is not None and self._catalog_gen == gen:
                 return self._catalog
-            enc: dict[str, dict] = {}
-            dec: dict[str, dict] = {}
-            servable = []
-            for r in self.reg.list():
-                m = r.meta
-                kind = m.get("kind")
-                if kind in ("decoder", "adaptor") or (kind not in NON_ENCODER_KINDS and m.get("subject")):
-                    servable.append(r)
-                if kind == "decoder":
-                    e = dec.setdefault(m["model"], {"kind": "decoder", "targets": [m["target"]], "subjects": [],
-                                                    "dataset": m.get("dataset")})
-                    e["subjects"].append(m["subject"])
-                elif kind == "adaptor":
-                    dec[m["model"]] = {"kind": "adaptor", "targets": list(m["targets"]), "subjects": list(m["subjects"]),
-                                       "dataset": m.get("dataset")}
-                elif kind not in NON_ENCODER_KINDS and m.get("subject"):
-                    enc.setdefault(m["subject"], {})[m["model"]] = {
-                        "kind": kind, "features": list(m.get("features", [])), "dataset": m.get("dataset"),
-                        "val_score": _finite_score(m.get("val_score")),
-                        "hemispheres": list(m.get("hemispheres", HEMISPHERES))}
-            self._catalog, self._servable = {"encoders": enc, "decoders": dec}, servable
-            return self._catalog
+        cat = catalog_of(self.routes.listing())
+        with self._lock:
+            self._catalog, self._catalog_gen = cat, gen
+        return cat
 
     @_served
     def ready(self) -> dict:
         """Registry readable, every store the models name reachable, and every servable model loadable: its
         weights match the sha256 its model.json records and its feature tables are still the ones it was fit
         on (checked once per version of the files, so polling stays cheap). Raises ServingError(503) naming
-        the first model or store that is not, and the fix."""
-        cat = self.catalog(refresh=True)
+        the first model or store that is not, and the fix. A new version that cannot be served is held back
+        (its name keeps serving the version before): ``held`` lists them with why."""
+        self.routes.refresh(verify=True)
+        cat = self._snapshot()
         if not cat["encoders"] and not cat["decoders"]:
             raise ServingError(503, f"no servable model in the registry {self.registry_uri} (run `brainstore fit`)")
-        records = self._servable  # the records that catalog just listed
+        records = [r for r in self.routes.listing() if servable(r)]
         stores = {self.store_uri} if self.store_uri else {r.meta.get("store") for r in records if r.meta.get("store")}
         for s in stores:
             try:
@@ -151,8 +164,10 @@ class LocalBackend:
                                                "check that it exists and the storage options") from None
         for r in records:
             self._check_loadable(r)
-        return {"encoders": sum(len(v) for v in cat["encoders"].values()), "decoders": len(cat["decoders"]),
-                "models_checked": len(records), "stores": sorted(stores)}
+        out = {"encoders": sum(len(v) for v in cat["encoders"].values()), "decoders": len(cat["decoders"]),
+               "models_checked": len(records), "stores": sorted(stores)}
+        held = self.routes.held_back()
+        return {**out, "held": held} if held else out
 
     def _check_loadable(self, rec) -> None:
         try:
@@ -163,7 +178,7 @@ class LocalBackend:
         if key in self._verified:
             return
         try:
-            self.reg.load(rec.name)  # the weights' sha256 against model.json, and a readable safetensors file
+            self.reg.load(rec.ref)  # the weights' sha256 against model.json, and a readable safetensors file
             uri = self.store_uri or rec.meta.get("store")
             if isinstance(rec.meta.get("feature_versions"), dict) and rec.meta["feature_versions"] and uri:
                 self.reg.check_features(rec, self._store(uri))
@@ -211,26 +226,86 @@ class LocalBackend:
                 self._models.popitem(last=False)
         return value
 
-    def _encoder(self, subject: str, model: str | None):
-        from ..fitting import EncodingModel
+    def _loader(self, rec: ModelRecord):
+        """(cache key, load) of the version ``rec``: an EncodingModel, a Decoder, or (AdaptorModel, its store);
+        cached by name and version, so versions of one name are told apart."""
+        from ..fitting import AdaptorModel, Decoder
 
-        enc = self.catalog()["encoders"]
+        kind = rec.meta.get("kind")
+        if kind == "decoder":
+            return ("decoder", rec.ref), lambda: Decoder.load(self.reg, rec.ref, self.store_uri)
+        if kind == "adaptor":
+            return ("adaptor", rec.ref), lambda: (AdaptorModel.load(self.reg, rec.ref, self.store_uri),
+                                                  self._store(rec.meta.get("store")))
+        return ("encoder", rec.ref), lambda: self.reg.load(rec.ref, store=self.store_uri)
+
+    def _model(self, rec: ModelRecord):
+        """The loaded (and verified) model of the version ``rec``; 503 when it cannot be served."""
+        key, load = self._loader(rec)
+
+        def checked():
+            try:
+                return load()
+            except RegistryError as e:
+                raise self._unservable(e, f"model {rec.ref} cannot be served: {e}") from None
+
+        return self._cached(key, checked)
+
+    def _prepare(self, old: ModelRecord, new: ModelRecord, verify: bool) -> None:
+        """Make version ``new`` ready to replace ``old`` (``Routes``): loaded and verified when ``old`` is in use
+        (so no request waits for it), else checked when ``verify``; raises when it cannot be served."""
+        with self._lock:
+            hot = any(k[1] == old.ref for k in self._models)
+        if hot:
+            key, load = self._loader(new)
+            self._cached(key, load)
+        elif verify:
+            self._check_loadable(new)
+
+    def _resolve(self, ref: str, what: str) -> ModelRecord:
+        """The version the reference ``ref`` serves now (:class:`Routes`): 422 for a malformed version or alias,
+        404 naming the versions and aliases for one the registry does not hold."""
+        try:
+            name, sel = parse_ref(ref)
+        except RegistryError as e:
+            raise ServingError(422, f"model: {e}") from None
+        try:
+            rec = self.routes.get(ref)
+        except RegistryError as e:
+            err = outage(e, registry=self.registry_uri, store=self.store_uri)
+            if err is not None:
+                raise err from None
+            rec = None
+        if rec is None:
+            raise self._unknown(name, sel, what)
+        return rec
+
+    def _unknown(self, name: str, sel, what: str) -> ServingError:
+        try:
+            versions, aliases = [r.version for r in self.reg.versions(name)], self.reg.aliases(name)
+        except RegistryError:
+            versions, aliases = [], {}
+        said = f"version {sel}" if isinstance(sel, int) else f"alias {sel!r}" if sel else "served version"
+        shown = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+        return ServingError(404, f"{what} has no {said} ({name}); its versions: {', '.join(map(str, versions)) or 'none'}; "
+                                 f"aliases: {shown} (ask MODEL@VERSION or MODEL@ALIAS)")
+
+    def _encoder(self, subject: str, model: str | None):
+        """``(model name, the version's meta, EncodingModel)`` of ``model`` for ``subject``: ``None`` the subject's
+        best by validation score, ``NAME`` what its bare name serves now, ``NAME@3`` / ``NAME@alias`` that."""
+        enc = self._snapshot()["encoders"]
         if subject not in enc:
             raise ServingError(404, f"unknown subject {subject!r}; subjects with encoding models: {_listing(enc)}")
         if model is None:  # the best validation score, as best_model says, from the catalog (no registry read)
             score = {m: e["val_score"] for m, e in enc[subject].items()}
             model = max(sorted(score), key=lambda m: -math.inf if score[m] is None else score[m])
-        elif model not in enc[subject]:
-            raise ServingError(404, f"no encoding model {model!r} for {subject}; its models: {_listing(enc[subject])}")
-        meta = enc[subject][model]
-
-        def load():
-            try:
-                return EncodingModel.load(self.reg, model, subject, self.store_uri)
-            except RegistryError as e:
-                raise self._unservable(e, f"model {model}/{subject} cannot be served: {e}") from None
-
-        return model, meta, self._cached(("encoder", model, subject), load)
+        base = _base(model)
+        if base not in enc[subject]:
+            raise ServingError(404, f"no encoding model {base!r} for {subject}; its models: {_listing(enc[subject])}")
+        rec = self._resolve(model_ref(model, subject), f"encoding model {base} of {subject}")
+        if rec.meta.get("kind") in NON_ENCODER_KINDS:
+            raise ServingError(404, f"{rec.ref} is a {rec.meta.get('kind')}, not an encoding model")
+        return base, rec.meta, self._model(rec)
 
     # ------------------------------------------------------------------------------------------ encode
     def _designs(self, em, tables: list[str], *, stimulus_id=None, embedding=None,
@@ -274,12 +349,13 @@ class LocalBackend:
 
     @_served
     def image_tables(self, subject: str, model: str | None = None) -> dict:
-        """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"store", "tables"}``
-        (422 when a table is not made from images)."""
+        """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"model", "store", "tables"}``
+        (422 when a table is not made from images); ``model`` names the version (``NAME@3``), so that the encode
+        call that follows uses the same one."""
         model, _, em = self._encoder(subject, model)
         tables = sorted(em.table_names())
         self._image_metas(em.store, tables)
-        return {"model": model, "store": em.store.uri, "tables": tables}
+        return {"model": f"{model}@{em.record.version}", "store": em.store.uri, "tables": tables}
 
     @_served
     def embed_images(self, store: str, tables: list[str], images: list[bytes]) -> list:
@@ -350,7 +426,8 @@ class LocalBackend:
                 idx = np.flatnonzero(regions[roi])
                 P, vertices[h] = P[:, idx], idx.tolist()
             out[h] = P
-        return {"model": model, "subject": subject, "responses": out, "vertices": vertices or None}
+        return {"model": model, "model_version": em.record.ref, "subject": subject, "responses": out,
+                "vertices": vertices or None}
 
     # ------------------------------------------------------------------------------------------ decode
     @_served
@@ -360,9 +437,7 @@ class LocalBackend:
 
         ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
         (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
-        from ..fitting import AdaptorModel, Decoder
-
-        dec = self.catalog()["decoders"]
+        dec = self._snapshot()["decoders"]
         mine = {m: d for m, d in dec.items() if subject in d["subjects"]}
         if not mine:
             subjects = sorted({s for d in dec.values() for s in d["subjects"]})
@@ -372,28 +447,31 @@ class LocalBackend:
             if len(mine) > 1:
                 raise ServingError(422, f"{subject} has several decoding models ({_listing(mine)}); name one in model")
             model = next(iter(mine))
-        elif model not in mine:
-            raise ServingError(404, f"no decoding model {model!r} for {subject}; its decoding models: {_listing(mine)}")
-        info = mine[model]
-        target = target or info["targets"][0]
-        if target not in info["targets"]:
-            raise ServingError(404, f"{model!r} decodes into {', '.join(info['targets'])}, not {target!r}")
+        if _base(model) not in mine:
+            raise ServingError(404, f"no decoding model {_base(model)!r} for {subject}; its decoding models: "
+                                    f"{_listing(mine)}")
+        info = mine[_base(model)]
+        rec = self._resolve(model_ref(model, "shared" if info["kind"] == "adaptor" else subject),
+                            f"decoding model {_base(model)}" + ("" if info["kind"] == "adaptor" else f" of {subject}"))
+        model, targets = _base(model), list(rec.meta.get("targets") or [rec.meta.get("target")])
+        target = target or targets[0]
+        if target not in targets:
+            raise ServingError(404, f"{rec.ref!r} decodes into {', '.join(targets)}, not {target!r}")
+        if rec.meta.get("kind") not in ("decoder", "adaptor") or subject not in rec.meta.get("subjects", [subject]):
+            raise ServingError(404, f"{rec.ref} is not a decoding model of {subject}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
             raise ServingError(422, f"top_k must be an integer from 1 to 100; got {top_k!r}")
         try:
-            if info["kind"] == "decoder":
-                d = self._cached(("decoder", model, subject),
-                                 lambda: Decoder.load(self.reg, f"{model}/{subject}", self.store_uri))
+            if rec.meta["kind"] == "decoder":
+                d = self._model(rec)
                 voxels, fs = d.voxels, d.store
             else:
-                am, fs = self._cached(("adaptor", model), lambda: (
-                    AdaptorModel.load(self.reg, f"{model}/shared", self.store_uri),
-                    self._store(self.reg.record(f"{model}/shared").meta.get("store"))))
+                am, fs = self._model(rec)
                 voxels = am.voxels[subject]
             R = self._response_rows(responses, voxels, model, subject, info.get("dataset"))
             check_voxels(R, sum(len(v) for v in voxels.values()), voxels, model, subject)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the error below, not a warning
-                E = d.decode(R) if info["kind"] == "decoder" else am.decode(subject, R)[target]
+                E = d.decode(R) if rec.meta["kind"] == "decoder" else am.decode(subject, R)[target]
                 E = check_finite_output(np.asarray(E, dtype=np.float32), model=model, field="responses")
         except RegistryError as e:
             raise self._unservable(e, f"decoding model {model} cannot be served: {e}") from None
@@ -403,7 +481,8 @@ class LocalBackend:
                             "dataset)") from None
         ids, sims = self.index(fs, target).search(E, top_k)
         captions = self._captions(info.get("dataset"), {i for row in ids for i in row})
-        out = {"model": model, "subject": subject, "target": target, "table_rows": fs.info(target).rows,
+        out = {"model": model, "model_version": rec.ref, "subject": subject, "target": target,
+               "table_rows": fs.info(target).rows,
                "results": [[{"stimulus_id": i, "score": float(s), "caption": captions.get(i)}
                             for i, s in zip(row, srow)] for row, srow in zip(ids, sims)]}
         if return_embedding:
@@ -456,7 +535,7 @@ class LocalBackend:
         """The stored stimuli whose predicted mean response in ``roi`` is highest (selectivity)."""
         from ..fitting import explain_roi
 
-        enc = self.catalog()["encoders"]
+        enc = self._snapshot()["encoders"]
         subjects = sorted(s for s, ms in enc.items() if model in ms)
         if not subjects:
             names = {m for ms in enc.values() for m in ms}

@@ -24,12 +24,14 @@ class ServeConfigError(ValueError):
 
 
 def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-                 token_env: str | None = None, request_timeout_s: float = 30.0) -> dict:
+                 token_env: str | None = None, request_timeout_s: float = 30.0, refresh_s: float | None = None) -> dict:
     """A Serve deploy config for the brainstore application (deployment options: ``DEFAULT_OPTIONS``).
 
     ``request_timeout_s``: the app answers a request it cannot finish in time with 503 + ``Retry-After``;
-    Serve's proxy gives up 5 s later (its own 408, the outer bound)."""
+    Serve's proxy gives up 5 s later (its own 408, the outer bound). ``refresh_s``: seconds between two
+    resolutions of bare model names and aliases (written only when given; default 2)."""
     from ._deploy import APP_NAME, DEFAULT_OPTIONS
+    from ._routing import check_refresh
 
     def absolute(uri) -> str:  # `serve run` starts replicas elsewhere: local folders as absolute paths
         return str(uri) if "://" in str(uri) else str(Path(uri).resolve())
@@ -39,6 +41,8 @@ def serve_config(registry: str, store: str | None = None, *, host: str = "127.0.
         args["store"] = absolute(store)
     if token_env:
         args["token_env"] = token_env
+    if refresh_s is not None:
+        args["refresh_s"] = check_refresh(refresh_s)
     deployments = [{"name": name, **copy.deepcopy(opts)} for name, opts in DEFAULT_OPTIONS.items()]
     return {
         "proxy_location": "HeadOnly",
@@ -116,7 +120,14 @@ def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
         raise ServeConfigError(f"{where}: no application with import_path {IMPORT_PATH}")
     from ._deploy import DEFAULT_OPTIONS
 
+    from ._routing import check_refresh
+
     for a in apps:
+        if "refresh_s" in (a.get("args") or {}):
+            try:
+                check_refresh(a["args"]["refresh_s"])
+            except ValueError as e:
+                raise ServeConfigError(f"{where}: applications.args.{e}") from None
         limits = (a.get("args") or {}).get("limits")
         if limits is not None:
             from ._app import Limits
@@ -172,7 +183,7 @@ def _brainstore_apps(cfg: dict) -> list[dict]:
 
 
 def app_args(cfg: dict) -> dict:
-    """The ``args`` of a checked config's brainstore application (registry, store, token_env, limits)."""
+    """The ``args`` of a checked config's brainstore application (registry, store, token_env, limits, refresh_s)."""
     return dict(_brainstore_apps(cfg)[0].get("args") or {})
 
 

@@ -23,6 +23,7 @@ from ._app import Limits, check_token, make_app
 from ._backend import LocalBackend
 from ._codec import ServingError
 from ._outage import outage
+from ._routing import DEFAULT_REFRESH_S, check_refresh
 
 __all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "HandleBackend", "APP_NAME"]
 
@@ -173,22 +174,23 @@ class _Subject:
 
     def __del__(self):
         b = self.backend
-        with b._lock:
-            for key in [k for k in b._models if k[0] == "encoder" and k[2] == self.subject]:
+        with b._lock:  # keys ("encoder", "MODEL/SUBJECT@VERSION")
+            for key in [k for k in b._models if k[0] == "encoder" and k[1].rpartition("@")[0].endswith(f"/{self.subject}")]:
                 b._models.pop(key, None)
 
 
 @serve.deployment(name="Encoder")
 class Encoder:
-    def __init__(self, registry: str, store: str | None = None, max_models: int = 16):
-        self.backend = LocalBackend(registry, store, max_models=max_models)
+    def __init__(self, registry: str, store: str | None = None, max_models: int = 16,
+                 refresh_s: float = DEFAULT_REFRESH_S):
+        self.backend = LocalBackend(registry, store, max_models=max_models, refresh_s=refresh_s)
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def subject(self, subject: str) -> _Subject:
         return await asyncio.to_thread(_Subject, self.backend, subject)
 
     async def _ensure(self, subject: str) -> None:
-        if subject not in self.backend.catalog()["encoders"]:  # refused here, not as a failed model load
+        if subject not in self.backend._snapshot()["encoders"]:  # refused here, not as a failed model load
             self.backend._encoder(subject, None)
         if serve.get_multiplexed_model_id() == subject:
             await self.subject(subject)
@@ -221,8 +223,9 @@ class Encoder:
 
 @serve.deployment(name="Decoder")
 class Decoder:
-    def __init__(self, registry: str, store: str | None = None, max_memory_rows: int = 100_000):
-        self.backend = LocalBackend(registry, store, max_memory_rows=max_memory_rows)
+    def __init__(self, registry: str, store: str | None = None, max_memory_rows: int = 100_000,
+                 refresh_s: float = DEFAULT_REFRESH_S):
+        self.backend = LocalBackend(registry, store, max_memory_rows=max_memory_rows, refresh_s=refresh_s)
 
     @_answers
     async def decode(self, subject: str, responses, **kw) -> dict:
@@ -284,12 +287,15 @@ class Ingress:
 
 
 def build_app(registry: str, store: str | None = None, *, token: str | None = None, limits: dict | None = None,
-              options: dict | None = None):
+              options: dict | None = None, refresh_s: float = DEFAULT_REFRESH_S):
     """The bound Serve application (``serve.run(build_app(...), name=APP_NAME, route_prefix="/")``).
 
     ``options``: per deployment name, Serve deployment options (``num_replicas``, ``autoscaling_config``,
     ``ray_actor_options``, ``max_ongoing_requests``, ``max_queued_requests``...) over :data:`DEFAULT_OPTIONS`.
+    ``refresh_s``: seconds between two resolutions of bare model names and aliases in each Encoder and Decoder
+    replica (moving ``champion`` switches the answers within about this time, with no restart).
     """
+    refresh_s = check_refresh(refresh_s)
     opts = {}
     for k, v in DEFAULT_OPTIONS.items():  # ray_actor_options merged key by key (num_cpus alone keeps the env)
         mine = (options or {}).get(k, {})
@@ -317,24 +323,25 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
     from ..features import registered_clip_configs
 
     registry, store = str(registry), str(store) if store else None
-    enc = Encoder.options(**opts["Encoder"]).bind(registry, store)
-    dec = Decoder.options(**opts["Decoder"]).bind(registry, store)
+    enc = Encoder.options(**opts["Encoder"]).bind(registry, store, refresh_s=refresh_s)
+    dec = Decoder.options(**opts["Decoder"]).bind(registry, store, refresh_s=refresh_s)
     ext = Extractor.options(**opts["Extractor"]).bind(registry, store, registered_clip_configs())
     return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits)
 
 
 def app_builder(args: dict):
     """The application builder of ``serve run`` / ``serve deploy`` config files: ``args: {registry, store?,
-    token_env?, limits?}`` (the token is read from the environment variable named).
+    token_env?, limits?, refresh_s?}`` (the token is read from the environment variable named).
 
     Configs name it by its public path ``brainstore.serving:app_builder``; this module's path
     (``brainstore.serving._deploy:app_builder``), which configs of earlier versions name, keeps working."""
     import os
 
     args = dict(args or {})
-    unknown = sorted(set(args) - {"registry", "store", "token_env", "limits"})
+    unknown = sorted(set(args) - {"registry", "store", "token_env", "limits", "refresh_s"})
     if unknown:
-        raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, limits")
+        raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, limits, "
+                         "refresh_s")
     if "registry" not in args:
         raise ValueError("brainstore app args need registry (the model registry folder or URI)")
     token = None
@@ -345,4 +352,5 @@ def app_builder(args: dict):
                              "the app is built; set it on every node (e.g. from a Kubernetes Secret) or drop token_env "
                              "and bind 127.0.0.1")
         check_token(token, f"${args['token_env']} (the brainstore app's token_env)")
-    return build_app(args["registry"], args.get("store"), token=token, limits=args.get("limits"))
+    return build_app(args["registry"], args.get("store"), token=token, limits=args.get("limits"),
+                     refresh_s=args.get("refresh_s", DEFAULT_REFRESH_S))

@@ -8,6 +8,7 @@ import time
 
 from .._storage import uri_of
 from ._app import MAKE_TOKEN, Limits, check_token
+from ._routing import DEFAULT_REFRESH_S, check_refresh
 
 __all__ = ["serve", "Service", "LOOPBACK_HOSTS"]
 
@@ -25,8 +26,9 @@ class Service:
     """
 
     def __init__(self, registry: str, store: str | None, *, local: bool, host: str, port: int | None,
-                 token: str | None, limits: Limits, options: dict | None, http_options: dict | None):
-        self.registry, self.store, self.local = registry, store, local
+                 token: str | None, limits: Limits, options: dict | None, http_options: dict | None,
+                 refresh_s: float = DEFAULT_REFRESH_S):
+        self.registry, self.store, self.local, self.refresh_s = registry, store, local, check_refresh(refresh_s)
         self.host, self.token, self.limits, self.options = host, token, limits, options
         self.http_options = dict(http_options or {})
         self.port = port
@@ -46,7 +48,8 @@ class Service:
             from ._app import make_app
             from ._local import LocalServer
 
-            app = make_app(LocalBackend(self.registry, self.store), token=self.token, limits=self.limits)
+            app = make_app(LocalBackend(self.registry, self.store, refresh_s=self.refresh_s), token=self.token,
+                           limits=self.limits)
             self._server = LocalServer(app, host=self.host, port=self.port)
             self.port = self._server.port
             self._server.start()
@@ -70,7 +73,7 @@ class Service:
         serve.start(http_options=HTTPOptions(host=self.host, port=self.port, **{**outer, **extra}),
                     logging_config={"log_level": "WARNING"})
         serve.run(build_app(self.registry, self.store, token=self.token, limits=vars(self.limits),
-                            options=self.options), name=APP_NAME, route_prefix="/")
+                            options=self.options, refresh_s=self.refresh_s), name=APP_NAME, route_prefix="/")
 
     def stop(self) -> None:
         """Stop the service (Ray Serve: shut the application and its proxies down)."""
@@ -94,7 +97,7 @@ class Service:
 
 def serve(registry, store=None, *, local: bool = False, host: str = "127.0.0.1", port: int | None = None,
           token: str | None = None, limits: Limits | dict | None = None, options: dict | None = None,
-          http_options: dict | None = None) -> Service:
+          http_options: dict | None = None, refresh_s: float = DEFAULT_REFRESH_S) -> Service:
     """The registry's encoding and decoding models over HTTP (``/v1/encode``, ``/v1/decode``, ``/docs``).
 
     Parameters
@@ -116,6 +119,12 @@ def serve(registry, store=None, *, local: bool = False, host: str = "127.0.0.1",
         Ray Serve deployment options (replicas, autoscaling, resources), as a serve config holds them.
     http_options : dict, optional
         Further Ray Serve HTTP options.
+    refresh_s : float
+        Seconds between two resolutions of bare model names (their ``champion`` alias, else their latest
+        version) and aliases: moving an alias or saving a new version switches the answers within about this
+        time, with no restart and no failed request (the new version is loaded before it is used; one that
+        cannot be loaded is held back, ``/readyz`` says why). Every answer names its version
+        (``model_version``, header ``X-Brainstore-Model``).
 
     Returns
     -------
@@ -128,4 +137,4 @@ def serve(registry, store=None, *, local: bool = False, host: str = "127.0.0.1",
                          f"`{MAKE_TOKEN}`), or bind 127.0.0.1")
     lim = limits if isinstance(limits, Limits) else Limits(**(limits or {}))
     return Service(uri_of(registry), None if store is None else uri_of(store), local=local, host=host, port=port,
-                   token=token, limits=lim, options=options, http_options=http_options)
+                   token=token, limits=lim, options=options, http_options=http_options, refresh_s=refresh_s)

@@ -21,12 +21,16 @@ def serve_cmd(
     write_config: Optional[Path] = typer.Option(None, "--write-config", help="Write a Serve config file (`serve run` / `serve deploy` take it unchanged) and exit."),
     token_env: str = typer.Option("BRAINSTORE_TOKEN", "--token-env", help="Environment variable holding the bearer token."),
     local: bool = typer.Option(False, "--local", help="Plain uvicorn with the models in this process (no Ray Serve)."),
+    refresh_s: Optional[float] = typer.Option(None, "--refresh-s", help="Seconds between two resolutions of model names and aliases: moving champion or saving a version switches the answers within about this, no restart (default 2)."),
 ) -> None:
     """Serve the registry's encoding and decoding models over HTTP (Ray Serve; /docs for the API)."""
-    from ...serving import Limits, ServeConfigError, app_args, deployment_options, read_serve_config, serve
+    from ...serving import (DEFAULT_REFRESH_S, Limits, ServeConfigError, app_args, deployment_options, read_serve_config,
+                            serve)
 
+    if refresh_s is not None and not refresh_s > 0:
+        fail(f"--refresh-s must be > 0 seconds, got {refresh_s:g}")
     if write_config is not None:
-        return _write_config(write_config, registry, store, host, port, token_env)
+        return _write_config(write_config, registry, store, host, port, token_env, refresh_s)
     cfg = None
     if config is not None:
         try:
@@ -40,8 +44,9 @@ def serve_cmd(
     token = _serve_token(host, token_env)
     if not Path(registry).is_dir() and "://" not in registry:
         fail(f"--registry {registry} does not exist; fit models first (`brainstore fit`) or pass --registry")
+    refresh_s = refresh_s or (app_args(cfg).get("refresh_s") if cfg else None) or DEFAULT_REFRESH_S
     service = serve(registry, store, local=local, host=host, port=port, token=token, limits=limits,
-                    options=deployment_options(cfg) if cfg else None, http_options=http)
+                    options=deployment_options(cfg) if cfg else None, http_options=http, refresh_s=refresh_s)
     _run_service(service, registry, address, token_env)
 
 
@@ -62,7 +67,7 @@ def _serve_token(host: str, token_env: str) -> str | None:
 
 
 def _write_config(path: Path, registry: str, store: str | None, host: str | None, port: int | None,
-                  token_env: str) -> None:
+                  token_env: str, refresh_s: float | None = None) -> None:
     """``--write-config``: the Serve config file (checked by Serve's schema), then exit."""
     import os
 
@@ -73,7 +78,7 @@ def _write_config(path: Path, registry: str, store: str | None, host: str | None
 
     _serve_token(host or "127.0.0.1", token_env)
     cfg = serve_config(registry, store, host=host or "127.0.0.1", port=port or 8000,
-                       token_env=token_env if os.environ.get(token_env) else None)
+                       token_env=token_env if os.environ.get(token_env) else None, refresh_s=refresh_s)
     check_serve_config(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
