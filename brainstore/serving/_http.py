@@ -17,7 +17,7 @@ from ._codec import NPY, ServingError, array_to_npy, encode_array
 from ._outage import RETRY_AFTER_S
 
 __all__ = ["JSON", "MULTIPART", "accepts", "read_body", "body_json", "fields", "str_field", "int_field", "flag",
-           "answer_format", "call", "error", "answer"]
+           "answer_format", "call", "error", "answer", "MODEL_HEADER"]
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -168,9 +168,14 @@ def _finite_json(obj) -> bool:
     return True
 
 
+#: The header naming the model version (``NAME@VERSION``) that produced an answer (also its ``model_version``).
+MODEL_HEADER = "X-Brainstore-Model"
+
+
 def answer(request, payload: dict, arrays: dict[str, np.ndarray], fmt: str, field: str):
     """JSON (arrays as ``fmt``) or npy; refused 422 naming the input ``field`` when any value would be NaN
-    or infinite as sent (float32), whatever the model let through."""
+    or infinite as sent (float32), whatever the model let through. A payload's ``model_version`` is also
+    sent as the :data:`MODEL_HEADER` header (npy answers too)."""
     from fastapi.responses import JSONResponse, Response
 
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the refusal below, not a warning
@@ -181,9 +186,10 @@ def answer(request, payload: dict, arrays: dict[str, np.ndarray], fmt: str, fiel
         raise ServingError(422, f"{field}: the answer would hold NaN or infinite values{where}; the input is far "
                                 "outside the range the model was fitted on: send values on the scale of its "
                                 "training data")
+    version = {MODEL_HEADER: payload["model_version"]} if payload.get("model_version") else {}
     if NPY in request.headers.get("accept", "") and arrays:
         names = list(arrays)
         A = np.concatenate([np.atleast_2d(arrays[n]) for n in names], axis=1)
-        hdr = {"X-Brainstore-Columns": ",".join(f"{n}:{np.atleast_2d(arrays[n]).shape[1]}" for n in names)}
+        hdr = {"X-Brainstore-Columns": ",".join(f"{n}:{np.atleast_2d(arrays[n]).shape[1]}" for n in names), **version}
         return Response(array_to_npy(A), media_type=NPY, headers=hdr)
-    return JSONResponse({**payload, **{k: encode_array(v, fmt) for k, v in arrays.items()}})
+    return JSONResponse({**payload, **{k: encode_array(v, fmt) for k, v in arrays.items()}}, headers=version)

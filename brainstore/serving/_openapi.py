@@ -23,6 +23,12 @@ _STIMULUS_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127
 _FORMAT = {"type": "string", "enum": ["b64", "list"], "default": "b64",
            "description": "How answer arrays travel: encoded arrays (b64) or nested lists."}
 _HEMI = {"type": ["string", "null"], "enum": ["lh", "rh", None]}
+_MODEL = {"type": ["string", "null"], "minLength": 1, "maxLength": 256,
+          "description": "NAME (what its bare name serves: its champion alias when set, else its latest version), "
+                         "NAME@3 (that version) or NAME@ALIAS (what the alias points at)."}
+_VERSION = {"type": "string", "examples": ["img/subj01@3"],
+            "description": "The registry version that produced the answer (NAME@VERSION); also the "
+                           "X-Brainstore-Model header."}
 
 COMPONENTS: dict[str, dict] = {
     "Error": {
@@ -57,7 +63,8 @@ COMPONENTS: dict[str, dict] = {
                        "tables side by side, or one per table), or an uploaded image (multipart).",
         "properties": {
             "subject": {**_NAME, "examples": ["subj01"]},
-            "model": {**_OPT, "description": "Encoding model (default: the subject's best by validation)."},
+            "model": {**_MODEL, "description": "Encoding model (default: the subject's best by validation): "
+                                               + _MODEL["description"]},
             "hemisphere": {**_HEMI, "description": "One hemisphere only (default: every one of the model)."},
             "roi": {**_OPT, "description": "A named ROI: only its vertices, and which they are."},
             "stimulus_id": {"anyOf": [_STIMULUS_ID, {"type": "array", "items": _STIMULUS_ID, "minItems": 1,
@@ -90,7 +97,8 @@ COMPONENTS: dict[str, dict] = {
                                "takes its voxels); as /v1/encode answers."}],
                 "description": "Response vectors: the decoder's voxels, lh then rh (one row per vector), or "
                                "{lh, rh}."},
-            "model": {**_OPT, "description": "Decoding model (default: the subject's only one)."},
+            "model": {**_MODEL, "description": "Decoding model (default: the subject's only one): "
+                                               + _MODEL["description"]},
             "target": {**_OPT, "description": "Feature table to decode into (default: the model's first)."},
             "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
             "return_embedding": {"type": "boolean", "default": False},
@@ -108,10 +116,10 @@ COMPONENTS: dict[str, dict] = {
         },
     },
     "EncodeAnswer": {
-        "type": "object", "required": ["model", "subject", "shape"],
+        "type": "object", "required": ["model", "model_version", "subject", "shape"],
         "description": "Predicted responses per hemisphere (lh, rh: arrays of shape (n stimuli, n vertices)).",
         "properties": {
-            "model": {"type": "string"}, "subject": {"type": "string"},
+            "model": {"type": "string"}, "model_version": _VERSION, "subject": {"type": "string"},
             "shape": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
             "vertices": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}},
                          "description": "With roi: the vertex indices answered, per hemisphere."},
@@ -119,9 +127,10 @@ COMPONENTS: dict[str, dict] = {
         },
     },
     "DecodeAnswer": {
-        "type": "object", "required": ["model", "subject", "target", "table_rows", "results"],
+        "type": "object", "required": ["model", "model_version", "subject", "target", "table_rows", "results"],
         "properties": {
-            "model": {"type": "string"}, "subject": {"type": "string"}, "target": {"type": "string"},
+            "model": {"type": "string"}, "model_version": _VERSION, "subject": {"type": "string"},
+            "target": {"type": "string"},
             "table_rows": {"type": "integer", "description": "Stimuli searched (the whole target table)."},
             "results": {"type": "array", "description": "Per response vector, the top_k stimuli, best first.",
                         "items": {"type": "array", "items": {
@@ -146,10 +155,31 @@ COMPONENTS: dict[str, dict] = {
         "type": "object", "required": ["encoders", "decoders"],
         "properties": {
             "encoders": {"type": "object", "description": "{subject: {model: {kind, features, dataset, val_score, "
-                                                          "hemispheres}}}",
+                                                          "hemispheres, model_version}}}: what each bare name serves",
                          "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}}},
-            "decoders": {"type": "object", "description": "{model: {kind, targets, subjects, dataset}}",
+            "decoders": {"type": "object", "description": "{model: {kind, targets, subjects, dataset, "
+                                                          "model_versions: {subject: NAME@VERSION}}}",
                          "additionalProperties": {"type": "object"}},
+            "models": {"type": "object", "description": "Per registry name (MODEL/SUBJECT, MODEL/shared): its "
+                                                        "versions, aliases, and the version its bare name serves now.",
+                       "additionalProperties": _ref("ModelVersions")},
+        },
+    },
+    "ModelVersions": {
+        "type": "object", "required": ["serving", "aliases", "versions"],
+        "properties": {
+            "kind": {"type": ["string", "null"]},
+            "serving": {"type": "integer", "description": "The version the bare name serves now."},
+            "aliases": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "{alias: version}"},
+            "versions": {"type": "array", "items": {
+                "type": "object", "required": ["version"],
+                "properties": {"version": {"type": "integer"}, "created": {"type": ["string", "null"]},
+                               "val_score": {"type": ["number", "null"]},
+                               "aliases": {"type": "array", "items": {"type": "string"}}}}},
+            "held": {"type": "object", "description": "A newer version the name should serve but that cannot be "
+                                                      "loaded: the older one keeps serving.",
+                     "properties": {"wanted": {"type": "integer"}, "error": {"type": "string"}}},
         },
     },
     "Ready": {
@@ -157,7 +187,12 @@ COMPONENTS: dict[str, dict] = {
         "properties": {"status": {"type": "string", "enum": ["ready"]}, "encoders": {"type": "integer"},
                        "decoders": {"type": "integer"}, "models_checked": {"type": "integer"},
                        "stores": {"type": "array", "items": {"type": "string"}},
-                       "deployments": {"type": "array", "items": {"type": "string"}}},
+                       "deployments": {"type": "array", "items": {"type": "string"}},
+                       "held": {"type": "array", "description": "Versions held back (they cannot be loaded): each "
+                                                               "name keeps serving its older version.",
+                                "items": {"type": "object", "properties": {
+                                    "model": {"type": "string"}, "serving": {"type": "string"},
+                                    "wanted": {"type": "string"}, "error": {"type": "string"}}}}},
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}},
 }
@@ -166,7 +201,8 @@ COMPONENTS: dict[str, dict] = {
 ERROR_STATUSES = {
     400: "Malformed body: JSON that does not parse, a broken multipart body or .npy file, an unreadable image.",
     401: "Missing or wrong bearer token (Authorization: Bearer <token>).",
-    404: "Unknown subject, model, stimulus id, ROI or feature table (the message lists the known ones).",
+    404: "Unknown subject, model, model version or alias, stimulus id, ROI or feature table (the message lists "
+         "the known ones).",
     406: "An npy answer (Accept: application/x-npy) where the answer holds no array.",
     413: "Body, image or array above the service's limits.",
     415: "A Content-Type the route does not read (the message names the accepted ones).",
@@ -204,7 +240,7 @@ _ROUTES: dict[str, dict] = {
     "/v1/encode": {
         "ok": ("EncodeAnswer", "Predicted responses (JSON, or with Accept: application/x-npy one (n, columns) "
                                "float32 array whose X-Brainstore-Columns header says hemisphere:columns)."),
-        "npy": True,
+        "npy": True, "versioned": True,
         "errors": [400, 404, 413, 415, 422, 503],
         "extra": {"requestBody": {"required": True, "content": {
             **_json_body("EncodeRequest", {"subject": "subj01", "stimulus_id": "nsd-00012"}),
@@ -215,7 +251,7 @@ _ROUTES: dict[str, dict] = {
     "/v1/decode": {
         "ok": ("DecodeAnswer", "The top_k stimuli of the whole target table per response vector (and, with "
                                "return_embedding, the decoded embeddings; as npy with Accept: application/x-npy)."),
-        "npy": True,
+        "npy": True, "versioned": True,
         "errors": [400, 404, 406, 413, 415, 422, 503],
         "extra": {
             "requestBody": {"required": True, "content": {
@@ -255,6 +291,9 @@ def route_docs(path: str, *, token: bool) -> dict:
         ok = {"description": text, "content": {"application/json": {"schema": _ref(name)}}}
     if spec.get("npy"):
         ok["content"][NPY] = {"schema": {"type": "string", "format": "binary"}}
+    if spec.get("versioned"):
+        ok["headers"] = {"X-Brainstore-Model": {"description": "The model version that answered (NAME@VERSION).",
+                                                "required": True, "schema": {"type": "string"}}}
     errors = sorted(set(spec["errors"]) | ({401} if token and path != "/healthz" else set()))
     return {"responses": {200: ok, **{s: _error(s) for s in errors}}, "openapi_extra": spec.get("extra")}
 

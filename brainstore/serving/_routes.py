@@ -56,7 +56,7 @@ async def encode(request: Request):
     out = await call(request, request.app.state.backend.encode, subject, model=str_field(q, "model"),
                      hemisphere=str_field(q, "hemisphere"), roi=str_field(q, "roi"), stimulus_id=q.get("stimulus_id"),
                      embedding=emb, image=image)
-    payload = {k: out[k] for k in ("model", "subject")}
+    payload = {k: out[k] for k in ("model", "model_version", "subject") if k in out}
     payload["shape"] = {h: list(np.shape(v)) for h, v in out["responses"].items()}
     if out.get("vertices"):
         payload["vertices"] = out["vertices"]
