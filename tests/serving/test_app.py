@@ -251,13 +251,13 @@ def test_readyz_proves_models_loadable_and_sees_a_changed_weights_file(served, t
     try:
         r = requests.get(f"{u}/readyz", timeout=60)
         assert r.status_code == 200 and r.json()["models_checked"] == 6, r.text
-        victim = sorted(reg.glob("*/*/model.safetensors"))[0]
+        victim = sorted(reg.glob("*/*/@*/model.safetensors"))[0]  # <name>/@<version>/
         data = bytearray(victim.read_bytes())
         data[-1] ^= 0xFF
         victim.write_bytes(bytes(data))
         r = requests.get(f"{u}/readyz", timeout=60)
         assert r.status_code == 503, r.text
-        name = victim.parent.relative_to(reg).as_posix()
+        name = victim.parent.parent.relative_to(reg).as_posix()
         assert name in r.json()["error"] and "sha256" in r.json()["error"], r.text
         assert requests.get(f"{u}/healthz", timeout=10).status_code == 200
     finally:
