@@ -81,6 +81,21 @@ class TableVersions:
                 for v in sorted(ds.versions(), key=lambda v: int(v["version"]))]
 
     @_io
+    def version_id(self, feature: str, version: int | None = None) -> str:
+        """What ``version`` of ``feature`` (default the latest) holds, as a sha256 of its manifest's fragments (data
+        and deletion files, which Lance names uniquely per write): two versions with one id hold the same rows,
+        and version N of a re-created table never has the id of the dropped table's version N. Reads the manifest
+        only (no rows)."""
+        from .._provenance import sha256
+
+        parts = []
+        for f in self._dataset(feature, version).get_fragments():
+            m = f.metadata
+            deletion = m.deletion_file.json() if m.deletion_file is not None else ""
+            parts.append(f"{m.id}|{','.join(d.path for d in m.files)}|{deletion}".encode())
+        return sha256(parts)
+
+    @_io
     def pin(self, feature: str, version: int) -> str:
         """Tag ``version`` of ``feature`` (``brainstore-v{version}``) so cleanup and compaction keep it; returns
         the tag's name. Pinning a pinned version does nothing."""

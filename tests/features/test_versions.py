@@ -110,11 +110,22 @@ def test_a_re_created_table_loses_its_pins_and_restarts_versions(tmp_path):
     fs = FeatureStore(tmp_path / "store")
     _table(fs)
     fs.pin("t", 2)
+    old_id = fs.version_id("t", 2)
     fs.drop("t")
     fs.ensure_table("t", 3, META)
     fs.write("t", ["a", "b"], -A)
     assert fs.version("t") == 2 and fs.pinned("t") == []
     np.testing.assert_array_equal(fs.load("t", ["a", "b"], version=2), -A)  # the same number, other content
+    assert fs.version_id("t", 2) != old_id  # ... which the version's content id tells apart
+
+
+def test_version_ids_follow_content(tmp_path):
+    fs = FeatureStore(tmp_path / "store")
+    _table(fs)
+    v2 = fs.version_id("t", 2)
+    assert fs.version_id("t") == v2 == fs.version_id("t", 2) and len(v2) == 64
+    _rewrite_a(fs.uri, 9.0)  # an update: new data and deletion files
+    assert fs.version_id("t") not in (v2, fs.version_id("t", 1)) and fs.version_id("t", 2) == v2
 
 
 def test_pin_and_read_at_a_version_on_s3(s3_server, monkeypatch):  # noqa: F811

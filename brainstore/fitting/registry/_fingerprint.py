@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,7 +63,12 @@ def _hash(ids: Sequence[str], emb: np.ndarray) -> str:
     return sha256(["\n".join(ids).encode(), np.ascontiguousarray(emb, dtype=np.float32).tobytes()])
 
 
-@dataclass
+#: Table versions in memory, {(store, table, version, version id): _Rows}, alive while a model holds them.
+_SHARED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+@dataclass(eq=False)
 class _Rows:
     """One version of a table in memory: its ids' rows and embeddings (storage dtype)."""
 
@@ -73,6 +79,20 @@ class _Rows:
 
     @classmethod
     def read(cls, fs: FeatureStore, table: str, version: int) -> "_Rows":
+        """``version`` of ``table``, read once per process while a model holds it (models of many subjects, or
+        served side by side, share one copy). The key holds the version's content id (``fs.version_id``): a
+        re-created table, whose numbers restart, is read again."""
+        key = (fs.uri, table, int(version), fs.version_id(table, version))
+        with _SHARED_LOCK:
+            rows = _SHARED.get(key)
+        if rows is None:
+            rows = cls._read(fs, table, version)
+            with _SHARED_LOCK:
+                rows = _SHARED.setdefault(key, rows)
+        return rows
+
+    @classmethod
+    def _read(cls, fs: FeatureStore, table: str, version: int) -> "_Rows":
         tbl = fs.read(table, ("stimulus_id", "embedding"), version=version)
         col = tbl.column("embedding").combine_chunks()
         dim = tbl.schema.field("embedding").type.list_size

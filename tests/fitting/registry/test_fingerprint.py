@@ -255,6 +255,10 @@ def test_a_re_created_table_is_verified_by_content_not_by_its_version_number(pin
             fs.write(txt, ids[i:i + step], E[i:i + step])
         assert fs.version(txt) > pinned and fs.pinned(txt) == []
 
+    before = EncodingModel.load(reg, "txt", "subj01", fs).tables[txt]
+    assert before.pinned and before.version == pinned
+    # loads of the same table version share one copy in memory (here two loads; in evaluate, many subjects)
+    assert EncodingModel.load(reg, "txt", "subj01", fs).tables[txt]._rows is before._rows
     recreate(emb)  # the same rows: the model reads the latest version, which holds them
     em = EncodingModel.load(reg, "txt", "subj01", fs)
     assert not em.tables[txt].pinned and em.tables[txt].version == fs.version(txt)
