@@ -49,6 +49,15 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
     r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--host", "0.0.0.0"],
                            env={"BRAINSTORE_TOKEN": ""})
     assert r.exit_code == 2 and "BRAINSTORE_TOKEN" in r.output
+    # how often names and aliases are resolved again: written into the app's args, checked when read
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--write-config", str(out),
+                                 "--refresh-s", "0.5"])
+    assert r.exit_code == 0 and yaml.safe_load(out.read_text())["applications"][0]["args"]["refresh_s"] == 0.5
+    cfg["applications"][0]["args"]["refresh_s"] = 0
+    del enc["autoscaling_config"]["max_replica"]
+    bad.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--config", str(bad)])
+    assert r.exit_code == 2 and "refresh_s must be a number of seconds > 0" in r.output.replace("\n", ""), r.output
 
 
 def _run_until_ready(args: list[str], url: str, env: dict) -> subprocess.Popen:
