@@ -28,8 +28,9 @@ from .encoding import (EncodingModel, FitRun, best_model, compose, covering_feat
                        subject_stimuli, validation_folds, validation_r)
 from .registry import (NON_ENCODER_KINDS, GcReport, ModelRecord, ModelRegistry, RegistryError, collect_garbage, model_ref,
                        parse_ref, run_dir, safe_name)
-from .reports import (CortexMaps, DecodedSubject, Evaluation, ExplainedStimulus, Explanation, check_encoder_name,
-                      comparison_rows, decode_test, evaluate, evaluate_registered, explain_roi, mean_noise_ceiling,
+from .reports import (CortexMaps, DecodedSubject, Evaluation, ExplainedStimulus, Explanation, Lineage,
+                      LineageLink, check_encoder_name, comparison_rows, decode_test, evaluate, evaluate_registered,
+                      explain_roi, lineage, mean_noise_ceiling,
                       predict, read_cortex_maps, report_families, row_families, score_submission, score_subject,
                       split_rows, write_contact_sheet, write_cortex_maps, write_decoding_plot, write_html_report,
                       write_predictions, write_report, write_split_plot)
@@ -73,6 +74,8 @@ __all__ = [
     "check_encoder_name",
     "comparison_rows", "write_report", "write_predictions", "evaluate_registered", "run_dir",
     "report_families", "row_families", "split_rows", "write_split_plot", "write_decoding_plot",
+    # lineage: dataset -> feature table version -> fit -> model version -> aliases -> services
+    "lineage", "Lineage", "LineageLink",
 ]
 
 

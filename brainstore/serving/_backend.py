@@ -287,8 +287,9 @@ class LocalBackend:
             versions, aliases = [], {}
         said = f"version {sel}" if isinstance(sel, int) else f"alias {sel!r}" if sel else "served version"
         shown = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
-        return ServingError(404, f"{what} has no {said} ({name}); its versions: {', '.join(map(str, versions)) or 'none'}; "
-                                 f"aliases: {shown} (ask MODEL@VERSION or MODEL@ALIAS)")
+        listed = ", ".join(map(str, versions)) or "none"
+        return ServingError(404, f"{what} has no {said} ({name}); its versions: {listed}; aliases: {shown} (ask "
+                                 "MODEL@VERSION or MODEL@ALIAS)")
 
     def _encoder(self, subject: str, model: str | None):
         """``(model name, the version's meta, EncodingModel)`` of ``model`` for ``subject``: ``None`` the subject's

@@ -145,7 +145,9 @@ class HandleBackend:
     async def ready(self) -> dict:
         enc, dec = await asyncio.gather(_remote(lambda: self.encoder.ready.remote()),
                                         _remote(lambda: self.decoder.ready.remote()))
-        return {**enc, "deployments": ["Ingress", "Extractor", "Encoder", "Decoder"]}
+        held = enc.get("held", []) + [h for h in dec.get("held", []) if h not in enc.get("held", [])]
+        deployments = ["Ingress", "Extractor", "Encoder", "Decoder"]
+        return {**enc, **({"held": held} if held else {}), "deployments": deployments}
 
     async def encode(self, subject: str, *, image: bytes | None = None, **kw) -> dict:
         h = self.encoder.options(multiplexed_model_id=subject)
@@ -174,8 +176,9 @@ class _Subject:
 
     def __del__(self):
         b = self.backend
+        mine = f"/{self.subject}"
         with b._lock:  # keys ("encoder", "MODEL/SUBJECT@VERSION")
-            for key in [k for k in b._models if k[0] == "encoder" and k[1].rpartition("@")[0].endswith(f"/{self.subject}")]:
+            for key in [k for k in b._models if k[0] == "encoder" and k[1].rpartition("@")[0].endswith(mine)]:
                 b._models.pop(key, None)
 
 
@@ -211,7 +214,7 @@ class Encoder:
 
     @_answers
     async def catalog(self) -> dict:
-        return self.backend.catalog()
+        return await asyncio.to_thread(self.backend.catalog)  # (may resolve names and list every version)
 
     @_answers
     async def ready(self) -> dict:
@@ -340,8 +343,8 @@ def app_builder(args: dict):
     args = dict(args or {})
     unknown = sorted(set(args) - {"registry", "store", "token_env", "limits", "refresh_s"})
     if unknown:
-        raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, limits, "
-                         "refresh_s")
+        raise ValueError(f"unknown brainstore app arg(s) {', '.join(unknown)}; args: registry, store, token_env, "
+                         "limits, refresh_s")
     if "registry" not in args:
         raise ValueError("brainstore app args need registry (the model registry folder or URI)")
     token = None

@@ -15,7 +15,8 @@ Sections, each computed from the dataset, the registry and the metrics:
    per subject and decoding model (ridge decoders and adaptors): a table and a plot;
 4. decoded captions beside the true ones for a few test images (decoders into a caption table);
 5. banded models' split of the test r between feature spaces;
-6. provenance: package versions, every feature table the models use with its metadata (a RANDOM
+6. lineage: per model and subject version, its chain from the dataset to the services (``_html_lineage``);
+7. provenance: package versions, every feature table the models use with its metadata (a RANDOM
    WEIGHTS badge for ``pretrained=none`` tables), the dataset and its summary, registry and store,
    creation time and the caller's ``provenance_extra``.
 """
@@ -160,6 +161,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
     from ..._paths import check_folder
     from ..decoding import decoding_models, evaluate_decoders
     from ..registry import ModelRegistry
+    from ._html_lineage import section_lineage, versioned_records
     from ._html_maps import section_maps
     from ._report import evaluate_registered
 
@@ -179,6 +181,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
     by_model: dict[str, list] = {}
     for r in recs:
         by_model.setdefault(r.meta.get("model", r.name.split("/")[0]), []).append(r)
+    by_model.update(versioned_records(reg, metrics))  # "clip@2": what that version recorded
     kinds = dict(kinds or {})
     for m in metrics:
         if m not in kinds and m in by_model:
@@ -198,6 +201,7 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
             ("retrieval", "Retrieval from decoded embeddings", _section_retrieval(decoders, dmodels)),
             ("captions", "Decoded captions", _section_captions(ds, reg, store, decoders, dmodels)),
             ("split", "Feature-space contributions (banded models)", _section_split(metrics)),
+            ("lineage", "Lineage", section_lineage(reg, store, by_model, [*metrics, *decoders])),
             ("provenance", "Run provenance", _section_provenance(ds, reg, store, metrics, decoders, by_model, dmodels,
                                                                  created, provenance_extra)),
         ]

@@ -290,6 +290,40 @@ def write_report(metrics: dict, kinds: dict[str, str], test_preds: dict, ds: Alg
     return {"rows": rows, "markdown": md, "named": (names, nrows), "split": srows, "dir": str(out), "best": best}
 
 
+def _model_records(reg: ModelRegistry, ds: AlgonautsDataset, recs: list, models: list[str]) -> list[tuple[str, object]]:
+    """``(model as given, record)`` per subject of each of ``models``: a model name (what each subject's bare name
+    loads), or ``MODEL@3`` / ``MODEL@alias`` (that version of each subject that has it), so two versions of one
+    model are scored side by side; a RegistryError names what is not there."""
+    from ..registry import model_ref
+
+    known = sorted({r.meta["model"] for r in recs})
+    bases = {m: m.rpartition("@")[0] if "@" in m else m for m in models}
+    unknown = [m for m in models if bases[m] not in known]
+    if unknown:
+        raise RegistryError(f"no model {', '.join(map(repr, unknown))} fitted on {ds.root} in registry {reg.root}; "
+                            f"models there: {', '.join(known) or 'none (run `brainstore fit` first)'} (a version: "
+                            "MODEL@3, MODEL@champion)")
+    pairs = []
+    for m in dict.fromkeys(models):
+        if m == bases[m]:
+            pairs += [(m, r) for r in recs if r.meta["model"] == m]
+            continue
+        found, errors = [], []
+        for r in (r for r in recs if r.meta["model"] == bases[m]):
+            try:
+                found.append((m, reg.record(model_ref(m, r.meta["subject"]))))
+            except RegistryError as e:  # this subject lacks that version: left out of the row
+                errors.append(str(e))
+        if not found:
+            raise RegistryError(f"no subject of model {bases[m]!r} has {m!r}: {errors[0] if errors else 'no fit'}")
+        other = [f"{r.ref} ({r.meta.get('dataset')})" for _, r in found if r.meta.get("dataset") != str(ds.root)]
+        if other:
+            raise RegistryError(f"{m!r}: {', '.join(other)} was fitted on another dataset, not {ds.root}; compare "
+                                "versions fitted on the dataset evaluated")
+        pairs += found
+    return pairs
+
+
 def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | FeatureStore | None = None,
                         models: list[str] | None = None, subjects: list[str] | None = None
                         ) -> tuple[dict, dict, dict]:
@@ -297,7 +331,8 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
 
     Test NNMC per ROI family and per named ROI when the dataset has test responses and noise
     ceilings; banded models also get the split of their test r between feature spaces. Validation
-    scores come from the registry. ``store`` None reads each model's own store.
+    scores come from the registry. ``store`` None reads each model's own store. ``models`` may name versions
+    (``["clip@1", "clip@2"]``): each is scored as its own model, keyed as given.
 
     Returns
     -------
@@ -308,22 +343,18 @@ def evaluate_registered(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str 
 
     recs = [r for r in reg.list() if r.meta.get("dataset") == str(ds.root)
             and r.meta.get("kind") not in NON_ENCODER_KINDS]  # encoders only (decoders: evaluate_decoders)
+    pairs = [(r.meta["model"], r) for r in recs]
     if models:
-        known = sorted({r.meta["model"] for r in recs})
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise RegistryError(f"no model {', '.join(map(repr, unknown))} fitted on {ds.root} in registry {reg.root}; "
-                                f"models there: {', '.join(known) or 'none (run `brainstore fit` first)'}")
-        recs = [r for r in recs if r.meta["model"] in models]
+        pairs = _model_records(reg, ds, recs, models)
     if subjects:
-        recs = [r for r in recs if r.meta["subject"] in subjects]
+        pairs = [(m, r) for m, r in pairs if r.meta["subject"] in subjects]
     metrics: dict = {}
     kinds: dict = {}
     test_preds: dict = {}
     loaded: dict = {}
     features: dict = {}
-    for rec in recs:
-        model, s = rec.meta["model"], rec.meta["subject"]
+    for model, rec in pairs:
+        s = rec.meta["subject"]
         ids = subject_stimuli(ds, s, "test")
         em = EncodingModel.load(reg, model, s, store, loaded)
         pred = em.predict(ids, features.setdefault((s, em.store.uri), {}))

@@ -347,7 +347,8 @@ def test_report_renders_in_chromium(evaluated):
     images, width = got["images"], got["width"]
     assert images and all(done and w > 0 for done, w in images), images
     assert got["title"].startswith("brainstore evaluate")
-    assert got["sections"] == ["encoding", "table1", "maps", "retrieval", "captions", "split", "provenance"]
+    assert got["sections"] == ["encoding", "table1", "maps", "retrieval", "captions", "split", "lineage",
+                               "provenance"]
     assert width[0] <= width[1], f"the page is wider than the window: {width}"
 
 
