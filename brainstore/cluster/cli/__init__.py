@@ -7,7 +7,8 @@ make-dataset, info            synthetic datasets; a dataset's summary and proble
 extract, features, weights    feature tables; the extractors' weights                    ``_features``
 fit, evaluate, predict,       encoding models and decoders: fit, score, predict,         ``_fit``
 explain                       selectivity
-models, gc                    versions, aliases; removing what nothing needs             ``_models``
+models, gc, lineage           versions, aliases; removing what nothing needs; where a    ``_models``
+                              version comes from and who serves it
 plot                          any per-vertex array drawn on the cortex                   ``_maps``
 serve                         the models over HTTP                                       ``_serve``
 run, demo                     a pipeline file; the end-to-end demo                       ``_run``
@@ -27,7 +28,7 @@ from ._common import VERBOSE, fail, root
 from ._data import info_cmd, make_dataset_cmd
 from ._features import extract_cmd, features_cmd, weights_list_cmd, weights_pull_cmd
 from ._fit import evaluate_cmd, explain_cmd, fit_cmd, predict_cmd
-from ._models import gc_cmd, models_cmd
+from ._models import gc_cmd, lineage_cmd, models_cmd
 from ._maps import plot_cmd
 from ._run import demo_cmd, run_cmd
 from ._serve import serve_cmd
@@ -61,6 +62,7 @@ app.command("evaluate")(evaluate_cmd)
 app.command("predict")(predict_cmd)
 app.command("models")(models_cmd)
 app.command("gc")(gc_cmd)
+app.command("lineage")(lineage_cmd)
 app.command("plot")(plot_cmd)
 app.command("demo")(demo_cmd)
 app.command("serve")(serve_cmd)

@@ -5,6 +5,7 @@
 date, spec, feature table versions and scores; ``models alias NAME@ALIAS VERSION`` points an alias at a
 version (for every subject of a model given without one), ``--remove`` removes it, ``--expect V`` makes the
 move a compare-and-swap. ``gc --older-than 30d`` removes what no alias, no newer fit and no kept model needs.
+``lineage NAME[@V]`` prints a version's chain from its dataset to the services serving it (``--json``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.markup import escape
 
 from ._common import RegistryOpt, fail, open_registry
 
-__all__ = ["models_cmd", "gc_cmd", "parse_age"]
+__all__ = ["models_cmd", "gc_cmd", "lineage_cmd", "parse_age"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -194,3 +195,62 @@ def gc_cmd(
         console.print(f"{escape(t['table'])} in {escape(t['store'])}: pinned {t['pinned'] or '-'}; "
                       f"{'would unpin' if dry_run else 'unpinned'} {t['unpinned'] or '-'}; "
                       f"removed versions {t['cleaned'] or '-'}")
+
+
+def _lineage_refs(reg, ref: str) -> tuple[list[str], bool]:
+    """The registered references ``ref`` stands for: itself for a registered name (``clip/subj01@2``), else one
+    per subject of a model (``clip@2`` -> ``clip/subj01@2``, ...); and whether it named one registered name."""
+    from ...fitting import parse_ref
+
+    name, sel = parse_ref(ref)
+    names = reg.names_of(name)
+    if names == [name]:
+        return [ref], True
+    return [n + (f"@{ref.rpartition('@')[2]}" if sel is not None else "") for n in names], False
+
+
+def _print_lineage(chain) -> None:
+    from .._console import console
+
+    for depth, link, line in chain.lines():
+        pad = "    " * depth
+        if link is None:
+            console.print(f"{pad}[bold]{escape(line)}[/]", soft_wrap=True)
+            continue
+        kind, _, rest = line.partition(" ")
+        flag = " [yellow]![/]" if link.changed else ""
+        console.print(f"{pad}  [cyan]{escape(kind):<9}[/]{flag} {escape(rest.strip())}", soft_wrap=True)
+        for c in link.changed:
+            console.print(f"{pad}  {'':<9}   [yellow]! {escape(c)}[/]", soft_wrap=True)
+
+
+def lineage_cmd(
+    ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS: a registered name (clip/subj01) or a "
+                                        "model (clip: each subject's fit)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Feature store to check the tables in (default: the "
+                                                              "one each model was fitted with)."),
+    verify: bool = typer.Option(False, "--verify", help="Recompute the dataset's digests and compare them with the "
+                                                        "fit's (reads the responses once)."),
+    max_age: float = typer.Option(30.0, "--max-age", help="Seconds since a service's last heartbeat for it to count "
+                                                          "as serving."),
+    registry: str = RegistryOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object for a name, a list for a model)."),
+) -> None:
+    """Where a model version comes from and where it goes: dataset -> stimulus table -> feature table versions ->
+    fit and run -> model version -> aliases -> the services serving it, with what changed since the fit."""
+    from ...features import FeatureStoreError
+    from ...fitting import RegistryError, lineage
+
+    try:
+        reg = open_registry(registry)
+        refs, single = _lineage_refs(reg, ref)
+        services, cache = reg.services(max_age), {}
+        chains = [lineage(reg, r, store=store, verify_dataset=verify, services=services, cache=cache) for r in refs]
+    except (RegistryError, FeatureStoreError) as e:
+        fail(str(e))
+    if as_json:
+        docs = [c.to_dict() for c in chains]
+        print(json.dumps(docs[0] if single else docs, indent=2))
+        return
+    for chain in chains:
+        _print_lineage(chain)
