@@ -22,6 +22,7 @@ from ray import serve
 from ._app import Limits, check_token, make_app
 from ._backend import LocalBackend
 from ._codec import ServingError
+from ._heartbeat import ingress_heartbeat
 from ._outage import outage
 from ._routing import DEFAULT_REFRESH_S, check_refresh
 
@@ -278,9 +279,15 @@ class Extractor:
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, encoder, decoder, extractor, token: str | None = None, limits: dict | None = None):
+    def __init__(self, encoder, decoder, extractor, token: str | None = None, limits: dict | None = None,
+                 registry: str | None = None):
         self._backend = HandleBackend(encoder, decoder, extractor)
         self._token, self._limits = token, limits or {}
+        self._heartbeat = ingress_heartbeat(registry)  # announces the versions served in the registry (lineage)
+
+    def __del__(self):  # Serve's graceful shutdown: the announcement withdrawn
+        if getattr(self, "_heartbeat", None) is not None:
+            self._heartbeat.stop()
 
     def __serve_build_asgi_app__(self):
         return make_app(self._backend, token=self._token, limits=Limits(**self._limits))
@@ -329,7 +336,7 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
     enc = Encoder.options(**opts["Encoder"]).bind(registry, store, refresh_s=refresh_s)
     dec = Decoder.options(**opts["Decoder"]).bind(registry, store, refresh_s=refresh_s)
     ext = Extractor.options(**opts["Extractor"]).bind(registry, store, registered_clip_configs())
-    return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits)
+    return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits, registry=registry)
 
 
 def app_builder(args: dict):

@@ -46,6 +46,7 @@ class Service:
         if self.local:
             from ._backend import LocalBackend
             from ._app import make_app
+            from ._heartbeat import local_heartbeat
             from ._local import LocalServer
 
             app = make_app(LocalBackend(self.registry, self.store, refresh_s=self.refresh_s), token=self.token,
@@ -53,6 +54,7 @@ class Service:
             self._server = LocalServer(app, host=self.host, port=self.port)
             self.port = self._server.port
             self._server.start()
+            self._heartbeat = local_heartbeat(app, self.url, self.port)  # announced in the registry
         else:
             self._start_serve()
         self._started = True
@@ -80,6 +82,7 @@ class Service:
         if not self._started:
             return
         if self.local:
+            self._heartbeat.stop()  # the announcement withdrawn
             self._server.stop()
         else:
             from ray import serve

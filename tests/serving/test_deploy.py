@@ -82,6 +82,19 @@ def test_served_answers_equal_the_in_process_ones(serve_url, serving_models):
         [x["stimulus_id"] for x in local.explain("img", "floc-faces", top=3)["top"]]
 
 
+def test_the_ingress_announces_the_versions_it_serves(serve_url, serving_models):
+    """The ingress replica's heartbeat (``_heartbeat.py``) writes what the registry's bare names serve into
+    ``_services/``, so ``brainstore lineage`` says the version is served by the Ray Serve app."""
+    from brainstore.fitting import ModelRegistry, lineage
+    from brainstore.serving._heartbeat import registry_refs
+
+    reg = ModelRegistry(serving_models["registry"], create=False)
+    mine = [s for s in reg.services() if s.get("kind") == "ray-serve"]
+    assert mine and mine[-1]["models"] == registry_refs(reg), mine
+    served_by = lineage(reg, "img/subj01").link("serving")[0].facts["served_by"]
+    assert any(b["id"].startswith("ray-serve-") for b in served_by), served_by
+
+
 def test_refusals_keep_their_4xx_through_serve(serve_url):
     u = serve_url
     cases = [
