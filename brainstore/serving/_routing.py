@@ -74,7 +74,7 @@ class Routes:
     def listing(self) -> list[ModelRecord]:
         """What every bare name serves now, by name (resolving the registry first when never done)."""
         if not self.resolved:
-            self.refresh(force=True)
+            self.refresh()
         with self._lock:
             return [self._routes[n] for n in sorted(self._bare)]
 
@@ -102,7 +102,7 @@ class Routes:
         """Resolve again when the table is older than ``refresh_s``: the first time in this thread, later in
         a background thread (this request is answered from the current table)."""
         if not self.resolved:
-            self.refresh(force=True)
+            self.refresh()
             return
         if not self.stale() or math.isinf(self.refresh_s):
             return
@@ -130,7 +130,7 @@ class Routes:
         version changed, each once its new version is ready (``verify``: check every new version, loaded or
         not). Raises when the registry cannot be listed (the table stays as it was)."""
         with self._refreshing:
-            if not (force or verify or self.stale()):
+            if self.resolved and not (force or verify or self.stale()):
                 return  # another thread refreshed meanwhile
             try:
                 self._refresh(verify)
