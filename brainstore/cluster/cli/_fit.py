@@ -150,7 +150,7 @@ def _print_decoder_run(spec, run, registry: str) -> bool:
 
 def evaluate_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Dataset folder."),
-    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model names (default: all fitted on this dataset)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model names, or versions to compare side by side (clip@1,clip@2); default: all fitted on this dataset."),
     rois: str = typer.Option("families", "--rois", help="'families' (the five ROI families) or 'named' (also every named ROI: V1v ... VWFA-2)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <registry>/_runs/evaluate-TIME)."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store each model was fitted with)."),

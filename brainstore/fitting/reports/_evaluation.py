@@ -83,7 +83,8 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
         The report folder (default ``<registry>/_runs/evaluate-TIME``; refused before any work when it
         cannot be created).
     models : list of str, optional
-        Model names (encoders or decoders) to evaluate (default: every model fitted on ``dataset``).
+        Model names (encoders or decoders) to evaluate (default: every model fitted on ``dataset``); an encoder
+        may name a version or alias, ``["clip@1", "clip@2"]``, to compare versions side by side (each a row).
     title : str, optional
         The HTML report's title.
     provenance : dict, optional
