@@ -142,7 +142,8 @@ class Routes:
         listing = {r.name: r for r in self.reg.list()}
         with self._lock:
             table, bare = dict(self._routes), set(self._bare)
-        wanted, gone = dict(listing), {n for n in bare if n not in listing}
+        wanted, gone = dict(listing), self._gone(bare - set(listing))
+        kept = bare - set(listing) - gone  # (still in the registry, but its record could not be read now)
         for key in table:
             sel = parse_ref(key)[1]
             if key in bare or sel is None or isinstance(sel, int):
@@ -160,9 +161,23 @@ class Routes:
                 self._routes.pop(k, None)
                 self.held.pop(k, None)
             self._routes.update(new)
-            self._bare = set(listing)
+            self._bare = set(listing) | kept
             if before != {n: self._routes[n].ref for n in self._bare}:
                 self.generation += 1
+
+    def _gone(self, missing: set[str]) -> set[str]:
+        """The names of ``missing`` (served before, absent from the listing now) that the registry no longer
+        holds. ``reg.list()`` skips a model whose record cannot be read (a store failing under it); such a
+        name keeps its version, and a registry out of reach fails the refresh (nothing switches)."""
+        out = set()
+        for name in missing:
+            try:
+                self.reg.resolve(name)
+            except RegistryError as e:
+                if outage(e) is not None:
+                    raise
+                out.add(name)
+        return out
 
     def _switch(self, key: str, old: ModelRecord | None, rec: ModelRecord, verify: bool) -> ModelRecord:
         """What ``key`` serves after this refresh: ``rec`` once ready, else ``old`` (held back)."""

@@ -22,6 +22,7 @@ class _Registry:
         self.aliases = {"m/s1": {"champion": 1}, "d/s1": {}}
         self.stamps: dict = {}
         self.down = False
+        self.unreadable: set = set()  # names list() skips (their record unreadable), as ModelRegistry.list does
 
     def _rec(self, name, v) -> ModelRecord:
         return ModelRecord(name, f"/{name}/@{v}", {"kind": "ridge", "subject": "s1"}, v,
@@ -45,7 +46,13 @@ class _Registry:
     def list(self):
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused")
-        return [self._rec(n, self._select(n, None)) for n in sorted(self.versions)]
+        return [self._rec(n, self._select(n, None)) for n in sorted(self.versions) if n not in self.unreadable]
+
+    def resolve(self, ref):
+        if self.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+        name, sel = parse_ref(ref)
+        return name, self._select(name, sel)
 
     def record(self, ref):
         name, sel = parse_ref(ref)
@@ -148,3 +155,22 @@ def test_refresh_s_must_be_positive():
         with pytest.raises(ValueError, match="refresh_s must be"):
             check_refresh(bad)
     assert check_refresh(float("inf")) == float("inf")
+
+
+def test_a_name_the_listing_skips_keeps_its_version_unless_the_registry_no_longer_holds_it():
+    """ModelRegistry.list skips a model whose record cannot be read now (a store failing under it): the name
+    keeps serving; a name deleted from the registry leaves; a registry out of reach fails the refresh."""
+    reg = _Registry()
+    routes = Routes(reg, 1.0, lambda old, new, verify: None)
+    routes.listing()
+    reg.unreadable = {"m/s1"}
+    routes.refresh(force=True)
+    assert [r.ref for r in routes.listing()] == ["d/s1@1", "m/s1@1"]
+    reg.down = True
+    with pytest.raises(ConnectionRefusedError):
+        routes.refresh(force=True)
+    assert [r.ref for r in routes.listing()] == ["d/s1@1", "m/s1@1"]
+    reg.down, reg.unreadable = False, set()
+    del reg.versions["d/s1"]
+    routes.refresh(force=True)
+    assert [r.ref for r in routes.listing()] == ["m/s1@1"] and routes.get("d/s1") is None
