@@ -202,7 +202,7 @@ def test_random_init_lm_is_recorded_and_said_once(tmp_path, data, tiny_lm, capfd
     assert cap.meta()["lm_pretrained"] is False and "RANDOM" in cap.meta()["lm_weights_note"]
     reg = ModelRegistry(tmp_path / "reg")
     cap.save(reg, "random")
-    assert json.loads((reg.path("random") / "model.json").read_text())["lm_pretrained"] is False
+    assert json.loads((reg.record("random").path / "model.json").read_text())["lm_pretrained"] is False
     capfd.readouterr()
     Captioner.load(reg, "random")
     assert capfd.readouterr().err.count("RANDOM weights") == 1

@@ -359,7 +359,13 @@ def test_maps_render_in_chromium(mapped):
     def probe(page):
         facts = _page_facts(page)
         facts["maps"] = page.evaluate("Array.from(document.querySelectorAll('#maps img')).map(i => i.naturalWidth)")
-        (frame,) = [f for f in page.frames if f.url == "about:srcdoc"]
+        page.wait_for_function("document.querySelector('#maps iframe') !== null", timeout=30_000)
+        for _ in range(300):  # the sandboxed frame attaches once the page has parsed it (slow on a loaded box)
+            frames = [f for f in page.frames if f.url == "about:srcdoc"]
+            if frames:
+                break
+            page.wait_for_timeout(100)
+        (frame,) = frames
         frame.wait_for_selector(".js-plotly-plot", timeout=30_000)
         frame.wait_for_function("document.querySelector('.js-plotly-plot canvas, .js-plotly-plot svg') !== null",
                                 timeout=30_000)

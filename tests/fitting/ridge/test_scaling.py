@@ -204,9 +204,8 @@ def test_registered_encoder_on_minilm_captions_is_stable_under_noise(serving_mod
     sd = txt.std(0)
     assert (sd < 1e-20).sum() >= 2, "the MiniLM table no longer has dead dimensions: this test lost its case"
 
-    def predict(table_arrays):
-        X = np.concatenate([table_arrays[t] for t in tables], axis=1)
-        return em.predict(["<request>"] * len(ids), {tuple(tables): X})
+    def predict(table_arrays):  # embeddings given per table, as a server receives them
+        return em.predict(["<request>"] * len(ids), em.designs(rows=table_arrays))
 
     p0 = predict(emb)
     noisy = {**emb, serving_models["txt"]: _noisy(txt, 1e-4)}
