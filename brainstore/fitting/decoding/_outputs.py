@@ -11,7 +11,7 @@ import numpy as np
 from ...datasets import AlgonautsDataset
 from ...features import FeatureStore
 from ..encoding import subject_stimuli
-from ..registry import ModelRegistry, RegistryError
+from ..registry import ModelRegistry, RegistryError, model_ref, parse_ref
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel
 from ._inputs import response_matrix
 from ._ridge_decoders import DECODER_KIND, ORACLE_KEYS, Decoder
@@ -144,30 +144,45 @@ def evaluate_decoders(reg: ModelRegistry, ds: AlgonautsDataset, *, store: str | 
 
     for rec in decoder_records(reg, ds.root):
         model, s = rec.meta["model"], rec.meta["subject"]
-        if (models and model not in models) or not ds.has_test_responses(s):
+        if not ds.has_test_responses(s):
             continue
-        dec = Decoder.load(reg, rec.name, store)
-        Et = dec.store.load(rec.meta["target"], subject_stimuli(ds, s, "test"))
-        D = dec.decode(response_matrix(ds, s, "test", dec.voxels))
-        m = score(D, Et, dec.store, rec.meta["target"], s, dec.train_ids)
-        m.update({"alpha": rec.meta["metrics"]["alpha"], "cv_r2": rec.meta["metrics"]["cv_r2"]})
-        # the oracle decoder (fitted on noiseless responses) is not registered: its figures come from the fit
-        m.update({f"oracle_{k}": rec.meta["metrics"][f"oracle_{k}"] for k in ORACLE_KEYS
-                  if f"oracle_{k}" in rec.meta["metrics"]})
-        out.setdefault(model, {})[s] = m
+        for label, ref in _selected(reg, rec, models, s):
+            dec = Decoder.load(reg, ref, store)
+            meta = dec.record.meta
+            Et = dec.store.load(meta["target"], subject_stimuli(ds, s, "test"))
+            D = dec.decode(response_matrix(ds, s, "test", dec.voxels))
+            m = score(D, Et, dec.store, meta["target"], s, dec.train_ids)
+            m.update({"alpha": meta["metrics"]["alpha"], "cv_r2": meta["metrics"]["cv_r2"]})
+            # the oracle decoder (fitted on noiseless responses) is not registered: its figures come from the fit
+            m.update({f"oracle_{k}": meta["metrics"][f"oracle_{k}"] for k in ORACLE_KEYS
+                      if f"oracle_{k}" in meta["metrics"]})
+            out.setdefault(label, {})[s] = m
     for rec in _adaptor_records(reg, ds.root):
-        model = rec.meta["model"]
-        if models and model not in models:
-            continue
-        am = AdaptorModel.load(reg, rec.name, store)
-        fs = FeatureStore(store or rec.meta["store"], create=False)
-        for s in rec.meta["subjects"]:
-            if s not in ds.subjects or not ds.has_test_responses(s):
-                continue
-            decoded = am.decode(s, response_matrix(ds, s, "test", am.voxels[s]))
-            train_ids = subject_stimuli(ds, s, "train")
-            for t in am.targets:
-                key = model if len(am.targets) == 1 else f"{model}:{t}"
-                Et = fs.load(t, subject_stimuli(ds, s, "test"))
-                out.setdefault(key, {})[s] = {**score(decoded[t], Et, fs, t, s, train_ids), "method": "adaptor"}
+        for label, ref in _selected(reg, rec, models, "shared"):
+            am = AdaptorModel.load(reg, ref, store)
+            fs = FeatureStore(store or rec.meta["store"], create=False)
+            for s in rec.meta["subjects"]:
+                if s not in ds.subjects or not ds.has_test_responses(s):
+                    continue
+                decoded = am.decode(s, response_matrix(ds, s, "test", am.voxels[s]))
+                train_ids = subject_stimuli(ds, s, "train")
+                for t in am.targets:
+                    key = label if len(am.targets) == 1 else f"{label}:{t}"
+                    Et = fs.load(t, subject_stimuli(ds, s, "test"))
+                    out.setdefault(key, {})[s] = {**score(decoded[t], Et, fs, t, s, train_ids), "method": "adaptor"}
+    return out
+
+
+def _selected(reg: ModelRegistry, rec, models: list[str] | None, part: str) -> list[tuple[str, str]]:
+    """(label, registry reference) of each requested form of ``rec``'s model: the listed version itself when no
+    models are named or the bare name is; each ``MODEL@V`` / ``MODEL@alias`` asked for, resolved for ``part`` (the
+    subject, or ``shared`` for an adaptor)."""
+    model = rec.meta["model"]
+    if not models:
+        return [(model, rec.ref)]
+    out = []
+    for m in models:
+        base = parse_ref(m)[0] if "@" in m else m
+        if base == model:
+            out.append((m, rec.ref if m == model else model_ref(m, part)))
     return out

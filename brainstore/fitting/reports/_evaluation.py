@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..._storage import dataset_root, uri_of
-from ..decoding import decoder_records, evaluate_decoders
+from ..decoding import decoding_models, evaluate_decoders
 from ..registry import ModelRegistry, run_dir
 from ._maps import CortexMaps, write_cortex_maps
 from ._report import evaluate_registered, write_decoding_plot, write_report
@@ -120,12 +120,14 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     report_dir = check_folder(run_dir(out, reg.root, "evaluate"), "report folder", "--out", create=True, make=False)
     if maps and meshes is not None:
         find_fsaverage(meshes)  # a folder that holds no fsaverage: refused now, not after the predictions
-    dec_names = {r.meta["model"] for r in decoder_records(reg, ds.root)}
-    enc_names = [m for m in models if m not in dec_names] if models else None
+    dec_names = set(decoding_models(reg, ds.root))
+    base = lambda m: m.rpartition("@")[0] if "@" in m else m  # noqa: E731 - clip@2 -> clip
+    enc_names = [m for m in models if base(m) not in dec_names] if models else None
     ev = Evaluation(Path(report_dir))
     if not (models and not enc_names):
         ev.metrics, ev.kinds, preds = evaluate_registered(reg, ds, store=store, models=enc_names)
-    ev.decoders = evaluate_decoders(reg, ds, store=store, models=[m for m in models if m in dec_names] if models else None)
+    ev.decoders = evaluate_decoders(reg, ds, store=store,
+                                    models=[m for m in models if base(m) in dec_names] if models else None)
     if not ev.metrics and not ev.decoders:
         raise RegistryError(f"no registered model was fitted on {ds.root} in {reg.root}; run `brainstore fit "
                             f"--dataset {ds.root}` first")

@@ -259,3 +259,22 @@ def test_cli_fit_decode_prints_and_records_the_whole_store_retrieval(decoded, sm
         assert m["store_top5"] == pytest.approx(np.mean([a in row for a, row in zip(truth, top)]), abs=1e-6)
         shown = f"{m['store_top1']:.3f} / {m['store_top5']:.3f} of {n_stored}"
         assert shown in r.output, r.output
+
+
+def test_evaluate_compares_two_versions_of_a_decoder(decoded, small_dataset):
+    """(Last: it adds a version to the module's registry.) A refit with other alphas is version 2; evaluate with
+    NAME@1 and NAME@2 scores each version as registered (version 1's figures are the first fit's)."""
+    from brainstore.fitting import ModelRegistry, evaluate
+
+    name = next(iter(decoded["run"].metrics))
+    again = fit_decoders(small_dataset, decoded["target"], store=str(decoded["store"]), registry=str(decoded["registry"]),
+                         alphas=(1e6,), folds=3, progress=False)
+    assert not again.failures
+    reg = ModelRegistry(decoded["registry"], create=False)
+    assert [r.version for r in reg.versions(f"{name}/subj01")] == [1, 2]
+    ev = evaluate(small_dataset, registry=reg, out=decoded["root"] / "ev12", models=[f"{name}@1", f"{name}@2"],
+                  maps=False)
+    assert set(ev.decoders) == {f"{name}@1", f"{name}@2"}
+    for s, m in decoded["run"].metrics[name].items():
+        assert ev.decoders[f"{name}@1"][s]["top1_brain_to_stimulus"] == pytest.approx(m["top1_brain_to_stimulus"])
+        assert ev.decoders[f"{name}@2"][s]["alpha"] == 1e6 and ev.decoders[f"{name}@1"][s]["alpha"] == m["alpha"]
