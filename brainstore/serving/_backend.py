@@ -537,7 +537,8 @@ class LocalBackend:
         from ..fitting import explain_roi
 
         enc = self._snapshot()["encoders"]
-        subjects = sorted(s for s, ms in enc.items() if model in ms)
+        base = model.rpartition("@")[0] if "@" in model else model  # clip@2: a version of clip
+        subjects = sorted(s for s, ms in enc.items() if base in ms)
         if not subjects:
             names = {m for ms in enc.values() for m in ms}
             raise ServingError(404, f"unknown encoding model {model!r}; models: {_listing(names)}")

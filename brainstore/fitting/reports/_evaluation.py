@@ -134,13 +134,7 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     if ev.metrics:
         _encoder_outputs(ev, ds, preds, meshes, progress, maps=maps)
     if ev.decoders:
-        ev.report_dir.mkdir(parents=True, exist_ok=True)
-        path = ev.report_dir / "metrics.json"
-        doc = json.loads(path.read_text()) if ev.metrics else {}
-        doc["decoders"] = ev.decoders
-        path.write_text(json.dumps(doc, indent=2))
-        write_decoding_plot(ev.decoders, ev.report_dir / "decoding_top1.png")
-        ev.files += (["metrics.json"] if not ev.metrics else []) + ["decoding_top1.png"]
+        _decoder_outputs(ev)
     extra = {"models": ", ".join(models) if models else "all", "store": store or "each model's own",
              "report folder": str(ev.report_dir), **(provenance or {})}
     ev.html = Path(write_html_report(ev.report_dir / "report.html", dataset=ds, registry=reg, store=store,
@@ -149,6 +143,17 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
                                      maps=ev.maps_info))
     ev.files.append("report.html")
     return ev
+
+
+def _decoder_outputs(ev: Evaluation) -> None:
+    """The decoders' figures in metrics.json (beside the encoders', if any) and their plot."""
+    ev.report_dir.mkdir(parents=True, exist_ok=True)
+    path = ev.report_dir / "metrics.json"
+    doc = json.loads(path.read_text()) if ev.metrics else {}
+    doc["decoders"] = ev.decoders
+    path.write_text(json.dumps(doc, indent=2))
+    write_decoding_plot(ev.decoders, ev.report_dir / "decoding_top1.png")
+    ev.files += (["metrics.json"] if not ev.metrics else []) + ["decoding_top1.png"]
 
 
 def _encoder_outputs(ev: Evaluation, ds, preds: dict, meshes, progress: bool, *, maps: bool) -> None:

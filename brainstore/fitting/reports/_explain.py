@@ -25,7 +25,7 @@ import numpy as np
 
 from ...datasets import HEMISPHERES, AlgonautsDataset, BrainDataset, DatasetError, open_dataset
 from ...features import FeatureStore
-from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError
+from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_ref
 
 __all__ = ["Explanation", "ExplainedStimulus", "explain_roi", "write_contact_sheet", "sheet_size"]
 
@@ -104,6 +104,8 @@ def _resolve_model(reg: ModelRegistry, model: str, subject: str | None) -> tuple
     if not isinstance(model, str) or not model.strip():
         raise RegistryError("give the encoding model's name (`brainstore models` lists them)")
     model = model.strip().strip("/")
+    model, at, sel = model.rpartition("@") if "@" in model else (model, "", "")  # clip@2: version 2 of clip
+    sel = at + sel
     subjects, names = _model_subjects(reg, model)
     if not subjects and "/" in model:  # "model/subject" written as one name
         head, tail = model.rsplit("/", 1)
@@ -123,11 +125,13 @@ def _resolve_model(reg: ModelRegistry, model: str, subject: str | None) -> tuple
         raise RegistryError(f"no encoding model {model!r} in registry {reg.root}; {hint}models: {shown} "
                             "(fit one with `brainstore fit`, or pass the right --registry)")
     if subject is None:
-        return model, subjects[0]
-    if subject not in subjects:
+        subject = subjects[0]
+    elif subject not in subjects:
         raise RegistryError(f"model {model!r} has no fit for subject {subject!r} in registry {reg.root}; it is "
                             f"fitted for {', '.join(subjects)}: pass one of them with --subject")
-    return model, subject
+    if sel:
+        reg.resolve(model_ref(model + sel, subject))  # that version or alias exists (else its versions are named)
+    return model + sel, subject
 
 
 def _base_models(em) -> list:
@@ -274,7 +278,7 @@ def explain_roi(registry: str | Path | ModelRegistry, model: str, subject: str |
     reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry, create=False)
     model, subject = _resolve_model(reg, model, subject)
     # the ROI is checked from model.json before the weights and features are read
-    rec = reg.record(f"{model}/{subject}")
+    rec = reg.record(model_ref(model, subject))
     hemis = list(rec.meta.get("hemispheres", HEMISPHERES))
     if hemisphere is not None:
         if hemisphere not in hemis:

@@ -236,3 +236,24 @@ def test_cli_bad_input_is_one_line_without_traceback(fitted, tmp_path):
         r = CliRunner().invoke(app, args)
         assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
         assert r.exit_code == 2 and words in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+
+
+def test_a_version_is_explained_as_registered(fitted, tmp_path):
+    """``w@1`` explains version 1 after a version 2 with negated weights is saved: version 1's ranking is the
+    first one's, the bare name (the latest) ranks the other way round; an absent version is named."""
+    import shutil
+
+    registry = tmp_path / "registry"
+    shutil.copytree(fitted["registry"], registry)
+    reg = ModelRegistry(registry)
+    first = explain_roi(reg, "w", "subj01", roi="FFA-1", top=5)
+    tensors, rec = reg.load_arrays("w/subj01")
+    flipped = {k: (-v if k.endswith((".coef_", ".intercept_")) else v) for k, v in tensors.items()}
+    assert reg.save("w/subj01", flipped, {**rec.meta, "note": "negated"}).version == 2
+    again = explain_roi(reg, "w@1", "subj01", roi="FFA-1", top=5)
+    assert [s.stimulus_id for s in again.top] == [s.stimulus_id for s in first.top]
+    assert [s.score for s in again.top] == [s.score for s in first.top]
+    latest = explain_roi(reg, "w", "subj01", roi="FFA-1", top=len(first.stimulus_ids))
+    assert [s.stimulus_id for s in latest.top][-5:][::-1] == [s.stimulus_id for s in first.top]
+    with pytest.raises(RegistryError, match="no version 9"):
+        explain_roi(reg, "w@9", "subj01", roi="FFA-1")
