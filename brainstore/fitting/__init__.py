@@ -26,8 +26,8 @@ from .decoding import (ADAPTOR_KIND, DECODER_KIND, AdaptorModel, AdaptorRun, Cap
 from .encoding import (EncodingModel, FitRun, best_model, compose, covering_features, default_spec, design_matrix,
                        fit_base, fit_encoding_models, pooled_roi_summary, predict_model, score_test_split,
                        subject_stimuli, validation_folds, validation_r)
-from .registry import (NON_ENCODER_KINDS, GcReport, ModelRecord, ModelRegistry, RegistryError, collect_garbage, model_ref,
-                       parse_ref, run_dir, safe_name)
+from .registry import (NON_ENCODER_KINDS, GcReport, ModelRecord, ModelRegistry, RegistryError, collect_garbage,
+                       model_base, model_ref, parse_ref, run_dir, safe_name)
 from .reports import (CortexMaps, DecodedSubject, Evaluation, ExplainedStimulus, Explanation, Lineage,
                       LineageLink, check_encoder_name, comparison_rows, decode_test, evaluate, evaluate_registered,
                       explain_roi, lineage, mean_noise_ceiling,
@@ -55,7 +55,7 @@ __all__ = [
     "validation_folds", "covering_features", "compose",
     # registered models
     "EncodingModel", "predict_model", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
-    "collect_garbage", "GcReport", "model_ref", "parse_ref",
+    "collect_garbage", "GcReport", "model_base", "model_ref", "parse_ref",
     "NON_ENCODER_KINDS",
     # decoders
     "fit_decoder", "add_store_retrieval", "check_decoder_specs",

@@ -22,7 +22,7 @@ import numpy as np
 from ..datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ..features import FeatureStore, MissingStimuliError
 from ..fitting import (NON_ENCODER_KINDS, ModelRecord, ModelRegistry, NonFiniteOutputError, RegistryError,
-                       check_finite_output, model_ref, parse_ref)
+                       check_finite_output, model_base, model_ref, parse_ref)
 from ._catalog import catalog_of, servable, versions_of
 from ._codec import ServingError
 from ._inputs import check_voxels, response_rows, table_arrays
@@ -64,12 +64,6 @@ def _served(fn):
 def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> ServingError:
     rows = ", ".join(map(str, e.rows[:10])) + (f" and {len(e.rows) - 10} more" if len(e.rows) > 10 else "")
     return ServingError(422, f"{field}: {what} gives non-finite values (overflow) for row(s) {rows or '?'}; {fix}")
-
-
-def _base(model: str) -> str:
-    """A model's name without its version or alias (``clip@3`` -> ``clip``)."""
-    base, at, sel = model.rpartition("@")
-    return base if at and "/" not in sel else model
 
 
 def _listing(names, limit: int = 20) -> str:
@@ -300,7 +294,7 @@ class LocalBackend:
         if model is None:  # the best validation score, as best_model says, from the catalog (no registry read)
             score = {m: e["val_score"] for m, e in enc[subject].items()}
             model = max(sorted(score), key=lambda m: -math.inf if score[m] is None else score[m])
-        base = _base(model)
+        base = model_base(model)
         if base not in enc[subject]:
             raise ServingError(404, f"no encoding model {base!r} for {subject}; its models: {_listing(enc[subject])}")
         rec = self._resolve(model_ref(model, subject), f"encoding model {base} of {subject}")
@@ -448,13 +442,13 @@ class LocalBackend:
             if len(mine) > 1:
                 raise ServingError(422, f"{subject} has several decoding models ({_listing(mine)}); name one in model")
             model = next(iter(mine))
-        if _base(model) not in mine:
-            raise ServingError(404, f"no decoding model {_base(model)!r} for {subject}; its decoding models: "
+        if model_base(model) not in mine:
+            raise ServingError(404, f"no decoding model {model_base(model)!r} for {subject}; its decoding models: "
                                     f"{_listing(mine)}")
-        info = mine[_base(model)]
+        info = mine[model_base(model)]
         rec = self._resolve(model_ref(model, "shared" if info["kind"] == "adaptor" else subject),
-                            f"decoding model {_base(model)}" + ("" if info["kind"] == "adaptor" else f" of {subject}"))
-        model, targets = _base(model), list(rec.meta.get("targets") or [rec.meta.get("target")])
+                            f"decoding model {model_base(model)}" + ("" if info["kind"] == "adaptor" else f" of {subject}"))
+        model, targets = model_base(model), list(rec.meta.get("targets") or [rec.meta.get("target")])
         target = target or targets[0]
         if target not in targets:
             raise ServingError(404, f"{rec.ref!r} decodes into {', '.join(targets)}, not {target!r}")
@@ -537,7 +531,7 @@ class LocalBackend:
         from ..fitting import explain_roi
 
         enc = self._snapshot()["encoders"]
-        base = model.rpartition("@")[0] if "@" in model else model  # clip@2: a version of clip
+        base = model_base(model)  # clip@2: a version of clip
         subjects = sorted(s for s, ms in enc.items() if base in ms)
         if not subjects:
             names = {m for ms in enc.values() for m in ms}

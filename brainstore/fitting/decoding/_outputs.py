@@ -11,7 +11,7 @@ import numpy as np
 from ...datasets import AlgonautsDataset
 from ...features import FeatureStore
 from ..encoding import subject_stimuli
-from ..registry import ModelRegistry, RegistryError, model_ref, parse_ref
+from ..registry import ModelRegistry, RegistryError, model_base, model_ref
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel
 from ._inputs import response_matrix
 from ._ridge_decoders import DECODER_KIND, ORACLE_KEYS, Decoder
@@ -182,7 +182,6 @@ def _selected(reg: ModelRegistry, rec, models: list[str] | None, part: str) -> l
         return [(model, rec.ref)]
     out = []
     for m in models:
-        base = parse_ref(m)[0] if "@" in m else m
-        if base == model:
+        if model_base(m) == model:
             out.append((m, rec.ref if m == model else model_ref(m, part)))
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["ModelRecord", "RegistryError", "safe_name", "NON_ENCODER_KINDS", "register_loader", "MODEL_LOADERS",
            "WEIGHTS_FILE", "META_FILE", "FORMAT_VERSION", "ALIASES_FILE", "DEFAULT_ALIAS", "parse_ref", "model_ref",
-           "check_alias", "version_folder", "folder_version", "parse_aliases"]
+           "check_alias", "version_folder", "folder_version", "parse_aliases", "model_base"]
 
 #: ``kind`` of registered models that are not encoding models (ridge decoders, adaptors, captioners):
 #: encoder evaluation, best-model choice and selectivity skip them.
@@ -131,6 +131,13 @@ def model_ref(model: str, subject: str) -> str:
     if not at or "/" in sel:
         return f"{model}/{subject}"
     return f"{base}/{subject}@{sel}"
+
+
+def model_base(ref: str) -> str:
+    """``ref`` without its version or alias: ``"clip@3"`` -> ``"clip"``, ``"clip/subj01@champion"`` ->
+    ``"clip/subj01"`` (the inverse of the selector :func:`model_ref` carries over)."""
+    base, at, sel = ref.rpartition("@")
+    return base if at and "/" not in sel else ref
 
 
 def version_folder(version: int) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..._storage import dataset_root, uri_of
 from ..decoding import decoding_models, evaluate_decoders
-from ..registry import ModelRegistry, run_dir
+from ..registry import ModelRegistry, model_base, run_dir
 from ._maps import CortexMaps, write_cortex_maps
 from ._report import evaluate_registered, write_decoding_plot, write_report
 
@@ -121,13 +121,12 @@ def evaluate(dataset, *, registry, store=None, out: str | Path | None = None, mo
     if maps and meshes is not None:
         find_fsaverage(meshes)  # a folder that holds no fsaverage: refused now, not after the predictions
     dec_names = set(decoding_models(reg, ds.root))
-    base = lambda m: m.rpartition("@")[0] if "@" in m else m  # noqa: E731 - clip@2 -> clip
-    enc_names = [m for m in models if base(m) not in dec_names] if models else None
+    enc_names = [m for m in models if model_base(m) not in dec_names] if models else None
     ev = Evaluation(Path(report_dir))
     if not (models and not enc_names):
         ev.metrics, ev.kinds, preds = evaluate_registered(reg, ds, store=store, models=enc_names)
     ev.decoders = evaluate_decoders(reg, ds, store=store,
-                                    models=[m for m in models if base(m) in dec_names] if models else None)
+                                    models=[m for m in models if model_base(m) in dec_names] if models else None)
     if not ev.metrics and not ev.decoders:
         raise RegistryError(f"no registered model was fitted on {ds.root} in {reg.root}; run `brainstore fit "
                             f"--dataset {ds.root}` first")

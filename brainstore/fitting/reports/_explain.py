@@ -25,7 +25,7 @@ import numpy as np
 
 from ...datasets import HEMISPHERES, AlgonautsDataset, BrainDataset, DatasetError, open_dataset
 from ...features import FeatureStore
-from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_ref
+from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_base, model_ref
 
 __all__ = ["Explanation", "ExplainedStimulus", "explain_roi", "write_contact_sheet", "sheet_size"]
 
@@ -104,8 +104,7 @@ def _resolve_model(reg: ModelRegistry, model: str, subject: str | None) -> tuple
     if not isinstance(model, str) or not model.strip():
         raise RegistryError("give the encoding model's name (`brainstore models` lists them)")
     model = model.strip().strip("/")
-    model, at, sel = model.rpartition("@") if "@" in model else (model, "", "")  # clip@2: version 2 of clip
-    sel = at + sel
+    model, sel = model_base(model), model[len(model_base(model)):]  # clip@2: clip and "@2"
     subjects, names = _model_subjects(reg, model)
     if not subjects and "/" in model:  # "model/subject" written as one name
         head, tail = model.rsplit("/", 1)

@@ -294,10 +294,10 @@ def _model_records(reg: ModelRegistry, ds: AlgonautsDataset, recs: list, models:
     """``(model as given, record)`` per subject of each of ``models``: a model name (what each subject's bare name
     loads), or ``MODEL@3`` / ``MODEL@alias`` (that version of each subject that has it), so two versions of one
     model are scored side by side; a RegistryError names what is not there."""
-    from ..registry import model_ref
+    from ..registry import model_base, model_ref
 
     known = sorted({r.meta["model"] for r in recs})
-    bases = {m: m.rpartition("@")[0] if "@" in m else m for m in models}
+    bases = {m: model_base(m) for m in models}
     unknown = [m for m in models if bases[m] not in known]
     if unknown:
         raise RegistryError(f"no model {', '.join(map(repr, unknown))} fitted on {ds.root} in registry {reg.root}; "

@@ -14,7 +14,7 @@ import numpy as np
 from ..._storage import dataset_root, uri_of
 from ..decoding import decode_subject, decoder_name, decoding_models, store_top_k
 from ..encoding import EncodingModel, best_model, subject_stimuli
-from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_ref, parse_ref, safe_name
+from ..registry import NON_ENCODER_KINDS, ModelRegistry, RegistryError, model_base, model_ref, safe_name
 from ._report import write_predictions
 
 __all__ = ["predict", "decode_test", "DecodedSubject"]
@@ -76,7 +76,7 @@ def check_encoder_name(reg: ModelRegistry, model: str, ds) -> None:
     recs = [r for r in reg.list() if r.meta.get("kind") not in NON_ENCODER_KINDS
             and r.meta.get("dataset") == str(ds.root)]
     names = sorted({r.meta.get("model") for r in recs if r.meta.get("model")})
-    selected, model = model, parse_ref(model)[0] if "@" in model else model  # clip@3: clip, each subject's version 3
+    selected, model = model, model_base(model)  # clip@3: clip, each subject's version 3
     if model not in names:
         close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
