@@ -116,7 +116,8 @@ def test_serve_runs_answers_and_stops_quietly(serving_models, local, tmp_path):
     out = "".join(head) + out
     assert p.returncode == 0, (out, err)
     assert "stopped" in out and f"at {url}" in out
-    noise = [line for line in err.splitlines() if line.strip()]
+    # a machine whose disk is nearly full gets our one-line notice of it (tests/cluster/test_quiet.py), nothing else
+    noise = [line for line in err.splitlines() if line.strip() and not line.startswith("brainstore: warning: the disk")]
     assert not noise, noise
     assert "(raylet)" not in out and "graceful_shutdown" not in out, out  # Ray relays some notices on stdout
 
