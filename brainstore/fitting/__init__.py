@@ -17,8 +17,8 @@ from ..scoring import (
 )
 from ._errors import NonFiniteOutputError, check_finite_output
 from ._fit import FitResult, as_fit_spec, fit
-from ._spec import (AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec, PerRoiSpec,
-                    SpecError, load_spec)
+from ._spec import (SEARCH_SPACE, AdaptorParams, BandedParams, DecoderSpec, EnsembleSpec, FitSpec, MLPParams, ModelSpec,
+                    PerRoiSpec, SearchParams, SpecError, load_spec)
 from .decoding import (ADAPTOR_KIND, DECODER_KIND, AdaptorModel, AdaptorRun, Captioner, DecodeRun, Decoder,
                        add_store_retrieval, check_decoder_specs, check_decoding_inputs, decode_subject, decoder_name,
                        decoder_records, decoding_models, evaluate_decoders, fit_adaptor, fit_decoder, fit_decoders,
@@ -63,7 +63,7 @@ __all__ = [
     "check_decoding_inputs", "response_matrix", "decoder_name", "decoder_records", "decoding_models", "decode_subject",
     "store_top_k", "retrieved_captions",
     # adaptors (one network, an adapter per subject; Ray Train)
-    "fit_adaptor", "AdaptorModel", "AdaptorRun", "ADAPTOR_KIND", "AdaptorParams",
+    "fit_adaptor", "AdaptorModel", "AdaptorRun", "ADAPTOR_KIND", "AdaptorParams", "SearchParams", "SEARCH_SPACE",
     # caption generation (prefix of a frozen causal LM)
     "train_captioner", "Captioner", "make_tiny_lm",
     # selectivity

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .ridge import check_gammas
 
-__all__ = ["AdaptorParams", "DomainAdaptationParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
+__all__ = ["AdaptorParams", "SearchParams", "SEARCH_SPACE", "DomainAdaptationParams", "DecoderSpec", "ModelSpec", "EnsembleSpec", "PerRoiSpec", "FitSpec", "MLPParams", "BandedParams", "load_spec", "SpecError"]
 
 
 class SpecError(ValueError):
@@ -84,10 +84,64 @@ class AdaptorParams(_Strict):
     weight_decay: float = Field(1e-2, ge=0)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=2)  # per subject and worker (contrastive negatives come from the batch)
-    val_fraction: float = Field(0.1, ge=0, lt=0.5)  # last share of each subject's training images, for monitoring
+    # last share of each subject's training images (by stimulus): early stopping, the search, the ridge comparison
+    val_fraction: float = Field(0.1, ge=0, lt=0.5)
+    # stop after this many epochs without a better validation top-1 (None: train every epoch); the model kept is
+    # always the best epoch's
+    patience: Optional[int] = Field(8, ge=1)
     seed: int = 0
     # domain adaptation on the unlabeled responses of fit_adaptor(adapt_subjects=...); None: off
     domain_adaptation: Optional[DomainAdaptationParams] = None
+
+
+#: The settings an adaptor search varies by default, and their choices (the spec's own settings are the first trial).
+SEARCH_SPACE: dict[str, list] = {
+    "adapter": ["linear", "lowrank"], "rank": [32, 128],  # the adapters: kind and rank
+    "latent": [256, 512, 1024], "n_blocks": [0, 1, 2],  # width and depth of the shared backbone
+    "dropout": [0.0, 0.1, 0.3], "weight_decay": [1e-3, 1e-2, 1e-1], "lr": [1e-4, 3e-4, 1e-3],
+    "beta": [0.5, 0.8, 0.95],  # the loss weights: contrastive against regression
+}
+
+
+class SearchParams(_Strict):
+    """A Ray Tune search over an adaptor's settings on the validation split (``val_fraction``), with ASHA.
+
+    Trials are Ray Train runs of the adaptor; the first trial is the spec's own settings, the others are
+    drawn (seeded) from ``space``. ASHA stops trials whose validation top-1 trails at its rungs (``grace``
+    epochs, then x ``reduction``); every trial stops early by ``patience`` and keeps its best epoch. The
+    search stops at ``trials`` or ``time_budget_s``. One trial at a time (``concurrent: 1``) makes the
+    search deterministic by seed (ASHA compares a trial with those before it at each rung); more run faster
+    on a larger cluster, ASHA's stops then depend on the order results arrive in. A killed search, started
+    again on the same run folder, resumes: finished trials are kept, the unfinished one resumes from its
+    last epoch.
+    """
+
+    trials: int = Field(8, ge=1)  # trials in all (the spec's own settings included)
+    time_budget_s: Optional[float] = Field(None, gt=0)  # the whole search's wall time (None: no limit)
+    grace: int = Field(4, ge=1)  # ASHA: epochs every trial gets before its first comparison
+    reduction: int = Field(3, ge=2)  # ASHA: 1 / reduction of the trials go on at each rung
+    concurrent: int = Field(1, ge=1)  # trials at once (1: deterministic)
+    seed: int = 0  # the draws of settings
+    # {AdaptorParams field: choices} varied by the search (None: SEARCH_SPACE)
+    space: Optional[dict[str, list]] = None
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v):
+        if v is None:
+            return v
+        for k, choices in v.items():
+            if k not in AdaptorParams.model_fields or k in ("seed", "domain_adaptation", "val_fraction"):
+                raise ValueError(f"search space field {k!r} is not an adaptor setting the search can vary; "
+                                 f"choose among {', '.join(sorted(SEARCH_SPACE))} and the other AdaptorParams fields")
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f"search space field {k!r}: give a non-empty list of choices, not {choices!r}")
+            for c in choices:
+                AdaptorParams(**{k: c})  # each choice valid for the field (an error names it)
+        return v
+
+    def resolved_space(self) -> dict[str, list]:
+        return dict(self.space) if self.space is not None else {k: list(c) for k, c in SEARCH_SPACE.items()}
 
 
 class BandedParams(_Strict):
@@ -174,7 +228,9 @@ class DecoderSpec(_Strict):
     """A decoding model `brainstore fit` trains from the spec's responses into a store table."""
 
     target: str  # store table decoded into (CLIP image or text, captions, any table)
-    method: Literal["ridge", "adaptor"] = "ridge"  # a ridge decoder per subject, or one adaptor over all subjects
+    # a ridge decoder per subject, one adaptor over all subjects, or auto: the adaptor (searched) against ridge on
+    # the same validation split, keeping the winner
+    method: Literal["ridge", "adaptor", "auto"] = "ridge"
     name: Optional[str] = None  # registry name (default decoder-ridge-TABLE / adaptor-TABLE)
     rois: Optional[list[str]] = None  # ROIs or ROI families whose vertices are read (default: all)
     alphas: Optional[list[float]] = None  # ridge: alpha grid (default logspace(0, 7, 15))
@@ -189,12 +245,25 @@ class DecoderSpec(_Strict):
     fraction: float = Field(1.0, gt=0, le=1)
     # adaptor domain adaptation: subjects whose unlabeled responses join training (with adaptor.domain_adaptation)
     adapt_subjects: Optional[list[str]] = None
+    # adaptor / auto: the Ray Tune search of the adaptor's settings (default: 8 trials; null: train the settings
+    # as given). Transfer (init_from) and domain adaptation train as given unless a search is set.
+    search: Optional[SearchParams] = Field(default_factory=SearchParams)
 
     @model_validator(mode="after")
     def _method(self):
+        if self.method == "ridge" and self.search is not None and "search" in self.model_fields_set:
+            raise ValueError(f"decoder into {self.target!r}: 'search' settings need method: adaptor or auto")
+        if "search" not in self.model_fields_set and (self.method == "ridge" or self.init_from or self.adapt_subjects):
+            self.search = None  # the default search is for adaptors trained from scratch
+        if self.method == "auto" and (self.init_from or self.adapt_subjects):
+            raise ValueError(f"decoder into {self.target!r}: method auto compares adaptors trained from scratch with "
+                             "ridge; use method: adaptor for transfer (init_from) or domain adaptation")
+        if self.method != "ridge" and self.search is not None and (self.adaptor or AdaptorParams()).val_fraction == 0:
+            raise ValueError(f"decoder into {self.target!r}: a search needs a validation split: set "
+                             "adaptor.val_fraction > 0 or search: null")
         if self.method == "ridge" and self.adaptor is not None:
             raise ValueError(f"decoder into {self.target!r}: 'adaptor' settings need method: adaptor")
-        if self.method == "adaptor" and self.response_delays is not None:
+        if self.method != "ridge" and self.response_delays is not None:
             raise ValueError(f"decoder into {self.target!r}: response_delays are for method: ridge")
         adaptor_only = [k for k in ("init_from", "adapt_subjects") if getattr(self, k) is not None]
         adaptor_only += [k for k, d in (("trainable", "all"), ("fraction", 1.0)) if getattr(self, k) != d]

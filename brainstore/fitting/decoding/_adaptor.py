@@ -48,8 +48,6 @@ worker loop), scores the test split and registers the model. Its options travel 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,24 +56,20 @@ import numpy as np
 
 from ...datasets import HEMISPHERES, AlgonautsDataset, DatasetError, open_dataset
 from ...features import FeatureStore
-from .._spec import AdaptorParams, DecoderSpec
+from .._spec import AdaptorParams, DecoderSpec, SearchParams
 from ..encoding import subject_stimuli
 from ..registry import ModelRegistry, dataset_digest, encode_ids, safe_name, stimuli_digest, table_fingerprint
 from ..ridge import input_eps, robust_scale
+from ._adaptor_compare import ridge_on_validation, winner
 from ._adaptor_init import Pretrained, _mean_adapter_init, adapter_specs, load_pretrained
+from ._adaptor_search import search_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
-from ._adaptor_train import CKPT_FILE, _param_counts, train_loop
+from ._adaptor_train import CKPT_FILE, _param_counts
+from ._adaptor_trainer import latest_checkpoint, run_trainer, spec_hash
 from ._inputs import check_decoding_inputs, response_matrix, select_voxels
 from ._scores import row_cosine
 
 __all__ = ["ADAPTOR_KIND", "AdaptorRun", "fit_adaptor", "train_adaptor", "AdaptorModel"]
-
-#: Restarts of the Ray Train worker group after a worker (or its node) dies, each from the last checkpoint.
-MAX_FAILURES = 3
-#: What the checkpoint's spec hash covers.
-_SPEC_KEYS = ("params", "subjects", "targets", "n_voxels", "target_dims", "trainable", "fraction", "adapters",
-              "adapt_subjects", "unlabeled", "init_from")
-
 
 @dataclass
 class AdaptorRun:
@@ -93,6 +87,15 @@ class AdaptorRun:
     n_params: int = 0  # parameters of the network (every ``net.`` tensor)
     n_trainable: int = 0  # the parameters this run trained
     adapt_subjects: list[str] = field(default_factory=list)  # domain adaptation: subjects adapted to, unlabeled
+    best_epoch: int | None = None  # the epoch whose weights were kept (best validation top-1); None: the last
+    val_top1: dict[str, float] = field(default_factory=dict)  # {subject: validation top-1 at the best epoch}
+    # the ridge decoder on the same validation split: {subject: {"adaptor_val_top1", "ridge_val_top1", "ridge_alpha",
+    # "ridge_test": retrieval figures of that ridge on the test split}}
+    comparison: dict[str, dict] = field(default_factory=dict)
+    winner: str | None = None  # "adaptor" or "ridge": the better mean validation top-1
+    search: dict | None = None  # the search's record: trials table, best trial, seconds (None: settings as given)
+    params: dict = field(default_factory=dict)  # the settings trained (the search's winner)
+    registered: bool = False
 
 
 def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry: str,
@@ -100,7 +103,8 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
                 rois: list[str] | None = None, name: str | None = None, num_workers: int = 2,
                 use_gpu: bool | None = None, out: str | Path | None = None, fraction: float = 1.0,
                 init_from: str | None = None, trainable: str = "all", adapt_subjects: list[str] | None = None,
-                register: bool = True, n_candidates: int = 300, n_draws: int = 30) -> AdaptorRun:
+                register: bool = True, n_candidates: int = 300, n_draws: int = 30,
+                search: SearchParams | dict | None = None) -> AdaptorRun:
     """Train one adaptor decoder over ``subjects`` with Ray Train, evaluate retrieval, register it.
 
     The keyword form of :func:`train_adaptor` (whose options are one :class:`DecoderSpec`, as
@@ -124,6 +128,9 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         an adapter (a new one unless ``init_from`` has it) and all its training images, both capped at
         ``domain_adaptation.memory``.
     num_workers : Ray Train workers (DDP); ``use_gpu`` None uses GPUs when the cluster has them.
+    search : :class:`SearchParams` (or its fields): search the settings with Ray Tune, ``params`` being the
+        first trial; None (the keyword form's default) trains ``params`` as given. (A
+        :class:`DecoderSpec`'s default is a search.)
     out : run folder (default ``<registry>/_runs/adaptor-TIME``); starting again on the same folder
         resumes from its last checkpoint.
 
@@ -141,7 +148,8 @@ def fit_adaptor(dataset: str | Path, targets: list[str], *, store: str, registry
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     targets = list(targets)
     spec = DecoderSpec(target=targets[0], method="adaptor", name=name, rois=rois, adaptor=p, workers=num_workers,
-                       init_from=init_from, trainable=trainable, fraction=fraction, adapt_subjects=adapt_subjects)
+                       init_from=init_from, trainable=trainable, fraction=fraction, adapt_subjects=adapt_subjects,
+                       search=search)
     return train_adaptor(spec, dataset=dataset, store=store, registry=registry, out=out, subjects=subjects,
                          targets=targets, use_gpu=use_gpu, register=register, n_candidates=n_candidates,
                          n_draws=n_draws)
@@ -180,24 +188,43 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
     res = ensure_connected()
     if use_gpu is None:
         use_gpu = res.get("GPU", 0) >= spec.workers
+    run = AdaptorRun(name=name, run_dir=prep.rdir, adapt_subjects=prep.adapt)
+    saved = _train(prep, spec, storage, bool(use_gpu), run)
+    model = _trained_model(prep, saved)
+    run.params = prep.p.model_dump()
+    run.n_params, run.n_trainable = _param_counts(model.net, prep.adapted, spec.trainable)
+    run.history, run.resumes = saved["history"], list(saved.get("resumes", []))
+    best = saved.get("best")
+    if best is not None:
+        run.best_epoch, run.val_top1 = int(best["epoch"]), dict(best["subjects"])
+    _score_test(run, model, prep, n_candidates, n_draws)
+    if best is not None and not prep.adapt and not spec.init_from:
+        run.comparison = ridge_on_validation(prep, run.val_top1, n_candidates=n_candidates, n_draws=n_draws)
+        run.winner = winner(run.comparison)
+    if register and not (spec.method == "auto" and run.winner == "ridge"):
+        tensors = {**model.tensors(), "fit_ids": encode_ids(_fit_ids(prep))}  # the rows its fingerprints hash
+        prep.reg.save(f"{name}/shared", tensors, _registered_meta(prep, spec, run, name, saved))
+        run.registered = True
+    run.seconds = time.time() - t0
+    return run
+
+
+def _train(prep: _Prepared, spec: DecoderSpec, storage, use_gpu: bool, run: AdaptorRun) -> dict:
+    """Train the spec's settings, or search them (then ``prep.p`` and its adapters become the winner's); the
+    checkpoint of the model kept. A killed run on the same folder resumes from its last epoch."""
     cfg = _train_config(prep, spec, storage)
-    latest = _latest_checkpoint(storage)  # a killed run on this folder resumes from its last epoch
+    if spec.search is not None:
+        saved, prep.p, run.search = search_adaptor(cfg, spec.search, prep.p, spec.workers, use_gpu, storage)
+        prep.adapters = adapter_specs(sorted(prep.all_subjects), prep.p, prep.base)
+        return saved
+    latest = latest_checkpoint(storage)  # a killed run on this folder resumes from its last epoch
     if latest and latest[2] != cfg["spec_hash"]:
         raise ValueError(f"the run folder {prep.rdir} holds the checkpoint of a training made by another adaptor spec "
                          f"(epoch {latest[0]}); use a new run folder (--out) or the spec it was made with")
     cfg["resume_from"] = str(latest[1] / CKPT_FILE) if latest else None  # (Ray Train v2: the loop loads it)
-    saved = _run_trainer(cfg, spec.workers, bool(use_gpu), storage)
-    model = _trained_model(prep, saved)
-    run = AdaptorRun(name=name, run_dir=prep.rdir, resumed_from_epoch=latest[0] if latest else None,
-                     adapt_subjects=prep.adapt)
-    run.n_params, run.n_trainable = _param_counts(model.net, prep.adapted, spec.trainable)
-    run.history, run.resumes = saved["history"], list(saved.get("resumes", []))
-    _score_test(run, model, prep, n_candidates, n_draws)
-    if register:
-        tensors = {**model.tensors(), "fit_ids": encode_ids(_fit_ids(prep))}  # the rows its fingerprints hash
-        prep.reg.save(f"{name}/shared", tensors, _registered_meta(prep, spec, run, name, saved))
-    run.seconds = time.time() - t0
-    return run
+    saved = run_trainer(cfg, spec.workers, use_gpu, storage)
+    run.resumed_from_epoch = latest[0] if latest else None
+    return saved
 
 
 @dataclass
@@ -349,53 +376,15 @@ def _train_config(prep: _Prepared, spec: DecoderSpec, storage: Path) -> dict:
            "init_from": spec.init_from, "adapters": prep.adapters, "adapt_subjects": prep.adapt,
            "n_labeled": prep.n_lab, "unlabeled": prep.unlabeled, "centroids": prep.centroids,
            "storage": str(storage)}
-    cfg["spec_hash"] = _spec_hash(cfg)
+    cfg["spec_hash"] = spec_hash(cfg)
     return cfg
-
-
-def _spec_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps({k: cfg.get(k) for k in _SPEC_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _latest_checkpoint(storage: Path) -> tuple[int, Path, str] | None:
-    """(epoch, folder, spec hash) of the newest complete checkpoint under ``storage``, or None."""
-    import torch
-
-    best = None
-    for f in storage.rglob(CKPT_FILE) if storage.exists() else []:
-        try:
-            saved = torch.load(f, map_location="cpu", weights_only=False)
-        except Exception:  # a checkpoint being written when the run was killed
-            continue
-        if best is None or saved["epoch"] > best[0]:
-            best = (int(saved["epoch"]), f.parent, saved["spec_hash"])
-    return best
-
-
-def _run_trainer(cfg: dict, num_workers: int, use_gpu: bool, storage: Path) -> dict:
-    """Run :func:`~._adaptor_train.train_loop` on ``num_workers`` Ray Train workers; the last checkpoint."""
-    import torch
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name="adaptor", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=MAX_FAILURES),  # restarts resume
-                             logging_config=LoggingConfig(log_level="WARNING")))  # our history is the report
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)
 
 
 def _trained_model(prep: _Prepared, saved: dict) -> AdaptorModel:
     """The trained network with every subject's voxels and normalization (a pretrained model's subjects kept)."""
     net = _build_net(prep.all_subjects, prep.dims, prep.p, prep.adapters)
-    net.load_state_dict(saved["model"])
+    # the best epoch's weights (validation top-1), the last epoch's without a validation split
+    net.load_state_dict(saved["best"]["model"] if saved.get("best") else saved["model"])
     st, base = (prep.base.state, prep.base.meta) if prep.base else ({}, None)
     prev = {s: {h: st[f"voxels.{s}.{h}"] for h in HEMISPHERES} for s in base["subjects"]} if base else {}
     prev_norm = {s: {k: st[f"norm.{s}.{k}"] for k in ("mean", "std")} for s in base["subjects"]} if base else {}
@@ -444,7 +433,8 @@ def _registered_meta(prep: _Prepared, spec: DecoderSpec, run: AdaptorRun, name: 
             "adapt_subjects": prep.adapt, "domain_adaptation": da_meta,
             "feature_versions": {t: fs.metadata(t) for t in targets},
             "fingerprints": {t: table_fingerprint(fs, t, ids) for t in targets},
-            "metrics": run.metrics, "epochs_trained": int(saved["epoch"]) + 1}
+            "metrics": run.metrics, "epochs_trained": int(saved["epoch"]) + 1, "best_epoch": run.best_epoch,
+            "val_top1": run.val_top1, "comparison": run.comparison, "winner": run.winner, "search": run.search}
 
 
 def _fit_ids(prep: _Prepared) -> list[str]:

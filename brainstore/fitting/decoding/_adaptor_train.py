@@ -97,15 +97,23 @@ def train_loop(cfg: dict) -> None:
         model.load_state_dict(saved["model"])
         opt_state, start, history = saved["optimizer"], saved["epoch"] + 1, saved["history"]
         resumes = list(saved.get("resumes", [])) + [start]  # epochs where training picked up from a checkpoint
+        best = saved.get("best")
     else:
-        opt_state, start, history, resumes = None, 0, [], []
+        opt_state, start, history, resumes, best = None, 0, [], [], None
         if p.domain_adaptation:
             _imprint_prototypes(model, data)
     loop = _Loop(cfg, p, ray.train.torch.prepare_model(model), data, unl, opt_state, device, rank, world)
     for epoch in range(start, p.epochs):
+        if best is not None and p.patience and epoch - best["epoch"] > p.patience:
+            break  # resumed from the checkpoint of the epoch that stopped it
         metrics = loop.epoch(epoch)
+        best = _keep_best(best, metrics, loop.net, epoch)
+        if best is not None:  # every worker computes the same figures from the same (synchronized) weights
+            metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"])
         history.append(metrics)
-        loop.report(epoch, metrics, history, resumes)
+        loop.report(epoch, metrics, history, resumes, best)
+        if best is not None and p.patience and epoch - best["epoch"] >= p.patience:
+            break  # early stopping: no better validation top-1 for `patience` epochs
 
 
 def _worker_data(cfg: dict, p: AdaptorParams) -> tuple[dict, dict]:
@@ -289,15 +297,16 @@ class _Loop:
             written.append((s, slots, f.detach()))
         return adapt
 
-    def report(self, epoch: int, metrics: dict, history: list, resumes: list) -> None:
-        """Report the epoch to Ray Train; rank 0 with its checkpoint."""
+    def report(self, epoch: int, metrics: dict, history: list, resumes: list, best: dict | None) -> None:
+        """Report the epoch to Ray Train; rank 0 with its checkpoint (the best epoch's weights in it)."""
         import ray.train
         import torch
 
         if self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
-                            "spec_hash": self.cfg["spec_hash"], "history": history, "resumes": resumes},
+                            "spec_hash": self.cfg["spec_hash"], "history": history, "resumes": resumes,
+                            "best": best},
                            Path(tmp) / CKPT_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -353,17 +362,30 @@ def _gather(t, world: int):
 
 
 def _val_metrics(net, data: dict, targets: list[str], device) -> dict:
-    """Mean top-1 (brain -> stimulus) on each subject's held-out training images, first target."""
+    """Top-1 (brain -> stimulus, first target) on each subject's held-out training images (``val_top1_<subject>``)
+    and their mean (``val_top1``)."""
     import torch
 
-    from ...scoring import retrieval_metrics
+    from ._scores import validation_top1
 
     net.eval()
-    out = []
+    out = {}
     with torch.no_grad():
         for s, d in data.items():
             if len(d["val"]) < 2:
                 continue
             pred = net(d["R"][d["val"]].to(device), s)[targets[0]].cpu().numpy()
-            out.append(retrieval_metrics(pred, d["E"][targets[0]][d["val"]].numpy(), n_draws=1)["top1_brain_to_stimulus"])
-    return {"val_top1": float(np.mean(out))} if out else {}
+            out[f"val_top1_{s}"] = validation_top1(pred, d["E"][targets[0]][d["val"]].numpy())
+    return {"val_top1": float(np.mean(list(out.values()))), **out} if out else {}
+
+
+def _keep_best(best: dict | None, metrics: dict, net, epoch: int) -> dict | None:
+    """The best epoch so far (validation top-1; the first of equals): its epoch, figures and a copy of its weights.
+    None without a validation split (the last epoch is kept)."""
+    if "val_top1" not in metrics:
+        return best
+    if best is None or metrics["val_top1"] > best["val_top1"]:
+        return {"epoch": epoch, "val_top1": metrics["val_top1"],
+                "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},
+                "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+    return best

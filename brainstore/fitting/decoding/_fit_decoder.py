@@ -26,7 +26,9 @@ def fit_decoder(spec: DecoderSpec | dict, *, dataset, store, registry, out: str 
     ----------
     spec : DecoderSpec or dict
         What to fit: ``target`` (the store table decoded into), ``method`` (``"ridge"``: a decoder per
-        subject; ``"adaptor"``: one model over all subjects, Ray Train), ROIs, alphas, adaptor settings.
+        subject; ``"adaptor"``: one model over all subjects, Ray Train, its settings searched with Ray Tune
+        unless ``search`` is None, compared with ridge on its validation split; ``"auto"``: the same, keeping
+        ridge decoders instead when ridge is the better on validation), ROIs, alphas, adaptor settings.
     dataset : str, Path or BrainDataset
         The dataset whose responses are decoded.
     store, registry : URI or FeatureStore / ModelRegistry
@@ -44,24 +46,44 @@ def fit_decoder(spec: DecoderSpec | dict, *, dataset, store, registry, out: str 
         ``metrics``: ``{model: {subject: figures}}`` (ridge) or ``{target: {subject: figures}}`` (adaptor),
         the retrieval figures of the test split with ``store_top1`` / ``store_top5`` among every stimulus
         of the target table; ``run_dir``; ridge: ``failures`` and ``registered``; adaptor: ``name``, the
-        training ``history``.
+        training ``history``, ``best_epoch``; adaptor and auto: ``comparison`` ({subject: adaptor and ridge
+        validation top-1, ridge's test figures}), ``winner``, ``search`` (the trials' table).
     """
     spec = spec if isinstance(spec, DecoderSpec) else DecoderSpec(**spec)
     root = dataset_root(dataset)
     store, registry = uri_of(store), uri_of(registry)
-    if spec.method == "adaptor":
-        run = train_adaptor(spec, dataset=root, store=store, registry=registry, out=out, subjects=subjects)
-        add_store_retrieval({run.name: run.metrics[spec.target]}, root, registry, store)
-        doc = {"decoders": {run.name: run.metrics[spec.target]}, "history": run.history}
+    if spec.method in ("adaptor", "auto"):
+        run = _adaptor_or_ridge(spec, root, store, registry, out, subjects, progress)
+        doc = {"decoders": run.metrics if isinstance(run, DecodeRun) else {run.name: run.metrics[spec.target]},
+               "history": getattr(run, "history", []), "comparison": run.comparison, "winner": run.winner,
+               "search": run.search}
     else:
-        run = fit_decoders(root, spec.target, store=store, registry=registry, out=out, rois=spec.rois,
-                           name=spec.name, alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects,
-                           response_delays=spec.response_delays, progress=progress)
-        if run.metrics:
-            add_store_retrieval(run.metrics, root, registry, store)
+        run = _ridge(spec, root, store, registry, out, subjects, progress)
         doc = {"decoders": run.metrics}
     (Path(run.run_dir) / "metrics.json").write_text(json.dumps(doc, indent=2))
     return run
+
+
+def _ridge(spec: DecoderSpec, root, store, registry, out, subjects, progress: bool) -> DecodeRun:
+    run = fit_decoders(root, spec.target, store=store, registry=registry, out=out, rois=spec.rois,
+                       name=spec.name, alphas=tuple(spec.alphas) if spec.alphas else None, subjects=subjects,
+                       response_delays=spec.response_delays, progress=progress)
+    if run.metrics:
+        add_store_retrieval(run.metrics, root, registry, store)
+    return run
+
+
+def _adaptor_or_ridge(spec: DecoderSpec, root, store, registry, out, subjects, progress: bool):
+    """The adaptor (searched unless ``search`` is null), compared with ridge on its validation split; with
+    ``method: auto`` and ridge the better on validation, the ridge decoders are fitted and registered instead."""
+    run = train_adaptor(spec, dataset=root, store=store, registry=registry, out=out, subjects=subjects)
+    if run.registered:
+        add_store_retrieval({run.name: run.metrics[spec.target]}, root, registry, store)
+        return run
+    ridge = _ridge(spec, root, store, registry,
+                   Path(run.run_dir) / "ridge", subjects, progress)
+    ridge.comparison, ridge.winner, ridge.search = run.comparison, run.winner, run.search
+    return ridge
 
 
 def add_store_retrieval(metrics: dict, dataset, registry, store) -> None:

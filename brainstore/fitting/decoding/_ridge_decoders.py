@@ -126,6 +126,10 @@ class DecodeRun:
     failures: list[dict] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # method auto, where ridge won: the adaptor it was compared with on the validation split (AdaptorRun's fields)
+    comparison: dict[str, dict] = field(default_factory=dict)
+    winner: str | None = None
+    search: dict | None = None
 
 
 def decoder_name(target: str) -> str:

@@ -7,7 +7,15 @@ import numpy as np
 
 from ...datasets import AlgonautsDataset
 
-__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics"]
+__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1"]
+
+
+def validation_top1(decoded: np.ndarray, true: np.ndarray) -> float:
+    """Top-1 brain -> stimulus among a validation split's images (300 of them at most, one draw): the figure
+    an adaptor's epochs, its search and the ridge comparison are judged by."""
+    from ...scoring import retrieval_metrics
+
+    return float(retrieval_metrics(decoded, true, n_draws=1)["top1_brain_to_stimulus"])
 
 
 def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,

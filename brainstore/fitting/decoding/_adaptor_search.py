@@ -1,0 +1,143 @@
+"""The search over an adaptor's settings (:class:`~brainstore.fitting.SearchParams`) with Ray Tune.
+
+Each trial is a Ray Train run of the adaptor (:func:`~._adaptor_train.train_loop`, on the spec's
+workers) whose epochs report to Tune (``TuneReportCallback``); ASHA stops the trials that trail at
+its rungs (epochs), and each trial stops early by ``patience`` and keeps its best epoch. The first
+trial is the spec's own settings, the others are drawn (seeded) from the search space. The winner is
+the trial with the best validation top-1 at its best epoch (the first of equals): its checkpoint
+holds those weights, so nothing is trained again.
+
+The search lives in ``<run folder>/train/search``: Tune's experiment state, and each trial's Ray
+Train folder under ``trials/<trial id>``. Started again on the same run folder, a killed search
+resumes with Tune's ``Tuner.restore`` (finished trials are kept, not rerun) and an unfinished trial
+resumes from its last epoch's checkpoint, as a single training does.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .._spec import AdaptorParams, SearchParams
+from ._adaptor_train import CKPT_FILE
+from ._adaptor_trainer import latest_checkpoint, run_trainer, spec_hash
+
+__all__ = ["search_adaptor", "trial_table"]
+
+
+def _trial(config: dict, cfg: dict, workers: int, use_gpu: bool) -> None:
+    """One trial (a Tune function trainable): the adaptor trained with ``config``'s settings by Ray Train,
+    each epoch reported to Tune; a restarted trial resumes from its own last checkpoint."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ._adaptor_init import adapter_specs
+
+    p = AdaptorParams(**{**cfg["params"], **config})
+    storage = Path(cfg["storage"]) / "search" / "trials" / tune.get_context().get_trial_id()
+    tcfg = {**cfg, "params": p.model_dump(), "storage": str(storage),
+            "adapters": adapter_specs(list(cfg["subjects"]), p, None)}
+    tcfg["spec_hash"] = spec_hash(tcfg)
+    latest = latest_checkpoint(storage)
+    tcfg["resume_from"] = str(latest[1] / CKPT_FILE) if latest and latest[2] == tcfg["spec_hash"] else None
+    run_trainer(tcfg, workers, use_gpu, storage, callbacks=[TuneReportCallback()])
+
+
+class _Progress:
+    """A line per finished trial: its settings' validation top-1, epochs, and why it stopped."""
+
+    def __new__(cls, n_trials: int, epochs: int, patience: int | None):
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+                row = _row(trial.config, trial.last_result or {}, epochs, patience)
+                print(f"  search trial {done}/{n_trials}: val top-1 {row['val_top1']:.3f} "
+                      f"(best epoch {row['best_epoch']}, {row['epochs']} run, {row['stopped']}) "
+                      f"{_short(trial.config)}", flush=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                print(f"  search trial failed: {_short(trial.config)}", flush=True)
+
+        return Progress()
+
+
+def _short(config: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+
+def _row(config: dict, result: dict, epochs: int, patience: int | None) -> dict:
+    """One trial of the search's table: its settings, validation top-1 at its best epoch, epochs run, why it stopped."""
+    run, best = int(result.get("epochs_done", 0)), result.get("best_epoch")
+    if run >= epochs:
+        stopped = "completed"
+    elif best is not None and patience and run - 1 - int(best) >= patience:
+        stopped = "early stopping"
+    else:
+        stopped = "ASHA" if run else "not run"
+    return {"config": dict(config), "val_top1": float(result.get("best_val_top1", float("nan"))),
+            "best_epoch": None if best is None else int(best), "epochs": run, "stopped": stopped,
+            "val_subjects": {k[len("val_top1_"):]: v for k, v in result.items() if k.startswith("val_top1_")}}
+
+
+def trial_table(results, epochs: int, patience: int | None) -> list[dict]:
+    """The search's rows in trial order (``trial`` 0 is the spec's own settings), with each trial's checkpoint."""
+    rows = []
+    for r in sorted(results, key=lambda r: (r.metrics or {}).get("trial_id", "")):
+        m = r.metrics or {}
+        row = {"trial": len(rows), **_row(r.config, m, epochs, patience)}
+        if r.error is not None:
+            row["stopped"] = f"error: {type(r.error).__name__}"
+        row["checkpoint"] = m.get("checkpoint_path")
+        rows.append(row)
+    return rows
+
+
+def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, workers: int, use_gpu: bool, path: Path):
+    """A new Tuner for the search, or the killed one restored from ``path``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, workers=workers, use_gpu=use_gpu),
+                                    {"cpu": 0})  # the trial's driver: its Ray Train workers hold the CPUs
+    if tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    space = search.resolved_space()
+    own = {k: getattr(p, k) for k in space}
+    scheduler = ASHAScheduler(time_attr="epochs_done", max_t=p.epochs, grace_period=min(search.grace, p.epochs),
+                              reduction_factor=search.reduction)
+    return tune.Tuner(
+        trainable, param_space={k: tune.choice(v) for k, v in space.items()},
+        tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=search.trials, scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=[own],
+                                                                     random_state=search.seed),
+                                    max_concurrent_trials=search.concurrent, time_budget_s=search.time_budget_s),
+        run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
+                                  callbacks=[_Progress(search.trials, p.epochs, p.patience)]))
+
+
+def search_adaptor(cfg: dict, search: SearchParams, p: AdaptorParams, workers: int, use_gpu: bool,
+                   storage: Path) -> tuple[dict, AdaptorParams, dict]:
+    """Search ``p``'s settings over ``search``'s space; the winning trial's last checkpoint (its best epoch's
+    weights in it), its settings, and the search's record (``trials`` table, ``best`` trial, ``seconds``)."""
+    import torch
+
+    t0 = time.time()
+    path = storage / "search"
+    print(f"searching the adaptor's settings: {search.trials} trials (Ray Tune, ASHA), validation top-1 on "
+          f"{p.val_fraction:.0%} of each subject's training images", flush=True)
+    results = _tuner(cfg, search, p, workers, use_gpu, path).fit()
+    rows = trial_table(results, p.epochs, p.patience)
+    done = [r for r in rows if r["checkpoint"] and r["val_top1"] == r["val_top1"]]
+    if not done:
+        raise RuntimeError(f"no trial of the adaptor search finished an epoch (see {path}); "
+                           f"stops: {[r['stopped'] for r in rows]}")
+    best = max(done, key=lambda r: (r["val_top1"], -r["trial"]))
+    saved = torch.load(Path(best["checkpoint"]) / CKPT_FILE, map_location="cpu", weights_only=False)
+    winner = AdaptorParams(**{**p.model_dump(), **best["config"]})
+    record = {"trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows], "best": best["trial"],
+              "space": search.resolved_space(), "settings": search.model_dump(), "seconds": time.time() - t0,
+              "epochs_run": sum(r["epochs"] for r in rows)}
+    return saved, winner, record
