@@ -106,7 +106,8 @@ SEARCH_SPACE: dict[str, list] = {
 class SearchParams(_Strict):
     """A Ray Tune search over an adaptor's settings on the validation split (``val_fraction``), with ASHA.
 
-    Trials are Ray Train runs of the adaptor; the first trial is the spec's own settings, the others are
+    Trials train the adaptor with its Ray Train worker loop (in the trial's process, or as Ray Train runs
+    with ``workers`` > 1); the first trial is the spec's own settings, the others are
     drawn (seeded) from ``space``. ASHA stops trials whose validation top-1 trails at its rungs (``grace``
     epochs, then x ``reduction``); every trial stops early by ``patience`` and keeps its best epoch. The
     search stops at ``trials`` or ``time_budget_s``. One trial at a time (``concurrent: 1``) makes the
@@ -121,6 +122,10 @@ class SearchParams(_Strict):
     grace: int = Field(4, ge=1)  # ASHA: epochs every trial gets before its first comparison
     reduction: int = Field(3, ge=2)  # ASHA: 1 / reduction of the trials go on at each rung
     concurrent: int = Field(1, ge=1)  # trials at once (1: deterministic)
+    # Ray Train workers per trial: 1 trains in the trial's own process (no worker group to start); more: each
+    # trial is a Ray Train run (DDP, GPUs when the cluster has them)
+    workers: int = Field(1, ge=1)
+    cpus: Optional[int] = Field(None, ge=1)  # with workers 1: CPUs (torch threads) per trial (None: the cluster's / concurrent)
     seed: int = 0  # the draws of settings
     # {AdaptorParams field: choices} varied by the search (None: SEARCH_SPACE)
     space: Optional[dict[str, list]] = None

@@ -334,7 +334,7 @@ def test_three_node_cluster_loses_a_node_in_extraction_and_in_fitting(small_data
         _reap(orphans)
 
 
-ADAPT = {"epochs": 10, "batch_size": 16, "latent": 64, "n_blocks": 1}
+ADAPT = {"epochs": 10, "batch_size": 16, "latent": 64, "n_blocks": 1, "patience": None}
 
 
 @pytest.mark.slow

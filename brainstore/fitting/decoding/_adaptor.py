@@ -214,7 +214,7 @@ def _train(prep: _Prepared, spec: DecoderSpec, storage, use_gpu: bool, run: Adap
     checkpoint of the model kept. A killed run on the same folder resumes from its last epoch."""
     cfg = _train_config(prep, spec, storage)
     if spec.search is not None:
-        saved, prep.p, run.search = search_adaptor(cfg, spec.search, prep.p, spec.workers, use_gpu, storage)
+        saved, prep.p, run.search = search_adaptor(cfg, spec.search, prep.p, use_gpu, storage)
         prep.adapters = adapter_specs(sorted(prep.all_subjects), prep.p, prep.base)
         return saved
     latest = latest_checkpoint(storage)  # a killed run on this folder resumes from its last epoch

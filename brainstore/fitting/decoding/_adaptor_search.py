@@ -15,21 +15,23 @@ resumes from its last epoch's checkpoint, as a single training does.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
 from .._spec import AdaptorParams, SearchParams
-from ._adaptor_train import CKPT_FILE
+from ._adaptor_train import CKPT_FILE, train_loop
 from ._adaptor_trainer import latest_checkpoint, run_trainer, spec_hash
 
 __all__ = ["search_adaptor", "trial_table"]
 
 
 def _trial(config: dict, cfg: dict, workers: int, use_gpu: bool) -> None:
-    """One trial (a Tune function trainable): the adaptor trained with ``config``'s settings by Ray Train,
-    each epoch reported to Tune; a restarted trial resumes from its own last checkpoint."""
+    """One trial (a Tune function trainable): the adaptor trained with ``config``'s settings, each epoch reported
+    to Tune. One worker: the worker loop runs in the trial's own process; more: a Ray Train run on ``workers``
+    (DDP). A restarted trial resumes from its own last checkpoint."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ._adaptor_init import adapter_specs
 
@@ -38,6 +40,11 @@ def _trial(config: dict, cfg: dict, workers: int, use_gpu: bool) -> None:
     tcfg = {**cfg, "params": p.model_dump(), "storage": str(storage),
             "adapters": adapter_specs(list(cfg["subjects"]), p, None)}
     tcfg["spec_hash"] = spec_hash(tcfg)
+    if workers == 1:  # no worker group to start (~20 s a trial on a 2-core box): Tune keeps the checkpoints
+        train_loop({**tcfg, "session": "tune", "resume_from": None})
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     latest = latest_checkpoint(storage)
     tcfg["resume_from"] = str(latest[1] / CKPT_FILE) if latest and latest[2] == tcfg["spec_hash"] else None
     run_trainer(tcfg, workers, use_gpu, storage, callbacks=[TuneReportCallback()])
@@ -50,10 +57,12 @@ class _Progress:
         from ray.tune import Callback
 
         class Progress(Callback):
+            done = 0
+
             def on_trial_complete(self, iteration, trials, trial, **info):
-                done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+                self.done += 1
                 row = _row(trial.config, trial.last_result or {}, epochs, patience)
-                print(f"  search trial {done}/{n_trials}: val top-1 {row['val_top1']:.3f} "
+                print(f"  search trial {self.done}/{n_trials}: val top-1 {row['val_top1']:.3f} "
                       f"(best epoch {row['best_epoch']}, {row['epochs']} run, {row['stopped']}) "
                       f"{_short(trial.config)}", flush=True)
 
@@ -89,52 +98,98 @@ def trial_table(results, epochs: int, patience: int | None) -> list[dict]:
         row = {"trial": len(rows), **_row(r.config, m, epochs, patience)}
         if r.error is not None:
             row["stopped"] = f"error: {type(r.error).__name__}"
-        row["checkpoint"] = m.get("checkpoint_path")
+        # a Ray Train trial's last checkpoint (reported by its callback), or Tune's of a one-process trial
+        row["checkpoint"] = m.get("checkpoint_path") or (r.checkpoint.path if r.checkpoint else None)
         rows.append(row)
     return rows
 
 
-def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, workers: int, use_gpu: bool, path: Path):
+def trial_settings(search: SearchParams, p: AdaptorParams) -> list[dict]:
+    """The trials' settings, in order: ``p``'s own, then distinct draws from the space (seeded: the same
+    seed, the same list), as many as ``search.trials`` (fewer when the space has fewer combinations)."""
+    import numpy as np
+
+    space = search.resolved_space()
+    keys = sorted(space)
+    own = {k: getattr(p, k) for k in keys}
+    n_distinct = int(np.prod([len(space[k]) for k in keys])) + (0 if all(own[k] in space[k] for k in keys) else 1)
+    rng = np.random.default_rng(search.seed)
+    out, seen = [own], {tuple(own[k] for k in keys)}
+    while len(out) < min(search.trials, n_distinct):
+        c = {k: space[k][int(rng.integers(len(space[k])))] for k in keys}
+        if tuple(c[k] for k in keys) not in seen:
+            seen.add(tuple(c[k] for k in keys))
+            out.append(c)
+    return out
+
+
+def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, path: Path):
     """A new Tuner for the search, or the killed one restored from ``path``."""
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(_trial, cfg=cfg, workers=workers, use_gpu=use_gpu),
-                                    {"cpu": 0})  # the trial's driver: its Ray Train workers hold the CPUs
+    if search.workers > 1:  # the trial's driver holds nothing: its Ray Train workers hold the CPUs
+        resources = {"cpu": 0, "memory": 2 ** 20}
+    else:
+        cpus = search.cpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // search.concurrent)
+        resources = {"cpu": cpus, "gpu": 1 if use_gpu else 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, cfg=cfg, workers=search.workers, use_gpu=use_gpu), resources)
     if tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    space = search.resolved_space()
-    own = {k: getattr(p, k) for k in space}
+    settings = trial_settings(search, p)
     scheduler = ASHAScheduler(time_attr="epochs_done", max_t=p.epochs, grace_period=min(search.grace, p.epochs),
                               reduction_factor=search.reduction)
     return tune.Tuner(
-        trainable, param_space={k: tune.choice(v) for k, v in space.items()},
-        tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=search.trials, scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(points_to_evaluate=[own],
-                                                                     random_state=search.seed),
-                                    max_concurrent_trials=search.concurrent, time_budget_s=search.time_budget_s),
+        trainable, param_space={k: tune.choice(v) for k, v in search.resolved_space().items()},
+        tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=len(settings), scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=settings,
+                                                                     max_concurrent=search.concurrent),
+                                    time_budget_s=search.time_budget_s),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[_Progress(search.trials, p.epochs, p.patience)]))
 
 
-def search_adaptor(cfg: dict, search: SearchParams, p: AdaptorParams, workers: int, use_gpu: bool,
+@contextlib.contextmanager
+def _legacy_output():
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+
+
+def search_adaptor(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool,
                    storage: Path) -> tuple[dict, AdaptorParams, dict]:
     """Search ``p``'s settings over ``search``'s space; the winning trial's last checkpoint (its best epoch's
     weights in it), its settings, and the search's record (``trials`` table, ``best`` trial, ``seconds``)."""
+    import logging
+
     import torch
 
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files ..."
+    # one checkpoint kept per trial forces a snapshot of the experiment's state each epoch, which Tune warns of
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
     t0 = time.time()
     path = storage / "search"
-    print(f"searching the adaptor's settings: {search.trials} trials (Ray Tune, ASHA), validation top-1 on "
+    print(f"searching the adaptor's settings: {len(trial_settings(search, p))} trials (Ray Tune, ASHA), validation top-1 on "
           f"{p.val_fraction:.0%} of each subject's training images", flush=True)
-    results = _tuner(cfg, search, p, workers, use_gpu, path).fit()
+    tuner = _tuner(cfg, search, p, use_gpu, path)
+    with _legacy_output():  # verbose=0 then prints nothing (the new output prints the experiment's paths regardless)
+        results = tuner.fit()
     rows = trial_table(results, p.epochs, p.patience)
     done = [r for r in rows if r["checkpoint"] and r["val_top1"] == r["val_top1"]]
     if not done:
         raise RuntimeError(f"no trial of the adaptor search finished an epoch (see {path}); "
                            f"stops: {[r['stopped'] for r in rows]}")
-    best = max(done, key=lambda r: (r["val_top1"], -r["trial"]))
+    best = max(done, key=lambda r: (round(r["val_top1"], 9), -r["trial"]))  # the first of equals
     saved = torch.load(Path(best["checkpoint"]) / CKPT_FILE, map_location="cpu", weights_only=False)
     winner = AdaptorParams(**{**p.model_dump(), **best["config"]})
     record = {"trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows], "best": best["trial"],

@@ -76,23 +76,68 @@ def _pseudo_classes(E: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return ((X ** 2).sum(1)[:, None] - 2 * X @ centroids.T + (centroids ** 2).sum(1)[None]).argmin(1)
 
 
+class _Session:
+    """Where the loop runs: a Ray Train worker (rank, world size, device, DDP, reports to Ray Train), or, for a
+    search's trial trained in one process (``cfg["session"] == "tune"``), the Tune trial itself (rank 0 of 1)."""
+
+    def __init__(self, cfg: dict):
+        import torch
+
+        self.tune = cfg.get("session") == "tune"
+        if self.tune:
+            self.rank, self.world = 0, 1
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            import ray.train
+            import ray.train.torch
+
+            ctx = ray.train.get_context()
+            self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+            self.device = ray.train.torch.get_device()
+
+    def prepare(self, model):
+        if self.tune:
+            return model.to(self.device)
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def checkpoint(self):
+        """The checkpoint of a restart (Ray Train's within a run, or Tune's of a restored trial), or None."""
+        if self.tune:
+            from ray import tune
+
+            return tune.get_checkpoint()
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, folder: str | None) -> None:
+        if self.tune:
+            from ray import tune
+
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+            return
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+
 def train_loop(cfg: dict) -> None:
     """Ray Train worker loop: the data, the starting model (or the newest checkpoint's), then the epochs."""
-    import ray.train
-    import ray.train.torch
     import torch
 
     # Ray Train's per-report and per-checkpoint notices (INFO, one logger per file): the history says it
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     p = AdaptorParams(**cfg["params"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    session = _Session(cfg)
+    rank, world, device = session.rank, session.world, session.device
     torch.manual_seed(p.seed)
-    device = ray.train.torch.get_device()
     data, unl = _worker_data(cfg, p)
     model = _starting_model(cfg, p)
-    saved = _saved_checkpoint(cfg)  # a restart within this run, else the last epoch of a killed one
+    saved = _saved_checkpoint(cfg, session)  # a restart within this run, else the last epoch of a killed one
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt_state, start, history = saved["optimizer"], saved["epoch"] + 1, saved["history"]
@@ -102,16 +147,17 @@ def train_loop(cfg: dict) -> None:
         opt_state, start, history, resumes, best = None, 0, [], [], None
         if p.domain_adaptation:
             _imprint_prototypes(model, data)
-    loop = _Loop(cfg, p, ray.train.torch.prepare_model(model), data, unl, opt_state, device, rank, world)
+    loop = _Loop(cfg, p, session.prepare(model), data, unl, opt_state, device, rank, world)
     for epoch in range(start, p.epochs):
         if best is not None and p.patience and epoch - best["epoch"] > p.patience:
             break  # resumed from the checkpoint of the epoch that stopped it
         metrics = loop.epoch(epoch)
+        metrics["epochs_done"] = epoch + 1  # a search's time axis (ASHA's rungs), the same after a resume
         best = _keep_best(best, metrics, loop.net, epoch)
         if best is not None:  # every worker computes the same figures from the same (synchronized) weights
             metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"])
         history.append(metrics)
-        loop.report(epoch, metrics, history, resumes, best)
+        loop.report(session, epoch, metrics, history, resumes, best)
         if best is not None and p.patience and epoch - best["epoch"] >= p.patience:
             break  # early stopping: no better validation top-1 for `patience` epochs
 
@@ -156,14 +202,13 @@ def _starting_model(cfg: dict, p: AdaptorParams):
     return model
 
 
-def _saved_checkpoint(cfg: dict) -> dict | None:
+def _saved_checkpoint(cfg: dict, session: _Session) -> dict | None:
     """The checkpoint to resume from: Ray Train's (a restart within this run), else the newest of a killed run on
     the same folder (``cfg["resume_from"]``); refused when another spec made it."""
-    import ray.train
     import torch
 
     saved = None
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             saved = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)
@@ -297,9 +342,9 @@ class _Loop:
             written.append((s, slots, f.detach()))
         return adapt
 
-    def report(self, epoch: int, metrics: dict, history: list, resumes: list, best: dict | None) -> None:
-        """Report the epoch to Ray Train; rank 0 with its checkpoint (the best epoch's weights in it)."""
-        import ray.train
+    def report(self, session: _Session, epoch: int, metrics: dict, history: list, resumes: list,
+               best: dict | None) -> None:
+        """Report the epoch to Ray Train (or Tune); rank 0 with its checkpoint (the best epoch's weights in it)."""
         import torch
 
         if self.rank == 0:
@@ -308,9 +353,9 @@ class _Loop:
                             "spec_hash": self.cfg["spec_hash"], "history": history, "resumes": resumes,
                             "best": best},
                            Path(tmp) / CKPT_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                session.report(metrics, tmp)
         else:
-            ray.train.report(metrics, checkpoint=None)
+            session.report(metrics, None)
 
 
 def _imprint_prototypes(net, data: dict, chunk: int = 1024) -> None:

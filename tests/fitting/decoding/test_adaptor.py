@@ -14,7 +14,7 @@ from brainstore.fitting.decoding._adaptor_net import AdaptorNet, FactoredAdapter
 
 # ---------------------------------------------------------------------------- Ray Train, end to end
 
-ADAPT = {"epochs": 15, "batch_size": 16, "latent": 64, "n_blocks": 1}
+ADAPT = {"epochs": 15, "batch_size": 16, "latent": 64, "n_blocks": 1, "patience": None}  # every epoch (early stopping: test_adaptor_search.py)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ from brainstore._ray import connect
 connect(None, num_cpus=2)
 from brainstore.fitting.decoding._adaptor import fit_adaptor
 fit_adaptor(sys.argv[1], [sys.argv[2]], store=sys.argv[3], registry=sys.argv[4], out=sys.argv[5], num_workers=2,
-            params={"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1})
+            params={"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1, "patience": None})
 print("FINISHED")
 """
 
@@ -84,7 +84,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, small_datas
     import sys
     import time
 
-    from brainstore.fitting.decoding._adaptor import _latest_checkpoint, fit_adaptor
+    from brainstore.fitting.decoding._adaptor import fit_adaptor
+    from brainstore.fitting.decoding._adaptor_trainer import latest_checkpoint as _latest_checkpoint
 
     out = tmp_path / "run"
     script = tmp_path / "job.py"
@@ -105,7 +106,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, small_datas
     log.close()
     assert killed_at is not None, (tmp_path / "job.log").read_text()[-3000:]
     assert killed_at < 11, "the training had finished before the kill"
-    params = {"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1}
+    params = {"epochs": 12, "batch_size": 16, "latent": 64, "n_blocks": 1, "patience": None}
     kw = dict(store=str(trained["store"]), registry=str(tmp_path / "reg"), out=out, num_workers=2)
     run = fit_adaptor(small_dataset, [trained["target"]], params=params, **kw)
     assert run.resumed_from_epoch is not None and run.resumed_from_epoch >= killed_at
