@@ -1,0 +1,153 @@
+"""Adaptors that hold on data they were not tuned on (``_adaptor_train`` early stopping, ``_adaptor_search``
+the Ray Tune search, ``_adaptor_compare`` the ridge on the same validation split, ``method: auto``).
+
+Early stopping keeps the best epoch's weights (a case built to overfit: few images, a high learning rate, no
+regularization), checked by decoding the validation rows with the registered model and ranking them by hand,
+and the ridge it is compared with matches scikit-learn's ridge on the same rows; the search is deterministic
+by seed and a killed search resumes to the same table without rerunning finished trials; ``method: auto``
+registers whichever won on validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+SPACE = {"latent": [32, 64], "lr": [1e-3, 3e-3], "n_blocks": [0, 1]}
+SMALL = {"epochs": 6, "batch_size": 16, "latent": 32, "n_blocks": 1, "patience": 3}
+
+
+@pytest.fixture(scope="module")
+def text(small_dataset, tmp_path_factory, ray_local):
+    from brainstore.features import extract
+
+    root = tmp_path_factory.mktemp("adaptor-search")
+    return {"root": root, "store": root / "store",
+            "target": extract(small_dataset, "text", root / "store", progress=False).feature}
+
+
+def _top1_by_hand(pred: np.ndarray, true: np.ndarray) -> float:
+    """Share of rows whose decoded embedding is most cosine-similar to its own true embedding."""
+    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    t = true / np.linalg.norm(true, axis=1, keepdims=True)
+    return float(((p @ t.T).argmax(1) == np.arange(len(p))).mean())
+
+
+def _val_rows(ds, fs, target, subject, n_lab, val_fraction):
+    """The validation rows of a subject, as the adaptor holds them out: the last share of its labeled images."""
+    from brainstore.fitting import response_matrix, select_voxels, subject_stimuli
+
+    n_val = int(round(n_lab * val_fraction))
+    R = response_matrix(ds, subject, "train", select_voxels(ds, subject))[:n_lab]
+    E = fs.load(target, subject_stimuli(ds, subject, "train")[:n_lab])
+    return R, E, n_lab - n_val
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_rows(small_dataset, text, tmp_path):
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from brainstore.datasets import open_dataset
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import AdaptorModel, fit_adaptor
+
+    # built to overfit: 60 images a subject, lr 1e-2, a wide backbone, no dropout or weight decay
+    p = {"epochs": 24, "batch_size": 16, "latent": 256, "n_blocks": 2, "lr": 1e-2, "dropout": 0.0,
+         "weight_decay": 0.0, "val_fraction": 0.3, "patience": 6}
+    run = fit_adaptor(small_dataset, [text["target"]], store=str(text["store"]), registry=str(tmp_path / "reg"),
+                      params=p, num_workers=1, fraction=0.5, out=tmp_path / "run")
+    val = [h["val_top1"] for h in run.history]
+    best = int(np.argmax(val))  # the first of equals
+    assert run.best_epoch == best
+    assert val[-1] < val[best], f"the case did not overfit: {val}"  # else the test shows nothing
+    # patience: it stopped 6 epochs after the best, or ran every epoch
+    assert len(val) == min(p["epochs"], best + 1 + p["patience"]), val
+    # the registered weights are the best epoch's: its validation top-1, computed here by hand
+    ds, fs = open_dataset(small_dataset), FeatureStore(str(text["store"]), create=False)
+    model = AdaptorModel.load(str(tmp_path / "reg"), f"{run.name}/shared")
+    tops = []
+    for s in ds.subjects:
+        R, E, cut = _val_rows(ds, fs, text["target"], s, 60, p["val_fraction"])
+        tops.append(_top1_by_hand(model.decode(s, R[cut:])[text["target"]], E[cut:]))
+        assert run.val_top1[s] == pytest.approx(tops[-1])
+        # the ridge it is compared with: fitted on the same rows, judged on the same validation rows (scikit-learn
+        # at the alpha its CV chose, voxels z-scored with the fitted rows' statistics)
+        c = run.comparison[s]
+        assert (c["n_fit"], c["n_val"], c["adaptor_val_top1"]) == (cut, 60 - cut, run.val_top1[s])
+        sc = StandardScaler().fit(R[:cut])
+        ref = Ridge(alpha=c["ridge_alpha"]).fit(sc.transform(R[:cut]), E[:cut]).predict(sc.transform(R[cut:]))
+        assert c["ridge_val_top1"] == pytest.approx(_top1_by_hand(ref, E[cut:]))
+    assert np.mean(tops) == pytest.approx(val[best])
+    mean = {k: np.mean([c[f"{k}_val_top1"] for c in run.comparison.values()]) for k in ("adaptor", "ridge")}
+    assert run.winner == ("ridge" if mean["ridge"] > mean["adaptor"] else "adaptor")
+
+
+_SEARCH = """
+import json, sys
+from brainstore._ray import connect
+connect(None, num_cpus=2)
+from brainstore.fitting import DecoderSpec, fit_decoder
+spec = DecoderSpec(**json.loads(sys.argv[5]))
+fit_decoder(spec, dataset=sys.argv[1], store=sys.argv[2], registry=sys.argv[3], out=sys.argv[4])
+print("FINISHED")
+"""
+
+
+def _finished_trials(out) -> int:
+    """Trials whose Tune result file has its last line marked done."""
+    n = 0
+    for f in (out / "train" / "search").glob("*/result.json"):
+        lines = f.read_text().splitlines()
+        n += bool(lines) and json.loads(lines[-1]).get("done", False)
+    return n
+
+
+@pytest.mark.slow
+def test_the_search_is_deterministic_resumes_when_killed_and_auto_keeps_the_winner(small_dataset, text, tmp_path):
+    from brainstore.fitting import DecoderSpec, ModelRegistry, fit_decoder
+
+    spec = DecoderSpec(target=text["target"], method="auto", adaptor=SMALL, workers=1,
+                       search={"trials": 4, "grace": 2, "space": SPACE, "seed": 7})
+    kw = dict(dataset=small_dataset, store=str(text["store"]))
+    first = fit_decoder(spec, registry=str(tmp_path / "reg-a"), out=tmp_path / "a", **kw)
+    table = [{k: t[k] for k in ("config", "val_top1", "epochs", "stopped")} for t in first.search["trials"]]
+    assert table[0]["config"] == {"latent": 32, "lr": SMALL.get("lr", 3e-4), "n_blocks": 1}  # the spec's own first
+    assert len({json.dumps(t["config"], sort_keys=True) for t in table}) == 4  # distinct settings
+    assert any(t["stopped"] == "ASHA" for t in table), table  # ASHA stopped a trailing trial at a rung
+
+    # the same search killed after its second trial, then started again on the same folder
+    out = tmp_path / "b"
+    log = open(tmp_path / "b.log", "w")
+    args = [str(small_dataset), str(text["store"]), str(tmp_path / "reg-b"), str(out), spec.model_dump_json()]
+    proc = subprocess.Popen([sys.executable, "-c", _SEARCH, *args], start_new_session=True, stdout=log,
+                            stderr=subprocess.STDOUT)
+    killed, deadline = None, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if _finished_trials(out) >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = _finished_trials(out)
+            break
+        time.sleep(0.2)
+    proc.wait(60)
+    log.close()
+    assert killed is not None and killed < 4, (tmp_path / "b.log").read_text()[-3000:]
+    again = fit_decoder(spec, registry=str(tmp_path / "reg-b"), out=out, **kw)
+    assert [{k: t[k] for k in ("config", "val_top1", "epochs", "stopped")} for t in again.search["trials"]] == table
+    for f in (out / "train" / "search").glob("*/result.json"):  # no trial's epoch reported twice: none was rerun
+        epochs = [json.loads(line)["epochs_done"] for line in f.read_text().splitlines()]
+        assert epochs == sorted(set(epochs)), (f, epochs)
+
+    # auto kept the winner on validation, and only it
+    assert first.winner == again.winner and first.comparison.keys() == {"subj01", "subj02"}
+    names = ModelRegistry(str(tmp_path / "reg-a"), create=False).names()
+    if first.winner == "ridge":
+        assert not any(n.startswith("adaptor-") for n in names) and any(n.startswith("decoder-ridge-") for n in names)
+    else:
+        assert any(n.startswith("adaptor-") for n in names) and not any(n.startswith("decoder-ridge-") for n in names)
