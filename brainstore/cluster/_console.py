@@ -143,3 +143,54 @@ def print_named(named: tuple[list[str], list[dict]], title: str) -> None:
 def print_decoders(metrics: dict, title: str) -> None:
     """The decoders' retrieval figures (:func:`decoder_table`)."""
     console.print(decoder_table(metrics, title))
+
+
+def adaptor_comparison_table(comparison: Mapping, metrics: Mapping | None, winner: str | None) -> Table:
+    """The adaptor against the ridge decoder fitted on the same rows: validation top-1 of both (what decides),
+    and test top-1 of both (what was reported), per subject."""
+    t = Table(title=f"adaptor vs ridge on the same validation split (winner: {winner})")
+    for c in ("subject", "val rows", "adaptor val top-1", "ridge val top-1", "adaptor test top-1", "ridge test top-1"):
+        t.add_column(c)
+    for s, c in comparison.items():
+        a_test = (metrics or {}).get(s, {}).get("top1_brain_to_stimulus")
+        r_test = c.get("ridge_test", {}).get("top1_brain_to_stimulus")
+        t.add_row(s, str(c["n_val"]), f"{c['adaptor_val_top1']:.3f}", f"{c['ridge_val_top1']:.3f}",
+                  "-" if a_test is None else f"{a_test:.3f}", "-" if r_test is None else f"{r_test:.3f}")
+    return t
+
+
+def search_trials_table(search: Mapping) -> Table:
+    """The search's trials: settings, validation top-1 at the best epoch, epochs run, why each stopped."""
+    t = Table(title=f"adaptor search: {len(search['trials'])} trials, {search['epochs_run']} epochs, "
+                    f"{search['seconds']:.0f} s (* kept)")
+    for c in ("trial", "settings", "val top-1", "best epoch", "epochs", "stopped"):
+        t.add_column(c)
+    for r in search["trials"]:
+        mark = "*" if r["trial"] == search["best"] else ""
+        t.add_row(f"{r['trial']}{mark}", " ".join(f"{k}={v}" for k, v in sorted(r["config"].items())),
+                  f"{r['val_top1']:.3f}", "-" if r["best_epoch"] is None else str(r["best_epoch"]), str(r["epochs"]),
+                  r["stopped"])
+    return t
+
+
+def print_adaptor_outcome(run, target: str, method: str) -> None:
+    """After an adaptor's fit (``method`` adaptor or auto): the search's trials, the comparison with ridge, and
+    what was kept; ridge's win on validation is said, never left for the reader to find."""
+    if getattr(run, "search", None):
+        console.print(search_trials_table(run.search))
+    if not getattr(run, "comparison", None):
+        return
+    metrics = run.metrics.get(target) if hasattr(run, "history") else None
+    console.print(adaptor_comparison_table(run.comparison, metrics, run.winner))
+    mean = {k: sum(c[f"{k}_val_top1"] for c in run.comparison.values()) / len(run.comparison)
+            for k in ("adaptor", "ridge")}
+    if run.winner == "ridge" and method == "auto":
+        console.print(f"[yellow]ridge wins on validation[/] (mean top-1 {mean['ridge']:.3f} against the adaptor's "
+                      f"{mean['adaptor']:.3f}): method auto kept the ridge decoders")
+    elif run.winner == "ridge":
+        console.print(f"[yellow]warning: ridge beats this adaptor on validation[/] (mean top-1 {mean['ridge']:.3f} "
+                      f"against {mean['adaptor']:.3f}); fit the ridge decoders (--method ridge), or use --method "
+                      "auto to keep whichever wins")
+    else:
+        console.print(f"the adaptor beats ridge on validation (mean top-1 {mean['adaptor']:.3f} against "
+                      f"{mean['ridge']:.3f})")

@@ -19,8 +19,9 @@ def fit_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder for predictions and the report (default <registry>/_runs/fit-TIME)."),
     include_random: bool = typer.Option(False, "--include-random", help="Default spec: also fit feature tables made with random weights."),
     decode: Optional[str] = typer.Option(None, "--decode", help="Fit decoders (responses -> this store table) instead of encoders."),
-    method: str = typer.Option("ridge", "--method", help="With --decode: 'ridge' (one per subject) or 'adaptor' (one model over all subjects, Ray Train)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="With --method adaptor: training epochs (default 30)."),
+    method: str = typer.Option("ridge", "--method", help="With --decode: 'ridge' (one per subject), 'adaptor' (one model over all subjects, Ray Train; its settings searched with Ray Tune, compared with ridge on validation) or 'auto' (the adaptor or ridge, whichever wins on validation)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="With --method adaptor/auto: training epochs at most (default 30; early stopping keeps the best)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=0, help="With --method adaptor/auto: settings tried by the search (default 8; 0: train the defaults as they are)."),
     workers: int = typer.Option(2, "--workers", min=1, help="With --method adaptor: Ray Train workers."),
     rois: Optional[str] = typer.Option(None, "--rois", help="With --decode: comma-separated ROIs or ROI families whose vertices the decoders read (default: all)."),
     store: str = StoreOpt,
@@ -34,11 +35,15 @@ def fit_cmd(
     if decode is not None:
         if config is not None:
             fail("--decode fits decoders from --dataset; it does not take --config")
-        if method not in ("ridge", "adaptor"):
-            fail(f"--method must be 'ridge' or 'adaptor', not {method!r}")
+        if method not in ("ridge", "adaptor", "auto"):
+            fail(f"--method must be 'ridge', 'adaptor' or 'auto', not {method!r}")
+        if method == "ridge" and (epochs or trials is not None):
+            fail("--epochs and --trials go with --method adaptor or auto")
         fields = {"target": decode, "method": method, "workers": workers,  # a DecoderSpec's, checked in it
                   "rois": [r.strip() for r in rois.split(",") if r.strip()] if rois else None,
-                  "adaptor": {"epochs": epochs} if (epochs and method == "adaptor") else None}
+                  "adaptor": {"epochs": epochs} if epochs else None}
+        if trials is not None:
+            fields["search"] = {"trials": trials} if trials else None
         return _fit_decoders_cmd(fields, dataset, out, store, registry, address)
     if rois is not None:
         fail("--rois goes with --decode (encoders take ROI rules in a fit spec)")
@@ -69,7 +74,7 @@ def fit_cmd(
             spec = as_fit_spec(dataset, store=store, registry=registry, include_random=include_random, notes=notes)
         for n in notes:
             console.print(f"[yellow]note:[/] {n}")
-        adaptors = any(d.method == "adaptor" for d in spec.decoders)
+        adaptors = any(d.method != "ridge" for d in spec.decoders)
         with drop_stderr_lines(enabled=adaptors and not VERBOSE["on"]):
             result = fit(spec, store=spec.store or store, registry=reg, out=out)
     except (SpecError, DatasetError, FeatureStoreError, MissingStimuliError, RegistryError, ValueError) as e:
@@ -121,23 +126,26 @@ def _run_decoder(spec, dataset: Path, store: str, registry: str, out: Optional[P
     from ...fitting import fit_decoder
     from .._quiet import drop_stderr_lines
 
-    with drop_stderr_lines(enabled=spec.method == "adaptor" and not VERBOSE["on"]):
+    with drop_stderr_lines(enabled=spec.method != "ridge" and not VERBOSE["on"]):
         run = fit_decoder(spec, dataset=dataset, store=store, registry=registry, out=out)
     return _print_decoder_run(spec, run, registry)
 
 
 def _print_decoder_run(spec, run, registry: str) -> bool:
     """A decoding model's figures and where it went; False when a subject failed (or none could be fitted)."""
-    from .._console import console, print_decoders
+    from .._console import console, print_adaptor_outcome, print_decoders
 
-    if spec.method == "adaptor":
+    if hasattr(run, "history"):  # an adaptor (method adaptor, or auto where it won)
         print_decoders({f"{run.name} (adaptor)": run.metrics[spec.target]}, "fitted adaptor")
+        print_adaptor_outcome(run, spec.target, spec.method)
         last = run.history[-1]
         resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
-        console.print(f"registered {run.name}/shared in {registry}: {len(run.history)} epochs{resumed}, last train "
-                      f"loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
+        best = f", kept epoch {run.best_epoch} (best validation top-1)" if run.best_epoch is not None else ""
+        console.print(f"registered {run.name}/shared in {registry}: {len(run.history)} epochs{resumed}{best}, last "
+                      f"train loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
                       f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")
         return True
+    print_adaptor_outcome(run, spec.target, spec.method)  # auto, where ridge won
     for f in run.failures:
         console.print(f"[red]failed[/] {escape(f['subject'])} {escape(f['model'])}: {escape(f['error'])}")
     if not run.metrics:

@@ -129,14 +129,15 @@ def _fit_decoder(dspec, ds, spec: PipelineSpec, out: Path, subjects, i: int, qui
     """One decoding model of the fit spec (:func:`~brainstore.fitting.fit_decoder`); its model name and
     registered names."""
     from ...fitting import fit_decoder
-    from .._console import console, print_decoders
+    from .._console import console, print_adaptor_outcome, print_decoders
     from .._quiet import drop_stderr_lines
 
     what = f"fit.decoders[{i}] ({dspec.method} into {dspec.target})"
-    with drop_stderr_lines(enabled=quiet and dspec.method == "adaptor"):
+    with drop_stderr_lines(enabled=quiet and dspec.method != "ridge"):
         run = fit_decoder(dspec, dataset=ds.root, store=spec.store, registry=spec.registry, out=out,
                           subjects=subjects)
-    if dspec.method == "adaptor":
+    print_adaptor_outcome(run, dspec.target, dspec.method)
+    if hasattr(run, "history"):  # an adaptor (method adaptor, or auto where it won)
         print_decoders({f"{run.name} (adaptor)": run.metrics[dspec.target]}, f"fitted adaptor ({what})")
         resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
         console.print(f"  registered {run.name}/shared: {len(run.history)} epochs{resumed} ({run.seconds:.1f} s)")

@@ -143,7 +143,9 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
     scheduler = ASHAScheduler(time_attr="epochs_done", max_t=p.epochs, grace_period=min(search.grace, p.epochs),
                               reduction_factor=search.reduction)
     return tune.Tuner(
-        trainable, param_space={k: tune.choice(v) for k, v in search.resolved_space().items()},
+        # every trial's settings are given (points_to_evaluate); the choices name their values, the spec's included
+        trainable, param_space={k: tune.choice(list(dict.fromkeys([c[k] for c in settings])))
+                                for k in search.resolved_space()},
         tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=len(settings), scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(points_to_evaluate=settings,
                                                                      max_concurrent=search.concurrent),

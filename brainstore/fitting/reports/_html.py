@@ -35,6 +35,7 @@ import numpy as np
 
 from ...datasets import (HEMISPHERES, REPORT_FAMILIES, ROI_FAMILY_LABELS, AlgonautsDataset, BrainDataset, DatasetError,
                         open_dataset)
+from ._html_adaptors import adaptor_outcomes
 from ._markup import esc as _esc, img as _img
 
 __all__ = ["write_html_report"]
@@ -198,7 +199,8 @@ def write_html_report(path: str | os.PathLike, *, dataset: AlgonautsDataset | st
             ("encoding", "Per-ROI encoding scores", _section_rois(ds, metrics, kinds, oracle, oracle_note)),
             ("table1", "Comparison (Algonauts 2023 Table 1 shape)", _section_table1(metrics, kinds, by_model, oracle)),
             ("maps", "Maps on the cortex", section_maps(maps, metrics, kinds)),
-            ("retrieval", "Retrieval from decoded embeddings", _section_retrieval(decoders, dmodels)),
+            ("retrieval", "Retrieval from decoded embeddings", _section_retrieval(decoders, dmodels)
+             + adaptor_outcomes(reg, dmodels)),
             ("captions", "Decoded captions", _section_captions(ds, reg, store, decoders, dmodels)),
             ("split", "Feature-space contributions (banded models)", _section_split(metrics)),
             ("lineage", "Lineage", section_lineage(reg, store, by_model, [*metrics, *decoders])),

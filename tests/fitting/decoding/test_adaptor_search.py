@@ -87,6 +87,35 @@ def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_row
     assert np.mean(tops) == pytest.approx(val[best])
     mean = {k: np.mean([c[f"{k}_val_top1"] for c in run.comparison.values()]) for k in ("adaptor", "ridge")}
     assert run.winner == ("ridge" if mean["ridge"] > mean["adaptor"] else "adaptor")
+    # the report's account of it, from the registered record
+    from brainstore.fitting import ModelRegistry, decoding_models
+    from brainstore.fitting.reports._html_adaptors import adaptor_outcomes
+
+    reg = ModelRegistry(str(tmp_path / "reg"), create=False)
+    html = adaptor_outcomes(reg, decoding_models(reg, small_dataset))
+    assert f"{run.name} against ridge on the same validation split" in html
+    assert ("Ridge wins on validation" in html) == (run.winner == "ridge")
+    for s, c in run.comparison.items():
+        assert f"<td>{s}</td><td>{c['n_val']}</td><td>{c['adaptor_val_top1']:.3f}</td><td>{c['ridge_val_top1']:.3f}</td>" in html
+
+
+def test_the_cli_says_when_ridge_wins():
+    from types import SimpleNamespace
+
+    from brainstore.cluster._console import console, print_adaptor_outcome
+
+    comp = {"subj01": {"n_val": 30, "adaptor_val_top1": 0.50, "ridge_val_top1": 0.70,
+                       "ridge_test": {"top1_brain_to_stimulus": 0.66}}}
+    run = SimpleNamespace(search=None, comparison=comp, winner="ridge", history=[],
+                          metrics={"t": {"subj01": {"top1_brain_to_stimulus": 0.48}}})
+    with console.capture() as cap:
+        print_adaptor_outcome(run, "t", "adaptor")
+    out = cap.get()
+    assert "ridge beats this adaptor on validation" in out and "0.700 against 0.500" in out, out
+    assert "0.480" in out and "0.660" in out  # test top-1 of both
+    with console.capture() as cap:
+        print_adaptor_outcome(SimpleNamespace(**{**vars(run), "metrics": {}}), "t", "auto")
+    assert "method auto kept the ridge decoders" in cap.get()
 
 
 _SEARCH = """
