@@ -29,6 +29,11 @@ Usage: python benchmarks/decode.py [--subjects 3 --train 2000 --test 500 --verti
        [--epochs 20] [--fewshot-epochs 40 --fraction 0.1] [--captioner-epochs 4] [--domain-adaptation]
        [--extra-arms]
        [--out DIR]
+       python benchmarks/decode.py --regimes [--regimes-sizes 300,1000,3000] [--regimes-trials 8]
+       [--regimes-noise 0.5,1.5] [--regimes-spaces own,shared] [--regimes-vertices 1000] [--out DIR]
+
+``--regimes`` runs another benchmark (:mod:`_regimes`): the searched adaptor decoder against the ridge
+decoder on independent data (:mod:`_independent_data`), per vertex space, noise level and training size.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules (_regimes, _independent_data)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,7 +76,12 @@ def main() -> None:
     ap.add_argument("--domain-adaptation", action="store_true",
                     help="add the few-shot arm with domain adaptation on the new subject's unlabeled responses")
     ap.add_argument("--out", default=None)
+    from _regimes import add_regime_arguments, run_regimes
+
+    add_regime_arguments(ap)
     args = ap.parse_args()
+    if args.regimes:
+        return run_regimes(args)
 
     import numpy as np
 
