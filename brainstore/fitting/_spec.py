@@ -89,6 +89,10 @@ class AdaptorParams(_Strict):
     # stop after this many epochs without a better validation top-1 (None: train every epoch); the model kept is
     # always the best epoch's
     patience: Optional[int] = Field(8, ge=1)
+    # start from the ridge decoder: its map (fitted on the training rows, fixed) plus the network, whose heads start
+    # at zero, so the start decodes as ridge does and is judged too (epoch -1). None: on when trained from scratch
+    # (off for transfer and domain adaptation)
+    ridge_base: Optional[bool] = None
     seed: int = 0
     # domain adaptation on the unlabeled responses of fit_adaptor(adapt_subjects=...); None: off
     domain_adaptation: Optional[DomainAdaptationParams] = None

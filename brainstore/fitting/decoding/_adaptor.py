@@ -60,7 +60,7 @@ from .._spec import AdaptorParams, DecoderSpec, SearchParams
 from ..encoding import subject_stimuli
 from ..registry import ModelRegistry, dataset_digest, encode_ids, safe_name, stimuli_digest, table_fingerprint
 from ..ridge import input_eps, robust_scale
-from ._adaptor_compare import ridge_on_validation, winner
+from ._adaptor_compare import fit_ridges, ridge_base_state, ridge_on_validation, winner
 from ._adaptor_init import Pretrained, _mean_adapter_init, adapter_specs, load_pretrained
 from ._adaptor_search import search_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
@@ -189,6 +189,13 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
     if use_gpu is None:
         use_gpu = res.get("GPU", 0) >= spec.workers
     run = AdaptorRun(name=name, run_dir=prep.rdir, adapt_subjects=prep.adapt)
+    compare = not prep.adapt and not spec.init_from and prep.p.val_fraction > 0
+    ridges = fit_ridges(prep) if (compare or prep.p.ridge_base) else {}
+    if prep.p.ridge_base:  # the adaptor's fixed base: the ridge's map of its z-scored input
+        import torch
+
+        prep.base_state = str(prep.rdir / "ridge_base.pt")
+        torch.save({k: torch.from_numpy(v) for k, v in ridge_base_state(prep, ridges).items()}, prep.base_state)
     saved = _train(prep, spec, storage, bool(use_gpu), run)
     model = _trained_model(prep, saved)
     run.params = prep.p.model_dump()
@@ -198,8 +205,8 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
     if best is not None:
         run.best_epoch, run.val_top1 = int(best["epoch"]), dict(best["subjects"])
     _score_test(run, model, prep, n_candidates, n_draws)
-    if best is not None and not prep.adapt and not spec.init_from:
-        run.comparison = ridge_on_validation(prep, run.val_top1, n_candidates=n_candidates, n_draws=n_draws)
+    if best is not None and compare:
+        run.comparison = ridge_on_validation(prep, ridges, run.val_top1, n_candidates=n_candidates, n_draws=n_draws)
         run.winner = winner(run.comparison)
     if register and not (spec.method == "auto" and run.winner == "ridge"):
         tensors = {**model.tensors(), "fit_ids": encode_ids(_fit_ids(prep))}  # the rows its fingerprints hash
@@ -250,6 +257,7 @@ class _Prepared:
     dims: dict  # {target: embedding dimension}
     centroids: list | None  # domain adaptation: k-means centroids of g's pseudo-classes
     n_class_samples: int  # labeled embeddings the k-means saw
+    base_state: str | None = None  # ridge_base: the file of the base's buffers (written before training)
 
     @property
     def adapted(self) -> list[str]:
@@ -266,6 +274,9 @@ def _check_options(spec: DecoderSpec, p: AdaptorParams) -> list[str]:
     if p.domain_adaptation is not None and not adapt:
         raise ValueError("params.domain_adaptation is set but no subject to adapt to: pass adapt_subjects=[...] "
                          "(subjects whose unlabeled responses join training)")
+    if p.ridge_base and (spec.init_from or adapt):
+        raise ValueError("params.ridge_base starts an adaptor trained from scratch from the ridge decoder; transfer "
+                         "(init_from) and domain adaptation cannot: leave ridge_base unset or false")
     if (p.new_adapter is not None or p.new_rank is not None or p.new_adapter_init != "random") and not spec.init_from:
         raise ValueError("params.new_adapter / new_rank / new_adapter_init set the adapters of subjects added to a "
                          "pretrained model: give init_from, or set adapter / rank for a model trained from scratch")
@@ -279,6 +290,8 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
 
     p = spec.adaptor or AdaptorParams()
     adapt = _check_options(spec, p)
+    if p.ridge_base is None:  # the ridge start: for adaptors trained from scratch
+        p = p.model_copy(update={"ridge_base": not (spec.init_from or adapt)})
     ds = open_dataset(dataset)
     unknown = [s for s in adapt if s not in ds.subjects]
     if unknown:
@@ -375,6 +388,7 @@ def _train_config(prep: _Prepared, spec: DecoderSpec, storage: Path) -> dict:
            "norm": prep.norm, "fraction": spec.fraction, "trainable": spec.trainable, "init_state": init_state,
            "init_from": spec.init_from, "adapters": prep.adapters, "adapt_subjects": prep.adapt,
            "n_labeled": prep.n_lab, "unlabeled": prep.unlabeled, "centroids": prep.centroids,
+           "base_state": prep.base_state,
            "storage": str(storage)}
     cfg["spec_hash"] = spec_hash(cfg)
     return cfg

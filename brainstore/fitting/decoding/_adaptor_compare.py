@@ -1,10 +1,16 @@
-"""The honest comparison an adaptor gets: the ridge decoder fitted on the same training rows and judged on
-the same validation split (:func:`~._scores.validation_top1`), and scored on the test split too.
+"""The ridge decoder an adaptor is built on and judged against, on the adaptor's own rows.
 
 The rows are the adaptor's: each trained subject's labeled training images (the first ``fraction``),
 the last ``val_fraction`` of them held out. The ridge is the ridge decoder's method
 (:func:`~._ridge_decoders.fit_subject_decoder`: voxels z-scored inside each fold, one alpha for every
-dimension by 5-fold CV over :data:`~._ridge_decoders.DECODER_ALPHAS`), on the first target table.
+dimension by 5-fold CV over :data:`~._ridge_decoders.DECODER_ALPHAS`), fitted on the rows the adaptor
+trains on, one per subject and target. It serves twice:
+
+- :func:`ridge_base_state`: the adaptor's fixed base (``ridge_base``), the ridge's map rewritten for the
+  adaptor's input (voxels z-scored with the adaptor's statistics), so the untrained network decodes as
+  the ridge does;
+- :func:`ridge_on_validation`: the honest comparison, on the same validation rows
+  (:func:`~._scores.validation_top1`) and on the test split.
 """
 
 from __future__ import annotations
@@ -16,33 +22,61 @@ from ._inputs import response_matrix
 from ._ridge_decoders import DECODER_ALPHAS
 from ._scores import validation_top1
 
-__all__ = ["ridge_on_validation", "winner"]
+__all__ = ["fit_ridges", "ridge_base_state", "ridge_on_validation", "winner"]
 
 
-def ridge_on_validation(prep, adaptor_val: dict[str, float], *, n_candidates: int = 300, n_draws: int = 30,
-                        folds: int = 5) -> dict[str, dict]:
-    """``{subject: {"adaptor_val_top1", "ridge_val_top1", "ridge_alpha", "ridge_test"}}`` for each trained
-    subject with a validation split (``prep``: the adaptor driver's prepared inputs)."""
+def fit_ridges(prep, folds: int = 5) -> dict[str, dict]:
+    """``{subject: {"est": {target: RidgeCVEncoder}, "R", "E": {target: embeddings}, "cut", "n"}}``: the ridge of
+    each trained subject and target, fitted on its labeled rows before ``cut`` (the rest is validation)."""
     import torch
 
-    from ...scoring import retrieval_metrics
     from ..ridge import RidgeCVEncoder
 
-    ds, fs, target, p = prep.ds, prep.fs, prep.targets[0], prep.p
+    ds, fs, p = prep.ds, prep.fs, prep.p
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {}
     for s in prep.subjects:
+        n = prep.n_lab[s]
+        cut = n - int(round(n * p.val_fraction))
+        R = response_matrix(ds, s, "train", prep.voxels[s])[:n]
+        ids = subject_stimuli(ds, s, "train")[:n]
+        E = {t: fs.load(t, ids) for t in prep.targets}
+        est = {t: RidgeCVEncoder(alphas=DECODER_ALPHAS, n_folds=min(folds, cut), scoring="r2", alpha_per_target=False,
+                                 device=device).fit(R[:cut], E[t][:cut]) for t in prep.targets}
+        out[s] = {"est": est, "R": R, "E": E, "cut": cut, "n": n}
+    return out
+
+
+def ridge_base_state(prep, ridges: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The adaptor's base buffers: each ridge's ``((R - m) / s) @ C + c`` as a map of the adaptor's input
+    ``x = (R - mean) / std``: ``W = (std / s) C``, ``b = ((mean - m) / s) @ C + c``."""
+    from ._adaptor_net import base_name
+
+    out = {}
+    for s, r in ridges.items():
+        mean, std = (np.asarray(prep.norm[s][k], np.float64) for k in ("mean", "std"))
+        for t, est in r["est"].items():
+            C, xm, xs = (np.asarray(a, np.float64) for a in (est.coef_, est.x_mean_, est.x_scale_))
+            out[base_name(s, t, "w")] = ((std / xs)[:, None] * C).astype(np.float32)
+            out[base_name(s, t, "b")] = (((mean - xm) / xs) @ C + np.asarray(est.intercept_, np.float64)
+                                         ).astype(np.float32)
+    return out
+
+
+def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, float], *, n_candidates: int = 300,
+                        n_draws: int = 30) -> dict[str, dict]:
+    """``{subject: {"adaptor_val_top1", "ridge_val_top1", "ridge_alpha", "ridge_test", "n_fit", "n_val"}}`` for each
+    trained subject with a validation split, on the first target."""
+    from ...scoring import retrieval_metrics
+
+    ds, fs, target = prep.ds, prep.fs, prep.targets[0]
+    out = {}
+    for s, r in ridges.items():
         if s not in adaptor_val:
             continue
-        n = prep.n_lab[s]
-        n_val = int(round(n * p.val_fraction))
-        R = response_matrix(ds, s, "train", prep.voxels[s])[:n]
-        E = fs.load(target, subject_stimuli(ds, s, "train")[:n])
-        fit, val = slice(0, n - n_val), slice(n - n_val, n)
-        est = RidgeCVEncoder(alphas=DECODER_ALPHAS, n_folds=min(folds, n - n_val), scoring="r2",
-                             alpha_per_target=False,
-                             device="cuda" if torch.cuda.is_available() else "cpu").fit(R[fit], E[fit])
-        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": validation_top1(est.predict(R[val]), E[val]),
-               "ridge_alpha": float(est.alpha_[0]), "n_fit": n - n_val, "n_val": n_val}
+        est, R, E, cut, n = r["est"][target], r["R"], r["E"][target], r["cut"], r["n"]
+        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": validation_top1(est.predict(R[cut:]), E[cut:]),
+               "ridge_alpha": float(est.alpha_[0]), "n_fit": cut, "n_val": n - cut}
         if ds.has_test_responses(s):
             Et = fs.load(target, subject_stimuli(ds, s, "test"))
             D = est.predict(response_matrix(ds, s, "test", prep.voxels[s]))

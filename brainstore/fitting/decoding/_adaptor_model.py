@@ -28,7 +28,8 @@ def _build_net(n_voxels: dict[str, int], target_dims: dict[str, int], p: Adaptor
     da = p.domain_adaptation
     return AdaptorNet(n_voxels, target_dims, latent=p.latent, n_blocks=p.n_blocks, adapter=p.adapter, rank=p.rank,
                       adapters=adapters, dropout=p.dropout, temperature=p.temperature,
-                      n_classes=da.n_classes if da else 0, class_temperature=da.classifier_temperature if da else 0.05)
+                      n_classes=da.n_classes if da else 0, class_temperature=da.classifier_temperature if da else 0.05,
+                      ridge_base=bool(p.ridge_base))
 
 
 def _norm_spec(spec: dict) -> dict:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AdaptorNet", "ADAPTER_KINDS", "adapter_spec", "make_adapter", "clip_loss", "soft_clip_loss",
+__all__ = ["AdaptorNet", "ADAPTER_KINDS", "base_name", "adapter_spec", "make_adapter", "clip_loss", "soft_clip_loss",
            "mixco_loss", "regression_loss", "neighborhood_clustering_loss", "entropy_separation_loss"]
 
 #: Adapter kinds: a subject's map from its voxels into the shared latent.
@@ -96,11 +96,15 @@ class AdaptorNet(nn.Module):
     dropout : dropout inside the blocks and on the adapter output.
     temperature : initial temperature of the contrastive logits (learned, as CLIP's logit scale).
     n_classes : classes of the classifier g (0: none); ``class_temperature`` divides its cosine logits.
+    ridge_base : each output is a fixed linear map of the subject's (z-scored) voxels, the ridge decoder's
+        (buffers :func:`base_name`, set by the trainer), plus the network's output, whose heads start at zero:
+        the untrained network decodes exactly as ridge does, and training learns what ridge misses.
     """
 
     def __init__(self, n_voxels: dict[str, int], target_dims: dict[str, int], *, latent: int = 512,
                  n_blocks: int = 2, adapter: str = "linear", rank: int = 64, adapters: dict[str, dict] | None = None,
-                 dropout: float = 0.1, temperature: float = 0.05, n_classes: int = 0, class_temperature: float = 0.05):
+                 dropout: float = 0.1, temperature: float = 0.05, n_classes: int = 0, class_temperature: float = 0.05,
+                 ridge_base: bool = False):
         super().__init__()
         adapters = adapters or {}
         default = adapter_spec(adapter, rank)
@@ -113,6 +117,15 @@ class AdaptorNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.classifier = nn.Linear(latent, n_classes, bias=False) if n_classes else None
         self.class_temperature = class_temperature
+        self.ridge_base = bool(ridge_base)
+        if self.ridge_base:  # a fixed linear map per subject and target (set from ridge), the network adds to it
+            for s, n in n_voxels.items():
+                for t, d in target_dims.items():
+                    self.register_buffer(base_name(s, t, "w"), torch.zeros(n, d))
+                    self.register_buffer(base_name(s, t, "b"), torch.zeros(d))
+            for head in self.heads.values():  # the correction starts at zero: the start is the base's decoder
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def add_subject(self, subject: str, n_voxels: int, adapter: str = "linear", rank: int | None = 64) -> None:
         """A new subject's (freshly initialized) adapter: transfer trains it alone on a pretrained backbone,
@@ -126,6 +139,9 @@ class AdaptorNet(nn.Module):
         features (the backbone's output) and g's logits (None without a classifier)."""
         h = self.backbone(self.drop(self.adapters[subject](x)))
         out = {t: self.heads[_key(t)](h) for t in self.targets}
+        if self.ridge_base:
+            out = {t: y + x @ getattr(self, base_name(subject, t, "w")) + getattr(self, base_name(subject, t, "b"))
+                   for t, y in out.items()}
         if not features:
             return out
         return out, h, (self.class_logits(h) if self.classifier is not None else None)
@@ -137,6 +153,11 @@ class AdaptorNet(nn.Module):
     def prototypes(self) -> torch.Tensor:
         """g's weights w_1..w_C, L2-normalized: the class prototypes of neighborhood clustering."""
         return F.normalize(self.classifier.weight, dim=1)
+
+
+def base_name(subject: str, table: str, part: str) -> str:
+    """Name of the ridge base's buffer: ``part`` "w" (voxels x dim) or "b" (dim) of ``subject`` into ``table``."""
+    return f"base_{part}__{subject}__{_key(table)}"
 
 
 def _key(table: str) -> str:

@@ -77,7 +77,8 @@ def _short(config: dict) -> str:
 
 
 def _row(config: dict, result: dict, epochs: int, patience: int | None) -> dict:
-    """One trial of the search's table: its settings, validation top-1 at its best epoch, epochs run, why it stopped."""
+    """One trial of the search's table: its settings, validation top-1 at its best epoch (-1: the start, the ridge
+    base's decoder) overall and per subject, epochs run, why it stopped."""
     run, best = int(result.get("epochs_done", 0)), result.get("best_epoch")
     if run >= epochs:
         stopped = "completed"
@@ -87,7 +88,7 @@ def _row(config: dict, result: dict, epochs: int, patience: int | None) -> dict:
         stopped = "ASHA" if run else "not run"
     return {"config": dict(config), "val_top1": float(result.get("best_val_top1", float("nan"))),
             "best_epoch": None if best is None else int(best), "epochs": run, "stopped": stopped,
-            "val_subjects": {k[len("val_top1_"):]: v for k, v in result.items() if k.startswith("val_top1_")}}
+            "val_subjects": {k[len("best_val_top1_"):]: v for k, v in result.items() if k.startswith("best_val_top1_")}}
 
 
 def trial_table(results, epochs: int, patience: int | None) -> list[dict]:
@@ -146,7 +147,7 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
         # every trial's settings are given (points_to_evaluate); the choices name their values, the spec's included
         trainable, param_space={k: tune.choice(list(dict.fromkeys([c[k] for c in settings])))
                                 for k in search.resolved_space()},
-        tune_config=tune.TuneConfig(metric="val_top1", mode="max", num_samples=len(settings), scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric="best_val_top1", mode="max", num_samples=len(settings), scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(points_to_evaluate=settings,
                                                                      max_concurrent=search.concurrent),
                                     time_budget_s=search.time_budget_s),

@@ -148,6 +148,8 @@ def train_loop(cfg: dict) -> None:
         if p.domain_adaptation:
             _imprint_prototypes(model, data)
     loop = _Loop(cfg, p, session.prepare(model), data, unl, opt_state, device, rank, world)
+    if saved is None and p.ridge_base:  # the start (the ridge's decoder) is a candidate too: epoch -1
+        best = _keep_best(None, _val_metrics(loop.net, data, cfg["targets"], device), loop.net, -1)
     for epoch in range(start, p.epochs):
         if best is not None and p.patience and epoch - best["epoch"] > p.patience:
             break  # resumed from the checkpoint of the epoch that stopped it
@@ -155,7 +157,8 @@ def train_loop(cfg: dict) -> None:
         metrics["epochs_done"] = epoch + 1  # a search's time axis (ASHA's rungs), the same after a resume
         best = _keep_best(best, metrics, loop.net, epoch)
         if best is not None:  # every worker computes the same figures from the same (synchronized) weights
-            metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"])
+            metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"],
+                           **{f"best_val_top1_{k}": v for k, v in best["subjects"].items()})
         history.append(metrics)
         loop.report(session, epoch, metrics, history, resumes, best)
         if best is not None and p.patience and epoch - best["epoch"] >= p.patience:
@@ -188,6 +191,12 @@ def _starting_model(cfg: dict, p: AdaptorParams):
     import torch
 
     model = _build_net(cfg["n_voxels"], cfg["target_dims"], p, cfg["adapters"])
+    if cfg.get("base_state"):  # ridge_base: the ridge's map of each subject's z-scored voxels
+        base = torch.load(cfg["base_state"], map_location="cpu", weights_only=True)
+        names = {n for n, _ in model.named_buffers()}
+        if set(base) - names:
+            raise ValueError(f"the ridge base has buffers this network lacks: {sorted(set(base) - names)[:3]}")
+        model.load_state_dict(base, strict=False)
     init = cfg.get("init_state")
     if init:  # transfer: a pretrained model's weights (a new subject's adapter stays as initialized)
         state = torch.load(init, map_location="cpu", weights_only=True)

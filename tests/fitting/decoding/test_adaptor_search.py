@@ -60,7 +60,7 @@ def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_row
 
     # built to overfit: 60 images a subject, lr 1e-2, a wide backbone, no dropout or weight decay
     p = {"epochs": 24, "batch_size": 16, "latent": 256, "n_blocks": 2, "lr": 1e-2, "dropout": 0.0,
-         "weight_decay": 0.0, "val_fraction": 0.3, "patience": 6}
+         "weight_decay": 0.0, "val_fraction": 0.3, "patience": 6, "ridge_base": False}
     run = fit_adaptor(small_dataset, [text["target"]], store=str(text["store"]), registry=str(tmp_path / "reg"),
                       params=p, num_workers=1, fraction=0.5, out=tmp_path / "run")
     val = [h["val_top1"] for h in run.history]
@@ -97,6 +97,33 @@ def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_row
     assert ("Ridge wins on validation" in html) == (run.winner == "ridge")
     for s, c in run.comparison.items():
         assert f"<td>{s}</td><td>{c['n_val']}</td><td>{c['adaptor_val_top1']:.3f}</td><td>{c['ridge_val_top1']:.3f}</td>" in html
+
+
+def test_the_ridge_base_decodes_as_the_ridge_it_was_made_from(tmp_path):
+    """An adaptor with ``ridge_base`` and its correction at zero (as it starts) decodes exactly as the ridge whose
+    map it holds, rewritten for the adaptor's z-scored input (statistics other than the ridge's own)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from brainstore.fitting import RidgeCVEncoder
+    from brainstore.fitting.decoding._adaptor_compare import ridge_base_state
+    from brainstore.fitting.decoding._adaptor_net import AdaptorNet
+
+    rng = np.random.default_rng(0)
+    R = rng.normal(3.0, 2.0, (80, 30)) * rng.uniform(0.5, 4, 30)
+    E = R[:, :8] @ rng.normal(size=(8, 6)) + rng.normal(size=(80, 6))
+    est = RidgeCVEncoder(alphas=(1.0, 10.0, 100.0), n_folds=4, alpha_per_target=False, device="cpu").fit(R[:60], E[:60])
+    mean, std = R.mean(0), R.std(0) * 1.3  # the adaptor's statistics (all labeled rows), not the ridge's
+    prep = SimpleNamespace(norm={"s1": {"mean": mean.tolist(), "std": std.tolist()}})
+    state = ridge_base_state(prep, {"s1": {"est": {"t.x": est}}})
+    net = AdaptorNet({"s1": 30}, {"t.x": 6}, latent=16, n_blocks=1, ridge_base=True)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    net.eval()
+    x = torch.from_numpy(((R - mean) / std).astype(np.float32))
+    with torch.no_grad():
+        out = net(x, "s1")["t.x"].numpy()
+    np.testing.assert_allclose(out, est.predict(R), rtol=1e-4, atol=1e-4)
 
 
 def test_the_cli_says_when_ridge_wins():
@@ -147,6 +174,10 @@ def test_the_search_is_deterministic_resumes_when_killed_and_auto_keeps_the_winn
     kw = dict(dataset=small_dataset, store=str(text["store"]))
     first = fit_decoder(spec, registry=str(tmp_path / "reg-a"), out=tmp_path / "a", **kw)
     table = [{k: t[k] for k in ("config", "val_top1", "epochs", "stopped")} for t in first.search["trials"]]
+    # the ridge start is every trial's first candidate: no trial is below ridge on validation (but for float32 ties)
+    ridge_val = np.mean([c["ridge_val_top1"] for c in first.comparison.values()])
+    n_val = min(c["n_val"] for c in first.comparison.values())
+    assert min(t["val_top1"] for t in table) >= ridge_val - 1 / n_val, (table, ridge_val)
     assert table[0]["config"] == {"latent": 32, "lr": SMALL.get("lr", 3e-4), "n_blocks": 1}  # the spec's own first
     assert len({json.dumps(t["config"], sort_keys=True) for t in table}) == 4  # distinct settings
     assert any(t["stopped"] == "ASHA" for t in table), table  # ASHA stopped a trailing trial at a rung
