@@ -140,7 +140,8 @@ def _print_decoder_run(spec, run, registry: str) -> bool:
         print_adaptor_outcome(run, spec.target, spec.method)
         last = run.history[-1]
         resumed = f", resumed after epoch {run.resumed_from_epoch}" if run.resumed_from_epoch is not None else ""
-        best = f", kept epoch {run.best_epoch} (best validation top-1)" if run.best_epoch is not None else ""
+        best = ("" if run.best_epoch is None else f", kept epoch {run.best_epoch} (best validation top-1)"
+                if run.best_epoch >= 0 else ", kept its start: the ridge base alone had the best validation top-1")
         console.print(f"registered {run.name}/shared in {registry}: {len(run.history)} epochs{resumed}{best}, last "
                       f"train loss {last['train_loss']:.3f}, {last['samples_per_s']:.0f} samples/s; checkpoints and "
                       f"metrics.json in {run.run_dir} ({run.seconds:.1f} s)")

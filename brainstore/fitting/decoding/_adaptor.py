@@ -87,7 +87,9 @@ class AdaptorRun:
     n_params: int = 0  # parameters of the network (every ``net.`` tensor)
     n_trainable: int = 0  # the parameters this run trained
     adapt_subjects: list[str] = field(default_factory=list)  # domain adaptation: subjects adapted to, unlabeled
-    best_epoch: int | None = None  # the epoch whose weights were kept (best validation top-1); None: the last
+    # the epoch whose weights were kept (best validation top-1); -1: the start (with ridge_base, the ridge's decoder);
+    # None: the last (no validation split)
+    best_epoch: int | None = None
     val_top1: dict[str, float] = field(default_factory=dict)  # {subject: validation top-1 at the best epoch}
     # the ridge decoder on the same validation split: {subject: {"adaptor_val_top1", "ridge_val_top1", "ridge_alpha",
     # "ridge_test": retrieval figures of that ridge on the test split}}
