@@ -192,8 +192,9 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
         use_gpu = res.get("GPU", 0) >= spec.workers
     run = AdaptorRun(name=name, run_dir=prep.rdir, adapt_subjects=prep.adapt)
     compare = not prep.adapt and not spec.init_from and prep.p.val_fraction > 0
-    ridges = fit_ridges(prep) if (compare or prep.p.ridge_base) else {}
-    if prep.p.ridge_base:  # the adaptor's fixed base: the ridge's map of its z-scored input
+    fresh_base = prep.p.ridge_base and prep.base is None  # (a transfer's bases come with its pretrained weights)
+    ridges = fit_ridges(prep) if (compare or fresh_base) else {}
+    if fresh_base:  # the adaptor's fixed base: the ridge's map of its z-scored input
         import torch
 
         prep.base_state = str(prep.rdir / "ridge_base.pt")
@@ -292,8 +293,6 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
 
     p = spec.adaptor or AdaptorParams()
     adapt = _check_options(spec, p)
-    if p.ridge_base is None:  # the ridge start: for adaptors trained from scratch
-        p = p.model_copy(update={"ridge_base": not (spec.init_from or adapt)})
     ds = open_dataset(dataset)
     unknown = [s for s in adapt if s not in ds.subjects]
     if unknown:
@@ -305,6 +304,9 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
     # checked before any work, made once the inputs are read (a bad response file leaves nothing behind)
     rdir = check_folder(default_run_dir(out, reg.root, "adaptor"), "run folder", "--out", create=True, make=False)
     base = load_pretrained(reg, spec.init_from, targets, p) if spec.init_from else None
+    if p.ridge_base is None:  # the ridge start for adaptors trained from scratch; a transfer keeps its model's bases
+        # (its pretrained subjects' maps; a new subject's is zero: the network alone)
+        p = p.model_copy(update={"ridge_base": bool(base.meta["params"].get("ridge_base")) if base else not adapt})
     voxels, norm, n_lab, unlabeled = _subject_inputs(ds, subjects, adapt, spec, p, base)
     all_subjects = _all_subjects(voxels, base, spec.init_from)
     adapters = adapter_specs(sorted(all_subjects), p, base)

@@ -126,11 +126,13 @@ def test_factored_transfer_trains_only_the_new_adapter_and_mixed_kinds_round_tri
 
     t, registry = trained["target"], str(tmp_path / "reg")
     kw = dict(store=str(trained["store"]), registry=registry, num_workers=2)
-    P = {"epochs": 4, "batch_size": 16, "latent": 64, "n_blocks": 1}
+    # the network alone (no ridge start: its parameters are the whole state, as counted below)
+    P = {"epochs": 4, "batch_size": 16, "latent": 64, "n_blocks": 1, "ridge_base": False}
     pre = fit_adaptor(small_dataset, [t], params=P, subjects=["subj01"], out=tmp_path / "pre", name="pre", **kw)
     assert pre.n_trainable == pre.n_params
     rank = 4
-    tr = fit_adaptor(small_dataset, [t], params={**P, "new_adapter": "factored", "new_rank": rank}, subjects=["subj02"],
+    tr = fit_adaptor(small_dataset, [t], params={**{k: v for k, v in P.items() if k != "ridge_base"},
+                                                 "new_adapter": "factored", "new_rank": rank}, subjects=["subj02"],
                      fraction=0.5, init_from="pre/shared", trainable="adapter", out=tmp_path / "tr", name="tr", **kw)
     # these subjects are in their own vertex spaces: no vertex-wise mean of their adapters
     with pytest.raises(ValueError, match="one vertex space: subj02 has"):
