@@ -89,6 +89,9 @@ class AdaptorParams(_Strict):
     # stop after this many epochs without a better validation top-1 (None: train every epoch); the model kept is
     # always the best epoch's
     patience: Optional[int] = Field(8, ge=1)
+    # a later epoch is kept over the kept one when better on validation by more than this (None: one standard error
+    # of the kept figure over the validation rankings; 0: any gain)
+    min_delta: Optional[float] = Field(None, ge=0)
     # start from the ridge decoder: its map (fitted on the training rows, fixed) plus the network, whose heads start
     # at zero, so the start decodes as ridge does and is judged too (epoch -1). None: on when trained from scratch
     # (off for transfer and domain adaptation)

@@ -7,6 +7,7 @@ epoch (model, optimizer, epoch, history and the spec hash)."""
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -149,13 +150,13 @@ def train_loop(cfg: dict) -> None:
             _imprint_prototypes(model, data)
     loop = _Loop(cfg, p, session.prepare(model), data, unl, opt_state, device, rank, world)
     if saved is None and p.ridge_base:  # the start (the ridge's decoder) is a candidate too: epoch -1
-        best = _keep_best(None, _val_metrics(loop.net, data, cfg["targets"], device), loop.net, -1)
+        best = _keep_best(None, _val_metrics(loop.net, data, cfg["targets"], device), loop.net, -1, p.min_delta)
     for epoch in range(start, p.epochs):
         if best is not None and p.patience and epoch - best["epoch"] > p.patience:
             break  # resumed from the checkpoint of the epoch that stopped it
         metrics = loop.epoch(epoch)
         metrics["epochs_done"] = epoch + 1  # a search's time axis (ASHA's rungs), the same after a resume
-        best = _keep_best(best, metrics, loop.net, epoch)
+        best = _keep_best(best, metrics, loop.net, epoch, p.min_delta)
         if best is not None:  # every worker computes the same figures from the same (synchronized) weights
             metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"],
                            **{f"best_val_top1_{k}": v for k, v in best["subjects"].items()})
@@ -416,28 +417,39 @@ def _gather(t, world: int):
 
 
 def _val_metrics(net, data: dict, targets: list[str], device) -> dict:
-    """Top-1 (brain -> stimulus, first target) on each subject's held-out training images (``val_top1_<subject>``)
+    """Top-1 (both directions averaged, first target: :func:`~._scores.validation_top1`) on each subject's held-out training images (``val_top1_<subject>``)
     and their mean (``val_top1``)."""
     import torch
 
     from ._scores import validation_top1
 
     net.eval()
-    out = {}
+    out, n = {}, 0
     with torch.no_grad():
         for s, d in data.items():
             if len(d["val"]) < 2:
                 continue
             pred = net(d["R"][d["val"]].to(device), s)[targets[0]].cpu().numpy()
             out[f"val_top1_{s}"] = validation_top1(pred, d["E"][targets[0]][d["val"]].numpy())
-    return {"val_top1": float(np.mean(list(out.values()))), **out} if out else {}
+            n += 2 * len(d["val"])  # rankings: each image both ways
+    return {"val_top1": float(np.mean(list(out.values()))), "val_items": n, **out} if out else {}
 
 
-def _keep_best(best: dict | None, metrics: dict, net, epoch: int) -> dict | None:
-    """The best epoch so far (validation top-1; the first of equals): its epoch, figures and a copy of its weights.
-    None without a validation split (the last epoch is kept)."""
+def _keep_best(best: dict | None, metrics: dict, net, epoch: int, min_delta: float | None) -> dict | None:
+    """The epoch kept so far: its epoch, figures and a copy of its weights; None without a validation split (the
+    last epoch is kept). A later epoch replaces it when its validation top-1 is higher by more than ``min_delta``
+    (None: one standard error of the kept figure, ``sqrt(v (1 - v) / n)`` over the ``n`` validation rankings: a gain
+    that small is within what the choice among many epochs and trials finds by chance on a few images)."""
     if "val_top1" not in metrics:
         return best
+    if best is not None:
+        v, n = best["val_top1"], metrics.get("val_items", 0)
+        margin = min_delta if min_delta is not None else (math.sqrt(v * (1 - v) / n) if n else 0.0)
+        if metrics["val_top1"] <= v + margin:
+            return best
+    return {"epoch": epoch, "val_top1": metrics["val_top1"],
+            "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},
+            "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}
     if best is None or metrics["val_top1"] > best["val_top1"]:
         return {"epoch": epoch, "val_top1": metrics["val_top1"],
                 "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},

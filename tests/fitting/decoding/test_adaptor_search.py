@@ -34,10 +34,12 @@ def text(small_dataset, tmp_path_factory, ray_local):
 
 
 def _top1_by_hand(pred: np.ndarray, true: np.ndarray) -> float:
-    """Share of rows whose decoded embedding is most cosine-similar to its own true embedding."""
+    """Validation top-1 by hand, the mean of both directions: the share of decoded embeddings most cosine-similar
+    to their own stimulus's embedding, and of stimuli whose embedding is most similar to their own decoding."""
     p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
     t = true / np.linalg.norm(true, axis=1, keepdims=True)
-    return float(((p @ t.T).argmax(1) == np.arange(len(p))).mean())
+    sim, own = p @ t.T, np.arange(len(p))
+    return float(((sim.argmax(1) == own).mean() + (sim.argmax(0) == own).mean()) / 2)
 
 
 def _val_rows(ds, fs, target, subject, n_lab, val_fraction):
@@ -65,10 +67,14 @@ def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_row
     run = fit_adaptor(small_dataset, [text["target"]], store=str(text["store"]), registry=str(tmp_path / "reg"),
                       params=p, num_workers=1, fraction=0.5, out=tmp_path / "run")
     val = [h["val_top1"] for h in run.history]
-    best = int(np.argmax(val))  # the first of equals
+    best, n = 0, run.history[0]["val_items"]  # the kept epoch, by the rule: better by more than a standard error
+    assert n == 2 * 2 * 18  # 18 validation images a subject (30 % of 60), each ranked both ways
+    for e in range(1, len(val)):
+        if val[e] > val[best] + np.sqrt(val[best] * (1 - val[best]) / n):
+            best = e
     assert run.best_epoch == best
     assert val[-1] < val[best], f"the case did not overfit: {val}"  # else the test shows nothing
-    # patience: it stopped 6 epochs after the best, or ran every epoch
+    # patience: it stopped 6 epochs after the kept one, or ran every epoch
     assert len(val) == min(p["epochs"], best + 1 + p["patience"]), val
     # the registered weights are the best epoch's: its validation top-1, computed here by hand
     ds, fs = open_dataset(small_dataset), FeatureStore(str(text["store"]), create=False)
