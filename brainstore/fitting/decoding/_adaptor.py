@@ -40,6 +40,14 @@ a run started again on the same run folder resumes from its last checkpoint, and
 checkpoint made with another spec (domain adaptation, adapt subjects and adapters included). The
 trained model is registered as ``<name>/shared``.
 
+Judged on data it was not trained on: the last ``val_fraction`` of each trained subject's training images
+is held out, every epoch is scored on it (validation top-1, both directions averaged), and the epoch kept
+is the best (by more than ``min_delta``), training stopping after ``patience`` epochs without one. From
+scratch the network starts from ridge (``ridge_base``, :mod:`._adaptor_compare`: the ridge decoder fitted on
+the same rows is a fixed base its heads add to, starting at zero), so the start, judged as epoch -1, decodes
+as ridge does. The settings are searched with Ray Tune (``spec.search``, :mod:`._adaptor_search`) and the
+ridge decoder is scored on the same validation rows beside it (``AdaptorRun.comparison``, ``winner``).
+
 The driver (this module) checks the inputs and prepares them (voxel statistics, transfer from a registered
 adaptor in :mod:`._adaptor_init`, k-means pseudo-classes), runs the trainer (:mod:`._adaptor_train`: the
 worker loop), scores the test split and registers the model. Its options travel as one
