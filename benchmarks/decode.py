@@ -135,8 +135,14 @@ def main() -> None:
     adaptor_s = time.time() - t0
     sps = float(np.mean([h["samples_per_s"] for h in full.history[1:]] or [full.history[0]["samples_per_s"]]))
     fam = full.metrics[rep.feature]
-    _say(f"adaptor (all subjects, {args.epochs} epochs, {adaptor_s:.0f} s, {sps:.0f} samples/s): "
-         + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
+    _say(f"adaptor (all subjects, {args.epochs} epochs, ridge start, kept epoch {full.best_epoch}, {adaptor_s:.0f} s, "
+         f"{sps:.0f} samples/s): " + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in fam.items()))
+    with drop_stderr_lines():  # the network alone (no ridge start), as before issue 31
+        plain = fit_adaptor(data, [rep.feature], params={**P, "ridge_base": False}, out=out / "adaptor-plain",
+                            name="bench-adaptor-plain", **kw)
+    plain_m = plain.metrics[rep.feature]
+    _say(f"adaptor, network alone (kept epoch {plain.best_epoch}): "
+         + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in plain_m.items()))
     # few-shot arms on 10 % of the new subject's images. Its adapter is factored (rank 32: <= 5 % of the
     # parameters). "adaptor": that adapter alone on the pretrained model, started from the pretrained
     # subjects' adapters averaged vertex by vertex (new_adapter_init "mean"; subjects in one vertex space);
@@ -146,7 +152,9 @@ def main() -> None:
     # the adapter alone plus domain adaptation on the new subject's unlabeled responses (the other 90 %).
     pre_name = "bench-adaptor-pre"
     new_init = "mean" if args.alignment > 0 else "random"
-    E = {"epochs": args.fewshot_epochs, "batch_size": 32}
+    # (no ridge start in these arms: a ridge-started network holds corrections to each subject's ridge map and
+    # does not carry to a new subject, and scratch is the architecture alone)
+    E = {"epochs": args.fewshot_epochs, "batch_size": 32, "ridge_base": False}
     FA = {**E, "new_adapter": "factored", "new_rank": 32, "new_adapter_init": new_init}
     ARMS = {
         "adaptor": (FA, f"{pre_name}/shared", "adapter", None),
@@ -162,7 +170,8 @@ def main() -> None:
         ARMS.pop("adaptor_random")
         ARMS.pop("scratch_linear")
     with drop_stderr_lines():
-        pre = fit_adaptor(data, [rep.feature], params=P, subjects=others, out=out / "adaptor-pre", name=pre_name, **kw)
+        pre = fit_adaptor(data, [rep.feature], params={**P, "ridge_base": False}, subjects=others,
+                          out=out / "adaptor-pre", name=pre_name, **kw)
         _say(f"pretrained on {', '.join(others)}: top-1 "
              + ", ".join(f"{s} {m['top1_brain_to_stimulus']:.3f}" for s, m in pre.metrics[rep.feature].items()))
         few, few_runs = {}, {}
@@ -207,6 +216,7 @@ def main() -> None:
                                                 "top1_stimulus_to_brain", "top1_stimulus_to_brain_ci95", "two_way",
                                                 "cosine", "alpha", "cv_r2", "n_voxels")} for s, m in by_s.items()},
         "adaptor_top1_fwd": round(float(np.mean([m["top1_brain_to_stimulus"] for m in fam.values()])), 4),
+        "adaptor_plain_top1_fwd": round(float(np.mean([m["top1_brain_to_stimulus"] for m in plain_m.values()])), 4),
         "adaptor_top1_bwd": round(float(np.mean([m["top1_stimulus_to_brain"] for m in fam.values()])), 4),
         "adaptor_epochs": args.epochs,
         "train_samples_per_s": round(sps, 1),

@@ -313,8 +313,12 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
     rdir = check_folder(default_run_dir(out, reg.root, "adaptor"), "run folder", "--out", create=True, make=False)
     base = load_pretrained(reg, spec.init_from, targets, p) if spec.init_from else None
     if p.ridge_base is None:  # the ridge start for adaptors trained from scratch; a transfer keeps its model's bases
-        # (its pretrained subjects' maps; a new subject's is zero: the network alone)
         p = p.model_copy(update={"ridge_base": bool(base.meta["params"].get("ridge_base")) if base else not adapt})
+    new = [x for x in [*subjects, *adapt] if base and x not in base.meta["n_voxels"]]
+    if p.ridge_base and new:
+        raise ValueError(f"adaptor {spec.init_from!r} was trained on a ridge start (ridge_base): its shared network "
+                         f"holds corrections to each pretrained subject's ridge map and does not carry to a new subject "
+                         f"({', '.join(new)}); pretrain the adaptor with ridge_base: false for transfer")
     voxels, norm, n_lab, unlabeled = _subject_inputs(ds, subjects, adapt, spec, p, base)
     all_subjects = _all_subjects(voxels, base, spec.init_from)
     adapters = adapter_specs(sorted(all_subjects), p, base)

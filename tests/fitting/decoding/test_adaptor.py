@@ -204,6 +204,12 @@ def test_mean_adapter_init_starts_a_new_subject_from_the_pretrained_maps(tmp_pat
     t = extract(data, "text", tmp_path / "store", progress=False).feature
     kw = dict(store=str(tmp_path / "store"), registry=str(tmp_path / "reg"), num_workers=2)
     P = {"epochs": 2, "batch_size": 8, "latent": 16, "n_blocks": 1}
+    # a ridge-started adaptor (the default from scratch) holds corrections to its subjects' ridge maps: refused
+    fit_adaptor(data, [t], params={**P, "epochs": 1}, subjects=["subj01", "subj02"], out=tmp_path / "rb", name="rb",
+                **kw)
+    with pytest.raises(ValueError, match="trained on a ridge start .* does not carry to a new subject \\(subj03\\)"):
+        fit_adaptor(data, [t], params=P, subjects=["subj03"], init_from="rb/shared", out=tmp_path / "x", **kw)
+    P["ridge_base"] = False  # the network alone: what transfers
     fit_adaptor(data, [t], params=P, subjects=["subj01", "subj02"], out=tmp_path / "pre", name="pre", **kw)
     still = {**P, "epochs": 1, "lr": 1e-12, "weight_decay": 0.0, "new_adapter_init": "mean"}
     for name, extra in (("lin", {}), ("fac", {"new_adapter": "factored", "new_rank": 3})):
