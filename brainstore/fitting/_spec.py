@@ -107,6 +107,7 @@ SEARCH_SPACE: dict[str, list] = {
     "latent": [256, 512, 1024], "n_blocks": [0, 1, 2],  # width and depth of the shared backbone
     "dropout": [0.0, 0.1, 0.3], "weight_decay": [1e-3, 1e-2, 1e-1], "lr": [1e-4, 3e-4, 1e-3],
     "beta": [0.5, 0.8, 0.95],  # the loss weights: contrastive against regression
+    "ridge_base": [True, False],  # the ridge start, or the network alone (what wins where subjects share a space)
 }
 
 

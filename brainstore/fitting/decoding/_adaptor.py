@@ -200,7 +200,9 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
         use_gpu = res.get("GPU", 0) >= spec.workers
     run = AdaptorRun(name=name, run_dir=prep.rdir, adapt_subjects=prep.adapt)
     compare = not prep.adapt and not spec.init_from and prep.p.val_fraction > 0
-    fresh_base = prep.p.ridge_base and prep.base is None  # (a transfer's bases come with its pretrained weights)
+    searched = spec.search.resolved_space().get("ridge_base", []) if spec.search is not None else []
+    # the ridge's map, for the spec's settings or any trial's with the ridge start (a transfer's come with its weights)
+    fresh_base = prep.base is None and (prep.p.ridge_base or True in searched)
     ridges = fit_ridges(prep) if (compare or fresh_base) else {}
     if fresh_base:  # the adaptor's fixed base: the ridge's map of its z-scored input
         import torch

@@ -88,6 +88,7 @@ def _row(config: dict, result: dict, epochs: int, patience: int | None) -> dict:
         stopped = "ASHA" if run else "not run"
     return {"config": dict(config), "val_top1": float(result.get("best_val_top1", float("nan"))),
             "best_epoch": None if best is None else int(best), "epochs": run, "stopped": stopped,
+            "val_items": int(result.get("val_items", 0)),
             "val_subjects": {k[len("best_val_top1_"):]: v for k, v in result.items() if k.startswith("best_val_top1_")}}
 
 
@@ -106,8 +107,9 @@ def trial_table(results, epochs: int, patience: int | None) -> list[dict]:
 
 
 def trial_settings(search: SearchParams, p: AdaptorParams) -> list[dict]:
-    """The trials' settings, in order: ``p``'s own, then distinct draws from the space (seeded: the same
-    seed, the same list), as many as ``search.trials`` (fewer when the space has fewer combinations)."""
+    """The trials' settings, in order: ``p``'s own, the same with the other start (``ridge_base`` flipped, when
+    the space varies it), then distinct draws from the space (seeded: the same seed, the same list), as many as
+    ``search.trials`` (fewer when the space has fewer combinations)."""
     import numpy as np
 
     space = search.resolved_space()
@@ -116,6 +118,10 @@ def trial_settings(search: SearchParams, p: AdaptorParams) -> list[dict]:
     n_distinct = int(np.prod([len(space[k]) for k in keys])) + (0 if all(own[k] in space[k] for k in keys) else 1)
     rng = np.random.default_rng(search.seed)
     out, seen = [own], {tuple(own[k] for k in keys)}
+    if "ridge_base" in space and len(space["ridge_base"]) > 1 and search.trials > 1:  # then the other start
+        other = {**own, "ridge_base": not own["ridge_base"]}
+        out.append(other)
+        seen.add(tuple(other[k] for k in keys))
     while len(out) < min(search.trials, n_distinct):
         c = {k: space[k][int(rng.integers(len(space[k])))] for k in keys}
         if tuple(c[k] for k in keys) not in seen:
@@ -156,6 +162,21 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
                                   callbacks=[_Progress(search.trials, p.epochs, p.patience)]))
 
 
+def _kept_trial(done: list[dict]) -> dict:
+    """The trial kept, by the rule epochs are kept by: in trial order (the spec's own settings first), a trial
+    replaces the kept one when its validation top-1 is higher by more than one standard error of the kept figure
+    (``min_delta`` None) over the validation rankings: the best of many trials on a few images is otherwise
+    partly chance."""
+    import math
+
+    kept = done[0]
+    for r in done[1:]:
+        v, n = kept["val_top1"], r.get("val_items") or 0
+        if r["val_top1"] > v + (math.sqrt(v * (1 - v) / n) if n else 0.0):
+            kept = r
+    return kept
+
+
 @contextlib.contextmanager
 def _legacy_output():
     old = os.environ.get("RAY_AIR_NEW_OUTPUT")
@@ -192,7 +213,7 @@ def search_adaptor(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: b
     if not done:
         raise RuntimeError(f"no trial of the adaptor search finished an epoch (see {path}); "
                            f"stops: {[r['stopped'] for r in rows]}")
-    best = max(done, key=lambda r: (round(r["val_top1"], 9), -r["trial"]))  # the first of equals
+    best = _kept_trial(done)
     saved = torch.load(Path(best["checkpoint"]) / CKPT_FILE, map_location="cpu", weights_only=False)
     winner = AdaptorParams(**{**p.model_dump(), **best["config"]})
     record = {"trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows], "best": best["trial"],

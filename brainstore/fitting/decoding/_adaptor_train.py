@@ -192,7 +192,7 @@ def _starting_model(cfg: dict, p: AdaptorParams):
     import torch
 
     model = _build_net(cfg["n_voxels"], cfg["target_dims"], p, cfg["adapters"])
-    if cfg.get("base_state"):  # ridge_base: the ridge's map of each subject's z-scored voxels
+    if cfg.get("base_state") and p.ridge_base:  # the ridge's map of each subject's z-scored voxels
         base = torch.load(cfg["base_state"], map_location="cpu", weights_only=True)
         names = {n for n, _ in model.named_buffers()}
         if set(base) - names:
