@@ -162,17 +162,14 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
                                   callbacks=[_Progress(search.trials, p.epochs, p.patience)]))
 
 
-def _kept_trial(done: list[dict]) -> dict:
-    """The trial kept, by the rule epochs are kept by: in trial order (the spec's own settings first), a trial
-    replaces the kept one when its validation top-1 is higher by more than one standard error of the kept figure
-    (``min_delta`` None) over the validation rankings: the best of many trials on a few images is otherwise
-    partly chance."""
-    import math
+def _kept_trial(done: list[dict], min_delta: float | None) -> dict:
+    """The trial kept, by the rule epochs are kept by (:func:`~._scores.beats_kept`), in trial order: the spec's
+    own settings first."""
+    from ._scores import beats_kept
 
     kept = done[0]
     for r in done[1:]:
-        v, n = kept["val_top1"], r.get("val_items") or 0
-        if r["val_top1"] > v + (math.sqrt(v * (1 - v) / n) if n else 0.0):
+        if beats_kept(r["val_top1"], kept["val_top1"], r.get("val_items") or 0, min_delta):
             kept = r
     return kept
 
@@ -213,7 +210,7 @@ def search_adaptor(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: b
     if not done:
         raise RuntimeError(f"no trial of the adaptor search finished an epoch (see {path}); "
                            f"stops: {[r['stopped'] for r in rows]}")
-    best = _kept_trial(done)
+    best = _kept_trial(done, p.min_delta)
     saved = torch.load(Path(best["checkpoint"]) / CKPT_FILE, map_location="cpu", weights_only=False)
     winner = AdaptorParams(**{**p.model_dump(), **best["config"]})
     record = {"trials": [{k: v for k, v in r.items() if k != "checkpoint"} for r in rows], "best": best["trial"],

@@ -7,7 +7,6 @@ epoch (model, optimizer, epoch, history and the spec hash)."""
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -442,11 +441,11 @@ def _keep_best(best: dict | None, metrics: dict, net, epoch: int, min_delta: flo
     that small is within what the choice among many epochs and trials finds by chance on a few images)."""
     if "val_top1" not in metrics:
         return best
-    if best is not None:
-        v, n = best["val_top1"], metrics.get("val_items", 0)
-        margin = min_delta if min_delta is not None else (math.sqrt(v * (1 - v) / n) if n else 0.0)
-        if metrics["val_top1"] <= v + margin:
-            return best
+    from ._scores import beats_kept
+
+    if best is not None and not beats_kept(metrics["val_top1"], best["val_top1"], metrics.get("val_items", 0),
+                                           min_delta):
+        return best
     return {"epoch": epoch, "val_top1": metrics["val_top1"],
             "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},
             "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}

@@ -7,7 +7,17 @@ import numpy as np
 
 from ...datasets import AlgonautsDataset
 
-__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1"]
+__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1", "beats_kept"]
+
+
+def beats_kept(new: float, kept: float, n: int, min_delta: float | None = None) -> bool:
+    """Whether a validation top-1 ``new`` replaces the ``kept`` one (an epoch's, or a search trial's): higher by
+    more than ``min_delta``; None: one standard error of the kept figure, ``sqrt(v (1 - v) / n)`` over the ``n``
+    validation rankings (the best of many candidates on a few images is otherwise partly chance)."""
+    import math
+
+    margin = min_delta if min_delta is not None else (math.sqrt(kept * (1 - kept) / n) if n else 0.0)
+    return new > kept + margin
 
 
 def validation_top1(decoded: np.ndarray, true: np.ndarray) -> float:
