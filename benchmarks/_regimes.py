@@ -126,11 +126,13 @@ def _figures(run, table: str, fit_s: float) -> dict:
             "ridge_s2b": r[_S2B], "ridge_s2b_ci95": r.get(f"{_S2B}_ci95"),
             "adaptor_val_top1": c["adaptor_val_top1"], "ridge_val_top1": c["ridge_val_top1"],
             "ridge_alpha": c.get("ridge_alpha"), "n_fit": c.get("n_fit"), "n_val": c.get("n_val"),
-            "chance": m.get("chance"), "gap": m[_B2S] - r[_B2S]}
+            "adaptor_val": c.get("adaptor_val"), "ridge_val": c.get("ridge_val"),
+            "chance": m.get("chance"), "gap": m[_B2S] - r[_B2S], "gap_s2b": m[_S2B] - r[_S2B]}
     search = run.search or {}
     trials = search.get("trials", [])
     best = next((t for t in trials if t.get("trial") == search.get("best")), None)
-    return {"subjects": subjects, "winner": run.winner, "search_s": round(float(search.get("seconds", 0.0)), 1),
+    return {"subjects": subjects, "winner": run.winner, "floor_held": getattr(run, "floor_held", None),
+            "search_s": round(float(search.get("seconds", 0.0)), 1),
             "trials": len(trials), "epochs_run": int(sum(t.get("epochs", 0) for t in trials)),
             "best_trial": best and {k: best.get(k) for k in ("trial", "config", "val_top1", "best_epoch", "epochs")},
             "stops": [t.get("stopped") for t in trials], "fit_s": round(fit_s, 1)}
@@ -139,16 +141,23 @@ def _figures(run, table: str, fit_s: float) -> dict:
 def _markdown(key: str, fits: dict) -> str:
     """A regime's table: a row per training size and subject."""
     lines = [f"\n### {key}\n",
-             "| train | subject | adaptor b->s | ridge b->s | gap | adaptor s->b | ridge s->b | val adaptor / ridge "
-             "| winner | trials | epochs | search s |",
-             "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+             "| train | subject | adaptor b->s | ridge b->s | gap | adaptor s->b | ridge s->b | gap s->b | val adaptor / ridge "
+             "| winner | kept | trials | epochs | search s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|"]
     for size, f in fits.items():
         for s, v in f["subjects"].items():
             lines.append(f"| {size} | {s} | {v['adaptor_b2s']:.3f} | {v['ridge_b2s']:.3f} | {v['gap']:+.3f} | "
-                         f"{v['adaptor_s2b']:.3f} | {v['ridge_s2b']:.3f} | {v['adaptor_val_top1']:.3f} / "
-                         f"{v['ridge_val_top1']:.3f} | {f['winner']} | {f['trials']} | {f['epochs_run']} | "
+                         f"{v['adaptor_s2b']:.3f} | {v['ridge_s2b']:.3f} | {v['gap_s2b']:+.3f} | "
+                         f"{v['adaptor_val_top1']:.3f} / {v['ridge_val_top1']:.3f} | {f['winner']} | {_kept(f)} | "
+                         f"{f['trials']} | {f['epochs_run']} | "
                          f"{f['search_s']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _kept(f: dict) -> str:
+    b = f.get("best_trial") or {}
+    where = "start" if b.get("best_epoch") == -1 else f"epoch {b.get('best_epoch')}"
+    return f"trial {b.get('trial')}, {where}" + ("" if f.get("floor_held", True) is not False else ", floor missed")
 
 
 def _summary(args, regimes: dict, out: Path, wall_s: float) -> dict:
@@ -156,6 +165,9 @@ def _summary(args, regimes: dict, out: Path, wall_s: float) -> dict:
     gaps = [(v["gap"], key, size, s) for key, r in regimes.items() for size, f in r["fits"].items()
             for s, v in f["subjects"].items()]
     worst = min(gaps) if gaps else None
+    gaps_s2b = [(v["gap_s2b"], key, size, s) for key, r in regimes.items() for size, f in r["fits"].items()
+                for s, v in f["subjects"].items() if "gap_s2b" in v]
+    worst_s2b = min(gaps_s2b) if gaps_s2b else None
     def r4(x):
         return round(x, 4) if isinstance(x, float) else [r4(y) for y in x] if isinstance(x, list) else x
 
@@ -173,8 +185,12 @@ def _summary(args, regimes: dict, out: Path, wall_s: float) -> dict:
                                    for size, f in r["fits"].items()}} for key, r in regimes.items()},
         "worst_gap": r4(worst[0]) if worst else None,
         "worst_gap_at": {"regime": worst[1], "train": worst[2], "subject": worst[3]} if worst else None,
-        "goal": f"worst_gap >= {GOAL_GAP}",
+        "worst_gap_s2b": r4(worst_s2b[0]) if worst_s2b else None,
+        "worst_gap_s2b_at": {"regime": worst_s2b[1], "train": worst_s2b[2], "subject": worst_s2b[3]} if worst_s2b else None,
+        "goal": f"worst_gap >= {GOAL_GAP} (brain -> stimulus); both ways: worst_gap_s2b >= {GOAL_GAP} too",
         "goal_met": bool(worst is not None and worst[0] >= GOAL_GAP),
+        "goal_met_both_ways": bool(worst is not None and worst[0] >= GOAL_GAP and worst_s2b is not None
+                                   and worst_s2b[0] >= GOAL_GAP),
         "search_s_total": round(sum(f["search_s"] for r in regimes.values() for f in r["fits"].values()), 1),
         "wall_s": round(wall_s, 1),
         "run_dir": str(out),

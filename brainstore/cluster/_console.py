@@ -149,12 +149,18 @@ def adaptor_comparison_table(comparison: Mapping, metrics: Mapping | None, winne
     """The adaptor against the ridge decoder fitted on the same rows: validation top-1 of both (what decides),
     and test top-1 of both (what was reported), per subject."""
     t = Table(title=f"adaptor vs ridge on the same validation split (winner: {winner})")
-    for c in ("subject", "val rows", "adaptor val top-1", "ridge val top-1", "adaptor test top-1", "ridge test top-1"):
+    for c in ("subject", "val rows", "adaptor val top-1", "ridge val top-1", "adaptor val b->s / s->b",
+              "ridge val b->s / s->b", "adaptor test top-1", "ridge test top-1"):
         t.add_column(c)
+
+    def ways(v):
+        return "-" if not v else f"{v['b2s']:.3f} / {v['s2b']:.3f}"
+
     for s, c in comparison.items():
         a_test = (metrics or {}).get(s, {}).get("top1_brain_to_stimulus")
         r_test = c.get("ridge_test", {}).get("top1_brain_to_stimulus")
         t.add_row(s, str(c["n_val"]), f"{c['adaptor_val_top1']:.3f}", f"{c['ridge_val_top1']:.3f}",
+                  ways(c.get("adaptor_val")), ways(c.get("ridge_val")),
                   "-" if a_test is None else f"{a_test:.3f}", "-" if r_test is None else f"{r_test:.3f}")
     return t
 
@@ -194,3 +200,6 @@ def print_adaptor_outcome(run, target: str, method: str) -> None:
     else:
         console.print(f"the adaptor beats ridge on validation (mean top-1 {mean['adaptor']:.3f} against "
                       f"{mean['ridge']:.3f})")
+    if getattr(run, "floor_held", None) is False:
+        console.print("[yellow]warning: no epoch of this adaptor held ridge's validation top-1 in both directions[/] "
+                      "(the kept one is below it one way by more than the margin); compare both ways above")

@@ -96,6 +96,11 @@ class AdaptorParams(_Strict):
     # at zero, so the start decodes as ridge does and is judged too (epoch -1). None: on when trained from scratch
     # (off for transfer and domain adaptation)
     ridge_base: Optional[bool] = None
+    # keep only epochs (and search trials) that are nowhere below the ridge decoder on the same validation rows, in
+    # either direction and for any subject, by more than min_delta (None: one standard error of ridge's figure);
+    # the start with ridge_base is ridge itself. Applies when the ridge is compared (from scratch, no domain
+    # adaptation); when no epoch holds it, the best of them is kept and the fit reports that it did not
+    ridge_floor: bool = True
     seed: int = 0
     # domain adaptation on the unlabeled responses of fit_adaptor(adapt_subjects=...); None: off
     domain_adaptation: Optional[DomainAdaptationParams] = None

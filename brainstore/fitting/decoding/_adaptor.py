@@ -68,7 +68,7 @@ from .._spec import AdaptorParams, DecoderSpec, SearchParams
 from ..encoding import subject_stimuli
 from ..registry import ModelRegistry, dataset_digest, encode_ids, safe_name, stimuli_digest, table_fingerprint
 from ..ridge import input_eps, robust_scale
-from ._adaptor_compare import fit_ridges, ridge_base_state, ridge_on_validation, winner
+from ._adaptor_compare import fit_ridges, ridge_base_state, ridge_floor, ridge_on_validation, winner
 from ._adaptor_init import Pretrained, _mean_adapter_init, adapter_specs, load_pretrained
 from ._adaptor_search import search_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
@@ -103,6 +103,8 @@ class AdaptorRun:
     # "ridge_test": retrieval figures of that ridge on the test split}}
     comparison: dict[str, dict] = field(default_factory=dict)
     winner: str | None = None  # "adaptor" or "ridge": the better mean validation top-1
+    # ridge_floor: whether the kept epoch is nowhere below ridge on validation, each way and subject (None: not judged)
+    floor_held: bool | None = None
     search: dict | None = None  # the search's record: trials table, best trial, seconds (None: settings as given)
     params: dict = field(default_factory=dict)  # the settings trained (the search's winner)
     registered: bool = False
@@ -209,6 +211,8 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
 
         prep.base_state = str(prep.rdir / "ridge_base.pt")
         torch.save({k: torch.from_numpy(v) for k, v in ridge_base_state(prep, ridges).items()}, prep.base_state)
+    if compare and prep.p.ridge_floor:  # the adaptor's kept epoch must hold ridge's validation figures each way
+        prep.floor = ridge_floor(ridges, prep.targets[0])
     saved = _train(prep, spec, storage, bool(use_gpu), run)
     model = _trained_model(prep, saved)
     run.params = prep.p.model_dump()
@@ -217,9 +221,11 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
     best = saved.get("best")
     if best is not None:
         run.best_epoch, run.val_top1 = int(best["epoch"]), dict(best["subjects"])
+        run.floor_held = bool(best.get("floor_held", True)) if prep.floor else None
     _score_test(run, model, prep, n_candidates, n_draws)
     if best is not None and compare:
-        run.comparison = ridge_on_validation(prep, ridges, run.val_top1, n_candidates=n_candidates, n_draws=n_draws)
+        run.comparison = ridge_on_validation(prep, ridges, run.val_top1, best.get("directions", {}),
+                                             n_candidates=n_candidates, n_draws=n_draws)
         run.winner = winner(run.comparison)
     if register and not (spec.method == "auto" and run.winner == "ridge"):
         tensors = {**model.tensors(), "fit_ids": encode_ids(_fit_ids(prep))}  # the rows its fingerprints hash
@@ -271,6 +277,7 @@ class _Prepared:
     centroids: list | None  # domain adaptation: k-means centroids of g's pseudo-classes
     n_class_samples: int  # labeled embeddings the k-means saw
     base_state: str | None = None  # ridge_base: the file of the base's buffers (written before training)
+    floor: dict | None = None  # ridge_floor: {subject: ridge's validation top-1 each way}
 
     @property
     def adapted(self) -> list[str]:
@@ -406,7 +413,7 @@ def _train_config(prep: _Prepared, spec: DecoderSpec, storage: Path) -> dict:
            "norm": prep.norm, "fraction": spec.fraction, "trainable": spec.trainable, "init_state": init_state,
            "init_from": spec.init_from, "adapters": prep.adapters, "adapt_subjects": prep.adapt,
            "n_labeled": prep.n_lab, "unlabeled": prep.unlabeled, "centroids": prep.centroids,
-           "base_state": prep.base_state,
+           "base_state": prep.base_state, "floor": prep.floor,
            "storage": str(storage)}
     cfg["spec_hash"] = spec_hash(cfg)
     return cfg

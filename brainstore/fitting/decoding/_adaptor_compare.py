@@ -9,6 +9,8 @@ trains on, one per subject and target. It serves twice:
 - :func:`ridge_base_state`: the adaptor's fixed base (``ridge_base``), the ridge's map rewritten for the
   adaptor's input (voxels z-scored with the adaptor's statistics), so the untrained network decodes as
   the ridge does;
+- :func:`ridge_floor`: the ridge's validation top-1 each way, the floor the adaptor's kept epoch must hold
+  (``ridge_floor``, :func:`~._scores.holds_floor`);
 - :func:`ridge_on_validation`: the honest comparison, on the same validation rows
   (:func:`~._scores.validation_top1`) and on the test split.
 """
@@ -20,9 +22,9 @@ import numpy as np
 from ..encoding import subject_stimuli
 from ._inputs import response_matrix
 from ._ridge_decoders import DECODER_ALPHAS
-from ._scores import validation_top1
+from ._scores import validation_directions
 
-__all__ = ["fit_ridges", "ridge_base_state", "ridge_on_validation", "winner"]
+__all__ = ["fit_ridges", "ridge_base_state", "ridge_floor", "ridge_on_validation", "winner"]
 
 
 def fit_ridges(prep, folds: int = 5) -> dict[str, dict]:
@@ -63,10 +65,21 @@ def ridge_base_state(prep, ridges: dict[str, dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, float], *, n_candidates: int = 300,
-                        n_draws: int = 30) -> dict[str, dict]:
-    """``{subject: {"adaptor_val_top1", "ridge_val_top1", "ridge_alpha", "ridge_test", "n_fit", "n_val"}}`` for each
-    trained subject with a validation split, on the first target."""
+def ridge_floor(ridges: dict[str, dict], target: str) -> dict[str, dict]:
+    """``{subject: {"b2s", "s2b", "n"}}``: each ridge's validation top-1 each way on ``target``, over ``n`` images."""
+    out = {}
+    for s, r in ridges.items():
+        if r["n"] - r["cut"] >= 2:
+            est, R, E, cut = r["est"][target], r["R"], r["E"][target], r["cut"]
+            out[s] = {**validation_directions(est.predict(R[cut:]), E[cut:]), "n": r["n"] - cut}
+    return out
+
+
+def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, float], adaptor_dirs: dict | None = None,
+                        *, n_candidates: int = 300, n_draws: int = 30) -> dict[str, dict]:
+    """``{subject: {"adaptor_val_top1", "ridge_val_top1", "adaptor_val", "ridge_val", "ridge_alpha", "ridge_test",
+    "n_fit", "n_val"}}`` for each trained subject with a validation split, on the first target; ``*_val``: top-1 each
+    way (``{"b2s", "s2b"}``; the adaptor's from ``adaptor_dirs``, ``{"b2s_<subject>": ...}``, when given)."""
     from ...scoring import retrieval_metrics
 
     ds, fs, target = prep.ds, prep.fs, prep.targets[0]
@@ -75,8 +88,11 @@ def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, fl
         if s not in adaptor_val:
             continue
         est, R, E, cut, n = r["est"][target], r["R"], r["E"][target], r["cut"], r["n"]
-        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": validation_top1(est.predict(R[cut:]), E[cut:]),
+        rv = validation_directions(est.predict(R[cut:]), E[cut:])
+        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": (rv["b2s"] + rv["s2b"]) / 2, "ridge_val": rv,
                "ridge_alpha": float(est.alpha_[0]), "n_fit": cut, "n_val": n - cut}
+        if adaptor_dirs and f"b2s_{s}" in adaptor_dirs:
+            row["adaptor_val"] = {d: float(adaptor_dirs[f"{d}_{s}"]) for d in ("b2s", "s2b")}
         if ds.has_test_responses(s):
             Et = fs.load(target, subject_stimuli(ds, s, "test"))
             D = est.predict(response_matrix(ds, s, "test", prep.voxels[s]))

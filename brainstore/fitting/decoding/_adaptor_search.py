@@ -88,7 +88,7 @@ def _row(config: dict, result: dict, epochs: int, patience: int | None) -> dict:
         stopped = "ASHA" if run else "not run"
     return {"config": dict(config), "val_top1": float(result.get("best_val_top1", float("nan"))),
             "best_epoch": None if best is None else int(best), "epochs": run, "stopped": stopped,
-            "val_items": int(result.get("val_items", 0)),
+            "val_items": int(result.get("val_items", 0)), "floor_held": bool(result.get("best_floor_held", True)),
             "val_subjects": {k[len("best_val_top1_"):]: v for k, v in result.items() if k.startswith("best_val_top1_")}}
 
 
@@ -163,13 +163,16 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
 
 
 def _kept_trial(done: list[dict], min_delta: float | None) -> dict:
-    """The trial kept, by the rule epochs are kept by (:func:`~._scores.beats_kept`), in trial order: the spec's
-    own settings first."""
+    """The trial kept, by the rule epochs are kept by, in trial order (the spec's own settings first): a trial whose
+    kept epoch holds the ridge floor beats one whose does not; otherwise the later one must be better by the
+    margin of :func:`~._scores.beats_kept`."""
     from ._scores import beats_kept
 
     kept = done[0]
     for r in done[1:]:
-        if beats_kept(r["val_top1"], kept["val_top1"], r.get("val_items") or 0, min_delta):
+        held, kept_held = r.get("floor_held", True), kept.get("floor_held", True)
+        if (held and not kept_held) or (held == kept_held and beats_kept(
+                r["val_top1"], kept["val_top1"], r.get("val_items") or 0, min_delta)):
             kept = r
     return kept
 

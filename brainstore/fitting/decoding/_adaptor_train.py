@@ -149,15 +149,16 @@ def train_loop(cfg: dict) -> None:
             _imprint_prototypes(model, data)
     loop = _Loop(cfg, p, session.prepare(model), data, unl, opt_state, device, rank, world)
     if saved is None and p.ridge_base:  # the start (the ridge's decoder) is a candidate too: epoch -1
-        best = _keep_best(None, _val_metrics(loop.net, data, cfg["targets"], device), loop.net, -1, p.min_delta)
+        best = _keep_best(None, _val_metrics(loop.net, data, cfg["targets"], device), loop.net, -1, p, cfg.get("floor"))
     for epoch in range(start, p.epochs):
         if best is not None and p.patience and epoch - best["epoch"] > p.patience:
             break  # resumed from the checkpoint of the epoch that stopped it
         metrics = loop.epoch(epoch)
         metrics["epochs_done"] = epoch + 1  # a search's time axis (ASHA's rungs), the same after a resume
-        best = _keep_best(best, metrics, loop.net, epoch, p.min_delta)
+        best = _keep_best(best, metrics, loop.net, epoch, p, cfg.get("floor"))
         if best is not None:  # every worker computes the same figures from the same (synchronized) weights
             metrics.update(best_val_top1=best["val_top1"], best_epoch=best["epoch"],
+                           best_floor_held=best["floor_held"],
                            **{f"best_val_top1_{k}": v for k, v in best["subjects"].items()})
         history.append(metrics)
         loop.report(session, epoch, metrics, history, resumes, best)
@@ -416,41 +417,46 @@ def _gather(t, world: int):
 
 
 def _val_metrics(net, data: dict, targets: list[str], device) -> dict:
-    """Top-1 (both directions averaged, first target: :func:`~._scores.validation_top1`) on each subject's held-out training images (``val_top1_<subject>``)
-    and their mean (``val_top1``)."""
+    """Top-1 on each subject's held-out training images, first target: each way (``val_b2s_<subject>``,
+    ``val_s2b_<subject>``, :func:`~._scores.validation_directions`), their mean (``val_top1_<subject>``) and the
+    mean over subjects (``val_top1``)."""
     import torch
 
-    from ._scores import validation_top1
+    from ._scores import validation_directions
 
     net.eval()
-    out, n = {}, 0
+    out, dirs, n = {}, {}, 0
     with torch.no_grad():
         for s, d in data.items():
             if len(d["val"]) < 2:
                 continue
             pred = net(d["R"][d["val"]].to(device), s)[targets[0]].cpu().numpy()
-            out[f"val_top1_{s}"] = validation_top1(pred, d["E"][targets[0]][d["val"]].numpy())
+            v = validation_directions(pred, d["E"][targets[0]][d["val"]].numpy())
+            out[f"val_top1_{s}"] = (v["b2s"] + v["s2b"]) / 2
+            dirs.update({f"val_b2s_{s}": v["b2s"], f"val_s2b_{s}": v["s2b"]})
             n += 2 * len(d["val"])  # rankings: each image both ways
-    return {"val_top1": float(np.mean(list(out.values()))), "val_items": n, **out} if out else {}
+    return {"val_top1": float(np.mean(list(out.values()))), "val_items": n, **out, **dirs} if out else {}
 
 
-def _keep_best(best: dict | None, metrics: dict, net, epoch: int, min_delta: float | None) -> dict | None:
+def _keep_best(best: dict | None, metrics: dict, net, epoch: int, p: AdaptorParams, floor: dict | None) -> dict | None:
     """The epoch kept so far: its epoch, figures and a copy of its weights; None without a validation split (the
-    last epoch is kept). A later epoch replaces it when its validation top-1 is higher by more than ``min_delta``
-    (None: one standard error of the kept figure, ``sqrt(v (1 - v) / n)`` over the ``n`` validation rankings: a gain
-    that small is within what the choice among many epochs and trials finds by chance on a few images)."""
+    last epoch is kept). An epoch that holds the ``floor`` (:func:`~._scores.holds_floor`: nowhere below the
+    ridge on validation) replaces a kept one that does not; otherwise a later epoch replaces the kept one when its
+    validation top-1 is higher by more than ``min_delta`` (None: one standard error of the kept figure, ``sqrt(v
+    (1 - v) / n)`` over the ``n`` validation rankings: a gain that small is within what the choice among many
+    epochs and trials finds by chance on a few images)."""
     if "val_top1" not in metrics:
         return best
-    from ._scores import beats_kept
+    from ._scores import beats_kept, holds_floor
 
-    if best is not None and not beats_kept(metrics["val_top1"], best["val_top1"], metrics.get("val_items", 0),
-                                           min_delta):
+    held = holds_floor(metrics, floor if p.ridge_floor else None, p.min_delta)
+    kept_held = best is not None and best.get("floor_held", True)
+    if best is not None and kept_held and not held:
         return best
-    return {"epoch": epoch, "val_top1": metrics["val_top1"],
+    if best is not None and held == kept_held and not beats_kept(
+            metrics["val_top1"], best["val_top1"], metrics.get("val_items", 0), p.min_delta):
+        return best
+    return {"epoch": epoch, "val_top1": metrics["val_top1"], "floor_held": held,
             "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},
+            "directions": {k[len("val_"):]: v for k, v in metrics.items() if k[:8] in ("val_b2s_", "val_s2b_")},
             "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-    if best is None or metrics["val_top1"] > best["val_top1"]:
-        return {"epoch": epoch, "val_top1": metrics["val_top1"],
-                "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},
-                "model": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-    return best

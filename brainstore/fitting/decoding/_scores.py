@@ -7,7 +7,8 @@ import numpy as np
 
 from ...datasets import AlgonautsDataset
 
-__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1", "beats_kept"]
+__all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1", "validation_directions",
+           "beats_kept", "holds_floor"]
 
 
 def beats_kept(new: float, kept: float, n: int, min_delta: float | None = None) -> bool:
@@ -20,15 +21,41 @@ def beats_kept(new: float, kept: float, n: int, min_delta: float | None = None) 
     return new > kept + margin
 
 
-def validation_top1(decoded: np.ndarray, true: np.ndarray) -> float:
-    """Top-1 among a validation split's images (300 of them at most, one draw), the mean of both directions
-    the report shows (brain -> stimulus and stimulus -> brain): the figure an adaptor's epochs, its search and
-    the ridge comparison are judged by. (Judged on brain -> stimulus alone, the kept adaptors gained there and
-    lost up to 0.12 top-1 stimulus -> brain against ridge: benchmarks/RESULTS.md, decoding regimes.)"""
+def validation_directions(decoded: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Top-1 among a validation split's images (300 of them at most, one draw) each way: ``b2s`` brain ->
+    stimulus, ``s2b`` stimulus -> brain."""
     from ...scoring import retrieval_metrics
 
     m = retrieval_metrics(decoded, true, n_draws=1)
-    return float((m["top1_brain_to_stimulus"] + m["top1_stimulus_to_brain"]) / 2)
+    return {"b2s": float(m["top1_brain_to_stimulus"]), "s2b": float(m["top1_stimulus_to_brain"])}
+
+
+def validation_top1(decoded: np.ndarray, true: np.ndarray) -> float:
+    """The mean of both directions the report shows (:func:`validation_directions`): the figure an adaptor's
+    epochs, its search and the ridge comparison are judged by. (Judged on brain -> stimulus alone, the kept
+    adaptors gained there and lost up to 0.12 top-1 stimulus -> brain against ridge: benchmarks/RESULTS.md,
+    decoding regimes.)"""
+    d = validation_directions(decoded, true)
+    return (d["b2s"] + d["s2b"]) / 2
+
+
+def holds_floor(metrics: dict, floor: dict | None, min_delta: float | None = None) -> bool:
+    """Whether an epoch's validation figures (``val_b2s_<subject>``, ``val_s2b_<subject>``) are nowhere below the
+    ``floor`` (``{subject: {"b2s", "s2b", "n"}}``: the ridge decoder's on the same rows) by more than ``min_delta``
+    (None: one standard error of the floor's figure over its ``n`` images). True without a floor. (Judged on the
+    mean of both directions alone, the kept adaptors gained brain -> stimulus and trailed ridge by up to 0.041
+    stimulus -> brain: benchmarks/RESULTS.md, decoding regimes, run 2.)"""
+    import math
+
+    for s, f in (floor or {}).items():
+        for d in ("b2s", "s2b"):
+            v = metrics.get(f"val_{d}_{s}")
+            if v is None:
+                continue
+            margin = min_delta if min_delta is not None else math.sqrt(f[d] * (1 - f[d]) / max(f["n"], 1))
+            if v < f[d] - margin:
+                return False
+    return True
 
 
 def retrieved_captions(ds: AlgonautsDataset, subject: str, decoded: np.ndarray, train_emb: np.ndarray,

@@ -63,7 +63,7 @@ def test_early_stopping_keeps_the_best_epoch_and_ridge_is_judged_on_the_same_row
 
     # built to overfit: 60 images a subject, lr 1e-2, a wide backbone, no dropout or weight decay
     p = {"epochs": 24, "batch_size": 16, "latent": 256, "n_blocks": 2, "lr": 1e-2, "dropout": 0.0,
-         "weight_decay": 0.0, "val_fraction": 0.3, "patience": 6, "ridge_base": False}
+         "weight_decay": 0.0, "val_fraction": 0.3, "patience": 6, "ridge_base": False, "ridge_floor": False}
     run = fit_adaptor(small_dataset, [text["target"]], store=str(text["store"]), registry=str(tmp_path / "reg"),
                       params=p, num_workers=1, fraction=0.5, out=tmp_path / "run")
     val = [h["val_top1"] for h in run.history]
@@ -120,7 +120,35 @@ def test_with_the_ridge_start_no_trial_is_below_ridge_on_validation(small_datase
     # the start (epoch -1) decodes as ridge does and is every trial's first candidate (float32 ties aside)
     for t in run.search["trials"]:
         assert t["val_top1"] >= ridge_val - 1 / n_val, (t, ridge_val)
+        assert t["floor_held"], t  # the start is ridge itself: every trial has an epoch that holds the floor
     assert run.winner == "adaptor" or np.mean(list(run.val_top1.values())) >= ridge_val - 1 / n_val
+    # the kept model holds ridge's validation top-1 each way, per subject, within one standard error of ridge's figure
+    assert run.floor_held is True
+    for s, c in run.comparison.items():
+        for d in ("b2s", "s2b"):
+            r = c["ridge_val"][d]
+            assert c["adaptor_val"][d] >= r - np.sqrt(r * (1 - r) / c["n_val"]) - 1e-12, (s, d, c)
+
+
+def test_the_floor_rule_by_hand():
+    """``holds_floor`` and the order of kept trials, on hand-made figures: 0.5 over 100 images has a standard error of
+    0.05, so 0.45 holds it and 0.449 does not; a trial that holds the floor wins over a better one that does not."""
+    from brainstore.fitting.decoding._adaptor_search import _kept_trial
+    from brainstore.fitting.decoding._scores import holds_floor
+
+    floor = {"s1": {"b2s": 0.5, "s2b": 0.5, "n": 100}}
+    assert holds_floor({"val_b2s_s1": 0.9, "val_s2b_s1": 0.45}, floor)
+    assert not holds_floor({"val_b2s_s1": 0.9, "val_s2b_s1": 0.449}, floor)
+    assert not holds_floor({"val_b2s_s1": 0.449, "val_s2b_s1": 0.9}, floor)
+    assert holds_floor({"val_b2s_s1": 0.49, "val_s2b_s1": 0.49}, floor, min_delta=0.01)
+    assert not holds_floor({"val_b2s_s1": 0.489, "val_s2b_s1": 0.5}, floor, min_delta=0.01)
+    assert holds_floor({"val_b2s_s1": 0.0}, None)
+    trials = [{"trial": 0, "val_top1": 0.50, "val_items": 400, "floor_held": True},
+              {"trial": 1, "val_top1": 0.70, "val_items": 400, "floor_held": False},  # better, but below ridge one way
+              {"trial": 2, "val_top1": 0.52, "val_items": 400, "floor_held": True},  # within a standard error of 0
+              {"trial": 3, "val_top1": 0.56, "val_items": 400, "floor_held": True}]  # 0.56 > 0.5 + 0.025
+    assert _kept_trial(trials, None)["trial"] == 3
+    assert _kept_trial(trials[1:2] + trials[:1], None)["trial"] == 0
 
 
 def test_the_ridge_base_decodes_as_the_ridge_it_was_made_from(tmp_path):
