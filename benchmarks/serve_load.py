@@ -8,13 +8,21 @@ stimuli of the table. Then, side by side in this run, for each server:
 * plain: ``brainstore serve --local`` (uvicorn, models in its process) in a subprocess;
 * serve: the Ray Serve application (ingress, extractor, encoder, decoder deployments) started here;
 
-a bounded load of ``--duration`` seconds at ``--clients`` concurrent clients (asyncio + aiohttp, one
-process) per route: ``/v1/encode`` (a random stored stimulus id) and ``/v1/decode`` (a random test
-response, top-5 of the whole table). Then the fault run: Serve with two encoder replicas, one killed
-(``ray.kill``) a third of the way into an encode load; the error rate over that load is
-``fault_error_rate``.
+three loads per route (asyncio + aiohttp in this process), ``/v1/encode`` (a random stored stimulus id) and
+``/v1/decode`` (a random test response, top-5 of the whole table):
 
-Usage: python benchmarks/serve_load.py [--duration 60 --clients 32] [--out DIR]
+* saturation: ``--clients`` closed-loop clients for ``--duration`` seconds (``encode_rps``, ``plain_encode_rps``...);
+* latency at a stated load: an open-loop generator, Poisson arrivals at ``--rate`` requests/s for
+  ``--open-duration`` seconds, each request sent at its arrival time whatever the earlier ones are doing, its
+  latency counted from that time (``encode_p50_ms``, ``encode_p99_ms``, ``decode_p99_ms``; ``plain_`` too);
+* batches: 256 stimulus ids per ``/v1/encode`` request, 4 closed-loop clients (``batch_stimuli_per_s``).
+
+Before them, ``serve_ready_s``: from starting ``brainstore serve`` (the Ray Serve app, its own Ray) to
+``/readyz`` 200, and ``plain_ready_s`` for ``brainstore serve --local``. Last, the fault run: Serve with two
+replicas of the deployment answering encodes, one killed (``ray.kill``) a third of the way into an encode
+load; the error rate over that load is ``fault_error_rate``.
+
+Usage: python benchmarks/serve_load.py [--duration 60 --clients 32 --rate 50 --open-duration 30] [--out DIR]
 """
 
 from __future__ import annotations
@@ -113,6 +121,73 @@ async def _load(url: str, route: str, bodies: list[bytes], clients: int, duratio
             "codes": {str(k): v for k, v in sorted(codes.items())}}
 
 
+async def _open_loop(url: str, route: str, bodies: list[bytes], rate: float, duration: float, seed: int = 0) -> dict:
+    """Poisson arrivals at ``rate`` per second for ``duration`` s: each request sent at its arrival time (no
+    connection limit, so none waits in this client), its latency from that time to its answer's last byte."""
+    import aiohttp
+    import numpy as np
+
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration:
+            break
+        times.append(t)
+    lat, codes = [], {}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+
+        async def one(at: float, body: bytes) -> None:
+            await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+            start = t0 + at  # the arrival time: a late send counts against the service, not hidden
+            try:
+                async with session.post(f"{url}{route}", data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    status = r.status
+            except Exception:
+                status = -1
+            lat.append(loop.time() - start)
+            codes[status] = codes.get(status, 0) + 1
+
+        await asyncio.gather(*(one(at, bodies[rng.randrange(len(bodies))]) for at in times))
+    ms = np.array(lat) * 1000
+    return {"requests": len(lat), "offered_rps": rate, "achieved_rps": round(len(lat) / duration, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "max_ms": round(float(ms.max()), 1), "errors": sum(v for k, v in codes.items() if k != 200),
+            "codes": {str(k): v for k, v in sorted(codes.items())}}
+
+
+def _ready_time(args: list[str], url: str, timeout: float = 300) -> float:
+    """Seconds from starting ``brainstore serve ARGS`` to ``/readyz`` 200; the server is stopped after (Ctrl-C)."""
+    import signal
+
+    import requests
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "brainstore.cluster.cli", "serve", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            if proc.poll() is not None:
+                raise SystemExit(f"brainstore serve {' '.join(args)} exited with {proc.returncode} before ready")
+            try:
+                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    return round(time.perf_counter() - t0, 2)
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"brainstore serve {' '.join(args)}: not ready after {timeout} s")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _bodies(b: dict, n: int = 256) -> dict[str, list[bytes]]:
     rng = random.Random(0)
     enc = [json.dumps({"subject": "subj01", "model": "captions", "stimulus_id": rng.choice(b["ids"])}).encode()
@@ -123,6 +198,29 @@ def _bodies(b: dict, n: int = 256) -> dict[str, list[bytes]]:
     dec = [json.dumps({"subject": "subj01", "responses": encode_array(R[rng.randrange(len(R))][None]),
                        "top_k": 5}).encode() for _ in range(n)]
     return {"/v1/encode": enc, "/v1/decode": dec}
+
+
+def _batch_bodies(b: dict, size: int = 256, n: int = 32) -> list[bytes]:
+    rng = random.Random(1)
+    return [json.dumps({"subject": "subj01", "model": "captions", "stimulus_id": rng.sample(b["ids"], size)}).encode()
+            for _ in range(n)]
+
+
+def _measure(url: str, bodies: dict, batch: list[bytes], args, res: dict, who: str) -> None:
+    """The three loads of one server: saturation and open loop per route, then batches."""
+    for route in bodies:
+        asyncio.run(_load(url, route, bodies[route][:8], 4, 3))  # warm-up (models loaded, index built)
+        res[f"{who}{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
+        _say(f"{who} {route} saturation: {res[f'{who}{route}']}")
+        res[f"{who}{route}@open"] = asyncio.run(_open_loop(url, route, bodies[route], args.rate, args.open_duration))
+        _say(f"{who} {route} open loop at {args.rate:g}/s: {res[f'{who}{route}@open']}")
+    r = asyncio.run(_load(url, "/v1/encode", batch, 4, args.duration / 2))
+    r["stimuli_per_s"] = round(r["rps"] * BATCH, 1)
+    res[f"{who}/v1/encode@batch"] = r
+    _say(f"{who} batches of {BATCH}: {r}")
+
+
+BATCH = 256
 
 
 def _wait(url: str, timeout: float = 180) -> None:
@@ -143,6 +241,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per route and server")
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=50.0, help="open loop: Poisson arrivals per second")
+    ap.add_argument("--open-duration", type=float, default=30.0, help="open loop: seconds per route and server")
     ap.add_argument("--train", type=int, default=10000, help="training images (the decoding table's size)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -156,9 +256,16 @@ def main() -> None:
     connect(None)
     with drop_stderr_lines():
         b = build(out, args.train)
-    bodies = _bodies(b)
+    bodies, batch = _bodies(b), _batch_bodies(b)
     _say(f"decode table {b['table']}: {len(b['ids']):,} stimuli")
     res: dict = {}
+    # time to ready: each server started as users start it (the Ray Serve app with its own Ray)
+    port = free_port()
+    res["serve_ready_s"] = _ready_time(["--registry", b["registry"], "--port", str(port)], f"http://127.0.0.1:{port}")
+    port = free_port()
+    res["plain_ready_s"] = _ready_time(["--local", "--registry", b["registry"], "--port", str(port)],
+                                       f"http://127.0.0.1:{port}")
+    _say(f"ready after {res['serve_ready_s']} s (Ray Serve), {res['plain_ready_s']} s (--local)")
 
     # plain uvicorn in its own process (no GIL shared with the load generator)
     port = free_port()
@@ -167,10 +274,7 @@ def main() -> None:
                               b["registry"], "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait(url)
-        for route in bodies:
-            asyncio.run(_load(url, route, bodies[route][:8], 4, 3))  # warm-up (models loaded, index built)
-            res[f"plain{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
-            _say(f"plain {route}: {res[f'plain{route}']}")
+        _measure(url, bodies, batch, args, res, "plain")
     finally:
         plain.terminate()
         plain.wait(timeout=60)
@@ -190,10 +294,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(b["registry"]), name=APP_NAME, route_prefix="/")
         _wait(url)
-        for route in bodies:
-            asyncio.run(_load(url, route, bodies[route][:8], 4, 3))
-            res[f"serve{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
-            _say(f"serve {route}: {res[f'serve{route}']}")
+        _measure(url, bodies, batch, args, res, "serve")
         # fault: two encoder replicas, one killed a third of the way into the load
         serve.run(build_app(b["registry"], options={"Encoder": {"num_replicas": 2}}), name=APP_NAME, route_prefix="/")
         _wait(url)
@@ -219,23 +320,31 @@ def main() -> None:
 
     e, d = res["serve/v1/encode"], res["serve/v1/decode"]
     pe, pd = res["plain/v1/encode"], res["plain/v1/decode"]
+    oe, od, ope, opd = (res[f"{w}/v1/{r}@open"] for w in ("serve", "plain") for r in ("encode", "decode"))
+    errors = sum(v["errors"] for k, v in res.items() if isinstance(v, dict) and k.startswith("serve/"))
+    plain_errors = sum(v["errors"] for k, v in res.items() if isinstance(v, dict) and k.startswith("plain/"))
     print(json.dumps({
         "duration_s": args.duration, "clients": args.clients, "decode_table_rows": len(b["ids"]),
-        "encode_rps": e["rps"], "encode_p50_ms": e["p50_ms"], "encode_p99_ms": e["p99_ms"],
-        "decode_rps": d["rps"], "decode_p50_ms": d["p50_ms"], "decode_p99_ms": d["p99_ms"],
-        "errors": e["errors"] + d["errors"],
-        "plain_encode_rps": pe["rps"], "plain_encode_p50_ms": pe["p50_ms"], "plain_encode_p99_ms": pe["p99_ms"],
-        "plain_decode_rps": pd["rps"], "plain_decode_p50_ms": pd["p50_ms"], "plain_decode_p99_ms": pd["p99_ms"],
-        "plain_errors": pe["errors"] + pd["errors"],
+        "open_loop_rps": args.rate, "open_loop_s": args.open_duration, "batch_size": BATCH,
+        "encode_rps": e["rps"], "decode_rps": d["rps"], "plain_encode_rps": pe["rps"], "plain_decode_rps": pd["rps"],
         "serve_vs_plain_rps_ratio": round((e["rps"] + d["rps"]) / max(pe["rps"] + pd["rps"], 1e-9), 3),
         "serve_vs_plain_encode_rps_ratio": round(e["rps"] / max(pe["rps"], 1e-9), 3),
         "serve_vs_plain_decode_rps_ratio": round(d["rps"] / max(pd["rps"], 1e-9), 3),
+        "encode_p50_ms": oe["p50_ms"], "encode_p99_ms": oe["p99_ms"], "decode_p50_ms": od["p50_ms"],
+        "decode_p99_ms": od["p99_ms"], "plain_encode_p50_ms": ope["p50_ms"], "plain_encode_p99_ms": ope["p99_ms"],
+        "plain_decode_p50_ms": opd["p50_ms"], "plain_decode_p99_ms": opd["p99_ms"],
+        "saturated_p50_ms": {k: v["p50_ms"] for k, v in res.items() if isinstance(v, dict) and "@" not in k
+                             and k != "fault"},
+        "batch_stimuli_per_s": res["serve/v1/encode@batch"]["stimuli_per_s"],
+        "plain_batch_stimuli_per_s": res["plain/v1/encode@batch"]["stimuli_per_s"],
+        "serve_ready_s": res["serve_ready_s"], "plain_ready_s": res["plain_ready_s"],
+        "errors": errors, "plain_errors": plain_errors,
         "fault_error_rate": round(res["fault"]["errors"] / max(res["fault"]["requests"], 1), 5),
         "fault": res["fault"],
         "runs": res,
         "wall_s": round(time.time() - t_all, 1),
         "run_dir": str(out),
-        "machine": {"cpu_count": os.cpu_count()},
+        "machine": {"cpu_count": os.cpu_count(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
     }))
 
 

@@ -71,7 +71,7 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
     from starlette.exceptions import HTTPException
 
     from ._codec import ServingError
-    from ._guard import Metrics, guard, on_http_error, on_serving_error, on_validation_error
+    from ._guard import Guard, Metrics, on_http_error, on_serving_error, on_validation_error
     from ._openapi import route_docs
     from ._routes import ROUTES
 
@@ -85,7 +85,7 @@ def make_app(backend, *, token: str | None = None, limits: Limits | None = None,
     app.add_exception_handler(ServingError, on_serving_error)
     app.add_exception_handler(HTTPException, on_http_error)  # unknown routes and methods: our body too
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.middleware("http")(guard)
+    app.add_middleware(Guard)
     for path, (method, handler) in ROUTES.items():  # each route's request bodies and answers, for /openapi.json
         app.add_api_route(path, handler, methods=[method], **route_docs(path, token=token is not None))
     return app

@@ -1,15 +1,19 @@
-"""The Ray Serve application: a thin ingress (the FastAPI app of ``_app.py``: auth, validation, routing)
-calling, through ``DeploymentHandle``s,
+"""The Ray Serve application: one hop from Serve's HTTP proxy to the replica that holds the models.
 
-* ``Extractor``: uploaded images embedded by each table's own extractor, batched (``@serve.batch``);
-* ``Encoder``: encoding models, multiplexed per subject (``@serve.multiplexed``; the ingress passes the
-  subject as ``multiplexed_model_id``), so one replica serves many subjects and loads their models
-  from the registry on demand (least recently used dropped);
-* ``Decoder``: decoders and the candidate embeddings of their target tables (``CandidateIndex``: in
-  memory up to 100k rows, LanceDB beyond; reloaded when the table's version changes).
+* ``Ingress``: the FastAPI app of ``_app.py`` (auth, validation, answers) over a
+  :class:`~._backend.LocalBackend` in the same replica: encoding models and decoders (and the candidate
+  embeddings of their target tables) loaded from the registry on demand, least recently used dropped.
+  A request that needs only an encoder or a decoder is answered where it lands: proxy -> Ingress replica,
+  no handle call. Autoscaled (1 to 2 replicas by default); subjects are multiplexed
+  (``@serve.multiplexed``): a client that sends the ``serve_multiplexed_model_id: <subject>`` header is
+  routed to a replica that has that subject's models loaded.
+* ``Extractor``: uploaded images embedded by each table's own extractor, batched (``@serve.batch``); an
+  upload goes there first (one handle call, retried once on a dead replica), then to the Ingress's model.
 
-Each deployment wraps a :class:`~._backend.LocalBackend`, so answers are the in-process ones. Nothing
-here calls ``ray.init``: the caller connects (``brainstore.cluster``).
+(Before, an Ingress replica called an ``Encoder`` or a ``Decoder`` deployment for every request: two process
+hops, each pickling the request and the answer; the Serve app answered 0.39x the plain server's encodes:
+benchmarks/RESULTS.md, serve_load.) Nothing here calls ``ray.init``: the caller connects
+(``brainstore.cluster``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from ._heartbeat import ingress_heartbeat
 from ._outage import outage
 from ._routing import DEFAULT_REFRESH_S, check_refresh
 
-__all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "HandleBackend", "APP_NAME"]
+__all__ = ["build_app", "app_builder", "DEFAULT_OPTIONS", "ReplicaBackend", "APP_NAME", "MULTIPLEX_HEADER"]
 
 APP_NAME = "brainstore"
 #: Deployment options fitted to a 2-core machine (fractional CPUs); ``serve.yaml`` overrides them.
@@ -38,21 +42,25 @@ SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_R
 
 
 def _options(ongoing: int, queued: int, *, autoscaled: bool = False) -> dict:
-    """One deployment's defaults: 0.25 CPU, the same-loop env, queue limits, quiet logs; one replica, or
-    autoscaling between 1 and 2."""
+    """One deployment's defaults: 0.25 CPU, the same-loop env, queue limits (a 503 with ``Retry-After: 1`` past
+    them), quiet logs; one replica, or autoscaling between 1 and 2."""
     scale = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4,
                                      "upscale_delay_s": 5, "downscale_delay_s": 30}} if autoscaled
              else {"num_replicas": 1})
     return {**scale, "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": dict(SAME_LOOP_ENV)}},
-            "max_ongoing_requests": ongoing, "max_queued_requests": queued, "logging_config": dict(_QUIET)}
+            "max_ongoing_requests": ongoing, "max_queued_requests": queued, "logging_config": dict(_QUIET),
+            # a request past the queue: the proxy's own 503 says when to retry, as the app's 503s do
+            "backpressure_config": {"retry_after_s": 1}}
 
 
 DEFAULT_OPTIONS = {
-    "Ingress": _options(64, 256),
+    "Ingress": _options(64, 256, autoscaled=True),
     "Extractor": _options(32, 128),
-    "Encoder": _options(16, 128, autoscaled=True),
-    "Decoder": _options(16, 128, autoscaled=True),
 }
+#: Deployments of earlier versions, whose models the Ingress now holds (their options are refused with the fix).
+_MERGED = ("Encoder", "Decoder")
+#: The HTTP header Serve's proxy routes multiplexed requests by: a subject's requests go to a replica holding it.
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
 
 
 def _lost_replica(e: BaseException) -> bool:
@@ -134,46 +142,46 @@ async def _remote(make, retries: int = 1):
         return out
 
 
-class HandleBackend:
-    """The backend of the ingress's app: each method one or two deployment-handle calls."""
+class ReplicaBackend:
+    """The backend of an Ingress replica's app: its own :class:`~._backend.LocalBackend` for every route (the
+    app runs the synchronous methods in its worker threads), and the ``Extractor`` deployment for uploaded
+    images. ``subject``: the replica's multiplexed loader (awaited when the request's multiplexing header names
+    the subject it asks for)."""
 
-    def __init__(self, encoder, decoder, extractor):
-        self.encoder, self.decoder, self.extractor = encoder, decoder, extractor
+    def __init__(self, local: LocalBackend, extractor, subject):
+        self.local, self.extractor, self._subject = local, extractor, subject
+        self.catalog, self.decode, self.explain = local.catalog, local.decode, local.explain
+        self.registry_uri, self.store_uri, self.reg = local.registry_uri, local.store_uri, local.reg
 
-    async def catalog(self) -> dict:
-        return await _remote(lambda: self.encoder.catalog.remote())
+    @property
+    def model_loads(self) -> int:
+        return self.local.model_loads
 
-    async def ready(self) -> dict:
-        enc, dec = await asyncio.gather(_remote(lambda: self.encoder.ready.remote()),
-                                        _remote(lambda: self.decoder.ready.remote()))
-        held = enc.get("held", []) + [h for h in dec.get("held", []) if h not in enc.get("held", [])]
-        deployments = ["Ingress", "Extractor", "Encoder", "Decoder"]
-        return {**enc, **({"held": held} if held else {}), "deployments": deployments}
+    def ready(self) -> dict:
+        return {**self.local.ready(), "deployments": list(DEFAULT_OPTIONS)}
 
     async def encode(self, subject: str, *, image: bytes | None = None, **kw) -> dict:
-        h = self.encoder.options(multiplexed_model_id=subject)
+        from starlette.concurrency import run_in_threadpool
+
+        if serve.get_multiplexed_model_id() == subject:  # routed here by the multiplexing header
+            await self._subject(subject)
         if image is not None:
             if kw.get("stimulus_id") is not None or kw.get("embedding") is not None:
                 raise ServingError(422, "give exactly one stimulus: stimulus_id (a store id), embedding, or an "
                                         "uploaded image (got 2)")
-            plan = await _remote(lambda: h.image_tables.remote(subject, kw.get("model")))
+            plan = await run_in_threadpool(self.local.image_tables, subject, kw.get("model"))
             emb = await _remote(lambda: self.extractor.embed.remote(plan["store"], tuple(plan["tables"]), image))
             kw = {**kw, "model": plan["model"], "embedding": emb}
-        return await _remote(lambda: h.encode.remote(subject, **kw))
-
-    async def decode(self, subject: str, responses, **kw) -> dict:
-        return await _remote(lambda: self.decoder.decode.remote(subject, responses, **kw))
-
-    async def explain(self, model: str, roi: str, **kw) -> dict:
-        return await _remote(lambda: self.encoder.explain.remote(model, roi, **kw))
+        return await run_in_threadpool(self.local.encode, subject, **kw)
 
 
 class _Subject:
-    """A subject's slot in an Encoder replica (Serve's multiplexing LRU): dropping it unloads its models."""
+    """A subject's slot in an Ingress replica (Serve's multiplexing LRU): dropping it unloads its models."""
 
     def __init__(self, backend: LocalBackend, subject: str):
         self.backend, self.subject = backend, subject
-        backend._encoder(subject, None)  # its best model, loaded now (others on first use)
+        if subject in backend._snapshot()["encoders"]:
+            backend._encoder(subject, None)  # its best model, loaded now (others on first use)
 
     def __del__(self):
         b = self.backend
@@ -181,66 +189,6 @@ class _Subject:
         with b._lock:  # keys ("encoder", "MODEL/SUBJECT@VERSION")
             for key in [k for k in b._models if k[0] == "encoder" and k[1].rpartition("@")[0].endswith(mine)]:
                 b._models.pop(key, None)
-
-
-@serve.deployment(name="Encoder")
-class Encoder:
-    def __init__(self, registry: str, store: str | None = None, max_models: int = 16,
-                 refresh_s: float = DEFAULT_REFRESH_S):
-        self.backend = LocalBackend(registry, store, max_models=max_models, refresh_s=refresh_s)
-
-    @serve.multiplexed(max_num_models_per_replica=8)
-    async def subject(self, subject: str) -> _Subject:
-        return await asyncio.to_thread(_Subject, self.backend, subject)
-
-    async def _ensure(self, subject: str) -> None:
-        if subject not in self.backend._snapshot()["encoders"]:  # refused here, not as a failed model load
-            self.backend._encoder(subject, None)
-        if serve.get_multiplexed_model_id() == subject:
-            await self.subject(subject)
-
-    @_answers
-    async def encode(self, subject: str, **kw) -> dict:
-        await self._ensure(subject)
-        return await asyncio.to_thread(self.backend.encode, subject, **kw)
-
-    @_answers
-    async def image_tables(self, subject: str, model: str | None) -> dict:
-        await self._ensure(subject)
-        return await asyncio.to_thread(self.backend.image_tables, subject, model)
-
-    @_answers
-    async def explain(self, model: str, roi: str, **kw) -> dict:
-        return await asyncio.to_thread(self.backend.explain, model, roi, **kw)
-
-    @_answers
-    async def catalog(self) -> dict:
-        return await asyncio.to_thread(self.backend.catalog)  # (may resolve names and list every version)
-
-    @_answers
-    async def ready(self) -> dict:
-        return await asyncio.to_thread(self.backend.ready)
-
-    def check_health(self) -> None:
-        self.backend.reg.list()  # the registry is readable
-
-
-@serve.deployment(name="Decoder")
-class Decoder:
-    def __init__(self, registry: str, store: str | None = None, max_memory_rows: int = 100_000,
-                 refresh_s: float = DEFAULT_REFRESH_S):
-        self.backend = LocalBackend(registry, store, max_memory_rows=max_memory_rows, refresh_s=refresh_s)
-
-    @_answers
-    async def decode(self, subject: str, responses, **kw) -> dict:
-        return await asyncio.to_thread(self.backend.decode, subject, responses, **kw)
-
-    @_answers
-    async def ready(self) -> dict:
-        return await asyncio.to_thread(self.backend.ready)
-
-    def check_health(self) -> None:
-        self.backend.reg.list()
 
 
 @serve.deployment(name="Extractor")
@@ -279,9 +227,12 @@ class Extractor:
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, encoder, decoder, extractor, token: str | None = None, limits: dict | None = None,
-                 registry: str | None = None):
-        self._backend = HandleBackend(encoder, decoder, extractor)
+    def __init__(self, extractor, token: str | None = None, limits: dict | None = None, registry: str | None = None,
+                 store: str | None = None, refresh_s: float = DEFAULT_REFRESH_S, max_models: int = 16,
+                 max_memory_rows: int = 100_000):
+        self.backend = LocalBackend(registry, store, max_models=max_models, max_memory_rows=max_memory_rows,
+                                    refresh_s=refresh_s)
+        self._app_backend = ReplicaBackend(self.backend, extractor, self.subject)
         self._token, self._limits = token, limits or {}
         self._heartbeat = ingress_heartbeat(registry)  # announces the versions served in the registry (lineage)
 
@@ -289,11 +240,15 @@ class Ingress:
         if getattr(self, "_heartbeat", None) is not None:
             self._heartbeat.stop()
 
+    @serve.multiplexed(max_num_models_per_replica=8)
+    async def subject(self, subject: str) -> _Subject:
+        return await asyncio.to_thread(_Subject, self.backend, subject)
+
     def __serve_build_asgi_app__(self):
-        return make_app(self._backend, token=self._token, limits=Limits(**self._limits))
+        return make_app(self._app_backend, token=self._token, limits=Limits(**self._limits))
 
     def check_health(self) -> None:
-        pass
+        self.backend.reg.list()  # the registry is readable
 
 
 def build_app(registry: str, store: str | None = None, *, token: str | None = None, limits: dict | None = None,
@@ -302,8 +257,7 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
 
     ``options``: per deployment name, Serve deployment options (``num_replicas``, ``autoscaling_config``,
     ``ray_actor_options``, ``max_ongoing_requests``, ``max_queued_requests``...) over :data:`DEFAULT_OPTIONS`.
-    ``refresh_s``: seconds between two resolutions of bare model names and aliases in each Encoder and Decoder
-    replica (moving ``champion`` switches the answers within about this time, with no restart).
+    ``refresh_s``: seconds between two resolutions of bare model names and aliases in each Ingress replica (moving ``champion`` switches the answers within about this time, with no restart).
     """
     refresh_s = check_refresh(refresh_s)
     opts = {}
@@ -312,6 +266,11 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
         opts[k] = {**copy.deepcopy(v), **mine}
         if isinstance(mine.get("ray_actor_options"), dict):
             opts[k]["ray_actor_options"] = {**v["ray_actor_options"], **mine["ray_actor_options"]}
+    merged = sorted(set(options or {}) & set(_MERGED))
+    if merged:
+        raise ValueError(f"deployment(s) {', '.join(merged)} are gone: the Ingress deployment holds the encoding models "
+                         "and decoders now (one hop per request); give their options (replicas, autoscaling, "
+                         "max_ongoing_requests) to Ingress")
     unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; deployments: {', '.join(DEFAULT_OPTIONS)}")
@@ -333,10 +292,9 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
     from ..features import registered_clip_configs
 
     registry, store = str(registry), str(store) if store else None
-    enc = Encoder.options(**opts["Encoder"]).bind(registry, store, refresh_s=refresh_s)
-    dec = Decoder.options(**opts["Decoder"]).bind(registry, store, refresh_s=refresh_s)
     ext = Extractor.options(**opts["Extractor"]).bind(registry, store, registered_clip_configs())
-    return Ingress.options(**opts["Ingress"]).bind(enc, dec, ext, token=token, limits=limits, registry=registry)
+    return Ingress.options(**opts["Ingress"]).bind(ext, token=token, limits=limits, registry=registry, store=store,
+                                                   refresh_s=refresh_s)
 
 
 def app_builder(args: dict):

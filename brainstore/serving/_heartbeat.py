@@ -4,8 +4,8 @@ announcement when the service stops. ``brainstore lineage`` reads them (``ModelR
 whether a version is served, and by whom; a service that died without stopping goes stale after 30 s.
 
 The in-process server announces what its backend serves (what each bare name resolves to now, and every
-version loaded on request); the Ray Serve ingress what the registry's bare names resolve to (the versions its
-Encoder and Decoder replicas switch to within their refresh time).
+version loaded on request); a Ray Serve Ingress replica what the registry's bare names resolve to (the versions
+its models switch to within their refresh time).
 """
 
 from __future__ import annotations

@@ -236,4 +236,18 @@ def test_a_config_naming_the_public_or_the_old_import_path_builds_and_is_read(im
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     read = read_serve_config(path)
     assert app_args(read) == app["args"] and app_args(read)["limits"] == {"request_timeout_s": 12.0}
-    assert set(deployment_options(read)) == {"Ingress", "Extractor", "Encoder", "Decoder"}
+    assert set(deployment_options(read)) == {"Ingress", "Extractor"}
+
+
+def test_a_config_of_the_two_hop_app_is_refused_with_the_fix(tmp_path):
+    """Configs written before the Ingress held the models name Encoder and Decoder deployments: refused, saying
+    where their options go, not left for Serve to fail on."""
+    from brainstore.serving import ServeConfigError, read_serve_config, serve_config
+
+    cfg = serve_config(str(tmp_path / "registry"))
+    cfg["applications"][0]["deployments"].append({"name": "Encoder", "num_replicas": 2})
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ServeConfigError, match="'Encoder' is gone: the Ingress deployment holds the encoding models"):
+        read_serve_config(path)
+

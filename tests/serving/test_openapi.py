@@ -76,7 +76,7 @@ def ray_url(serving_models, ray_local):
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:
         one = {"num_replicas": 1}
-        serve.run(build_app(serving_models["registry"], token=TOKEN, options={"Encoder": one, "Decoder": one}),
+        serve.run(build_app(serving_models["registry"], token=TOKEN, options={"Ingress": one}),
                   name=APP_NAME, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -71,7 +71,7 @@ def ray_url(serving_models, tmp_path_factory, ray_local):
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     try:
         one = {"num_replicas": 1}
-        serve.run(build_app(registry, options={"Encoder": one, "Decoder": one}, refresh_s=REFRESH_S), name=APP_NAME,
+        serve.run(build_app(registry, options={"Ingress": one}, refresh_s=REFRESH_S), name=APP_NAME,
                   route_prefix="/")
         yield {"url": f"http://127.0.0.1:{port}", "registry": registry}
     finally:
@@ -241,7 +241,7 @@ def test_a_new_version_that_cannot_be_loaded_keeps_the_old_one_serving(local, si
 # ------------------------------------------------------------------------------------------ Ray Serve
 def test_moving_champion_switches_the_ray_serve_app_under_load_with_no_failed_request(ray_url, sid,
                                                                                        serving_models):
-    """The Encoder replica resolves the alias itself: the switch under load, the header and field through the
+    """The Ingress replica resolves the alias itself: the switch under load, the header and field through the
     ingress (an upload too: its embedding and its answer from one version), a named version, /v1/models."""
     from brainstore.datasets import AlgonautsDataset
     from brainstore.fitting import ModelRegistry

@@ -120,7 +120,7 @@ def _run_service(service, registry: str, address: str | None, token_env: str) ->
         quiet = quiet_serve()  # Ray Serve's notices on every start and shutdown
         quiet.__enter__()
         service.start()
-        console.print(f"serving {registry} at {url} (Ray Serve: Ingress, Extractor, Encoder, Decoder); docs: {url}/docs")
+        console.print(f"serving {registry} at {url} (Ray Serve: Ingress holding the models, Extractor); docs: {url}/docs")
     auth = f' -H "Authorization: Bearer ${token_env}"' if service.token else ""  # double quotes: the shell expands it
     console.print(f"try: curl -s{auth} {url}/v1/models   (Ctrl-C stops)")
     try:

@@ -37,7 +37,7 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
     a = cfg["applications"][0]
     assert a["import_path"] == "brainstore.serving:app_builder"
     assert a["args"]["registry"] == str(Path(serving_models["registry"]).resolve())
-    enc = next(d for d in a["deployments"] if d["name"] == "Encoder")
+    enc = next(d for d in a["deployments"] if d["name"] == "Ingress")
     assert enc["autoscaling_config"]["max_replicas"] == 2 and enc["ray_actor_options"]["num_cpus"] == 0.25
     enc["autoscaling_config"]["max_replica"] = 4  # Serve itself would ignore this silently
     bad = tmp_path / "bad.yaml"
@@ -45,7 +45,7 @@ def test_write_config_passes_serves_schema_and_misspellings_are_refused(tmp_path
     ServeDeploySchema.model_validate(cfg)
     r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--config", str(bad)])
     assert r.exit_code == 2
-    assert "applications[0].deployments[2].autoscaling_config.max_replica" in r.output.replace("\n", "")
+    assert "applications[0].deployments[0].autoscaling_config.max_replica" in r.output.replace("\n", "")
     r = CliRunner().invoke(app, ["serve", "--registry", serving_models["registry"], "--host", "0.0.0.0"],
                            env={"BRAINSTORE_TOKEN": ""})
     assert r.exit_code == 2 and "BRAINSTORE_TOKEN" in r.output
