@@ -10,6 +10,7 @@ The Python API, one call per step (every ``brainstore`` command is a thin layer 
     ev = bs.evaluate(ds, registry="models", out="report")            # NNMC per ROI, report.html
     print(bs.lineage("models", f"{table}/subj01"))                   # dataset -> features -> fit -> version -> service
     model = bs.ModelRegistry("models").load(f"{table}/subj01")        # .predict(stimulus_ids)
+    bs.predict_to_table(table, "subj01", registry="models")           # every stored stimulus -> a store table
     with bs.serve("models", local=True) as url: ...                  # the models over HTTP
 
 Stores and registries are accepted as a URI (a folder, ``s3://...``) or as the object; datasets as a path
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # the names below, for type checkers and the API reference (i
     from .cluster import run_pipeline
     from .datasets import make_dataset, open_dataset
     from .features import FeatureStore, extract
-    from .fitting import DecoderSpec, FitSpec, ModelRegistry, evaluate, fit, fit_decoder, lineage, predict
+    from .fitting import (DecoderSpec, FitSpec, ModelRegistry, evaluate, fit, fit_decoder, lineage, predict,
+                          predict_to_table)
     from .serving import app_builder, serve
 
 __version__ = "0.1.0"
@@ -47,7 +49,7 @@ _API = {
     # fitting
     "fit": "brainstore.fitting", "FitSpec": "brainstore.fitting", "fit_decoder": "brainstore.fitting",
     "DecoderSpec": "brainstore.fitting", "ModelRegistry": "brainstore.fitting", "evaluate": "brainstore.fitting",
-    "predict": "brainstore.fitting", "lineage": "brainstore.fitting",
+    "predict": "brainstore.fitting", "predict_to_table": "brainstore.fitting", "lineage": "brainstore.fitting",
     # serving
     "serve": "brainstore.serving", "app_builder": "brainstore.serving",
     # pipelines

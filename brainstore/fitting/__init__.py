@@ -24,7 +24,8 @@ from .decoding import (ADAPTOR_KIND, DECODER_KIND, AdaptorModel, AdaptorRun, Cap
                        decoder_records, decoding_models, evaluate_decoders, fit_adaptor, fit_decoder, fit_decoders,
                        make_tiny_lm, response_matrix, retrieved_captions, select_voxels, store_top_k, train_captioner)
 from .encoding import (EncodingModel, FitRun, best_model, compose, covering_features, default_spec, design_matrix,
-                       fit_base, fit_encoding_models, pooled_roi_summary, predict_model, score_test_split,
+                       fit_base, fit_encoding_models, pooled_roi_summary, predict_model, predict_to_table,
+                       score_test_split,
                        subject_stimuli, validation_folds, validation_r)
 from .registry import (NON_ENCODER_KINDS, GcReport, ModelRecord, ModelRegistry, RegistryError, collect_garbage,
                        model_base, model_ref, parse_ref, run_dir, safe_name)
@@ -54,7 +55,7 @@ __all__ = [
     "fit", "FitResult", "as_fit_spec", "default_spec", "fit_encoding_models", "FitRun", "fit_base", "design_matrix", "subject_stimuli",
     "validation_folds", "covering_features", "compose",
     # registered models
-    "EncodingModel", "predict_model", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
+    "EncodingModel", "predict_model", "predict_to_table", "NonFiniteOutputError", "check_finite_output", "best_model", "ModelRegistry", "ModelRecord", "RegistryError", "safe_name",
     "collect_garbage", "GcReport", "model_base", "model_ref", "parse_ref",
     "NON_ENCODER_KINDS",
     # decoders

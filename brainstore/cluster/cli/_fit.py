@@ -196,15 +196,20 @@ def evaluate_cmd(
 
 
 def predict_cmd(
-    dataset: Path = typer.Option(..., "--dataset", help="Dataset folder (its test images are predicted)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset folder (its test images are predicted)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: OUT/subjNN/{lh,rh}_pred_test.npy."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name, or NAME@VERSION / NAME@ALIAS for a version (default: each subject's best by validation score; with --decode the ridge decoder into TABLE, else its adaptor)."),
     decode: Optional[str] = typer.Option(None, "--decode", help="Decode the test responses into this store table instead: OUT/subjNN/decoded_TABLE.npy and the top-k stimuli of the whole table (LanceDB search)."),
     top_k: int = typer.Option(10, "--top-k", min=1, help="With --decode: stimuli listed per test response."),
+    into: Optional[str] = typer.Option(None, "--into", help="In-silico experiment: predict --subject's responses to every stimulus of the model's feature tables (or --stimuli) through a Ray Dataset into this store table ('auto': pred-MODEL-vV-SUBJECT); a killed run resumes."),
+    subject: Optional[str] = typer.Option(None, "--subject", help="With --into: the subject."),
+    stimuli: Optional[Path] = typer.Option(None, "--stimuli", help="With --into: a file of stimulus ids, one per line (default: every stored stimulus)."),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="With --into: stimuli per block (one prediction and one commit)."),
     store: Optional[str] = typer.Option(None, "--store", help="Feature store URI (default: the store the model was fitted with)."),
     registry: str = RegistryOpt,
 ) -> None:
-    """Write Algonauts submission files for the test images of every subject (or, with --decode, decoded embeddings)."""
+    """Write Algonauts submission files for the test images of every subject (or, with --decode, decoded embeddings;
+    with --into, a model's predicted responses to many stimuli into a store table)."""
     from ...datasets import DatasetError
     from ...features import FeatureStoreError
     from ...fitting import RegistryError, decode_test, predict
@@ -212,6 +217,10 @@ def predict_cmd(
 
     try:
         reg = open_registry(registry)
+        if into is not None:
+            return _predict_into(reg, model, subject, into, stimuli, store, batch_size)
+        if dataset is None or out is None:
+            fail("predict needs --dataset and --out (or --into TABLE with --model and --subject)")
         if decode is not None:
             for d in decode_test(dataset, decode, registry=reg, out=out, model=model, store=store, top_k=top_k):
                 console.print(f"{d.subject}: {d.model} -> {d.decoded} ({d.n_test} x {d.dim}), top-{d.k} of "
@@ -222,6 +231,26 @@ def predict_cmd(
             console.print(f"{s}: {done['version']} -> {', '.join(str(p) for p in done['files'])}")
     except (RegistryError, DatasetError, FeatureStoreError, ValueError, KeyError) as e:
         fail(str(e))
+
+
+def _predict_into(reg, model: str | None, subject: str | None, into: str, stimuli: Path | None, store: str | None,
+                  batch_size: int) -> None:
+    """``predict --into``: the in-silico experiment (:func:`brainstore.fitting.predict_to_table`)."""
+    from ...fitting import predict_to_table
+    from .._console import console
+
+    if not model or not subject:
+        fail("predict --into needs --model (NAME, NAME@V or NAME@ALIAS) and --subject")
+    ids = None
+    if stimuli is not None:
+        if not stimuli.is_file():
+            fail(f"--stimuli {stimuli}: no such file (one stimulus id per line)")
+        ids = [line.strip() for line in stimuli.read_text().splitlines() if line.strip()]
+    run = predict_to_table(model, subject, registry=reg, store=store, stimuli=ids,
+                           table=None if into == "auto" else into, batch_size=batch_size)
+    console.print(f"{run.model}: {run.written:,} stimuli predicted into {run.table} of {run.store} "
+                  f"({run.already:,} of {run.requested:,} already there; {run.stimuli_per_s:,.0f} stimuli/s; "
+                  f"columns {', '.join(f'{h} {n}' for h, n in run.hemispheres.items())})")
 
 
 def explain_cmd(

@@ -12,6 +12,7 @@ from ._choice import (choose_per_region, cross_fitted_choices, resolve_regions, 
 from ._compose import compose, normalized_weights
 from ._encoding import (design_matrix, fit_base, group_folds, limit_threads, load_estimator, make_estimator,
                         subject_stimuli, validation_folds)
+from ._insilico import PREDICTED_KIND, InSilicoRun, predict_to_table
 from ._predict import BASE_KINDS, EncodingModel, best_model, predict_model
 from ._run import (FitRun, check_responses, covering_features, default_spec, fit_encoding_models, plan_fit_cpus,
                    task_error_text)
@@ -29,4 +30,6 @@ __all__ = [
     "score_test_split", "pooled_roi_summary", "pooled_test_scores", "pooled_split_scores",
     # registered models
     "EncodingModel", "predict_model", "best_model", "BASE_KINDS",
+    # in-silico experiments: many stimuli through a model into a store table
+    "predict_to_table", "InSilicoRun", "PREDICTED_KIND",
 ]
