@@ -257,6 +257,9 @@ def main() -> None:
     with drop_stderr_lines():
         b = build(out, args.train)
     bodies, batch = _bodies(b), _batch_bodies(b)
+    import ray
+
+    ray.shutdown()  # the build's Ray workers (a Ray Data worker kept ~0.4 CPU busy) stay off the measurements
     _say(f"decode table {b['table']}: {len(b['ids']):,} stimuli")
     res: dict = {}
     # time to ready: each server started as users start it (the Ray Serve app with its own Ray)
@@ -286,6 +289,7 @@ def main() -> None:
     from brainstore.serving._deploy import APP_NAME, build_app
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    connect(None)  # a fresh embedded cluster for the Ray Serve app
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     quiet = quiet_serve()
@@ -296,7 +300,7 @@ def main() -> None:
         _wait(url)
         _measure(url, bodies, batch, args, res, "serve")
         # fault: two encoder replicas, one killed a third of the way into the load
-        serve.run(build_app(b["registry"], options={"Encoder": {"num_replicas": 2}}), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(b["registry"], options={"Ingress": {"num_replicas": 2}}), name=APP_NAME, route_prefix="/")
         _wait(url)
         asyncio.run(_load(url, "/v1/encode", bodies["/v1/encode"][:8], 4, 3))
         killed = {}
@@ -305,7 +309,7 @@ def main() -> None:
             import ray
 
             names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if "Encoder" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+                     if "Ingress" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
             killed["name"] = names[0]
             ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
             _say(f"killed {names[0]}")
