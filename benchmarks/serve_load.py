@@ -80,6 +80,16 @@ def build(out: Path, n_train: int) -> dict:
     return {"data": data, "store": store, "registry": registry, "table": txt, "ids": ids, "responses": R}
 
 
+async def _post(session, url: str, body: bytes) -> int:
+    """POST a JSON body, read the whole answer: its status (-1: no answer)."""
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            await r.read()
+            return r.status
+    except Exception:
+        return -1
+
+
 async def _load(url: str, route: str, bodies: list[bytes], clients: int, duration: float, on_third=None) -> dict:
     import aiohttp
 
@@ -93,13 +103,7 @@ async def _load(url: str, route: str, bodies: list[bytes], clients: int, duratio
         while time.perf_counter() < t_end:
             body = bodies[rng.randrange(len(bodies))]
             t0 = time.perf_counter()
-            try:
-                async with session.post(f"{url}{route}", data=body,
-                                        headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    status = r.status
-            except Exception:
-                status = -1
+            status = await _post(session, f"{url}{route}", body)
             lat.append(time.perf_counter() - t0)
             codes[status] = codes.get(status, 0) + 1
             if status != 200:
@@ -143,12 +147,7 @@ async def _open_loop(url: str, route: str, bodies: list[bytes], rate: float, dur
         async def one(at: float, body: bytes) -> None:
             await asyncio.sleep(max(0.0, t0 + at - loop.time()))
             start = t0 + at  # the arrival time: a late send counts against the service, not hidden
-            try:
-                async with session.post(f"{url}{route}", data=body, headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    status = r.status
-            except Exception:
-                status = -1
+            status = await _post(session, f"{url}{route}", body)
             lat.append(loop.time() - start)
             codes[status] = codes.get(status, 0) + 1
 

@@ -33,7 +33,7 @@ def test_every_facade_name_resolves_to_its_package_object():
               "FeatureStore": brainstore.features, "extract": brainstore.features, "fit": brainstore.fitting,
               "FitSpec": brainstore.fitting, "fit_decoder": brainstore.fitting, "DecoderSpec": brainstore.fitting,
               "ModelRegistry": brainstore.fitting, "evaluate": brainstore.fitting, "predict": brainstore.fitting,
-              "lineage": brainstore.fitting,
+              "predict_to_table": brainstore.fitting, "lineage": brainstore.fitting,
               "run_pipeline": brainstore.cluster, "serve": brainstore.serving, "app_builder": brainstore.serving}
     assert set(bs.__all__) == {"__version__", *owners}
     for name, pkg in owners.items():

@@ -474,10 +474,11 @@ class LocalBackend:
             raise _overflow(e, "responses", f"{model} for {subject}",
                             "send responses on the scale the decoder was fitted on (z-scored or raw, as in its "
                             "dataset)") from None
-        ids, sims = self.index(fs, target).search(E, top_k)
+        index = self.index(fs, target)
+        ids, sims = index.search(E, top_k)
         captions = self._captions(info.get("dataset"), {i for row in ids for i in row})
         out = {"model": model, "model_version": rec.ref, "subject": subject, "target": target,
-               "table_rows": fs.info(target).rows,
+               "table_rows": index.rows,  # as of the version searched (the store is not asked again per request)
                "results": [[{"stimulus_id": i, "score": float(s), "caption": captions.get(i)}
                             for i, s in zip(row, srow)] for row, srow in zip(ids, sims)]}
         if return_embedding:
