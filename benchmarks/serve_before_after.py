@@ -7,7 +7,10 @@ of ``--seconds`` of ``--clients`` closed-loop clients posting ``/v1/encode`` wit
 Optionally (``--profile``) py-spy samples each server's GIL holder during one extra round and the JSON lists the
 functions holding it most (the share of samples each function is on the stack for).
 
-Usage: python benchmarks/serve_before_after.py --registry /tmp/bs-serve-load/registry --before 3411c7d
+``--serve``: the Ray Serve app instead (each round a fresh embedded Ray cluster and Serve app built by that
+checkout's ``build_app`` with its default options, in a child process whose ``PYTHONPATH`` is the checkout).
+
+Usage: python benchmarks/serve_before_after.py --registry /tmp/bs-serve-load/registry --before 3411c7d [--serve]
 """
 
 from __future__ import annotations
@@ -38,6 +41,56 @@ def _server(src: Path, registry: str, port: int) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+def _serve_child(registry: str, seconds: float, clients: int) -> None:
+    """(In a child process, on the checkout's PYTHONPATH.) The Ray Serve app of this checkout under load: one
+    JSON line with the closed-loop figures."""
+    from ray import serve
+
+    from brainstore.cluster._quiet import quiet_serve
+    from brainstore.cluster._ray import connect
+    from brainstore.serving import free_port
+    from brainstore.serving._deploy import APP_NAME, build_app
+
+    bodies = _encode_bodies(registry)[1]
+    connect(None)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with quiet_serve():
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+        try:
+            serve.run(build_app(registry), name=APP_NAME, route_prefix="/")
+            _wait(url)
+            asyncio.run(_load(url, "/v1/encode", bodies[:8], 4, 3))
+            print(json.dumps(asyncio.run(_load(url, "/v1/encode", bodies, clients, seconds))), flush=True)
+        finally:
+            serve.shutdown()
+
+
+def _encode_bodies(registry: str):
+    """The registry's first encoding model and 256 encode bodies, each a random stored stimulus of its table."""
+    from brainstore.features import FeatureStore
+    from brainstore.fitting import ModelRegistry
+
+    reg = ModelRegistry(registry, create=False)
+    rec = next(r for r in reg.list() if r.meta.get("kind") not in ("decoder", "adaptor") and r.meta.get("store"))
+    model, subject = rec.name.rsplit("/", 1)
+    ids = FeatureStore(rec.meta["store"], create=False).ids(rec.meta["features"][0])
+    rng = random.Random(0)
+    return rec, [json.dumps({"subject": subject, "model": model, "stimulus_id": rng.choice(ids)}).encode()
+                 for _ in range(256)]
+
+
+def _serve_round(src: Path, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "RAY_USAGE_STATS_ENABLED": "0"}
+    r = subprocess.run([sys.executable, str(HERE / "serve_before_after.py"), "--child", "--registry", args.registry,
+                        "--before", args.before, "--seconds", str(args.seconds), "--clients", str(args.clients)],
+                       cwd=str(src), env=env, capture_output=True, text=True, timeout=600)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    if not lines:
+        raise SystemExit(f"the Serve round of {src} failed:\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def _top(raw: Path, n: int = 12) -> list[tuple[str, float]]:
     """The functions most often on the GIL holder's stack (inclusive share of the samples)."""
     incl, total = collections.Counter(), 0
@@ -60,25 +113,32 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="py-spy each server during one more round")
+    ap.add_argument("--serve", action="store_true", help="the Ray Serve app of each checkout instead")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return _serve_child(args.registry, args.seconds, args.clients)
 
-    from brainstore.features import FeatureStore
-    from brainstore.fitting import ModelRegistry
     from brainstore.serving import free_port
 
-    reg = ModelRegistry(args.registry, create=False)
-    rec = next(r for r in reg.list() if r.meta.get("kind") not in ("decoder", "adaptor") and r.meta.get("store"))
-    model, subject = rec.name.rsplit("/", 1)
-    table = rec.meta["features"][0]
-    ids = FeatureStore(rec.meta["store"], create=False).ids(table)
-    rng = random.Random(0)
-    bodies = [json.dumps({"subject": subject, "model": model, "stimulus_id": rng.choice(ids)}).encode()
-              for _ in range(256)]
+    rec, bodies = _encode_bodies(args.registry)
     tmp = Path(tempfile.mkdtemp(prefix="bs-before-"))
     repo = HERE.parent
     subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tmp / "before"), args.before],
                    check=True, capture_output=True)
     servers, out = {}, {"before": [], "after": []}
+    if args.serve:
+        try:
+            for r in range(args.rounds):
+                for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    res = _serve_round(tmp / "before" if name == "before" else repo, args)
+                    out[name].append(res)
+                    print(f"round {r} {name} (Ray Serve): {res['rps']} rps, p50 {res['p50_ms']} ms", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tmp / "before")],
+                           capture_output=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _report(args, rec, out, {})
     try:
         for name, src in (("before", tmp / "before"), ("after", repo)):
             port = free_port()
@@ -107,8 +167,12 @@ def main() -> None:
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tmp / "before")],
                        capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+    _report(args, rec, out, profiles)
+
+
+def _report(args, rec, out: dict, profiles: dict) -> None:
     mean = {k: sum(r["rps"] for r in v) / len(v) for k, v in out.items()}
-    print(json.dumps({"before": args.before, "model": rec.ref, "clients": args.clients, "seconds": args.seconds,
+    print(json.dumps({"before": args.before, "server": "ray-serve" if args.serve else "local", "model": rec.ref, "clients": args.clients, "seconds": args.seconds,
                       "rounds": args.rounds, "before_rps": [r["rps"] for r in out["before"]],
                       "after_rps": [r["rps"] for r in out["after"]],
                       "before_p50_ms": [r["p50_ms"] for r in out["before"]],
