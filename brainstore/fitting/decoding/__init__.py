@@ -12,7 +12,7 @@ from ._adaptor import AdaptorRun, fit_adaptor, train_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel
 from ._captioner import CAPTIONER_KIND, Captioner, lm_info, train_captioner
 from ._fit_decoder import add_store_retrieval, check_decoder_specs, fit_decoder
-from ._inputs import check_decoding_inputs, delay_responses, response_matrix, select_voxels
+from ._inputs import check_decoding_inputs, delay_responses, response_matrix, select_voxels, validation_cut
 from ._outputs import decode_subject, decoder_records, decoding_models, evaluate_decoders, store_top_k
 from ._ridge_decoders import DECODER_ALPHAS, DECODER_KIND, DecodeRun, Decoder, decoder_name, fit_decoders
 from ._scores import retrieved_caption_metrics, retrieved_captions, row_cosine
@@ -21,7 +21,7 @@ from ._tiny_lm import make_tiny_lm
 __all__ = [
     "fit_decoder", "add_store_retrieval", "check_decoder_specs",
     # inputs
-    "select_voxels", "response_matrix", "delay_responses", "check_decoding_inputs",
+    "select_voxels", "response_matrix", "delay_responses", "check_decoding_inputs", "validation_cut",
     # ridge decoders
     "fit_decoders", "Decoder", "DecodeRun", "decoder_name", "DECODER_KIND", "DECODER_ALPHAS",
     # adaptors (the network and its losses need torch: loaded on first access)

@@ -40,7 +40,8 @@ a run started again on the same run folder resumes from its last checkpoint, and
 checkpoint made with another spec (domain adaptation, adapt subjects and adapters included). The
 trained model is registered as ``<name>/shared``.
 
-Judged on data it was not trained on: the last ``val_fraction`` of each trained subject's training images
+Judged on data it was not trained on: the last ``val_fraction`` of each trained subject's training images (for a
+time series, whole runs: :func:`~._inputs.validation_cut`)
 is held out, every epoch is scored on it (validation top-1, both directions averaged), and the epoch kept
 is the best (by more than ``min_delta``), training stopping after ``patience`` epochs without one. From
 scratch the network starts from ridge (``ridge_base``, :mod:`._adaptor_compare`: the ridge decoder fitted on
@@ -74,7 +75,7 @@ from ._adaptor_search import search_adaptor
 from ._adaptor_model import ADAPTOR_KIND, AdaptorModel, _build_net
 from ._adaptor_train import CKPT_FILE, _param_counts
 from ._adaptor_trainer import latest_checkpoint, run_trainer, spec_hash
-from ._inputs import check_decoding_inputs, response_matrix, select_voxels
+from ._inputs import check_decoding_inputs, response_matrix, select_voxels, validation_cut
 from ._scores import row_cosine
 
 __all__ = ["ADAPTOR_KIND", "AdaptorRun", "fit_adaptor", "train_adaptor", "AdaptorModel"]
@@ -278,6 +279,7 @@ class _Prepared:
     n_class_samples: int  # labeled embeddings the k-means saw
     base_state: str | None = None  # ridge_base: the file of the base's buffers (written before training)
     floor: dict | None = None  # ridge_floor: {subject: ridge's validation top-1 each way}
+    n_fit: dict | None = None  # {subject: labeled rows before its validation split}
 
     @property
     def adapted(self) -> list[str]:
@@ -338,9 +340,17 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
     dims = {t: fs.info(t).dim for t in targets}
     centroids, n_class_samples = None, 0
     if p.domain_adaptation:
-        centroids, n_class_samples = _kmeans_classes(ds, fs, targets[0], subjects, n_lab, unlabeled, p)
+        centroids, n_class_samples = _kmeans_classes(ds, fs, targets[0], subjects, _fit_rows(ds, subjects, n_lab, p),
+                                                     unlabeled, p)
     return _Prepared(ds, fs, reg, rdir, p, targets, subjects, adapt, voxels, norm, n_lab, unlabeled, base,
-                     all_subjects, adapters, mean_init, dims, centroids, n_class_samples)
+                     all_subjects, adapters, mean_init, dims, centroids, n_class_samples,
+                     n_fit=_fit_rows(ds, subjects, n_lab, p))
+
+
+def _fit_rows(ds, subjects: list[str], n_lab: dict, p: AdaptorParams) -> dict[str, int]:
+    """Each subject's training rows before its validation split (:func:`~._inputs.validation_cut`: whole runs
+    held out for a time series)."""
+    return {s: validation_cut(n_lab[s], p.val_fraction, ds.cv_groups(s)) for s in subjects}
 
 
 def _subject_inputs(ds: AlgonautsDataset, subjects: list[str], adapt: list[str], spec: DecoderSpec, p: AdaptorParams,
@@ -412,7 +422,7 @@ def _train_config(prep: _Prepared, spec: DecoderSpec, storage: Path) -> dict:
            "voxels": {s: {h: v.tolist() for h, v in prep.voxels[s].items()} for s in prep.voxels},
            "norm": prep.norm, "fraction": spec.fraction, "trainable": spec.trainable, "init_state": init_state,
            "init_from": spec.init_from, "adapters": prep.adapters, "adapt_subjects": prep.adapt,
-           "n_labeled": prep.n_lab, "unlabeled": prep.unlabeled, "centroids": prep.centroids,
+           "n_labeled": prep.n_lab, "n_fit": prep.n_fit, "unlabeled": prep.unlabeled, "centroids": prep.centroids,
            "base_state": prep.base_state, "floor": prep.floor,
            "storage": str(storage)}
     cfg["spec_hash"] = spec_hash(cfg)
@@ -489,7 +499,7 @@ def _voxel_stats(R: np.ndarray) -> dict[str, list[float]]:
     return {"mean": mean.astype(np.float32).tolist(), "std": scale.astype(np.float32).tolist()}
 
 
-def _kmeans_classes(ds: AlgonautsDataset, fs: FeatureStore, table: str, subjects: list[str], n_lab: dict,
+def _kmeans_classes(ds: AlgonautsDataset, fs: FeatureStore, table: str, subjects: list[str], n_fit: dict,
                     unlabeled: dict, p: AdaptorParams) -> tuple[list[list[float]], int]:
     """Centroids of g's pseudo-classes: k-means (seeded) of the L2-normalized embeddings (``table``) of the
     labeled subjects' training images (their labeled share less the monitoring one), and how many there were."""
@@ -499,7 +509,7 @@ def _kmeans_classes(ds: AlgonautsDataset, fs: FeatureStore, table: str, subjects
     ids = []
     for s in subjects:
         sids = subject_stimuli(ds, s, "train")
-        n = n_lab[s] - int(round(n_lab[s] * p.val_fraction))
+        n = n_fit[s]
         if s in unlabeled:  # never an adapt subject's unlabeled image
             lo, hi = unlabeled[s]
             assert n <= lo and set(sids[:n]).isdisjoint(sids[lo:hi]), f"{s}: labeled rows overlap its unlabeled ones"

@@ -39,7 +39,7 @@ def fit_ridges(prep, folds: int = 5) -> dict[str, dict]:
     out = {}
     for s in prep.subjects:
         n = prep.n_lab[s]
-        cut = n - int(round(n * p.val_fraction))
+        cut = prep.n_fit[s] if prep.n_fit else n - int(round(n * p.val_fraction))  # whole runs held out
         R = response_matrix(ds, s, "train", prep.voxels[s])[:n]
         ids = subject_stimuli(ds, s, "train")[:n]
         E = {t: fs.load(t, ids) for t in prep.targets}

@@ -177,8 +177,8 @@ def _worker_data(cfg: dict, p: AdaptorParams) -> tuple[dict, dict]:
     for s in cfg["train_subjects"]:
         R, E = _labeled_arrays(cfg, s)
         n_use = len(R)
-        n_val = int(round(n_use * p.val_fraction))
-        tr, va = np.arange(n_use - n_val), np.arange(n_use - n_val, n_use)
+        cut = (cfg.get("n_fit") or {}).get(s, n_use - int(round(n_use * p.val_fraction)))  # the driver's cut
+        tr, va = np.arange(cut), np.arange(cut, n_use)
         data[s] = {"R": torch.from_numpy(R), "E": {t: torch.from_numpy(e) for t, e in E.items()}, "train": tr, "val": va}
         if da:  # g's classes: the pseudo-class of each labeled image (first target table)
             data[s]["cls"] = torch.from_numpy(_pseudo_classes(E[cfg["targets"][0]], centroids))

@@ -12,7 +12,8 @@ from ...datasets import HEMISPHERES, AlgonautsDataset, DatasetError
 from ...features import FeatureStore, FeatureStoreError, MissingStimuliError
 from ..encoding import subject_stimuli
 
-__all__ = ["select_voxels", "response_matrix", "delay_responses", "check_decoding_inputs", "ORACLE_FILES"]
+__all__ = ["select_voxels", "response_matrix", "delay_responses", "check_decoding_inputs", "validation_cut",
+           "ORACLE_FILES"]
 
 
 def select_voxels(ds: AlgonautsDataset, subject: str, rois: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -130,3 +131,19 @@ def check_decoding_inputs(ds: AlgonautsDataset, fs: FeatureStore, targets: list[
             if missing:
                 raise MissingStimuliError(t, missing)
     return subjects
+
+
+def validation_cut(n: int, val_fraction: float, groups=None) -> int:
+    """The first validation row of ``n`` training rows: rows ``[0, cut)`` train, ``[cut, n)`` are held out, the
+    last ``val_fraction`` of them. With ``groups`` (a time series' run or clip of each row, as
+    ``BrainDataset.cv_groups`` gives), the cut moves to the nearest boundary between two groups, so that no run
+    is split between training and validation (its TRs are correlated in time); a single group is cut by rows."""
+    cut = n - int(round(n * val_fraction))
+    if groups is None or not 0 < cut < n:
+        return cut
+    g = np.asarray(groups)[:n]
+    bounds = np.flatnonzero(g[1:] != g[:-1]) + 1  # rows where a new group starts
+    if not len(bounds):
+        return cut
+    return int(bounds[np.argmin(np.abs(bounds - cut))])
+

@@ -259,3 +259,18 @@ def test_the_search_is_deterministic_resumes_when_killed_and_auto_keeps_the_winn
         assert not any(n.startswith("adaptor-") for n in names) and any(n.startswith("decoder-ridge-") for n in names)
     else:
         assert any(n.startswith("adaptor-") for n in names) and not any(n.startswith("decoder-ridge-") for n in names)
+
+
+def test_the_validation_split_holds_out_whole_runs_of_a_time_series():
+    """``validation_cut`` by hand: 10 % of 100 rows is rows 90-99; with runs of 30 TRs (boundaries at 30, 60, 90)
+    that is already a boundary; with runs of 40 (boundaries 40, 80) the cut moves to 80, the nearest, so no run is
+    split; a single run, or no runs, is cut by rows."""
+    from brainstore.fitting.decoding import validation_cut
+
+    assert validation_cut(100, 0.1) == 90
+    assert validation_cut(100, 0.1, np.repeat([0, 1, 2, 3], [30, 30, 30, 10])) == 90
+    runs = np.repeat(["a", "b", "c"], [40, 40, 20])
+    cut = validation_cut(100, 0.1, runs)
+    assert cut == 80 and set(runs[:cut]).isdisjoint(runs[cut:])
+    assert validation_cut(100, 0.1, np.zeros(100)) == 90
+    assert validation_cut(100, 0.0, runs) == 100  # no validation split
