@@ -139,14 +139,12 @@ def check_serve_config(cfg: dict, where: str = "serve config") -> dict:
                                        "known: max_body_bytes, max_image_bytes, max_values, request_timeout_s") from None
             except ValueError as e:
                 raise ServeConfigError(f"{where}: applications.args.{e}") from None
-        from ._deploy import _MERGED
+        from ._deploy import gone_deployments
 
         for d in a.get("deployments", []):
-            if d.get("name") in _MERGED:
-                raise ServeConfigError(f"{where}: deployment {d.get('name')!r} is gone: the Ingress deployment holds the "
-                                       "encoding models and decoders now (one hop per request); move its options "
-                                       "(replicas, autoscaling, max_ongoing_requests) to Ingress, or write the config "
-                                       "again (brainstore serve --write-config)")
+            gone = gone_deployments([d.get("name")])
+            if gone:
+                raise ServeConfigError(f"{where}: {gone}, or write the config again (brainstore serve --write-config)")
             if d.get("name") not in DEFAULT_OPTIONS:
                 raise ServeConfigError(f"{where}: deployment {d.get('name')!r} is not part of brainstore's application; "
                                        f"deployments: {', '.join(DEFAULT_OPTIONS)}")

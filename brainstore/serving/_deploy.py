@@ -59,6 +59,16 @@ DEFAULT_OPTIONS = {
 }
 #: Deployments of earlier versions, whose models the Ingress now holds (their options are refused with the fix).
 _MERGED = ("Encoder", "Decoder")
+
+
+def gone_deployments(names) -> str | None:
+    """The refusal of options for the deployments of earlier versions among ``names`` (None: none of them)."""
+    gone = sorted(set(names) & set(_MERGED))
+    if not gone:
+        return None
+    what = f"deployment {gone[0]!r} is" if len(gone) == 1 else f"deployments {', '.join(map(repr, gone))} are"
+    return (f"{what} gone: the Ingress deployment holds the encoding models and decoders now (one hop per request); "
+            "give their options (replicas, autoscaling, max_ongoing_requests) to Ingress")
 #: The HTTP header Serve's proxy routes multiplexed requests by: a subject's requests go to a replica holding it.
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"
 
@@ -266,11 +276,9 @@ def build_app(registry: str, store: str | None = None, *, token: str | None = No
         opts[k] = {**copy.deepcopy(v), **mine}
         if isinstance(mine.get("ray_actor_options"), dict):
             opts[k]["ray_actor_options"] = {**v["ray_actor_options"], **mine["ray_actor_options"]}
-    merged = sorted(set(options or {}) & set(_MERGED))
-    if merged:
-        raise ValueError(f"deployment(s) {', '.join(merged)} are gone: the Ingress deployment holds the encoding models "
-                         "and decoders now (one hop per request); give their options (replicas, autoscaling, "
-                         "max_ongoing_requests) to Ingress")
+    gone = gone_deployments(options or {})
+    if gone:
+        raise ValueError(gone)
     unknown = sorted(set(options or {}) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; deployments: {', '.join(DEFAULT_OPTIONS)}")

@@ -212,8 +212,9 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
 
         prep.base_state = str(prep.rdir / "ridge_base.pt")
         torch.save({k: torch.from_numpy(v) for k, v in ridge_base_state(prep, ridges).items()}, prep.base_state)
-    if compare and prep.p.ridge_floor:  # the adaptor's kept epoch must hold ridge's validation figures each way
-        prep.floor = ridge_floor(ridges, prep.targets[0])
+    ridge_val = ridge_floor(ridges, prep.targets[0]) if compare else {}  # ridge's validation top-1 each way
+    if prep.p.ridge_floor and ridge_val:  # the adaptor's kept epoch must hold them
+        prep.floor = ridge_val
     saved = _train(prep, spec, storage, bool(use_gpu), run)
     model = _trained_model(prep, saved)
     run.params = prep.p.model_dump()
@@ -225,7 +226,7 @@ def train_adaptor(spec: DecoderSpec, *, dataset: str | Path, store: str, registr
         run.floor_held = bool(best.get("floor_held", True)) if prep.floor else None
     _score_test(run, model, prep, n_candidates, n_draws)
     if best is not None and compare:
-        run.comparison = ridge_on_validation(prep, ridges, run.val_top1, best.get("directions", {}),
+        run.comparison = ridge_on_validation(prep, ridges, ridge_val, run.val_top1, best.get("directions", {}),
                                              n_candidates=n_candidates, n_draws=n_draws)
         run.winner = winner(run.comparison)
     if register and not (spec.method == "auto" and run.winner == "ridge"):
@@ -279,7 +280,7 @@ class _Prepared:
     n_class_samples: int  # labeled embeddings the k-means saw
     base_state: str | None = None  # ridge_base: the file of the base's buffers (written before training)
     floor: dict | None = None  # ridge_floor: {subject: ridge's validation top-1 each way}
-    n_fit: dict | None = None  # {subject: labeled rows before its validation split}
+    n_fit: dict = field(default_factory=dict)  # {subject: labeled rows before its validation split}
 
     @property
     def adapted(self) -> list[str]:
@@ -339,12 +340,11 @@ def _prepare(spec: DecoderSpec, dataset, store, registry, out, subjects, targets
         mean_init = _mean_adapter_init(base.state, base.meta, voxels, adapters, new_subjects, spec.init_from)
     dims = {t: fs.info(t).dim for t in targets}
     centroids, n_class_samples = None, 0
+    n_fit = _fit_rows(ds, subjects, n_lab, p)
     if p.domain_adaptation:
-        centroids, n_class_samples = _kmeans_classes(ds, fs, targets[0], subjects, _fit_rows(ds, subjects, n_lab, p),
-                                                     unlabeled, p)
+        centroids, n_class_samples = _kmeans_classes(ds, fs, targets[0], subjects, n_fit, unlabeled, p)
     return _Prepared(ds, fs, reg, rdir, p, targets, subjects, adapt, voxels, norm, n_lab, unlabeled, base,
-                     all_subjects, adapters, mean_init, dims, centroids, n_class_samples,
-                     n_fit=_fit_rows(ds, subjects, n_lab, p))
+                     all_subjects, adapters, mean_init, dims, centroids, n_class_samples, n_fit=n_fit)
 
 
 def _fit_rows(ds, subjects: list[str], n_lab: dict, p: AdaptorParams) -> dict[str, int]:

@@ -22,7 +22,7 @@ import numpy as np
 from ..encoding import subject_stimuli
 from ._inputs import response_matrix
 from ._ridge_decoders import DECODER_ALPHAS
-from ._scores import validation_directions
+from ._scores import both_ways, validation_directions
 
 __all__ = ["fit_ridges", "ridge_base_state", "ridge_floor", "ridge_on_validation", "winner"]
 
@@ -34,12 +34,12 @@ def fit_ridges(prep, folds: int = 5) -> dict[str, dict]:
 
     from ..ridge import RidgeCVEncoder
 
-    ds, fs, p = prep.ds, prep.fs, prep.p
+    ds, fs = prep.ds, prep.fs
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = {}
     for s in prep.subjects:
         n = prep.n_lab[s]
-        cut = prep.n_fit[s] if prep.n_fit else n - int(round(n * p.val_fraction))  # whole runs held out
+        cut = prep.n_fit[s]  # the validation cut (whole runs held out for a time series)
         R = response_matrix(ds, s, "train", prep.voxels[s])[:n]
         ids = subject_stimuli(ds, s, "train")[:n]
         E = {t: fs.load(t, ids) for t in prep.targets}
@@ -75,11 +75,13 @@ def ridge_floor(ridges: dict[str, dict], target: str) -> dict[str, dict]:
     return out
 
 
-def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, float], adaptor_dirs: dict | None = None,
-                        *, n_candidates: int = 300, n_draws: int = 30) -> dict[str, dict]:
+def ridge_on_validation(prep, ridges: dict[str, dict], ridge_val: dict[str, dict], adaptor_val: dict[str, float],
+                        adaptor_dirs: dict | None = None, *, n_candidates: int = 300,
+                        n_draws: int = 30) -> dict[str, dict]:
     """``{subject: {"adaptor_val_top1", "ridge_val_top1", "adaptor_val", "ridge_val", "ridge_alpha", "ridge_test",
-    "n_fit", "n_val"}}`` for each trained subject with a validation split, on the first target; ``*_val``: top-1 each
-    way (``{"b2s", "s2b"}``; the adaptor's from ``adaptor_dirs``, ``{"b2s_<subject>": ...}``, when given)."""
+    "n_fit", "n_val"}}`` for each trained subject with a validation split, on the first target; ``ridge_val``:
+    :func:`ridge_floor`'s figures; ``*_val``: top-1 each way (``{"b2s", "s2b"}``; the adaptor's from
+    ``adaptor_dirs``, ``{"b2s_<subject>": ...}``, when given)."""
     from ...scoring import retrieval_metrics
 
     ds, fs, target = prep.ds, prep.fs, prep.targets[0]
@@ -87,9 +89,9 @@ def ridge_on_validation(prep, ridges: dict[str, dict], adaptor_val: dict[str, fl
     for s, r in ridges.items():
         if s not in adaptor_val:
             continue
-        est, R, E, cut, n = r["est"][target], r["R"], r["E"][target], r["cut"], r["n"]
-        rv = validation_directions(est.predict(R[cut:]), E[cut:])
-        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": (rv["b2s"] + rv["s2b"]) / 2, "ridge_val": rv,
+        est, cut, n = r["est"][target], r["cut"], r["n"]
+        rv = {d: ridge_val[s][d] for d in ("b2s", "s2b")}
+        row = {"adaptor_val_top1": float(adaptor_val[s]), "ridge_val_top1": both_ways(rv), "ridge_val": rv,
                "ridge_alpha": float(est.alpha_[0]), "n_fit": cut, "n_val": n - cut}
         if adaptor_dirs and f"b2s_{s}" in adaptor_dirs:
             row["adaptor_val"] = {d: float(adaptor_dirs[f"{d}_{s}"]) for d in ("b2s", "s2b")}

@@ -163,16 +163,14 @@ def _tuner(cfg: dict, search: SearchParams, p: AdaptorParams, use_gpu: bool, pat
 
 
 def _kept_trial(done: list[dict], min_delta: float | None) -> dict:
-    """The trial kept, by the rule epochs are kept by, in trial order (the spec's own settings first): a trial whose
-    kept epoch holds the ridge floor beats one whose does not; otherwise the later one must be better by the
-    margin of :func:`~._scores.beats_kept`."""
-    from ._scores import beats_kept
+    """The trial kept, in trial order (the spec's own settings first), by the rule epochs are kept by
+    (:func:`~._scores.replaces_kept`)."""
+    from ._scores import replaces_kept
 
     kept = done[0]
     for r in done[1:]:
-        held, kept_held = r.get("floor_held", True), kept.get("floor_held", True)
-        if (held and not kept_held) or (held == kept_held and beats_kept(
-                r["val_top1"], kept["val_top1"], r.get("val_items") or 0, min_delta)):
+        if replaces_kept(r["val_top1"], r.get("floor_held", True), kept["val_top1"], kept.get("floor_held", True),
+                         r.get("val_items") or 0, min_delta):
             kept = r
     return kept
 

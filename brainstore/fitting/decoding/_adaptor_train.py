@@ -177,7 +177,7 @@ def _worker_data(cfg: dict, p: AdaptorParams) -> tuple[dict, dict]:
     for s in cfg["train_subjects"]:
         R, E = _labeled_arrays(cfg, s)
         n_use = len(R)
-        cut = (cfg.get("n_fit") or {}).get(s, n_use - int(round(n_use * p.val_fraction)))  # the driver's cut
+        cut = cfg["n_fit"][s]  # the driver's cut (whole runs held out for a time series)
         tr, va = np.arange(cut), np.arange(cut, n_use)
         data[s] = {"R": torch.from_numpy(R), "E": {t: torch.from_numpy(e) for t, e in E.items()}, "train": tr, "val": va}
         if da:  # g's classes: the pseudo-class of each labeled image (first target table)
@@ -422,7 +422,7 @@ def _val_metrics(net, data: dict, targets: list[str], device) -> dict:
     mean over subjects (``val_top1``)."""
     import torch
 
-    from ._scores import validation_directions
+    from ._scores import both_ways, validation_directions
 
     net.eval()
     out, dirs, n = {}, {}, 0
@@ -432,7 +432,7 @@ def _val_metrics(net, data: dict, targets: list[str], device) -> dict:
                 continue
             pred = net(d["R"][d["val"]].to(device), s)[targets[0]].cpu().numpy()
             v = validation_directions(pred, d["E"][targets[0]][d["val"]].numpy())
-            out[f"val_top1_{s}"] = (v["b2s"] + v["s2b"]) / 2
+            out[f"val_top1_{s}"] = both_ways(v)
             dirs.update({f"val_b2s_{s}": v["b2s"], f"val_s2b_{s}": v["s2b"]})
             n += 2 * len(d["val"])  # rankings: each image both ways
     return {"val_top1": float(np.mean(list(out.values()))), "val_items": n, **out, **dirs} if out else {}
@@ -447,14 +447,11 @@ def _keep_best(best: dict | None, metrics: dict, net, epoch: int, p: AdaptorPara
     epochs and trials finds by chance on a few images)."""
     if "val_top1" not in metrics:
         return best
-    from ._scores import beats_kept, holds_floor
+    from ._scores import holds_floor, replaces_kept
 
     held = holds_floor(metrics, floor if p.ridge_floor else None, p.min_delta)
-    kept_held = best is not None and best.get("floor_held", True)
-    if best is not None and kept_held and not held:
-        return best
-    if best is not None and held == kept_held and not beats_kept(
-            metrics["val_top1"], best["val_top1"], metrics.get("val_items", 0), p.min_delta):
+    if best is not None and not replaces_kept(metrics["val_top1"], held, best["val_top1"], best.get("floor_held", True),
+                                              metrics.get("val_items", 0), p.min_delta):
         return best
     return {"epoch": epoch, "val_top1": metrics["val_top1"], "floor_held": held,
             "subjects": {k[len("val_top1_"):]: v for k, v in metrics.items() if k.startswith("val_top1_")},

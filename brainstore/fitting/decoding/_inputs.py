@@ -138,12 +138,11 @@ def validation_cut(n: int, val_fraction: float, groups=None) -> int:
     last ``val_fraction`` of them. With ``groups`` (a time series' run or clip of each row, as
     ``BrainDataset.cv_groups`` gives), the cut moves to the nearest boundary between two groups, so that no run
     is split between training and validation (its TRs are correlated in time); a single group is cut by rows."""
+    from ...datasets import run_starts
+
     cut = n - int(round(n * val_fraction))
     if groups is None or not 0 < cut < n:
         return cut
-    g = np.asarray(groups)[:n]
-    bounds = np.flatnonzero(g[1:] != g[:-1]) + 1  # rows where a new group starts
-    if not len(bounds):
-        return cut
-    return int(bounds[np.argmin(np.abs(bounds - cut))])
+    bounds = run_starts(list(groups[:n]))[1:]  # rows where a new group starts
+    return min(bounds, key=lambda b: abs(b - cut)) if bounds else cut
 

@@ -8,17 +8,30 @@ import numpy as np
 from ...datasets import AlgonautsDataset
 
 __all__ = ["row_cosine", "retrieved_captions", "retrieved_caption_metrics", "validation_top1", "validation_directions",
-           "beats_kept", "holds_floor"]
+           "beats_kept", "holds_floor", "replaces_kept", "both_ways"]
+
+
+def _margin(v: float, n: int, min_delta: float | None) -> float:
+    """``min_delta``; None: one standard error of a top-1 ``v`` over ``n`` rankings, ``sqrt(v (1 - v) / n)``."""
+    import math
+
+    return min_delta if min_delta is not None else (math.sqrt(v * (1 - v) / n) if n else 0.0)
 
 
 def beats_kept(new: float, kept: float, n: int, min_delta: float | None = None) -> bool:
     """Whether a validation top-1 ``new`` replaces the ``kept`` one (an epoch's, or a search trial's): higher by
     more than ``min_delta``; None: one standard error of the kept figure, ``sqrt(v (1 - v) / n)`` over the ``n``
     validation rankings (the best of many candidates on a few images is otherwise partly chance)."""
-    import math
+    return new > kept + _margin(kept, n, min_delta)
 
-    margin = min_delta if min_delta is not None else (math.sqrt(kept * (1 - kept) / n) if n else 0.0)
-    return new > kept + margin
+
+def replaces_kept(new: float, new_held: bool, kept: float, kept_held: bool, n: int,
+                  min_delta: float | None = None) -> bool:
+    """The keep rule of epochs and of search trials: a candidate that holds the ridge floor (:func:`holds_floor`)
+    replaces a kept one that does not, never the other way round; otherwise it must :func:`beats_kept`."""
+    if new_held != kept_held:
+        return new_held
+    return beats_kept(new, kept, n, min_delta)
 
 
 def validation_directions(decoded: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -35,7 +48,11 @@ def validation_top1(decoded: np.ndarray, true: np.ndarray) -> float:
     epochs, its search and the ridge comparison are judged by. (Judged on brain -> stimulus alone, the kept
     adaptors gained there and lost up to 0.12 top-1 stimulus -> brain against ridge: benchmarks/RESULTS.md,
     decoding regimes.)"""
-    d = validation_directions(decoded, true)
+    return both_ways(validation_directions(decoded, true))
+
+
+def both_ways(d: dict) -> float:
+    """The mean of a ``{"b2s", "s2b"}`` pair of top-1 figures: what validation judges by."""
     return (d["b2s"] + d["s2b"]) / 2
 
 
@@ -45,15 +62,10 @@ def holds_floor(metrics: dict, floor: dict | None, min_delta: float | None = Non
     (None: one standard error of the floor's figure over its ``n`` images). True without a floor. (Judged on the
     mean of both directions alone, the kept adaptors gained brain -> stimulus and trailed ridge by up to 0.041
     stimulus -> brain: benchmarks/RESULTS.md, decoding regimes, run 2.)"""
-    import math
-
     for s, f in (floor or {}).items():
         for d in ("b2s", "s2b"):
             v = metrics.get(f"val_{d}_{s}")
-            if v is None:
-                continue
-            margin = min_delta if min_delta is not None else math.sqrt(f[d] * (1 - f[d]) / max(f["n"], 1))
-            if v < f[d] - margin:
+            if v is not None and v < f[d] - _margin(f[d], max(f["n"], 1), min_delta):
                 return False
     return True
 

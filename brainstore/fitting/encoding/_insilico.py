@@ -69,7 +69,11 @@ def _stimuli(em: EncodingModel, stimuli) -> list[str]:
     common = None
     for t in sorted(em.table_names()):
         ids = em.store.ids(t)
-        common = ids if common is None else [i for i in common if i in set(ids)]
+        if common is None:
+            common = ids
+        else:
+            there = set(ids)  # (built once: 100k ids against 100k)
+            common = [i for i in common if i in there]
     return list(dict.fromkeys(common or []))
 
 
@@ -114,6 +118,9 @@ def predict_to_table(model: str, subject: str, *, registry, store=None, stimuli=
     store_uri = em.store.uri
     name = table or f"pred-{safe_name(model_base(model))}-v{rec.version}-{subject}"
     ids = _stimuli(em, stimuli)
+    if not ids:
+        raise ValueError(f"no stimulus is in every feature table {model_base(model)} reads "
+                         f"({', '.join(sorted(em.table_names()))} in {em.store.uri}); extract them first")
     probe = em.predict(ids[:1])
     hemis = {h: int(probe[h].shape[1]) for h in em.hemispheres}
     meta = {"kind": PREDICTED_KIND, "model": rec.ref, "subject": subject, "hemispheres": hemis,
