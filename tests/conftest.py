@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Keep every Ray node and driver on loopback: with this set Ray resolves "127.0.0.1" to itself
 # instead of the machine's external address (needed for multi-node clusters on one machine).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray Train's controller collects a worker's ray.train.report when it polls the worker group, every 2 s by
+# default, and the worker waits for it (a result queue of one): an adaptor epoch of the small dataset took ~3 s,
+# nearly all of it that wait. Polled every 0.1 s (a wait, not a check: a late poll is only retried), an epoch
+# takes a few tenths. Ray Train passes it from the driver to its controller and workers; subprocesses inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +46,11 @@ def ray_local():
 
     import ray
 
-    from brainstore._ray import keep_loopback
+    from brainstore._ray import keep_loopback, serve_ingress_env
 
     if not ray.is_initialized():
         keep_loopback()
+        serve_ingress_env()  # Serve's ingress as users get it from an embedded cluster (HAProxy)
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
                  object_store_memory=300 * 1024 * 1024)
     yield ray

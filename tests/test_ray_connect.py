@@ -61,3 +61,50 @@ finally:
     assert "runtime_resources" in path and "py_modules" in path, path  # Ray's copy, not the installed package
     assert path != brainstore.__file__
     assert opts == '{"aws_region": "eu-west-1"}'
+
+
+def test_each_embedded_cluster_gets_its_own_haproxy_files_and_ports_and_the_users_choice_stays():
+    """``serve_ingress_env``: an embedded cluster's Serve ingress goes behind HAProxy, with its files in a folder
+    of its own and its stats/metrics listeners on free ports, chosen afresh for the next cluster and in a child
+    process that inherited them; ``RAY_SERVE_ENABLE_HA_PROXY=0`` (or any variable the user set) is kept."""
+    import json
+    import os
+
+    code = r"""
+import json, os, socket
+from brainstore._ray import serve_ingress_env
+first = serve_ingress_env()
+second = serve_ingress_env()  # the next embedded cluster of this process
+print(json.dumps([first, second, dict(os.environ)]))
+"""
+    env = {k: v for k, v in os.environ.items() if "HAPROXY" not in k and "HA_PROXY" not in k}
+    env["RAY_SERVE_HAPROXY_RETRY_ON"] = "conn-failure"  # the user's
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second, after = json.loads(out.stdout.strip().splitlines()[-1])
+    for got in (first, second):
+        assert got["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        folder = os.path.dirname(got["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+        for k in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
+                  "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+            assert os.path.dirname(got[k]) == folder, (k, got[k])
+        assert "RAY_SERVE_HAPROXY_RETRY_ON" not in got  # the user's value stays
+    assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert after["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure"
+    assert after["RAY_SERVE_HAPROXY_STATS_PORT"] == second["RAY_SERVE_HAPROXY_STATS_PORT"]
+    assert not os.path.exists(os.path.dirname(first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]))  # removed at exit
+
+    # a child of that process (it inherited the variables) chooses its own folder and ports
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=after)
+    assert child.returncode == 0, child.stderr[-2000:]
+    c_first = json.loads(child.stdout.strip().splitlines()[-1])[0]
+    assert c_first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert c_first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+    # the user's "0": Serve's own proxy, nothing chosen
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert off.returncode == 0, off.stderr[-2000:]
+    o_first, o_second, o_after = json.loads(off.stdout.strip().splitlines()[-1])
+    assert o_first == {} and o_second == {} and o_after["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert not any(k.startswith("RAY_SERVE_HAPROXY_") and k != "RAY_SERVE_HAPROXY_RETRY_ON" for k in o_after)

@@ -48,11 +48,20 @@ def disk_full_notice(line: bytes) -> bytes:
             f"temp dir on a larger disk (RAY_TMPDIR, or 'ray start --temp-dir').\n").encode()
 
 
+#: The Serve controller's warning, on every start behind HAProxy, that a loopback host keeps HAProxy on *other*
+#: machines out: true of a cluster spread over machines, empty for an embedded one (all of it on this machine).
+HAPROXY_LOOPBACK = b"won't accept connections from HAProxy on other nodes"
+
+
 @contextlib.contextmanager
 def quiet_serve(enabled: bool = True) -> Iterator[None]:
-    """Within the block, drop Ray's per-run lines (:data:`RAY_NOISE`, :data:`SERVE_NOISE`) from stderr and stdout."""
-    with drop_stderr_lines(RAY_NOISE + SERVE_NOISE, enabled=enabled), \
-            drop_stderr_lines(SERVE_NOISE, enabled=enabled, fd=1):
+    """Within the block, drop Ray's per-run lines (:data:`RAY_NOISE`, :data:`SERVE_NOISE`, and
+    :data:`HAPROXY_LOOPBACK` when this process's cluster is an embedded one behind HAProxy) from stderr and stdout."""
+    from .._ray import embedded_haproxy
+
+    serve_noise = SERVE_NOISE + ((HAPROXY_LOOPBACK,) if embedded_haproxy() else ())
+    with drop_stderr_lines(RAY_NOISE + serve_noise, enabled=enabled), \
+            drop_stderr_lines(serve_noise, enabled=enabled, fd=1):
         yield
 
 

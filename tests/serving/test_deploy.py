@@ -275,9 +275,11 @@ def test_the_encoder_autoscales_up_under_load_and_back_down(serve_url, serving_m
     assert _until(lambda: _running("Ingress") == 1, 90), "the encoder did not shrink back to 1 replica when idle"
 
 
-def test_a_replica_killed_under_load_costs_at_most_1_percent(serve_url, serving_models):
+def test_a_replica_killed_under_load_loses_no_request(serve_url, serving_models):
     """Two Ingress replicas (the models' holders) under 6 clients; one is killed (ray.kill, no restart) 2 s in: Serve replaces it
-    without a restart of the app, and only the requests in flight on the killed replica fail."""
+    without a restart of the app, and no request fails: HAProxy re-sends the ones in flight on the killed replica (they
+    got no answer) to the other one. (Without that re-send, ``RAY_SERVE_HAPROXY_RETRY_ON=conn-failure``, about one
+    request per client fails: 6 of 427 in a run.)"""
     import time
 
     import ray
@@ -302,11 +304,7 @@ def test_a_replica_killed_under_load_costs_at_most_1_percent(serve_url, serving_
     failed = [c for c in codes if c != 200]
     print(f"replica killed under load: {len(failed)} of {len(codes)} requests failed")
     assert len(codes) - at_kill >= 100, f"only {len(codes) - at_kill} requests in 90 s after the kill"
-    # only requests in flight on the killed replica fail (at most one per client): Serve's proxy answers those 500
-    # itself (Ray's answer for a request whose replica died under it; the app never answers 500); every later one
-    # goes to the surviving replica. (Over a minute of 32 clients that is well under 1 %: benchmarks/serve_load.py's
-    # fault run; here the load is short.)
-    assert len(failed) <= 6 and set(failed) <= {500, 503}, failed
+    assert failed == [], f"{len(failed)} requests failed when a replica was killed: {sorted(set(failed))}"
     assert _until(lambda: _running("Ingress") == 2, 90), "the killed replica was not replaced"
     r = requests.post(f"{serve_url}/v1/encode", json={"subject": "subj02", "model": "img", "stimulus_id": sid}, timeout=60)
     assert r.status_code == 200
