@@ -6,7 +6,8 @@ model on them and a ridge decoder into them, so that decoding searches every one
 stimuli of the table. Then, side by side in this run, for each server:
 
 * plain: ``brainstore serve --local`` (uvicorn, models in its process) in a subprocess;
-* serve: the Ray Serve application (ingress, extractor, encoder, decoder deployments) started here;
+* serve: the Ray Serve application (Ingress replicas holding the models, an Extractor) started here on an
+  embedded cluster, so behind HAProxy (``ingress``: ``haproxy``; ``serve-proxy`` where ``RAY_SERVE_ENABLE_HA_PROXY=0``);
 
 three loads per route (asyncio + aiohttp in this process), ``/v1/encode`` (a random stored stimulus id) and
 ``/v1/decode`` (a random test response, top-5 of the whole table):
@@ -21,6 +22,9 @@ Before them, ``serve_ready_s``: from starting ``brainstore serve`` (the Ray Serv
 ``/readyz`` 200, and ``plain_ready_s`` for ``brainstore serve --local``. Last, the fault run: Serve with two
 replicas of the deployment answering encodes, one killed (``ray.kill``) a third of the way into an encode
 load; the error rate over that load is ``fault_error_rate``.
+
+What HAProxy bought, side by side: the same app behind Serve's own Python proxy, saturation of both routes
+(``proxy_encode_rps``, ``proxy_decode_rps``, ``haproxy_vs_proxy_encode_rps_ratio``; ``--no-proxy`` skips it).
 
 Usage: python benchmarks/serve_load.py [--duration 60 --clients 32 --rate 50 --open-duration 30] [--out DIR]
 """
@@ -222,6 +226,47 @@ def _measure(url: str, bodies: dict, batch: list[bytes], args, res: dict, who: s
 BATCH = 256
 
 
+def _proxy_run(b: dict, bodies: dict, args, res: dict) -> None:
+    """Saturation of both routes on the Serve app behind Serve's own Python proxy (``RAY_SERVE_ENABLE_HA_PROXY=0``,
+    a fresh embedded cluster), side by side with the HAProxy run above."""
+    import ray
+    from ray import serve
+
+    from brainstore._ray import CHOSEN_ENV, HAPROXY_ENV
+    from brainstore.cluster._quiet import quiet_serve
+    from brainstore.cluster._ray import connect
+    from brainstore.serving import free_port
+    from brainstore.serving._deploy import APP_NAME, build_app
+
+    ray.shutdown()
+    saved = {k: os.environ.get(k) for k in (HAPROXY_ENV, CHOSEN_ENV)}
+    os.environ[HAPROXY_ENV] = "0"
+    os.environ.pop(CHOSEN_ENV, None)
+    try:
+        connect(None)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with quiet_serve():
+            try:
+                serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+                serve.run(build_app(b["registry"]), name=APP_NAME, route_prefix="/")
+                _wait(url)
+                for route in bodies:
+                    asyncio.run(_load(url, route, bodies[route][:8], 4, 3))
+                    res[f"proxy{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
+                    _say(f"Serve's proxy {route} saturation: {res[f'proxy{route}']}")
+            finally:
+                serve.shutdown()
+                time.sleep(1.0)
+        ray.shutdown()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _wait(url: str, timeout: float = 180) -> None:
     import requests
 
@@ -244,9 +289,12 @@ def main() -> None:
     ap.add_argument("--open-duration", type=float, default=30.0, help="open loop: seconds per route and server")
     ap.add_argument("--train", type=int, default=10000, help="training images (the decoding table's size)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-proxy", action="store_true",
+                    help="skip the side-by-side saturation run of the Serve app behind Serve's own Python proxy")
     args = ap.parse_args()
 
     from brainstore.cluster._quiet import drop_stderr_lines, quiet_serve
+    from brainstore._ray import HAPROXY_ENV
     from brainstore.cluster._ray import connect
     from brainstore.serving import free_port
 
@@ -289,6 +337,8 @@ def main() -> None:
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     connect(None)  # a fresh embedded cluster for the Ray Serve app
+    res["ingress"] = "haproxy" if os.environ.get(HAPROXY_ENV) == "1" else "serve-proxy"
+    _say(f"Ray Serve ingress: {res['ingress']}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     quiet = quiet_serve()
@@ -321,6 +371,9 @@ def main() -> None:
         time.sleep(1.0)
         quiet.__exit__(None, None, None)
 
+    if not args.no_proxy:  # what HAProxy bought: the same app behind Serve's own proxy, saturation only
+        _proxy_run(b, bodies, args, res)
+
     e, d = res["serve/v1/encode"], res["serve/v1/decode"]
     pe, pd = res["plain/v1/encode"], res["plain/v1/decode"]
     oe, od, ope, opd = (res[f"{w}/v1/{r}@open"] for w in ("serve", "plain") for r in ("encode", "decode"))
@@ -341,6 +394,11 @@ def main() -> None:
         "batch_stimuli_per_s": res["serve/v1/encode@batch"]["stimuli_per_s"],
         "plain_batch_stimuli_per_s": res["plain/v1/encode@batch"]["stimuli_per_s"],
         "serve_ready_s": res["serve_ready_s"], "plain_ready_s": res["plain_ready_s"],
+        "ingress": res["ingress"],
+        **({"proxy_encode_rps": res["proxy/v1/encode"]["rps"], "proxy_decode_rps": res["proxy/v1/decode"]["rps"],
+            "haproxy_vs_proxy_encode_rps_ratio": round(e["rps"] / max(res["proxy/v1/encode"]["rps"], 1e-9), 3),
+            "haproxy_vs_proxy_decode_rps_ratio": round(d["rps"] / max(res["proxy/v1/decode"]["rps"], 1e-9), 3)}
+           if "proxy/v1/encode" in res else {}),
         "errors": errors, "plain_errors": plain_errors,
         "fault_error_rate": round(res["fault"]["errors"] / max(res["fault"]["requests"], 1), 5),
         "fault": res["fault"],
