@@ -202,7 +202,9 @@ def test_mean_adapter_init_starts_a_new_subject_from_the_pretrained_maps(tmp_pat
     data = make_dataset(tmp_path / "data", n_subjects=3, n_train=40, n_test=10, n_vertices=60, seed=2, image_size=32,
                         alignment=0.9, progress=False)
     t = extract(data, "text", tmp_path / "store", progress=False).feature
-    kw = dict(store=str(tmp_path / "store"), registry=str(tmp_path / "reg"), num_workers=2)
+    # one Ray Train worker: the start is made on the driver and loaded by the worker before any step (DDP across
+    # workers is the tests above); a worker group of one starts ~4 s sooner, and this test starts four
+    kw = dict(store=str(tmp_path / "store"), registry=str(tmp_path / "reg"), num_workers=1)
     P = {"epochs": 2, "batch_size": 8, "latent": 16, "n_blocks": 1}
     # a ridge-started adaptor (the default from scratch) holds corrections to its subjects' ridge maps: refused
     fit_adaptor(data, [t], params={**P, "epochs": 1}, subjects=["subj01", "subj02"], out=tmp_path / "rb", name="rb",
