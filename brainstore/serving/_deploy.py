@@ -1,12 +1,15 @@
-"""The Ray Serve application: one hop from Serve's HTTP proxy to the replica that holds the models.
+"""The Ray Serve application: one hop to the replica that holds the models.
 
 * ``Ingress``: the FastAPI app of ``_app.py`` (auth, validation, answers) over a
   :class:`~._backend.LocalBackend` in the same replica: encoding models and decoders (and the candidate
   embeddings of their target tables) loaded from the registry on demand, least recently used dropped.
-  A request that needs only an encoder or a decoder is answered where it lands: proxy -> Ingress replica,
-  no handle call. Autoscaled (1 to 2 replicas by default); subjects are multiplexed
-  (``@serve.multiplexed``): a client that sends the ``serve_multiplexed_model_id: <subject>`` header is
-  routed to a replica that has that subject's models loaded.
+  A request that needs only an encoder or a decoder is answered where it lands, no handle call. On an
+  embedded cluster the replicas answer HTTP themselves behind HAProxy (``brainstore._ray.serve_ingress_env``:
+  no Python proxy in between, a request whose replica died re-sent to another); with
+  ``RAY_SERVE_ENABLE_HA_PROXY=0`` Serve's proxy forwards each request to a replica, and subjects are
+  multiplexed (``@serve.multiplexed``): a client that sends the ``serve_multiplexed_model_id: <subject>``
+  header is routed to a replica that has that subject's models loaded. Autoscaled (1 to 2 replicas by
+  default).
 * ``Extractor``: uploaded images embedded by each table's own extractor, batched (``@serve.batch``); an
   upload goes there first (one handle call, retried once on a dead replica), then to the Ingress's model.
 
