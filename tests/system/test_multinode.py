@@ -339,7 +339,7 @@ ADAPT = {"epochs": 10, "batch_size": 16, "latent": 64, "n_blocks": 1, "patience"
 
 @pytest.mark.slow
 def test_adaptor_training_loses_a_worker_and_resumes_from_its_last_checkpoint(small_dataset, single_node_text,
-                                                                                tmp_path):
+                                                                                tmp_path, monkeypatch):
     from ray._private import ray_constants
 
     from brainstore.fitting import ModelRegistry
@@ -370,6 +370,9 @@ def test_adaptor_training_loses_a_worker_and_resumes_from_its_last_checkpoint(sm
                     return
             time.sleep(0.05)
 
+    # Ray Train collects a report every 0.5 s (an epoch of ~0.6 s; the suite's 0.1 s, conftest, makes it ~0.3 s): the
+    # kill after epoch 2 lands seconds before the last epoch, and each epoch still takes a fraction of Ray's default 2 s
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     th = threading.Thread(target=killer, daemon=True)
     th.start()
     t0 = time.time()

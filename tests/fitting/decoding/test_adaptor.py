@@ -92,8 +92,11 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained, small_datas
     script.write_text(_KILL)
     log = open(tmp_path / "job.log", "w")
     args = [str(small_dataset), trained["target"], str(trained["store"]), str(tmp_path / "reg"), str(out)]
+    # the killed job at Ray Train's default pace (a report collected every 2 s: an epoch of ~2 s), so that the kill
+    # lands mid-run; at the suite's 0.1 s (conftest) its 12 epochs can all pass between two polls of this loop
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}
     proc = subprocess.Popen([sys.executable, str(script), *args], start_new_session=True, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
     killed_at, deadline = None, time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         latest = _latest_checkpoint(out / "train")
