@@ -74,7 +74,11 @@ def serve_ingress_env() -> dict:
     import atexit
     import shutil
 
-    folder = tempfile.mkdtemp(prefix="bs-haproxy-")
+    import uuid
+
+    # named, not made: Serve's HAProxy manager makes it when it starts (a process that never serves, or is killed
+    # before, leaves nothing behind); removed when this process exits
+    folder = os.path.join(tempfile.gettempdir(), f"bs-haproxy-{uuid.uuid4().hex[:12]}")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
