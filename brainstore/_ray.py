@@ -77,8 +77,11 @@ def serve_ingress_env() -> dict:
     import uuid
 
     # named, not made: Serve's HAProxy manager makes it when it starts (a process that never serves, or is killed
-    # before, leaves nothing behind); removed when this process exits
-    folder = os.path.join(tempfile.gettempdir(), f"bs-haproxy-{uuid.uuid4().hex[:12]}")
+    # before, leaves nothing behind); removed when this process exits. Short: Serve adds a folder named by the
+    # node's 56-character id, and HAProxy refuses a socket path over 97 characters (/tmp/bsh-xxxxxxxx/<id>/
+    # metrics.sock is 87; a long $TMPDIR, macOS's for one, would not fit)
+    base = "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
+    folder = os.path.join(base, f"bsh-{uuid.uuid4().hex[:8]}")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,

@@ -89,6 +89,8 @@ print(json.dumps([first, second, dict(os.environ)]))
                   "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
             assert os.path.dirname(got[k]) == folder, (k, got[k])
         assert "RAY_SERVE_HAPROXY_RETRY_ON" not in got  # the user's value stays
+        # Serve puts the sockets in a folder named by the node's 56-character id; HAProxy takes at most 97
+        assert len(os.path.join(folder, "n" * 56, "metrics.sock")) <= 97, folder
     assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
     assert after["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure"
     assert after["RAY_SERVE_HAPROXY_STATS_PORT"] == second["RAY_SERVE_HAPROXY_STATS_PORT"]
