@@ -94,7 +94,10 @@ def serve_ingress_env() -> dict:
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
            # a request whose replica died before answering is sent to another one (every route is a pure read,
            # so a re-send is safe), as Serve's own handle retry did: none is lost to a killed replica
-           "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+           "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+           # HAProxy's 3 re-sends can all pick the dead replica (least connections: it has none) before its health
+           # check marks it down; a refused connection costs microseconds, so allow more
+           "RAY_SERVE_HAPROXY_RETRIES": "8"}
     # a variable the user set stays theirs (one chosen here for an earlier cluster, or inherited from the process
     # that chose it, does not)
     env = {k: v for k, v in env.items() if k not in os.environ or k in ours}
