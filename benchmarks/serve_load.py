@@ -209,14 +209,19 @@ def _batch_bodies(b: dict, size: int = 256, n: int = 32) -> list[bytes]:
             for _ in range(n)]
 
 
-def _measure(url: str, bodies: dict, batch: list[bytes], args, res: dict, who: str) -> None:
-    """The three loads of one server: saturation and open loop per route, then batches."""
+def _measure(url: str, bodies: dict, batch: list[bytes] | None, args, res: dict, who: str) -> None:
+    """The three loads of one server: saturation and open loop per route, then batches (``batch`` None: saturation
+    only)."""
     for route in bodies:
         asyncio.run(_load(url, route, bodies[route][:8], 4, 3))  # warm-up (models loaded, index built)
         res[f"{who}{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
         _say(f"{who} {route} saturation: {res[f'{who}{route}']}")
+        if batch is None:
+            continue
         res[f"{who}{route}@open"] = asyncio.run(_open_loop(url, route, bodies[route], args.rate, args.open_duration))
         _say(f"{who} {route} open loop at {args.rate:g}/s: {res[f'{who}{route}@open']}")
+    if batch is None:
+        return
     r = asyncio.run(_load(url, "/v1/encode", batch, 4, args.duration / 2))
     r["stimuli_per_s"] = round(r["rps"] * BATCH, 1)
     res[f"{who}/v1/encode@batch"] = r
@@ -224,6 +229,21 @@ def _measure(url: str, bodies: dict, batch: list[bytes], args, res: dict, who: s
 
 
 BATCH = 256
+
+
+def _start_app(registry: str) -> str:
+    """The Ray Serve app on a free port of this process's cluster, ready: its URL."""
+    from ray import serve
+
+    from brainstore.serving import free_port
+    from brainstore.serving._deploy import APP_NAME, build_app
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    serve.run(build_app(registry), name=APP_NAME, route_prefix="/")
+    _wait(url)
+    return url
 
 
 def _proxy_run(b: dict, bodies: dict, args, res: dict) -> None:
@@ -235,8 +255,6 @@ def _proxy_run(b: dict, bodies: dict, args, res: dict) -> None:
     from brainstore._ray import CHOSEN_ENV, HAPROXY_ENV
     from brainstore.cluster._quiet import quiet_serve
     from brainstore.cluster._ray import connect
-    from brainstore.serving import free_port
-    from brainstore.serving._deploy import APP_NAME, build_app
 
     ray.shutdown()
     saved = {k: os.environ.get(k) for k in (HAPROXY_ENV, CHOSEN_ENV)}
@@ -244,17 +262,9 @@ def _proxy_run(b: dict, bodies: dict, args, res: dict) -> None:
     os.environ.pop(CHOSEN_ENV, None)
     try:
         connect(None)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
         with quiet_serve():
             try:
-                serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-                serve.run(build_app(b["registry"]), name=APP_NAME, route_prefix="/")
-                _wait(url)
-                for route in bodies:
-                    asyncio.run(_load(url, route, bodies[route][:8], 4, 3))
-                    res[f"proxy{route}"] = asyncio.run(_load(url, route, bodies[route], args.clients, args.duration))
-                    _say(f"Serve's proxy {route} saturation: {res[f'proxy{route}']}")
+                _measure(_start_app(b["registry"]), bodies, None, args, res, "proxy")
             finally:
                 serve.shutdown()
                 time.sleep(1.0)
@@ -339,14 +349,10 @@ def main() -> None:
     connect(None)  # a fresh embedded cluster for the Ray Serve app
     res["ingress"] = "haproxy" if os.environ.get(HAPROXY_ENV) == "1" else "serve-proxy"
     _say(f"Ray Serve ingress: {res['ingress']}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     quiet = quiet_serve()
     quiet.__enter__()
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-        serve.run(build_app(b["registry"]), name=APP_NAME, route_prefix="/")
-        _wait(url)
+        url = _start_app(b["registry"])
         _measure(url, bodies, batch, args, res, "serve")
         # fault: two encoder replicas, one killed a third of the way into the load
         serve.run(build_app(b["registry"], options={"Ingress": {"num_replicas": 2}}), name=APP_NAME, route_prefix="/")

@@ -63,18 +63,12 @@ def serve_ingress_env() -> dict:
             return {}
     except Exception:  # package absent or its binary unusable on this platform: Serve's own proxy
         return {}
-    import socket
-    import tempfile
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     import atexit
     import shutil
-
+    import tempfile
     import uuid
+
+    from ._net import free_port
 
     # named, not made: Serve's HAProxy manager makes it when it starts (a process that never serves, or is killed
     # before, leaves nothing behind); removed when this process exits. Short: Serve adds a folder named by the

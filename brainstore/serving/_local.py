@@ -3,18 +3,12 @@ the Ray Serve deployment is measured against."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
+from .._net import free_port
+
 __all__ = ["LocalServer", "free_port"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it; another process may take it before it is bound)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class LocalServer:

@@ -147,7 +147,7 @@ def predict_ridge(X: Array, coef: Array, intercept: Array, x_mean: Array,
 
 def _predict_numpy(X: Array, coef: np.ndarray, intercept: Array, x_mean: Array, x_scale: Array) -> np.ndarray:
     """:func:`predict_ridge` on the CPU: checks and standardization in numpy (the same checks as :func:`_as_2d`), the
-    product by ``torch.mm``, in ``coef``'s dtype."""
+    product by ``torch.mm``, in ``coef``'s dtype (``coef`` a tensor's view, so writeable as ``from_numpy`` wants)."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
@@ -166,12 +166,11 @@ def _predict_numpy(X: Array, coef: np.ndarray, intercept: Array, x_mean: Array, 
         return (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)).astype(dt, copy=False)
 
     with np.errstate(over="ignore", invalid="ignore"):  # callers refuse a non-finite answer (check_finite_output)
-        Z = np.ascontiguousarray((X - vec(x_mean)) / vec(x_scale))
+        Z = (X - vec(x_mean)) / vec(x_scale)
         # the product by torch, not numpy's OpenBLAS: OpenBLAS sums in an order that depends on its thread count
         # (a Ray worker runs one thread, a notebook several: up to 70k of 1M float32 values differ in the last
         # bit), torch's CPU product does not, so a prediction is the same bits wherever it is made (~25 us more)
-        W = coef if coef.flags.writeable else np.array(coef)  # torch wants a writeable array (it only reads it)
-        out = torch.mm(torch.from_numpy(Z), torch.from_numpy(W)).numpy()
+        out = torch.mm(torch.from_numpy(Z), torch.from_numpy(coef)).numpy()
         out += vec(intercept)
     return out
 
