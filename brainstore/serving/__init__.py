@@ -11,10 +11,11 @@ Contract: ``ARCHITECTURE.md`` (Serving).
 from .._lazy import lazy_names
 
 from ._app import MAKE_TOKEN, TOKEN_MIN_LENGTH, Limits, check_token, make_app
-from ._backend import STIMULUS_ID, LocalBackend
+from ._backend import LocalBackend
 from ._codec import NPY, ServingError, array_from_npy, array_to_npy, decode_array, encode_array
 from ._config import (IMPORT_PATH, LEGACY_IMPORT_PATHS, PROXY_TIMEOUT_MARGIN_S, ServeConfigError, app_args,
                       check_serve_config, deployment_options, read_serve_config, serve_config)
+from ._inputs import STIMULUS_ID
 from ._local import LocalServer, free_port
 from ._routing import DEFAULT_REFRESH_S
 from ._service import LOOPBACK_HOSTS, Service, serve

@@ -9,9 +9,7 @@ uvicorn, and the baseline of ``benchmarks/serve_load.py``).
 
 from __future__ import annotations
 
-import functools
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -25,41 +23,16 @@ from ..fitting import (NON_ENCODER_KINDS, ModelRecord, ModelRegistry, NonFiniteO
                        check_finite_output, model_base, model_ref, parse_ref)
 from ._catalog import catalog_of, servable, versions_of
 from ._codec import ServingError
-from ._inputs import check_voxels, response_rows, table_arrays
-from ._outage import outage
+from ._images import ImageEmbedding
+from ._inputs import check_id, check_voxels, response_rows, table_arrays
+from ._outage import outage, served
 from ._routing import DEFAULT_REFRESH_S, Routes
 
-__all__ = ["LocalBackend", "STIMULUS_ID"]
+__all__ = ["LocalBackend", "INLINE_WORK"]
 
-#: What a stimulus id may look like (store ids are ``nsd-00012``-like; no path separators, no ``..``).
-STIMULUS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def _check_id(value, field: str) -> str:
-    if not isinstance(value, str) or not STIMULUS_ID.match(value) or ".." in value:
-        raise ServingError(422, f"{field}: {value!r} is not a stimulus id (letters, digits, '_', '-', '.', ':'; "
-                                "at most 128 characters, no '..' or '/')")
-    return value
-
-
-def _served(fn):
-    """A backend method whose failures to reach the registry or a store (obstore, LanceDB, OS errors) are a
-    503 with Retry-After and a message of ours (``_outage``); refusals pass unchanged."""
-
-    @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
-        try:
-            return fn(self, *args, **kwargs)
-        except ServingError:
-            raise
-        except Exception as e:
-            err = outage(e, registry=self.registry_uri, store=self.store_uri)
-            if err is None:
-                raise
-            raise err from None
-
-    return wrapper
-
+#: The most multiply-adds of an answer made on the caller's event loop (``encode_now``, ``decode_now``: about a
+#: millisecond of one core); a larger one goes to a worker thread, so that the loop keeps taking requests.
+INLINE_WORK = 8_000_000
 
 def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> ServingError:
     rows = ", ".join(map(str, e.rows[:10])) + (f" and {len(e.rows) - 10} more" if len(e.rows) > 10 else "")
@@ -72,7 +45,7 @@ def _listing(names, limit: int = 20) -> str:
     return ", ".join(names[:limit]) + more if names else "none"
 
 
-class LocalBackend:
+class LocalBackend(ImageEmbedding):
     """Registered models of one registry, served from this process.
 
     Parameters
@@ -106,7 +79,7 @@ class LocalBackend:
         self._verified: set = set()  # (model, file stats) whose weights and features were checked
 
     # ------------------------------------------------------------------------------------------ catalog
-    @_served
+    @served
     def catalog(self, refresh: bool = False) -> dict:
         """``{"encoders": {subject: {model: meta}}, "decoders": {model: {...}}, "models": {name: ...}}``: what the
         bare names serve now (``_catalog.catalog_of``) and every served name's versions and aliases
@@ -136,7 +109,7 @@ class LocalBackend:
             self._catalog, self._catalog_gen = cat, gen
         return cat
 
-    @_served
+    @served
     def ready(self) -> dict:
         """Registry readable, every store the models name reachable, and every servable model loadable: its
         weights match the sha256 its model.json records and its feature tables are still the ones it was fit
@@ -233,6 +206,12 @@ class LocalBackend:
                                                   self._store(rec.meta.get("store")))
         return ("encoder", rec.ref), lambda: self.reg.load(rec.ref, store=self.store_uri)
 
+    def _held(self, rec: ModelRecord):
+        """The loaded model of the version ``rec``; None when it is not in memory (nothing is loaded)."""
+        key, _ = self._loader(rec)
+        with self._lock:
+            return self._models.get(key)
+
     def _model(self, rec: ModelRecord):
         """The loaded (and verified) model of the version ``rec``; 503 when it cannot be served."""
         key, load = self._loader(rec)
@@ -256,13 +235,16 @@ class LocalBackend:
         elif verify:
             self._check_loadable(new)
 
-    def _resolve(self, ref: str, what: str) -> ModelRecord:
+    def _resolve(self, ref: str, what: str, *, now: bool = False) -> ModelRecord | None:
         """The version the reference ``ref`` serves now (:class:`Routes`): 422 for a malformed version or alias,
-        404 naming the versions and aliases for one the registry does not hold."""
+        404 naming the versions and aliases for one the registry does not hold; ``now``: None when the routes
+        do not hold it yet (no registry read)."""
         try:
             name, sel = parse_ref(ref)
         except RegistryError as e:
             raise ServingError(422, f"model: {e}") from None
+        if now:
+            return self.routes.get(ref, cached=True)
         try:
             rec = self.routes.get(ref)
         except RegistryError as e:
@@ -285,9 +267,10 @@ class LocalBackend:
         return ServingError(404, f"{what} has no {said} ({name}); its versions: {listed}; aliases: {shown} (ask "
                                  "MODEL@VERSION or MODEL@ALIAS)")
 
-    def _encoder(self, subject: str, model: str | None):
+    def _encoder(self, subject: str, model: str | None, *, now: bool = False):
         """``(model name, the version's meta, EncodingModel)`` of ``model`` for ``subject``: ``None`` the subject's
-        best by validation score, ``NAME`` what its bare name serves now, ``NAME@3`` / ``NAME@alias`` that."""
+        best by validation score, ``NAME`` what its bare name serves now, ``NAME@3`` / ``NAME@alias`` that;
+        ``now``: None when that needs the registry or a load (it is not in memory)."""
         enc = self._snapshot()["encoders"]
         if subject not in enc:
             raise ServingError(404, f"unknown subject {subject!r}; subjects with encoding models: {_listing(enc)}")
@@ -297,10 +280,13 @@ class LocalBackend:
         base = model_base(model)
         if base not in enc[subject]:
             raise ServingError(404, f"no encoding model {base!r} for {subject}; its models: {_listing(enc[subject])}")
-        rec = self._resolve(model_ref(model, subject), f"encoding model {base} of {subject}")
+        rec = self._resolve(model_ref(model, subject), f"encoding model {base} of {subject}", now=now)
+        if rec is None:
+            return None
         if rec.meta.get("kind") in NON_ENCODER_KINDS:
             raise ServingError(404, f"{rec.ref} is a {rec.meta.get('kind')}, not an encoding model")
-        return base, rec.meta, self._model(rec)
+        em = self._held(rec) if now else self._model(rec)
+        return None if em is None else (base, rec.meta, em)
 
     # ------------------------------------------------------------------------------------------ encode
     def _designs(self, em, tables: list[str], *, stimulus_id=None, embedding=None,
@@ -316,7 +302,7 @@ class LocalBackend:
             ids = [stimulus_id] if isinstance(stimulus_id, str) else stimulus_id
             if not isinstance(ids, list) or not ids or len(ids) > 1024:
                 raise ServingError(422, "stimulus_id must be an id or a list of 1 to 1024 ids")
-            ids = [_check_id(i, "stimulus_id") for i in ids]
+            ids = [check_id(i, "stimulus_id") for i in ids]
             try:
                 return em.designs(ids)  # the rows the model was fitted with, held in memory (its pinned versions)
             except MissingStimuliError as e:
@@ -324,70 +310,39 @@ class LocalBackend:
                                         f"{e.feature} of {fs.uri}") from None
             except RegistryError as e:  # a stimulus added after the fit while the fitted rows changed
                 raise ServingError(422, f"stimulus_id: {e}") from None
-        if embedding is not None:
-            return em.designs(rows=table_arrays(embedding, {t: fs.info(t).dim for t in tables}))
+        if embedding is not None:  # (the dimensions the model was fitted with, from memory: no store read)
+            dims = em.table_dims()
+            return em.designs(rows=table_arrays(embedding, {t: dims[t] for t in tables}))
         return em.designs(rows=self._embed_image(fs, tables, image))
 
-    def _embed_image(self, fs: FeatureStore, tables: list[str], image: bytes) -> dict[str, np.ndarray]:
-        out = self.embed_images(fs.uri, tables, [image])[0]
-        if isinstance(out, ServingError):
-            raise out
-        return out
+    def encode_now(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
+                   roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict | None:
+        """:meth:`encode`'s answer, made at once when it needs only memory and little work: the model loaded, the
+        stimulus ids held in memory by its tables (or embeddings sent), no image, no ROI, at most
+        :data:`INLINE_WORK` multiply-adds. None otherwise: the caller runs :meth:`encode` in a worker thread.
 
-    def _image_metas(self, fs: FeatureStore, tables: list[str]) -> dict[str, dict]:
-        metas = {t: fs.metadata(t) for t in tables}
-        for t, meta in metas.items():
-            if meta.get("modality") != "image" or not meta.get("spec"):
-                raise ServingError(422, f"the model reads {t} ({meta.get('modality') or 'derived'} features), which "
-                                        "an uploaded image cannot produce; send stimulus_id or embedding")
-        return metas
+        An app calls it on its event loop: handing a small answer to a thread and back costs several times the
+        answer itself when the two threads take turns with the GIL (benchmarks/RESULTS.md, serve_load)."""
+        if image is not None or roi is not None or not self.routes.resolved:
+            return None
+        ids = [stimulus_id] if isinstance(stimulus_id, str) else stimulus_id
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            return None
+        found = self._encoder(subject, model, now=True)
+        if found is None:
+            return None
+        em = found[2]
+        if ids is not None:
+            n = len(ids)
+        elif isinstance(embedding, dict):
+            n = max((len(np.atleast_2d(v)) for v in embedding.values()), default=0)
+        else:
+            n = len(np.atleast_2d(embedding)) if embedding is not None else 0
+        if not n or n * em.weight_count() > INLINE_WORK or (ids is not None and not em.holds(ids)):
+            return None
+        return self.encode(subject, model=model, hemisphere=hemisphere, stimulus_id=stimulus_id, embedding=embedding)
 
-    @_served
-    def image_tables(self, subject: str, model: str | None = None) -> dict:
-        """Where an uploaded image must be embedded for ``model`` of ``subject``: ``{"model", "store", "tables"}``
-        (422 when a table is not made from images); ``model`` names the version (``NAME@3``), so that the encode
-        call that follows uses the same one."""
-        model, _, em = self._encoder(subject, model)
-        tables = sorted(em.table_names())
-        self._image_metas(em.store, tables)
-        return {"model": f"{model}@{em.record.version}", "store": em.store.uri, "tables": tables}
-
-    @_served
-    def embed_images(self, store: str, tables: list[str], images: list[bytes]) -> list:
-        """Each image's ``{table: (1, dim)}`` embeddings, one batched forward per table, by the extractor that
-        made the table (rebuilt from its recorded spec: the extraction pipeline's preprocessing). A bad
-        image gives its own :class:`ServingError` in its slot; the others are embedded."""
-        from ..datasets import decode_image
-        from ..features import get_extractor
-
-        fs = self._store(store)
-        metas = self._image_metas(fs, tables)  # every table checked before any image is read
-        decoded, out = {}, [None] * len(images)
-        for i, data in enumerate(images):
-            try:
-                decoded[i] = decode_image(data)
-            except ValueError as e:
-                out[i] = ServingError(413 if "limit" in str(e) else 400, f"image: {e}")
-        for t, meta in metas.items():
-            with self._lock:
-                ext = self._extractors.get(t)
-                if ext is None:
-                    ext = get_extractor(meta["spec"])
-                    if ext.version != meta.get("version"):
-                        raise ServingError(503, f"the extractor {meta['spec']!r} now gives version {ext.version}, "
-                                                f"the table {t} holds {meta.get('version')}; re-extract or serve "
-                                                "another model")
-                    ext.load("cpu", meta.get("dtype", "float32"))
-                    self._extractors[t] = ext
-            good = sorted(decoded)
-            if not good:
-                break
-            E = ext.embed(np.stack([ext.preprocess(decoded[i]) for i in good]))
-            for j, i in enumerate(good):
-                out[i] = {**(out[i] or {}), t: E[j:j + 1]}
-        return out
-
-    @_served
+    @served
     def encode(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
                roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict:
         """Predicted responses: ``{"model", "subject", "responses": {hemi: (n, n_vertices)}, "vertices"}``."""
@@ -425,13 +380,9 @@ class LocalBackend:
                 "vertices": vertices or None}
 
     # ------------------------------------------------------------------------------------------ decode
-    @_served
-    def decode(self, subject: str, responses, *, model: str | None = None, target: str | None = None,
-               top_k: int = 5, return_embedding: bool = False) -> dict:
-        """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings).
-
-        ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
-        (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
+    def _decoder(self, subject: str, model: str | None, *, now: bool = False):
+        """``(model name, its catalog entry, the version)`` of the decoding ``model`` of ``subject`` (None: the
+        subject's only one); ``now``: None when the routes do not hold the version yet (no registry read)."""
         dec = self._snapshot()["decoders"]
         mine = {m: d for m, d in dec.items() if subject in d["subjects"]}
         if not mine:
@@ -447,13 +398,49 @@ class LocalBackend:
                                     f"{_listing(mine)}")
         info = mine[model_base(model)]
         rec = self._resolve(model_ref(model, "shared" if info["kind"] == "adaptor" else subject),
-                            f"decoding model {model_base(model)}" + ("" if info["kind"] == "adaptor" else f" of {subject}"))
-        model, targets = model_base(model), list(rec.meta.get("targets") or [rec.meta.get("target")])
+                            f"decoding model {model_base(model)}"
+                            + ("" if info["kind"] == "adaptor" else f" of {subject}"), now=now)
+        if rec is None:
+            return None
+        if rec.meta.get("kind") not in ("decoder", "adaptor") or subject not in rec.meta.get("subjects", [subject]):
+            raise ServingError(404, f"{rec.ref} is not a decoding model of {subject}")
+        return model_base(model), info, rec
+
+    def decode_now(self, subject: str, responses, *, model: str | None = None, target: str | None = None,
+                   top_k: int = 5, return_embedding: bool = False) -> dict | None:
+        """:meth:`decode`'s answer, made at once when it needs only memory and little work (as :meth:`encode_now`):
+        a ridge decoder loaded, its target table's candidates in memory and checked within their refresh time,
+        the captions read, the responses one array, at most :data:`INLINE_WORK` multiply-adds. None otherwise."""
+        if isinstance(responses, dict) or not self.routes.resolved:
+            return None
+        found = self._decoder(subject, model, now=True)
+        d = self._held(found[2]) if found is not None and found[2].meta.get("kind") == "decoder" else None
+        if d is None:
+            return None
+        targets = list(found[2].meta.get("targets") or [found[2].meta.get("target")])
+        with self._lock:
+            index = self._indexes.get((d.store.uri, target or targets[0]))
+            captions = not found[1].get("dataset") or found[1]["dataset"] in self._caption_maps
+        if index is None or not index.fresh() or not captions:
+            return None
+        n_voxels = sum(len(v) for v in d.voxels.values())
+        if len(np.atleast_2d(responses)) * index.E.shape[1] * (n_voxels + len(index.E)) > INLINE_WORK:
+            return None
+        return self.decode(subject, responses, model=model, target=target, top_k=top_k,
+                           return_embedding=return_embedding)
+
+    @served
+    def decode(self, subject: str, responses, *, model: str | None = None, target: str | None = None,
+               top_k: int = 5, return_embedding: bool = False) -> dict:
+        """Top-k stimuli of the whole target table for each response vector (and the decoded embeddings).
+
+        ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
+        (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
+        model, info, rec = self._decoder(subject, model)
+        targets = list(rec.meta.get("targets") or [rec.meta.get("target")])
         target = target or targets[0]
         if target not in targets:
             raise ServingError(404, f"{rec.ref!r} decodes into {', '.join(targets)}, not {target!r}")
-        if rec.meta.get("kind") not in ("decoder", "adaptor") or subject not in rec.meta.get("subjects", [subject]):
-            raise ServingError(404, f"{rec.ref} is not a decoding model of {subject}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 100:
             raise ServingError(422, f"top_k must be an integer from 1 to 100; got {top_k!r}")
         try:
@@ -525,7 +512,7 @@ class LocalBackend:
         return {i: caps[i] for i in ids if i in caps}
 
     # ------------------------------------------------------------------------------------------ explain
-    @_served
+    @served
     def explain(self, model: str, roi: str, *, subject: str | None = None, top: int = 20,
                 hemisphere: str | None = None) -> dict:
         """The stored stimuli whose predicted mean response in ``roi`` is highest (selectivity)."""

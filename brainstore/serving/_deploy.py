@@ -164,6 +164,7 @@ class ReplicaBackend:
     def __init__(self, local: LocalBackend, extractor, subject):
         self.local, self.extractor, self._subject = local, extractor, subject
         self.catalog, self.decode, self.explain = local.catalog, local.decode, local.explain
+        self.decode_now = local.decode_now
         self.registry_uri, self.store_uri, self.reg = local.registry_uri, local.store_uri, local.reg
 
     @property
@@ -172,6 +173,13 @@ class ReplicaBackend:
 
     def ready(self) -> dict:
         return {**self.local.ready(), "deployments": list(DEFAULT_OPTIONS)}
+
+    def encode_now(self, subject: str, *, image: bytes | None = None, **kw) -> dict | None:
+        """The local backend's answer made at once (``LocalBackend.encode_now``); None for an upload (it goes to the
+        Extractor) and for a request routed by the multiplexing header (its subject is registered first)."""
+        if image is not None or serve.get_multiplexed_model_id() == subject:
+            return None
+        return self.local.encode_now(subject, **kw)
 
     async def encode(self, subject: str, *, image: bytes | None = None, **kw) -> dict:
         from starlette.concurrency import run_in_threadpool

@@ -121,8 +121,14 @@ def answer_format(q: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the backend
-async def call(request, fn, *args, **kwargs):
-    """The backend method ``fn``, within the app's request timeout (:func:`_call`)."""
+async def call(request, fn, *args, now=None, **kwargs):
+    """The backend method ``fn``, within the app's request timeout (:func:`_call`). ``now``: the backend's
+    ``fn_now`` (``LocalBackend.encode_now``...), tried first: the answer made at once on this event loop when
+    it needs only memory and little work, else None, and then ``fn`` runs in a worker thread."""
+    if now is not None:
+        out = now(*args, **kwargs)
+        if out is not None:
+            return out
     return await _call(fn, *args, timeout=request.app.state.limits.request_timeout_s, **kwargs)
 
 

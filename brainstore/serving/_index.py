@@ -30,6 +30,10 @@ class CandidateIndex:
     def in_memory(self) -> bool:
         return self.E is not None
 
+    def fresh(self) -> bool:
+        """In memory and its version checked within ``refresh_s``: a search reads no store."""
+        return self.E is not None and self.version is not None and time.monotonic() - self._checked < self.refresh_s
+
     def _refresh(self) -> None:
         now = time.monotonic()
         if self.version is not None and now - self._checked < self.refresh_s:

@@ -6,13 +6,24 @@ is a 422 :class:`~._codec.ServingError` naming the field, the sizes expected and
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
 
 from ._codec import ServingError
 
-__all__ = ["table_arrays", "response_rows", "check_voxels"]
+__all__ = ["STIMULUS_ID", "check_id", "table_arrays", "response_rows", "check_voxels"]
+
+#: What a stimulus id may look like (store ids are ``nsd-00012``-like; no path separators, no ``..``).
+STIMULUS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_id(value, field: str) -> str:
+    if not isinstance(value, str) or not STIMULUS_ID.match(value) or ".." in value:
+        raise ServingError(422, f"{field}: {value!r} is not a stimulus id (letters, digits, '_', '-', '.', ':'; "
+                                "at most 128 characters, no '..' or '/')")
+    return value
 
 
 def table_arrays(embedding, dims: dict[str, int]) -> dict[str, np.ndarray]:

@@ -6,11 +6,12 @@ the next request after the store returns is answered normally."""
 
 from __future__ import annotations
 
+import functools
 import traceback
 
 from ._codec import ServingError
 
-__all__ = ["RETRY_AFTER_S", "outage", "unavailable"]
+__all__ = ["RETRY_AFTER_S", "outage", "unavailable", "served"]
 
 #: Seconds a client is asked to wait before retrying a request refused for an outage.
 RETRY_AFTER_S = 5
@@ -135,3 +136,22 @@ def outage(e: BaseException, *, registry: str | None = None, store: str | None =
             "a model registry or feature store the service reads"
     return ServingError(503, f"{what} is unavailable ({why}); retry in a few seconds (the service recovers by "
                              "itself once it is back)", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def served(fn):
+    """A backend method whose failures to reach the registry or a store (obstore, LanceDB, OS errors) are a
+    503 with Retry-After and a message of ours (``_outage``); refusals pass unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except ServingError:
+            raise
+        except Exception as e:
+            err = outage(e, registry=self.registry_uri, store=self.store_uri)
+            if err is None:
+                raise
+            raise err from None
+
+    return wrapper

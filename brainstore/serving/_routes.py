@@ -53,9 +53,10 @@ async def encode(request: Request):
         emb = {str(k): decode_array(v, f"embedding.{k}", limits.max_values) for k, v in emb.items()}
     elif emb is not None:
         emb = decode_array(emb, "embedding", limits.max_values)
-    out = await call(request, request.app.state.backend.encode, subject, model=str_field(q, "model"),
-                     hemisphere=str_field(q, "hemisphere"), roi=str_field(q, "roi"), stimulus_id=q.get("stimulus_id"),
-                     embedding=emb, image=image)
+    backend = request.app.state.backend
+    out = await call(request, backend.encode, subject, now=getattr(backend, "encode_now", None),
+                     model=str_field(q, "model"), hemisphere=str_field(q, "hemisphere"), roi=str_field(q, "roi"),
+                     stimulus_id=q.get("stimulus_id"), embedding=emb, image=image)
     payload = {k: out[k] for k in ("model", "model_version", "subject") if k in out}
     payload["shape"] = {h: list(np.shape(v)) for h, v in out["responses"].items()}
     if out.get("vertices"):
@@ -112,9 +113,10 @@ async def decode(request: Request):
     top_k = q.get("top_k", 5)
     if not isinstance(q.get("return_embedding", False), bool):
         raise ServingError(422, "return_embedding must be true or false")
-    out = await call(request, request.app.state.backend.decode, str_field(q, "subject", required=True), R,
-                     model=str_field(q, "model"), target=str_field(q, "target"), top_k=top_k,
-                     return_embedding=q.get("return_embedding", False))
+    backend = request.app.state.backend
+    out = await call(request, backend.decode, str_field(q, "subject", required=True), R,
+                     now=getattr(backend, "decode_now", None), model=str_field(q, "model"),
+                     target=str_field(q, "target"), top_k=top_k, return_embedding=q.get("return_embedding", False))
     arrays = {"embedding": out.pop("embedding")} if "embedding" in out else {}
     if NPY in request.headers.get("accept", "") and not arrays:
         raise ServingError(406, "an npy answer holds the decoded embeddings: set return_embedding")

@@ -78,13 +78,14 @@ class Routes:
         with self._lock:
             return [self._routes[n] for n in sorted(self._bare)]
 
-    def get(self, ref: str) -> ModelRecord | None:
+    def get(self, ref: str, *, cached: bool = False) -> ModelRecord | None:
         """The version ``ref`` serves now; None for a bare name the registry does not list. ``NAME@3`` and
-        ``NAME@alias`` are resolved on first use (RegistryError when the registry has no such version)."""
+        ``NAME@alias`` are resolved on first use (RegistryError when the registry has no such version);
+        ``cached``: only what the table holds (None for one never resolved; the registry is not read)."""
         key = canonical(ref)
         with self._lock:
             rec = self._routes.get(key)
-        if rec is not None or parse_ref(key)[1] is None:
+        if rec is not None or cached or parse_ref(key)[1] is None:
             return rec
         rec = self.reg.record(key)
         with self._lock:

@@ -170,6 +170,18 @@ class EncodingModel:
                     [rows[t] for t, _ in k]).astype(np.float32, copy=False)
         return out
 
+    def holds(self, stimulus_ids: list[str]) -> bool:
+        """Whether every table it reads holds ``stimulus_ids`` in memory (:meth:`designs` reads no store)."""
+        return all(b.tables[f].holds(stimulus_ids) for b in self.bases() for f in b.record.meta["features"])
+
+    def table_dims(self) -> dict[str, int]:
+        """``{table: embedding dimension}`` of every table it reads, in first-use order (from memory)."""
+        return {f: b.tables[f].dim for b in self.bases() for f in b.record.meta["features"]}
+
+    def weight_count(self) -> int:
+        """Floating-point weights of its base models: about the multiply-adds of one predicted row."""
+        return sum(int(v.size) for b in self.bases() for v in b.tensors.values() if v.dtype.kind == "f")
+
     def table_names(self) -> list[str]:
         """Every feature table the model reads, in first-use order."""
         return list(dict.fromkeys(f for b in self.bases() for f in b.record.meta["features"]))

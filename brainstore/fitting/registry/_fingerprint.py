@@ -238,6 +238,12 @@ class PinnedTable:
     def dim(self) -> int:
         return int(self._rows.E.shape[1])
 
+    def holds(self, stimulus_ids: Sequence[str]) -> bool:
+        """Whether every one of ``stimulus_ids`` is in the verified version held in memory (so :meth:`load`
+        reads no store)."""
+        row = self._rows.row
+        return all(i in row for i in stimulus_ids)
+
     def load(self, stimulus_ids: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 embeddings of ``stimulus_ids`` in the order asked.
 
