@@ -340,13 +340,20 @@ class LocalBackend(ImageEmbedding):
             n = len(np.atleast_2d(embedding)) if embedding is not None else 0
         if not n or n * em.weight_count() > INLINE_WORK or (ids is not None and not em.holds(ids)):
             return None
-        return self.encode(subject, model=model, hemisphere=hemisphere, stimulus_id=stimulus_id, embedding=embedding)
+        return self._encode(subject, found, hemisphere=hemisphere, stimulus_id=stimulus_id, embedding=embedding)
 
     @served
     def encode(self, subject: str, *, model: str | None = None, hemisphere: str | None = None,
                roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict:
         """Predicted responses: ``{"model", "subject", "responses": {hemi: (n, n_vertices)}, "vertices"}``."""
-        model, meta, em = self._encoder(subject, model)
+        return self._encode(subject, self._encoder(subject, model), hemisphere=hemisphere, roi=roi,
+                            stimulus_id=stimulus_id, embedding=embedding, image=image)
+
+    @served
+    def _encode(self, subject: str, found: tuple, *, hemisphere: str | None = None, roi: str | None = None,
+                stimulus_id=None, embedding=None, image: bytes | None = None) -> dict:
+        """:meth:`encode` by the model ``found`` (``_encoder``'s)."""
+        model, meta, em = found
         hemis = em.hemispheres
         if hemisphere is not None:
             if hemisphere not in hemis:

@@ -92,14 +92,18 @@ def test_the_app_answers_warm_requests_on_its_event_loop_and_cold_ones_in_a_work
     from brainstore.serving import LocalServer, make_app
 
     where = []
-    for name in ("encode", "decode"):
+    for name in ("encode_now", "encode"):
         method = getattr(backend, name)
 
         def recorded(*a, _method=method, _name=name, **kw):
-            where.append((_name, threading.current_thread().name))
-            return _method(*a, **kw)
+            out = None
+            try:
+                out = _method(*a, **kw)
+                return out
+            finally:  # (a refusal raised is recorded too)
+                where.append((_name, threading.current_thread().name, out is not None))
 
-        setattr(backend, name, recorded)  # (encode_now / decode_now call these too, on the loop)
+        setattr(backend, name, recorded)
     ids = _stimuli(serving_models)
     with LocalServer(make_app(backend)) as u:
         loop = next(t.name for t in threading.enumerate() if t.name == "brainstore-uvicorn")
@@ -110,7 +114,9 @@ def test_the_app_answers_warm_requests_on_its_event_loop_and_cold_ones_in_a_work
         r = requests.post(f"{u}/v1/encode", json={"subject": "subj02", "model": "img", "stimulus_id": "gone-1"},
                           timeout=60)
         assert r.status_code == 404 and "gone-1" in r.json()["error"]
-    encodes = [t for n, t in where if n == "encode"]
-    assert encodes[0] != loop, "the first request loads the model: in a worker thread"
-    assert encodes[1:3] == [loop, loop], "warm requests are answered on the event loop"
-    assert encodes[3] != loop, "an id the model does not hold in memory is looked up in a worker thread"
+    first, warm, gone = where[:2], where[2:4], where[4:]
+    assert first[0] == ("encode_now", loop, False) and first[1][0] == "encode" and first[1][1] != loop, \
+        f"the first request loads the model: in a worker thread ({first})"
+    assert warm == [("encode_now", loop, True)] * 2, f"warm requests are answered on the event loop ({warm})"
+    assert gone[0] == ("encode_now", loop, False) and gone[1][:2] == ("encode", gone[1][1]) and gone[1][1] != loop, \
+        f"an id the model does not hold in memory is looked up in a worker thread ({gone})"

@@ -56,6 +56,7 @@ class EncodingModel:
     members: list["EncodingModel"] = field(default_factory=list)
     tables: dict = field(default_factory=dict)
     _estimators: dict = field(default_factory=dict, repr=False)
+    _counts: dict = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -180,7 +181,10 @@ class EncodingModel:
 
     def weight_count(self) -> int:
         """Floating-point weights of its base models: about the multiply-adds of one predicted row."""
-        return sum(int(v.size) for b in self.bases() for v in b.tensors.values() if v.dtype.kind == "f")
+        if "weights" not in self._counts:
+            self._counts["weights"] = sum(int(v.size) for b in self.bases() for v in b.tensors.values()
+                                          if v.dtype.kind == "f")
+        return self._counts["weights"]
 
     def table_names(self) -> list[str]:
         """Every feature table the model reads, in first-use order."""

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from .._errors import check_finite_output
@@ -160,7 +161,9 @@ class RidgeCVEncoder(EncoderBase):
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         """``X`` as an array of shape (n_samples, n_features_in_), once fitted."""
-        check_is_fitted(self, "coef_")
+        if not hasattr(self, "coef_"):  # (sklearn's check_is_fitted reads the estimator's tags: ~20 us a call)
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have shape (n_samples, "
