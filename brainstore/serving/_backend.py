@@ -428,7 +428,7 @@ class LocalBackend(ImageEmbedding):
         with self._lock:
             index = self._indexes.get((d.store.uri, target or targets[0]))
             captions = not found[1].get("dataset") or found[1]["dataset"] in self._caption_maps
-        if index is None or not index.fresh() or not captions:
+        if index is None or not index.ready_now() or not captions:
             return None
         n_voxels = sum(len(v) for v in d.voxels.values())
         if len(np.atleast_2d(responses)) * index.E.shape[1] * (n_voxels + len(index.E)) > INLINE_WORK:

@@ -5,6 +5,7 @@ read the registry or a store, load a model, embed an image or take long goes to 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -79,11 +80,23 @@ def test_decode_now_answers_from_memory_only_and_as_the_whole_table_search(servi
     half = R.shape[1] // 2  # (a split into lh and rh that the thread path would check against the dataset)
     assert backend.decode_now("subj01", {"lh": R[:, :half], "rh": R[:, half:]}) is None
     index = next(iter(backend._indexes.values()))
-    monkeypatch.setattr(index, "refresh_s", 0.0)  # its version due for a check: a store read
-    assert backend.decode_now("subj01", R) is None
+    checked = index._checked
+    monkeypatch.setattr(index, "refresh_s", 0.0)  # its version due for a check: made in a background thread
+    assert backend.decode_now("subj01", R, top_k=3)["results"] == got["results"]
+    for _ in range(100):
+        if index._checked > checked and not index._pending:
+            break
+        time.sleep(0.05)
+    assert index._checked > checked and index.loads == 1  # checked again; the same version, not loaded again
     monkeypatch.undo()
     monkeypatch.setattr(_backend, "INLINE_WORK", 10)
     assert backend.decode_now("subj01", R) is None
+    monkeypatch.undo()
+    from brainstore.serving import LocalBackend
+
+    big = LocalBackend(serving_models["registry"], max_memory_rows=10)  # candidates searched by LanceDB
+    big.decode("subj01", R, top_k=3)
+    assert big.decode_now("subj01", R, top_k=3) is None
 
 
 @pytest.mark.slow
