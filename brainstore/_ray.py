@@ -64,6 +64,7 @@ def serve_ingress_env() -> dict:
     except Exception:  # package absent or its binary unusable on this platform: Serve's own proxy
         return {}
     import atexit
+    import random
     import shutil
     import tempfile
     import uuid
@@ -75,6 +76,7 @@ def serve_ingress_env() -> dict:
     # node's 56-character id, and HAProxy refuses a socket path over 97 characters (/tmp/bsh-xxxxxxxx/<id>/
     # metrics.sock is 87; a long $TMPDIR, macOS's for one, would not fit)
     base = "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()
+    lo = 20000 + 100 * random.SystemRandom().randrange(100)
     folder = os.path.join(base, f"bsh-{uuid.uuid4().hex[:8]}")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
@@ -82,6 +84,11 @@ def serve_ingress_env() -> dict:
            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           # each Ingress replica's own HTTP port: Serve counts them up from 30000 on every cluster, so a second
+           # embedded cluster's first replica found the first one's port taken ("Failed to start ... server on
+           # port 30000 ... Retrying"); a block of 100 of its own in 20000-29999 (below Linux's ephemeral ports,
+           # above Ray's worker ports)
+           "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(lo), "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(lo + 100),
            # a stopping replica waits this long for the balancer to forget it (Ray's 30 s is for cloud load
            # balancers; HAProxy here is reloaded without it within ~0.1 s, and sends a refused connection to
            # another replica): 30 s would hold every shutdown and scale-down for half a minute

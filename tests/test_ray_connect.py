@@ -91,6 +91,9 @@ print(json.dumps([first, second, dict(os.environ)]))
         assert "RAY_SERVE_HAPROXY_RETRY_ON" not in got  # the user's value stays
         # Serve puts the sockets in a folder named by the node's 56-character id; HAProxy takes at most 97
         assert len(os.path.join(folder, "n" * 56, "metrics.sock")) <= 97, folder
+        # the replicas' own HTTP ports: a block of 100 of this cluster's, below the ephemeral ports
+        lo, hi = int(got["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(got["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+        assert 20000 <= lo and hi == lo + 100 <= 30000, (lo, hi)
     assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
     assert after["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure"
     assert after["RAY_SERVE_HAPROXY_STATS_PORT"] == second["RAY_SERVE_HAPROXY_STATS_PORT"]
