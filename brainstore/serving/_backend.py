@@ -34,6 +34,7 @@ __all__ = ["LocalBackend", "INLINE_WORK"]
 #: millisecond of one core); a larger one goes to a worker thread, so that the loop keeps taking requests.
 INLINE_WORK = 8_000_000
 
+
 def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> ServingError:
     rows = ", ".join(map(str, e.rows[:10])) + (f" and {len(e.rows) - 10} more" if len(e.rows) > 10 else "")
     return ServingError(422, f"{field}: {what} gives non-finite values (overflow) for row(s) {rows or '?'}; {fix}")
@@ -319,12 +320,26 @@ class LocalBackend(ImageEmbedding):
                    roi: str | None = None, stimulus_id=None, embedding=None, image: bytes | None = None) -> dict | None:
         """:meth:`encode`'s answer, made at once when it needs only memory and little work: the model loaded, the
         stimulus ids held in memory by its tables (or embeddings sent), no image, no ROI, at most
-        :data:`INLINE_WORK` multiply-adds. None otherwise: the caller runs :meth:`encode` in a worker thread.
+        :data:`INLINE_WORK` multiply-adds, and no other thread holding the backend's lock (it may be loading). None
+        otherwise: the caller runs :meth:`encode` in a worker thread.
 
         An app calls it on its event loop: handing a small answer to a thread and back costs several times the
         answer itself when the two threads take turns with the GIL (benchmarks/RESULTS.md, serve_load)."""
         if image is not None or roi is not None or not self.routes.resolved:
             return None
+        return self._inline(self._encode_now, subject, model, hemisphere, stimulus_id, embedding)
+
+    def _inline(self, fn, *args, **kwargs):
+        """``fn(...)`` under the backend's lock, when no other thread holds it (None when one does: it may be
+        loading a model, an extractor or a dataset, which a request on an event loop must not wait for)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._lock.release()
+
+    def _encode_now(self, subject: str, model, hemisphere, stimulus_id, embedding) -> dict | None:
         ids = [stimulus_id] if isinstance(stimulus_id, str) else stimulus_id
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
             return None
@@ -420,6 +435,9 @@ class LocalBackend(ImageEmbedding):
         the captions read, the responses one array, at most :data:`INLINE_WORK` multiply-adds. None otherwise."""
         if isinstance(responses, dict) or not self.routes.resolved:
             return None
+        return self._inline(self._decode_now, subject, responses, model, target, top_k, return_embedding)
+
+    def _decode_now(self, subject: str, responses, model, target, top_k, return_embedding) -> dict | None:
         found = self._decoder(subject, model, now=True)
         d = self._held(found[2]) if found is not None and found[2].meta.get("kind") == "decoder" else None
         if d is None:

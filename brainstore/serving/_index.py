@@ -25,7 +25,7 @@ class CandidateIndex:
         self.fs, self.table = fs, table
         self.max_memory_rows, self.refresh_s = int(max_memory_rows), float(refresh_s)
         self._lock = threading.Lock()
-        self.version, self.rows, self._checked, self.loads, self._pending = None, None, 0.0, 0, False
+        self.version, self.rows, self._checked, self.loads = None, None, 0.0, 0
         self._mem = None  # (ids, unit-norm embeddings E), swapped whole: a search reads one snapshot
 
     @property
@@ -40,15 +40,20 @@ class CandidateIndex:
     def ready_now(self) -> bool:
         """Whether a search now reads no store: in memory, and its version checked within ``refresh_s``; when the
         check is due, it is started in a background thread and searches answer from memory meanwhile (as the
-        model routes do), so that a request on an event loop never waits for the store."""
+        model routes do), so that a request on an event loop never waits for the store. False also while a
+        thread's search is checking the version (the lock is held: waiting for it could wait for the store)."""
         if self._mem is None or self.version is None:
             return False
-        if time.monotonic() - self._checked >= self.refresh_s:
-            with self._lock:
-                if self._pending or time.monotonic() - self._checked < self.refresh_s:
-                    return True
-                self._pending = True
-            threading.Thread(target=self._background, name="brainstore-index", daemon=True).start()
+        if time.monotonic() - self._checked < self.refresh_s:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if time.monotonic() - self._checked >= self.refresh_s:
+                self._checked = time.monotonic()  # (searches meanwhile see no check due: the thread makes it)
+                threading.Thread(target=self._background, name="brainstore-index", daemon=True).start()
+        finally:
+            self._lock.release()
         return True
 
     def _background(self) -> None:
@@ -57,8 +62,6 @@ class CandidateIndex:
                 self._check()
         except Exception:  # the store out of reach: keep answering from memory; a thread's search will say why
             pass
-        finally:
-            self._pending = False
 
     def _refresh(self) -> None:
         now = time.monotonic()

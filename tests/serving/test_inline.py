@@ -55,6 +55,26 @@ def test_encode_now_answers_warm_requests_only_and_as_the_offline_library(servin
     assert backend.encode_now("subj01", model="both@7", stimulus_id=ids[0]) is None  # a version never resolved
     monkeypatch.setattr(_backend, "INLINE_WORK", 10)
     assert backend.encode_now("subj01", model="both", stimulus_id=ids[0]) is None  # more work than allowed
+    monkeypatch.undo()
+    # another thread holds the backend's lock (loading a model, an extractor, a dataset): not waited for
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with backend._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    try:
+        t0 = time.perf_counter()
+        assert backend.encode_now("subj01", model="both", stimulus_id=ids[0]) is None
+        assert time.perf_counter() - t0 < 0.5
+    finally:
+        release.set()
+        t.join()
+    assert backend.encode_now("subj01", model="both", stimulus_id=ids[0]) is not None
     # a refusal that needs no registry read is raised at once, as encode raises it
     with pytest.raises(Exception, match="unknown subject"):
         backend.encode_now("nobody", stimulus_id=ids[0])
@@ -80,14 +100,16 @@ def test_decode_now_answers_from_memory_only_and_as_the_whole_table_search(servi
     half = R.shape[1] // 2  # (a split into lh and rh that the thread path would check against the dataset)
     assert backend.decode_now("subj01", {"lh": R[:, :half], "rh": R[:, half:]}) is None
     index = next(iter(backend._indexes.values()))
-    checked = index._checked
+    checks = []
+    version = index.fs.version
+    monkeypatch.setattr(index.fs, "version", lambda t: (checks.append(threading.current_thread().name), version(t))[1])
     monkeypatch.setattr(index, "refresh_s", 0.0)  # its version due for a check: made in a background thread
     assert backend.decode_now("subj01", R, top_k=3)["results"] == got["results"]
     for _ in range(100):
-        if index._checked > checked and not index._pending:
+        if checks:
             break
         time.sleep(0.05)
-    assert index._checked > checked and index.loads == 1  # checked again; the same version, not loaded again
+    assert checks[:1] == ["brainstore-index"] and index.loads == 1  # checked there; the same version: not reloaded
     monkeypatch.undo()
     monkeypatch.setattr(_backend, "INLINE_WORK", 10)
     assert backend.decode_now("subj01", R) is None
