@@ -40,6 +40,11 @@ def _overflow(e: NonFiniteOutputError, field: str, what: str, fix: str) -> Servi
     return ServingError(422, f"{field}: {what} gives non-finite values (overflow) for row(s) {rows or '?'}; {fix}")
 
 
+def _targets(rec: ModelRecord) -> list[str]:
+    """The tables a decoding model's version decodes into (the first is the default)."""
+    return list(rec.meta.get("targets") or [rec.meta.get("target")])
+
+
 def _listing(names, limit: int = 20) -> str:
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -353,7 +358,7 @@ class LocalBackend(ImageEmbedding):
             n = max((len(np.atleast_2d(v)) for v in embedding.values()), default=0)
         else:
             n = len(np.atleast_2d(embedding)) if embedding is not None else 0
-        if not n or n * em.weight_count() > INLINE_WORK or (ids is not None and not em.holds(ids)):
+        if not n or n * em.weight_count > INLINE_WORK or (ids is not None and not em.holds(ids)):
             return None
         return self._encode(subject, found, hemisphere=hemisphere, stimulus_id=stimulus_id, embedding=embedding)
 
@@ -442,17 +447,14 @@ class LocalBackend(ImageEmbedding):
         d = self._held(found[2]) if found is not None and found[2].meta.get("kind") == "decoder" else None
         if d is None:
             return None
-        targets = list(found[2].meta.get("targets") or [found[2].meta.get("target")])
-        with self._lock:
-            index = self._indexes.get((d.store.uri, target or targets[0]))
-            captions = not found[1].get("dataset") or found[1]["dataset"] in self._caption_maps
+        index = self._indexes.get((d.store.uri, target or _targets(found[2])[0]))  # (the lock is held: _inline)
+        captions = not found[1].get("dataset") or found[1]["dataset"] in self._caption_maps
         if index is None or not index.ready_now() or not captions:
             return None
         n_voxels = sum(len(v) for v in d.voxels.values())
         if len(np.atleast_2d(responses)) * index.E.shape[1] * (n_voxels + len(index.E)) > INLINE_WORK:
             return None
-        return self.decode(subject, responses, model=model, target=target, top_k=top_k,
-                           return_embedding=return_embedding)
+        return self._decode(subject, found, responses, target=target, top_k=top_k, return_embedding=return_embedding)
 
     @served
     def decode(self, subject: str, responses, *, model: str | None = None, target: str | None = None,
@@ -461,8 +463,15 @@ class LocalBackend(ImageEmbedding):
 
         ``responses``: (n, n_voxels) of the decoder's voxel selection, lh then rh; or ``{"lh": (n, a), "rh":
         (n, b)}``, each part the hemisphere's selected voxels or all its vertices (the selection is taken)."""
-        model, info, rec = self._decoder(subject, model)
-        targets = list(rec.meta.get("targets") or [rec.meta.get("target")])
+        return self._decode(subject, self._decoder(subject, model), responses, target=target, top_k=top_k,
+                            return_embedding=return_embedding)
+
+    @served
+    def _decode(self, subject: str, found: tuple, responses, *, target: str | None = None, top_k: int = 5,
+                return_embedding: bool = False) -> dict:
+        """:meth:`decode` by the decoding model ``found`` (``_decoder``'s)."""
+        model, info, rec = found
+        targets = _targets(rec)
         target = target or targets[0]
         if target not in targets:
             raise ServingError(404, f"{rec.ref!r} decodes into {', '.join(targets)}, not {target!r}")

@@ -103,7 +103,9 @@ def test_decode_now_answers_from_memory_only_and_as_the_whole_table_search(servi
     checks = []
     version = index.fs.version
     monkeypatch.setattr(index.fs, "version", lambda t: (checks.append(threading.current_thread().name), version(t))[1])
-    monkeypatch.setattr(index, "refresh_s", 0.0)  # its version due for a check: made in a background thread
+    # its version due for a check (once: with refresh_s 0 every search would be due, the answer's own search too),
+    # made in a background thread
+    monkeypatch.setattr(index, "_checked", index._checked - index.refresh_s)
     assert backend.decode_now("subj01", R, top_k=3)["results"] == got["results"]
     for _ in range(100):
         if checks:

@@ -16,6 +16,7 @@ Prediction composes derived models through :func:`~._compose.compose`, the code 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +57,6 @@ class EncodingModel:
     members: list["EncodingModel"] = field(default_factory=list)
     tables: dict = field(default_factory=dict)
     _estimators: dict = field(default_factory=dict, repr=False)
-    _counts: dict = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -179,12 +179,10 @@ class EncodingModel:
         """``{table: embedding dimension}`` of every table it reads, in first-use order (from memory)."""
         return {f: b.tables[f].dim for b in self.bases() for f in b.record.meta["features"]}
 
+    @functools.cached_property
     def weight_count(self) -> int:
         """Floating-point weights of its base models: about the multiply-adds of one predicted row."""
-        if "weights" not in self._counts:
-            self._counts["weights"] = sum(int(v.size) for b in self.bases() for v in b.tensors.values()
-                                          if v.dtype.kind == "f")
-        return self._counts["weights"]
+        return sum(int(v.size) for b in self.bases() for v in b.tensors.values() if v.dtype.kind == "f")
 
     def table_names(self) -> list[str]:
         """Every feature table the model reads, in first-use order."""
